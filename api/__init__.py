@@ -1,0 +1,29 @@
+"""The Flask face of Herald: validate, persist, answer fast; workers do the rest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from herald.config import get_settings
+from herald.logs import configure_logging
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    settings = get_settings()
+    configure_logging(settings)
+    app = Flask("herald", static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+
+    from api import auth, errors, legacy, messages, ops, webhooks
+
+    errors.register(app)
+    auth.init_app(app)
+    app.register_blueprint(messages.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(legacy.bp)
+    app.register_blueprint(ops.bp)
+    return app

@@ -1,0 +1,56 @@
+"""Per-request database session and the calling tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Flask, g, request
+from sqlalchemy.orm import Session
+
+from models import Tenant, new_session
+from services.errors import InvalidRequest
+from services.tenants import authenticate
+
+
+def db() -> Session:
+    """The request's session, closed at teardown; views commit explicitly."""
+    if "db" not in g:
+        g.db = new_session()
+    return g.db
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_appcontext(close_db)
+
+
+def current_tenant() -> Tenant:
+    return g.tenant
+
+
+def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.tenant = authenticate(db(), request.headers.get("Authorization"))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def json_body() -> Any:
+    """The parsed JSON body, or a 400 that says what was wrong with it."""
+    if not request.data:
+        raise InvalidRequest(
+            "The request body is empty; send a JSON object.", code="malformed_json"
+        )
+    payload = request.get_json(silent=True, force=True)
+    if payload is None:
+        raise InvalidRequest("The request body is not valid JSON.", code="malformed_json")
+    return payload

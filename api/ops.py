@@ -1,0 +1,48 @@
+"""Operations endpoints: liveness, readiness, metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from api.auth import db
+from api.openapi import OPENAPI
+from herald.config import get_settings
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    return jsonify({"ok": True})
+
+
+@bp.get("/readyz")
+def readyz():  # type: ignore[no-untyped-def]
+    checks = {"database": False, "redis": None}
+    try:
+        db().execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception:
+        checks["database"] = False
+    redis_url = get_settings().redis_url
+    if redis_url:
+        import redis
+
+        try:
+            checks["redis"] = bool(redis.Redis.from_url(redis_url, socket_timeout=1).ping())
+        except Exception:
+            checks["redis"] = False
+    ready = checks["database"] and checks["redis"] is not False
+    return jsonify({"ready": ready, "checks": checks}), 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics():  # type: ignore[no-untyped-def]
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi():  # type: ignore[no-untyped-def]
+    return jsonify(OPENAPI)

@@ -1,0 +1,91 @@
+"""Celery settings, each chosen on purpose. Read by `workers.celery_app`.
+
+Herald's correctness does not rest on the broker: the database row is the truth
+and every task is idempotent (see services/delivery.py). These settings make the
+broker as reliable as it can be on top of that.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Queue
+
+from herald.config import get_settings
+
+_settings = get_settings()
+_redis = _settings.redis_url or "redis://127.0.0.1:6379/0"
+
+broker_url = _redis
+# Results only matter for herald.send_message, whose callers may wait on them.
+result_backend = _redis
+result_expires = 24 * 3600
+task_ignore_result = True
+
+# Ack after the task ran, and requeue it if the worker process dies mid-task: a
+# task is never dropped because the process that held it vanished. Safe because
+# a redelivered delivery task finds its row already claimed and does nothing.
+task_acks_late = True
+task_reject_on_worker_lost = True
+
+# Redis has no real acks: a fetched, unacked task comes back only after the
+# visibility timeout. It must exceed the longest countdown Herald schedules
+# (backoff is capped at 15 minutes) or retries would be duplicated; the sweeper,
+# not this timeout, is what recovers lost tasks quickly.
+broker_transport_options: dict = {"visibility_timeout": 3600}
+result_backend_transport_options: dict = {}
+if _settings.queue_prefix:
+    # Shared Redis (CI, staging next to prod): keep each deployment's keys apart.
+    broker_transport_options["global_keyprefix"] = _settings.queue_prefix
+    result_backend_transport_options["global_keyprefix"] = _settings.queue_prefix
+broker_connection_retry_on_startup = True
+
+# With a threads pool, a prefetch multiplier of 1 holds at most one spare task
+# per thread, so a killed worker strands few tasks and none wait behind a slow send.
+worker_prefetch_multiplier = 1
+# Publishing from the API must not hang on a dead broker: the row is committed
+# and the sweeper re-enqueues it.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+broker_transport_options["socket_timeout"] = 2
+broker_transport_options["socket_connect_timeout"] = 2
+
+# Warm shutdown waits for running sends; Celery 5.5+'s soft shutdown gives them
+# this long after a SIGTERM before cancelling (and requeueing) the rest.
+worker_soft_shutdown_timeout = 10.0
+worker_enable_soft_shutdown_on_idle = True
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Queues named by workload: a 100,000-message campaign on herald.bulk never
+# delays a one-off password code on herald.send.
+task_default_queue = "herald.send"
+task_queues = (
+    Queue("herald"),  # the public task herald.send_message (CONTRACT §7)
+    Queue("herald.send"),  # transactional deliveries
+    Queue("herald.bulk"),  # campaign batches
+    Queue("herald.events"),  # events out to tenants' callback URLs
+    Queue("herald.periodic"),  # beat: sweeper, scheduled release
+)
+task_routes = {
+    "herald.send_message": {"queue": "herald"},
+    "herald.deliver": {"queue": "herald.send"},
+    "herald.sweep": {"queue": "herald.periodic"},
+}
+
+beat_schedule = {
+    "sweep": {
+        "task": "herald.sweep",
+        "schedule": float(os.environ.get("HERALD_SWEEP_INTERVAL", "5")),
+        "options": {"queue": "herald.periodic", "expires": 30},
+    },
+}

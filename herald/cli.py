@@ -1,0 +1,122 @@
+"""The `herald` command-line tool: tenants, keys, provider accounts, migrations, the stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from herald import migrate
+
+
+def _tenant_create(args: argparse.Namespace) -> int:
+    from models import session_scope
+    from services.tenants import add_provider_account, create_api_key, create_tenant
+
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = create_tenant(session, args.name)
+        for spec in args.account or []:
+            provider, values = _parse_account(spec)
+            add_provider_account(session, tenant.id, provider, **values)
+        key = create_api_key(session, tenant.id, name="cli")
+        print(json.dumps({"tenant_id": tenant.id, "api_key": key}))
+    return 0
+
+
+def _parse_account(spec: list[str]) -> tuple[str, dict[str, str]]:
+    provider, *pairs = spec
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"account fields are key=value, got {pair!r}")
+        values[key] = value
+    return provider, values
+
+
+def _account_add(args: argparse.Namespace) -> int:
+    from models import session_scope
+    from services.tenants import add_provider_account
+
+    migrate.upgrade()
+    provider, values = _parse_account([args.provider, *args.fields])
+    with session_scope() as session:
+        account = add_provider_account(session, args.tenant_id, provider, **values)
+        print(json.dumps({"account_id": account.id, "provider": provider}))
+    return 0
+
+
+def _key_create(args: argparse.Namespace) -> int:
+    from models import session_scope
+    from services.tenants import create_api_key
+
+    with session_scope() as session:
+        print(
+            json.dumps(
+                {"tenant_id": args.tenant_id, "api_key": create_api_key(session, args.tenant_id)}
+            )
+        )
+    return 0
+
+
+def _key_revoke(args: argparse.Namespace) -> int:
+    from models import session_scope
+    from services.tenants import revoke_api_key
+
+    with session_scope() as session:
+        done = revoke_api_key(session, args.key_id)
+    print(json.dumps({"revoked": done}))
+    return 0 if done else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from herald.stack import run_stack
+
+    return run_stack()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="herald", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(
+        func=lambda a: migrate.upgrade() or 0
+    )
+    sub.add_parser("run", help="run the whole stack in the foreground").set_defaults(func=_run)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
+    create = tenant.add_parser("create", help="create a tenant and print its first API key")
+    create.add_argument("name")
+    create.add_argument(
+        "--account",
+        nargs="+",
+        action="append",
+        metavar="FIELD",
+        help="PROVIDER key=value...: e.g. twilio account_sid=AC… auth_token=… sms_from=+1…",
+    )
+    create.set_defaults(func=_tenant_create)
+
+    account = sub.add_parser("account", help="provider accounts").add_subparsers(
+        dest="action", required=True
+    )
+    add = account.add_parser("add", help="attach provider credentials to a tenant")
+    add.add_argument("tenant_id")
+    add.add_argument("provider", choices=["twilio", "meta"])
+    add.add_argument("fields", nargs="+", help="key=value (secrets are encrypted at rest)")
+    add.set_defaults(func=_account_add)
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    kc = key.add_parser("create")
+    kc.add_argument("tenant_id")
+    kc.set_defaults(func=_key_create)
+    kr = key.add_parser("revoke")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=_key_revoke)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Configuration, read once from the environment and checked strictly.
+
+A bad value fails at start-up with a message naming the variable, instead of
+surfacing later as a confusing runtime error in a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value Herald cannot use."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _url(env: dict[str, str], name: str, default: str) -> str:
+    value = (env.get(name) or default).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting Herald reads; see the README's configuration table."""
+
+    home: Path
+    database_url: str
+    redis_url: str | None
+    secret_key: str | None
+    public_url: str
+    twilio_api_base: str
+    meta_graph_base: str
+    meta_graph_version: str
+    jwt_secret: str | None
+    queue_prefix: str
+    max_body_bytes: int
+    http_timeout: float
+    send_lease_seconds: int
+    settle_seconds: int
+    max_attempts: int
+    sweep_after_seconds: int
+    log_format: str
+    log_level: str
+    meta_app_secret: str | None = None
+    meta_verify_token: str | None = None
+
+    @property
+    def sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: the process environment)."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("HERALD_HOME") or ".herald").resolve()
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'herald.db'}"
+    if database_url.startswith("postgresql://"):
+        # psycopg 3 is the driver Herald ships; plain URLs would pick psycopg2.
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    port = _int(env, "PORT", 8000, minimum=1)
+    log_format = env.get("HERALD_LOG_FORMAT", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"HERALD_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+    version = env.get("META_GRAPH_VERSION") or "v22.0"
+    if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
+        raise ConfigError(f"META_GRAPH_VERSION must look like 'v22.0', got {version!r}")
+    return Settings(
+        home=home,
+        database_url=database_url,
+        redis_url=env.get("REDIS_URL") or None,
+        secret_key=env.get("HERALD_SECRET_KEY") or None,
+        public_url=_url(env, "HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}"),
+        twilio_api_base=_url(env, "TWILIO_API_BASE", "https://api.twilio.com"),
+        meta_graph_base=_url(env, "META_GRAPH_BASE", "https://graph.facebook.com"),
+        meta_graph_version=version,
+        jwt_secret=env.get("HERALD_JWT_SECRET") or None,
+        queue_prefix=env.get("HERALD_QUEUE_PREFIX", ""),
+        max_body_bytes=_int(env, "HERALD_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        http_timeout=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),
+        send_lease_seconds=_int(env, "HERALD_SEND_LEASE_SECONDS", 60, minimum=1),
+        settle_seconds=_int(env, "HERALD_SETTLE_SECONDS", 30, minimum=1),
+        max_attempts=_int(env, "HERALD_MAX_ATTEMPTS", 8, minimum=1),
+        sweep_after_seconds=_int(env, "HERALD_SWEEP_AFTER_SECONDS", 30, minimum=1),
+        log_format=log_format,
+        log_level=env.get("HERALD_LOG_LEVEL", "INFO").upper(),
+        meta_app_secret=env.get("META_APP_SECRET") or None,
+        meta_verify_token=env.get("META_VERIFY_TOKEN") or None,
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing env."""
+    return load_settings()

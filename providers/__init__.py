@@ -1,0 +1,45 @@
+"""Provider registry: one instance of each provider per process (pooled clients)."""
+
+from __future__ import annotations
+
+import threading
+
+from providers.base import ErrorKind, OutboundMessage, Provider, ProviderError, SendResult
+
+_lock = threading.Lock()
+_instances: dict[str, Provider] = {}
+
+
+def get_provider(name: str) -> Provider:
+    with _lock:
+        provider = _instances.get(name)
+        if provider is None:
+            if name == "twilio":
+                from providers.twilio import TwilioProvider
+
+                provider = TwilioProvider()
+            elif name == "meta":
+                from providers.meta import MetaProvider
+
+                provider = MetaProvider()
+            else:
+                raise KeyError(f"unknown provider {name!r}")
+            _instances[name] = provider
+        return provider
+
+
+def reset_providers() -> None:
+    """Drop pooled clients (after fork, or when tests change base URLs)."""
+    with _lock:
+        _instances.clear()
+
+
+__all__ = [
+    "ErrorKind",
+    "OutboundMessage",
+    "Provider",
+    "ProviderError",
+    "SendResult",
+    "get_provider",
+    "reset_providers",
+]

@@ -1,0 +1,74 @@
+"""The interface every provider implements, and how its errors are classified.
+
+Each provider module owns one error table mapping its codes onto an ErrorKind;
+the delivery service decides what to do from the kind alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from services.tenants import AccountCredentials
+
+
+class ErrorKind(enum.Enum):
+    PERMANENT = "permanent"  # will never succeed as sent: fail now, keep the code
+    TRANSIENT = "transient"  # the provider did not take it: retry with backoff
+    RATE_LIMITED = "rate_limited"  # not taken, come back after the hint
+    AMBIGUOUS = "ambiguous"  # the request may have been taken (timeout, 5xx): settle first
+
+
+class ProviderError(Exception):
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        opt_out: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.opt_out = opt_out
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What a provider needs to send one message; built by the delivery service."""
+
+    herald_id: str
+    channel: str
+    to: str
+    body: str | None = None
+    media_urls: list[str] = field(default_factory=list)
+    media_type: str | None = None
+    template: dict[str, Any] | None = None
+    interactive: dict[str, Any] | None = None
+    preview_url: bool = False
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_message_id: str
+    native_status: str
+    sender: str | None = None
+    price: Decimal | None = None
+    price_unit: str | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    def send(self, account: AccountCredentials, message: OutboundMessage) -> SendResult:
+        """Send once. Raises ProviderError classified by the provider's error table."""
+        ...

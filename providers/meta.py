@@ -1,0 +1,160 @@
+"""Meta WhatsApp Cloud API over httpx.
+
+One httpx.Client per process (thread-safe, pooled); the Graph base URL and
+version come from META_GRAPH_BASE / META_GRAPH_VERSION.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+
+from herald.config import get_settings
+from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
+from providers.retrying import retry_blips
+from services.tenants import AccountCredentials
+
+# The one place Graph / WhatsApp error codes are classified.
+RATE_LIMITED = {4, 80007, 130429, 131056, 613}
+TRANSIENT = {1, 2, 131000, 131016}
+PERMANENT = {
+    100: "invalid_parameter",
+    190: "provider_auth_failed",
+    368: "sender_blocked",
+    131026: "undeliverable",
+    131047: "window_closed",
+    131048: "spam_rate_limited",
+    131049: "marketing_limited",
+    131050: "recipient_opted_out",
+    131051: "unsupported_type",
+}
+OPT_OUT = {131050}
+
+MEDIA_TYPES = {
+    "image": (".jpg", ".jpeg", ".png", ".webp", ".gif"),
+    "video": (".mp4", ".3gp"),
+    "audio": (".mp3", ".ogg", ".aac", ".amr", ".m4a", ".opus"),
+}
+
+
+def classify(status: int | None, code: int | None) -> ErrorKind:
+    if code in RATE_LIMITED or status == 429:
+        return ErrorKind.RATE_LIMITED
+    if code in PERMANENT or (code is not None and 132000 <= code < 133000):
+        return ErrorKind.PERMANENT
+    if code in TRANSIENT or (status is not None and status >= 500):
+        # Meta's own "try again later" answers: it did not take the message,
+        # but Herald still lets callbacks settle before retrying (see delivery).
+        return ErrorKind.AMBIGUOUS
+    return ErrorKind.PERMANENT
+
+
+def media_type_for(url: str, declared: str | None) -> str:
+    if declared:
+        return declared
+    path = url.split("?", 1)[0].lower()
+    for kind, suffixes in MEDIA_TYPES.items():
+        if path.endswith(suffixes):
+            return kind
+    return "document"
+
+
+def build_payload(message: OutboundMessage) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": message.to.lstrip("+"),
+        "biz_opaque_callback_data": message.herald_id,
+    }
+    if message.template:
+        template = message.template
+        components = template.get("components")
+        if components is None and template.get("variables"):
+            components = [
+                {
+                    "type": "body",
+                    "parameters": [{"type": "text", "text": v} for v in template["variables"]],
+                }
+            ]
+        body: dict[str, Any] = {
+            "name": template["name"],
+            "language": {"code": template["language"]},
+        }
+        if components:
+            body["components"] = components
+        payload.update(type="template", template=body)
+    elif message.interactive:
+        payload.update(type="interactive", interactive=message.interactive)
+    elif message.media_urls:
+        kind = media_type_for(message.media_urls[0], message.media_type)
+        media: dict[str, Any] = {"link": message.media_urls[0]}
+        if message.body and kind != "audio":
+            media["caption"] = message.body
+        payload.update(type=kind, **{kind: media})
+    else:
+        payload.update(type="text", text={"body": message.body, "preview_url": message.preview_url})
+    return payload
+
+
+class MetaProvider:
+    name = "meta"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=get_settings().http_timeout,
+                    limits=httpx.Limits(max_connections=128, max_keepalive_connections=64),
+                )
+            return self._client
+
+    def send(self, account: AccountCredentials, message: OutboundMessage) -> SendResult:
+        settings = get_settings()
+        base = f"{settings.meta_graph_base}/{settings.meta_graph_version}"
+        url = f"{base}/{account.external_id}/messages"
+        data = self._post(url, account.secrets.get("access_token", ""), build_payload(message))
+        messages = data.get("messages") or []
+        if not messages or not messages[0].get("id"):
+            raise ProviderError(ErrorKind.AMBIGUOUS, "Graph answered 200 without a message id")
+        return SendResult(
+            provider_message_id=messages[0]["id"],
+            native_status=messages[0].get("message_status", "accepted"),
+            sender=account.settings.get("display_phone_number"),
+        )
+
+    @retry_blips
+    def _post(self, url: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.http.post(
+                url, json=payload, headers={"Authorization": f"Bearer {token}"}
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ProviderError(
+                ErrorKind.TRANSIENT, f"connect failed: {type(exc).__name__}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise ProviderError(ErrorKind.AMBIGUOUS, f"no answer: {type(exc).__name__}") from None
+        if response.status_code < 300:
+            return response.json()
+        try:
+            error = response.json().get("error") or {}
+        except ValueError:
+            error = {}
+        code = error.get("code")
+        code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
+        retry_after = response.headers.get("Retry-After")
+        raise ProviderError(
+            classify(response.status_code, code),
+            error.get("message") or f"Graph API answered {response.status_code}",
+            code=str(code) if code is not None else None,
+            http_status=response.status_code,
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            opt_out=code in OPT_OUT,
+        )

@@ -1,0 +1,162 @@
+"""Twilio Programmable Messaging through the official `twilio` client.
+
+One pooled HTTP client per process, one `Client` per account (cached), pointed
+at TWILIO_API_BASE so the same code talks to Twilio or to the bundled sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from decimal import Decimal, InvalidOperation
+
+import requests
+from requests.adapters import HTTPAdapter
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from herald.config import get_settings
+from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
+from providers.retrying import retry_blips
+from services.tenants import AccountCredentials
+
+# The one place Twilio error codes are classified. Anything not listed: a 4xx is
+# permanent, a 5xx ambiguous (Twilio documents that a create answered with a 500
+# may still have been queued, so Herald never blindly re-creates: see delivery).
+RATE_LIMITED = {20429, 14107, 30022}
+TRANSIENT = {20500, 20503}
+PERMANENT = {
+    21211: "invalid_number",
+    21408: "region_not_permitted",
+    21610: "recipient_unsubscribed",
+    21612: "unroutable",
+    21614: "not_mobile",
+    21617: "body_too_long",
+    63016: "window_closed",
+    63007: "sender_not_found",
+    20003: "provider_auth_failed",
+    20404: "provider_not_found",
+}
+OPT_OUT = {21610}
+
+
+def classify(status: int | None, code: int | None) -> ErrorKind:
+    if code in RATE_LIMITED or status == 429:
+        return ErrorKind.RATE_LIMITED
+    if code in PERMANENT:
+        return ErrorKind.PERMANENT
+    if code in TRANSIENT or status == 503:
+        return ErrorKind.TRANSIENT
+    if status is not None and status >= 500:
+        return ErrorKind.AMBIGUOUS
+    return ErrorKind.PERMANENT
+
+
+class TwilioProvider:
+    name = "twilio"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Client] = {}
+        self._http = TwilioHttpClient(pool_connections=True, timeout=get_settings().http_timeout)
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=64)
+        assert self._http.session is not None
+        self._http.session.mount("http://", adapter)
+        self._http.session.mount("https://", adapter)
+
+    def client(self, account: AccountCredentials) -> Client:
+        key = (account.external_id, account.secrets.get("auth_token", ""))
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = Client(key[0], key[1], http_client=self._http)
+                client.api.base_url = get_settings().twilio_api_base
+                self._clients[key] = client
+            return client
+
+    def send(self, account: AccountCredentials, message: OutboundMessage) -> SendResult:
+        params = self.build_params(account, message)
+        created = self._create(account, params)
+        return SendResult(
+            provider_message_id=created.sid,
+            native_status=created.status,
+            sender=params.get("from_"),
+            price=_decimal(created.price),
+            price_unit=created.price_unit,
+        )
+
+    @staticmethod
+    def build_params(account: AccountCredentials, message: OutboundMessage) -> dict:
+        settings = account.settings
+        whatsapp = message.channel == "whatsapp"
+        prefix = "whatsapp:" if whatsapp else ""
+        params: dict = {"to": prefix + message.to}
+        sender = settings.get("whatsapp_from") if whatsapp else settings.get("sms_from")
+        if sender:
+            params["from_"] = sender if sender.startswith(prefix) else prefix + sender
+        elif settings.get("messaging_service_sid"):
+            params["messaging_service_sid"] = settings["messaging_service_sid"]
+        else:
+            raise ProviderError(
+                ErrorKind.PERMANENT,
+                f"The Twilio account has no {message.channel} sender configured.",
+                code="sender_not_configured",
+            )
+        if message.template:
+            params["content_sid"] = message.template.get("content_sid")
+            variables = message.template.get("content_variables") or {
+                str(i): v for i, v in enumerate(message.template.get("variables") or [], 1)
+            }
+            if variables:
+                params["content_variables"] = json.dumps(variables)
+        elif message.body:
+            params["body"] = message.body
+        if message.media_urls:
+            params["media_url"] = list(message.media_urls)
+        if message.status_callback:
+            params["status_callback"] = message.status_callback
+        return params
+
+    @retry_blips
+    def _create(self, account: AccountCredentials, params: dict):  # type: ignore[no-untyped-def]
+        try:
+            return self.client(account).messages.create(**params)
+        except TwilioRestException as exc:
+            kind = classify(exc.status, exc.code)
+            raise ProviderError(
+                kind,
+                exc.msg or "Twilio error",
+                code=str(exc.code) if exc.code else None,
+                http_status=exc.status,
+                retry_after=_retry_after(exc),
+                opt_out=exc.code in OPT_OUT,
+            ) from None
+        except requests.exceptions.ConnectTimeout as exc:
+            raise ProviderError(ErrorKind.TRANSIENT, f"connect timeout: {exc}") from None
+        except requests.exceptions.ConnectionError as exc:
+            # A refused connection never carried the request; a dropped one may have.
+            text = str(exc)
+            sent = not any(s in text for s in ("NewConnectionError", "Connection refused"))
+            kind = ErrorKind.AMBIGUOUS if sent else ErrorKind.TRANSIENT
+            raise ProviderError(kind, f"connection error: {type(exc).__name__}") from None
+        except requests.exceptions.Timeout:
+            raise ProviderError(ErrorKind.AMBIGUOUS, "read timeout after sending") from None
+
+
+def _retry_after(exc: TwilioRestException) -> float | None:
+    details = getattr(exc, "details", None) or {}
+    value = details.get("retry_after") if isinstance(details, dict) else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        return abs(Decimal(value))
+    except InvalidOperation:
+        return None

@@ -1,0 +1,225 @@
+"""Accepting, reading and cancelling messages: the path behind `POST /v1/messages`,
+the seeds' endpoints and the `herald.send_message` task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from models import Contact, Message, MessageEvent, Tenant, utcnow
+from services.dispatch import enqueue_after_commit
+from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from services.phones import mask
+from services.status import apply_status
+from services.tenants import find_account
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = "herald.send"
+BULK_QUEUE = "herald.bulk"
+
+
+def request_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _existing(session: Session, tenant_id: str, key: str, digest: str) -> Message | None:
+    message = session.scalars(
+        select(Message).where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
+    ).first()
+    if message is not None and message.request_hash != digest:
+        raise Conflict(
+            "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
+        )
+    return message
+
+
+def resolve_contact(session: Session, tenant_id: str, contact_id: str) -> Contact:
+    contact = session.scalars(
+        select(Contact).where(
+            Contact.tenant_id == tenant_id,
+            (Contact.external_id == contact_id) | (Contact.id == contact_id),
+        )
+    ).first()
+    if contact is None:
+        raise PolicyRefused(f"No contact with id {contact_id!r}.", code="contact_not_found")
+    return contact
+
+
+def choose_provider(tenant: Tenant, channel: str, requested: str | None) -> str:
+    if requested:
+        return requested
+    default = (
+        tenant.default_whatsapp_provider if channel == "whatsapp" else tenant.default_sms_provider
+    )
+    if not default:
+        raise PolicyRefused(
+            f"No provider is configured for {channel} on this tenant.",
+            code="provider_not_configured",
+        )
+    return default
+
+
+def accept_message(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    campaign_id: str | None = None,
+) -> tuple[Message, bool]:
+    """Persist a validated request as a `queued` (or `scheduled`) message and
+    enqueue its delivery after commit. Returns (message, created).
+
+    With an idempotency key, a replay returns the first message (created=False)
+    and a different body under the same key is a Conflict; two racing requests
+    with one key create one row, thanks to the unique (tenant, key) constraint.
+    """
+    digest = request_hash(raw if raw is not None else data)
+    if idempotency_key:
+        if len(idempotency_key) > 255:
+            raise InvalidRequest("Idempotency-Key is at most 255 characters.")
+        found = _existing(session, tenant.id, idempotency_key, digest)
+        if found is not None:
+            return found, False
+
+    channel = data.get("channel", "whatsapp")
+    provider = choose_provider(tenant, channel, data.get("provider"))
+    if provider == "meta" and channel != "whatsapp":
+        raise InvalidRequest(
+            "Meta serves the whatsapp channel only.", fields={"provider": ["meta"]}
+        )
+    if provider == "meta" and len(data.get("media_url") or []) > 1:
+        raise InvalidRequest(
+            "WhatsApp through Meta takes one media per message.",
+            fields={"media_url": ["At most 1 media URL with provider meta."]},
+        )
+    template = data.get("template")
+    if template and provider == "twilio" and not template.get("content_sid"):
+        raise InvalidRequest(
+            "Twilio templates are sent by ContentSid.",
+            fields={"template": ["Give template.content_sid for provider twilio."]},
+        )
+    if template and provider == "meta" and not template.get("name"):
+        raise InvalidRequest("Meta templates need a name.", fields={"template": ["name required"]})
+    account = find_account(session, tenant.id, provider)
+    if account is None:
+        raise PolicyRefused(
+            f"This tenant has no {provider} account.", code="provider_not_configured"
+        )
+
+    contact_id = None
+    to = data.get("to")
+    if "contact_id" in data:
+        contact = resolve_contact(session, tenant.id, data["contact_id"])
+        to, contact_id = contact.phone, contact.external_id or contact.id
+
+    now = utcnow()
+    send_at = data.get("send_at")
+    status = "scheduled" if send_at is not None and send_at > now else "queued"
+    options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    message = Message(
+        tenant_id=tenant.id,
+        direction="outbound",
+        channel=channel,
+        provider=provider,
+        provider_account_id=account.id,
+        to_number=to,
+        contact_id=contact_id,
+        body=data.get("body"),
+        media_urls=data.get("media_url"),
+        template=template,
+        options=options or None,
+        status=status,
+        campaign_id=campaign_id,
+        meta=data.get("metadata") or {},
+        callback_url=data.get("callback_url"),
+        idempotency_key=idempotency_key,
+        request_hash=digest if idempotency_key else None,
+        send_at=send_at,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(message)
+            session.flush()
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        found = _existing(session, tenant.id, idempotency_key, digest)
+        if found is None:
+            raise
+        return found, False
+    session.add(MessageEvent(message_id=message.id, status=status, source="api", at=now))
+    if status == "queued":
+        enqueue_after_commit(session, [message.id], BULK_QUEUE if campaign_id else SEND_QUEUE)
+    log.info(
+        "message accepted id=%s tenant=%s channel=%s provider=%s to=%s status=%s",
+        message.id,
+        tenant.id,
+        channel,
+        provider,
+        mask(to),
+        status,
+    )
+    return message, True
+
+
+def get_message(session: Session, tenant_id: str, message_id: str) -> Message:
+    """A tenant's message with its events; another tenant's id is NotFound, like a missing one."""
+    message = session.scalars(
+        select(Message)
+        .options(selectinload(Message.events))
+        .where(Message.id == message_id, Message.tenant_id == tenant_id)
+    ).first()
+    if message is None:
+        raise NotFound(f"No message {message_id!r}.")
+    return message
+
+
+def list_messages(
+    session: Session,
+    tenant_id: str,
+    *,
+    status: str | None = None,
+    to: str | None = None,
+    campaign_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Message], str | None]:
+    """A page of messages, newest first. Ids are time-ordered, so the cursor is the last id."""
+    query = select(Message).where(Message.tenant_id == tenant_id)
+    if status:
+        query = query.where(Message.status == status)
+    if to:
+        query = query.where(Message.to_number == to)
+    if campaign_id:
+        query = query.where(Message.campaign_id == campaign_id)
+    if cursor:
+        query = query.where(Message.id < cursor)
+    rows = list(session.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_message(session: Session, tenant_id: str, message_id: str) -> Message:
+    message = get_message(session, tenant_id, message_id)
+    status = message.status
+    if not apply_status(session, message.id, "canceled", source="api"):
+        session.rollback()
+        raise Conflict(
+            f"A message in status {status!r} can no longer be canceled.",
+            code="not_cancelable",
+        )
+    session.flush()
+    session.refresh(message)
+    return message

@@ -1,0 +1,67 @@
+"""The public JSON shapes of Herald's rows (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from models import Message, MessageEvent
+
+
+def iso(value: datetime | None) -> str | None:
+    return (
+        None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def event_to_dict(event: MessageEvent) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "status": event.status,
+        "native_status": event.native_status,
+        "at": iso(event.at),
+        "source": event.source,
+        "applied": event.applied,
+    }
+    if event.error_code:
+        data["error_code"] = event.error_code
+    return data
+
+
+def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
+    error = None
+    if message.error_code:
+        error = {
+            "code": message.error_code,
+            "message": message.error_message,
+            "provider_code": message.provider_error_code,
+        }
+    data: dict[str, Any] = {
+        "id": message.id,
+        "status": message.status,
+        "direction": message.direction,
+        "channel": message.channel,
+        "provider": message.provider,
+        "to": message.to_number,
+        "from": message.from_number,
+        "contact_id": message.contact_id,
+        "body": message.body,
+        "media_url": message.media_urls,
+        "template": message.template,
+        "provider_message_id": message.provider_message_id,
+        "error": error,
+        "attempts": message.attempts,
+        "campaign_id": message.campaign_id,
+        "metadata": message.meta or {},
+        "callback_url": message.callback_url,
+        "send_at": iso(message.send_at),
+        "price": None if message.price is None else str(message.price),
+        "price_unit": message.price_unit,
+        "created_at": iso(message.created_at),
+        "updated_at": iso(message.updated_at),
+        "sent_at": iso(message.sent_at),
+        "delivered_at": iso(message.delivered_at),
+        "read_at": iso(message.read_at),
+    }
+    if events:
+        data["events"] = [event_to_dict(e) for e in message.events]
+    return data

@@ -1,0 +1,163 @@
+"""Tenants, API keys, JWTs and provider accounts."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from herald.config import get_settings
+from models import ApiKey, ProviderAccount, Tenant, utcnow
+from services.errors import InvalidRequest, Unauthorized
+from services.secrets import decrypt_json, encrypt_json
+
+KEY_PREFIX = "hk_"
+PROVIDER_FIELDS = {
+    # provider: (external id field, secret fields, setting fields)
+    "twilio": (
+        "account_sid",
+        ("auth_token",),
+        ("sms_from", "whatsapp_from", "messaging_service_sid"),
+    ),
+    "meta": (
+        "phone_number_id",
+        ("access_token", "app_secret", "verify_token"),
+        ("waba_id", "display_phone_number"),
+    ),
+}
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_tenant(session: Session, name: str, **options: Any) -> Tenant:
+    tenant = Tenant(name=name, **options)
+    tenant.webhook_secret_enc = encrypt_json({"secret": "whsec_" + secrets.token_urlsafe(24)})
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def create_api_key(session: Session, tenant_id: str, name: str | None = None) -> str:
+    """Create a key and return it in clear: the only time it is ever visible."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:10], name=name))
+    session.flush()
+    return key
+
+
+def revoke_api_key(session: Session, key_id: str) -> bool:
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        return False
+    row.revoked_at = utcnow()
+    return True
+
+
+def authenticate(session: Session, authorization: str | None) -> Tenant:
+    """The tenant behind an `Authorization: Bearer …` header (API key or HS256 JWT)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("Send 'Authorization: Bearer <api key>'.")
+    token = authorization[len("Bearer ") :].strip()
+    tenant: Tenant | None = None
+    if token.startswith(KEY_PREFIX):
+        row = session.scalars(
+            select(ApiKey).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+        ).first()
+        tenant = session.get(Tenant, row.tenant_id) if row else None
+    elif token.count(".") == 2 and get_settings().jwt_secret:
+        try:
+            claims = jwt.decode(
+                token,
+                get_settings().jwt_secret,
+                algorithms=["HS256"],
+                options={"require": ["tenant"]},
+            )
+        except jwt.PyJWTError:
+            claims = None
+        tenant = session.get(Tenant, str(claims["tenant"])) if claims else None
+    if tenant is None:
+        raise Unauthorized("The API key or token is not valid.")
+    return tenant
+
+
+@dataclass(frozen=True)
+class AccountCredentials:
+    """A provider account with its secrets decrypted, for one send or one verification."""
+
+    id: str
+    tenant_id: str
+    provider: str
+    external_id: str
+    settings: dict[str, Any]
+    secrets: dict[str, Any]
+
+
+def add_provider_account(
+    session: Session, tenant_id: str, provider: str, **values: Any
+) -> ProviderAccount:
+    """Attach provider credentials to a tenant; secret fields are encrypted before storing."""
+    if provider not in PROVIDER_FIELDS:
+        raise InvalidRequest(f"Unknown provider {provider!r}.")
+    id_field, secret_fields, setting_fields = PROVIDER_FIELDS[provider]
+    if not values.get(id_field):
+        raise InvalidRequest(f"{provider} account needs {id_field}.")
+    unknown = set(values) - {id_field, *secret_fields, *setting_fields}
+    if unknown:
+        raise InvalidRequest(f"Unknown {provider} account fields: {sorted(unknown)}.")
+    account = ProviderAccount(
+        tenant_id=tenant_id,
+        provider=provider,
+        external_id=str(values[id_field]),
+        settings={k: values[k] for k in setting_fields if values.get(k)},
+        secrets_enc=encrypt_json({k: values[k] for k in secret_fields if values.get(k)}),
+    )
+    session.add(account)
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is not None:
+        # Meta's Cloud API is the direct route for WhatsApp: preferred when present.
+        if provider == "meta":
+            tenant.default_whatsapp_provider = "meta"
+        if provider == "twilio":
+            tenant.default_sms_provider = tenant.default_sms_provider or "twilio"
+            if not tenant.default_whatsapp_provider and values.get("whatsapp_from"):
+                tenant.default_whatsapp_provider = "twilio"
+    session.flush()
+    return account
+
+
+def credentials(account: ProviderAccount) -> AccountCredentials:
+    return AccountCredentials(
+        id=account.id,
+        tenant_id=account.tenant_id,
+        provider=account.provider,
+        external_id=account.external_id,
+        settings=dict(account.settings or {}),
+        secrets=decrypt_json(account.secrets_enc),
+    )
+
+
+def find_account(session: Session, tenant_id: str, provider: str) -> ProviderAccount | None:
+    return session.scalars(
+        select(ProviderAccount)
+        .where(ProviderAccount.tenant_id == tenant_id, ProviderAccount.provider == provider)
+        .order_by(ProviderAccount.created_at)
+    ).first()
+
+
+def accounts_by_external_id(
+    session: Session, provider: str, external_id: str
+) -> list[ProviderAccount]:
+    return list(
+        session.scalars(
+            select(ProviderAccount).where(
+                ProviderAccount.provider == provider, ProviderAccount.external_id == external_id
+            )
+        )
+    )

@@ -1,0 +1,133 @@
+"""Shared fixtures. Each test run gets its own database: a fresh PostgreSQL schema
+when DATABASE_URL points at PostgreSQL (CI), else a temporary SQLite file."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+TWILIO_SID = "AC" + "a1" * 16
+TWILIO_TOKEN = "test-twilio-token"
+META_PHONE_ID = "109876543210001"
+META_TOKEN = "test-meta-token"
+META_SECRET = "test-meta-app-secret"
+
+
+def _isolated_database_url(tmp: Path) -> tuple[str, str | None]:
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith("postgresql"):
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        schema = f"herald_test_{RUN_ID}"
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+        sep = "&" if "?" in url else "?"
+        return f"{url}{sep}options=-csearch_path%3D{schema}", schema
+    return f"sqlite:///{tmp / 'herald.db'}", None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Point the whole process (and any child it starts) at an isolated database."""
+    home = tmp_path_factory.mktemp("herald-home")
+    base_url = os.environ.get("DATABASE_URL", "")
+    db_url, schema = _isolated_database_url(home)
+    env = {
+        "HERALD_HOME": str(home),
+        "DATABASE_URL": db_url,
+        "HERALD_SECRET_KEY": "test-secret-key-" + RUN_ID,
+        "HERALD_PUBLIC_URL": "http://herald.test",
+        "HERALD_QUEUE_PREFIX": f"herald-test-{RUN_ID}:",
+        "HERALD_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from herald.config import get_settings
+    from models import reset_engine
+
+    get_settings.cache_clear()
+    reset_engine()
+    from herald import migrate
+
+    migrate.upgrade()
+    yield env
+    reset_engine()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    if schema:
+        engine = create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture
+def dispatched() -> Iterator[list[tuple[str, str]]]:
+    """Capture what would be enqueued instead of publishing to a broker."""
+    from services.dispatch import set_dispatcher
+
+    sent: list[tuple[str, str]] = []
+    set_dispatcher(lambda ids, queue: sent.extend((i, queue) for i in ids))
+    yield sent
+    set_dispatcher(None)
+
+
+def make_tenant(name: str = "acme", **accounts: dict[str, str]) -> dict[str, str]:
+    """A tenant with Twilio and Meta accounts (test credentials) and an API key."""
+    from models import session_scope
+    from services.tenants import add_provider_account, create_api_key, create_tenant
+
+    suffix = uuid.uuid4().hex[:6]
+    twilio = accounts.get(
+        "twilio",
+        {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "sms_from": "+12025550100",
+         "whatsapp_from": "+14155238886"},
+    )
+    meta = accounts.get(
+        "meta",
+        {"phone_number_id": META_PHONE_ID, "access_token": META_TOKEN, "app_secret": META_SECRET,
+         "verify_token": "verify-me", "display_phone_number": "+12025550111"},
+    )
+    with session_scope() as session:
+        tenant = create_tenant(session, f"{name}-{suffix}")
+        if twilio:
+            add_provider_account(session, tenant.id, "twilio", **twilio)
+        if meta:
+            add_provider_account(session, tenant.id, "meta", **meta)
+        key = create_api_key(session, tenant.id)
+        return {"tenant_id": tenant.id, "api_key": key}
+
+
+@pytest.fixture
+def tenant() -> dict[str, str]:
+    return make_tenant()
+
+
+@pytest.fixture
+def app():  # type: ignore[no-untyped-def]
+    from api import create_app
+
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def auth(tenant: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant['api_key']}"}

@@ -1,0 +1,210 @@
+"""Provider webhooks: signatures, forward-only status, duplicates, inbound."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import urlencode
+
+from sqlalchemy import func, select
+from twilio.request_validator import RequestValidator
+
+from models import Contact, Message, MessageEvent, WebhookEvent, session_scope
+from tests.conftest import META_PHONE_ID, META_SECRET, TWILIO_SID, TWILIO_TOKEN, make_tenant
+
+PUBLIC = "http://herald.test"
+TO = "+12025550143"
+
+
+def new_message(client, auth, **fields) -> str:  # type: ignore[no-untyped-def]
+    body = {"to": TO, "body": "hello", **fields}
+    resp = client.post("/v1/messages", json=body, headers=auth)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def twilio_post(client, path: str, params: dict[str, str], token: str = TWILIO_TOKEN):  # type: ignore[no-untyped-def]
+    signature = RequestValidator(token).compute_signature(PUBLIC + path, params)
+    return client.post(path, data=urlencode(params), headers={"X-Twilio-Signature": signature},
+                       content_type="application/x-www-form-urlencoded")
+
+
+def twilio_status(client, message_id: str, status: str, sid: str = "SM" + "0" * 32, **extra):  # type: ignore[no-untyped-def]
+    params = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
+              "AccountSid": TWILIO_SID, "To": TO, "From": "+12025550100", **extra}
+    return twilio_post(client, f"/webhooks/twilio/status?message_id={message_id}", params)
+
+
+def get(client, auth, message_id: str) -> dict:  # type: ignore[no-untyped-def]
+    return client.get(f"/v1/messages/{message_id}", headers=auth).get_json()
+
+
+def events_of(message_id: str) -> list[tuple[str, str | None, bool]]:
+    with session_scope() as session:
+        rows = session.scalars(select(MessageEvent).where(MessageEvent.message_id == message_id)
+                               .order_by(MessageEvent.id))
+        return [(e.status, e.native_status, e.applied) for e in rows]
+
+
+def test_twilio_status_moves_forward_only(client, auth, dispatched) -> None:
+    mid = new_message(client, auth, channel="sms")
+    sid = "SM" + "1" * 32
+    assert twilio_status(client, mid, "sent", sid).status_code == 204
+    assert twilio_status(client, mid, "delivered", sid).status_code == 204
+    assert twilio_status(client, mid, "sent", sid + "x").status_code == 204  # late, other key
+    msg = get(client, auth, mid)
+    assert msg["status"] == "delivered"
+    # The callback beat the worker: the SID came from it, by Herald's id in the URL.
+    assert msg["provider_message_id"] == sid
+    assert msg["delivered_at"] is not None
+    assert events_of(mid)[1:] == [("sent", "sent", True), ("delivered", "delivered", True),
+                                  ("sent", "sent", False)]
+
+
+def test_twilio_duplicate_callback_changes_nothing(client, auth, dispatched) -> None:
+    mid = new_message(client, auth, channel="sms")
+    sid = "SM" + "2" * 32
+    twilio_status(client, mid, "delivered", sid)
+    before = events_of(mid)
+    assert twilio_status(client, mid, "delivered", sid).status_code == 204
+    assert events_of(mid) == before
+    with session_scope() as session:
+        n = session.scalar(select(func.count()).where(WebhookEvent.dedup_key == f"twilio:{sid}:delivered"))
+    assert n == 1
+
+
+def test_twilio_failure_keeps_error_code(client, auth, dispatched) -> None:
+    mid = new_message(client, auth, channel="sms")
+    twilio_status(client, mid, "undelivered", "SM" + "3" * 32, ErrorCode="30003",
+                  ErrorMessage="Unreachable destination handset")
+    msg = get(client, auth, mid)
+    assert msg["status"] == "undelivered"
+    assert msg["error"]["provider_code"] == "30003"
+    # Terminal: a later delivered does not resurrect it.
+    twilio_status(client, mid, "delivered", "SM" + "3" * 32)
+    assert get(client, auth, mid)["status"] == "undelivered"
+
+
+def test_twilio_bad_signature_is_403_and_changes_nothing(client, auth, dispatched) -> None:
+    mid = new_message(client, auth, channel="sms")
+    params = {"MessageSid": "SM" + "4" * 32, "MessageStatus": "delivered", "AccountSid": TWILIO_SID}
+    path = f"/webhooks/twilio/status?message_id={mid}"
+    forged = RequestValidator("not-the-token").compute_signature(PUBLIC + path, params)
+    for headers in ({"X-Twilio-Signature": forged}, {}):
+        resp = client.post(path, data=params, headers=headers)
+        assert resp.status_code == 403
+        assert resp.get_json()["error"]["code"] == "forbidden"
+    assert get(client, auth, mid)["status"] == "queued"
+
+
+def test_twilio_status_for_unknown_message_is_kept(client) -> None:
+    sid = "SM" + "5" * 32
+    resp = twilio_post(client, "/webhooks/twilio/status",
+                       {"MessageSid": sid, "MessageStatus": "sent", "AccountSid": TWILIO_SID})
+    assert resp.status_code == 204
+    with session_scope() as session:
+        row = session.scalars(select(WebhookEvent).where(WebhookEvent.provider_message_id == sid)).one()
+        assert row.message_id is None
+
+
+def test_twilio_inbound_answers_twiml_and_opens_window(client) -> None:
+    # One Twilio account serving several tenants: the To number picks the tenant.
+    tenant = make_tenant("dealer", twilio={"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
+                                           "whatsapp_from": "+14155230042"})
+    sid = "SM" + "6" * 32
+    params = {"MessageSid": sid, "AccountSid": TWILIO_SID, "From": "whatsapp:+12025550177",
+              "To": "whatsapp:+14155230042", "Body": "Is the car still available?",
+              "NumMedia": "1", "MediaUrl0": "https://example.com/a.jpg", "ProfileName": "Ana"}
+    resp = twilio_post(client, "/webhooks/twilio/inbound", params)
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/xml"
+    assert b"<Response" in resp.data
+    with session_scope() as session:
+        msg = session.scalars(select(Message).where(Message.provider_message_id == sid)).one()
+        assert (msg.direction, msg.status, msg.channel) == ("inbound", "received", "whatsapp")
+        assert msg.tenant_id == tenant["tenant_id"]
+        assert msg.media_urls == ["https://example.com/a.jpg"]
+        contact = session.scalars(select(Contact).where(
+            Contact.tenant_id == tenant["tenant_id"], Contact.phone == "+12025550177")).one()
+        assert contact.last_inbound_at is not None and contact.name == "Ana"
+
+
+# ------------------------------------------------------------------ Meta
+
+
+def meta_post(client, payload: dict, secret: str = META_SECRET):  # type: ignore[no-untyped-def]
+    raw = json.dumps(payload).encode()
+    sig = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return client.post("/webhooks/meta", data=raw, content_type="application/json",
+                       headers={"X-Hub-Signature-256": sig})
+
+
+def meta_change(statuses: list[dict] | None = None, messages: list[dict] | None = None) -> dict:
+    value: dict = {"messaging_product": "whatsapp",
+                   "metadata": {"display_phone_number": "12025550111", "phone_number_id": META_PHONE_ID}}
+    if statuses:
+        value["statuses"] = statuses
+    if messages:
+        value["messages"] = messages
+        value["contacts"] = [{"profile": {"name": "Luis"}, "wa_id": messages[0]["from"]}]
+    return {"field": "messages", "value": value}
+
+
+def status(mid: str, wamid: str, state: str, **extra) -> dict:  # type: ignore[no-untyped-def]
+    return {"id": wamid, "status": state, "timestamp": str(int(time.time())),
+            "recipient_id": TO[1:], "biz_opaque_callback_data": mid, **extra}
+
+
+def test_meta_verify_handshake(client, tenant) -> None:
+    ok = client.get("/webhooks/meta?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=42")
+    assert ok.status_code == 200 and ok.data == b"42"
+    bad = client.get("/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=42")
+    assert bad.status_code == 403
+
+
+def test_meta_every_entry_and_change_is_applied(client, auth, dispatched) -> None:
+    m1, m2, m3 = (new_message(client, auth) for _ in range(3))
+    pricing = {"billable": True, "pricing_model": "PMP", "category": "utility"}
+    payload = {"object": "whatsapp_business_account", "entry": [
+        {"id": "WABA", "changes": [
+            meta_change(statuses=[status(m1, "wamid.A1", "sent", pricing=pricing),
+                                  status(m1, "wamid.A1", "delivered")]),
+            meta_change(statuses=[status(m2, "wamid.B2", "read")]),  # delivered skipped
+        ]},
+        {"id": "WABA", "changes": [
+            meta_change(
+                statuses=[status(m3, "wamid.C3", "failed", errors=[
+                    {"code": 131047, "title": "Re-engagement message"}])],
+                messages=[{"from": "12025550188", "id": "wamid.IN1", "timestamp": "1700000000",
+                           "type": "text", "text": {"body": "STOP"}}],
+            ),
+        ]},
+    ]}
+    resp = meta_post(client, payload)
+    assert resp.status_code == 200
+    assert resp.get_json()["received"]["statuses"] == 4
+    assert resp.get_json()["received"]["messages"] == 1
+    assert get(client, auth, m1)["status"] == "delivered"
+    assert get(client, auth, m1)["provider_message_id"] == "wamid.A1"
+    read = get(client, auth, m2)
+    assert read["status"] == "read" and read["delivered_at"] is not None
+    failed = get(client, auth, m3)
+    assert failed["status"] == "failed" and failed["error"]["provider_code"] == "131047"
+    # Replaying the whole delivery is a no-op.
+    again = meta_post(client, payload).get_json()["received"]
+    assert again["duplicates"] == 5 and again["statuses"] == 0
+    with session_scope() as session:
+        detail = session.scalars(select(MessageEvent.detail).where(
+            MessageEvent.message_id == m1, MessageEvent.native_status == "sent")).one()
+    assert detail["pricing"]["category"] == "utility"
+
+
+def test_meta_bad_signature_is_403(client, auth, dispatched) -> None:
+    mid = new_message(client, auth)
+    payload = {"object": "whatsapp_business_account",
+               "entry": [{"id": "W", "changes": [meta_change(statuses=[status(mid, "wamid.Z", "read")])]}]}
+    assert meta_post(client, payload, secret="wrong").status_code == 403
+    assert client.post("/webhooks/meta", json=payload).status_code == 403
+    assert get(client, auth, mid)["status"] == "queued"

@@ -1,0 +1,1 @@
+"""The Celery face of Herald: the app, thin tasks, the beat schedule."""

@@ -1,0 +1,65 @@
+"""Celery tasks: load ids, call the domain layer, report. No business rules here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from models import Tenant, session_scope
+from services import delivery
+from services.dispatch import dispatch_now
+from services.errors import HeraldError
+from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
+from services.schemas import load_message_request
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="herald.deliver", bind=True, ignore_result=True)
+def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-def]
+    """One delivery attempt; a retry is rescheduled with the countdown the domain chose."""
+    outcome = delivery.deliver(message_id)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return outcome.action
+
+
+@shared_task(name="herald.send_message", ignore_result=False)
+def send_message(
+    tenant_id: str, idempotency_key: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """The public task (CONTRACT §7): the same validation and path as POST /v1/messages."""
+    try:
+        with session_scope() as session:
+            tenant = session.get(Tenant, tenant_id)
+            if tenant is None:
+                return {
+                    "error": {"code": "tenant_not_found", "message": f"No tenant {tenant_id!r}."}
+                }
+            data = load_message_request(fields)
+            message, _ = accept_message(
+                session, tenant, data, idempotency_key=idempotency_key, raw=fields
+            )
+            result = {"id": message.id, "status": message.status}
+        return result
+    except HeraldError as exc:
+        return exc.to_dict()
+
+
+@shared_task(name="herald.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Ring the doorbell again for rows the broker may have lost, and release due
+    scheduled messages. Re-enqueueing is harmless: the claim dedups."""
+    released = delivery.release_scheduled()
+    if released:
+        dispatch_now(released, SEND_QUEUE)
+    due = delivery.due_for_sweep()
+    for queue in (SEND_QUEUE, BULK_QUEUE):
+        ids = [mid for mid, campaign in due if (campaign is None) == (queue == SEND_QUEUE)]
+        if ids:
+            dispatch_now(ids, queue)
+    if due or released:
+        log.info("sweep re-enqueued=%d released=%d", len(due), len(released))
+    return {"requeued": len(due), "released": len(released)}
