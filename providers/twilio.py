@@ -25,7 +25,6 @@ from services.tenants import AccountCredentials
 # permanent, a 5xx ambiguous (Twilio documents that a create answered with a 500
 # may still have been queued, so Herald never blindly re-creates: see delivery).
 RATE_LIMITED = {20429, 14107, 30022}
-TRANSIENT = {20500, 20503}
 PERMANENT = {
     21211: "invalid_number",
     21408: "region_not_permitted",
@@ -46,9 +45,8 @@ def classify(status: int | None, code: int | None) -> ErrorKind:
         return ErrorKind.RATE_LIMITED
     if code in PERMANENT:
         return ErrorKind.PERMANENT
-    if code in TRANSIENT or status == 503:
-        return ErrorKind.TRANSIENT
     if status is not None and status >= 500:
+        # 20500/20503 included: never retried in-call, only after callbacks settle.
         return ErrorKind.AMBIGUOUS
     return ErrorKind.PERMANENT
 

@@ -38,9 +38,11 @@ def mask(number: str | None) -> str:
     return f"{prefix}{digits[:2]}{'*' * (len(digits) - 6)}{digits[-4:]}"
 
 
-_PHONE_RE = re.compile(r"(?<![\w])\+?\d[\d\s().-]{7,}\d")
+# An international number (`+` then 7-15 digits, maybe spaced) or a bare WhatsApp id
+# (11-15 digits, country code included); not IP addresses, versions or timestamps.
+_PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d[\d -]{5,17}\d|\d{11,15})(?!\w|\.\d)")
 
 
 def mask_text(text: str) -> str:
     """Mask every phone-number-like run in free text (log lines, error messages)."""
-    return _PHONE_RE.sub(lambda m: mask(re.sub(r"[\s().-]", "", m.group(0))), text)
+    return _PHONE_RE.sub(lambda m: mask(re.sub(r"[\s-]", "", m.group(0))), text)

@@ -26,7 +26,8 @@ from models import Contact, Message, MessageEvent, WebhookEvent, utcnow
 from services.errors import Forbidden
 from services.phones import mask, normalize_e164
 from services.status import apply_status
-from services.tenants import AccountCredentials, accounts_by_external_id, credentials
+from services.tenants import AccountCredentials, accounts_by_external_id
+from services.tenants import credentials as _credentials
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ META_STATUS = {"sent": "sent", "delivered": "delivered", "read": "read", "failed
 # ---------------------------------------------------------------- signatures
 
 
+def credentials(account: Any) -> AccountCredentials | None:
+    """Decrypted credentials, or None (logged) for a row this process cannot decrypt,
+    so one misconfigured account never breaks webhooks for the others."""
+    try:
+        return _credentials(account)
+    except RuntimeError as exc:
+        log.error("skipping provider account %s: %s", account.id, exc)
+        return None
+
+
 def verify_twilio(
     session: Session, url: str, form: dict[str, str], signature: str
 ) -> list[AccountCredentials]:
@@ -58,8 +69,8 @@ def verify_twilio(
     matched = []
     for account in accounts_by_external_id(session, "twilio", form.get("AccountSid", "")):
         creds = credentials(account)
-        token = creds.secrets.get("auth_token", "")
-        if signature and token and RequestValidator(token).validate(url, form, signature):
+        token = creds.secrets.get("auth_token", "") if creds else ""
+        if creds and signature and token and RequestValidator(token).validate(url, form, signature):
             matched.append(creds)
     if not matched:
         raise Forbidden("Invalid or missing X-Twilio-Signature.")
@@ -73,7 +84,7 @@ def _meta_secrets(
     for phone_id in _meta_phone_ids(payload):
         for account in accounts_by_external_id(session, "meta", phone_id):
             creds = credentials(account)
-            if creds.secrets.get("app_secret"):
+            if creds and creds.secrets.get("app_secret"):
                 candidates.append((creds.secrets["app_secret"], creds))
     if get_settings().meta_app_secret:
         candidates.append((get_settings().meta_app_secret, None))
@@ -104,7 +115,8 @@ def meta_verify_challenge(session: Session, mode: str | None, token: str | None)
     for account in session.scalars(
         select(ProviderAccount).where(ProviderAccount.provider == "meta")
     ):
-        stored = credentials(account).secrets.get("verify_token")
+        creds = credentials(account)
+        stored = creds.secrets.get("verify_token") if creds else None
         if stored and hmac.compare_digest(stored, token):
             return True
     return False
@@ -336,7 +348,9 @@ def handle_meta_payload(session: Session, payload: dict[str, Any]) -> dict[str, 
                     payload=value,
                 )
                 continue
-            creds = [credentials(a) for a in accounts]
+            creds = [c for c in map(credentials, accounts) if c is not None]
+            if not creds:
+                continue
             account = creds[0]
             for status in value.get("statuses") or []:
                 new = _meta_status(session, creds, status)

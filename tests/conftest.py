@@ -93,13 +93,22 @@ def make_tenant(name: str = "acme", **accounts: dict[str, str]) -> dict[str, str
     suffix = uuid.uuid4().hex[:6]
     twilio = accounts.get(
         "twilio",
-        {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "sms_from": "+12025550100",
-         "whatsapp_from": "+14155238886"},
+        {
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "sms_from": "+12025550100",
+            "whatsapp_from": "+14155238886",
+        },
     )
     meta = accounts.get(
         "meta",
-        {"phone_number_id": META_PHONE_ID, "access_token": META_TOKEN, "app_secret": META_SECRET,
-         "verify_token": "verify-me", "display_phone_number": "+12025550111"},
+        {
+            "phone_number_id": META_PHONE_ID,
+            "access_token": META_TOKEN,
+            "app_secret": META_SECRET,
+            "verify_token": "verify-me",
+            "display_phone_number": "+12025550111",
+        },
     )
     with session_scope() as session:
         tenant = create_tenant(session, f"{name}-{suffix}")

@@ -21,8 +21,9 @@ def count_messages(tenant_id: str) -> int:
 
 
 def test_accepts_persists_and_enqueues_after_commit(client, auth, tenant, dispatched) -> None:
-    resp = client.post("/v1/messages", json={"to": TO, "body": "Your order #123 is ready"},
-                       headers=auth)
+    resp = client.post(
+        "/v1/messages", json={"to": TO, "body": "Your order #123 is ready"}, headers=auth
+    )
     assert resp.status_code == 202
     body = resp.get_json()
     assert body["id"].startswith("msg_")
@@ -36,8 +37,9 @@ def test_accepts_persists_and_enqueues_after_commit(client, auth, tenant, dispat
 
 
 def test_sms_defaults_to_twilio(client, auth, dispatched) -> None:
-    resp = client.post("/v1/messages", json={"to": TO, "body": "code 1234", "channel": "sms"},
-                       headers=auth)
+    resp = client.post(
+        "/v1/messages", json={"to": TO, "body": "code 1234", "channel": "sms"}, headers=auth
+    )
     assert resp.status_code == 202
     assert resp.get_json()["provider"] == "twilio"
 
@@ -53,15 +55,18 @@ def test_get_returns_message_with_events(client, auth, dispatched) -> None:
 def test_other_tenants_message_is_404(client, auth, dispatched) -> None:
     created = client.post("/v1/messages", json={"to": TO, "body": "hi"}, headers=auth).get_json()
     other = make_tenant("other")
-    resp = client.get(f"/v1/messages/{created['id']}",
-                      headers={"Authorization": f"Bearer {other['api_key']}"})
+    resp = client.get(
+        f"/v1/messages/{created['id']}", headers={"Authorization": f"Bearer {other['api_key']}"}
+    )
     assert resp.status_code == 404
     assert resp.get_json()["error"]["code"] == "not_found"
 
 
 def test_list_is_newest_first_with_cursor(client, auth, dispatched) -> None:
-    ids = [client.post("/v1/messages", json={"to": TO, "body": f"m{i}"}, headers=auth)
-           .get_json()["id"] for i in range(3)]
+    ids = [
+        client.post("/v1/messages", json={"to": TO, "body": f"m{i}"}, headers=auth).get_json()["id"]
+        for i in range(3)
+    ]
     page = client.get("/v1/messages?limit=2", headers=auth).get_json()
     assert [m["id"] for m in page["data"]] == [ids[2], ids[1]]
     rest = client.get(f"/v1/messages?limit=2&cursor={page['next_cursor']}", headers=auth).get_json()
@@ -78,13 +83,19 @@ def test_cancel_queued_then_conflict(client, auth, dispatched) -> None:
 
 
 def test_jwt_with_tenant_claim(client, tenant, dispatched) -> None:
-    token = jwt.encode({"tenant": tenant["tenant_id"]}, "test-jwt-secret-0123456789abcdef0123", algorithm="HS256")
-    resp = client.post("/v1/messages", json={"to": TO, "body": "hi"},
-                       headers={"Authorization": f"Bearer {token}"})
+    token = jwt.encode(
+        {"tenant": tenant["tenant_id"]}, "test-jwt-secret-0123456789abcdef0123", algorithm="HS256"
+    )
+    resp = client.post(
+        "/v1/messages", json={"to": TO, "body": "hi"}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert resp.status_code == 202
-    forged = jwt.encode({"tenant": tenant["tenant_id"]}, "wrong-secret-0123456789abcdef0123456", algorithm="HS256")
-    resp = client.post("/v1/messages", json={"to": TO, "body": "hi"},
-                       headers={"Authorization": f"Bearer {forged}"})
+    forged = jwt.encode(
+        {"tenant": tenant["tenant_id"]}, "wrong-secret-0123456789abcdef0123456", algorithm="HS256"
+    )
+    resp = client.post(
+        "/v1/messages", json={"to": TO, "body": "hi"}, headers={"Authorization": f"Bearer {forged}"}
+    )
     assert resp.status_code == 401
 
 
@@ -104,24 +115,40 @@ def _assert_error(resp, status: int, code: str | None = None) -> dict:  # type: 
 def test_bad_input_writes_nothing(client, auth, tenant, dispatched) -> None:
     before = count_messages(tenant["tenant_id"])
     post = client.post
-    _assert_error(post("/v1/messages", data="{nope", headers=auth,
-                       content_type="application/json"), 400, "malformed_json")
+    _assert_error(
+        post("/v1/messages", data="{nope", headers=auth, content_type="application/json"),
+        400,
+        "malformed_json",
+    )
     _assert_error(post("/v1/messages", data="", headers=auth), 400, "malformed_json")
     _assert_error(post("/v1/messages", json=[1, 2], headers=auth), 400)
-    err = _assert_error(post("/v1/messages", json={"to": "+15551234567", "body": "x"},
-                             headers=auth), 400, "invalid_fields")
+    err = _assert_error(
+        post("/v1/messages", json={"to": "+15551234567", "body": "x"}, headers=auth),
+        400,
+        "invalid_fields",
+    )
     assert "to" in err["fields"]
-    err = _assert_error(post("/v1/messages", json={"to": TO, "body": "x", "extra": 1},
-                             headers=auth), 400)
+    err = _assert_error(
+        post("/v1/messages", json={"to": TO, "body": "x", "extra": 1}, headers=auth), 400
+    )
     assert "extra" in err["fields"]
     _assert_error(post("/v1/messages", json={"to": TO, "body": "x" * 5000}, headers=auth), 400)
     _assert_error(post("/v1/messages", json={"to": TO, "body": "x"}), 401, "unauthorized")
-    _assert_error(post("/v1/messages", json={"to": TO, "body": "x"},
-                       headers={"Authorization": "Bearer hk_wrong"}), 401)
+    _assert_error(
+        post(
+            "/v1/messages",
+            json={"to": TO, "body": "x"},
+            headers={"Authorization": "Bearer hk_wrong"},
+        ),
+        401,
+    )
     _assert_error(client.delete("/v1/messages", headers=auth), 405, "method_not_allowed")
     big = json.dumps({"to": TO, "body": "x" * (2 * 1024 * 1024)})
-    _assert_error(post("/v1/messages", data=big, headers=auth, content_type="application/json"),
-                  413, "body_too_large")
+    _assert_error(
+        post("/v1/messages", data=big, headers=auth, content_type="application/json"),
+        413,
+        "body_too_large",
+    )
     _assert_error(client.get("/v1/messages/msg_nope", headers=auth), 404)
     _assert_error(client.get("/v1/messages?limit=0", headers=auth), 400)
     assert count_messages(tenant["tenant_id"]) == before
@@ -129,14 +156,20 @@ def test_bad_input_writes_nothing(client, auth, tenant, dispatched) -> None:
 
 
 def test_unknown_contact_is_422(client, auth, dispatched) -> None:
-    _assert_error(client.post("/v1/messages", json={"contact_id": "6475ce43", "body": "x"},
-                              headers=auth), 422, "contact_not_found")
+    _assert_error(
+        client.post("/v1/messages", json={"contact_id": "6475ce43", "body": "x"}, headers=auth),
+        422,
+        "contact_not_found",
+    )
 
 
 def test_no_provider_account_is_422(client, dispatched) -> None:
     t = make_tenant("smsonly", meta={})
-    resp = client.post("/v1/messages", json={"to": TO, "body": "x", "provider": "meta"},
-                       headers={"Authorization": f"Bearer {t['api_key']}"})
+    resp = client.post(
+        "/v1/messages",
+        json={"to": TO, "body": "x", "provider": "meta"},
+        headers={"Authorization": f"Bearer {t['api_key']}"},
+    )
     _assert_error(resp, 422, "provider_not_configured")
 
 
@@ -160,8 +193,9 @@ def test_concurrent_requests_with_one_key_create_one_message(app, auth, tenant, 
     ids: set[str] = set()
 
     def send() -> None:
-        resp = app.test_client().post("/v1/messages", json={"to": TO, "body": "once"},
-                                      headers=headers)
+        resp = app.test_client().post(
+            "/v1/messages", json={"to": TO, "body": "once"}, headers=headers
+        )
         results.append(resp.status_code)
         ids.add(resp.get_json()["id"])
 
@@ -173,8 +207,11 @@ def test_concurrent_requests_with_one_key_create_one_message(app, auth, tenant, 
     assert sorted(results) == [200] * 5 + [202]
     assert len(ids) == 1
     with session_scope() as session:
-        n = session.scalar(select(func.count()).where(Message.idempotency_key == "race-1",
-                                                      Message.tenant_id == tenant["tenant_id"]))
+        n = session.scalar(
+            select(func.count()).where(
+                Message.idempotency_key == "race-1", Message.tenant_id == tenant["tenant_id"]
+            )
+        )
     assert n == 1
 
 

@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
+from herald.config import get_settings
 from models import Contact, Message, MessageEvent, WebhookEvent, session_scope
 from tests.conftest import META_PHONE_ID, META_SECRET, TWILIO_SID, TWILIO_TOKEN, make_tenant
 
-PUBLIC = "http://herald.test"
 TO = "+12025550143"
 
 
@@ -26,14 +26,27 @@ def new_message(client, auth, **fields) -> str:  # type: ignore[no-untyped-def]
 
 
 def twilio_post(client, path: str, params: dict[str, str], token: str = TWILIO_TOKEN):  # type: ignore[no-untyped-def]
-    signature = RequestValidator(token).compute_signature(PUBLIC + path, params)
-    return client.post(path, data=urlencode(params), headers={"X-Twilio-Signature": signature},
-                       content_type="application/x-www-form-urlencoded")
+    public = get_settings().public_url  # the URL Herald validates against
+    signature = RequestValidator(token).compute_signature(public + path, params)
+    return client.post(
+        path,
+        data=urlencode(params),
+        headers={"X-Twilio-Signature": signature},
+        content_type="application/x-www-form-urlencoded",
+    )
 
 
 def twilio_status(client, message_id: str, status: str, sid: str = "SM" + "0" * 32, **extra):  # type: ignore[no-untyped-def]
-    params = {"MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
-              "AccountSid": TWILIO_SID, "To": TO, "From": "+12025550100", **extra}
+    params = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": TWILIO_SID,
+        "To": TO,
+        "From": "+12025550100",
+        **extra,
+    }
     return twilio_post(client, f"/webhooks/twilio/status?message_id={message_id}", params)
 
 
@@ -43,8 +56,11 @@ def get(client, auth, message_id: str) -> dict:  # type: ignore[no-untyped-def]
 
 def events_of(message_id: str) -> list[tuple[str, str | None, bool]]:
     with session_scope() as session:
-        rows = session.scalars(select(MessageEvent).where(MessageEvent.message_id == message_id)
-                               .order_by(MessageEvent.id))
+        rows = session.scalars(
+            select(MessageEvent)
+            .where(MessageEvent.message_id == message_id)
+            .order_by(MessageEvent.id)
+        )
         return [(e.status, e.native_status, e.applied) for e in rows]
 
 
@@ -59,8 +75,11 @@ def test_twilio_status_moves_forward_only(client, auth, dispatched) -> None:
     # The callback beat the worker: the SID came from it, by Herald's id in the URL.
     assert msg["provider_message_id"] == sid
     assert msg["delivered_at"] is not None
-    assert events_of(mid)[1:] == [("sent", "sent", True), ("delivered", "delivered", True),
-                                  ("sent", "sent", False)]
+    assert events_of(mid)[1:] == [
+        ("sent", "sent", True),
+        ("delivered", "delivered", True),
+        ("sent", "sent", False),
+    ]
 
 
 def test_twilio_duplicate_callback_changes_nothing(client, auth, dispatched) -> None:
@@ -71,14 +90,22 @@ def test_twilio_duplicate_callback_changes_nothing(client, auth, dispatched) -> 
     assert twilio_status(client, mid, "delivered", sid).status_code == 204
     assert events_of(mid) == before
     with session_scope() as session:
-        n = session.scalar(select(func.count()).where(WebhookEvent.dedup_key == f"twilio:{sid}:delivered"))
+        n = session.scalar(
+            select(func.count()).where(WebhookEvent.dedup_key == f"twilio:{sid}:delivered")
+        )
     assert n == 1
 
 
 def test_twilio_failure_keeps_error_code(client, auth, dispatched) -> None:
     mid = new_message(client, auth, channel="sms")
-    twilio_status(client, mid, "undelivered", "SM" + "3" * 32, ErrorCode="30003",
-                  ErrorMessage="Unreachable destination handset")
+    twilio_status(
+        client,
+        mid,
+        "undelivered",
+        "SM" + "3" * 32,
+        ErrorCode="30003",
+        ErrorMessage="Unreachable destination handset",
+    )
     msg = get(client, auth, mid)
     assert msg["status"] == "undelivered"
     assert msg["error"]["provider_code"] == "30003"
@@ -91,7 +118,9 @@ def test_twilio_bad_signature_is_403_and_changes_nothing(client, auth, dispatche
     mid = new_message(client, auth, channel="sms")
     params = {"MessageSid": "SM" + "4" * 32, "MessageStatus": "delivered", "AccountSid": TWILIO_SID}
     path = f"/webhooks/twilio/status?message_id={mid}"
-    forged = RequestValidator("not-the-token").compute_signature(PUBLIC + path, params)
+    forged = RequestValidator("not-the-token").compute_signature(
+        get_settings().public_url + path, params
+    )
     for headers in ({"X-Twilio-Signature": forged}, {}):
         resp = client.post(path, data=params, headers=headers)
         assert resp.status_code == 403
@@ -101,22 +130,40 @@ def test_twilio_bad_signature_is_403_and_changes_nothing(client, auth, dispatche
 
 def test_twilio_status_for_unknown_message_is_kept(client) -> None:
     sid = "SM" + "5" * 32
-    resp = twilio_post(client, "/webhooks/twilio/status",
-                       {"MessageSid": sid, "MessageStatus": "sent", "AccountSid": TWILIO_SID})
+    resp = twilio_post(
+        client,
+        "/webhooks/twilio/status",
+        {"MessageSid": sid, "MessageStatus": "sent", "AccountSid": TWILIO_SID},
+    )
     assert resp.status_code == 204
     with session_scope() as session:
-        row = session.scalars(select(WebhookEvent).where(WebhookEvent.provider_message_id == sid)).one()
+        row = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.provider_message_id == sid)
+        ).one()
         assert row.message_id is None
 
 
 def test_twilio_inbound_answers_twiml_and_opens_window(client) -> None:
     # One Twilio account serving several tenants: the To number picks the tenant.
-    tenant = make_tenant("dealer", twilio={"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN,
-                                           "whatsapp_from": "+14155230042"})
+    tenant = make_tenant(
+        "dealer",
+        twilio={
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "whatsapp_from": "+14155230042",
+        },
+    )
     sid = "SM" + "6" * 32
-    params = {"MessageSid": sid, "AccountSid": TWILIO_SID, "From": "whatsapp:+12025550177",
-              "To": "whatsapp:+14155230042", "Body": "Is the car still available?",
-              "NumMedia": "1", "MediaUrl0": "https://example.com/a.jpg", "ProfileName": "Ana"}
+    params = {
+        "MessageSid": sid,
+        "AccountSid": TWILIO_SID,
+        "From": "whatsapp:+12025550177",
+        "To": "whatsapp:+14155230042",
+        "Body": "Is the car still available?",
+        "NumMedia": "1",
+        "MediaUrl0": "https://example.com/a.jpg",
+        "ProfileName": "Ana",
+    }
     resp = twilio_post(client, "/webhooks/twilio/inbound", params)
     assert resp.status_code == 200
     assert resp.mimetype == "text/xml"
@@ -126,8 +173,11 @@ def test_twilio_inbound_answers_twiml_and_opens_window(client) -> None:
         assert (msg.direction, msg.status, msg.channel) == ("inbound", "received", "whatsapp")
         assert msg.tenant_id == tenant["tenant_id"]
         assert msg.media_urls == ["https://example.com/a.jpg"]
-        contact = session.scalars(select(Contact).where(
-            Contact.tenant_id == tenant["tenant_id"], Contact.phone == "+12025550177")).one()
+        contact = session.scalars(
+            select(Contact).where(
+                Contact.tenant_id == tenant["tenant_id"], Contact.phone == "+12025550177"
+            )
+        ).one()
         assert contact.last_inbound_at is not None and contact.name == "Ana"
 
 
@@ -137,13 +187,19 @@ def test_twilio_inbound_answers_twiml_and_opens_window(client) -> None:
 def meta_post(client, payload: dict, secret: str = META_SECRET):  # type: ignore[no-untyped-def]
     raw = json.dumps(payload).encode()
     sig = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return client.post("/webhooks/meta", data=raw, content_type="application/json",
-                       headers={"X-Hub-Signature-256": sig})
+    return client.post(
+        "/webhooks/meta",
+        data=raw,
+        content_type="application/json",
+        headers={"X-Hub-Signature-256": sig},
+    )
 
 
 def meta_change(statuses: list[dict] | None = None, messages: list[dict] | None = None) -> dict:
-    value: dict = {"messaging_product": "whatsapp",
-                   "metadata": {"display_phone_number": "12025550111", "phone_number_id": META_PHONE_ID}}
+    value: dict = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "12025550111", "phone_number_id": META_PHONE_ID},
+    }
     if statuses:
         value["statuses"] = statuses
     if messages:
@@ -153,8 +209,14 @@ def meta_change(statuses: list[dict] | None = None, messages: list[dict] | None 
 
 
 def status(mid: str, wamid: str, state: str, **extra) -> dict:  # type: ignore[no-untyped-def]
-    return {"id": wamid, "status": state, "timestamp": str(int(time.time())),
-            "recipient_id": TO[1:], "biz_opaque_callback_data": mid, **extra}
+    return {
+        "id": wamid,
+        "status": state,
+        "timestamp": str(int(time.time())),
+        "recipient_id": TO[1:],
+        "biz_opaque_callback_data": mid,
+        **extra,
+    }
 
 
 def test_meta_verify_handshake(client, tenant) -> None:
@@ -167,21 +229,47 @@ def test_meta_verify_handshake(client, tenant) -> None:
 def test_meta_every_entry_and_change_is_applied(client, auth, dispatched) -> None:
     m1, m2, m3 = (new_message(client, auth) for _ in range(3))
     pricing = {"billable": True, "pricing_model": "PMP", "category": "utility"}
-    payload = {"object": "whatsapp_business_account", "entry": [
-        {"id": "WABA", "changes": [
-            meta_change(statuses=[status(m1, "wamid.A1", "sent", pricing=pricing),
-                                  status(m1, "wamid.A1", "delivered")]),
-            meta_change(statuses=[status(m2, "wamid.B2", "read")]),  # delivered skipped
-        ]},
-        {"id": "WABA", "changes": [
-            meta_change(
-                statuses=[status(m3, "wamid.C3", "failed", errors=[
-                    {"code": 131047, "title": "Re-engagement message"}])],
-                messages=[{"from": "12025550188", "id": "wamid.IN1", "timestamp": "1700000000",
-                           "type": "text", "text": {"body": "STOP"}}],
-            ),
-        ]},
-    ]}
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    meta_change(
+                        statuses=[
+                            status(m1, "wamid.A1", "sent", pricing=pricing),
+                            status(m1, "wamid.A1", "delivered"),
+                        ]
+                    ),
+                    meta_change(statuses=[status(m2, "wamid.B2", "read")]),  # delivered skipped
+                ],
+            },
+            {
+                "id": "WABA",
+                "changes": [
+                    meta_change(
+                        statuses=[
+                            status(
+                                m3,
+                                "wamid.C3",
+                                "failed",
+                                errors=[{"code": 131047, "title": "Re-engagement message"}],
+                            )
+                        ],
+                        messages=[
+                            {
+                                "from": "12025550188",
+                                "id": "wamid.IN1",
+                                "timestamp": "1700000000",
+                                "type": "text",
+                                "text": {"body": "STOP"},
+                            }
+                        ],
+                    ),
+                ],
+            },
+        ],
+    }
     resp = meta_post(client, payload)
     assert resp.status_code == 200
     assert resp.get_json()["received"]["statuses"] == 4
@@ -196,15 +284,20 @@ def test_meta_every_entry_and_change_is_applied(client, auth, dispatched) -> Non
     again = meta_post(client, payload).get_json()["received"]
     assert again["duplicates"] == 5 and again["statuses"] == 0
     with session_scope() as session:
-        detail = session.scalars(select(MessageEvent.detail).where(
-            MessageEvent.message_id == m1, MessageEvent.native_status == "sent")).one()
+        detail = session.scalars(
+            select(MessageEvent.detail).where(
+                MessageEvent.message_id == m1, MessageEvent.native_status == "sent"
+            )
+        ).one()
     assert detail["pricing"]["category"] == "utility"
 
 
 def test_meta_bad_signature_is_403(client, auth, dispatched) -> None:
     mid = new_message(client, auth)
-    payload = {"object": "whatsapp_business_account",
-               "entry": [{"id": "W", "changes": [meta_change(statuses=[status(mid, "wamid.Z", "read")])]}]}
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W", "changes": [meta_change(statuses=[status(mid, "wamid.Z", "read")])]}],
+    }
     assert meta_post(client, payload, secret="wrong").status_code == 403
     assert client.post("/webhooks/meta", json=payload).status_code == 403
     assert get(client, auth, mid)["status"] == "queued"

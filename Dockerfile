@@ -1,0 +1,18 @@
+# One image for every Herald role; docker-compose.yml picks the command.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini celeryconfig.py ./
+COPY api api
+COPY workers workers
+COPY providers providers
+COPY models models
+COPY services services
+COPY herald herald
+COPY migrations migrations
+COPY sandbox sandbox
+COPY bench bench
+RUN pip install --no-cache-dir . && useradd --create-home herald
+USER herald
+EXPOSE 8000
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "8", "api:create_app()"]

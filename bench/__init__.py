@@ -1,0 +1,1 @@
+"""Benchmarks and the chaos harness: each prints figures; none asserts timings."""

@@ -1,0 +1,508 @@
+"""The subset of Meta's WhatsApp Cloud API (Graph API) that Herald uses, with Graph error shapes.
+
+HTTP statuses follow Meta's Cloud API error-code table: almost everything is 400, including
+throttling (130429, 131048, 131056, 80007, 4); only auth (190 -> 401), permission
+(10, 200, 368, 131005 -> 403) and server-side trouble (131000 -> 500, 131016/2 -> 503) differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from sandbox.callbacks import Callback, meta_callback, plan_statuses
+from sandbox.common import answer_fault, json_response
+from sandbox.state import (
+    Fault,
+    MetaAccount,
+    SandboxState,
+    digits,
+    new_fbtrace_id,
+    new_wamid,
+)
+
+GRAPH_VERSION = re.compile(r"v\d+\.\d+")
+ERROR_DOCS = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
+
+# code -> (HTTP status, title, details)
+ERRORS: dict[int, tuple[int, str, str]] = {
+    2: (503, "Service temporarily unavailable", "Temporary due to downtime or overload."),
+    4: (400, "Application request limit reached", "The app has reached its API call rate limit."),
+    10: (
+        403,
+        "Application does not have permission for this action",
+        "Permission is either not granted or has been removed.",
+    ),
+    100: (400, "Invalid parameter", "Invalid parameter"),
+    190: (
+        401,
+        "Invalid OAuth access token - Cannot parse access token",
+        "The access token is invalid or has expired.",
+    ),
+    200: (403, "Permissions error", "Permission is either not granted or has been removed."),
+    368: (
+        403,
+        "Temporarily blocked for policies violations",
+        "The WhatsApp Business Account has been restricted for a policy violation.",
+    ),
+    80007: (400, "Rate limit issues", "The WhatsApp Business Account has reached its rate limit."),
+    130429: (400, "Rate limit hit", "Cloud API message throughput has been reached."),
+    131000: (500, "Something went wrong", "Message failed to send due to an unknown error."),
+    131005: (403, "Access denied", "Permission is either not granted or has been removed."),
+    131008: (400, "Required parameter is missing", "A required parameter is missing."),
+    131009: (400, "Parameter value is not valid", "One or more parameter values are invalid."),
+    131016: (503, "Service unavailable", "A service is temporarily unavailable."),
+    131026: (
+        400,
+        "Message undeliverable",
+        "Unable to deliver message. The recipient may not be a WhatsApp user, or has not "
+        "accepted the latest Terms of Service.",
+    ),
+    131047: (
+        400,
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer "
+        "last replied to this number.",
+    ),
+    131048: (
+        400,
+        "Spam rate limit hit",
+        "Message failed to send because there are restrictions on how many messages can be "
+        "sent from this phone number.",
+    ),
+    131050: (
+        400,
+        "Unable to deliver the message. This recipient has chosen to stop receiving "
+        "marketing messages on WhatsApp from your business",
+        "This recipient has chosen to stop receiving marketing messages from your business.",
+    ),
+    131051: (400, "Unsupported message type", "Message type is not currently supported."),
+    131056: (
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Too many messages sent from this phone number to the same recipient phone number "
+        "in a short period of time.",
+    ),
+    131057: (500, "Account in maintenance mode", "Business Account is in maintenance mode."),
+}
+
+MESSAGE_TYPES = (
+    "audio",
+    "contacts",
+    "document",
+    "image",
+    "interactive",
+    "location",
+    "reaction",
+    "sticker",
+    "template",
+    "text",
+    "video",
+)
+MEDIA_TYPES = ("audio", "document", "image", "sticker", "video")
+INTERACTIVE_TYPES = (
+    "button",
+    "list",
+    "cta_url",
+    "flow",
+    "product",
+    "product_list",
+    "location_request_message",
+    "call_permission_request",
+)
+
+MAGIC_FAILED = "15005550011"  # accepted, then a `failed` status with 131026
+MAGIC_SYNC = {"15005550012": 131047, "15005550013": 131050, "15005550014": 131051}
+
+
+def graph_error(
+    code: int,
+    message: str | None = None,
+    status: int | None = None,
+    subcode: int | None = None,
+    etype: str = "OAuthException",
+    details: str | None = None,
+) -> tuple[dict[str, Any], int]:
+    """Graph API error JSON. WhatsApp codes carry error_data.details; generic ones don't."""
+    default_status, title, default_details = ERRORS.get(code, (500, "Unknown error", ""))
+    err: dict[str, Any] = {"message": message or f"(#{code}) {title}", "type": etype, "code": code}
+    if subcode is not None:
+        err["error_subcode"] = subcode
+    if code >= 130000 or details:
+        err["error_data"] = {"messaging_product": "whatsapp", "details": details or default_details}
+    err["fbtrace_id"] = new_fbtrace_id()
+    return {"error": err}, status or default_status
+
+
+def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return json_response(body, status, headers, "application/json; charset=UTF-8")
+
+
+def _missing(name: str) -> str:
+    return f"(#100) The parameter {name} is required."
+
+
+def validate(payload: Any) -> str | None:
+    """Return a Graph-style `(#100) ...` message for the first problem, or None if valid."""
+    if not isinstance(payload, dict):
+        return "(#100) The request body must be a JSON object."
+    product = payload.get("messaging_product")
+    if product is None:
+        return _missing("messaging_product")
+    if product != "whatsapp":
+        return f'(#100) Param messaging_product must be one of {{WHATSAPP}} - got "{product}".'
+    if payload.get("recipient_type", "individual") != "individual":
+        return "(#100) Param recipient_type must be one of {INDIVIDUAL}."
+    to = payload.get("to")
+    if to in (None, ""):
+        return _missing("to")
+    if not isinstance(to, str) or not re.fullmatch(r"\+?\d{8,15}", to.replace(" ", "")):
+        return f'(#100) Param to must be a valid phone number - got "{to}".'
+    kind = payload.get("type", "text")
+    if kind not in MESSAGE_TYPES:
+        allowed = ", ".join(t.upper() for t in MESSAGE_TYPES)
+        return f'(#100) Param type must be one of {{{allowed}}} - got "{kind}".'
+    obj = payload.get(kind)
+    if not isinstance(obj, dict) and kind != "contacts":
+        return _missing(kind)
+    if kind == "text":
+        body = obj.get("body")
+        if not isinstance(body, str) or not body:
+            return _missing("text['body']")
+        if len(body) > 4096:
+            return "(#100) Param text['body'] must be at most 4096 characters long."
+    elif kind in MEDIA_TYPES:
+        if not (obj.get("id") or obj.get("link")):
+            return f"(#100) Param {kind} must contain either 'id' or 'link'."
+        if obj.get("link") and not re.match(r"https?://", str(obj["link"])):
+            return f"(#100) Param {kind}['link'] must be a valid URL."
+    elif kind == "template":
+        if not obj.get("name"):
+            return _missing("template['name']")
+        if not isinstance(obj.get("language"), dict) or not obj["language"].get("code"):
+            return _missing("template['language']['code']")
+    elif kind == "interactive":
+        if not obj.get("type"):
+            return _missing("interactive['type']")
+        if obj["type"] not in INTERACTIVE_TYPES:
+            return f"(#100) Param interactive['type'] is not valid - got \"{obj['type']}\"."
+        if not isinstance(obj.get("action"), dict):
+            return _missing("interactive['action']")
+    elif kind == "location":
+        for key in ("latitude", "longitude"):
+            if obj.get(key) is None:
+                return _missing(f"location['{key}']")
+    elif kind == "contacts":
+        if not isinstance(obj, list) or not obj:
+            return _missing("contacts")
+    elif kind == "reaction":
+        if not obj.get("message_id"):
+            return _missing("reaction['message_id']")
+        if "emoji" not in obj:
+            return _missing("reaction['emoji']")
+    return None
+
+
+def _summary_body(payload: dict[str, Any]) -> str | None:
+    """A human-readable body for the send receipt, whatever the message type."""
+    kind = payload.get("type", "text")
+    obj = payload.get(kind)
+    if not isinstance(obj, dict):
+        return None
+    if kind == "text":
+        return obj.get("body")
+    if kind in MEDIA_TYPES:
+        return obj.get("caption") or obj.get("link") or obj.get("id")
+    if kind == "template":
+        return obj.get("name")
+    if kind == "interactive":
+        return (obj.get("body") or {}).get("text")
+    if kind == "reaction":
+        return obj.get("emoji")
+    return None
+
+
+def _category(payload: dict[str, Any]) -> str:
+    """Pricing category: templates by name hint (default utility); free-form is service."""
+    if payload.get("type") != "template":
+        return "service"
+    name = str(payload["template"]["name"]).lower()
+    if any(k in name for k in ("otp", "auth", "verif", "code")):
+        return "authentication"
+    if any(k in name for k in ("promo", "marketing", "offer", "sale")):
+        return "marketing"
+    return "utility"
+
+
+def _envelope(account: MetaAccount, value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": account.waba_id,
+                "changes": [
+                    {
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": account.display_phone_number,
+                                "phone_number_id": account.phone_number_id,
+                            },
+                            **value,
+                        },
+                        "field": "messages",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def status_payload(
+    account: MetaAccount,
+    wamid: str,
+    wa_id: str,
+    status: str,
+    timestamp: float,
+    category: str,
+    biz_data: str | None,
+    sent_at: float,
+) -> dict[str, Any]:
+    """A `statuses` webhook. Like Meta, `read` carries no conversation/pricing."""
+    entry: dict[str, Any] = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(int(timestamp)),
+        "recipient_id": wa_id,
+    }
+    if biz_data is not None:
+        entry["biz_opaque_callback_data"] = biz_data
+    if status in ("sent", "delivered"):
+        conv_id = hashlib.md5(f"{account.phone_number_id}:{wa_id}:{category}".encode()).hexdigest()
+        conversation: dict[str, Any] = {"id": conv_id, "origin": {"type": category}}
+        if status == "sent":
+            conversation["expiration_timestamp"] = str(int(sent_at) + 86400)
+        billable = category != "service"
+        entry["conversation"] = conversation
+        entry["pricing"] = {
+            "billable": billable,
+            "pricing_model": "PMP",
+            "type": "regular" if billable else "free_customer_service",
+            "category": category,
+        }
+    if status == "failed":
+        _, title, details = ERRORS[131026]
+        entry["errors"] = [
+            {
+                "code": 131026,
+                "title": title,
+                "message": title,
+                "error_data": {"details": details},
+                "href": ERROR_DOCS,
+            }
+        ]
+    return _envelope(account, {"statuses": [entry]})
+
+
+def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Callback:
+    """Build a signed `messages` webhook as if a WhatsApp user wrote to a business number."""
+    with state.lock:
+        phone_id = str(data.get("account") or data.get("to") or next(iter(state.meta_accounts)))
+        account = state.meta_accounts.get(phone_id)
+    if account is None:
+        raise ValueError(f"unknown meta phone_number_id {phone_id!r}")
+    wa_id = digits(data.get("from"))
+    if not re.fullmatch(r"\d{8,15}", wa_id):
+        raise ValueError("'from' must be a phone number")
+    wamid = new_wamid(wa_id)
+    message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time()))}
+    if data.get("context_message_id"):
+        message["context"] = {
+            "from": account.display_phone_number,
+            "id": data["context_message_id"],
+        }
+    body = data.get("body")
+    if data.get("interactive"):
+        message.update(type="interactive", interactive=data["interactive"])
+    elif data.get("button"):
+        message.update(type="button", button=data["button"])
+    elif data.get("media_url") or data.get("media_type"):
+        mime = data.get("media_type") or "image/jpeg"
+        major = mime.split("/")[0]
+        kind = major if major in ("image", "video", "audio") else "document"
+        media: dict[str, Any] = {
+            "mime_type": mime,
+            "sha256": base64.b64encode(
+                hashlib.sha256(str(data.get("media_url")).encode()).digest()
+            ).decode(),
+            "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+        }
+        if body and kind != "audio":
+            media["caption"] = body
+        message.update(type=kind, **{kind: media})
+    else:
+        message.update(type="text", text={"body": body or ""})
+    contact = {"profile": {"name": data.get("profile_name") or "Sandbox User"}, "wa_id": wa_id}
+    payload = _envelope(account, {"contacts": [contact], "messages": [message]})
+    return meta_callback(
+        url,
+        payload,
+        account.app_secret,
+        kind="inbound",
+        event=message["type"],
+        message_id=wamid,
+        max_retries=0,
+    )
+
+
+def blueprint(state: SandboxState) -> Blueprint:
+    """Flask routes for `POST /<version>/<phone_number_id>/messages`, bound to `state`."""
+    bp = Blueprint("meta", __name__)
+
+    @bp.post("/<version>/<phone_number_id>/messages")
+    def send_message(version: str, phone_number_id: str) -> Response:
+        received_at = time.time()
+        payload = request.get_json(silent=True)
+        parsed = payload if isinstance(payload, dict) else {}
+        receipt: dict[str, Any] = {
+            "provider": "meta",
+            "received_at": received_at,
+            "account": phone_number_id,
+            "herald_id": parsed.get("biz_opaque_callback_data"),
+            "to": parsed.get("to"),
+            "from": phone_number_id,
+            "channel": "whatsapp",
+            "type": parsed.get("type", "text"),
+            "body": _summary_body(parsed),
+            "request": payload,
+        }
+
+        def fail(code: int, status: int | None = None, **kw: Any) -> Response:
+            body, status = graph_error(code, status=status, **kw)
+            state.record_send(**receipt, status_code=status, error_code=code)
+            headers = None
+            if status == 401:
+                headers = {
+                    "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
+                    f'"{body["error"]["message"]}"'
+                }
+            return _json(body, status, headers)
+
+        if not GRAPH_VERSION.fullmatch(version):
+            return fail(
+                2500, 400, message=f"Unknown path components: /{version}/{phone_number_id}/messages"
+            )
+        auth = request.headers.get("Authorization", "")
+        token = (
+            auth[7:].strip()
+            if auth[:7].lower() == "bearer "
+            else request.args.get("access_token", "")
+        )
+        with state.lock:
+            known_token = any(a.access_token == token for a in state.meta_accounts.values())
+            account = state.meta_accounts.get(phone_number_id)
+        if not token or not known_token:
+            return fail(190, message=ERRORS[190][1])
+        if account is None or account.access_token != token:
+            return fail(
+                100,
+                subcode=33,
+                etype="GraphMethodException",
+                message=(
+                    f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, "
+                    "cannot be loaded due to missing permissions, or does not support this "
+                    "operation. Please read the Graph API documentation at "
+                    "https://developers.facebook.com/docs/graph-api"
+                ),
+            )
+
+        gate = state.admit("meta", phone_number_id)
+        state.sleep(gate.latency)
+        if gate.retry_after is not None:
+            return fail(130429)
+        fault = gate.fault
+        if fault is not None:
+            receipt["fault_id"] = fault.id
+            if fault.mode in ("error", "timeout"):
+                return answer_fault(state, fault, receipt, _fault_error)
+
+        problem = validate(payload)
+        if problem is not None:
+            return fail(100, message=problem)
+        to = payload["to"]
+        wa_id = digits(to.replace(" ", ""))
+        kind = payload.get("type", "text")
+        magic = MAGIC_SYNC.get(wa_id)
+        if magic == 131047 and kind == "template":
+            magic = None
+        if magic is not None:
+            return fail(magic)
+
+        wamid = new_wamid(wa_id)
+        receipt["provider_message_id"] = wamid
+        message: dict[str, Any] = {"id": wamid}
+        if kind == "template":
+            message["message_status"] = "accepted"
+        answer = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": wa_id}],
+            "messages": [message],
+        }
+        _schedule_statuses(state, account, payload, wamid, wa_id, time.time())
+
+        if fault is not None:  # accept_then_error / accept_then_timeout
+            receipt["accepted"] = True
+            return answer_fault(state, fault, receipt, _fault_error)
+        state.record_send(**receipt, accepted=True, status_code=200)
+        return _json(answer, 200)
+
+    return bp
+
+
+def _fault_error(fault: Fault) -> tuple[Response, int]:
+    code = fault.code or {429: 130429, 503: 131016}.get(fault.status or 500, 131000)
+    body, status = graph_error(code, status=fault.status, details=fault.message)
+    return _json(body, status), code
+
+
+def _schedule_statuses(
+    state: SandboxState,
+    account: MetaAccount,
+    payload: dict[str, Any],
+    wamid: str,
+    wa_id: str,
+    sent_at: float,
+) -> None:
+    config = state.get_config()
+    url = config["meta_webhook_url"]
+    if not url:
+        return
+    delay = config["callback_delay"]
+    statuses = ["failed"] if wa_id == MAGIC_FAILED else ["sent", "delivered", "read"]
+    timeline = [(delay * (i + 1), s) for i, s in enumerate(statuses)]
+    category = _category(payload)
+    biz = payload.get("biz_opaque_callback_data")
+    cfg = config["callbacks"]
+    happened_at = {s: sent_at + d for d, s in timeline}
+    for when, status in plan_statuses(timeline, cfg, whatsapp=True):
+        body = status_payload(
+            account, wamid, wa_id, status, happened_at[status], category, biz, sent_at
+        )
+        callback = meta_callback(
+            url,
+            body,
+            account.app_secret,
+            kind="status",
+            event=status,
+            message_id=wamid,
+            max_retries=cfg["max_retries"],
+            backoff=cfg["retry_backoff"],
+            extra={"herald_id": biz},
+        )
+        state.scheduler.schedule(callback, when)

@@ -1,0 +1,486 @@
+"""The subset of Twilio's 2010-04-01 Messages API that Herald uses, with Twilio's error shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+from flask import Blueprint, Response, request
+
+from sandbox.callbacks import plan_statuses, twilio_callback
+from sandbox.common import answer_fault, json_response
+from sandbox.state import E164, Fault, SandboxState, TwilioAccount, digits, new_twilio_sid
+
+API_VERSION = "2010-04-01"
+BASE = f"/{API_VERSION}/Accounts"
+
+# code -> (HTTP status, message template); messages follow Twilio's wording.
+ERRORS: dict[int, tuple[int, str]] = {
+    20003: (401, "Authenticate"),
+    20404: (404, "The requested resource {path} was not found"),
+    20429: (429, "Too Many Requests"),
+    20500: (500, "Internal Server Error"),
+    20503: (503, "Service Unavailable"),
+    21211: (400, "The 'To' number {to} is not a valid phone number."),
+    21212: (
+        400,
+        "The 'From' number {from_} is not a valid phone number, shortcode, "
+        "or alphanumeric sender ID.",
+    ),
+    21408: (
+        400,
+        "Permission to send an SMS has not been enabled for the region indicated by "
+        "the 'To' number: {to}.",
+    ),
+    21603: (400, "A 'From' phone number is required."),
+    21604: (400, "A 'To' phone number is required."),
+    21609: (400, "Invalid StatusCallback url"),
+    21610: (400, "Attempt to send to unsubscribed recipient"),
+    21614: (400, "'To' number is not a valid mobile number"),
+    21617: (400, "The concatenated message body exceeds the 1600 character limit."),
+    21619: (400, "A text message body or media urls must be specified."),
+    21623: (400, "Number of media files exceeds allowed limit"),
+    21655: (400, "The ContentSid is Invalid."),
+    21656: (400, "The ContentVariables Parameter is invalid."),
+    21701: (400, "The Messaging Service Sid {mg} is invalid."),
+    21910: (400, "Invalid From and To pair. From and To should be of the same channel"),
+    63016: (
+        400,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
+}
+
+# Asynchronous failures that only show up in status callbacks / fetched resources.
+ASYNC_ERRORS = {30003: "Unreachable destination handset", 30008: "Unknown error"}
+
+# Magic recipients (digits without '+'), like Twilio's test credentials.
+MAGIC_SYNC = {
+    "15005550001": 21211,
+    "15005550003": 21408,
+    "15005550004": 21610,
+    "15005550009": 21614,
+}
+MAGIC_UNDELIVERED = "15005550006"
+MAGIC_FAILED = "15005550007"
+MAGIC_WINDOW_CLOSED = "15005550010"
+
+PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
+MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}
+
+
+def error_body(
+    code: int, message: str | None = None, status: int | None = None, **fmt: Any
+) -> tuple[dict[str, Any], int]:
+    """Twilio's REST error JSON: code, message, more_info, status."""
+    default_status, template = ERRORS.get(code, (500, "Error"))
+    status = status or default_status
+    text = message or template.format(**fmt)
+    body = {
+        "code": code,
+        "message": text,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return body, status
+
+
+def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return json_response(body, status, headers)
+
+
+def _rfc2822(ts: float | None) -> str | None:
+    return None if ts is None else format_datetime(datetime.fromtimestamp(ts, UTC))
+
+
+def _segments(body: str) -> int:
+    """SMS segment count: GSM-7 160/153, UCS-2 70/67 (good enough for a sandbox)."""
+    if not body:
+        return 1
+    gsm = all(ord(c) < 128 for c in body)
+    single, multi = (160, 153) if gsm else (70, 67)
+    return 1 if len(body) <= single else math.ceil(len(body) / multi)
+
+
+def _valid_from(value: str) -> bool:
+    bare = value.removeprefix("whatsapp:")
+    if value.startswith("whatsapp:"):
+        return bool(E164.fullmatch(bare))
+    return bool(
+        E164.fullmatch(bare)
+        or re.fullmatch(r"\d{5,6}", bare)
+        or re.fullmatch(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}", bare)
+    )
+
+
+def herald_id_from(status_callback: str | None) -> str | None:
+    """Herald puts its own message id in the StatusCallback query as `message_id`."""
+    if not status_callback:
+        return None
+    values = parse_qs(urlparse(status_callback).query).get("message_id")
+    return values[0] if values else None
+
+
+def render(msg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """The Message resource as Twilio returns it, with the status reached at `now`."""
+    now = time.time() if now is None else now
+    reached = [(t, s) for t, s in msg["timeline"] if t <= now]
+    updated, status = reached[-1]
+    sent_at = next((t for t, s in reached if s in ("sent", "failed", "undelivered")), None)
+    billed = status in ("delivered", "read", "undelivered")
+    failed = status in ("failed", "undelivered")
+    uri = f"{BASE}/{msg['account_sid']}/Messages/{msg['sid']}"
+    return {
+        "account_sid": msg["account_sid"],
+        "api_version": API_VERSION,
+        "body": msg["body"],
+        "date_created": _rfc2822(msg["created"]),
+        "date_sent": _rfc2822(sent_at),
+        "date_updated": _rfc2822(updated),
+        "direction": "outbound-api",
+        "error_code": msg["error_code"] if failed else None,
+        "error_message": ASYNC_ERRORS.get(msg["error_code"]) if failed else None,
+        "from": msg["from"] or (None if status == "accepted" else _service_sender(msg)),
+        "messaging_service_sid": msg["messaging_service_sid"],
+        "num_media": str(msg["num_media"]),
+        "num_segments": str(msg["num_segments"]),
+        "price": PRICES[msg["channel"]] if billed else None,
+        "price_unit": "USD",
+        "sid": msg["sid"],
+        "status": status,
+        "subresource_uris": {"media": f"{uri}/Media.json", "feedback": f"{uri}/Feedback.json"},
+        "to": msg["to"],
+        "uri": f"{uri}.json",
+    }
+
+
+def _service_sender(msg: dict[str, Any]) -> str:
+    """The number a Messaging Service picks as sender once it has sent the message."""
+    return MG_FROM["whatsapp" if msg["channel"] == "whatsapp" else "sms"]
+
+
+def _form_dict(form: Any) -> dict[str, Any]:
+    return {k: (v[0] if len(v) == 1 else v) for k, v in form.lists()}
+
+
+def blueprint(state: SandboxState) -> Blueprint:
+    """Flask routes for the Twilio REST API, bound to `state`."""
+    bp = Blueprint("twilio", __name__)
+
+    def authenticate(account_sid: str) -> TwilioAccount | None:
+        auth = request.authorization
+        if auth is None or auth.type != "basic" or auth.username != account_sid:
+            return None
+        with state.lock:
+            account = state.twilio_accounts.get(account_sid)
+        return account if account and account.auth_token == auth.password else None
+
+    def unauthorized() -> Response:
+        body, status = error_body(20003)
+        body["detail"] = "Your AccountSid or AuthToken was incorrect."
+        return _json(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+
+    @bp.post(f"{BASE}/<account_sid>/Messages.json")
+    def create_message(account_sid: str) -> Response:
+        received_at = time.time()
+        form = request.form
+        to, from_ = form.get("To", ""), form.get("From", "")
+        mg = form.get("MessagingServiceSid", "")
+        media = form.getlist("MediaUrl")
+        body = form.get("Body", "")
+        content_sid = form.get("ContentSid", "")
+        callback_url = form.get("StatusCallback", "")
+        whatsapp = to.startswith("whatsapp:")
+        channel = "whatsapp" if whatsapp else ("mms" if media else "sms")
+        kind = "content" if content_sid else ("media" if media else "text")
+        receipt: dict[str, Any] = {
+            "provider": "twilio",
+            "received_at": received_at,
+            "account": account_sid,
+            "herald_id": herald_id_from(callback_url),
+            "to": to,
+            "from": from_ or mg or None,
+            "channel": "whatsapp" if whatsapp else "sms",
+            "type": kind,
+            "body": body or None,
+            "request": _form_dict(form),
+        }
+
+        def reject(code: int) -> Response:
+            err, status = error_body(code, to=to, from_=from_, mg=mg)
+            state.record_send(**receipt, status_code=status, error_code=code)
+            return _json(err, status)
+
+        account = authenticate(account_sid)
+        if account is None:
+            state.record_send(**receipt, status_code=401, error_code=20003)
+            return unauthorized()
+
+        gate = state.admit("twilio", from_ or mg or "-")
+        state.sleep(gate.latency)
+        if gate.retry_after is not None:
+            err, status = error_body(20429)
+            state.record_send(**receipt, status_code=status, error_code=20429)
+            return _json(err, status, {"Retry-After": str(max(1, math.ceil(gate.retry_after)))})
+        fault = gate.fault
+        if fault is not None:
+            receipt["fault_id"] = fault.id
+            if fault.mode in ("error", "timeout"):
+                return answer_fault(state, fault, receipt, _fault_error)
+
+        # Validation, in roughly Twilio's order.
+        code = None
+        if not to:
+            code = 21604
+        elif not (from_ or mg):
+            code = 21603
+        elif not (body or media or content_sid):
+            code = 21619
+        elif not E164.fullmatch(to.removeprefix("whatsapp:")):
+            code = 21211
+        elif from_ and not _valid_from(from_):
+            code = 21212
+        elif mg and not re.fullmatch(r"MG[0-9a-f]{32}", mg):
+            code = 21701
+        elif content_sid and not re.fullmatch(r"HX[0-9a-f]{32}", content_sid):
+            code = 21655
+        elif content_sid and not _json_object(form.get("ContentVariables")):
+            code = 21656
+        elif len(media) > 10:
+            code = 21623
+        elif len(body) > 1600:
+            code = 21617
+        elif callback_url and not re.match(r"https?://[^/\s]+", callback_url):
+            code = 21609
+        elif from_ and whatsapp != from_.startswith("whatsapp:"):
+            code = 21910
+        elif digits(to) in MAGIC_SYNC:
+            code = MAGIC_SYNC[digits(to)]
+        elif whatsapp and digits(to) == MAGIC_WINDOW_CLOSED and not content_sid:
+            code = 63016
+        if code is not None:
+            return reject(code)
+
+        sid = new_twilio_sid("MM" if media else "SM")
+        created = time.time()
+        delay = state.get_config()["callback_delay"]
+        initial = "accepted" if mg else "queued"
+        if digits(to) == MAGIC_FAILED:
+            statuses, error_code = ["failed"], 30008
+        elif digits(to) == MAGIC_UNDELIVERED:
+            statuses, error_code = ["sent", "undelivered"], 30003
+        else:
+            statuses = ["sent", "delivered", "read"] if whatsapp else ["sent", "delivered"]
+            error_code = None
+        timeline = [(delay * (i + 1), s) for i, s in enumerate(statuses)]
+        msg = {
+            "sid": sid,
+            "account_sid": account_sid,
+            "to": to,
+            "from": from_ or None,
+            "messaging_service_sid": mg or None,
+            "body": body,
+            "num_media": len(media),
+            "num_segments": 0 if mg else _segments(body),
+            "created": created,
+            "channel": channel,
+            "error_code": error_code,
+            "timeline": [(created, initial)] + [(created + d, s) for d, s in timeline],
+        }
+        with state.lock:
+            state.twilio_messages[sid] = msg
+        resource = render(msg, created)
+        receipt["provider_message_id"] = sid
+        if callback_url:
+            _schedule_callbacks(state, account, msg, callback_url, timeline, whatsapp)
+
+        if fault is not None:  # accept_then_error / accept_then_timeout
+            receipt["accepted"] = True
+            return answer_fault(state, fault, receipt, _fault_error)
+        state.record_send(**receipt, accepted=True, status_code=201)
+        return _json(resource, 201)
+
+    @bp.get(f"{BASE}/<account_sid>/Messages/<sid>.json")
+    def fetch_message(account_sid: str, sid: str) -> Response:
+        if authenticate(account_sid) is None:
+            return unauthorized()
+        with state.lock:
+            msg = state.twilio_messages.get(sid)
+        if msg is None or msg["account_sid"] != account_sid:
+            err, status = error_body(20404, path=request.path)
+            return _json(err, status)
+        return _json(render(msg), 200)
+
+    @bp.get(f"{BASE}/<account_sid>/Messages.json")
+    def list_messages(account_sid: str) -> Response:
+        if authenticate(account_sid) is None:
+            return unauthorized()
+        args = request.args
+        to, from_ = args.get("To"), args.get("From")
+        try:
+            page_size = max(1, min(1000, int(args.get("PageSize", 50))))
+            page = max(0, int(args.get("Page", 0)))
+        except ValueError:
+            err, status = error_body(20001, "Invalid paging parameters", 400)
+            return _json(err, status)
+        with state.lock:
+            msgs = [
+                m
+                for m in state.twilio_messages.values()
+                if m["account_sid"] == account_sid
+                and (to is None or m["to"] == to)
+                and (from_ is None or m["from"] == from_)
+            ]
+        msgs.reverse()  # newest first (the dict keeps creation order)
+        start = page * page_size
+        chunk = msgs[start : start + page_size]
+        path = f"{BASE}/{account_sid}/Messages.json"
+
+        def page_uri(n: int) -> str:
+            query = {k: v for k, v in (("To", to), ("From", from_)) if v}
+            return f"{path}?{urlencode({**query, 'PageSize': page_size, 'Page': n})}"
+
+        return _json(
+            {
+                "end": start + max(len(chunk) - 1, 0),
+                "first_page_uri": page_uri(0),
+                "messages": [render(m) for m in chunk],
+                "next_page_uri": page_uri(page + 1) if start + page_size < len(msgs) else None,
+                "page": page,
+                "page_size": page_size,
+                "previous_page_uri": page_uri(page - 1) if page > 0 else None,
+                "start": start,
+                "uri": page_uri(page),
+            },
+            200,
+        )
+
+    return bp
+
+
+def _json_object(raw: str | None) -> bool:
+    if raw is None:
+        return True
+    try:
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
+
+
+def _fault_error(fault: Fault) -> tuple[Response, int]:
+    code = fault.code or {429: 20429, 503: 20503}.get(fault.status or 500, 20500)
+    err, status = error_body(code, fault.message, fault.status)
+    return _json(err, status), code
+
+
+def _schedule_callbacks(
+    state: SandboxState,
+    account: TwilioAccount,
+    msg: dict[str, Any],
+    url: str,
+    timeline: list[tuple[float, str]],
+    whatsapp: bool,
+) -> None:
+    cfg = state.get_config()["callbacks"]
+    sender = msg["from"] or _service_sender(msg)
+    for delay, status in plan_statuses(timeline, cfg, whatsapp):
+        params = {
+            "SmsSid": msg["sid"],
+            "SmsStatus": status,
+            "MessageStatus": status,
+            "To": msg["to"],
+            "MessageSid": msg["sid"],
+            "AccountSid": account.account_sid,
+            "From": sender,
+            "ApiVersion": API_VERSION,
+        }
+        if msg["messaging_service_sid"]:
+            params["MessagingServiceSid"] = msg["messaging_service_sid"]
+        if whatsapp:
+            params["ChannelPrefix"] = "whatsapp"
+        if status in ("failed", "undelivered"):
+            params["ErrorCode"] = str(msg["error_code"])
+            params["ErrorMessage"] = ASYNC_ERRORS[msg["error_code"]]
+        callback = twilio_callback(
+            url,
+            params,
+            account.auth_token,
+            kind="status",
+            event=status,
+            message_id=msg["sid"],
+            max_retries=cfg["max_retries"],
+            backoff=cfg["retry_backoff"],
+            extra={"herald_id": herald_id_from(url)},
+        )
+        state.scheduler.schedule(callback, delay)
+
+
+def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Any:
+    """Build a signed incoming-message webhook as Twilio posts it to a number's webhook URL."""
+    to = str(data.get("to") or "")
+    if not to:
+        raise ValueError("'to' (the Twilio sender number that receives the message) is required")
+    with state.lock:
+        sid = str(data.get("account") or next(iter(state.twilio_accounts)))
+        account = state.twilio_accounts.get(sid)
+    if account is None:
+        raise ValueError(f"unknown twilio account {sid!r}")
+    whatsapp = to.startswith("whatsapp:")
+    sender = str(data.get("from") or "")
+    if not E164.fullmatch(sender.removeprefix("whatsapp:")):
+        raise ValueError("'from' must be an E.164 number")
+    if whatsapp and not sender.startswith("whatsapp:"):
+        sender = "whatsapp:" + sender
+    media_url = data.get("media_url")
+    msg_sid = new_twilio_sid("MM" if media_url else "SM")
+    params = {
+        "SmsMessageSid": msg_sid,
+        "NumMedia": "1" if media_url else "0",
+        "SmsSid": msg_sid,
+        "SmsStatus": "received",
+        "Body": str(data.get("body") or ""),
+        "To": to,
+        "NumSegments": "1",
+        "ReferralNumMedia": "0",
+        "MessageSid": msg_sid,
+        "AccountSid": account.account_sid,
+        "From": sender,
+        "ApiVersion": API_VERSION,
+    }
+    kind = "text"
+    if media_url:
+        params["MediaUrl0"] = str(media_url)
+        params["MediaContentType0"] = str(data.get("media_type") or "image/jpeg")
+        kind = params["MediaContentType0"].split("/")[0]
+    interactive = data.get("interactive") or {}
+    if interactive.get("type") == "button_reply":
+        reply = interactive.get("button_reply") or {}
+        params.update(
+            ButtonPayload=str(reply.get("id", "")), ButtonText=str(reply.get("title", ""))
+        )
+        kind = "button"
+    elif interactive.get("type") == "list_reply":
+        reply = interactive.get("list_reply") or {}
+        params.update(ListId=str(reply.get("id", "")), ListTitle=str(reply.get("title", "")))
+        kind = "interactive"
+    if whatsapp:
+        params.update(
+            ProfileName=str(data.get("profile_name") or "Sandbox User"),
+            WaId=digits(sender),
+            MessageType=kind,
+        )
+    return twilio_callback(
+        url,
+        params,
+        account.auth_token,
+        kind="inbound",
+        event=kind,
+        message_id=msg_sid,
+        max_retries=0,
+    )

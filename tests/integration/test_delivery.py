@@ -1,0 +1,135 @@
+"""Delivery through the real provider clients against the sandbox: claim, send,
+record, retry classes, and callbacks settling ambiguous sends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from models import Message, session_scope, utcnow
+from services.delivery import deliver
+from tests.integration.conftest import wait_for
+
+TO = "+12025550143"
+
+
+def create(client, auth, **fields) -> str:  # type: ignore[no-untyped-def]
+    resp = client.post(
+        "/v1/messages", json={"to": TO, "body": "Your order #123 is ready", **fields}, headers=auth
+    )
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def load(message_id: str) -> Message:
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        assert message is not None
+        return message
+
+
+def expire_lease(message_id: str) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_meta_text_is_sent_and_delivered_by_callbacks(live, client, auth, dispatched) -> None:
+    mid = create(client, auth)
+    assert deliver(mid).action == "sent"
+    msg = load(mid)
+    assert msg.status in ("sent", "delivered", "read")
+    assert msg.provider_message_id.startswith("wamid.")
+    (send,) = live.sends(herald_id=mid)
+    assert send["request"]["type"] == "text"
+    assert send["request"]["biz_opaque_callback_data"] == mid
+    wait_for(lambda: load(mid).status == "read", what="read callback")
+    assert load(mid).delivered_at is not None
+
+
+def test_twilio_sms_carries_status_callback_with_herald_id(live, client, auth, dispatched) -> None:
+    mid = create(client, auth, channel="sms")
+    assert deliver(mid).action == "sent"
+    msg = load(mid)
+    assert msg.provider_message_id.startswith("SM") and len(msg.provider_message_id) == 34
+    (send,) = live.sends(herald_id=mid)
+    assert send["request"]["StatusCallback"].endswith(f"/webhooks/twilio/status?message_id={mid}")
+    assert send["request"]["From"] == "+12025550100"
+    wait_for(lambda: load(mid).status == "delivered", what="delivered callback")
+
+
+def test_redelivered_task_does_not_send_twice(live, client, auth, dispatched) -> None:
+    mid = create(client, auth)
+    assert deliver(mid).action == "sent"
+    assert deliver(mid).action == "skipped"
+    expire_lease(mid)  # even with an expired lease: the row is past `sending`
+    assert deliver(mid).action == "skipped"
+    assert len(live.sends(herald_id=mid)) == 1
+
+
+def test_permanent_error_fails_with_code(live, client, auth, dispatched) -> None:
+    mid = create(client, auth, channel="sms", to="+15005550001")
+    assert deliver(mid).action == "failed"
+    msg = load(mid)
+    assert msg.status == "failed"
+    assert msg.provider_error_code == "21211"
+    assert deliver(mid).action == "skipped"
+
+
+def test_rate_limited_retries_after_backoff(live, client, auth, dispatched) -> None:
+    live.fault(provider="meta", status=400, code=130429, count=1, retry_after=1)
+    mid = create(client, auth)
+    outcome = deliver(mid)
+    assert outcome.action == "retry" and outcome.retry_in >= 1
+    assert deliver(mid).action == "skipped"  # lease held until the retry is due
+    expire_lease(mid)
+    assert deliver(mid).action == "sent"
+    assert len(live.sends(herald_id=mid, accepted="true")) == 1
+    assert load(mid).attempts == 2
+
+
+def test_ambiguous_500_is_settled_by_the_callback_not_resent(
+    live, client, auth, dispatched
+) -> None:
+    # The provider took the message but answered 500: resending would duplicate it.
+    live.fault(provider="twilio", status=500, code=20500, count=1, mode="accept_then_error")
+    mid = create(client, auth, channel="sms")
+    assert deliver(mid).action == "retry"
+    wait_for(lambda: load(mid).status in ("sent", "delivered"), what="callback settling it")
+    expire_lease(mid)
+    assert deliver(mid).action == "skipped"
+    assert len(live.sends(herald_id=mid, accepted="true")) == 1
+    assert load(mid).provider_message_id.startswith("SM")
+
+
+def test_ambiguous_without_callback_is_resent_after_settling(
+    live, client, auth, dispatched
+) -> None:
+    live.fault(provider="meta", status=500, code=131000, count=1)  # rejected, nothing recorded
+    mid = create(client, auth)
+    assert deliver(mid).action == "retry"
+    expire_lease(mid)
+    assert deliver(mid).action == "sent"
+    assert len(live.sends(herald_id=mid, accepted="true")) == 1
+
+
+def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> None:
+    from herald.config import get_settings
+
+    monkeypatch.setenv("HERALD_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    try:
+        live.fault(provider="meta", status=503, code=131016, count=5)
+        mid = create(client, auth)
+        assert deliver(mid).action == "retry"
+        expire_lease(mid)
+        assert deliver(mid).action == "failed"
+        msg = load(mid)
+        assert msg.status == "failed" and msg.attempts == 2
+    finally:
+        monkeypatch.delenv("HERALD_MAX_ATTEMPTS")
+        get_settings.cache_clear()
