@@ -125,6 +125,7 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
                 app_secret=secret,
                 waba_id=waba,
                 verify_token=SANDBOX_VERIFY_TOKEN,
+                display_phone_number="+15550100001",
             )
         else:
             add_provider_account(

@@ -117,3 +117,52 @@ def test_ctrl_c_stops_everything_and_a_second_run_reuses_the_data(tmp_path: Path
         assert message["status"] == "delivered"
     finally:
         assert second.stop() == 0, second.log_tail()
+
+
+CELERY_ONLY_CLIENT = """
+import json, sys
+from celery import Celery
+broker, prefix, tenant = sys.argv[1:4]
+options = {"global_keyprefix": prefix} if prefix else {}
+app = Celery(broker=broker, backend=broker)
+app.conf.broker_transport_options = options
+app.conf.result_backend_transport_options = options
+kwargs = {"tenant_id": tenant, "to": "+12025550143", "channel": "sms",
+          "body": "New interest in your vehicle", "idempotency_key": "lead-981"}
+first = app.send_task("herald.send_message", kwargs=kwargs, queue="herald").get(timeout=30)
+again = app.send_task("herald.send_message", kwargs=kwargs, queue="herald").get(timeout=30)
+bad = app.send_task("herald.send_message", kwargs={"tenant_id": tenant, "to": "nope"},
+                    queue="herald").get(timeout=30)
+ours = ("services", "models", "api", "herald", "workers", "providers")
+herald_loaded = [m for m in sys.modules if m.split(".")[0] in ours]
+print(json.dumps({"first": first, "again": again, "bad": bad, "herald_loaded": herald_loaded}))
+"""
+
+
+def test_celery_task_pushed_by_a_client_without_herald_code(stack: RunningStack) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CELERY_ONLY_CLIENT,
+            stack.info["redis"],
+            stack.env.get("HERALD_QUEUE_PREFIX", ""),
+            stack.info["tenant_id"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd="/",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["herald_loaded"] == []
+    assert result["first"]["id"].startswith("msg_") and result["first"]["status"] == "queued"
+    assert result["again"]["id"] == result["first"]["id"]  # idempotency_key
+    assert result["bad"]["error"]["code"] == "invalid_fields"
+    message = wait_status(api(stack), result["first"]["id"], FINAL)
+    assert message["status"] == "delivered"
