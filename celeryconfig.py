@@ -32,7 +32,20 @@ task_reject_on_worker_lost = True
 # visibility timeout. It must exceed the longest countdown Herald schedules
 # (backoff is capped at 15 minutes) or retries would be duplicated; the sweeper,
 # not this timeout, is what recovers lost tasks quickly.
-broker_transport_options: dict = {"visibility_timeout": 3600}
+broker_transport_options: dict = {
+    "visibility_timeout": 3600,
+    # kombu scans for unacked tasks past the visibility timeout every interval x
+    # throttle seconds (10 x 10 = ~100 s by default). One scan every 10 s costs
+    # little; with a one-hour timeout it only matters for tasks a dead worker
+    # held an hour ago, since the sweeper has long since re-enqueued their rows.
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+    # Notice a Redis that went away without closing the socket (restart, failover),
+    # and never let a publish from the API hang on one.
+    "health_check_interval": 10,
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
 result_backend_transport_options: dict = {}
 if _settings.queue_prefix:
     # Shared Redis (CI, staging next to prod): keep each deployment's keys apart.
@@ -52,8 +65,6 @@ task_publish_retry_policy = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-broker_transport_options["socket_timeout"] = 2
-broker_transport_options["socket_connect_timeout"] = 2
 
 # Warm shutdown waits for running sends; Celery 5.5+'s soft shutdown gives them
 # this long after a SIGTERM before cancelling (and requeueing) the rest.

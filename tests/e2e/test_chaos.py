@@ -1,0 +1,26 @@
+"""A short run of the chaos harness (bench/chaos.py): workers SIGKILLed mid-flow,
+Redis restarted with nothing on disk, provider faults on and off. Nothing may be
+lost and nothing sent twice. `python -m bench.chaos` runs the long version."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bench.chaos import run
+
+pytestmark = pytest.mark.e2e
+
+
+def test_no_message_lost_or_sent_twice_under_chaos(tmp_path) -> None:
+    out = io.StringIO()
+    totals = run(
+        trials=2, messages=30, workers=3, concurrency=8, chaos_seconds=6.0, home=tmp_path, out=out
+    )
+    report = out.getvalue()
+    assert totals["trials"] == 2 and totals["accepted"] == 60, report
+    assert totals["kills"] >= 2 and totals["redis_restarts"] >= 1, report  # chaos really happened
+    assert totals["lost"] == 0, report
+    assert totals["sent_twice"] == 0, report
+    assert totals["stuck"] == 0, report
