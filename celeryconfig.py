@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from herald.config import get_settings
 
@@ -80,12 +80,24 @@ enable_utc = True
 # Queues named by workload: a 100,000-message campaign on herald.bulk never
 # delays a one-off password code on herald.send.
 task_default_queue = "herald.send"
+task_default_exchange = "herald.send"
+task_default_routing_key = "herald.send"
+
+
+def _queue(name: str) -> Queue:
+    # Each queue its own exchange and routing key. Declared bare, every queue binds
+    # to the default exchange under one key: Celery's own publishes go straight to
+    # the queue by name, but a publish by exchange and routing key (another client,
+    # a custom router) would be copied into all of them by kombu's Redis transport.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 task_queues = (
-    Queue("herald"),  # the public task herald.send_message (CONTRACT §7)
-    Queue("herald.send"),  # transactional deliveries
-    Queue("herald.bulk"),  # campaign batches
-    Queue("herald.events"),  # events out to tenants' callback URLs
-    Queue("herald.periodic"),  # beat: sweeper, scheduled release
+    _queue("herald"),  # the public task herald.send_message (CONTRACT §7)
+    _queue("herald.send"),  # transactional deliveries
+    _queue("herald.bulk"),  # campaign batches
+    _queue("herald.events"),  # events out to tenants' callback URLs
+    _queue("herald.periodic"),  # beat: sweeper, scheduled release
 )
 task_routes = {
     "herald.send_message": {"queue": "herald"},

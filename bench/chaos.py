@@ -62,6 +62,7 @@ class TrialResult:
     recover_s: float = 0.0
     kills: int = 0
     redis_restarts: int = 0
+    worker_crashes: int = 0
 
 
 class ChaosStack:
@@ -174,6 +175,18 @@ class ChaosStack:
                 "--without-gossip",
             ],
         )
+
+    def revive_crashed_workers(self) -> int:
+        """Restart workers that died on their own (kombu can crash one when Redis goes
+        away mid-read), as a process supervisor would; returns how many."""
+        crashed = 0
+        for i in range(self.n_workers):
+            proc = self.procs.get(f"worker-{i}")
+            if proc is not None and proc.poll() is not None:
+                crashed += 1
+                self.procs.pop(f"worker-{i}")
+                self.start_worker(i)
+        return crashed
 
     def kill_worker(self, index: int) -> None:
         self._kill(f"worker-{index}")
@@ -335,6 +348,7 @@ def run_trial(
             else:
                 control.delete("/_sandbox/faults")
             stop_chaos.wait(rng.uniform(0.3, 1.5))
+            result.worker_crashes += stack.revive_crashed_workers()
 
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     chaos_thread.start()
@@ -376,6 +390,7 @@ def run_trial(
             if message["status"] in FINAL:
                 pending.discard(mid)
         if pending:
+            result.worker_crashes += stack.revive_crashed_workers()
             time.sleep(0.5)
     result.recover_s = time.monotonic() - chaos_end
     # Late callbacks and stray retries may still be in flight: let them land before counting.
@@ -424,6 +439,7 @@ def run(
         "stuck": 0,
         "kills": 0,
         "redis_restarts": 0,
+        "worker_crashes": 0,
         "recover_max_s": 0.0,
         "recover_sum_s": 0.0,
     }
@@ -432,7 +448,7 @@ def run(
         for n in range(1, trials + 1):
             r = run_trial(stack, tenant["api_key"], messages, chaos_seconds, rng)
             totals["trials"] += 1
-            for key in ("accepted", "delivered", "kills", "redis_restarts"):
+            for key in ("accepted", "delivered", "kills", "redis_restarts", "worker_crashes"):
                 totals[key] += getattr(r, key)
             totals["lost"] += len(r.lost)
             totals["sent_twice"] += len(r.twice)
@@ -445,7 +461,7 @@ def run(
                 f"trial {n:3d}: accepted={r.accepted} delivered={r.delivered} "
                 f"failed={sum(r.failed.values())} lost={len(r.lost)} sent_twice={len(r.twice)} "
                 f"stuck={len(r.stuck)} kills={r.kills} redis_restarts={r.redis_restarts} "
-                f"recover={r.recover_s:.1f}s"
+                f"worker_crashes={r.worker_crashes} recover={r.recover_s:.1f}s"
                 + (f" LOST={r.lost}" if r.lost else "")
                 + (f" TWICE={r.twice}" if r.twice else "")
                 + (f" STUCK={r.stuck}" if r.stuck else ""),

@@ -57,16 +57,41 @@ def _wait(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-u
     raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
 
 
+# Worker and beat hold no state of their own (the rows do), so a crashed one is
+# restarted, as docker-compose's restart policy would: kombu can kill a worker
+# when Redis goes away mid-read. A dead API, Redis or sandbox stops the stack.
+RESTARTABLE = {"worker", "beat"}
+MAX_RESTARTS = 20
+
+
 class Stack:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self.argv: dict[str, list[str]] = {}
+        self.restarts = 0
         self.env = dict(os.environ)
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         # Own process group: Ctrl-C reaches only us, and we stop children in order.
         proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, start_new_session=True)
         self.children.append((name, proc))
+        self.argv[name] = argv
         return proc
+
+    def supervise(self) -> str | None:
+        """Restart crashed restartable children; the name of a fatal dead child, if any."""
+        for index, (name, proc) in enumerate(self.children):
+            if proc.poll() is None:
+                continue
+            if name not in RESTARTABLE or self.restarts >= MAX_RESTARTS:
+                return name
+            self.restarts += 1
+            print(f"herald: {name} exited with {proc.returncode}; restarting", flush=True)
+            replacement = subprocess.Popen(
+                self.argv[name], cwd=ROOT, env=self.env, start_new_session=True
+            )
+            self.children[index] = (name, replacement)
+        return None
 
     def stop(self) -> None:
         for _name, proc in reversed(self.children):
@@ -304,10 +329,10 @@ def run_stack() -> int:
         )
         print("HERALD_READY " + json.dumps(ready), flush=True)
         while not stopping:
-            for name, proc in stack.children:
-                if proc.poll() is not None:
-                    print(f"herald: {name} exited with {proc.returncode}; stopping", flush=True)
-                    return 1
+            dead = stack.supervise()
+            if dead is not None:
+                print(f"herald: {dead} exited; stopping", flush=True)
+                return 1
             time.sleep(0.3)
         return 0
     except RuntimeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -71,4 +72,11 @@ class Provider(Protocol):
 
     def send(self, account: AccountCredentials, message: OutboundMessage) -> SendResult:
         """Send once. Raises ProviderError classified by the provider's error table."""
+        ...
+
+    def find_sent(
+        self, account: AccountCredentials, message: OutboundMessage, since: datetime
+    ) -> list[SendResult]:
+        """Sends the provider holds that may be this message (newest first), for an
+        attempt whose answer was lost; empty when there are none or it cannot tell."""
         ...

@@ -7,6 +7,7 @@ version come from META_GRAPH_BASE / META_GRAPH_VERSION.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -128,6 +129,12 @@ class MetaProvider:
             native_status=messages[0].get("message_status", "accepted"),
             sender=account.settings.get("display_phone_number"),
         )
+
+    def find_sent(
+        self, account: AccountCredentials, message: OutboundMessage, since: datetime
+    ) -> list[SendResult]:
+        """The Cloud API cannot look up sent messages; callbacks are the only witness."""
+        return []
 
     @retry_blips
     def _post(self, url: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:

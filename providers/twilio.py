@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 import requests
@@ -83,6 +84,45 @@ class TwilioProvider:
             price=_decimal(created.price),
             price_unit=created.price_unit,
         )
+
+    def find_sent(
+        self, account: AccountCredentials, message: OutboundMessage, since: datetime
+    ) -> list[SendResult]:
+        """Messages at Twilio to the same recipient from the same sender, created
+        since `since`, with the same body: a create whose answer was lost."""
+        params = self.build_params(account, message)
+        try:
+            rows = self.client(account).messages.list(
+                to=params["to"], from_=params.get("from_"), limit=50
+            )
+        except TwilioRestException as exc:
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS, f"lookup failed: {exc.msg}", http_status=exc.status
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS, f"lookup failed: {type(exc).__name__}"
+            ) from None
+        found = []
+        for row in rows:
+            if row.date_created is None or row.date_created < since:
+                continue
+            if "body" in params and (row.body or "") != params["body"]:
+                continue
+            if params.get("messaging_service_sid") and (
+                row.messaging_service_sid != params["messaging_service_sid"]
+            ):
+                continue
+            found.append(
+                SendResult(
+                    provider_message_id=row.sid,
+                    native_status=row.status,
+                    sender=params.get("from_"),
+                    price=_decimal(row.price),
+                    price_unit=row.price_unit,
+                )
+            )
+        return found
 
     @staticmethod
     def build_params(account: AccountCredentials, message: OutboundMessage) -> dict:

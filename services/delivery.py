@@ -25,7 +25,14 @@ from sqlalchemy import and_, or_, select, update
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, session_scope, utcnow
-from providers import ErrorKind, OutboundMessage, ProviderError, SendResult, get_provider
+from providers import (
+    ErrorKind,
+    OutboundMessage,
+    Provider,
+    ProviderError,
+    SendResult,
+    get_provider,
+)
 from services.phones import mask
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
@@ -130,15 +137,49 @@ def deliver(message_id: str) -> DeliveryOutcome:
     if claim is None:
         return SKIPPED
     message, account = claim
+    provider = get_provider(message.provider)
+    outbound = outbound_for(message)
     try:
-        result = get_provider(message.provider).send(account, outbound_for(message))
+        if message.attempts > 1 and message.provider_message_id is None:
+            # An earlier attempt's outcome is unknown: ask the provider before resending.
+            found = reconcile(provider, account, message, outbound)
+            if found is not None:
+                _record_sent(message, found, reconciled=True)
+                return DeliveryOutcome("sent")
+        result = provider.send(account, outbound)
     except ProviderError as exc:
         return _record_error(message, exc)
+    except Exception as exc:  # a bug or an unmapped library error, mid-call
+        log.exception("unexpected error sending id=%s", message.id)
+        # The request may have gone out: treat it like any ambiguous answer.
+        unexpected = ProviderError(ErrorKind.AMBIGUOUS, f"unexpected {type(exc).__name__}")
+        return _record_error(message, unexpected)
     _record_sent(message, result)
     return DeliveryOutcome("sent")
 
 
-def _record_sent(message: Message, result: SendResult) -> None:
+def reconcile(
+    provider: Provider, account: AccountCredentials, message: Message, outbound: OutboundMessage
+) -> SendResult | None:
+    """The provider's record of this message, if an earlier attempt reached it:
+    the newest candidate that no other Herald message already owns."""
+    since = message.created_at - timedelta(seconds=5)  # provider clocks drift a little
+    candidates = provider.find_sent(account, outbound, since)
+    if not candidates:
+        return None
+    with session_scope() as session:
+        owned = set(
+            session.scalars(
+                select(Message.provider_message_id).where(
+                    Message.provider == message.provider,
+                    Message.provider_message_id.in_([c.provider_message_id for c in candidates]),
+                )
+            )
+        )
+    return next((c for c in candidates if c.provider_message_id not in owned), None)
+
+
+def _record_sent(message: Message, result: SendResult, *, reconciled: bool = False) -> None:
     with session_scope() as session:
         apply_status(
             session,
@@ -146,6 +187,7 @@ def _record_sent(message: Message, result: SendResult) -> None:
             "sent",
             source="worker",
             native_status=result.native_status,
+            detail={"reconciled": True} if reconciled else None,
             provider_message_id=result.provider_message_id,
             price=result.price,
             price_unit=result.price_unit,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from models import Message, session_scope, utcnow
+from models import Message, MessageEvent, session_scope, utcnow
 from services.delivery import deliver
 from tests.integration.conftest import wait_for
 
@@ -133,3 +133,75 @@ def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> Non
     finally:
         monkeypatch.delenv("HERALD_MAX_ATTEMPTS")
         get_settings.cache_clear()
+
+
+def test_lost_twilio_answer_is_reconciled_not_resent(live, client, auth, dispatched) -> None:
+    # Twilio took the message, answered 500, and no callback comes (callbacks off):
+    # before resending, Herald finds it at Twilio and adopts its SID.
+    live.config(callbacks={"enabled": False})
+    live.fault(provider="twilio", status=500, code=20500, count=1, mode="accept_then_error")
+    mid = create(client, auth, channel="sms", body=f"reconcile me {mid_suffix()}")
+    assert deliver(mid).action == "retry"
+    expire_lease(mid)
+    assert deliver(mid).action == "sent"
+    (accepted,) = live.sends(herald_id=mid, accepted="true")
+    msg = load(mid)
+    assert msg.provider_message_id == accepted["provider_message_id"]
+    with session_scope() as session:
+        details = session.scalars(
+            select(MessageEvent.detail).where(
+                MessageEvent.message_id == mid, MessageEvent.status == "sent"
+            )
+        ).all()
+    assert {"reconciled": True} in details
+
+
+def test_reconcile_ignores_a_sid_owned_by_another_message(live, client, auth, dispatched) -> None:
+    live.config(callbacks={"enabled": False})
+    body = f"same text {mid_suffix()}"
+    first = create(client, auth, channel="sms", body=body)
+    assert deliver(first).action == "sent"
+    live.fault(provider="twilio", status=503, code=20503, count=1)  # rejected, nothing taken
+    second = create(client, auth, channel="sms", body=body)
+    assert deliver(second).action == "retry"
+    expire_lease(second)
+    assert deliver(second).action == "sent"
+    assert load(second).provider_message_id != load(first).provider_message_id
+    assert len(live.sends(herald_id=second, accepted="true")) == 1
+
+
+def mid_suffix() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:8]
+
+
+def test_reversed_and_duplicated_callbacks_end_in_the_right_state(
+    live, client, auth, dispatched
+) -> None:
+    live.config(callbacks={"order": "reverse", "duplicate": True})
+    mid = create(client, auth)  # WhatsApp via Meta: read, delivered, sent, each twice
+    assert deliver(mid).action == "sent"
+
+    def callbacks_for_message() -> list:
+        logged = live.control.get("/_sandbox/callbacks").json()["callbacks"]
+        return [c for c in logged if c.get("herald_id") == mid]
+
+    wait_for(lambda: len(callbacks_for_message()) >= 6, what="six callbacks")
+    wait_for(lambda: live.control.get("/_sandbox/callbacks").json()["pending"] == 0, what="drain")
+    assert load(mid).status == "read"
+    with session_scope() as session:
+        applied = session.scalars(
+            select(MessageEvent.status).where(
+                MessageEvent.message_id == mid,
+                MessageEvent.source == "meta",
+                MessageEvent.applied.is_(True),
+            )
+        ).all()
+        recorded = session.scalars(
+            select(MessageEvent.status).where(
+                MessageEvent.message_id == mid, MessageEvent.source == "meta"
+            )
+        ).all()
+    assert applied == ["read"]  # delivered and sent came late: recorded, not applied
+    assert sorted(recorded) == ["delivered", "read", "sent"]  # duplicates recorded once

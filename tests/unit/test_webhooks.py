@@ -324,3 +324,79 @@ def test_same_callback_twice_at_once_is_recorded_once(app, client, auth, dispatc
     assert codes == [204] * 4
     delivered = [e for e in events_of(mid) if e[0] == "delivered"]
     assert delivered == [("delivered", "delivered", True)]
+
+
+def test_every_twilio_status_maps_onto_the_contract(client, auth, dispatched) -> None:
+    expected = {
+        "accepted": "queued",
+        "scheduled": "queued",
+        "queued": "queued",
+        "sending": "sending",
+        "sent": "sent",
+        "delivered": "delivered",
+        "read": "read",
+        "undelivered": "undelivered",
+        "failed": "failed",
+        "canceled": "failed",
+    }
+    for native, mapped in expected.items():
+        mid = new_message(client, auth, channel="sms")
+        twilio_status(client, mid, native, "SM" + uuid_hex(), ErrorCode="30001")
+        status, recorded_native, _applied = events_of(mid)[-1]
+        assert (status, recorded_native) == (mapped, native)
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def test_meta_inbound_media_and_unknown_status(client, tenant) -> None:
+    wamid = "wamid.UNKNOWN" + uuid_hex()
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "W",
+                "changes": [
+                    meta_change(
+                        statuses=[
+                            {
+                                "id": wamid,
+                                "status": "delivered",
+                                "timestamp": "1700000000",
+                                "recipient_id": "12025550143",
+                            }
+                        ],
+                        messages=[
+                            {
+                                "from": "12025550199",
+                                "id": "wamid.IMG" + uuid_hex(),
+                                "timestamp": "1700000000",
+                                "type": "image",
+                                "image": {
+                                    "id": "media-77",
+                                    "mime_type": "image/jpeg",
+                                    "caption": "My car",
+                                },
+                            }
+                        ],
+                    )
+                ],
+            }
+        ],
+    }
+    resp = meta_post(client, payload)
+    assert resp.status_code == 200
+    with session_scope() as session:
+        kept = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.provider_message_id == wamid)
+        ).one()
+        assert kept.message_id is None  # unknown: answered and kept
+        inbound = session.scalars(
+            select(Message).where(
+                Message.direction == "inbound", Message.from_number == "+12025550199"
+            )
+        ).one()
+        assert inbound.body == "My car" and inbound.media_urls == ["meta-media:media-77"]
