@@ -41,6 +41,7 @@ import httpx
 from herald.stack import QUEUES, ROOT, SANDBOX_META, SANDBOX_TWILIO, free_port
 
 FINAL = {"delivered", "read", "failed", "undelivered", "canceled"}
+RECIPIENT = "+12025550143"
 FAULTS = [
     {"provider": "*", "status": 500, "rate": 0.25},
     {"provider": "twilio", "status": 500, "code": 20500, "rate": 0.3, "mode": "accept_then_error"},
@@ -290,7 +291,7 @@ def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped
 
 
 def _make_tenant() -> dict[str, str]:
-    from models import session_scope
+    from models import Contact, session_scope, utcnow
     from services.tenants import add_provider_account, create_api_key, create_tenant
 
     sid, token = SANDBOX_TWILIO
@@ -315,6 +316,8 @@ def _make_tenant() -> dict[str, str]:
             app_secret=secret,
             waba_id=waba,
         )
+        # The recipient wrote to the business: its WhatsApp window is open.
+        session.add(Contact(tenant_id=tenant.id, phone=RECIPIENT, last_inbound_at=utcnow()))
         return {"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id)}
 
 
@@ -355,7 +358,7 @@ def run_trial(
     started = time.monotonic()
     for i in range(messages):
         sms = i % 2 == 0
-        body = {"to": "+12025550143", "channel": "sms" if sms else "whatsapp", "body": f"chaos {i}"}
+        body = {"to": RECIPIENT, "channel": "sms" if sms else "whatsapp", "body": f"chaos {i}"}
         for _attempt in range(5):  # the API itself stays up; retry only its transport
             try:
                 resp = api.post(

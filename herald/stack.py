@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -106,6 +107,17 @@ class Stack:
                 proc.wait()
 
 
+def sandbox_meta_account(home: Path) -> tuple[str, str, str, str]:
+    """The sandbox Meta credentials of this HERALD_HOME. Each home gets its own phone
+    number id (as each business has its own number), so inbound messages and status
+    webhooks find the right tenant even when several stacks share one database."""
+    path = home / "sandbox-meta-phone-id"
+    if not path.exists():
+        path.write_text("1" + "".join(secrets.choice("0123456789") for _ in range(14)))
+    _phone, token, secret, waba = SANDBOX_META
+    return path.read_text().strip(), token, secret, waba
+
+
 def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str, str]:
     """Create the `dev` tenant once; its key stays in HERALD_HOME (dev only) to print each run."""
     path = home / "dev-tenant.json"
@@ -140,7 +152,7 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
                 messaging_service_sid=env.get("TWILIO_MESSAGING_SERVICE_SID"),
             )
         if use_sandbox["meta"]:
-            phone_id, token, secret, waba = SANDBOX_META
+            phone_id, token, secret, waba = sandbox_meta_account(home)
             add_provider_account(
                 session,
                 tenant.id,
@@ -242,7 +254,7 @@ def run_stack() -> int:
                     "--twilio-account",
                     ":".join(SANDBOX_TWILIO),
                     "--meta-account",
-                    ":".join(SANDBOX_META),
+                    ":".join(sandbox_meta_account(home)),
                     "--meta-webhook-url",
                     f"{public}/webhooks/meta",
                     "--twilio-inbound-url",
@@ -320,10 +332,17 @@ def run_stack() -> int:
         )
         api_url = f"http://127.0.0.1:{port}"
         _wait(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, "API")
-        ready = {"api": api_url, "sandbox": sandbox_url, "redis": os.environ["REDIS_URL"], **dev}
+        ready = {
+            "api": api_url,
+            "sandbox": sandbox_url,
+            "redis": os.environ["REDIS_URL"],
+            "meta_phone_number_id": sandbox_meta_account(home)[0],
+            **dev,
+        }
         print(
             f"\nHerald is running.\n  API:      {api_url}\n  Sandbox:  {sandbox_url or '-'}"
             f"\n  API key:  {dev['api_key']}  (tenant {dev['tenant_id']})"
+            f"\n  Sandbox WhatsApp phone number id: {ready['meta_phone_number_id']}"
             f"\n  State:    {home}\nPress Ctrl-C to stop.",
             flush=True,
         )

@@ -16,6 +16,7 @@ from models import Contact, Message, MessageEvent, Tenant, utcnow
 from services.dispatch import enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.phones import mask
+from services.policy import check_send_policy
 from services.status import apply_status
 from services.tenants import find_account
 
@@ -121,6 +122,7 @@ def accept_message(
     if "contact_id" in data:
         contact = resolve_contact(session, tenant.id, data["contact_id"])
         to, contact_id = contact.phone, contact.external_id or contact.id
+    check_send_policy(session, tenant.id, channel=channel, to=to, free_form=not template)
 
     now = utcnow()
     send_at = data.get("send_at")

@@ -25,6 +25,7 @@ from herald.config import get_settings
 from models import Contact, Message, MessageEvent, WebhookEvent, utcnow
 from services.errors import Forbidden
 from services.phones import mask, normalize_e164
+from services.policy import apply_keyword, contact_for
 from services.status import apply_status
 from services.tenants import AccountCredentials, accounts_by_external_id
 from services.tenants import credentials as _credentials
@@ -176,18 +177,17 @@ def _price(value: Any) -> Decimal | None:
 
 
 def touch_contact(
-    session: Session, tenant_id: str, phone: str, name: str | None, at: datetime
+    session: Session, tenant_id: str, phone: str, name: str | None, at: datetime, channel: str
 ) -> Contact:
-    """An inbound message opens (or refreshes) the contact's 24-hour WhatsApp window."""
-    contact = session.scalars(
-        select(Contact).where(Contact.tenant_id == tenant_id, Contact.phone == phone)
-    ).first()
+    """Find or create the sender's contact; a WhatsApp message opens (or refreshes)
+    its 24-hour window. An SMS does not: it opens no WhatsApp conversation."""
+    contact = contact_for(session, tenant_id, phone)
     if contact is None:
         contact = Contact(tenant_id=tenant_id, phone=phone)
         session.add(contact)
     if name and not contact.name:
         contact.name = name
-    if contact.last_inbound_at is None or contact.last_inbound_at < at:
+    if channel == "whatsapp" and (contact.last_inbound_at is None or contact.last_inbound_at < at):
         contact.last_inbound_at = at
     return contact
 
@@ -218,7 +218,10 @@ def _store_inbound(
     )
     if receipt is None:
         return None
-    touch_contact(session, account.tenant_id, phone, profile_name, at)
+    contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
+    keyword = apply_keyword(contact, body, at)
+    if keyword:
+        log.info("contact %s by keyword from=%s", keyword, mask(phone))
     message = Message(
         tenant_id=account.tenant_id,
         direction="inbound",

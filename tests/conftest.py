@@ -85,8 +85,24 @@ def dispatched() -> Iterator[list[tuple[str, str]]]:
     set_dispatcher(None)
 
 
-def make_tenant(name: str = "acme", **accounts: dict[str, str]) -> dict[str, str]:
-    """A tenant with Twilio and Meta accounts (test credentials) and an API key."""
+# Recipients the tests message on WhatsApp; make_tenant records that each wrote to
+# the tenant within the day, so its 24-hour window is open (see services/policy.py).
+WINDOW_OPEN = ("+12025550143", "+15005550011", "+15005550012", "+15005550013", "+15005550014")
+
+
+def open_window(tenant_id: str, phone: str) -> None:
+    """Record an inbound WhatsApp message from `phone` just now."""
+    from models import Contact, session_scope, utcnow
+
+    with session_scope() as session:
+        session.add(Contact(tenant_id=tenant_id, phone=phone, last_inbound_at=utcnow()))
+
+
+def make_tenant(
+    name: str = "acme", windows: tuple[str, ...] = WINDOW_OPEN, **accounts: dict[str, str]
+) -> dict[str, str]:
+    """A tenant with Twilio and Meta accounts (test credentials), an API key, and
+    open WhatsApp windows with the usual test recipients."""
     from models import session_scope
     from services.tenants import add_provider_account, create_api_key, create_tenant
 
@@ -117,7 +133,10 @@ def make_tenant(name: str = "acme", **accounts: dict[str, str]) -> dict[str, str
         if meta:
             add_provider_account(session, tenant.id, "meta", **meta)
         key = create_api_key(session, tenant.id)
-        return {"tenant_id": tenant.id, "api_key": key}
+        result = {"tenant_id": tenant.id, "api_key": key}
+    for phone in windows:
+        open_window(result["tenant_id"], phone)
+    return result
 
 
 @pytest.fixture

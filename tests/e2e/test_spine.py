@@ -47,8 +47,25 @@ def wait_status(
     raise AssertionError(f"{message_id} stuck in {message['status']}: {message}")
 
 
+def customer_writes(stack: RunningStack, phone: str, body: str = "Hi!") -> None:
+    """A WhatsApp message from `phone` through the sandbox: opens the 24-hour window."""
+    sent = httpx.post(
+        f"{stack.info['sandbox']}/_sandbox/inbound",
+        json={
+            "provider": "meta",
+            "from": phone,
+            "to": stack.info["meta_phone_number_id"],
+            "body": body,
+        },
+    )
+    assert sent.json()["status_code"] == 200, sent.text
+
+
 def test_whatsapp_via_meta_reaches_delivered(stack: RunningStack) -> None:
     client = api(stack)
+    closed = client.post("/v1/messages", json={"to": "+12025550143", "body": "Hello"})
+    assert closed.status_code == 422 and closed.json()["error"]["code"] == "window_closed"
+    customer_writes(stack, "+12025550143")
     resp = client.post(
         "/v1/messages",
         json={
