@@ -205,3 +205,24 @@ def test_reversed_and_duplicated_callbacks_end_in_the_right_state(
         ).all()
     assert applied == ["read"]  # delivered and sent came late: recorded, not applied
     assert sorted(recorded) == ["delivered", "read", "sent"]  # duplicates recorded once
+
+
+def test_logs_mask_numbers_and_never_show_tokens(live, client, auth, dispatched, caplog) -> None:
+    import logging
+
+    from tests.conftest import META_TOKEN, TWILIO_TOKEN
+
+    caplog.set_level(logging.DEBUG)
+    for fields in ({}, {"channel": "sms"}, {"to": "+15005550001", "channel": "sms"}):
+        deliver(create(client, auth, **fields))
+    from herald.logs import MaskingFilter
+
+    masking = MaskingFilter()
+    lines = []
+    for record in caplog.records:
+        masking.filter(record)
+        lines.append(record.getMessage())
+    logged = "\n".join(lines)
+    assert "message sent" in logged and "+1******0143" in logged
+    assert "12025550143" not in logged
+    assert TWILIO_TOKEN not in logged and META_TOKEN not in logged
