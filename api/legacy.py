@@ -1,7 +1,247 @@
-"""The seeds' endpoints (CONTRACT §4), kept working as thin routes onto /v1/messages."""
+"""The seeds' endpoints (CONTRACT §4), kept working for their existing clients.
+
+Each route only translates its seed's request into a `/v1/messages` request and
+Herald's answer into the seed's response shape; validation, policy and delivery
+are the same path as `POST /v1/messages`. The seeds' clients carry no Herald key:
+with HERALD_LEGACY_TENANT set, a request without `Authorization` belongs to that
+tenant; otherwise these routes authenticate like `/v1`.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+
+from api.auth import db
+from herald.config import get_settings
+from models import Message, Tenant
+from services.errors import HeraldError, NotFound, Unauthorized
+from services.messages import accept_message, get_message
+from services.schemas import load_message_request
+from services.tenants import authenticate
 
 bp = Blueprint("legacy", __name__)
+
+
+def _tenant() -> Tenant:
+    header = request.headers.get("Authorization")
+    legacy = get_settings().legacy_tenant
+    if not header and legacy:
+        tenant = db().get(Tenant, legacy)
+        if tenant is not None:
+            return tenant
+    return authenticate(db(), header)
+
+
+def _accept(fields: dict[str, Any]) -> Message:
+    """The /v1/messages path, from a request built out of a seed's body."""
+    session = db()
+    tenant = _tenant()
+    message, _ = accept_message(
+        session,
+        tenant,
+        load_message_request(fields),
+        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        raw=fields,
+    )
+    session.commit()
+    g.tenant = tenant
+    return message
+
+
+def _body() -> dict[str, Any]:
+    payload = request.get_json(silent=True, force=True)
+    return payload if isinstance(payload, dict) else {}
+
+
+def _phone(value: Any) -> Any:
+    """The seeds accept numbers with or without the leading `+` (`^\\+?[1-9]\\d{1,14}$`)."""
+    if isinstance(value, str) and value.isdigit():
+        return "+" + value
+    return value
+
+
+def _first_error(exc: HeraldError) -> str:
+    if exc.fields:
+        field, messages = next(iter(exc.fields.items()))
+        text = messages[0] if isinstance(messages, list) and messages else messages
+        return f"{field}: {text}"
+    return exc.message
+
+
+def cost_of(message: Message) -> float:
+    """What the provider reported, else the configured price for the channel."""
+    settings = get_settings()
+    fallback = settings.price_whatsapp if message.channel == "whatsapp" else settings.price_sms
+    return float(message.price if message.price is not None else Decimal(fallback))
+
+
+# ---------------------------------------------------------------- seed 000 (Next.js, Twilio)
+
+
+@bp.route("/api/twilio/message", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
+def twilio_message():  # type: ignore[no-untyped-def]
+    if request.method != "POST":
+        return jsonify({"message": "Wrong request method"}), 405
+    body = _body()
+    to = body.get("to")
+    fields: dict[str, Any] = {"channel": "whatsapp", "provider": "twilio"}
+    if isinstance(to, str) and (to.startswith("+") or to.isdigit()):
+        fields["to"] = _phone(to)
+    else:
+        fields["contact_id"] = to  # seed 000 addresses users by their database id
+    if body.get("message") is not None:
+        fields["body"] = body["message"]
+    try:
+        message = _accept(fields)
+    except HeraldError as exc:
+        status = exc.status if exc.status < 500 else 500
+        return jsonify({"error": _first_error(exc)}), status, exc.headers
+    except Exception:
+        return jsonify({"error": "Failed to send WhatsApp message."}), 500
+    return jsonify({"message": "Message sent", "id": message.id}), 200
+
+
+# ---------------------------------------------------------------- seed 002 (.NET, Twilio WhatsApp)
+
+
+@bp.post("/api/whatsapp/send")
+def whatsapp_send():  # type: ignore[no-untyped-def]
+    body = _body()
+    fields: dict[str, Any] = {"channel": "whatsapp", "provider": "twilio"}
+    if body.get("toPhoneNumber") is not None:
+        fields["to"] = _phone(body["toPhoneNumber"])
+    if body.get("messageBody") is not None:
+        fields["body"] = body["messageBody"]
+    if body.get("imageUrl"):
+        fields["media_url"] = body["imageUrl"]
+    try:
+        message = _accept(fields)
+    except Unauthorized as exc:
+        return jsonify({"error": exc.message}), 401
+    except HeraldError as exc:
+        status = 429 if exc.status == 429 else 400
+        return jsonify({"error": _first_error(exc)}), status, exc.headers
+    return jsonify({"success": True, "messageId": message.id, "cost": cost_of(message)})
+
+
+@bp.get("/api/whatsapp/status/<message_id>")
+def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
+    """By Herald's id, or by the Twilio SID the seed's clients may have stored."""
+    try:
+        tenant = _tenant()
+        session = db()
+        try:
+            message = get_message(session, tenant.id, message_id)
+        except NotFound:
+            message = (
+                session.query(Message)
+                .filter_by(tenant_id=tenant.id, provider_message_id=message_id)
+                .first()
+            )
+            if message is None:
+                raise
+    except Unauthorized as exc:
+        return jsonify({"error": exc.message}), 401
+    except NotFound as exc:
+        return jsonify({"error": exc.message}), 404
+    return jsonify(
+        {
+            "success": True,
+            "messageId": message.id,
+            "status": message.status,
+            "twilioMessageSid": message.provider_message_id,
+            "toPhoneNumber": message.to_number,
+            "cost": cost_of(message),
+            "errorMessage": message.error_message,
+            "attemptCount": message.attempts,
+            "createdAt": _iso(message.created_at),
+            "sentAt": _iso(message.sent_at),
+            "deliveredAt": _iso(message.delivered_at),
+        }
+    )
+
+
+def _iso(value: Any) -> str | None:
+    from services.serialize import iso
+
+    return iso(value)
+
+
+# ---------------------------------------------------------------- seed 003 (Node, Meta Cloud API)
+
+
+def _envelope_error(exc: HeraldError):  # type: ignore[no-untyped-def]
+    status = 401 if exc.status == 401 else 400 if exc.status < 500 else 500
+    return jsonify({"type": "3", "message": _first_error(exc), "data": None}), status
+
+
+def _envelope_ok(message: Message, to: str):  # type: ignore[no-untyped-def]
+    # Meta's own answer shape; the id is Herald's (the wamid comes later, asynchronously).
+    return jsonify(
+        {
+            "type": "1",
+            "message": "Message sent successfully",
+            "data": {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": message.to_number.lstrip("+")}],
+                "messages": [{"id": message.id, "message_status": message.status}],
+            },
+        }
+    )
+
+
+@bp.post("/api/v1/whatsapp/send-message")
+def meta_send_message():  # type: ignore[no-untyped-def]
+    body = _body()
+    if not body.get("to") or not body.get("text"):
+        return jsonify(
+            {"type": "3", "message": "Missing required fields: to, text", "data": None}
+        ), 400
+    fields: dict[str, Any] = {
+        "channel": "whatsapp",
+        "provider": "meta",
+        "to": body["to"],
+        "body": body["text"],
+    }
+    if "previewUrl" in body:
+        fields["preview_url"] = body["previewUrl"]
+    try:
+        message = _accept(fields)
+    except HeraldError as exc:
+        if exc.fields and "to" in exc.fields:
+            return jsonify(
+                {
+                    "type": "3",
+                    "data": None,
+                    "message": "Phone number must be in E.164 format (e.g., +1234567890)",
+                }
+            ), 400
+        return _envelope_error(exc)
+    return _envelope_ok(message, body["to"])
+
+
+@bp.post("/api/v1/whatsapp/send-template")
+def meta_send_template():  # type: ignore[no-untyped-def]
+    """`{"to", "templateName", "languageCode"?, "parameters"?: [...], "components"?: [...]}`."""
+    body = _body()
+    if not body.get("to") or not body.get("templateName"):
+        return jsonify(
+            {"type": "3", "message": "Missing required fields: to, templateName", "data": None}
+        ), 400
+    template: dict[str, Any] = {
+        "name": body["templateName"],
+        "language": body.get("languageCode") or "en_US",
+    }
+    if body.get("parameters") is not None:
+        template["variables"] = body["parameters"]
+    if body.get("components") is not None:
+        template["components"] = body["components"]
+    fields = {"channel": "whatsapp", "provider": "meta", "to": body["to"], "template": template}
+    try:
+        message = _accept(fields)
+    except HeraldError as exc:
+        return _envelope_error(exc)
+    return _envelope_ok(message, body["to"])

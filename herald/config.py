@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _decimal(env: dict[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name) or default
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a decimal price like 0.015, got {raw!r}") from None
 
 
 def _url(env: dict[str, str], name: str, default: str) -> str:
@@ -70,6 +79,9 @@ class Settings:
     log_level: str
     meta_app_secret: str | None = None
     meta_verify_token: str | None = None
+    legacy_tenant: str | None = None
+    price_whatsapp: Decimal = Decimal("0.015")
+    price_sms: Decimal = Decimal("0.0079")
 
     @property
     def sqlite(self) -> bool:
@@ -112,6 +124,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         log_level=env.get("HERALD_LOG_LEVEL", "INFO").upper(),
         meta_app_secret=env.get("META_APP_SECRET") or None,
         meta_verify_token=env.get("META_VERIFY_TOKEN") or None,
+        legacy_tenant=env.get("HERALD_LEGACY_TENANT") or None,
+        price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
+        price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
     )
 
 
