@@ -41,7 +41,9 @@ import httpx
 from herald.stack import QUEUES, ROOT, SANDBOX_META, SANDBOX_TWILIO, free_port
 
 FINAL = {"delivered", "read", "failed", "undelivered", "canceled"}
-RECIPIENT = "+12025550143"
+# Distinct recipients (each with an open window): WhatsApp pair pacing allows one
+# message per few seconds to the same user, as Meta does.
+RECIPIENTS = [f"+120255501{n:02d}" for n in range(40)]
 FAULTS = [
     {"provider": "*", "status": 500, "rate": 0.25},
     {"provider": "twilio", "status": 500, "code": 20500, "rate": 0.3, "mode": "accept_then_error"},
@@ -317,7 +319,9 @@ def _make_tenant() -> dict[str, str]:
             waba_id=waba,
         )
         # The recipient wrote to the business: its WhatsApp window is open.
-        session.add(Contact(tenant_id=tenant.id, phone=RECIPIENT, last_inbound_at=utcnow()))
+        tenant.hourly_limit = tenant.daily_limit = 0  # unlimited: the harness sends thousands
+        for phone in RECIPIENTS:
+            session.add(Contact(tenant_id=tenant.id, phone=phone, last_inbound_at=utcnow()))
         return {"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id)}
 
 
@@ -358,7 +362,11 @@ def run_trial(
     started = time.monotonic()
     for i in range(messages):
         sms = i % 2 == 0
-        body = {"to": RECIPIENT, "channel": "sms" if sms else "whatsapp", "body": f"chaos {i}"}
+        body = {
+            "to": RECIPIENTS[i % len(RECIPIENTS)],
+            "channel": "sms" if sms else "whatsapp",
+            "body": f"chaos {i}",
+        }
         for _attempt in range(5):  # the API itself stays up; retry only its transport
             try:
                 resp = api.post(

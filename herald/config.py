@@ -80,6 +80,12 @@ class Settings:
     meta_app_secret: str | None = None
     meta_verify_token: str | None = None
     legacy_tenant: str | None = None
+    default_hourly_limit: int = 100
+    default_daily_limit: int = 1000
+    pair_pacing_seconds: float = 6.0
+    mps_meta: float = 80.0
+    mps_twilio_whatsapp: float = 10.0
+    mps_twilio_sms: float = 10.0
     price_whatsapp: Decimal = Decimal("0.015")
     price_sms: Decimal = Decimal("0.0079")
 
@@ -125,6 +131,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         meta_app_secret=env.get("META_APP_SECRET") or None,
         meta_verify_token=env.get("META_VERIFY_TOKEN") or None,
         legacy_tenant=env.get("HERALD_LEGACY_TENANT") or None,
+        default_hourly_limit=_int(env, "HERALD_DEFAULT_HOURLY_LIMIT", 100),
+        default_daily_limit=_int(env, "HERALD_DEFAULT_DAILY_LIMIT", 1000),
+        pair_pacing_seconds=_float(env, "HERALD_PAIR_PACING_SECONDS", 6.0),
+        mps_meta=_float(env, "HERALD_MPS_META", 80.0),
+        mps_twilio_whatsapp=_float(env, "HERALD_MPS_TWILIO_WHATSAPP", 10.0),
+        mps_twilio_sms=_float(env, "HERALD_MPS_TWILIO_SMS", 10.0),
         price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
     )

@@ -33,6 +33,7 @@ from providers import (
     SendResult,
     get_provider,
 )
+from services.limits import take_send_slot
 from services.phones import mask
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    action: str  # sent | failed | retry | skipped
+    action: str  # sent | failed | retry | throttled | skipped
     retry_in: float | None = None
 
 
@@ -131,8 +132,52 @@ def outbound_for(message: Message) -> OutboundMessage:
     )
 
 
+def send_gate(message_id: str) -> float | None:
+    """Seconds to wait for the sender's budget (None: nothing to send; 0.0: go).
+
+    Taken before the claim, so a throttled message keeps its attempts: the
+    per-sender messages-per-second bucket and WhatsApp's pair pacing, both in
+    Redis so every worker shares them."""
+    settings = get_settings()
+    with session_scope() as session:
+        row = session.execute(
+            select(
+                Message.status,
+                Message.lease_until,
+                Message.provider,
+                Message.channel,
+                Message.to_number,
+                ProviderAccount.external_id,
+                ProviderAccount.settings,
+            )
+            .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
+            .where(Message.id == message_id)
+        ).first()
+    if row is None or row.status not in ("queued", "sending"):
+        return None
+    if row.status == "sending" and row.lease_until and row.lease_until > utcnow():
+        return None  # another attempt owns it
+    account = row.settings or {}
+    if row.provider == "meta":
+        sender, default_rate = row.external_id, settings.mps_meta
+    elif row.channel == "whatsapp":
+        sender = account.get("whatsapp_from") or account.get("messaging_service_sid") or ""
+        default_rate = settings.mps_twilio_whatsapp
+    else:
+        sender = account.get("sms_from") or account.get("messaging_service_sid") or ""
+        default_rate = settings.mps_twilio_sms
+    rate = float(account.get("mps") or default_rate)
+    spacing = settings.pair_pacing_seconds if row.channel == "whatsapp" else 0.0
+    return take_send_slot(row.provider, sender, row.to_number, rate, spacing)
+
+
 def deliver(message_id: str) -> DeliveryOutcome:
     """One attempt at sending `message_id`. Safe to call any number of times."""
+    wait = send_gate(message_id)
+    if wait is None:
+        return SKIPPED
+    if wait > 0:
+        return DeliveryOutcome("throttled", retry_in=wait)
     claim = claim_for_sending(message_id)
     if claim is None:
         return SKIPPED

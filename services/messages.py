@@ -12,9 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from herald.config import get_settings
 from models import Contact, Message, MessageEvent, Tenant, utcnow
 from services.dispatch import enqueue_after_commit
-from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
+from services.limits import take_quota
 from services.phones import mask
 from services.policy import check_send_policy
 from services.status import apply_status
@@ -123,6 +125,8 @@ def accept_message(
         contact = resolve_contact(session, tenant.id, data["contact_id"])
         to, contact_id = contact.phone, contact.external_id or contact.id
     check_send_policy(session, tenant.id, channel=channel, to=to, free_form=not template)
+    if campaign_id is None:  # campaigns are paced by their own release rate
+        _take_tenant_quota(tenant)
 
     now = utcnow()
     send_at = data.get("send_at")
@@ -174,6 +178,19 @@ def accept_message(
         status,
     )
     return message, True
+
+
+def _take_tenant_quota(tenant: Tenant) -> None:
+    settings = get_settings()
+    hourly, daily = tenant.hourly_limit, tenant.daily_limit
+    hourly = settings.default_hourly_limit if hourly is None else hourly
+    daily = settings.default_daily_limit if daily is None else daily
+    wait = take_quota(tenant.id, hourly, daily)
+    if wait is not None:
+        raise RateLimited(
+            f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 def get_message(session: Session, tenant_id: str, message_id: str) -> Message:

@@ -22,12 +22,12 @@ PROVIDER_FIELDS = {
     "twilio": (
         "account_sid",
         ("auth_token",),
-        ("sms_from", "whatsapp_from", "messaging_service_sid"),
+        ("sms_from", "whatsapp_from", "messaging_service_sid", "mps"),
     ),
     "meta": (
         "phone_number_id",
         ("access_token", "app_secret", "verify_token"),
-        ("waba_id", "display_phone_number"),
+        ("waba_id", "display_phone_number", "mps"),
     ),
 }
 

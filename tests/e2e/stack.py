@@ -21,7 +21,13 @@ class RunningStack:
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
         env = dict(os.environ)
         # The stack must find its own defaults: drop what the unit-test session set.
-        for key in ("HERALD_PUBLIC_URL", "TWILIO_API_BASE", "META_GRAPH_BASE", "HERALD_SECRET_KEY"):
+        for key in (
+            "HERALD_PUBLIC_URL",
+            "TWILIO_API_BASE",
+            "META_GRAPH_BASE",
+            "HERALD_SECRET_KEY",
+            "HERALD_PAIR_PACING_SECONDS",
+        ):
             env.pop(key, None)
         if env.get("DATABASE_URL", "").startswith("postgresql"):
             # Stacks sharing one database must share its encryption key, as in production.

@@ -1,0 +1,127 @@
+"""Limits shared by every API process and worker, kept in Redis.
+
+* Tenant quotas: messages accepted per hour and per day (fixed windows), checked
+  before a message is queued; over it is `429` with `Retry-After`.
+* Sender budgets: messages per second per provider sender (token bucket), and
+  WhatsApp pair pacing (one message per few seconds to the same user), taken by
+  workers right before each send.
+
+Each check is one Lua script, so concurrent processes cannot both take the last
+unit. If Redis is unreachable the check lets the message through and logs it: a
+Redis outage must not stop transactional messages, and the row, not Redis, is
+what guarantees delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import redis
+
+from herald.config import get_settings
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+
+# KEYS: hour key, day key. ARGV: hour limit, day limit, hour ttl, day ttl (0 = unlimited)
+_QUOTA = """
+local h = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) > 0 and h >= tonumber(ARGV[1]) then return {0, redis.call('TTL', KEYS[1])} end
+if tonumber(ARGV[2]) > 0 and d >= tonumber(ARGV[2]) then return {0, redis.call('TTL', KEYS[2])} end
+redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {1, 0}
+"""
+
+# Token bucket. KEYS: bucket. ARGV: rate per second, capacity, now (ms). Returns wait ms.
+_BUCKET = """
+local rate = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or cap; local at = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + (now - at) * rate / 1000)
+if tokens >= 1 then
+  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 1000)
+  return 0
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+return math.ceil((1 - tokens) * 1000 / rate)
+"""
+
+# Pair pacing. KEYS: pair key. ARGV: spacing ms. Returns wait ms (0 = go now).
+_PAIR = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+return redis.call('PTTL', KEYS[1])
+"""
+
+
+def get_redis() -> redis.Redis | None:
+    global _client
+    with _lock:
+        if _client is None and get_settings().redis_url:
+            _client = redis.Redis.from_url(
+                get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1
+            )
+        return _client
+
+
+def set_redis(client: redis.Redis | None) -> None:
+    """Use this client (tests inject fakeredis when no REDIS_URL is configured)."""
+    global _client
+    with _lock:
+        _client = client
+
+
+def key(*parts: str) -> str:
+    return get_settings().queue_prefix + "herald:" + ":".join(parts)
+
+
+def _run(script: str, keys: list[str], args: list[object]) -> object | None:
+    client = get_redis()
+    if client is None:
+        return None
+    try:
+        return client.eval(script, len(keys), *keys, *args)
+    except redis.RedisError as exc:
+        log.warning("limits unavailable, letting the message through: %s", type(exc).__name__)
+        return None
+
+
+def take_quota(tenant_id: str, hourly: int, daily: int) -> int | None:
+    """Count one message against the tenant's quotas; None if allowed, else seconds to wait."""
+    if hourly <= 0 and daily <= 0:
+        return None
+    now = datetime.now(UTC)
+    hour = key("quota", tenant_id, now.strftime("%Y%m%d%H"))
+    day = key("quota", tenant_id, now.strftime("%Y%m%d"))
+    result = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000])
+    if not result or int(result[0]) == 1:  # type: ignore[index]
+        return None
+    return max(1, int(result[1]))  # type: ignore[index]
+
+
+def take_send_slot(
+    provider: str, sender: str, to: str, per_second: float, pair_spacing: float
+) -> float:
+    """Seconds to wait before this send may go out (0.0: go now, the slot is taken)."""
+    if pair_spacing > 0:
+        wait = _run(_PAIR, [key("pair", provider, sender, to)], [int(pair_spacing * 1000)])
+        if wait:
+            return max(0.05, int(wait) / 1000)  # type: ignore[arg-type]
+    if per_second > 0:
+        now_ms = int(time.time() * 1000)
+        capacity = max(1.0, per_second)  # a one-second burst at most
+        wait = _run(_BUCKET, [key("bucket", provider, sender)], [per_second, capacity, now_ms])
+        if wait:
+            if pair_spacing > 0:  # give the pair slot back: this send did not happen
+                client = get_redis()
+                if client is not None:
+                    client.delete(key("pair", provider, sender, to))
+            return max(0.01, int(wait) / 1000)  # type: ignore[arg-type]
+    return 0.0
