@@ -103,6 +103,7 @@ task_routes = {
     "herald.send_message": {"queue": "herald"},
     "herald.deliver": {"queue": "herald.send"},
     "herald.sweep": {"queue": "herald.periodic"},
+    "herald.deliver_events": {"queue": "herald.events"},
 }
 
 beat_schedule = {

@@ -11,16 +11,21 @@ from herald import migrate
 
 def _tenant_create(args: argparse.Namespace) -> int:
     from models import session_scope
+    from services.events import webhook_secret
     from services.tenants import add_provider_account, create_api_key, create_tenant
 
     migrate.upgrade()
     with session_scope() as session:
-        tenant = create_tenant(session, args.name)
+        tenant = create_tenant(session, args.name, callback_url=args.callback_url)
         for spec in args.account or []:
             provider, values = _parse_account(spec)
             add_provider_account(session, tenant.id, provider, **values)
         key = create_api_key(session, tenant.id, name="cli")
-        print(json.dumps({"tenant_id": tenant.id, "api_key": key}))
+        print(
+            json.dumps(
+                {"tenant_id": tenant.id, "api_key": key, "webhook_secret": webhook_secret(tenant)}
+            )
+        )
     return 0
 
 
@@ -88,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
     create = tenant.add_parser("create", help="create a tenant and print its first API key")
     create.add_argument("name")
+    create.add_argument("--callback-url", help="where status events are POSTed (CONTRACT §6)")
     create.add_argument(
         "--account",
         nargs="+",

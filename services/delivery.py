@@ -33,6 +33,7 @@ from providers import (
     SendResult,
     get_provider,
 )
+from services.events import record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
 from services.status import apply_status
@@ -93,6 +94,8 @@ def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | N
                 error_message=f"gave up after {settings.max_attempts} attempts",
             )
             return None
+        if message.attempts == 1:
+            record_status_event(session, message_id)  # queued -> sending
         session.add(
             MessageEvent(
                 message_id=message_id,

@@ -1,8 +1,8 @@
-"""Enqueue delivery only after the transaction that created the rows commits.
+"""Enqueue work only after the transaction that created its rows commits.
 
 A task published before the commit can reach a worker that cannot see the row
 yet. The broker is only a doorbell: if publishing fails (Redis down), the rows
-stay `queued` and the sweeper rings again, so nothing is lost.
+stay as they are and the sweeper rings again, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -15,42 +15,46 @@ from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
-Dispatcher = Callable[[list[str], str], None]
+DELIVER_TASK = "herald.deliver"
+# (task name, message ids, queue)
+Dispatcher = Callable[[str, list[str], str], None]
 _dispatcher: Dispatcher | None = None
 _KEY = "herald_enqueue"
 
 
 def set_dispatcher(fn: Dispatcher | None) -> None:
-    """Replace how message ids are handed to workers (tests use an in-memory list)."""
+    """Replace how work is handed to workers (tests record it instead)."""
     global _dispatcher
     _dispatcher = fn
 
 
-def _celery_dispatch(message_ids: list[str], queue: str) -> None:
-    from workers.tasks import deliver_message
+def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
+    from workers.celery_app import app
 
     for message_id in message_ids:
-        deliver_message.apply_async(args=[message_id], queue=queue)
+        app.send_task(task, args=[message_id], queue=queue)
 
 
-def dispatch_now(message_ids: list[str], queue: str) -> bool:
+def dispatch_now(message_ids: list[str], queue: str, task: str = DELIVER_TASK) -> bool:
     """Publish now; False (and a log line) when the broker is unreachable."""
     try:
-        (_dispatcher or _celery_dispatch)(message_ids, queue)
+        (_dispatcher or _celery_dispatch)(task, message_ids, queue)
         return True
     except Exception as exc:  # the sweeper re-enqueues; the request must not fail
         log.warning("enqueue failed, the sweeper will retry: %s", type(exc).__name__)
         return False
 
 
-def enqueue_after_commit(session: Session, message_ids: list[str], queue: str) -> None:
-    session.info.setdefault(_KEY, []).append((list(message_ids), queue))
+def enqueue_after_commit(
+    session: Session, message_ids: list[str], queue: str, task: str = DELIVER_TASK
+) -> None:
+    session.info.setdefault(_KEY, []).append((task, list(message_ids), queue))
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    for ids, queue in session.info.pop(_KEY, []):
-        dispatch_now(ids, queue)
+    for task, ids, queue in session.info.pop(_KEY, []):
+        dispatch_now(ids, queue, task)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -15,6 +15,7 @@ from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from models import Message, MessageEvent, utcnow
+from services.events import record_status_event
 
 PROGRESS = ("scheduled", "queued", "sending", "sent", "delivered", "read")
 RANK = {s: i for i, s in enumerate(PROGRESS)}
@@ -84,6 +85,8 @@ def apply_status(
         .execution_options(synchronize_session=False)
     )
     applied = result.rowcount == 1
+    if applied:
+        record_status_event(session, message_id)
     extra: dict[str, Any] = {}
     if provider_message_id:
         extra["provider_message_id"] = func.coalesce(

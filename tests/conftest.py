@@ -83,12 +83,26 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 
 
 @pytest.fixture
-def dispatched() -> Iterator[list[tuple[str, str]]]:
+def dispatched() -> Iterator[list]:
     """Capture what would be enqueued instead of publishing to a broker."""
     from services.dispatch import set_dispatcher
 
-    sent: list[tuple[str, str]] = []
-    set_dispatcher(lambda ids, queue: sent.extend((i, queue) for i in ids))
+    class Dispatched(list):
+        """(message id, queue) of each delivery enqueued; `.events`: ids with events owed."""
+
+        events: list[str]
+
+    sent = Dispatched()
+    events: list[str] = []
+
+    def record(task: str, ids: list[str], queue: str) -> None:
+        if task == "herald.deliver":
+            sent.extend((i, queue) for i in ids)
+        else:
+            events.extend(ids)
+
+    set_dispatcher(record)
+    sent.events = events  # type: ignore[attr-defined]
     yield sent
     set_dispatcher(None)
 

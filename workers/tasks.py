@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from models import Tenant, session_scope
-from services import delivery
+from services import delivery, events
 from services.dispatch import dispatch_now
 from services.errors import HeraldError
 from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
@@ -24,6 +24,14 @@ def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-de
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.action
+
+
+@shared_task(name="herald.deliver_events", bind=True, ignore_result=True)
+def deliver_events(self, message_id: str) -> None:  # type: ignore[no-untyped-def]
+    """POST the message's owed events to the tenant, in order; retry the stuck one later."""
+    wait = events.deliver_pending_events(message_id)
+    if wait is not None:
+        raise self.retry(countdown=wait, max_retries=None)
 
 
 @shared_task(name="herald.send_message", ignore_result=False)
@@ -60,6 +68,9 @@ def sweep() -> dict[str, int]:
         ids = [mid for mid, campaign in due if (campaign is None) == (queue == SEND_QUEUE)]
         if ids:
             dispatch_now(ids, queue)
+    owed = events.overdue_event_messages()
+    if owed:
+        dispatch_now(owed, events.EVENTS_QUEUE, events.EVENTS_TASK)
     if due or released:
         log.info("sweep re-enqueued=%d released=%d", len(due), len(released))
     return {"requeued": len(due), "released": len(released)}

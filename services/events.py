@@ -1,0 +1,161 @@
+"""Events out (CONTRACT §6): status changes POSTed, signed, to the tenant's callback URL.
+
+A status change writes an EventDelivery row in its own transaction; after the
+commit a task delivers the message's pending events strictly in order. One event
+failing holds back the later ones of the same message (ordering per message is
+the promise) until it succeeds or is given up after MAX_ATTEMPTS; events of other
+messages are independent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import EventDelivery, Message, Tenant, session_scope, utcnow
+from services.dispatch import enqueue_after_commit
+from services.limits import get_redis, key
+from services.secrets import decrypt_json
+from services.serialize import message_to_dict
+
+log = logging.getLogger(__name__)
+
+EVENTS_QUEUE = "herald.events"
+EVENTS_TASK = "herald.deliver_events"
+MAX_ATTEMPTS = 10
+_http_lock = threading.Lock()
+_http: httpx.Client | None = None
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """`t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`: the timestamp is signed too, so a
+    receiver can refuse replays older than a few minutes."""
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def record_status_event(session: Session, message_id: str) -> None:
+    """Owe the tenant an event for the message's new status, if anyone listens."""
+    message = session.get(Message, message_id)
+    if message is None:
+        return
+    session.refresh(message)
+    url = message.callback_url
+    if url is None:
+        tenant = session.get(Tenant, message.tenant_id)
+        url = tenant.callback_url if tenant else None
+    if not url:
+        return
+    session.add(
+        EventDelivery(
+            message_id=message.id,
+            tenant_id=message.tenant_id,
+            url=url,
+            payload={"type": "message.status", "message": message_to_dict(message, events=False)},
+        )
+    )
+    enqueue_after_commit(session, [message.id], EVENTS_QUEUE, task=EVENTS_TASK)
+
+
+def _client() -> httpx.Client:
+    global _http
+    with _http_lock:
+        if _http is None:
+            _http = httpx.Client(timeout=10, headers={"User-Agent": "Herald-Events/1"})
+        return _http
+
+
+def deliver_pending_events(message_id: str) -> float | None:
+    """Send the message's due events in order. Returns seconds until a retry is due, or None."""
+    lock = None
+    redis = get_redis()
+    if redis is not None:
+        lock = redis.lock(key("events", message_id), timeout=60, blocking_timeout=0)
+        try:
+            if not lock.acquire():
+                return 2.0  # another worker is delivering this message's events
+        except Exception:
+            lock = None  # Redis down: deliver anyway; receivers dedupe by event id
+    try:
+        return _deliver_in_order(message_id)
+    finally:
+        if lock is not None:
+            with contextlib.suppress(Exception):  # expired or Redis gone: nothing to free
+                lock.release()
+
+
+def _deliver_in_order(message_id: str) -> float | None:
+    with session_scope() as session:
+        pending = list(
+            session.scalars(
+                select(EventDelivery)
+                .where(EventDelivery.message_id == message_id, EventDelivery.status == "pending")
+                .order_by(EventDelivery.id)
+            )
+        )
+        secrets: dict[str, str] = {}
+        for event in pending:
+            now = utcnow()
+            if event.next_attempt_at > now:
+                return (event.next_attempt_at - now).total_seconds()
+            if event.tenant_id not in secrets:
+                tenant = session.get(Tenant, event.tenant_id)
+                secrets[event.tenant_id] = decrypt_json(tenant.webhook_secret_enc)["secret"]
+            error = _post(event, secrets[event.tenant_id])
+            event.attempts += 1
+            if error is None:
+                event.status, event.delivered_at, event.last_error = "delivered", now, None
+                session.commit()
+                continue
+            event.last_error = error
+            if event.attempts >= MAX_ATTEMPTS:
+                event.status = "failed"
+                log.warning(
+                    "event %s given up after %d attempts: %s", event.id, event.attempts, error
+                )
+                session.commit()
+                continue
+            wait = min(3600.0, random.uniform(1, 2 ** min(event.attempts, 12)))
+            event.next_attempt_at = now + timedelta(seconds=wait)
+            session.commit()
+            return wait
+    return None
+
+
+def _post(event: EventDelivery, secret: str) -> str | None:
+    body = json.dumps({"id": f"evt_{event.id}", **event.payload}, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "X-Herald-Signature": sign(secret, body)}
+    try:
+        response = _client().post(event.url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+
+
+def overdue_event_messages(limit: int = 500) -> list[str]:
+    """Messages with events due (their task may have been lost): for the sweeper."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(EventDelivery.message_id)
+                .where(EventDelivery.status == "pending", EventDelivery.next_attempt_at < utcnow())
+                .group_by(EventDelivery.message_id)
+                .limit(limit)
+            )
+        )
+
+
+def webhook_secret(tenant: Tenant) -> str:
+    return decrypt_json(tenant.webhook_secret_enc)["secret"] if tenant.webhook_secret_enc else ""

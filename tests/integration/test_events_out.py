@@ -1,0 +1,140 @@
+"""Events out (CONTRACT §6): status changes POSTed to the callback URL, signed,
+retried with backoff, in order per message."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from models import EventDelivery, Tenant, session_scope, utcnow
+from services.delivery import deliver
+from services.events import deliver_pending_events, webhook_secret
+from tests.integration.conftest import wait_for
+
+
+class Receiver:
+    """A tenant's endpoint: records events, fails the first `fail` requests."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[dict, str, bytes]] = []
+        self.fail = 0
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/herald-events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @Request.application
+    def app(self, request: Request) -> Response:
+        if self.fail > 0:
+            self.fail -= 1
+            return Response("down", status=503)
+        self.events.append(
+            (
+                json.loads(request.get_data()),
+                request.headers["X-Herald-Signature"],
+                request.get_data(),
+            )
+        )
+        return Response("ok")
+
+
+@pytest.fixture
+def receiver():  # type: ignore[no-untyped-def]
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+def secret_of(tenant_id: str) -> str:
+    with session_scope() as session:
+        return webhook_secret(session.get(Tenant, tenant_id))
+
+
+def test_status_changes_are_posted_signed_and_in_order(
+    live, client, auth, tenant, receiver, dispatched
+) -> None:
+    resp = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={"to": "+12025550143", "body": "Your order is ready", "callback_url": receiver.url},
+    )
+    mid = resp.get_json()["id"]
+    assert deliver(mid).action == "sent"
+    wait_for(
+        lambda: client.get(f"/v1/messages/{mid}", headers=auth).get_json()["status"] == "read",
+        what="read",
+    )
+    deliver_pending_events(mid)
+    statuses = [e["message"]["status"] for e, _sig, _raw in receiver.events]
+    assert statuses == ["sending", "sent", "delivered", "read"]
+    secret = secret_of(tenant["tenant_id"])
+    for event, signature, raw in receiver.events:
+        assert event["type"] == "message.status" and event["message"]["id"] == mid
+        parts = dict(p.split("=", 1) for p in signature.split(","))
+        expected = hmac.new(
+            secret.encode(), f"{parts['t']}.".encode() + raw, hashlib.sha256
+        ).hexdigest()
+        assert hmac.compare_digest(parts["v1"], expected)
+    assert set(dispatched.events) == {mid}
+
+
+def test_failed_event_is_retried_and_holds_back_later_ones(
+    live, client, auth, receiver, dispatched
+) -> None:
+    resp = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={"to": "+12025550143", "body": "x", "channel": "sms", "callback_url": receiver.url},
+    )
+    mid = resp.get_json()["id"]
+    receiver.fail = 1
+    assert deliver(mid).action == "sent"  # sending + sent owed
+    retry_in = deliver_pending_events(mid)
+    assert retry_in is not None and retry_in > 0
+    assert receiver.events == []  # the second event waits for the first
+    with session_scope() as session:
+        first = session.scalars(
+            select(EventDelivery).where(EventDelivery.message_id == mid).order_by(EventDelivery.id)
+        ).first()
+        assert (first.status, first.attempts, first.last_error) == ("pending", 1, "HTTP 503")
+        session.execute(
+            update(EventDelivery)
+            .where(EventDelivery.message_id == mid)
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+    assert deliver_pending_events(mid) is None
+    assert [e["message"]["status"] for e, _s, _r in receiver.events][:2] == ["sending", "sent"]
+
+
+def test_tenant_callback_url_is_used_without_a_message_one(
+    live, client, auth, tenant, receiver, dispatched
+) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(Tenant).where(Tenant.id == tenant["tenant_id"]).values(callback_url=receiver.url)
+        )
+    mid = client.post(
+        "/v1/messages", headers=auth, json={"to": "+12025550143", "body": "x", "channel": "sms"}
+    ).get_json()["id"]
+    deliver(mid)
+    deliver_pending_events(mid)
+    assert receiver.events and receiver.events[0][0]["message"]["id"] == mid
+
+
+def test_no_callback_url_means_no_events(live, client, auth, dispatched) -> None:
+    mid = client.post(
+        "/v1/messages", headers=auth, json={"to": "+12025550143", "body": "x", "channel": "sms"}
+    ).get_json()["id"]
+    deliver(mid)
+    with session_scope() as session:
+        assert (
+            session.scalars(select(EventDelivery).where(EventDelivery.message_id == mid)).all()
+            == []
+        )
