@@ -104,9 +104,17 @@ task_routes = {
     "herald.deliver": {"queue": "herald.send"},
     "herald.sweep": {"queue": "herald.periodic"},
     "herald.deliver_events": {"queue": "herald.events"},
+    "herald.deliver_batch": {"queue": "herald.bulk"},
+    "herald.release_campaigns": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
+    # Campaign release: pause/resume/cancel take effect within one tick.
+    "release-campaigns": {
+        "task": "herald.release_campaigns",
+        "schedule": 1.0,
+        "options": {"queue": "herald.periodic", "expires": 5},
+    },
     "sweep": {
         "task": "herald.sweep",
         "schedule": float(os.environ.get("HERALD_SWEEP_INTERVAL", "5")),

@@ -18,12 +18,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
 
-    from api import auth, contacts, errors, legacy, messages, ops, webhooks
+    from api import auth, campaigns, contacts, errors, legacy, messages, ops, webhooks
 
     errors.register(app)
     auth.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(contacts.bp)
+    app.register_blueprint(campaigns.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(legacy.bp)
     app.register_blueprint(ops.bp)

@@ -30,6 +30,8 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("provider", "provider_message_id", name="uq_messages_provider_id"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
+        # A campaign sends once per recipient; NULL campaign ids are not constrained.
+        UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
         Index("ix_messages_status_lease", "status", "lease_until"),
     )
@@ -145,3 +147,30 @@ class EventDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Campaign(Base):
+    """Many messages released in throttled batches by beat (see services/campaigns.py)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("cmp"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str | None] = mapped_column(Text)
+    media_urls: Mapped[list | None] = mapped_column(JSON)
+    template: Mapped[dict | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running|paused|canceled|completed
+    rate: Mapped[float] = mapped_column(Numeric(10, 3))
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    allowance: Mapped[float] = mapped_column(Numeric(12, 3), default=0)
+    last_release_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    invalid: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    invalid_rows: Mapped[list | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

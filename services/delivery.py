@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -204,6 +206,20 @@ def deliver(message_id: str) -> DeliveryOutcome:
         return _record_error(message, unexpected)
     _record_sent(message, result)
     return DeliveryOutcome("sent")
+
+
+_batch_pool: ThreadPoolExecutor | None = None
+_batch_lock = threading.Lock()
+
+
+def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
+    """Send a batch concurrently from one task: campaign sends are I/O-bound, and one
+    Python round trip per recipient would cap a worker far below the providers' rates."""
+    global _batch_pool
+    with _batch_lock:
+        if _batch_pool is None:
+            _batch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="herald-batch")
+    return list(_batch_pool.map(deliver, message_ids))
 
 
 def reconcile(

@@ -28,9 +28,15 @@ def set_dispatcher(fn: Dispatcher | None) -> None:
     _dispatcher = fn
 
 
+BATCH_TASK = "herald.deliver_batch"
+
+
 def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
     from workers.celery_app import app
 
+    if task == BATCH_TASK:  # one task for the whole batch, sent concurrently by the worker
+        app.send_task(task, args=[message_ids], queue=queue)
+        return
     for message_id in message_ids:
         app.send_task(task, args=[message_id], queue=queue)
 

@@ -88,21 +88,24 @@ def dispatched() -> Iterator[list]:
     from services.dispatch import set_dispatcher
 
     class Dispatched(list):
-        """(message id, queue) of each delivery enqueued; `.events`: ids with events owed."""
+        """(message id, queue) of each delivery enqueued; `.events`: ids with events
+        owed; `.batches`: campaign batches."""
 
         events: list[str]
+        batches: list[list[str]]
 
     sent = Dispatched()
-    events: list[str] = []
+    sent.events, sent.batches = [], []
 
     def record(task: str, ids: list[str], queue: str) -> None:
         if task == "herald.deliver":
             sent.extend((i, queue) for i in ids)
+        elif task == "herald.deliver_batch":
+            sent.batches.append(list(ids))
         else:
-            events.extend(ids)
+            sent.events.extend(ids)
 
     set_dispatcher(record)
-    sent.events = events  # type: ignore[attr-defined]
     yield sent
     set_dispatcher(None)
 

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from models import Tenant, session_scope
-from services import delivery, events
+from services import campaigns, delivery, events
 from services.dispatch import dispatch_now
 from services.errors import HeraldError
 from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
@@ -24,6 +24,25 @@ def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-de
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.action
+
+
+@shared_task(name="herald.deliver_batch", ignore_result=True)
+def deliver_batch(message_ids: list[str]) -> dict[str, int]:
+    """A campaign batch, sent concurrently; each message needing a later retry gets its
+    own delivery task with the countdown the domain chose."""
+    outcomes = delivery.deliver_many(message_ids)
+    for message_id, outcome in zip(message_ids, outcomes, strict=True):
+        if outcome.retry_in is not None:
+            deliver_message.apply_async(
+                args=[message_id], countdown=outcome.retry_in, queue=BULK_QUEUE
+            )
+    return {o.action: sum(1 for x in outcomes if x.action == o.action) for o in outcomes}
+
+
+@shared_task(name="herald.release_campaigns", ignore_result=True)
+def release_campaigns() -> int:
+    """Beat, every second: release each running campaign's next batch within its rate."""
+    return campaigns.release_due_campaigns()
 
 
 @shared_task(name="herald.deliver_events", bind=True, ignore_result=True)

@@ -183,3 +183,38 @@ def test_celery_task_pushed_by_a_client_without_herald_code(stack: RunningStack)
     assert result["bad"]["error"]["code"] == "invalid_fields"
     message = wait_status(api(stack), result["first"]["id"], FINAL)
     assert message["status"] == "delivered"
+
+
+def test_campaign_released_by_beat_within_its_rate(stack: RunningStack) -> None:
+    client = api(stack)
+    recipients = [{"to": f"+120255502{n:02d}"} for n in range(15)]
+    recipients += [{"to": "+12025550200"}, {"to": "bad"}]  # a duplicate and an invalid row
+    resp = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "Appointment reminders",
+            "channel": "sms",
+            "body": "See you tomorrow",
+            "rate": 5,
+            "recipients": recipients,
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    campaign = resp.json()
+    assert (campaign["total"], campaign["duplicates"], campaign["invalid"]) == (15, 1, 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        campaign = client.get(f"/v1/campaigns/{campaign['id']}").json()
+        if campaign["status"] == "completed":
+            break
+        time.sleep(0.5)
+    assert campaign["status"] == "completed", campaign
+    assert campaign["counts"]["delivered"] == 15 and campaign["progress"] == 1.0
+    sends = httpx.get(
+        f"{stack.info['sandbox']}/_sandbox/sends", params={"accepted": "true"}
+    ).json()["sends"]
+    ours = [s for s in sends if s["to"].startswith("+120255502")]
+    assert sorted(s["to"] for s in ours) == sorted(r["to"] for r in recipients[:15])
+    times = sorted(s["received_at"] for s in ours)
+    # 5/s with one second's burst to start: 15 messages need at least ~2 s.
+    assert times[-1] - times[0] >= 1.6, times

@@ -226,3 +226,42 @@ def test_logs_mask_numbers_and_never_show_tokens(live, client, auth, dispatched,
     assert "message sent" in logged and "+1******0143" in logged
     assert "12025550143" not in logged
     assert TWILIO_TOKEN not in logged and META_TOKEN not in logged
+
+
+def test_a_campaign_batch_is_sent_concurrently_in_one_task(live, client, dispatched) -> None:
+    from services.campaigns import release_due_campaigns
+    from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
+    from workers.tasks import deliver_batch
+
+    tenant = make_tenant(
+        "bulk",
+        twilio={
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "sms_from": "+12025550144",
+            "mps": 100,
+        },
+    )
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    live.config(latency_ms={"twilio": 200})
+    resp = client.post(
+        "/v1/campaigns",
+        headers=auth,
+        json={
+            "name": "batch",
+            "channel": "sms",
+            "body": "hi",
+            "rate": 100,
+            "recipients": [{"to": f"+120255503{n:02d}"} for n in range(16)],
+        },
+    )
+    cid = resp.get_json()["id"]
+    release_due_campaigns()
+    ours = [b for b in dispatched.batches if all(load(i).campaign_id == cid for i in b)]
+    assert sum(len(b) for b in ours) == 16
+    for batch in ours:
+        assert deliver_batch.run(batch) == {"sent": len(batch)}
+    received = sorted(s["received_at"] for s in live.sends(accepted="true"))
+    assert len(received) == 16
+    # Sent one by one, 200 ms apart at least; concurrently, many arrive together.
+    assert sum(1 for t in received if t - received[0] < 0.15) >= 8, received

@@ -1,0 +1,64 @@
+"""`/v1/campaigns`: create (JSON recipients or a CSV upload), progress, pause/resume/cancel."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, jsonify, request
+
+from api.auth import current_tenant, db, json_body, require_tenant
+from services.campaigns import (
+    campaign_to_dict,
+    control_campaign,
+    create_campaign,
+    csv_recipients,
+    get_campaign,
+    load_campaign_request,
+)
+from services.errors import InvalidRequest
+
+bp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns")
+MAX_UPLOAD = 200 * 1024 * 1024  # a CSV of any realistic size; it is streamed, not loaded
+
+
+@bp.post("")
+@require_tenant
+def create():  # type: ignore[no-untyped-def]
+    session = db()
+    if request.mimetype == "multipart/form-data":
+        request.max_content_length = MAX_UPLOAD
+        upload = request.files.get("file")
+        if upload is None:
+            raise InvalidRequest("Upload the recipients as a CSV in the 'file' field.")
+        try:
+            fields = json.loads(request.form.get("campaign") or "{}")
+        except ValueError:
+            raise InvalidRequest("'campaign' must be JSON.", code="malformed_json") from None
+        data = load_campaign_request(fields)
+        recipients = csv_recipients(upload.stream)
+    else:
+        data = load_campaign_request(json_body())
+        recipients = iter(data.pop("recipients", None) or [])
+    campaign = create_campaign(session, current_tenant(), data, recipients)
+    session.commit()
+    return jsonify(campaign_to_dict(session, campaign)), 201
+
+
+@bp.get("/<campaign_id>")
+@require_tenant
+def show(campaign_id: str):  # type: ignore[no-untyped-def]
+    session = db()
+    return jsonify(
+        campaign_to_dict(session, get_campaign(session, current_tenant().id, campaign_id))
+    )
+
+
+@bp.post("/<campaign_id>/<action>")
+@require_tenant
+def control(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
+    if action not in ("pause", "resume", "cancel"):
+        raise InvalidRequest("Action must be pause, resume or cancel.", code="invalid_action")
+    session = db()
+    campaign = control_campaign(session, current_tenant().id, campaign_id, action)
+    session.commit()
+    return jsonify(campaign_to_dict(session, campaign))
