@@ -140,6 +140,9 @@ def create_campaign(
     if chunk:
         _add_chunk(session, campaign, account.id, chunk, invalid_rows)
     campaign.invalid_rows = invalid_rows
+    inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
+    campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
+    campaign.total = inserted
     log.info(
         "campaign created id=%s tenant=%s total=%d skipped=%d invalid=%d duplicates=%d",
         campaign.id,
@@ -226,26 +229,24 @@ def _add_chunk(
             }
         )
     if rows:
-        inserted = _insert_ignoring_repeats(session, rows)
-        campaign.total += inserted
-        campaign.duplicates += len(rows) - inserted
+        _insert_ignoring_repeats(session, rows)
+        campaign.total += len(rows)  # corrected for repeats across chunks at the end
 
 
-def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> int:
-    """One multi-row INSERT; a recipient already in the campaign (an earlier chunk) is skipped."""
+def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Batched INSERTs; a recipient already in the campaign (an earlier chunk) is skipped."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     table = Message.__table__
-    statement = (
-        dialect_insert(table)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["campaign_id", "to_number"])
-        .returning(table.c.id)  # rowcount is -1 for this on psycopg; count what came back
+    # One cached statement with many parameter sets: SQLAlchemy batches it into
+    # multi-row INSERTs ("insertmanyvalues") without recompiling per chunk.
+    statement = dialect_insert(table).on_conflict_do_nothing(
+        index_elements=["campaign_id", "to_number"]
     )
-    return len(session.execute(statement).all())
+    session.execute(statement, rows)
 
 
 def _recipient(

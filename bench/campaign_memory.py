@@ -1,0 +1,69 @@
+"""Campaign creation at scale: time and peak memory for 10,000 and 100,000 recipients.
+
+Recipients are streamed from a CSV and written in chunks of batched INSERTs, so
+peak memory should not grow with the list. Prints figures; asserts nothing.
+
+    python -m bench.campaign_memory            # SQLite in a temporary HERALD_HOME
+    DATABASE_URL=postgresql+psycopg://… python -m bench.campaign_memory
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+    os.environ.setdefault("HERALD_HOME", str(home))
+    os.environ.setdefault("HERALD_SECRET_KEY", "bench")
+    from herald import migrate
+    from models import session_scope
+    from services.campaigns import create_campaign, csv_recipients, load_campaign_request
+    from services.tenants import add_provider_account, create_tenant
+
+    migrate.upgrade()
+    with session_scope() as session:
+        tenant = create_tenant(session, "bench")
+        add_provider_account(
+            session,
+            tenant.id,
+            "twilio",
+            account_sid="AC" + "b" * 32,
+            auth_token="t",
+            sms_from="+12025550100",
+        )
+        tenant_id = tenant.id
+    print(f"database: {os.environ.get('DATABASE_URL', 'sqlite in ' + str(home))}")
+    for size in (10_000, 100_000):
+        path = home / f"recipients-{size}.csv"
+        with path.open("w") as f:
+            f.write("to,name\n")
+            for n in range(size):
+                f.write(f"+1202{2000000 + n:07d},Name{n}\n")
+        data = load_campaign_request(
+            {"name": f"bench {size}", "channel": "sms", "body": "Offer", "rate": 1000}
+        )
+        tracemalloc.start()
+        started = time.perf_counter()
+        with session_scope() as session, path.open("rb") as stream:
+            from models import Tenant
+
+            campaign = create_campaign(
+                session, session.get(Tenant, tenant_id), data, csv_recipients(stream)
+            )
+            total, invalid = campaign.total, campaign.invalid
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(
+            f"{size:>7} recipients: {total} rows ({invalid} invalid) in {elapsed:5.1f} s "
+            f"= {total / elapsed:8.0f} rows/s, peak traced memory {peak / 1e6:6.1f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()
