@@ -1,0 +1,121 @@
+"""Throughput on this machine: a campaign's send rate and the API's accept latency.
+
+Runs the real stack (gunicorn API, W Celery workers with threads, beat, Redis,
+the sandbox; no chaos), then
+  1. POSTs M one-off messages and reports the API's accept latency (p50, p99);
+  2. creates a campaign of N SMS at rate R from a sender allowed R/s, and reports
+     the send rate the sandbox saw (its receipt times) and the time to all-final.
+Prints figures; asserts nothing.
+
+    python -m bench.throughput --messages 300 --campaign 3000 --rate 1000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.chaos import ChaosStack
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=300)
+    parser.add_argument("--campaign", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    stack = ChaosStack(
+        Path(tempfile.mkdtemp(prefix="herald-tput-")), args.workers, args.concurrency
+    )
+    stack.env.update(
+        HERALD_SEND_LEASE_SECONDS="60",
+        HERALD_SETTLE_SECONDS="30",
+        HERALD_SWEEP_AFTER_SECONDS="60",
+        HERALD_HTTP_TIMEOUT="10",
+    )
+    try:
+        tenant = stack.start()
+        _raise_sender_budget(tenant["tenant_id"], args.rate)
+        api = httpx.Client(
+            base_url=stack.api, timeout=30, headers={"Authorization": f"Bearer {tenant['api_key']}"}
+        )
+        control = httpx.Client(base_url=stack.sandbox, timeout=30)
+
+        latencies = []
+        for i in range(args.messages):
+            started = time.perf_counter()
+            resp = api.post(
+                "/v1/messages",
+                json={"to": "+12025550143", "channel": "sms", "body": f"one-off {i}"},
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert resp.status_code == 202, resp.text
+        latencies.sort()
+        print(
+            f"API accept latency over {args.messages} sequential POSTs: "
+            f"p50 {statistics.median(latencies):.1f} ms, "
+            f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.1f} ms"
+        )
+        time.sleep(3)
+        control.post("/_sandbox/reset")
+
+        recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
+        created_at = time.perf_counter()
+        resp = api.post(
+            "/v1/campaigns",
+            json={
+                "name": "throughput",
+                "channel": "sms",
+                "body": "Offer",
+                "rate": args.rate,
+                "recipients": recipients,
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        print(f"campaign of {args.campaign} created in {time.perf_counter() - created_at:.1f} s")
+        campaign_id = resp.json()["id"]
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            body = api.get(f"/v1/campaigns/{campaign_id}").json()
+            if (
+                body["counts"]["scheduled"] + body["counts"]["queued"] + body["counts"]["sending"]
+                == 0
+            ):
+                break
+            time.sleep(1)
+        done = time.perf_counter() - created_at
+        sends = control.get("/_sandbox/sends", params={"accepted": "true"}).json()["sends"]
+        times = sorted(s["received_at"] for s in sends)
+        span = times[-1] - times[0] if len(times) > 1 else 0
+        print(
+            f"campaign: {len(times)} sends reached the sandbox in {span:.1f} s = "
+            f"{len(times) / span if span else 0:.0f} msg/s (target rate {args.rate:.0f}); "
+            f"all sent {done:.1f} s after creation; counts {body['counts']}"
+        )
+    finally:
+        stack.stop()
+
+
+def _raise_sender_budget(tenant_id: str, rate: float) -> None:
+    from sqlalchemy import update
+
+    from models import ProviderAccount, Tenant, session_scope
+
+    with session_scope() as session:
+        for account in session.query(ProviderAccount).filter_by(tenant_id=tenant_id):
+            account.settings = {**account.settings, "mps": rate}
+        session.execute(
+            update(Tenant).where(Tenant.id == tenant_id).values(hourly_limit=0, daily_limit=0)
+        )
+
+
+if __name__ == "__main__":
+    main()
