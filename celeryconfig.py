@@ -105,13 +105,13 @@ task_routes = {
     "herald.sweep": {"queue": "herald.periodic"},
     "herald.deliver_events": {"queue": "herald.events"},
     "herald.deliver_batch": {"queue": "herald.bulk"},
-    "herald.release_campaigns": {"queue": "herald.periodic"},
+    "herald.release_due": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
-    # Campaign release: pause/resume/cancel take effect within one tick.
-    "release-campaigns": {
-        "task": "herald.release_campaigns",
+    # Due scheduled messages and campaign batches; pause/resume/cancel act within a tick.
+    "release-due": {
+        "task": "herald.release_due",
         "schedule": 1.0,
         "options": {"queue": "herald.periodic", "expires": 5},
     },

@@ -39,10 +39,14 @@ def deliver_batch(message_ids: list[str]) -> dict[str, int]:
     return {o.action: sum(1 for x in outcomes if x.action == o.action) for o in outcomes}
 
 
-@shared_task(name="herald.release_campaigns", ignore_result=True)
-def release_campaigns() -> int:
-    """Beat, every second: release each running campaign's next batch within its rate."""
-    return campaigns.release_due_campaigns()
+@shared_task(name="herald.release_due", ignore_result=True)
+def release_due() -> int:
+    """Beat, every second: due scheduled messages, and each running campaign's next
+    batch within its rate. (No Celery ETA for long delays: the rows wait, not tasks.)"""
+    released = delivery.release_scheduled()
+    if released:
+        dispatch_now(released, SEND_QUEUE)
+    return len(released) + campaigns.release_due_campaigns()
 
 
 @shared_task(name="herald.deliver_events", bind=True, ignore_result=True)
@@ -77,11 +81,8 @@ def send_message(
 
 @shared_task(name="herald.sweep", ignore_result=True)
 def sweep() -> dict[str, int]:
-    """Ring the doorbell again for rows the broker may have lost, and release due
-    scheduled messages. Re-enqueueing is harmless: the claim dedups."""
-    released = delivery.release_scheduled()
-    if released:
-        dispatch_now(released, SEND_QUEUE)
+    """Ring the doorbell again for rows (and owed events) the broker may have lost.
+    Re-enqueueing is harmless: the claim dedups."""
     due = delivery.due_for_sweep()
     for queue in (SEND_QUEUE, BULK_QUEUE):
         ids = [mid for mid, campaign in due if (campaign is None) == (queue == SEND_QUEUE)]
@@ -90,6 +91,6 @@ def sweep() -> dict[str, int]:
     owed = events.overdue_event_messages()
     if owed:
         dispatch_now(owed, events.EVENTS_QUEUE, events.EVENTS_TASK)
-    if due or released:
-        log.info("sweep re-enqueued=%d released=%d", len(due), len(released))
-    return {"requeued": len(due), "released": len(released)}
+    if due or owed:
+        log.info("sweep re-enqueued=%d events=%d", len(due), len(owed))
+    return {"requeued": len(due), "events": len(owed)}

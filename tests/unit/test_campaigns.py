@@ -204,3 +204,19 @@ def test_campaign_model_defaults(client, auth) -> None:
     with session_scope() as session:
         campaign = session.get(Campaign, cid)
         assert campaign.total == 0 and campaign.status == "running"
+
+
+def test_the_beat_task_releases_due_scheduled_messages(client, auth, dispatched) -> None:
+    from workers.tasks import release_due
+
+    send_at = datetime.now(UTC) + timedelta(seconds=0.5)
+    mid = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={"to": "+12025550143", "body": "x", "channel": "sms", "send_at": send_at.isoformat()},
+    ).get_json()["id"]
+    release_due.run()
+    assert (mid, "herald.send") not in dispatched
+    time.sleep(0.6)
+    release_due.run()
+    assert (mid, "herald.send") in dispatched
