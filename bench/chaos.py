@@ -38,7 +38,15 @@ from typing import Any
 
 import httpx
 
-from herald.stack import QUEUES, ROOT, SANDBOX_META, SANDBOX_TWILIO, free_port
+from herald.stack import (
+    ROOT,
+    SANDBOX_META,
+    SANDBOX_TWILIO,
+    api_argv,
+    beat_argv,
+    free_port,
+    worker_argv,
+)
 
 FINAL = {"delivered", "read", "failed", "undelivered", "canceled"}
 # Distinct recipients (each with an open window): WhatsApp pair pacing allows one
@@ -157,26 +165,13 @@ class ChaosStack:
         self.generation += 1
         self._start(
             f"worker-{index}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(self.concurrency),
-                "-Q",
-                QUEUES,
-                "--loglevel",
-                "WARNING",
-                "--hostname",
+            worker_argv(
+                self.concurrency,
                 f"chaos{index}-{self.generation}@%h",
+                "WARNING",
                 "--without-mingle",
                 "--without-gossip",
-            ],
+            ),
         )
 
     def revive_crashed_workers(self) -> int:
@@ -228,38 +223,10 @@ class ChaosStack:
                 str(self.home / "receipts.jsonl"),
             ],
         )
-        self._start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{self.api_port}",
-                "--workers",
-                "2",
-                "--threads",
-                "8",
-                "api:create_app()",
-            ],
-        )
+        self._start("api", api_argv(self.api_port, 2))
         for i in range(self.n_workers):
             self.start_worker(i)
-        self._start(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "beat",
-                "--loglevel",
-                "WARNING",
-                "--schedule",
-                str(self.home / "beat-schedule"),
-            ],
-        )
+        self._start("beat", beat_argv(self.home / "beat-schedule"))
         _until(lambda: httpx.get(f"{self.api}/healthz").status_code == 200, 30, "api")
         _until(
             lambda: httpx.get(f"{self.sandbox}/_sandbox/health").status_code == 200, 30, "sandbox"

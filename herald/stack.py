@@ -35,6 +35,63 @@ SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
 QUEUES = "herald,herald.send,herald.bulk,herald.events,herald.periodic"
 
 
+def worker_argv(
+    concurrency: int | str, hostname: str, loglevel: str = "INFO", *extra: str
+) -> list[str]:
+    """A Celery worker on every queue, threads pool: sends are I/O-bound."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        QUEUES,
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        hostname,
+        *extra,
+    ]
+
+
+def beat_argv(schedule: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "--loglevel",
+        "WARNING",
+        "--schedule",
+        str(schedule),
+    ]
+
+
+def api_argv(port: int, workers: int | str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        "8",
+        "--graceful-timeout",
+        "10",
+        "api:create_app()",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,61 +332,9 @@ def run_stack() -> int:
         dev = _bootstrap_dev_tenant(home, use_sandbox)
         stack.env = dict(os.environ)
         concurrency = env.get("HERALD_WORKER_CONCURRENCY", "16")
-        stack.start(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                concurrency,
-                "-Q",
-                QUEUES,
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"herald@{socket.gethostname()}-{port}",
-            ],
-        )
-        stack.start(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "beat",
-                "--loglevel",
-                "WARNING",
-                "--schedule",
-                str(home / "celerybeat-schedule"),
-            ],
-        )
-        stack.start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                env.get("HERALD_API_WORKERS", "2"),
-                "--threads",
-                "8",
-                "--access-logfile",
-                "-",
-                "--graceful-timeout",
-                "10",
-                "api:create_app()",
-            ],
-        )
+        stack.start("worker", worker_argv(concurrency, f"herald@{socket.gethostname()}-{port}"))
+        stack.start("beat", beat_argv(home / "celerybeat-schedule"))
+        stack.start("api", api_argv(port, env.get("HERALD_API_WORKERS", "2")))
         api_url = f"http://127.0.0.1:{port}"
         _wait(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, "API")
         ready = {

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, Tenant, utcnow
+from services.contacts import get_contact
 from services.dispatch import enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
 from services.limits import take_quota
@@ -45,15 +46,13 @@ def _existing(session: Session, tenant_id: str, key: str, digest: str) -> Messag
 
 
 def resolve_contact(session: Session, tenant_id: str, contact_id: str) -> Contact:
-    contact = session.scalars(
-        select(Contact).where(
-            Contact.tenant_id == tenant_id,
-            (Contact.external_id == contact_id) | (Contact.id == contact_id),
-        )
-    ).first()
-    if contact is None:
-        raise PolicyRefused(f"No contact with id {contact_id!r}.", code="contact_not_found")
-    return contact
+    """A recipient by contact id; unknown is a policy refusal (422), not a missing URL (404)."""
+    try:
+        return get_contact(session, tenant_id, contact_id)
+    except NotFound:
+        raise PolicyRefused(
+            f"No contact with id {contact_id!r}.", code="contact_not_found"
+        ) from None
 
 
 def choose_provider(tenant: Tenant, channel: str, requested: str | None) -> str:
