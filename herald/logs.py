@@ -16,6 +16,9 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = mask_text(record.getMessage())
         record.args = None
+        if record.exc_info and not record.exc_text:
+            # Tracebacks carry SQL parameters (numbers, bodies): mask them too.
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
         return True
 
 

@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, session_scope, utcnow
@@ -38,6 +39,7 @@ from providers import (
 from services.events import record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
+from services.policy import contact_for
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
 
@@ -94,6 +96,19 @@ def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | N
                 source="worker",
                 error_code="retries_exhausted",
                 error_message=f"gave up after {settings.max_attempts} attempts",
+            )
+            return None
+        contact = contact_for(session, message.tenant_id, message.to_number)
+        if contact is not None and contact.opted_out:
+            # A STOP that arrived after the message was accepted (a campaign row
+            # released hours later, say) still stops it.
+            apply_status(
+                session,
+                message_id,
+                "failed",
+                source="worker",
+                error_code="opted_out",
+                error_message="the recipient opted out after the message was accepted",
             )
             return None
         if message.attempts == 1:
@@ -189,12 +204,17 @@ def deliver(message_id: str) -> DeliveryOutcome:
     message, account = claim
     provider = get_provider(message.provider)
     outbound = outbound_for(message)
+    if message.provider_message_id:
+        # A callback (Twilio's `queued`/`sending`, say) already named the provider's
+        # copy: the provider has it, whatever happened to the earlier answer.
+        known = SendResult(provider_message_id=message.provider_message_id, native_status="known")
+        _record_sent(message, known, reconciled=True)
+        return DeliveryOutcome("sent")
     try:
-        if message.attempts > 1 and message.provider_message_id is None:
+        if message.attempts > 1:
             # An earlier attempt's outcome is unknown: ask the provider before resending.
             found = reconcile(provider, account, message, outbound)
-            if found is not None:
-                _record_sent(message, found, reconciled=True)
+            if found is not None and _record_sent(message, found, reconciled=True):
                 return DeliveryOutcome("sent")
         result = provider.send(account, outbound)
     except ProviderError as exc:
@@ -226,8 +246,19 @@ def reconcile(
     provider: Provider, account: AccountCredentials, message: Message, outbound: OutboundMessage
 ) -> SendResult | None:
     """The provider's record of this message, if an earlier attempt reached it:
-    the newest candidate that no other Herald message already owns."""
-    since = message.created_at - timedelta(seconds=5)  # provider clocks drift a little
+    the newest candidate that no other Herald message already owns.
+
+    Only a message with a body can be recognised (templates and media-only messages
+    to one user look alike), and only among sends made since its first attempt."""
+    if not outbound.body or outbound.template:
+        return None
+    with session_scope() as session:
+        first_attempt = session.scalar(
+            select(func.min(MessageEvent.at)).where(
+                MessageEvent.message_id == message.id, MessageEvent.status == "sending"
+            )
+        )
+    since = (first_attempt or message.created_at) - timedelta(seconds=5)  # clock drift
     candidates = provider.find_sent(account, outbound, since)
     if not candidates:
         return None
@@ -243,7 +274,20 @@ def reconcile(
     return next((c for c in candidates if c.provider_message_id not in owned), None)
 
 
-def _record_sent(message: Message, result: SendResult, *, reconciled: bool = False) -> None:
+def _record_sent(message: Message, result: SendResult, *, reconciled: bool = False) -> bool:
+    """Record the provider's acceptance. False if an adopted id turned out to belong to
+    another message (reconciliation raced that message's own record): nothing stored."""
+    if reconciled:
+        try:
+            _store_sent(message, result, reconciled)
+        except IntegrityError:
+            return False
+        return True
+    _store_sent(message, result, reconciled)
+    return True
+
+
+def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
     with session_scope() as session:
         apply_status(
             session,
@@ -284,7 +328,11 @@ def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     now = utcnow()
     detail = {"kind": exc.kind.value, "message": exc.message, "http_status": exc.http_status}
     with session_scope() as session:
-        exhausted = message.attempts >= settings.max_attempts
+        # An ambiguous last attempt still settles first: a callback may prove it sent,
+        # and failing it now would make a delivered message terminally `failed`.
+        exhausted = (
+            message.attempts >= settings.max_attempts and exc.kind is not ErrorKind.AMBIGUOUS
+        )
         if exc.kind is ErrorKind.PERMANENT or exhausted:
             code = exc.code or ("retries_exhausted" if exhausted else exc.kind.value)
             apply_status(

@@ -28,15 +28,16 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _client: redis.Redis | None = None
 
-# KEYS: hour key, day key. ARGV: hour limit, day limit, hour ttl, day ttl (0 = unlimited)
+# KEYS: hour key, day key. ARGV: hour limit, day limit, hour ttl, day ttl (0 = unlimited).
+# Returns 0 (allowed), 1 (hour full) or 2 (day full). Keys expire once, after their window.
 _QUOTA = """
 local h = tonumber(redis.call('GET', KEYS[1]) or '0')
 local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > 0 and h >= tonumber(ARGV[1]) then return {0, redis.call('TTL', KEYS[1])} end
-if tonumber(ARGV[2]) > 0 and d >= tonumber(ARGV[2]) then return {0, redis.call('TTL', KEYS[2])} end
-redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {1, 0}
+if tonumber(ARGV[1]) > 0 and h >= tonumber(ARGV[1]) then return 1 end
+if tonumber(ARGV[2]) > 0 and d >= tonumber(ARGV[2]) then return 2 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+return 0
 """
 
 # Token bucket. KEYS: bucket. ARGV: rate per second, capacity, now (ms). Returns wait ms.
@@ -100,10 +101,14 @@ def take_quota(tenant_id: str, hourly: int, daily: int) -> int | None:
     now = datetime.now(UTC)
     hour = key("quota", tenant_id, now.strftime("%Y%m%d%H"))
     day = key("quota", tenant_id, now.strftime("%Y%m%d"))
-    result = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000])
-    if not result or int(result[0]) == 1:  # type: ignore[index]
+    full = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000])
+    if not full:
         return None
-    return max(1, int(result[1]))  # type: ignore[index]
+    # Seconds until the full window (this UTC hour, or this UTC day) ends.
+    seconds_in = now.minute * 60 + now.second
+    if full == 1:
+        return max(1, 3600 - seconds_in)
+    return max(1, 86400 - (now.hour * 3600 + seconds_in))
 
 
 def take_send_slot(

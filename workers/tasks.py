@@ -57,9 +57,9 @@ def deliver_events(self, message_id: str) -> None:  # type: ignore[no-untyped-de
         raise self.retry(countdown=wait, max_retries=None)
 
 
-@shared_task(name="herald.send_message", ignore_result=False)
-def send_message(
-    tenant_id: str, idempotency_key: str | None = None, **fields: Any
+@shared_task(name="herald.send_message", bind=True, ignore_result=False)
+def send_message(  # type: ignore[no-untyped-def]
+    self, tenant_id: str, idempotency_key: str | None = None, **fields: Any
 ) -> dict[str, Any]:
     """The public task (CONTRACT §7): the same validation and path as POST /v1/messages."""
     try:
@@ -70,9 +70,11 @@ def send_message(
                     "error": {"code": "tenant_not_found", "message": f"No tenant {tenant_id!r}."}
                 }
             data = load_message_request(fields)
-            message, _ = accept_message(
-                session, tenant, data, idempotency_key=idempotency_key, raw=fields
-            )
+            # Without a key of the caller's, the task id is one: a redelivered task
+            # (late ack after a worker died) returns the first message, not a second.
+            task_id = self.request.id
+            key = idempotency_key or (f"celery:{task_id}" if task_id else None)
+            message, _ = accept_message(session, tenant, data, idempotency_key=key, raw=fields)
             result = {"id": message.id, "status": message.status}
         return result
     except HeraldError as exc:

@@ -123,13 +123,26 @@ def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> Non
     monkeypatch.setenv("HERALD_MAX_ATTEMPTS", "2")
     get_settings.cache_clear()
     try:
-        live.fault(provider="meta", status=503, code=131016, count=5)
+        live.fault(provider="meta", status=429, code=130429, count=5)  # rate-limited
         mid = create(client, auth)
         assert deliver(mid).action == "retry"
         expire_lease(mid)
         assert deliver(mid).action == "failed"
         msg = load(mid)
         assert msg.status == "failed" and msg.attempts == 2
+        assert msg.error_code == "130429"
+        # An ambiguous last attempt settles first (a callback may prove it sent), then
+        # the next claim gives up.
+        live.control.delete("/_sandbox/faults")
+        live.fault(provider="meta", status=503, code=131016, count=5)
+        other = create(client, auth)
+        assert deliver(other).action == "retry"
+        expire_lease(other)
+        assert deliver(other).action == "retry"
+        expire_lease(other)
+        assert deliver(other).action == "skipped"
+        msg = load(other)
+        assert (msg.status, msg.error_code, msg.attempts) == ("failed", "retries_exhausted", 3)
     finally:
         monkeypatch.delenv("HERALD_MAX_ATTEMPTS")
         get_settings.cache_clear()
