@@ -69,7 +69,7 @@ def meta_events():  # type: ignore[no-untyped-def]
         payload = json.loads(raw)
     except ValueError:
         payload = None
-    verify_meta(
+    secret = verify_meta(
         session,
         raw,
         payload if isinstance(payload, dict) else {},
@@ -77,6 +77,6 @@ def meta_events():  # type: ignore[no-untyped-def]
     )
     if not isinstance(payload, dict):
         raise InvalidRequest("The body is not a JSON object.", code="malformed_json")
-    counts = handle_meta_payload(session, payload)
+    counts = handle_meta_payload(session, payload, secret)
     session.commit()
     return jsonify({"received": counts})

@@ -92,14 +92,15 @@ def _meta_secrets(
     return candidates
 
 
-def verify_meta(session: Session, raw: bytes, payload: dict[str, Any], signature: str) -> None:
-    """Check `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the app secret)."""
+def verify_meta(session: Session, raw: bytes, payload: dict[str, Any], signature: str) -> str:
+    """Check `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the app secret);
+    returns the secret that signed it, which scopes what the body may touch."""
     if signature.startswith("sha256="):
         given = signature[len("sha256=") :]
         for secret, _ in _meta_secrets(session, payload):
             expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, given):
-                return
+                return secret
     raise Forbidden("Invalid or missing X-Hub-Signature-256.")
 
 
@@ -331,9 +332,12 @@ def handle_twilio_inbound(
 # ---------------------------------------------------------------- Meta
 
 
-def handle_meta_payload(session: Session, payload: dict[str, Any]) -> dict[str, int]:
-    """Apply every status and inbound message of every change of every entry."""
-    counts = {"statuses": 0, "messages": 0, "duplicates": 0, "unknown": 0}
+def handle_meta_payload(session: Session, payload: dict[str, Any], secret: str) -> dict[str, int]:
+    """Apply every status and inbound message of every change of every entry, for the
+    accounts whose app secret signed the delivery: a body signed with one tenant's
+    secret cannot touch another tenant's phone number."""
+    counts = {"statuses": 0, "messages": 0, "duplicates": 0, "unknown": 0, "unverified": 0}
+    app_wide = secret == get_settings().meta_app_secret
     for entry in payload.get("entry") or []:
         for change in entry.get("changes") or []:
             value = change.get("value") or {}
@@ -351,8 +355,16 @@ def handle_meta_payload(session: Session, payload: dict[str, Any]) -> dict[str, 
                     payload=value,
                 )
                 continue
-            creds = [c for c in map(credentials, accounts) if c is not None]
+            creds = [
+                c
+                for c in map(credentials, accounts)
+                if c is not None and (app_wide or c.secrets.get("app_secret") == secret)
+            ]
             if not creds:
+                counts["unverified"] += len(value.get("statuses") or []) + len(
+                    value.get("messages") or []
+                )
+                log.warning("meta change for phone id %s not signed by its app secret", phone_id)
                 continue
             account = creds[0]
             for status in value.get("statuses") or []:

@@ -400,3 +400,38 @@ def test_meta_inbound_media_and_unknown_status(client, tenant) -> None:
             )
         ).one()
         assert inbound.body == "My car" and inbound.media_urls == ["meta-media:media-77"]
+
+
+def test_meta_body_signed_by_one_tenant_cannot_touch_another(client, auth, dispatched) -> None:
+    from tests.conftest import META_TOKEN
+
+    victim_mid = new_message(client, auth)  # the shared test phone id, META_SECRET
+    attacker_phone = "1" + uuid_hex()[:14].translate(str.maketrans("abcdef", "123456"))
+    make_tenant(
+        "attacker",
+        meta={
+            "phone_number_id": attacker_phone,
+            "access_token": META_TOKEN,
+            "app_secret": "attacker-secret",
+        },
+    )
+    own = meta_change(statuses=[status("msg_none", "wamid.OWN" + uuid_hex(), "sent")])
+    own["value"]["metadata"]["phone_number_id"] = attacker_phone
+    forged = meta_change(
+        statuses=[
+            status(
+                victim_mid,
+                "wamid.FORGED" + uuid_hex(),
+                "failed",
+                errors=[{"code": 131026, "title": "x"}],
+            )
+        ]
+    )
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "W", "changes": [own, forged]}],
+    }
+    resp = meta_post(client, payload, secret="attacker-secret")
+    assert resp.status_code == 200
+    assert resp.get_json()["received"]["unverified"] == 1
+    assert get(client, auth, victim_mid)["status"] == "queued"
