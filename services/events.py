@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import select
@@ -97,48 +98,51 @@ def deliver_pending_events(message_id: str) -> float | None:
 
 
 def _deliver_in_order(message_id: str) -> float | None:
+    # Read in one short transaction and POST outside any: a slow tenant URL must not
+    # hold the database (on SQLite, its one write lock) for the length of a timeout.
     with session_scope() as session:
-        pending = list(
-            session.scalars(
+        pending = [
+            (e.id, e.url, e.payload, e.next_attempt_at, e.tenant_id)
+            for e in session.scalars(
                 select(EventDelivery)
                 .where(EventDelivery.message_id == message_id, EventDelivery.status == "pending")
                 .order_by(EventDelivery.id)
             )
-        )
-        secrets: dict[str, str] = {}
-        for event in pending:
-            now = utcnow()
-            if event.next_attempt_at > now:
-                return (event.next_attempt_at - now).total_seconds()
-            if event.tenant_id not in secrets:
-                tenant = session.get(Tenant, event.tenant_id)
-                secrets[event.tenant_id] = decrypt_json(tenant.webhook_secret_enc)["secret"]
-            error = _post(event, secrets[event.tenant_id])
+        ]
+        secrets = {
+            tenant_id: webhook_secret(session.get(Tenant, tenant_id))
+            for tenant_id in {p[4] for p in pending}
+        }
+    for event_id, url, payload, next_attempt_at, tenant_id in pending:
+        now = utcnow()
+        if next_attempt_at > now:
+            return (next_attempt_at - now).total_seconds()
+        error = _post(event_id, url, payload, secrets[tenant_id])
+        with session_scope() as session:
+            event = session.get(EventDelivery, event_id)
+            assert event is not None
             event.attempts += 1
             if error is None:
-                event.status, event.delivered_at, event.last_error = "delivered", now, None
-                session.commit()
+                event.status, event.delivered_at, event.last_error = "delivered", utcnow(), None
                 continue
             event.last_error = error
             if event.attempts >= MAX_ATTEMPTS:
                 event.status = "failed"
                 log.warning(
-                    "event %s given up after %d attempts: %s", event.id, event.attempts, error
+                    "event %s given up after %d attempts: %s", event_id, event.attempts, error
                 )
-                session.commit()
                 continue
             wait = min(3600.0, random.uniform(1, 2 ** min(event.attempts, 12)))
             event.next_attempt_at = now + timedelta(seconds=wait)
-            session.commit()
             return wait
     return None
 
 
-def _post(event: EventDelivery, secret: str) -> str | None:
-    body = json.dumps({"id": f"evt_{event.id}", **event.payload}, separators=(",", ":")).encode()
+def _post(event_id: int, url: str, payload: dict[str, Any], secret: str) -> str | None:
+    body = json.dumps({"id": f"evt_{event_id}", **payload}, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "X-Herald-Signature": sign(secret, body)}
     try:
-        response = _client().post(event.url, content=body, headers=headers)
+        response = _client().post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         return type(exc).__name__
     return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"

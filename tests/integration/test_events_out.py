@@ -138,3 +138,38 @@ def test_no_callback_url_means_no_events(live, client, auth, dispatched) -> None
             session.scalars(select(EventDelivery).where(EventDelivery.message_id == mid)).all()
             == []
         )
+
+
+def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, dispatched) -> None:
+    # The tenant's endpoint is slow and, meanwhile, the system must keep writing (on
+    # SQLite a transaction held across the POST would block every writer).
+    from models import Contact
+
+    wrote: list[bool] = []
+
+    class Slow(Receiver):
+        @Request.application
+        def app(self, request: Request) -> Response:
+            with session_scope() as session:
+                phone = f"+1202555{len(wrote):04d}"  # one new row per event
+                session.add(Contact(tenant_id=tenant["tenant_id"], phone=phone))
+            wrote.append(True)
+            return Response("ok")
+
+    slow = Slow()
+    try:
+        mid = client.post(
+            "/v1/messages",
+            headers=auth,
+            json={"to": "+12025550143", "body": "x", "channel": "sms", "callback_url": slow.url},
+        ).get_json()["id"]
+        deliver(mid)
+        assert deliver_pending_events(mid) is None
+        assert wrote and all(wrote)
+        with session_scope() as session:
+            states = session.scalars(
+                select(EventDelivery.status).where(EventDelivery.message_id == mid)
+            ).all()
+        assert states and set(states) == {"delivered"}
+    finally:
+        slow.server.shutdown()
