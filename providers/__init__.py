@@ -28,6 +28,19 @@ def get_provider(name: str) -> Provider:
         return provider
 
 
+def error_name(provider: str, code: str | None) -> str | None:
+    """Herald's name for a provider error code (`21211` -> `invalid_number`), if it has one."""
+    if not code or not str(code).isdigit():
+        return None
+    if provider == "twilio":
+        from providers.twilio import NAMES
+    elif provider == "meta":
+        from providers.meta import NAMES
+    else:
+        return None
+    return NAMES.get(int(code))
+
+
 def reset_providers() -> None:
     """Drop pooled clients (after fork, or when tests change base URLs)."""
     with _lock:
@@ -40,6 +53,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "SendResult",
+    "error_name",
     "get_provider",
     "reset_providers",
 ]

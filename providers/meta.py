@@ -32,6 +32,7 @@ PERMANENT = {
     131051: "unsupported_type",
 }
 OPT_OUT = {131050}
+NAMES = {**PERMANENT, 130429: "rate_limited", 131056: "pair_rate_limited", 131000: "provider_error"}
 
 MEDIA_TYPES = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".gif"),

@@ -39,6 +39,19 @@ PERMANENT = {
     20404: "provider_not_found",
 }
 OPT_OUT = {21610}
+# Codes Twilio reports later, in a status callback's ErrorCode.
+DELIVERY_ERRORS = {
+    30001: "queue_overflow",
+    30002: "account_suspended",
+    30003: "unreachable",
+    30004: "blocked",
+    30005: "unknown_destination",
+    30006: "landline_or_unreachable",
+    30007: "carrier_filtered",
+    30008: "unknown_error",
+    20429: "rate_limited",
+}
+NAMES = {**PERMANENT, **DELIVERY_ERRORS}
 
 
 def classify(status: int | None, code: int | None) -> ErrorKind:

@@ -34,6 +34,7 @@ from providers import (
     Provider,
     ProviderError,
     SendResult,
+    error_name,
     get_provider,
 )
 from services.events import record_status_event
@@ -334,13 +335,17 @@ def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
             message.attempts >= settings.max_attempts and exc.kind is not ErrorKind.AMBIGUOUS
         )
         if exc.kind is ErrorKind.PERMANENT or exhausted:
-            code = exc.code or ("retries_exhausted" if exhausted else exc.kind.value)
+            if exc.kind is ErrorKind.PERMANENT:
+                code = error_name(message.provider, exc.code) or exc.code or exc.kind.value
+            else:
+                code = "retries_exhausted"
             apply_status(
                 session,
                 message.id,
                 "failed",
                 source="worker",
                 error_code=code,
+                provider_code=exc.code,
                 error_message=exc.message,
                 detail=detail,
             )

@@ -51,6 +51,7 @@ def apply_status(
     native_status: str | None = None,
     at: datetime | None = None,
     error_code: str | None = None,
+    provider_code: str | None = None,
     error_message: str | None = None,
     detail: dict[str, Any] | None = None,
     provider_message_id: str | None = None,
@@ -75,7 +76,7 @@ def apply_status(
     if new in TERMINAL - {"canceled"}:
         values["error_code"] = error_code or new
         values["error_message"] = error_message
-        values["provider_error_code"] = error_code
+        values["provider_error_code"] = provider_code
     if new in TERMINAL or RANK.get(new, 0) >= RANK["sent"]:
         values["lease_until"] = None
     result = session.execute(
@@ -109,7 +110,7 @@ def apply_status(
             native_status=native_status,
             source=source,
             applied=applied,
-            error_code=error_code,
+            error_code=provider_code or error_code,
             detail=detail,
             at=at,
         )

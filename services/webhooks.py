@@ -23,6 +23,7 @@ from twilio.request_validator import RequestValidator
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, WebhookEvent, utcnow
+from providers import error_name
 from services.errors import Forbidden
 from services.phones import mask, normalize_e164
 from services.policy import apply_keyword, contact_for
@@ -285,7 +286,8 @@ def handle_twilio_status(
         mapped,
         source="twilio",
         native_status=native,
-        error_code=form.get("ErrorCode") or None,
+        error_code=error_name("twilio", form.get("ErrorCode")),
+        provider_code=form.get("ErrorCode") or None,
         error_message=form.get("ErrorMessage") or None,
         provider_message_id=sid or None,
         price=_price(form.get("Price")),
@@ -419,7 +421,8 @@ def _meta_status(
         source="meta",
         native_status=native,
         at=_ts(status.get("timestamp")),
-        error_code=str(error["code"]) if error.get("code") is not None else None,
+        error_code=error_name("meta", str(error.get("code", ""))),
+        provider_code=str(error["code"]) if error.get("code") is not None else None,
         error_message=error.get("title") or error.get("message"),
         detail=detail,
         provider_message_id=wamid or None,

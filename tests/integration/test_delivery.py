@@ -76,7 +76,7 @@ def test_permanent_error_fails_with_code(live, client, auth, dispatched) -> None
     assert deliver(mid).action == "failed"
     msg = load(mid)
     assert msg.status == "failed"
-    assert msg.provider_error_code == "21211"
+    assert (msg.error_code, msg.provider_error_code) == ("invalid_number", "21211")
     assert deliver(mid).action == "skipped"
 
 
@@ -130,7 +130,7 @@ def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> Non
         assert deliver(mid).action == "failed"
         msg = load(mid)
         assert msg.status == "failed" and msg.attempts == 2
-        assert msg.error_code == "130429"
+        assert (msg.error_code, msg.provider_error_code) == ("retries_exhausted", "130429")
         # An ambiguous last attempt settles first (a callback may prove it sent), then
         # the next claim gives up.
         live.control.delete("/_sandbox/faults")

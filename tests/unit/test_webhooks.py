@@ -109,6 +109,7 @@ def test_twilio_failure_keeps_error_code(client, auth, dispatched) -> None:
     msg = get(client, auth, mid)
     assert msg["status"] == "undelivered"
     assert msg["error"]["provider_code"] == "30003"
+    assert msg["error"]["code"] == "unreachable"
     # Terminal: a later delivered does not resurrect it.
     twilio_status(client, mid, "delivered", "SM" + "3" * 32)
     assert get(client, auth, mid)["status"] == "undelivered"
@@ -280,6 +281,7 @@ def test_meta_every_entry_and_change_is_applied(client, auth, dispatched) -> Non
     assert read["status"] == "read" and read["delivered_at"] is not None
     failed = get(client, auth, m3)
     assert failed["status"] == "failed" and failed["error"]["provider_code"] == "131047"
+    assert failed["error"]["code"] == "window_closed"
     # Replaying the whole delivery is a no-op.
     again = meta_post(client, payload).get_json()["received"]
     assert again["duplicates"] == 5 and again["statuses"] == 0
