@@ -79,6 +79,55 @@ OPENAPI: dict[str, Any] = {
                     "metadata": {"type": "object"},
                 },
             },
+            "Contact": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "description": "your id for the contact"},
+                    "phone": {"type": "string"},
+                    "name": {"type": ["string", "null"]},
+                    "opted_out": {"type": "boolean"},
+                    "window_open": {"type": "boolean", "readOnly": True},
+                    "last_inbound_at": {"type": ["string", "null"], "readOnly": True},
+                },
+            },
+            "CampaignRequest": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "channel": {"enum": ["whatsapp", "sms"]},
+                    "provider": {"enum": ["twilio", "meta"]},
+                    "body": {"type": "string"},
+                    "media_url": {"type": "string"},
+                    "template": {"type": "object"},
+                    "recipients": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "to": {"type": "string"},
+                                "contact_id": {"type": "string"},
+                                "variables": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                    "send_at": {"type": "string", "format": "date-time"},
+                    "rate": {"type": "number", "minimum": 0.1, "maximum": 1000, "default": 10},
+                },
+            },
+            "Campaign": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "total": {"type": "integer"},
+                    "counts": {"type": "object"},
+                    "progress": {"type": "number"},
+                    "invalid": {"type": "integer"},
+                    "invalid_rows": {"type": "array", "items": {"type": "object"}},
+                    "duplicates": {"type": "integer"},
+                },
+            },
             "Message": {
                 "type": "object",
                 "properties": {
@@ -152,6 +201,152 @@ OPENAPI: dict[str, Any] = {
                     "200": _resp("Canceled"),
                     "409": _resp("Too late", _error),
                     **_errors,
+                },
+            }
+        },
+        "/v1/contacts": {
+            "post": {
+                "summary": "Create a contact (or complete the one an inbound message created)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Contact"}}
+                    },
+                },
+                "responses": {
+                    "201": _resp("Created", {"$ref": "#/components/schemas/Contact"}),
+                    "200": _resp("Completed an existing contact"),
+                    "409": _resp("Id or phone taken", _error),
+                    **_errors,
+                },
+            }
+        },
+        "/v1/contacts/{id}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "responses": {
+                    "200": _resp("The contact", {"$ref": "#/components/schemas/Contact"}),
+                    **_errors,
+                }
+            },
+            "patch": {
+                "summary": "Change name, phone or opted_out",
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Contact"}}
+                    }
+                },
+                "responses": {"200": _resp("Updated"), **_errors},
+            },
+        },
+        "/v1/campaigns": {
+            "post": {
+                "summary": "Create a campaign from JSON recipients or a CSV upload (multipart: "
+                "`campaign` = the JSON fields, `file` = the CSV)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/CampaignRequest"}
+                        },
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "campaign": {"type": "string"},
+                                    "file": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "201": _resp("Created", {"$ref": "#/components/schemas/Campaign"}),
+                    "422": _resp("window_closed, provider_not_configured", _error),
+                    **_errors,
+                },
+            }
+        },
+        "/v1/campaigns/{id}": {
+            "get": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _resp("Progress", {"$ref": "#/components/schemas/Campaign"}),
+                    **_errors,
+                },
+            }
+        },
+        "/v1/campaigns/{id}/{action}": {
+            "post": {
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "action",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["pause", "resume", "cancel"]},
+                    },
+                ],
+                "responses": {
+                    "200": _resp("Done", {"$ref": "#/components/schemas/Campaign"}),
+                    "409": _resp("Not in a state that allows it", _error),
+                    **_errors,
+                },
+            }
+        },
+        "/api/twilio/message": {
+            "post": {
+                "security": [],
+                "summary": "Seed 000: {to, message}; to = contact id or number",
+                "responses": {
+                    "200": _resp("{message: 'Message sent', id}"),
+                    "405": _resp("{message: 'Wrong request method'}"),
+                },
+            }
+        },
+        "/api/whatsapp/send": {
+            "post": {
+                "summary": "Seed 002: {toPhoneNumber, messageBody, imageUrl?}",
+                "responses": {
+                    "200": _resp("{success: true, messageId, cost}"),
+                    "400": _resp("{error}"),
+                },
+            }
+        },
+        "/api/whatsapp/status/{messageId}": {
+            "get": {
+                "parameters": [
+                    {
+                        "name": "messageId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"200": _resp("Status, SID and cost"), "404": _resp("{error}")},
+            }
+        },
+        "/api/v1/whatsapp/send-message": {
+            "post": {
+                "summary": "Seed 003: {to, text, previewUrl?}",
+                "responses": {
+                    "200": _resp("{type: '1', message, data}"),
+                    "400": _resp("{type: '3', message, data: null}"),
+                    "401": _resp("{type: '3', message, data: null}"),
+                },
+            }
+        },
+        "/api/v1/whatsapp/send-template": {
+            "post": {
+                "summary": "Seed 003 templates: {to, templateName, languageCode?, parameters?, "
+                "components?}",
+                "responses": {
+                    "200": _resp("{type: '1', message, data}"),
+                    "400": _resp("{type: '3', message, data: null}"),
                 },
             }
         },
