@@ -40,6 +40,17 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _decimal(env: dict[str, str], name: str, default: str) -> Decimal:
     raw = env.get(name) or default
     try:
@@ -80,6 +91,7 @@ class Settings:
     meta_app_secret: str | None = None
     meta_verify_token: str | None = None
     legacy_tenant: str | None = None
+    allow_private_callbacks: bool = False
     default_hourly_limit: int = 100
     default_daily_limit: int = 1000
     pair_pacing_seconds: float = 6.0
@@ -131,6 +143,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         meta_app_secret=env.get("META_APP_SECRET") or None,
         meta_verify_token=env.get("META_VERIFY_TOKEN") or None,
         legacy_tenant=env.get("HERALD_LEGACY_TENANT") or None,
+        allow_private_callbacks=_bool(env, "HERALD_ALLOW_PRIVATE_CALLBACKS", False),
         default_hourly_limit=_int(env, "HERALD_DEFAULT_HOURLY_LIMIT", 100),
         default_daily_limit=_int(env, "HERALD_DEFAULT_DAILY_LIMIT", 1000),
         pair_pacing_seconds=_float(env, "HERALD_PAIR_PACING_SECONDS", 6.0),

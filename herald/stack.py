@@ -246,6 +246,8 @@ def run_stack() -> int:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["HERALD_HOME"] = str(home)
     os.environ.setdefault("HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    # Local development: event receivers usually run on this machine too.
+    os.environ.setdefault("HERALD_ALLOW_PRIVATE_CALLBACKS", "1")
     use_sandbox = {
         "twilio": not (env.get("TWILIO_ACCOUNT_SID") and env.get("TWILIO_AUTH_TOKEN")),
         "meta": not (

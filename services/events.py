@@ -12,18 +12,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from herald.config import get_settings
 from models import EventDelivery, Message, Tenant, session_scope, utcnow
 from services.dispatch import enqueue_after_commit
 from services.limits import get_redis, key
@@ -126,7 +130,7 @@ def _deliver_in_order(message_id: str) -> float | None:
                 event.status, event.delivered_at, event.last_error = "delivered", utcnow(), None
                 continue
             event.last_error = error
-            if event.attempts >= MAX_ATTEMPTS:
+            if event.attempts >= MAX_ATTEMPTS or error.startswith(("refused", "not an http")):
                 event.status = "failed"
                 log.warning(
                     "event %s given up after %d attempts: %s", event_id, event.attempts, error
@@ -138,7 +142,29 @@ def _deliver_in_order(message_id: str) -> float | None:
     return None
 
 
+def refusal(url: str) -> str | None:
+    """Why Herald will not POST to `url`, if it will not: tenants choose callback URLs,
+    and a worker must not be made to call into Herald's own network (SSRF)."""
+    if get_settings().allow_private_callbacks:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL"
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return "host does not resolve"
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            return f"refused: {parts.hostname} resolves to a non-public address"
+    return None
+
+
 def _post(event_id: int, url: str, payload: dict[str, Any], secret: str) -> str | None:
+    refused = refusal(url)
+    if refused:
+        return refused
     body = json.dumps({"id": f"evt_{event_id}", **payload}, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "X-Herald-Signature": sign(secret, body)}
     try:

@@ -50,6 +50,8 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         "HERALD_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123",
         # Many tests message one number within seconds; pacing has its own test.
         "HERALD_PAIR_PACING_SECONDS": "0",
+        # The tests' callback receivers listen on loopback.
+        "HERALD_ALLOW_PRIVATE_CALLBACKS": "1",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

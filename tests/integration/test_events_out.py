@@ -173,3 +173,46 @@ def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, d
         assert states and set(states) == {"delivered"}
     finally:
         slow.server.shutdown()
+
+
+def test_callbacks_to_private_addresses_are_refused(
+    live, client, auth, receiver, dispatched, monkeypatch
+) -> None:
+    from herald.config import get_settings
+    from services.events import refusal
+
+    monkeypatch.setenv("HERALD_ALLOW_PRIVATE_CALLBACKS", "0")
+    get_settings.cache_clear()
+    try:
+        for url in (
+            receiver.url,
+            "http://10.0.0.8/x",
+            "http://169.254.169.254/latest",
+            "http://[::1]:80/x",
+            "ftp://example.com/x",
+        ):
+            assert refusal(url), url
+        assert refusal("https://93.184.216.34/herald-events") is None  # a public address
+        mid = client.post(
+            "/v1/messages",
+            headers=auth,
+            json={
+                "to": "+12025550143",
+                "body": "x",
+                "channel": "sms",
+                "callback_url": receiver.url,
+            },
+        ).get_json()["id"]
+        deliver(mid)
+        assert deliver_pending_events(mid) is None
+        assert receiver.events == []
+        with session_scope() as session:
+            rows = session.scalars(
+                select(EventDelivery).where(EventDelivery.message_id == mid)
+            ).all()
+        assert rows and all(
+            r.status == "failed" and r.last_error.startswith("refused") for r in rows
+        )
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
