@@ -21,12 +21,13 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from models import Campaign, Contact, Message, Tenant, new_id, utcnow
+from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.dispatch import BATCH_TASK, enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from services.events import record_status_event
 from services.messages import BULK_QUEUE, choose_provider
 from services.phones import normalize_e164
 from services.schemas import CHANNELS, PROVIDERS, MediaUrls, TemplateSchema
@@ -370,15 +371,35 @@ def control_campaign(session: Session, tenant_id: str, campaign_id: str, action:
         campaign.status, campaign.last_release_at, campaign.allowance = "running", None, Decimal(0)
     else:
         campaign.status = "canceled"
-        # Not yet being sent: never will be. A claimed (`sending`) message is already out.
-        session.execute(
-            update(Message)
-            .where(Message.campaign_id == campaign.id, Message.status.in_(("scheduled", "queued")))
-            .values(status="canceled", updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+        _cancel_unsent(session, campaign)
     session.flush()
     return campaign
+
+
+def _cancel_unsent(session: Session, campaign: Campaign) -> None:
+    """Cancel every message not yet being sent (a claimed one is already out), with
+    the history event and the tenant's status event each would get one by one."""
+    now = utcnow()
+    canceled = list(
+        session.scalars(
+            update(Message)
+            .where(Message.campaign_id == campaign.id, Message.status.in_(("scheduled", "queued")))
+            .values(status="canceled", updated_at=now)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for start in range(0, len(canceled), CHUNK):
+        chunk = canceled[start : start + CHUNK]
+        session.execute(
+            insert(MessageEvent),
+            [
+                {"message_id": i, "status": "canceled", "source": "api", "applied": True, "at": now}
+                for i in chunk
+            ],
+        )
+        for message_id in chunk:
+            record_status_event(session, message_id)
 
 
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:

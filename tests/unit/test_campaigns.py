@@ -220,3 +220,33 @@ def test_the_beat_task_releases_due_scheduled_messages(client, auth, dispatched)
     time.sleep(0.6)
     release_due.run()
     assert (mid, "herald.send") in dispatched
+
+
+def test_cancel_records_events_and_owes_the_tenant_its_status_events(
+    client, auth, tenant, dispatched
+) -> None:
+    from models import EventDelivery, MessageEvent, Tenant
+
+    with session_scope() as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant["tenant_id"])
+            .values(callback_url="https://tenant.example/herald-events")
+        )
+    cid = create(
+        client, auth, recipients=[{"to": f"+120255501{n:02d}"} for n in range(3)]
+    ).get_json()["id"]
+    client.post(f"/v1/campaigns/{cid}/cancel", headers=auth)
+    ids = ids_of(cid)
+    with session_scope() as session:
+        history = session.scalars(
+            select(MessageEvent.message_id).where(
+                MessageEvent.message_id.in_(ids), MessageEvent.status == "canceled"
+            )
+        ).all()
+        owed = session.scalars(
+            select(EventDelivery.payload).where(EventDelivery.message_id.in_(ids))
+        ).all()
+    assert sorted(history) == sorted(ids)
+    assert len(owed) == 3 and all(p["message"]["status"] == "canceled" for p in owed)
+    assert set(dispatched.events) >= set(ids)
