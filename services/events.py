@@ -136,7 +136,8 @@ def _deliver_in_order(message_id: str) -> float | None:
                     "event %s given up after %d attempts: %s", event_id, event.attempts, error
                 )
                 continue
-            wait = min(3600.0, random.uniform(1, 2 ** min(event.attempts, 12)))
+            # Capped below the broker visibility timeout, as every countdown is (celeryconfig).
+            wait = min(900.0, random.uniform(1, 2 ** min(event.attempts, 12)))
             event.next_attempt_at = now + timedelta(seconds=wait)
             return wait
     return None
