@@ -16,7 +16,13 @@ def _tenant_create(args: argparse.Namespace) -> int:
 
     migrate.upgrade()
     with session_scope() as session:
-        tenant = create_tenant(session, args.name, callback_url=args.callback_url)
+        tenant = create_tenant(
+            session,
+            args.name,
+            callback_url=args.callback_url,
+            hourly_limit=args.hourly_limit,
+            daily_limit=args.daily_limit,
+        )
         for spec in args.account or []:
             provider, values = _parse_account(spec)
             add_provider_account(session, tenant.id, provider, **values)
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     create = tenant.add_parser("create", help="create a tenant and print its first API key")
     create.add_argument("name")
     create.add_argument("--callback-url", help="where status events are POSTed (CONTRACT §6)")
+    create.add_argument(
+        "--hourly-limit", type=int, help="messages per hour (default 100; 0 = none)"
+    )
+    create.add_argument("--daily-limit", type=int, help="messages per day (default 1000; 0 = none)")
     create.add_argument(
         "--account",
         nargs="+",

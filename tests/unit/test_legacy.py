@@ -162,3 +162,15 @@ def test_meta_send_template(client, legacy_tenant, dispatched) -> None:
         f"/v1/messages/{mid}", headers={"Authorization": f"Bearer {legacy_tenant['api_key']}"}
     ).get_json()
     assert msg["template"]["name"] == "order_update" and msg["template"]["language"] == "es_MX"
+
+
+def test_legacy_status_is_scoped_to_the_tenant(client, legacy_tenant, dispatched) -> None:
+    mid = client.post(
+        "/api/whatsapp/send", json={"toPhoneNumber": TO, "messageBody": "x"}
+    ).get_json()["messageId"]
+    other = make_tenant("other")
+    resp = client.get(
+        f"/api/whatsapp/status/{mid}", headers={"Authorization": f"Bearer {other['api_key']}"}
+    )
+    assert resp.status_code == 404
+    assert client.get(f"/api/whatsapp/status/{mid}").status_code == 200
