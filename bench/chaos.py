@@ -45,6 +45,7 @@ from herald.stack import (
     api_argv,
     beat_argv,
     free_port,
+    wait_until,
     worker_argv,
 )
 
@@ -154,7 +155,7 @@ class ChaosStack:
             ],
         )
         client = redis.Redis(port=self.redis_port, socket_timeout=1)
-        _until(lambda: client.ping(), 20, "redis")
+        wait_until(lambda: client.ping(), "redis", 20)
 
     def restart_redis(self) -> None:
         self._kill("redis")
@@ -227,9 +228,9 @@ class ChaosStack:
         for i in range(self.n_workers):
             self.start_worker(i)
         self._start("beat", beat_argv(self.home / "beat-schedule"))
-        _until(lambda: httpx.get(f"{self.api}/healthz").status_code == 200, 30, "api")
-        _until(
-            lambda: httpx.get(f"{self.sandbox}/_sandbox/health").status_code == 200, 30, "sandbox"
+        wait_until(lambda: httpx.get(f"{self.api}/healthz").status_code == 200, "api")
+        wait_until(
+            lambda: httpx.get(f"{self.sandbox}/_sandbox/health").status_code == 200, "sandbox"
         )
         return tenant
 
@@ -245,18 +246,6 @@ class ChaosStack:
             else:
                 os.environ[key] = value
         get_settings.cache_clear()
-
-
-def _until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not up after {timeout}s")
 
 
 def _make_tenant() -> dict[str, str]:

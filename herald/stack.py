@@ -103,7 +103,8 @@ def _port(name: str, default: int) -> int:
     return value or free_port()
 
 
-def _wait(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll `check` until it is truthy; RuntimeError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -294,7 +295,7 @@ def run_stack() -> int:
             import redis
 
             client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=1)
-            _wait(client.ping, "embedded redis")
+            wait_until(client.ping, "embedded redis")
         sandbox_url = None
         if any(use_sandbox.values()):
             sandbox_port = _port("HERALD_SANDBOX_PORT", 8900)
@@ -326,7 +327,9 @@ def run_stack() -> int:
                 os.environ["TWILIO_API_BASE"] = sandbox_url
             if use_sandbox["meta"]:
                 os.environ["META_GRAPH_BASE"] = sandbox_url
-            _wait(lambda: httpx.get(f"{sandbox_url}/_sandbox/health").status_code == 200, "sandbox")
+            wait_until(
+                lambda: httpx.get(f"{sandbox_url}/_sandbox/health").status_code == 200, "sandbox"
+            )
         get_settings.cache_clear()
         from herald import migrate
 
@@ -338,7 +341,7 @@ def run_stack() -> int:
         stack.start("beat", beat_argv(home / "celerybeat-schedule"))
         stack.start("api", api_argv(port, env.get("HERALD_API_WORKERS", "2")))
         api_url = f"http://127.0.0.1:{port}"
-        _wait(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, "API")
+        wait_until(lambda: httpx.get(f"{api_url}/healthz").status_code == 200, "API")
         ready = {
             "api": api_url,
             "sandbox": sandbox_url,
