@@ -81,7 +81,7 @@ def error_body(
     """Twilio's REST error JSON: code, message, more_info, status."""
     default_status, template = ERRORS.get(code, (500, "Error"))
     status = status or default_status
-    text = message or template.format(**fmt)
+    text = message or template.format_map(_Blank(fmt))
     body = {
         "code": code,
         "message": text,
@@ -89,6 +89,13 @@ def error_body(
         "status": status,
     }
     return body, status
+
+
+class _Blank(dict):
+    """Format values; a placeholder the caller could not fill reads as `?`, not a KeyError."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -375,7 +382,17 @@ def _json_object(raw: str | None) -> bool:
 
 def _fault_error(fault: Fault) -> tuple[Response, int]:
     code = fault.code or {429: 20429, 503: 20503}.get(fault.status or 500, 20500)
-    err, status = error_body(code, fault.message, fault.status)
+    # An injected error reads like the real one, naming this request's numbers.
+    form = request.form
+    err, status = error_body(
+        code,
+        fault.message,
+        fault.status,
+        to=form.get("To", ""),
+        from_=form.get("From", ""),
+        mg=form.get("MessagingServiceSid", ""),
+        path=request.path,
+    )
     return _json(err, status), code
 
 

@@ -40,7 +40,6 @@ from providers import (
 from services.events import record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
-from services.policy import contact_for
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
 
@@ -62,79 +61,120 @@ def status_callback_url(message_id: str) -> str:
 
 def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | None:
     """Take the row for one send attempt, or None if another attempt owns or finished it."""
+    claimed = claim_many([message_id])
+    return claimed[0] if claimed else None
+
+
+def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials]]:
+    """Take each claimable row of the batch for one send attempt, in one transaction.
+
+    One conditional UPDATE ... RETURNING takes the rows: a row queued, or sending
+    with an expired lease, is ours; any other (finished, or leased by a live
+    attempt) is left alone, so a redelivered batch claims nothing twice. Rows that
+    may not be sent any more (attempts exhausted, recipient opted out since, account
+    removed) are failed here and not returned."""
+    if not message_ids:
+        return []
     settings = get_settings()
     now = utcnow()
     lease = now + timedelta(seconds=settings.send_lease_seconds + settings.http_timeout)
     with session_scope() as session:
-        claimed = session.execute(
-            update(Message)
-            .where(
-                Message.id == message_id,
-                Message.direction == "outbound",
-                or_(
-                    Message.status == "queued",
-                    and_(Message.status == "sending", Message.lease_until < now),
-                ),
-            )
-            .values(
-                status="sending",
-                attempts=Message.attempts + 1,
-                lease_until=lease,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:
-            return None
-        message = session.get(Message, message_id)
-        assert message is not None
-        session.refresh(message)
-        if message.attempts > settings.max_attempts:
-            apply_status(
-                session,
-                message_id,
-                "failed",
-                source="worker",
-                error_code="retries_exhausted",
-                error_message=f"gave up after {settings.max_attempts} attempts",
-            )
-            return None
-        contact = contact_for(session, message.tenant_id, message.to_number)
-        if contact is not None and contact.opted_out:
-            # A STOP that arrived after the message was accepted (a campaign row
-            # released hours later, say) still stops it.
-            apply_status(
-                session,
-                message_id,
-                "failed",
-                source="worker",
-                error_code="opted_out",
-                error_message="the recipient opted out after the message was accepted",
-            )
-            return None
-        if message.attempts == 1:
-            record_status_event(session, message_id)  # queued -> sending
-        session.add(
-            MessageEvent(
-                message_id=message_id,
-                status="sending",
-                source="worker",
-                detail={"attempt": message.attempts},
-                at=now,
+        claimed_ids = set(
+            session.scalars(
+                update(Message)
+                .where(
+                    Message.id.in_(message_ids),
+                    Message.direction == "outbound",
+                    or_(
+                        Message.status == "queued",
+                        and_(Message.status == "sending", Message.lease_until < now),
+                    ),
+                )
+                .values(
+                    status="sending",
+                    attempts=Message.attempts + 1,
+                    lease_until=lease,
+                    updated_at=now,
+                )
+                .returning(Message.id)
+                .execution_options(synchronize_session=False)
             )
         )
-        account = session.get(ProviderAccount, message.provider_account_id)
-        if account is None:
-            apply_status(
-                session,
-                message_id,
-                "failed",
-                source="worker",
-                error_code="provider_not_configured",
-                error_message="provider account removed",
+        if not claimed_ids:
+            return []
+        messages = {
+            m.id: m
+            for m in session.scalars(
+                select(Message)
+                .where(Message.id.in_(claimed_ids))
+                .execution_options(populate_existing=True)
             )
-            return None
-        return message, credentials(account)
+        }
+        opted_out = _opted_out(session, list(messages.values()))
+        accounts = {
+            a.id: a
+            for a in session.scalars(
+                select(ProviderAccount).where(
+                    ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
+                )
+            )
+        }
+        decrypted: dict[str, AccountCredentials] = {}
+        taken: list[tuple[Message, AccountCredentials]] = []
+        for message_id in message_ids:
+            message = messages.get(message_id)
+            if message is None:
+                continue
+            refusal = None
+            account = accounts.get(message.provider_account_id)
+            if message.attempts > settings.max_attempts:
+                refusal = ("retries_exhausted", f"gave up after {settings.max_attempts} attempts")
+            elif (message.tenant_id, message.to_number) in opted_out:
+                # A STOP that arrived after the message was accepted (a campaign row
+                # released hours later, say) still stops it.
+                refusal = ("opted_out", "the recipient opted out after the message was accepted")
+            elif account is None:
+                refusal = ("provider_not_configured", "provider account removed")
+            if refusal is not None:
+                apply_status(
+                    session,
+                    message_id,
+                    "failed",
+                    source="worker",
+                    error_code=refusal[0],
+                    error_message=refusal[1],
+                )
+                continue
+            assert account is not None
+            if message.attempts == 1:
+                record_status_event(session, message_id)  # queued -> sending
+            session.add(
+                MessageEvent(
+                    message_id=message_id,
+                    status="sending",
+                    source="worker",
+                    detail={"attempt": message.attempts},
+                    at=now,
+                )
+            )
+            if account.id not in decrypted:
+                decrypted[account.id] = credentials(account)
+            taken.append((message, decrypted[account.id]))
+        return taken
+
+
+def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(tenant, number) pairs among these messages' recipients that have opted out."""
+    if not messages:
+        return set()
+    rows = session.execute(
+        select(Contact.tenant_id, Contact.phone).where(
+            Contact.tenant_id.in_({m.tenant_id for m in messages}),
+            Contact.phone.in_({m.to_number for m in messages}),
+            Contact.opted_out.is_(True),
+        )
+    ).all()
+    return {(r.tenant_id, r.phone) for r in rows}
 
 
 def outbound_for(message: Message) -> OutboundMessage:
@@ -159,10 +199,16 @@ def send_gate(message_id: str) -> float | None:
     Taken before the claim, so a throttled message keeps its attempts: the
     per-sender messages-per-second bucket and WhatsApp's pair pacing, both in
     Redis so every worker shares them."""
-    settings = get_settings()
+    return send_gates([message_id]).get(message_id)
+
+
+def send_gates(message_ids: list[str]) -> dict[str, float]:
+    """`send_gate` for a batch, with one query: ids absent from the answer have nothing
+    to send (finished, or owned by another attempt)."""
     with session_scope() as session:
-        row = session.execute(
+        rows = session.execute(
             select(
+                Message.id,
                 Message.status,
                 Message.lease_until,
                 Message.provider,
@@ -172,12 +218,23 @@ def send_gate(message_id: str) -> float | None:
                 ProviderAccount.settings,
             )
             .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
-            .where(Message.id == message_id)
-        ).first()
-    if row is None or row.status not in ("queued", "sending"):
-        return None
-    if row.status == "sending" and row.lease_until and row.lease_until > utcnow():
-        return None  # another attempt owns it
+            .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
+        ).all()
+    now = utcnow()
+    by_id = {row.id: row for row in rows}
+    waits: dict[str, float] = {}
+    for message_id in message_ids:  # the caller's order: the oldest takes the budget first
+        row = by_id.get(message_id)
+        if row is None:
+            continue
+        if row.status == "sending" and row.lease_until and row.lease_until > now:
+            continue  # another attempt owns it
+        waits[message_id] = _slot_wait(row)
+    return waits
+
+
+def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
+    settings = get_settings()
     account = row.settings or {}
     if row.provider == "meta":
         sender, default_rate = row.external_id, settings.mps_meta
@@ -202,7 +259,18 @@ def deliver(message_id: str) -> DeliveryOutcome:
     claim = claim_for_sending(message_id)
     if claim is None:
         return SKIPPED
-    message, account = claim
+    message, _ = claim
+    sent = send_claimed(*claim)
+    if isinstance(sent, DeliveryOutcome):
+        return sent
+    _record_sent(message, sent)
+    return DeliveryOutcome("sent")
+
+
+def send_claimed(message: Message, account: AccountCredentials) -> SendResult | DeliveryOutcome:
+    """The provider call for a claimed row. A fresh acceptance is returned for the
+    caller to record (one at a time, or a batch in one transaction); every other
+    outcome (adopted earlier copy, retry, failure) is recorded here."""
     provider = get_provider(message.provider)
     outbound = outbound_for(message)
     if message.provider_message_id:
@@ -217,7 +285,7 @@ def deliver(message_id: str) -> DeliveryOutcome:
             found = reconcile(provider, account, message, outbound)
             if found is not None and _record_sent(message, found, reconciled=True):
                 return DeliveryOutcome("sent")
-        result = provider.send(account, outbound)
+        return provider.send(account, outbound)
     except ProviderError as exc:
         return _record_error(message, exc)
     except Exception as exc:  # a bug or an unmapped library error, mid-call
@@ -225,22 +293,63 @@ def deliver(message_id: str) -> DeliveryOutcome:
         # The request may have gone out: treat it like any ambiguous answer.
         unexpected = ProviderError(ErrorKind.AMBIGUOUS, f"unexpected {type(exc).__name__}")
         return _record_error(message, unexpected)
-    _record_sent(message, result)
-    return DeliveryOutcome("sent")
 
 
 _batch_pool: ThreadPoolExecutor | None = None
 _batch_lock = threading.Lock()
+SENT = DeliveryOutcome("sent")
 
 
 def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
-    """Send a batch concurrently from one task: campaign sends are I/O-bound, and one
-    Python round trip per recipient would cap a worker far below the providers' rates."""
+    """A campaign batch: the same steps as `deliver`, but the database work done once per
+    batch (one gate query, one claiming UPDATE, one transaction recording the
+    acceptances) and the provider calls made concurrently. Per-message round trips
+    were what capped campaign throughput; the provider calls are the only part that
+    must be one per message."""
     global _batch_pool
     with _batch_lock:
         if _batch_pool is None:
             _batch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="herald-batch")
-    return list(_batch_pool.map(deliver, message_ids))
+    outcomes = dict.fromkeys(message_ids, SKIPPED)
+    go: list[str] = []
+    for message_id, wait in send_gates(message_ids).items():
+        if wait > 0:
+            outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
+        else:
+            go.append(message_id)
+    claims = claim_many(go)
+    results = list(_batch_pool.map(lambda claim: send_claimed(*claim), claims))
+    accepted: list[tuple[Message, SendResult]] = []
+    for (message, _), result in zip(claims, results, strict=True):
+        if isinstance(result, DeliveryOutcome):
+            outcomes[message.id] = result
+        else:
+            accepted.append((message, result))
+            outcomes[message.id] = SENT
+    _record_sent_many(accepted)
+    return [outcomes[message_id] for message_id in message_ids]
+
+
+def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
+    """Record a batch's acceptances in one transaction; if that fails, one by one, so
+    one bad row cannot leave the others unrecorded (they would settle by callback or
+    reconciliation anyway, but later)."""
+    if not accepted:
+        return
+    try:
+        with session_scope() as session:
+            for message, result in accepted:
+                _apply_sent(session, message, result, reconciled=False)
+    except Exception:
+        log.exception("recording a batch of %d sends failed; recording one by one", len(accepted))
+        for message, result in accepted:
+            try:
+                _store_sent(message, result, reconciled=False)
+            except Exception:
+                log.exception("recording send id=%s failed; left to settle", message.id)
+        return
+    for message, result in accepted:
+        _log_sent(message, result)
 
 
 def reconcile(
@@ -290,24 +399,32 @@ def _record_sent(message: Message, result: SendResult, *, reconciled: bool = Fal
 
 def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
     with session_scope() as session:
-        apply_status(
-            session,
-            message.id,
-            "sent",
-            source="worker",
-            native_status=result.native_status,
-            detail={"reconciled": True} if reconciled else None,
-            provider_message_id=result.provider_message_id,
-            price=result.price,
-            price_unit=result.price_unit,
+        _apply_sent(session, message, result, reconciled)
+    _log_sent(message, result)
+
+
+def _apply_sent(session, message: Message, result: SendResult, reconciled: bool) -> None:  # type: ignore[no-untyped-def]
+    apply_status(
+        session,
+        message.id,
+        "sent",
+        source="worker",
+        native_status=result.native_status,
+        detail={"reconciled": True} if reconciled else None,
+        provider_message_id=result.provider_message_id,
+        price=result.price,
+        price_unit=result.price_unit,
+    )
+    if result.sender:
+        session.execute(
+            update(Message)
+            .where(Message.id == message.id, Message.from_number.is_(None))
+            .values(from_number=result.sender)
+            .execution_options(synchronize_session=False)
         )
-        if result.sender:
-            session.execute(
-                update(Message)
-                .where(Message.id == message.id, Message.from_number.is_(None))
-                .values(from_number=result.sender)
-                .execution_options(synchronize_session=False)
-            )
+
+
+def _log_sent(message: Message, result: SendResult) -> None:
     log.info(
         "message sent id=%s provider=%s to=%s provider_id=%s",
         message.id,

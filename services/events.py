@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from herald.config import get_settings
@@ -52,17 +52,21 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
 
 
 def record_status_event(session: Session, message_id: str) -> None:
-    """Owe the tenant an event for the message's new status, if anyone listens."""
+    """Owe the tenant an event for the message's new status, if anyone listens.
+
+    Who listens is one query; the message is loaded for the payload only then, since
+    most sends (campaigns above all) have no listener."""
+    url = session.scalar(
+        select(func.coalesce(Message.callback_url, Tenant.callback_url))
+        .join(Tenant, Tenant.id == Message.tenant_id)
+        .where(Message.id == message_id)
+    )
+    if not url:
+        return
     message = session.get(Message, message_id)
     if message is None:
         return
     session.refresh(message)
-    url = message.callback_url
-    if url is None:
-        tenant = session.get(Tenant, message.tenant_id)
-        url = tenant.callback_url if tenant else None
-    if not url:
-        return
     session.add(
         EventDelivery(
             message_id=message.id,

@@ -278,3 +278,70 @@ def test_a_campaign_batch_is_sent_concurrently_in_one_task(live, client, dispatc
     assert len(received) == 16
     # Sent one by one, 200 ms apart at least; concurrently, many arrive together.
     assert sum(1 for t in received if t - received[0] < 0.15) >= 8, received
+
+
+def test_a_batch_claims_and_records_in_one_transaction_each(live, client, dispatched) -> None:
+    """The batch path's rules are the single path's: a row another attempt holds, a
+    recipient who opted out since, a permanent provider error and a redelivered batch
+    each end as they would alone; and the database work is per batch, not per row."""
+    from sqlalchemy import event
+
+    from models import Contact, ProviderAccount
+    from models.db import get_engine
+    from services.delivery import deliver_many
+    from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
+
+    tenant = make_tenant(
+        "batchrules",
+        twilio={
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "sms_from": "+12025550145",
+            "mps": 100,
+        },
+    )
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    ids = [
+        create(client, auth, channel="sms", to=f"+120255504{n:02d}", body=f"batch {n}")
+        for n in range(12)
+    ]
+    held, stopped = ids[0], ids[1]
+    stopped_to = load(stopped).to_number
+    with session_scope() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == held)
+            .values(status="sending", lease_until=utcnow() + timedelta(minutes=5))
+        )
+        session.add(
+            Contact(tenant_id=tenant["tenant_id"], phone=stopped_to, opted_out=True)
+        )
+        assert session.scalar(
+            select(ProviderAccount.id).where(ProviderAccount.tenant_id == tenant["tenant_id"])
+        )
+    live.fault(provider="twilio", status=400, code=21211, count=1)  # one invalid number
+
+    commits: list[int] = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(get_engine(), "commit", listener)
+    try:
+        outcomes = deliver_many(ids)
+    finally:
+        event.remove(get_engine(), "commit", listener)
+
+    actions = [o.action for o in outcomes]
+    assert actions[0] == "skipped" and load(held).status == "sending"
+    # Refused at the claim, as the single path does: nothing sent, the record says why.
+    assert actions[1] == "skipped"
+    assert (load(stopped).status, load(stopped).error_code) == ("failed", "opted_out")
+    assert sorted(actions[2:]) == ["failed"] + ["sent"] * 9
+    (invalid,) = [load(i) for i, a in zip(ids, actions, strict=True) if a == "failed"]
+    assert (invalid.status, invalid.error_code) == ("failed", "invalid_number")
+    # Gate, claim, record (+ the failed row's own): not one transaction per recipient.
+    assert len(commits) <= 4, len(commits)
+
+    again = deliver_many(ids)  # the batch task redelivered after a lost ack
+    assert {o.action for o in again} == {"skipped"}
+    for mid in ids[2:]:
+        assert len(live.sends(herald_id=mid)) == 1
+    assert live.sends(herald_id=stopped) == [] and live.sends(herald_id=held) == []

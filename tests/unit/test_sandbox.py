@@ -531,6 +531,16 @@ def test_fault_count_two_then_success(sandbox: SandboxServer, twilio: Client) ->
     ]
 
 
+def test_an_injected_twilio_code_reads_like_the_real_error(
+    sandbox: SandboxServer, twilio: Client
+) -> None:
+    control(sandbox, "POST", "/faults", json={"provider": "twilio", "status": 400, "code": 21211})
+    with pytest.raises(TwilioRestException) as exc:
+        twilio.messages.create(to=CUSTOMER, from_=SMS_FROM, body="x")
+    assert (exc.value.status, exc.value.code) == (400, 21211)
+    assert f"The 'To' number {CUSTOMER} is not a valid phone number." in exc.value.msg
+
+
 def test_meta_fault_uses_graph_error_shape_and_retry_after(sandbox: SandboxServer) -> None:
     control(
         sandbox,
