@@ -313,9 +313,7 @@ def test_a_batch_claims_and_records_in_one_transaction_each(live, client, dispat
             .where(Message.id == held)
             .values(status="sending", lease_until=utcnow() + timedelta(minutes=5))
         )
-        session.add(
-            Contact(tenant_id=tenant["tenant_id"], phone=stopped_to, opted_out=True)
-        )
+        session.add(Contact(tenant_id=tenant["tenant_id"], phone=stopped_to, opted_out=True))
         assert session.scalar(
             select(ProviderAccount.id).where(ProviderAccount.tenant_id == tenant["tenant_id"])
         )
