@@ -29,7 +29,14 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     return app
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive, as Twilio and Graph speak it: clients reuse pooled
+    connections instead of paying a TCP handshake per send."""
+
+    protocol_version = "HTTP/1.1"
+
+
+class _QuietHandler(_KeepAliveHandler):
     """Request handler without per-request access logs (tests and harnesses stay readable)."""
 
     def log_request(self, *args: Any, **kwargs: Any) -> None:
@@ -51,7 +58,7 @@ class SandboxServer:
     ) -> None:
         self.state = state or SandboxState()
         self.host = host
-        handler = WSGIRequestHandler if log_requests else _QuietHandler
+        handler = _KeepAliveHandler if log_requests else _QuietHandler
         self._server: BaseWSGIServer = make_server(
             host, port, create_sandbox_app(self.state), threaded=True, request_handler=handler
         )

@@ -37,7 +37,7 @@ from providers import (
     error_name,
     get_provider,
 )
-from services.events import record_status_event
+from services.events import listening, record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
 from services.status import apply_status
@@ -121,45 +121,55 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
         }
         decrypted: dict[str, AccountCredentials] = {}
         taken: list[tuple[Message, AccountCredentials]] = []
-        for message_id in message_ids:
-            message = messages.get(message_id)
-            if message is None:
-                continue
-            refusal = None
-            account = accounts.get(message.provider_account_id)
-            if message.attempts > settings.max_attempts:
-                refusal = ("retries_exhausted", f"gave up after {settings.max_attempts} attempts")
-            elif (message.tenant_id, message.to_number) in opted_out:
-                # A STOP that arrived after the message was accepted (a campaign row
-                # released hours later, say) still stops it.
-                refusal = ("opted_out", "the recipient opted out after the message was accepted")
-            elif account is None:
-                refusal = ("provider_not_configured", "provider account removed")
-            if refusal is not None:
-                apply_status(
-                    session,
-                    message_id,
-                    "failed",
-                    source="worker",
-                    error_code=refusal[0],
-                    error_message=refusal[1],
+        heard = listening(session, list(messages))
+        # The rows' events are inserted together at commit, not one flush per row.
+        with session.no_autoflush:
+            for message_id in message_ids:
+                message = messages.get(message_id)
+                if message is None:
+                    continue
+                refusal = None
+                account = accounts.get(message.provider_account_id)
+                if message.attempts > settings.max_attempts:
+                    refusal = (
+                        "retries_exhausted",
+                        f"gave up after {settings.max_attempts} attempts",
+                    )
+                elif (message.tenant_id, message.to_number) in opted_out:
+                    # A STOP that arrived after the message was accepted (a campaign row
+                    # released hours later, say) still stops it.
+                    refusal = (
+                        "opted_out",
+                        "the recipient opted out after the message was accepted",
+                    )
+                elif account is None:
+                    refusal = ("provider_not_configured", "provider account removed")
+                if refusal is not None:
+                    apply_status(
+                        session,
+                        message_id,
+                        "failed",
+                        source="worker",
+                        error_code=refusal[0],
+                        error_message=refusal[1],
+                        listening=message_id in heard,
+                    )
+                    continue
+                assert account is not None
+                if message.attempts == 1 and message_id in heard:
+                    record_status_event(session, message_id)  # queued -> sending
+                session.add(
+                    MessageEvent(
+                        message_id=message_id,
+                        status="sending",
+                        source="worker",
+                        detail={"attempt": message.attempts},
+                        at=now,
+                    )
                 )
-                continue
-            assert account is not None
-            if message.attempts == 1:
-                record_status_event(session, message_id)  # queued -> sending
-            session.add(
-                MessageEvent(
-                    message_id=message_id,
-                    status="sending",
-                    source="worker",
-                    detail={"attempt": message.attempts},
-                    at=now,
-                )
-            )
-            if account.id not in decrypted:
-                decrypted[account.id] = credentials(account)
-            taken.append((message, decrypted[account.id]))
+                if account.id not in decrypted:
+                    decrypted[account.id] = credentials(account)
+                taken.append((message, decrypted[account.id]))
         return taken
 
 
@@ -338,8 +348,10 @@ def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
         return
     try:
         with session_scope() as session:
-            for message, result in accepted:
-                _apply_sent(session, message, result, reconciled=False)
+            heard = listening(session, [message.id for message, _ in accepted])
+            with session.no_autoflush:  # the events go in together at commit
+                for message, result in accepted:
+                    _apply_sent(session, message, result, False, listening=message.id in heard)
     except Exception:
         log.exception("recording a batch of %d sends failed; recording one by one", len(accepted))
         for message, result in accepted:
@@ -403,7 +415,9 @@ def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
     _log_sent(message, result)
 
 
-def _apply_sent(session, message: Message, result: SendResult, reconciled: bool) -> None:  # type: ignore[no-untyped-def]
+def _apply_sent(  # type: ignore[no-untyped-def]
+    session, message: Message, result: SendResult, reconciled: bool, listening: bool | None = None
+) -> None:
     apply_status(
         session,
         message.id,
@@ -414,14 +428,9 @@ def _apply_sent(session, message: Message, result: SendResult, reconciled: bool)
         provider_message_id=result.provider_message_id,
         price=result.price,
         price_unit=result.price_unit,
+        from_number=result.sender,
+        listening=listening,
     )
-    if result.sender:
-        session.execute(
-            update(Message)
-            .where(Message.id == message.id, Message.from_number.is_(None))
-            .values(from_number=result.sender)
-            .execution_options(synchronize_session=False)
-        )
 
 
 def _log_sent(message: Message, result: SendResult) -> None:

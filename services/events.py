@@ -51,6 +51,23 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
+def listening(session: Session, message_ids: list[str]) -> set[str]:
+    """Which of these messages have someone to tell (their own or their tenant's URL)."""
+    if not message_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Message.id)
+            .join(Tenant, Tenant.id == Message.tenant_id)
+            .where(
+                Message.id.in_(message_ids),
+                func.coalesce(Message.callback_url, Tenant.callback_url).is_not(None),
+                func.coalesce(Message.callback_url, Tenant.callback_url) != "",
+            )
+        )
+    )
+
+
 def record_status_event(session: Session, message_id: str) -> None:
     """Owe the tenant an event for the message's new status, if anyone listens.
 

@@ -57,12 +57,16 @@ def apply_status(
     provider_message_id: str | None = None,
     price: Decimal | None = None,
     price_unit: str | None = None,
+    from_number: str | None = None,
+    listening: bool | None = None,
 ) -> bool:
     """Move the message to `new` if that is forward, and record the event either way.
 
     Returns whether the status changed. Provider id and price are filled in even
     when the status does not move (a `sent` callback may be the first to carry
-    the SID when it beats the worker's own commit).
+    the SID when it beats the worker's own commit). `listening`: whether anyone
+    takes events for this message, when the caller already asked (a batch);
+    None asks here.
     """
     at = at or utcnow()
     values: dict[str, Any] = {"status": new, "updated_at": utcnow()}
@@ -79,15 +83,6 @@ def apply_status(
         values["provider_error_code"] = provider_code
     if new in TERMINAL or RANK.get(new, 0) >= RANK["sent"]:
         values["lease_until"] = None
-    result = session.execute(
-        update(Message)
-        .where(Message.id == message_id, Message.status.in_(allowed_from(new)))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    applied = result.rowcount == 1
-    if applied:
-        record_status_event(session, message_id)
     extra: dict[str, Any] = {}
     if provider_message_id:
         extra["provider_message_id"] = func.coalesce(
@@ -96,7 +91,20 @@ def apply_status(
     if price is not None:
         extra["price"] = price
         extra["price_unit"] = price_unit
-    if extra:
+    if from_number:
+        extra["from_number"] = func.coalesce(Message.from_number, from_number)
+    # One round trip when the move applies (the usual case): the facts ride along.
+    result = session.execute(
+        update(Message)
+        .where(Message.id == message_id, Message.status.in_(allowed_from(new)))
+        .values(**values, **extra)
+        .execution_options(synchronize_session=False)
+    )
+    applied = result.rowcount == 1
+    if applied:
+        if listening is None or listening:
+            record_status_event(session, message_id)
+    elif extra:
         session.execute(
             update(Message)
             .where(Message.id == message_id)

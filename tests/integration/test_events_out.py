@@ -140,6 +140,35 @@ def test_no_callback_url_means_no_events(live, client, auth, dispatched) -> None
         )
 
 
+def test_a_batch_owes_events_only_for_messages_someone_listens_to(
+    live, client, auth, receiver, dispatched
+) -> None:
+    """The batch path asks once who listens; each answer must still land on its message."""
+    from services.delivery import deliver_many
+
+    heard = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={"to": "+12025550143", "body": "a", "channel": "sms", "callback_url": receiver.url},
+    ).get_json()["id"]
+    unheard = client.post(
+        "/v1/messages", headers=auth, json={"to": "+12025550143", "body": "b", "channel": "sms"}
+    ).get_json()["id"]
+    assert [o.action for o in deliver_many([unheard, heard])] == ["sent", "sent"]
+    with session_scope() as session:
+        owed = session.scalars(
+            select(EventDelivery)
+            .where(EventDelivery.message_id.in_([heard, unheard]))
+            .order_by(EventDelivery.id)
+        ).all()
+    assert [(e.message_id, e.payload["message"]["status"]) for e in owed][:2] == [
+        (heard, "sending"),
+        (heard, "sent"),
+    ]
+    assert unheard not in {e.message_id for e in owed}
+    assert owed[1].payload["message"]["provider_message_id"].startswith("SM")
+
+
 def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, dispatched) -> None:
     # The tenant's endpoint is slow and, meanwhile, the system must keep writing (on
     # SQLite a transaction held across the POST would block every writer).
