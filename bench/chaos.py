@@ -1,21 +1,22 @@
 """Chaos harness: prove that no message is lost and none is sent twice.
 
 Runs the real stack (gunicorn API, N Celery workers, beat, a Redis of its own,
-the provider sandbox) and, per trial, sends M messages while it kills whole
+the provider sandbox) and, per trial, sends M messages one by one through the API
+and a campaign of C recipients released by beat in batches, while it kills whole
 worker process groups with SIGKILL at random moments, restarts Redis (which
 keeps nothing on disk, like the CI machine's: every queued task is lost), and
 turns sandbox faults (500, 429, accepted-then-500, dropped connections) on and
 off. Then it stops the chaos, waits for every message to reach a final state,
 and reconciles the sandbox's receipt log with Herald's records:
 
-    accepted      POST /v1/messages answered 202
+    accepted      POST /v1/messages answered 202, plus the campaign's recipients
     delivered     reached delivered/read
     failed        failed/undelivered, by reason
     lost          accepted, yet never accepted by the sandbox nor failed
     sent twice    more than one accepted receipt for one Herald id
     recover       seconds from the end of the chaos until every message was final
 
-    python -m bench.chaos --trials 50 --messages 60 --workers 3
+    python -m bench.chaos --trials 50 --messages 40 --campaign 40 --workers 3
 """
 
 from __future__ import annotations
@@ -288,6 +289,7 @@ def run_trial(
     chaos_seconds: float,
     rng: random.Random,
     settle_timeout: float = 90.0,
+    campaign: int = 0,
 ) -> TrialResult:
     result = TrialResult()
     api = httpx.Client(base_url=stack.api, timeout=10, headers={"Authorization": f"Bearer {key}"})
@@ -316,6 +318,7 @@ def run_trial(
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     chaos_thread.start()
     started = time.monotonic()
+    campaign_id = _start_campaign(api, campaign, chaos_seconds, started) if campaign else None
     for i in range(messages):
         sms = i % 2 == 0
         body = {
@@ -342,6 +345,8 @@ def run_trial(
     chaos_thread.join()
     control.delete("/_sandbox/faults")
     chaos_end = time.monotonic()
+    if campaign_id is not None:
+        ids.extend(_campaign_message_ids(api, campaign_id))
     result.accepted = len(ids)
 
     statuses: dict[str, dict[str, Any]] = {}
@@ -382,6 +387,42 @@ def run_trial(
     return result
 
 
+def _start_campaign(api: httpx.Client, size: int, chaos_seconds: float, tag: float) -> str:
+    """A campaign of `size` SMS released over most of the chaos window, so its batches
+    (claimed, sent and recorded a batch at a time) meet the kills and the Redis restart."""
+    recipients = [{"to": f"+1303555{n:04d}"} for n in range(size)]
+    for _attempt in range(10):
+        with contextlib.suppress(httpx.HTTPError):
+            resp = api.post(
+                "/v1/campaigns",
+                json={
+                    "name": f"chaos {tag}",
+                    "channel": "sms",
+                    "body": "Chaos offer",
+                    "rate": max(1.0, size / (chaos_seconds * 0.75)),
+                    "recipients": recipients,
+                },
+            )
+            if resp.status_code == 201:
+                return resp.json()["id"]
+        time.sleep(0.2)
+    raise RuntimeError("the API refused the trial's campaign")
+
+
+def _campaign_message_ids(api: httpx.Client, campaign_id: str) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"campaign_id": campaign_id, "limit": 100}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get("/v1/messages", params=params).json()
+        ids.extend(m["id"] for m in page["data"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return ids
+
+
 def run(
     trials: int = 3,
     messages: int = 40,
@@ -391,6 +432,7 @@ def run(
     seed: int | None = None,
     home: Path | None = None,
     out=sys.stdout,
+    campaign: int = 0,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Run `trials` trials on one stack; print a line per trial and the totals; return totals."""
     rng = random.Random(seed)
@@ -413,7 +455,7 @@ def run(
     try:
         tenant = stack.start()
         for n in range(1, trials + 1):
-            r = run_trial(stack, tenant["api_key"], messages, chaos_seconds, rng)
+            r = run_trial(stack, tenant["api_key"], messages, chaos_seconds, rng, campaign=campaign)
             totals["trials"] += 1
             for key in ("accepted", "delivered", "kills", "redis_restarts", "worker_crashes"):
                 totals[key] += getattr(r, key)
@@ -451,11 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=40)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--campaign", type=int, default=40, help="campaign recipients per trial")
     parser.add_argument("--chaos-seconds", type=float, default=8.0)
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     totals = run(
-        args.trials, args.messages, args.workers, args.concurrency, args.chaos_seconds, args.seed
+        args.trials,
+        args.messages,
+        args.workers,
+        args.concurrency,
+        args.chaos_seconds,
+        args.seed,
+        campaign=args.campaign,
     )
     return 0 if totals["lost"] == 0 and totals["sent_twice"] == 0 and totals["stuck"] == 0 else 1
 
