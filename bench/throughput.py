@@ -5,7 +5,9 @@ the sandbox; no chaos), then
   1. POSTs M one-off messages and reports the API's accept latency (p50, p99);
   2. creates a campaign of N SMS at rate R from a sender allowed R/s, and reports
      the send rate the sandbox saw (its receipt times) and the time to all-final.
-Prints figures; asserts nothing.
+Prints figures; asserts nothing. `--no-callbacks` turns the sandbox's status
+callbacks off for the campaign, to measure the send path alone (in production the
+callbacks land on API servers, not on the workers' cores).
 
     python -m bench.throughput --messages 300 --campaign 3000 --rate 1000 --workers 2
 """
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-callbacks", action="store_true")
     args = parser.parse_args(argv)
 
     stack = ChaosStack(
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         time.sleep(3)
         control.post("/_sandbox/reset")
+        if args.no_callbacks:
+            control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
 
         recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
         created_at = time.perf_counter()

@@ -53,6 +53,7 @@ class DeliveryOutcome:
 
 
 SKIPPED = DeliveryOutcome("skipped")
+SENT = DeliveryOutcome("sent")
 
 
 def status_callback_url(message_id: str) -> str:
@@ -274,7 +275,7 @@ def deliver(message_id: str) -> DeliveryOutcome:
     if isinstance(sent, DeliveryOutcome):
         return sent
     _record_sent(message, sent)
-    return DeliveryOutcome("sent")
+    return SENT
 
 
 def send_claimed(message: Message, account: AccountCredentials) -> SendResult | DeliveryOutcome:
@@ -288,13 +289,13 @@ def send_claimed(message: Message, account: AccountCredentials) -> SendResult | 
         # copy: the provider has it, whatever happened to the earlier answer.
         known = SendResult(provider_message_id=message.provider_message_id, native_status="known")
         _record_sent(message, known, reconciled=True)
-        return DeliveryOutcome("sent")
+        return SENT
     try:
         if message.attempts > 1:
             # An earlier attempt's outcome is unknown: ask the provider before resending.
             found = reconcile(provider, account, message, outbound)
             if found is not None and _record_sent(message, found, reconciled=True):
-                return DeliveryOutcome("sent")
+                return SENT
         return provider.send(account, outbound)
     except ProviderError as exc:
         return _record_error(message, exc)
@@ -307,7 +308,6 @@ def send_claimed(message: Message, account: AccountCredentials) -> SendResult | 
 
 _batch_pool: ThreadPoolExecutor | None = None
 _batch_lock = threading.Lock()
-SENT = DeliveryOutcome("sent")
 
 
 def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
@@ -351,7 +351,7 @@ def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
             heard = listening(session, [message.id for message, _ in accepted])
             with session.no_autoflush:  # the events go in together at commit
                 for message, result in accepted:
-                    _apply_sent(session, message, result, False, listening=message.id in heard)
+                    _apply_sent(session, message, result, False, heard=message.id in heard)
     except Exception:
         log.exception("recording a batch of %d sends failed; recording one by one", len(accepted))
         for message, result in accepted:
@@ -416,7 +416,7 @@ def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
 
 
 def _apply_sent(  # type: ignore[no-untyped-def]
-    session, message: Message, result: SendResult, reconciled: bool, listening: bool | None = None
+    session, message: Message, result: SendResult, reconciled: bool, heard: bool | None = None
 ) -> None:
     apply_status(
         session,
@@ -429,7 +429,7 @@ def _apply_sent(  # type: ignore[no-untyped-def]
         price=result.price,
         price_unit=result.price_unit,
         from_number=result.sender,
-        listening=listening,
+        listening=heard,
     )
 
 

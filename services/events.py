@@ -51,19 +51,21 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
+def _callback_url():  # type: ignore[no-untyped-def]
+    """Where a message's events go: its own URL, else its tenant's (join Tenant)."""
+    return func.coalesce(Message.callback_url, Tenant.callback_url)
+
+
 def listening(session: Session, message_ids: list[str]) -> set[str]:
-    """Which of these messages have someone to tell (their own or their tenant's URL)."""
+    """Which of these messages have someone to tell."""
     if not message_ids:
         return set()
+    url = _callback_url()
     return set(
         session.scalars(
             select(Message.id)
             .join(Tenant, Tenant.id == Message.tenant_id)
-            .where(
-                Message.id.in_(message_ids),
-                func.coalesce(Message.callback_url, Tenant.callback_url).is_not(None),
-                func.coalesce(Message.callback_url, Tenant.callback_url) != "",
-            )
+            .where(Message.id.in_(message_ids), url.is_not(None), url != "")
         )
     )
 
@@ -74,7 +76,7 @@ def record_status_event(session: Session, message_id: str) -> None:
     Who listens is one query; the message is loaded for the payload only then, since
     most sends (campaigns above all) have no listener."""
     url = session.scalar(
-        select(func.coalesce(Message.callback_url, Tenant.callback_url))
+        select(_callback_url())
         .join(Tenant, Tenant.id == Message.tenant_id)
         .where(Message.id == message_id)
     )
