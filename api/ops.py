@@ -9,6 +9,7 @@ from sqlalchemy import text
 from api.auth import db
 from api.openapi import OPENAPI
 from herald.config import get_settings
+from services.metrics import register as register_metrics
 
 bp = Blueprint("ops", __name__)
 
@@ -40,6 +41,8 @@ def readyz():  # type: ignore[no-untyped-def]
 
 @bp.get("/metrics")
 def metrics():  # type: ignore[no-untyped-def]
+    """The process's own metrics and Herald's gauges (services/metrics.py)."""
+    register_metrics()
     return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 
 

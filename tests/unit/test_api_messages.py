@@ -221,6 +221,37 @@ def test_ops_endpoints(client) -> None:
     assert b"python_info" in client.get("/metrics").data
 
 
+def test_metrics_report_messages_by_status_and_queue_depth(client, auth) -> None:
+    """Herald's gauges are read from the database and Redis at scrape time, so every
+    API process reports the same numbers, whichever process did the work."""
+    import re
+
+    from herald.config import get_settings
+    from services.limits import get_redis
+
+    def gauge(text: str, name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = client.get("/metrics").get_data(as_text=True)
+    for n in range(2):
+        resp = client.post(
+            "/v1/messages", json={"to": "+12025550143", "body": f"m{n}"}, headers=auth
+        )
+        assert resp.status_code == 202
+    queue = get_settings().queue_prefix + "herald.bulk"
+    get_redis().rpush(queue, b"{}")
+    try:
+        after = client.get("/metrics").get_data(as_text=True)
+    finally:
+        get_redis().delete(queue)
+    queued = 'herald_messages{status="queued"}'
+    assert gauge(after, queued) == gauge(before, queued) + 2
+    assert gauge(after, 'herald_queue_depth{queue="herald.bulk"}') == 1
+    assert gauge(after, "herald_queued_wait_seconds") >= 0
+    assert "herald_events_pending" in after
+
+
 def test_openapi_describes_every_route(app, client) -> None:
     """The document is kept in step with what is built: every public route is in it."""
     import re

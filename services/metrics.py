@@ -1,0 +1,97 @@
+"""Prometheus gauges read at scrape time from the database and the broker.
+
+Counters kept inside each process would need prometheus_client's multiprocess
+mode across gunicorn and every Celery worker, and would restart at zero with
+them. The database already holds the truth, so a scrape asks it: messages per
+status, how long the oldest queued message has waited (the sign of a lost
+doorbell or too few workers), events owed to tenants, and the tasks waiting in
+each Redis queue. Each is one indexed query or one LLEN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+from sqlalchemy import func, select
+
+from herald.config import get_settings
+from models import EventDelivery, Message, session_scope, utcnow
+from services.limits import get_redis
+
+log = logging.getLogger(__name__)
+
+
+class HeraldCollector(Collector):
+    """Herald's own gauges; a source that is down is left out of the scrape, not fatal."""
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._database()
+        except Exception:
+            log.warning("metrics: the database did not answer", exc_info=True)
+        try:
+            yield from self._queues()
+        except Exception:
+            log.warning("metrics: Redis did not answer", exc_info=True)
+
+    def _database(self) -> Iterator[Metric]:
+        with session_scope() as session:
+            counts = session.execute(
+                select(Message.status, func.count()).group_by(Message.status)
+            ).all()
+            oldest = session.scalar(
+                select(func.min(Message.updated_at)).where(Message.status == "queued")
+            )
+            owed = session.scalar(
+                select(func.count())
+                .select_from(EventDelivery)
+                .where(EventDelivery.status == "pending")
+            )
+        messages = GaugeMetricFamily(
+            "herald_messages", "Messages by status (all tenants).", labels=["status"]
+        )
+        for status, count in sorted(counts):
+            messages.add_metric([status], count)
+        yield messages
+        waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "herald_queued_wait_seconds",
+            "How long the longest-waiting queued message has waited since it was last enqueued.",
+            value=max(0.0, waited),
+        )
+        yield GaugeMetricFamily(
+            "herald_events_pending", "Status events owed to tenants' callback URLs.", value=owed
+        )
+
+    def _queues(self) -> Iterator[Metric]:
+        from celeryconfig import task_queues  # the queues the workers consume
+
+        redis = get_redis()
+        if redis is None:
+            return
+        names = [queue.name for queue in task_queues]
+        prefix = get_settings().queue_prefix or ""
+        depth = GaugeMetricFamily(
+            "herald_queue_depth", "Tasks waiting in each Celery queue.", labels=["queue"]
+        )
+        with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(prefix + name)
+            lengths = pipe.execute()
+        for name, length in zip(names, lengths, strict=True):
+            depth.add_metric([name], length)
+        yield depth
+
+
+_registered = False
+
+
+def register() -> None:
+    """Add Herald's collector to the default registry once per process."""
+    global _registered
+    if not _registered:
+        REGISTRY.register(HeraldCollector())
+        _registered = True
