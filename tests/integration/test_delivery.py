@@ -242,21 +242,27 @@ def test_logs_mask_numbers_and_never_show_tokens(live, client, auth, dispatched,
     assert TWILIO_TOKEN not in logged and META_TOKEN not in logged
 
 
-def test_a_campaign_batch_is_sent_concurrently_in_one_task(live, client, dispatched) -> None:
-    from services.campaigns import release_due_campaigns
+def bulk_tenant(name: str, sms_from: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A tenant whose Twilio SMS sender allows 100 msg/s, and its auth header."""
     from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
-    from workers.tasks import deliver_batch
 
     tenant = make_tenant(
-        "bulk",
+        name,
         twilio={
             "account_sid": TWILIO_SID,
             "auth_token": TWILIO_TOKEN,
-            "sms_from": "+12025550144",
+            "sms_from": sms_from,
             "mps": 100,
         },
     )
-    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    return tenant, {"Authorization": f"Bearer {tenant['api_key']}"}
+
+
+def test_a_campaign_batch_is_sent_concurrently_in_one_task(live, client, dispatched) -> None:
+    from services.campaigns import release_due_campaigns
+    from workers.tasks import deliver_batch
+
+    _, auth = bulk_tenant("bulk", "+12025550144")
     live.config(latency_ms={"twilio": 200})
     resp = client.post(
         "/v1/campaigns",
@@ -290,18 +296,8 @@ def test_a_batch_claims_and_records_in_one_transaction_each(live, client, dispat
     from models import Contact, ProviderAccount
     from models.db import get_engine
     from services.delivery import deliver_many
-    from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
-    tenant = make_tenant(
-        "batchrules",
-        twilio={
-            "account_sid": TWILIO_SID,
-            "auth_token": TWILIO_TOKEN,
-            "sms_from": "+12025550145",
-            "mps": 100,
-        },
-    )
-    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    tenant, auth = bulk_tenant("batchrules", "+12025550145")
     ids = [
         create(client, auth, channel="sms", to=f"+120255504{n:02d}", body=f"batch {n}")
         for n in range(12)
