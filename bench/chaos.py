@@ -3,7 +3,7 @@
 Runs the real stack (gunicorn API, N Celery workers, beat, a Redis of its own,
 the provider sandbox) and, per trial, sends M messages one by one through the API
 and a campaign of C recipients released by beat in batches, while it kills whole
-worker process groups with SIGKILL at random moments, restarts Redis (which
+worker process groups with SIGKILL at random moments, restarts Redis once (which
 keeps nothing on disk, like the CI machine's: every queued task is lost), and
 turns sandbox faults (500, 429, accepted-then-500, dropped connections) on and
 off. Then it stops the chaos, waits for every message to reach a final state,
@@ -297,17 +297,20 @@ def run_trial(
     ids: list[str] = []
     stop_chaos = threading.Event()
 
+    # One Redis restart per trial, at a random moment while messages flow.
+    restart_redis_at = time.monotonic() + rng.uniform(0.1, 0.5) * chaos_seconds
+
     def chaos() -> None:
         redis_restarted = False
         while not stop_chaos.is_set():
             action = rng.random()
-            if action < 0.45:
-                stack.kill_worker(rng.randrange(stack.n_workers))
-                result.kills += 1
-            elif action < 0.55 and not redis_restarted:
+            if not redis_restarted and time.monotonic() >= restart_redis_at:
                 stack.restart_redis()
                 redis_restarted = True
                 result.redis_restarts += 1
+            elif action < 0.5:
+                stack.kill_worker(rng.randrange(stack.n_workers))
+                result.kills += 1
             elif action < 0.8:
                 control.post("/_sandbox/faults", json=rng.choice(FAULTS))
             else:
