@@ -408,22 +408,49 @@ def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
         _log_sent(message, result)
 
 
+# Attempt outcomes after which the provider certainly did not take the message.
+NOT_TAKEN = frozenset({ErrorKind.TRANSIENT.value, ErrorKind.RATE_LIMITED.value})
+RECONCILE_AMBIGUOUS = "reconcile_ambiguous"
+
+
 def reconcile(
     provider: Provider, account: AccountCredentials, message: Message, outbound: OutboundMessage
 ) -> SendResult | None:
-    """The provider's record of this message, if an earlier attempt reached it:
-    the newest candidate that no other Herald message already owns.
+    """The provider's record of this message, if an earlier attempt reached it; None
+    when no earlier attempt can have (send it now).
+
+    The provider's listing cannot say which attempt a copy came from (Twilio's Message
+    resource returns neither the StatusCallback URL nor anything else only one attempt
+    carries), so a copy is adopted only by elimination: it is the one copy with this
+    body, recipient and sender that no Herald message holds, and no other Herald
+    message alike (same provider account, recipient, body, no provider id, tried since)
+    could own it. Otherwise nothing is adopted and nothing is sent: ProviderError
+    (ambiguous) holds the row for another settle window, in which the copy's own
+    callback (Herald's id in its URL) settles whichever message it belongs to.
 
     Only a message with a body can be recognised (templates and media-only messages
     to one user look alike), and only among sends made since its first attempt."""
     if not outbound.body or outbound.template:
         return None
     with session_scope() as session:
-        first_attempt = session.scalar(
-            select(func.min(MessageEvent.at)).where(
-                MessageEvent.message_id == message.id, MessageEvent.status == "sending"
+        events = session.execute(
+            select(MessageEvent.at, MessageEvent.error_code, MessageEvent.detail)
+            .where(
+                MessageEvent.message_id == message.id,
+                MessageEvent.status == "sending",
+                MessageEvent.source == "worker",
             )
-        )
+            .order_by(MessageEvent.id)
+        ).all()
+    not_taken = sum(
+        1
+        for e in events
+        if e.error_code == RECONCILE_AMBIGUOUS
+        or (isinstance(e.detail, dict) and e.detail.get("kind") in NOT_TAKEN)
+    )
+    if not_taken >= message.attempts - 1:
+        return None  # every earlier attempt was refused before the provider took it
+    first_attempt = min((e.at for e in events), default=None)
     since = (first_attempt or message.created_at) - timedelta(seconds=5)  # clock drift
     candidates = provider.find_sent(account, outbound, since)
     if not candidates:
@@ -437,7 +464,43 @@ def reconcile(
                 )
             )
         )
-    return next((c for c in candidates if c.provider_message_id not in owned), None)
+        unowned = [c for c in candidates if c.provider_message_id not in owned]
+        if not unowned:
+            return None
+        rivals = session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
+            .where(
+                ProviderAccount.provider == account.provider,
+                ProviderAccount.external_id == account.external_id,
+                Message.id != message.id,
+                Message.direction == "outbound",
+                Message.status.in_(("sending", "failed")),
+                Message.provider == message.provider,
+                Message.channel == message.channel,
+                Message.to_number == message.to_number,
+                Message.body == message.body,
+                Message.provider_message_id.is_(None),
+                Message.attempts > 0,
+                Message.updated_at >= since,
+            )
+        )
+    if len(unowned) == 1 and not rivals:
+        return unowned[0]
+    log.warning(
+        "reconcile id=%s: %d unclaimed copies at the provider, %d other messages alike; "
+        "waiting for a callback",
+        message.id,
+        len(unowned),
+        rivals,
+    )
+    raise ProviderError(
+        ErrorKind.AMBIGUOUS,
+        f"{len(unowned)} copies at the provider could be this message "
+        f"({rivals} other messages alike): waiting for a callback",
+        code=RECONCILE_AMBIGUOUS,
+    )
 
 
 def _record_sent(message: Message, result: SendResult, *, reconciled: bool = False) -> bool:
