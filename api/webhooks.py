@@ -3,8 +3,6 @@ into the database; a bad one is 403 and changes nothing."""
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, jsonify, request
 from twilio.twiml.messaging_response import MessagingResponse
 
@@ -16,6 +14,7 @@ from services.webhooks import (
     handle_twilio_inbound,
     handle_twilio_status,
     meta_verify_challenge,
+    parse_meta_body,
     verify_meta,
     verify_twilio,
 )
@@ -65,18 +64,10 @@ def meta_subscribe():  # type: ignore[no-untyped-def]
 def meta_events():  # type: ignore[no-untyped-def]
     session = db()
     raw = request.get_data()
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        payload = None
-    secret = verify_meta(
-        session,
-        raw,
-        payload if isinstance(payload, dict) else {},
-        request.headers.get("X-Hub-Signature-256", ""),
-    )
-    if not isinstance(payload, dict):
+    payload = parse_meta_body(raw)
+    signer = verify_meta(session, raw, payload, request.headers.get("X-Hub-Signature-256", ""))
+    if payload is None:
         raise InvalidRequest("The body is not a JSON object.", code="malformed_json")
-    counts = handle_meta_payload(session, payload, secret)
+    counts = handle_meta_payload(session, payload, signer)
     session.commit()
     return jsonify({"received": counts})

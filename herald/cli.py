@@ -81,6 +81,16 @@ def _key_revoke(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
+def _inbound_unrouted(args: argparse.Namespace) -> int:
+    from models import session_scope
+    from services.webhooks import unrouted_inbound
+
+    with session_scope() as session:
+        for row in unrouted_inbound(session, args.limit):
+            print(json.dumps(row))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from herald.stack import run_stack
 
@@ -129,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     kr = key.add_parser("revoke")
     kr.add_argument("key_id")
     kr.set_defaults(func=_key_revoke)
+
+    inbound = sub.add_parser("inbound", help="inbound messages").add_subparsers(
+        dest="action", required=True
+    )
+    unrouted = inbound.add_parser(
+        "unrouted", help="list inbound messages kept for no tenant (newest first, JSON lines)"
+    )
+    unrouted.add_argument("--limit", type=int, default=100)
+    unrouted.set_defaults(func=_inbound_unrouted)
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

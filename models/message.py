@@ -95,9 +95,12 @@ class MessageEvent(Base):
 
 class WebhookEvent(Base):
     """A provider webhook item, kept raw. `dedup_key` is unique, so two API
-    processes receiving the same callback at once record (and apply) it once."""
+    processes receiving the same callback at once record (and apply) it once; it
+    names the provider account the receipt is scoped to (`twilio:<account id>:…`)."""
 
     __tablename__ = "webhook_events"
+    # Operators list and count the `unrouted` kind (`herald inbound unrouted`, /metrics).
+    __table_args__ = (Index("ix_webhook_events_kind_id", "kind", "id"),)
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
     provider: Mapped[str] = mapped_column(String(16))

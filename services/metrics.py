@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from herald.config import get_settings
 from models import EventDelivery, Message, session_scope, utcnow
 from services.limits import get_redis
+from services.webhooks import count_unrouted
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class HeraldCollector(Collector):
                 .select_from(EventDelivery)
                 .where(EventDelivery.status == "pending")
             )
+            unrouted = count_unrouted(session)
         messages = GaugeMetricFamily(
             "herald_messages", "Messages by status (all tenants).", labels=["status"]
         )
@@ -64,6 +66,11 @@ class HeraldCollector(Collector):
         )
         yield GaugeMetricFamily(
             "herald_events_pending", "Status events owed to tenants' callback URLs.", value=owed
+        )
+        yield GaugeMetricFamily(
+            "herald_inbound_unrouted",
+            "Inbound messages kept for no tenant (no tenant, or several, claim the number).",
+            value=unrouted,
         )
 
     def _queues(self) -> Iterator[Metric]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,10 +155,21 @@ def find_account(session: Session, tenant_id: str, provider: str) -> ProviderAcc
 def accounts_by_external_id(
     session: Session, provider: str, external_id: str
 ) -> list[ProviderAccount]:
+    """Accounts a webhook names, oldest first: a stable order, never the database's whim."""
+    return accounts_by_external_ids(session, provider, [external_id])
+
+
+def accounts_by_external_ids(
+    session: Session, provider: str, external_ids: Iterable[str]
+) -> list[ProviderAccount]:
+    """The accounts for several external ids in one query, oldest first."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return []
     return list(
         session.scalars(
-            select(ProviderAccount).where(
-                ProviderAccount.provider == provider, ProviderAccount.external_id == external_id
-            )
+            select(ProviderAccount)
+            .where(ProviderAccount.provider == provider, ProviderAccount.external_id.in_(wanted))
+            .order_by(ProviderAccount.created_at, ProviderAccount.id)
         )
     )

@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
 from herald.config import get_settings
-from models import Contact, Message, MessageEvent, WebhookEvent, utcnow
+from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
 from providers import error_name
-from services.errors import Forbidden
+from services.errors import Forbidden, InvalidRequest
 from services.phones import mask, normalize_e164
 from services.policy import apply_keyword, contact_for
 from services.status import apply_status
-from services.tenants import AccountCredentials, accounts_by_external_id
+from services.tenants import (
+    AccountCredentials,
+    accounts_by_external_id,
+    accounts_by_external_ids,
+)
 from services.tenants import credentials as _credentials
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,14 @@ META_STATUS = {"sent": "sent", "delivered": "delivered", "read": "read", "failed
 
 # ---------------------------------------------------------------- signatures
 
+# Before a Meta signature is checked, the body may only name the secrets to try: at
+# most this many distinct phone number ids are looked up (one query), so an unsigned
+# body costs the same whatever it lists. A real delivery names its own number first.
+MAX_SIGNER_PHONE_IDS = 8
+# Meta's deliveries nest about ten levels; anything far deeper is not one.
+MAX_JSON_DEPTH = 64
+MAX_ID_LENGTH = 128  # provider_message_id columns
+
 
 def credentials(account: Any) -> AccountCredentials | None:
     """Decrypted credentials, or None (logged) for a row this process cannot decrypt,
@@ -63,45 +78,87 @@ def credentials(account: Any) -> AccountCredentials | None:
         return None
 
 
+def same_text(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings (`hmac.compare_digest` raises on
+    non-ASCII `str`, which a forged header or query can carry)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def verify_twilio(
     session: Session, url: str, form: dict[str, str], signature: str
 ) -> list[AccountCredentials]:
     """The accounts whose auth token signed this request (one Twilio account may
-    serve several tenants); Forbidden if none did."""
+    serve several tenants); Forbidden if none did. Each distinct token is tried once."""
     matched = []
-    for account in accounts_by_external_id(session, "twilio", form.get("AccountSid", "")):
-        creds = credentials(account)
-        token = creds.secrets.get("auth_token", "") if creds else ""
-        if creds and signature and token and RequestValidator(token).validate(url, form, signature):
-            matched.append(creds)
+    verdicts: dict[str, bool] = {}
+    if signature:
+        for account in accounts_by_external_id(session, "twilio", form.get("AccountSid", "")):
+            creds = credentials(account)
+            token = creds.secrets.get("auth_token", "") if creds else ""
+            if not creds or not token:
+                continue
+            if token not in verdicts:
+                verdicts[token] = RequestValidator(token).validate(url, form, signature)
+            if verdicts[token]:
+                matched.append(creds)
     if not matched:
         raise Forbidden("Invalid or missing X-Twilio-Signature.")
     return matched
 
 
-def _meta_secrets(
-    session: Session, payload: dict[str, Any]
-) -> list[tuple[str, AccountCredentials | None]]:
-    candidates: list[tuple[str, AccountCredentials | None]] = []
-    for phone_id in _meta_phone_ids(payload):
-        for account in accounts_by_external_id(session, "meta", phone_id):
+@dataclass(frozen=True)
+class MetaSigner:
+    """Who signed a Meta delivery: the app secret, whether it is the deployment-wide
+    one (`META_APP_SECRET`, any account), and the accounts named in the body that hold it."""
+
+    secret: str
+    app_wide: bool
+    accounts: tuple[AccountCredentials, ...]
+
+    def may_touch(self, account: AccountCredentials) -> bool:
+        return self.app_wide or account.secrets.get("app_secret") == self.secret
+
+    @property
+    def scope(self) -> str:
+        """What this signer's receipts are keyed under when no account is known."""
+        return "app" if self.app_wide else min(a.id for a in self.accounts)
+
+
+def parse_meta_body(raw: bytes) -> dict[str, Any] | None:
+    """The delivery as a JSON object, or None for anything else (not JSON, not an
+    object, nested deeper than any delivery: a RecursionError is never raised)."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict) or _depth_exceeds(payload, MAX_JSON_DEPTH):
+        return None
+    return _clean(payload)
+
+
+def verify_meta(
+    session: Session, raw: bytes, payload: dict[str, Any] | None, signature: str
+) -> MetaSigner:
+    """Check `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with an app secret).
+    The secrets tried are those of the first few phone number ids the body names (one
+    query) plus the deployment-wide one, each once; the signer scopes what the body
+    may touch."""
+    given = signature[len("sha256=") :] if signature.startswith("sha256=") else ""
+    if given and given.isascii():
+        holders: dict[str, list[AccountCredentials]] = {}
+        ids = _meta_phone_ids(payload or {}, MAX_SIGNER_PHONE_IDS)
+        for account in accounts_by_external_ids(session, "meta", ids):
             creds = credentials(account)
-            if creds and creds.secrets.get("app_secret"):
-                candidates.append((creds.secrets["app_secret"], creds))
-    if get_settings().meta_app_secret:
-        candidates.append((get_settings().meta_app_secret, None))
-    return candidates
-
-
-def verify_meta(session: Session, raw: bytes, payload: dict[str, Any], signature: str) -> str:
-    """Check `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the app secret);
-    returns the secret that signed it, which scopes what the body may touch."""
-    if signature.startswith("sha256="):
-        given = signature[len("sha256=") :]
-        for secret, _ in _meta_secrets(session, payload):
+            secret = creds.secrets.get("app_secret") if creds else None
+            if creds and isinstance(secret, str) and secret:
+                holders.setdefault(secret, []).append(creds)
+        app_secret = get_settings().meta_app_secret
+        for secret in [*([app_secret] if app_secret else []), *holders]:
             expected = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-            if hmac.compare_digest(expected, given):
-                return secret
+            if hmac.compare_digest(expected.encode(), given.encode()):
+                return MetaSigner(secret, secret == app_secret, tuple(holders.get(secret, ())))
     raise Forbidden("Invalid or missing X-Hub-Signature-256.")
 
 
@@ -109,33 +166,101 @@ def meta_verify_challenge(session: Session, mode: str | None, token: str | None)
     """Meta's subscription handshake: accept a verify token any Meta account (or config) holds."""
     if mode != "subscribe" or not token:
         return False
-    if get_settings().meta_verify_token and hmac.compare_digest(
-        token, get_settings().meta_verify_token
-    ):
+    if get_settings().meta_verify_token and same_text(token, get_settings().meta_verify_token):
         return True
-    from models import ProviderAccount
-
     for account in session.scalars(
         select(ProviderAccount).where(ProviderAccount.provider == "meta")
     ):
         creds = credentials(account)
         stored = creds.secrets.get("verify_token") if creds else None
-        if stored and hmac.compare_digest(stored, token):
+        if isinstance(stored, str) and stored and same_text(token, stored):
             return True
     return False
 
 
-def _meta_phone_ids(payload: dict[str, Any]) -> list[str]:
-    ids = []
-    for entry in payload.get("entry") or []:
-        for change in entry.get("changes") or []:
-            phone_id = ((change.get("value") or {}).get("metadata") or {}).get("phone_number_id")
-            if phone_id and str(phone_id) not in ids:
-                ids.append(str(phone_id))
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests deeper than `limit`, without recursing."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _clean(value: Any) -> Any:
+    """The same JSON with every string storable: NUL removed, a lone surrogate replaced
+    (PostgreSQL refuses both, and a provider's text is kept, not refused)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def clean_text(text: str) -> str:
+    """`text` without NUL and with any lone surrogate replaced by U+FFFD."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _changes(payload: Any) -> Iterator[dict[str, Any]]:
+    """Each change of a Meta delivery that is an object; any other shape is skipped."""
+    entries = payload.get("entry") if isinstance(payload, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else ():
+            if isinstance(change, dict):
+                yield change
+
+
+def _change_value(change: dict[str, Any]) -> dict[str, Any]:
+    value = change.get("value")
+    return value if isinstance(value, dict) else {}
+
+
+def _phone_id(value: dict[str, Any]) -> str:
+    metadata = value.get("metadata")
+    phone_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if isinstance(phone_id, bool) or not isinstance(phone_id, str | int):
+        return ""
+    text = str(phone_id)
+    return text if len(text) <= 64 else ""
+
+
+def _meta_phone_ids(payload: Any, limit: int) -> set[str]:
+    """The first `limit` distinct phone number ids the delivery names."""
+    ids: set[str] = set()
+    for change in _changes(payload):
+        phone_id = _phone_id(_change_value(change))
+        if phone_id:
+            ids.add(phone_id)
+            if len(ids) >= limit:
+                break
     return ids
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def dedup_key(provider: str, scope: str, *parts: str) -> str:
+    """A receipt's unique key, scoped to the account that signed it (or the message's
+    account): a tenant signing with its own secret cannot pre-record, and so drop,
+    another tenant's callback."""
+    return ":".join((provider, scope, *parts))
+
+
+def _signer_scope(accounts: list[AccountCredentials]) -> str:
+    return min(a.id for a in accounts)
 
 
 def _record_once(session: Session, **values: Any) -> WebhookEvent | None:
@@ -162,7 +287,7 @@ def _find_message(
     query = select(Message).where(
         Message.provider_account_id.in_([a.id for a in accounts]), Message.direction == "outbound"
     )
-    if herald_id:
+    if isinstance(herald_id, str) and herald_id:
         message = session.scalars(query.where(Message.id == herald_id)).first()
         if message is not None:
             return message
@@ -171,11 +296,66 @@ def _find_message(
     return None
 
 
+def _apply_callback_status(
+    session: Session, message: Message, new: str, *, provider_message_id: str, **facts: Any
+) -> None:
+    """Apply a callback's status; its provider id is copied only if no other message
+    holds it (unique): the callback's own correlation (Herald's id) is what matched
+    it, so a clash is logged and noted, never a 500."""
+    provider = message.provider
+    if provider_message_id and message.provider_message_id != provider_message_id:
+        holder = session.scalar(
+            select(Message.id).where(
+                Message.provider == provider,
+                Message.provider_message_id == provider_message_id,
+                Message.id != message.id,
+            )
+        )
+        if holder is not None:
+            log.warning(
+                "%s callback for id=%s names provider id %s held by id=%s: not copied",
+                provider,
+                message.id,
+                provider_message_id,
+                holder,
+            )
+            facts["detail"] = {**(facts.get("detail") or {}), "provider_id_conflict": True}
+            provider_message_id = ""
+    try:
+        with session.begin_nested():
+            apply_status(
+                session,
+                message.id,
+                new,
+                source=provider,
+                provider_message_id=provider_message_id or None,
+                **facts,
+            )
+    except IntegrityError:  # another row took the id since the check
+        facts["detail"] = {**(facts.get("detail") or {}), "provider_id_conflict": True}
+        apply_status(session, message.id, new, source=provider, **facts)
+
+
 def _price(value: Any) -> Decimal | None:
     try:
-        return abs(Decimal(str(value))) if value not in (None, "") else None
+        price = abs(Decimal(str(value))) if value not in (None, "") else None
     except InvalidOperation:
         return None
+    # The column holds 12 digits, 5 after the point.
+    return price if price is not None and price.is_finite() and price < 10**7 else None
+
+
+def _short(value: Any, limit: int) -> str | None:
+    """`value` if it is a non-empty string of at most `limit` characters, else None."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+
+def _sender_phone(raw: Any) -> str | None:
+    """The E.164 form of an inbound sender, or the raw sender when it is short enough
+    to be a short code or an id (kept as the provider sent it); None if unusable."""
+    if not isinstance(raw, str):
+        return None
+    return normalize_e164(raw) or _short(raw.removeprefix("whatsapp:").strip(), 32)
 
 
 def touch_contact(
@@ -188,10 +368,41 @@ def touch_contact(
         contact = Contact(tenant_id=tenant_id, phone=phone)
         session.add(contact)
     if name and not contact.name:
-        contact.name = name
+        contact.name = name[:200]
     if channel == "whatsapp" and (contact.last_inbound_at is None or contact.last_inbound_at < at):
         contact.last_inbound_at = at
     return contact
+
+
+def _keep_unrouted(
+    session: Session,
+    provider: str,
+    scope: str,
+    provider_id: str,
+    reason: str,
+    recipient: str | None,
+    detail: dict[str, Any],
+) -> bool:
+    """Keep an inbound message no single tenant owns (`webhook_events` kind `unrouted`,
+    listed by `herald inbound unrouted`, counted in `/metrics`): answered, never guessed.
+    Returns whether it was new."""
+    receipt = _record_once(
+        session,
+        provider=provider,
+        kind="unrouted",
+        dedup_key=dedup_key(provider, scope, "in", provider_id),
+        provider_message_id=provider_id,
+        payload={"reason": reason, "to": recipient, "item": detail},
+    )
+    if receipt is not None:
+        log.warning(
+            "inbound unrouted provider=%s reason=%s to=%s id=%s",
+            provider,
+            reason,
+            recipient,
+            provider_id,
+        )
+    return receipt is not None
 
 
 def _store_inbound(
@@ -200,7 +411,7 @@ def _store_inbound(
     *,
     channel: str,
     provider_id: str,
-    sender: str,
+    phone: str,
     recipient: str | None,
     body: str | None,
     media: list[str],
@@ -208,17 +419,26 @@ def _store_inbound(
     at: datetime,
     detail: dict[str, Any],
 ) -> Message | None:
-    phone = normalize_e164(sender) or sender
     receipt = _record_once(
         session,
         provider=account.provider,
         kind="inbound",
-        dedup_key=f"{account.provider}:in:{provider_id}",
+        dedup_key=dedup_key(account.provider, account.id, "in", provider_id),
         tenant_id=account.tenant_id,
         provider_message_id=provider_id,
         payload=detail,
     )
     if receipt is None:
+        return None
+    held = session.scalar(
+        select(Message.id).where(
+            Message.provider == account.provider, Message.provider_message_id == provider_id
+        )
+    )
+    if held is not None:
+        # Another account's delivery already stored this provider id (unique): keep the
+        # receipt, store nothing twice.
+        log.warning("inbound %s id %s already stored as id=%s", account.provider, provider_id, held)
         return None
     contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
     keyword = apply_keyword(contact, body, at)
@@ -230,7 +450,7 @@ def _store_inbound(
         channel=channel,
         provider=account.provider,
         provider_account_id=account.id,
-        to_number=recipient or "",
+        to_number=(recipient or "")[:32],
         from_number=phone,
         body=body,
         media_urls=media or None,
@@ -250,6 +470,42 @@ def _store_inbound(
     return message
 
 
+def unrouted_inbound(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest inbound messages kept without a tenant, for operators (numbers masked)."""
+    rows = session.scalars(
+        select(WebhookEvent)
+        .where(WebhookEvent.kind == "unrouted")
+        .order_by(WebhookEvent.id.desc())
+        .limit(limit)
+    )
+    listed = []
+    for row in rows:
+        payload = row.payload if isinstance(row.payload, dict) else {}
+        item = payload.get("item") if isinstance(payload.get("item"), dict) else {}
+        sender = item.get("From") or item.get("from")
+        listed.append(
+            {
+                "id": row.id,
+                "provider": row.provider,
+                "received_at": row.received_at.isoformat(),
+                "reason": payload.get("reason"),
+                "to": payload.get("to"),
+                "from": mask(str(sender)) if sender else None,
+                "provider_message_id": row.provider_message_id,
+            }
+        )
+    return listed
+
+
+def count_unrouted(session: Session) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.kind == "unrouted")
+        )
+        or 0
+    )
+
+
 # ---------------------------------------------------------------- Twilio
 
 
@@ -260,68 +516,116 @@ def handle_twilio_status(
     herald_id: str | None,
 ) -> bool:
     """Apply one Twilio status callback. Returns whether it was new (not a duplicate)."""
+    form = {k: clean_text(v) for k, v in form.items()}
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
     native = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
+    if len(sid) > MAX_ID_LENGTH or len(native) > 32:
+        raise InvalidRequest("MessageSid or MessageStatus is not one Twilio sends.")
+    message = _find_message(session, accounts, herald_id, sid)
     receipt = _record_once(
         session,
         provider="twilio",
         kind="status",
-        dedup_key=f"twilio:{sid}:{native}",
-        message_id=herald_id,
+        dedup_key=dedup_key(
+            "twilio",
+            message.provider_account_id if message else _signer_scope(accounts),
+            sid,
+            native,
+        ),
+        message_id=message.id if message else None,
+        tenant_id=message.tenant_id if message else None,
         provider_message_id=sid,
         payload=form,
     )
     if receipt is None:
         return False
-    message = _find_message(session, accounts, herald_id, sid)
     mapped = TWILIO_STATUS.get(native)
     if message is None or mapped is None:
         log.info("twilio status kept without a message sid=%s status=%s", sid, native)
-        receipt.message_id = None
         return True
-    receipt.message_id, receipt.tenant_id = message.id, message.tenant_id
-    apply_status(
+    error_code = _short(form.get("ErrorCode"), 32)
+    _apply_callback_status(
         session,
-        message.id,
+        message,
         mapped,
-        source="twilio",
+        provider_message_id=sid,
         native_status=native,
-        error_code=error_name("twilio", form.get("ErrorCode")),
-        provider_code=form.get("ErrorCode") or None,
+        error_code=error_name("twilio", error_code),
+        provider_code=error_code,
         error_message=form.get("ErrorMessage") or None,
-        provider_message_id=sid or None,
         price=_price(form.get("Price")),
-        price_unit=form.get("PriceUnit") or None,
+        price_unit=_short(form.get("PriceUnit"), 8),
     )
     return True
+
+
+def route_twilio_inbound(
+    accounts: list[AccountCredentials], form: dict[str, str]
+) -> tuple[AccountCredentials | None, str]:
+    """The one account an inbound message is for, or None and why ("no_tenant",
+    "ambiguous"): the `To` number against the channel's sender (`whatsapp:` ignored
+    on both sides), or its `MessagingServiceSid` against the account's service."""
+    to = form.get("To", "")
+    whatsapp = to.startswith("whatsapp:") or form.get("From", "").startswith("whatsapp:")
+    number = _bare(to)
+    field = "whatsapp_from" if whatsapp else "sms_from"
+    service = form.get("MessagingServiceSid") or ""
+    matches = [
+        a
+        for a in accounts
+        if (number and _bare(a.settings.get(field)) == number)
+        or (service and a.settings.get("messaging_service_sid") == service)
+    ]
+    if not matches:
+        return None, "no_tenant"
+    if len({a.tenant_id for a in matches}) > 1:
+        return None, "ambiguous"
+    return matches[0], ""
+
+
+def _bare(number: Any) -> str:
+    """A sender as stored or received, without `whatsapp:`, in E.164 when it is valid."""
+    if not isinstance(number, str):
+        return ""
+    text = number.strip().removeprefix("whatsapp:").strip()
+    return normalize_e164(text) or text
 
 
 def handle_twilio_inbound(
     session: Session, accounts: list[AccountCredentials], form: dict[str, str]
 ) -> Message | None:
-    """Store an inbound message for the account whose sender number it was sent to."""
-    to = form.get("To", "").removeprefix("whatsapp:")
-    account = next(
-        (
-            a
-            for a in accounts
-            if to in (a.settings.get("sms_from"), a.settings.get("whatsapp_from"))
-        ),
-        accounts[0],
-    )
+    """Store an inbound message for the one tenant it was sent to; keep it unrouted
+    when no tenant, or more than one, claims its number or Messaging Service."""
+    form = {k: clean_text(v) for k, v in form.items()}
+    sid = _short(form.get("MessageSid"), MAX_ID_LENGTH)
+    if sid is None:
+        raise InvalidRequest("MessageSid is not one Twilio sends.")
+    account, reason = route_twilio_inbound(accounts, form)
+    phone = _sender_phone(form.get("From"))
+    if account is None or phone is None:
+        _keep_unrouted(
+            session,
+            "twilio",
+            _signer_scope(accounts),
+            sid,
+            reason or "bad_sender",
+            form.get("To"),
+            form,
+        )
+        return None
     sender = form.get("From", "")
     channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
-    media = [
-        form[f"MediaUrl{i}"]
-        for i in range(int(form.get("NumMedia") or 0))
-        if form.get(f"MediaUrl{i}")
-    ]
+    try:
+        count = min(int(form.get("NumMedia") or 0), 10)
+    except ValueError:
+        count = 0
+    media = [form[f"MediaUrl{i}"] for i in range(count) if form.get(f"MediaUrl{i}")]
     return _store_inbound(
         session,
         account,
         channel=channel,
-        provider_id=form.get("MessageSid", ""),
-        sender=sender,
+        provider_id=sid,
+        phone=phone,
         recipient=form.get("To"),
         body=form.get("Body"),
         media=media,
@@ -334,132 +638,184 @@ def handle_twilio_inbound(
 # ---------------------------------------------------------------- Meta
 
 
-def handle_meta_payload(session: Session, payload: dict[str, Any], secret: str) -> dict[str, int]:
+def _objects(value: Any) -> tuple[list[dict[str, Any]], int]:
+    """The objects of a JSON list, and how many of its items were something else."""
+    if not isinstance(value, list):
+        return [], 0
+    objects = [item for item in value if isinstance(item, dict)]
+    return objects, len(value) - len(objects)
+
+
+def handle_meta_payload(
+    session: Session, payload: dict[str, Any], signer: MetaSigner
+) -> dict[str, int]:
     """Apply every status and inbound message of every change of every entry, for the
-    accounts whose app secret signed the delivery: a body signed with one tenant's
-    secret cannot touch another tenant's phone number."""
-    counts = {"statuses": 0, "messages": 0, "duplicates": 0, "unknown": 0, "unverified": 0}
-    app_wide = secret == get_settings().meta_app_secret
-    for entry in payload.get("entry") or []:
-        for change in entry.get("changes") or []:
-            value = change.get("value") or {}
-            phone_id = str((value.get("metadata") or {}).get("phone_number_id") or "")
-            accounts = accounts_by_external_id(session, "meta", phone_id)
-            if not accounts:
-                counts["unknown"] += len(value.get("statuses") or []) + len(
-                    value.get("messages") or []
+    accounts the signer may touch: a body signed with one tenant's secret cannot touch
+    another tenant's phone number. An inbound message for a phone number id that
+    several tenants hold is kept unrouted. Items of a shape Meta never sends are
+    counted as `invalid` and skipped."""
+    counts = dict.fromkeys(
+        ("statuses", "messages", "duplicates", "unknown", "unverified", "unrouted", "invalid"), 0
+    )
+    accounts_of: dict[str, list[AccountCredentials]] = {}
+    for change in _changes(payload):
+        value = _change_value(change)
+        phone_id = _phone_id(value)
+        statuses, odd_statuses = _objects(value.get("statuses"))
+        messages, odd_messages = _objects(value.get("messages"))
+        counts["invalid"] += odd_statuses + odd_messages
+        if phone_id not in accounts_of:
+            accounts_of[phone_id] = (
+                [
+                    c
+                    for c in map(credentials, accounts_by_external_id(session, "meta", phone_id))
+                    if c is not None
+                ]
+                if phone_id
+                else []
+            )
+        accounts = accounts_of[phone_id]
+        if not accounts:
+            counts["unknown"] += len(statuses) + len(messages)
+            digest = hashlib.sha256(repr(value).encode("utf-8", "replace")).hexdigest()
+            _record_once(
+                session,
+                provider="meta",
+                kind="orphan",
+                dedup_key=dedup_key("meta", signer.scope, "orphan", digest),
+                payload=value,
+            )
+            continue
+        creds = [c for c in accounts if signer.may_touch(c)]
+        if not creds:
+            counts["unverified"] += len(statuses) + len(messages)
+            log.warning("meta change for phone id %s not signed by its app secret", phone_id)
+            continue
+        for status in statuses:
+            outcome = _meta_status(session, creds, status)
+            counts[outcome] += 1
+        names: dict[str, str] = {}
+        for contact in _objects(value.get("contacts"))[0]:
+            profile = contact.get("profile")
+            name = profile.get("name") if isinstance(profile, dict) else None
+            if isinstance(contact.get("wa_id"), str) and isinstance(name, str):
+                names[contact["wa_id"]] = name
+        tenants = {c.tenant_id for c in creds}
+        for item in messages:
+            if len(tenants) > 1:
+                wamid = _short(item.get("id"), MAX_ID_LENGTH)
+                if wamid is None:
+                    counts["invalid"] += 1
+                    continue
+                new = _keep_unrouted(
+                    session, "meta", _signer_scope(creds), wamid, "ambiguous", phone_id, item
                 )
-                _record_once(
-                    session,
-                    provider="meta",
-                    kind="orphan",
-                    dedup_key=f"meta:orphan:{hashlib.sha256(repr(value).encode()).hexdigest()}",
-                    payload=value,
-                )
+                counts["unrouted" if new else "duplicates"] += 1
                 continue
-            creds = [
-                c
-                for c in map(credentials, accounts)
-                if c is not None and (app_wide or c.secrets.get("app_secret") == secret)
-            ]
-            if not creds:
-                counts["unverified"] += len(value.get("statuses") or []) + len(
-                    value.get("messages") or []
-                )
-                log.warning("meta change for phone id %s not signed by its app secret", phone_id)
-                continue
-            account = creds[0]
-            for status in value.get("statuses") or []:
-                new = _meta_status(session, creds, status)
-                counts["statuses" if new else "duplicates"] += 1
-            names = {
-                c.get("wa_id"): (c.get("profile") or {}).get("name")
-                for c in value.get("contacts") or []
-            }
-            for item in value.get("messages") or []:
-                new = _meta_inbound(session, account, item, names.get(item.get("from")))
-                counts["messages" if new else "duplicates"] += 1
+            sender = item.get("from")
+            outcome = _meta_inbound(
+                session, creds[0], item, names.get(sender) if isinstance(sender, str) else None
+            )
+            counts[outcome] += 1
     return counts
 
 
 def _ts(value: Any) -> datetime:
     try:
         return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, OSError):
         return utcnow()
 
 
 def _meta_status(
     session: Session, accounts: list[AccountCredentials], status: dict[str, Any]
-) -> bool:
-    wamid = status.get("id", "")
-    native = status.get("status", "")
+) -> str:
+    """Apply one status item; returns which count it goes to."""
+    wamid = _short(status.get("id"), MAX_ID_LENGTH)
+    native = status.get("status")
+    if wamid is None or not isinstance(native, str) or len(native) > 32:
+        return "invalid"
+    herald_id = _short(status.get("biz_opaque_callback_data"), 32)
+    message = _find_message(session, accounts, herald_id, wamid)
     receipt = _record_once(
         session,
         provider="meta",
         kind="status",
-        dedup_key=f"meta:{wamid}:{native}",
-        message_id=status.get("biz_opaque_callback_data"),
+        dedup_key=dedup_key(
+            "meta",
+            message.provider_account_id if message else _signer_scope(accounts),
+            wamid,
+            native,
+        ),
+        message_id=message.id if message else None,
+        tenant_id=message.tenant_id if message else None,
         provider_message_id=wamid,
         payload=status,
     )
     if receipt is None:
-        return False
-    message = _find_message(session, accounts, status.get("biz_opaque_callback_data"), wamid)
+        return "duplicates"
     mapped = META_STATUS.get(native)
     if message is None or mapped is None:
-        receipt.message_id = None
-        return True
-    receipt.message_id, receipt.tenant_id = message.id, message.tenant_id
-    errors = status.get("errors") or []
+        return "statuses"
+    errors, _ = _objects(status.get("errors"))
     error = errors[0] if errors else {}
+    code = error.get("code")
+    code = str(code) if isinstance(code, int | str) and len(str(code)) <= 32 else None
+    title = error.get("title") or error.get("message")
     detail = {k: status[k] for k in ("pricing", "conversation") if k in status} or None
-    apply_status(
+    _apply_callback_status(
         session,
-        message.id,
+        message,
         mapped,
-        source="meta",
+        provider_message_id=wamid,
         native_status=native,
         at=_ts(status.get("timestamp")),
-        error_code=error_name("meta", str(error.get("code", ""))),
-        provider_code=str(error["code"]) if error.get("code") is not None else None,
-        error_message=error.get("title") or error.get("message"),
+        error_code=error_name("meta", code or ""),
+        provider_code=code,
+        error_message=title if isinstance(title, str) else None,
         detail=detail,
-        provider_message_id=wamid or None,
     )
-    return True
+    return "statuses"
 
 
 def _meta_inbound(
     session: Session, account: AccountCredentials, item: dict[str, Any], profile_name: str | None
-) -> bool:
+) -> str:
+    """Store one inbound message; returns which count it goes to."""
+    wamid = _short(item.get("id"), MAX_ID_LENGTH)
+    sender = item.get("from")
+    phone = _sender_phone(f"+{sender.lstrip('+')}") if isinstance(sender, str) else None
+    if wamid is None or phone is None:
+        return "invalid"
     kind = item.get("type", "text")
-    content = item.get(kind) or {}
+    content = item.get(kind) if isinstance(kind, str) else None
+    content = content if isinstance(content, dict) else {}
     body = None
     media: list[str] = []
     if kind == "text":
         body = content.get("body")
     elif kind == "interactive":
-        reply = content.get(content.get("type", "")) or {}
+        reply_type = content.get("type")
+        reply = content.get(reply_type) if isinstance(reply_type, str) else None
+        reply = reply if isinstance(reply, dict) else {}
         body = reply.get("title") or reply.get("id")
     elif kind == "button":
         body = content.get("text")
-    elif isinstance(content, dict):
+    else:
         body = content.get("caption")
-        if content.get("id"):
+        if isinstance(content.get("id"), str | int):
             media.append(f"meta-media:{content['id']}")
-    sender = item.get("from", "")
     stored = _store_inbound(
         session,
         account,
         channel="whatsapp",
-        provider_id=item.get("id", ""),
-        sender=sender if sender.startswith("+") else f"+{sender}",
+        provider_id=wamid,
+        phone=phone,
         recipient=account.settings.get("display_phone_number") or account.external_id,
-        body=body,
+        body=body if isinstance(body, str) else None,
         media=media,
         profile_name=profile_name,
         at=_ts(item.get("timestamp")),
         detail=item,
     )
-    return stored is not None
+    return "messages" if stored is not None else "duplicates"

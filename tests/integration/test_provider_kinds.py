@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from models import Contact, Message, session_scope
 from services.delivery import deliver
-from tests.conftest import META_PHONE_ID, TWILIO_SID, TWILIO_TOKEN, make_tenant
+from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
 
 TO = "+12025550143"
@@ -215,9 +215,14 @@ def _status(message_id: str) -> str:
 
 def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
     sender = "+1415523" + str(uuid.uuid4().int)[:4]
+    # A phone number id of this tenant's alone: one several tenants hold routes nowhere.
+    phone_id = "1" + str(uuid.uuid4().int)[:14]
+    meta = {"phone_number_id": phone_id, "access_token": META_TOKEN, "app_secret": META_SECRET}
+    live.control.post("/_sandbox/accounts", json={"provider": "meta", **meta}).raise_for_status()
     tenant = make_tenant(
         "inbound",
         twilio={"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "whatsapp_from": sender},
+        meta=meta,
     )
     twilio = live.control.post(
         "/_sandbox/inbound",
@@ -237,7 +242,7 @@ def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
         json={
             "provider": "meta",
             "from": "+12025550162",
-            "to": META_PHONE_ID,
+            "to": phone_id,
             "interactive": {"type": "button_reply", "button_reply": {"id": "yes", "title": "Yes"}},
             "profile_name": "Luis",
         },
@@ -257,6 +262,7 @@ def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
         assert got["+12025550161"].media_urls == ["https://example.com/photo.jpg"]
         assert got["+12025550161"].body == "Is it still available?"
         assert got["+12025550162"].body == "Yes"
+        assert got["+12025550162"].tenant_id == tenant["tenant_id"]
         windows = session.scalars(
             select(Contact.last_inbound_at).where(
                 Contact.phone.in_(["+12025550161", "+12025550162"])
