@@ -354,7 +354,11 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "security": [],
                 "summary": "Twilio status callback",
-                "responses": {"204": _resp("Recorded"), "403": _resp("Bad signature", _error)},
+                "responses": {
+                    "204": _resp("Recorded"),
+                    "400": _resp("Signed, but not a Twilio callback", _error),
+                    "403": _resp("Bad signature", _error),
+                },
             }
         },
         "/webhooks/twilio/inbound": {
@@ -362,7 +366,8 @@ OPENAPI: dict[str, Any] = {
                 "security": [],
                 "summary": "Twilio inbound message",
                 "responses": {
-                    "200": _resp("TwiML <Response/>"),
+                    "200": _resp("TwiML <Response/> (also when kept unrouted)"),
+                    "400": _resp("Signed, but not a Twilio message", _error),
                     "403": _resp("Bad signature", _error),
                 },
             }
@@ -379,7 +384,11 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "security": [],
                 "summary": "Meta statuses and messages",
-                "responses": {"200": _resp("Recorded"), "403": _resp("Bad signature", _error)},
+                "responses": {
+                    "200": _resp("Recorded: counts per outcome"),
+                    "400": _resp("Signed, but not a JSON object", _error),
+                    "403": _resp("Bad signature", _error),
+                },
             },
         },
         "/healthz": {"get": {"security": [], "responses": {"200": _resp("Alive")}}},

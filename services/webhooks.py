@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -113,7 +113,7 @@ class MetaSigner:
     """Who signed a Meta delivery: the app secret, whether it is the deployment-wide
     one (`META_APP_SECRET`, any account), and the accounts named in the body that hold it."""
 
-    secret: str
+    secret: str = field(repr=False)
     app_wide: bool
     accounts: tuple[AccountCredentials, ...]
 
