@@ -102,7 +102,10 @@ class TwilioProvider:
         self, account: AccountCredentials, message: OutboundMessage, since: datetime
     ) -> list[SendResult]:
         """Messages at Twilio to the same recipient from the same sender, created
-        since `since`, with the same body: a create whose answer was lost."""
+        since `since`, with the same body, newest first: a create whose answer was lost.
+        Twilio's Message resource returns no StatusCallback (nothing only one attempt
+        carries), so another message's copy looks the same: the caller decides by
+        elimination (services/delivery.py `reconcile`)."""
         params = self.build_params(account, message)
         try:
             rows = self.client(account).messages.list(

@@ -421,10 +421,11 @@ def reconcile(
 
     The provider's listing cannot say which attempt a copy came from (Twilio's Message
     resource returns neither the StatusCallback URL nor anything else only one attempt
-    carries), so a copy is adopted only by elimination: it is the one copy with this
-    body, recipient and sender that no Herald message holds, and no other Herald
-    message alike (same provider account, recipient, body, no provider id, tried since)
-    could own it. Otherwise nothing is adopted and nothing is sent: ProviderError
+    carries), so a copy is adopted only by elimination: a copy with this body,
+    recipient and sender that no Herald message holds (the newest, if this message's
+    own attempts left several), when no other Herald message alike (same provider
+    account, recipient, body, no provider id, tried since) could own it. Otherwise
+    nothing is adopted and nothing is sent: ProviderError
     (ambiguous) holds the row for another settle window, in which the copy's own
     callback (Herald's id in its URL) settles whichever message it belongs to.
 
@@ -486,8 +487,8 @@ def reconcile(
                 Message.updated_at >= since,
             )
         )
-    if len(unowned) == 1 and not rivals:
-        return unowned[0]
+    if not rivals:
+        return unowned[0]  # the newest: find_sent lists newest first
     log.warning(
         "reconcile id=%s: %d unclaimed copies at the provider, %d other messages alike; "
         "waiting for a callback",
