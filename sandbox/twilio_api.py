@@ -470,6 +470,9 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Any
         "From": sender,
         "ApiVersion": API_VERSION,
     }
+    if data.get("messaging_service_sid"):
+        # A number in a Messaging Service: Twilio names the service on inbound too.
+        params["MessagingServiceSid"] = str(data["messaging_service_sid"])
     kind = "text"
     if media_url:
         params["MediaUrl0"] = str(media_url)

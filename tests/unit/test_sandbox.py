@@ -712,6 +712,31 @@ def test_inbound_twilio_whatsapp(sandbox: SandboxServer, receiver: Receiver) -> 
         "yes",
     )
     assert SID_RE.match(form["MessageSid"]) and form["AccountSid"] == DEFAULT_TWILIO_SID
+    assert "MessagingServiceSid" not in form
+
+
+def test_inbound_twilio_through_a_messaging_service(
+    sandbox: SandboxServer, receiver: Receiver
+) -> None:
+    service = "MG" + "ab" * 16
+    result = control(
+        sandbox,
+        "POST",
+        "/inbound",
+        json={
+            "provider": "twilio",
+            "from": CUSTOMER,
+            "to": "+12025550100",
+            "body": "STOP",
+            "messaging_service_sid": service,
+        },
+    )
+    assert result["status_code"] == 200
+    req = receiver.matching(lambda r: r["path"] == "/webhooks/twilio/inbound")[-1]
+    assert req["form"]["MessagingServiceSid"] == service
+    assert RequestValidator(DEFAULT_TWILIO_TOKEN).validate(
+        req["url"], req["form"], req["headers"]["X-Twilio-Signature"]
+    )
 
 
 def test_inbound_meta_media_and_interactive(sandbox: SandboxServer, receiver: Receiver) -> None:
