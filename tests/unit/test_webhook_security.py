@@ -337,6 +337,13 @@ def test_meta_non_ascii_signature_and_verify_token_are_403(client, tenant) -> No
     assert_error_shape(resp, 403)
 
 
+def test_twilio_non_ascii_signature_is_403(client, tenant) -> None:
+    params = {"MessageSid": "SM" + hexid(), "MessageStatus": "sent", "AccountSid": TWILIO_SID}
+    for path in ("/webhooks/twilio/status", "/webhooks/twilio/inbound"):
+        resp = client.post(path, data=params, headers={"X-Twilio-Signature": "é" * 28})
+        assert_error_shape(resp, 403)
+
+
 def test_meta_malformed_bodies_signed_app_wide_are_400(client, monkeypatch) -> None:
     monkeypatch.setenv("META_APP_SECRET", "app-wide-" + hexid())
     get_settings.cache_clear()
