@@ -4,7 +4,11 @@ Each callback item is written to `webhook_events` under a unique dedup key in
 the same transaction that applies it, so a duplicate delivery (even two at the
 same instant in two API processes) changes nothing the second time, and a
 failure while applying rolls the receipt back so the provider's retry is not
-mistaken for a duplicate.
+mistaken for a duplicate. The key names the provider account the item belongs to
+(or that signed it), so one tenant's secret cannot pre-record another's callback.
+
+An inbound message goes to the one tenant that claims it, or is kept `unrouted`:
+never to a guessed tenant. Nothing a provider (or anyone) posts answers 500.
 """
 
 from __future__ import annotations
