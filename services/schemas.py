@@ -16,7 +16,8 @@ from marshmallow import (
 )
 
 from services.errors import InvalidRequest
-from services.phones import normalize_e164
+from services.inputs import value_problem
+from services.phones import normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -82,10 +83,11 @@ class MessageRequestSchema(Schema):
         errors: dict[str, list[str]] = {}
         if ("to" in data) == ("contact_id" in data):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
-        if "to" in data and normalize_e164(data["to"]) is None:
-            errors.setdefault("to", []).append(
-                "Not a valid phone number in international format (E.164, like +12025550143)."
-            )
+        if "to" in data:
+            try:
+                parse_e164(data["to"])
+            except ValueError as exc:
+                errors.setdefault("to", []).append(str(exc))
         if not any(k in data for k in ("body", "media_url", "template", "interactive")):
             errors.setdefault("body", []).append(
                 "Give one of 'body', 'media_url', 'template' or 'interactive'."
@@ -117,6 +119,9 @@ def load_message_request(payload: Any) -> dict[str, Any]:
     """Validate a request body; raise InvalidRequest with per-field messages."""
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
+    if problem:
+        raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
     try:
         return _schema.load(payload)
     except ValidationError as exc:
