@@ -124,8 +124,6 @@ def accept_message(
         contact = resolve_contact(session, tenant.id, data["contact_id"])
         to, contact_id = contact.phone, contact.external_id or contact.id
     check_send_policy(session, tenant.id, channel=channel, to=to, free_form=not template)
-    if campaign_id is None:  # campaigns are paced by their own release rate
-        _take_tenant_quota(tenant)
 
     now = utcnow()
     send_at = data.get("send_at")
@@ -157,6 +155,10 @@ def accept_message(
         with session.begin_nested():
             session.add(message)
             session.flush()
+            # Quota only for a row that is in: a refusal (429) rolls the insert back,
+            # and an insert that failed (a lost idempotency race) took no quota.
+            if campaign_id is None:  # campaigns are paced by their own release rate
+                _take_tenant_quota(tenant)
     except IntegrityError:
         if not idempotency_key:
             raise
