@@ -31,7 +31,13 @@ from services.events import record_status_event
 from services.inputs import text_problem
 from services.messages import BULK_QUEUE, choose_provider
 from services.phones import normalize_e164
-from services.schemas import CHANNELS, PROVIDERS, MediaUrls, TemplateSchema
+from services.schemas import (
+    CHANNELS,
+    PROVIDERS,
+    MediaUrls,
+    TemplateSchema,
+    check_for_provider,
+)
 from services.serialize import iso
 from services.tenants import find_account
 
@@ -118,10 +124,7 @@ def create_campaign(
 ) -> Campaign:
     channel = data["channel"]
     provider = choose_provider(tenant, channel, data.get("provider"))
-    if provider == "meta" and channel != "whatsapp":
-        raise InvalidRequest(
-            "Meta serves the whatsapp channel only.", fields={"provider": ["meta"]}
-        )
+    check_for_provider(data, provider)  # the same rules as POST /v1/messages
     template = data.get("template")
     if channel == "whatsapp" and not template:
         raise PolicyRefused(

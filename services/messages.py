@@ -17,9 +17,11 @@ from models import Contact, Message, MessageEvent, Tenant, utcnow
 from services.contacts import get_contact
 from services.dispatch import enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
+from services.inputs import text_problem
 from services.limits import take_quota
 from services.phones import mask
 from services.policy import check_send_policy
+from services.schemas import check_for_provider
 from services.status import apply_status
 from services.tenants import find_account
 
@@ -89,29 +91,16 @@ def accept_message(
     if idempotency_key:
         if len(idempotency_key) > 255:
             raise InvalidRequest("Idempotency-Key is at most 255 characters.")
+        if text_problem(idempotency_key):
+            raise InvalidRequest(f"Idempotency-Key {text_problem(idempotency_key)}.")
         found = _existing(session, tenant.id, idempotency_key, digest)
         if found is not None:
             return found, False
 
     channel = data.get("channel", "whatsapp")
     provider = choose_provider(tenant, channel, data.get("provider"))
-    if provider == "meta" and channel != "whatsapp":
-        raise InvalidRequest(
-            "Meta serves the whatsapp channel only.", fields={"provider": ["meta"]}
-        )
-    if provider == "meta" and len(data.get("media_url") or []) > 1:
-        raise InvalidRequest(
-            "WhatsApp through Meta takes one media per message.",
-            fields={"media_url": ["At most 1 media URL with provider meta."]},
-        )
+    check_for_provider(data, provider)
     template = data.get("template")
-    if template and provider == "twilio" and not template.get("content_sid"):
-        raise InvalidRequest(
-            "Twilio templates are sent by ContentSid.",
-            fields={"template": ["Give template.content_sid for provider twilio."]},
-        )
-    if template and provider == "meta" and not template.get("name"):
-        raise InvalidRequest("Meta templates need a name.", fields={"template": ["name required"]})
     account = find_account(session, tenant.id, provider)
     if account is None:
         raise PolicyRefused(

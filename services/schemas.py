@@ -115,6 +115,27 @@ class MessageRequestSchema(Schema):
 _schema = MessageRequestSchema()
 
 
+def check_for_provider(data: dict[str, Any], provider: str) -> None:
+    """What the chosen provider needs of validated content, the same for one message
+    and for a campaign (both know the provider only once the tenant's default is
+    applied): Meta serves WhatsApp only, takes one media and sends templates by
+    name; Twilio sends templates by content_sid."""
+    errors: dict[str, list[str]] = {}
+    if provider == "meta" and data.get("channel", "whatsapp") != "whatsapp":
+        errors["provider"] = ["Meta serves the whatsapp channel only."]
+    if provider == "meta" and len(data.get("media_url") or []) > 1:
+        errors["media_url"] = ["At most 1 media URL with provider meta."]
+    template = data.get("template")
+    if template and provider == "twilio" and not template.get("content_sid"):
+        errors["template"] = ["Twilio templates are sent by ContentSid: give template.content_sid."]
+    if template and provider == "meta" and not template.get("name"):
+        errors["template"] = ["Meta templates are sent by name: give template.name."]
+    if errors:
+        raise InvalidRequest(
+            f"The request does not suit provider {provider}.", code="invalid_fields", fields=errors
+        )
+
+
 def load_message_request(payload: Any) -> dict[str, Any]:
     """Validate a request body; raise InvalidRequest with per-field messages."""
     if not isinstance(payload, dict):
