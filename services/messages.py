@@ -36,9 +36,15 @@ def request_hash(payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _existing(session: Session, tenant_id: str, key: str, digest: str) -> Message | None:
+def _existing(
+    session: Session, tenant_id: str, key: str, digest: str, origin: str = "api"
+) -> Message | None:
     message = session.scalars(
-        select(Message).where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
+        select(Message).where(
+            Message.tenant_id == tenant_id,
+            Message.origin == origin,
+            Message.idempotency_key == key,
+        )
     ).first()
     if message is not None and message.request_hash != digest:
         raise Conflict(
@@ -79,13 +85,16 @@ def accept_message(
     idempotency_key: str | None = None,
     raw: Any = None,
     campaign_id: str | None = None,
+    origin: str = "api",
 ) -> tuple[Message, bool]:
     """Persist a validated request as a `queued` (or `scheduled`) message and
     enqueue its delivery after commit. Returns (message, created).
 
     With an idempotency key, a replay returns the first message (created=False)
     and a different body under the same key is a Conflict; two racing requests
-    with one key create one row, thanks to the unique (tenant, key) constraint.
+    with one key create one row, thanks to the unique (tenant, origin, key)
+    constraint. `origin` 'legacy' (unauthenticated seed callers) is a key space of
+    its own: such a caller can neither replay nor block the tenant's keys.
     """
     digest = request_hash(raw if raw is not None else data)
     if idempotency_key:
@@ -93,7 +102,7 @@ def accept_message(
             raise InvalidRequest("Idempotency-Key is at most 255 characters.")
         if text_problem(idempotency_key):
             raise InvalidRequest(f"Idempotency-Key {text_problem(idempotency_key)}.")
-        found = _existing(session, tenant.id, idempotency_key, digest)
+        found = _existing(session, tenant.id, idempotency_key, digest, origin)
         if found is not None:
             return found, False
 
@@ -135,6 +144,7 @@ def accept_message(
         meta=data.get("metadata") or {},
         callback_url=data.get("callback_url"),
         idempotency_key=idempotency_key,
+        origin=origin,
         request_hash=digest if idempotency_key else None,
         send_at=send_at,
         created_at=now,
@@ -151,7 +161,7 @@ def accept_message(
     except IntegrityError:
         if not idempotency_key:
             raise
-        found = _existing(session, tenant.id, idempotency_key, digest)
+        found = _existing(session, tenant.id, idempotency_key, digest, origin)
         if found is None:
             raise
         return found, False
@@ -183,13 +193,19 @@ def _take_tenant_quota(tenant: Tenant) -> None:
         )
 
 
-def get_message(session: Session, tenant_id: str, message_id: str) -> Message:
-    """A tenant's message with its events; another tenant's id is NotFound, like a missing one."""
-    message = session.scalars(
+def get_message(
+    session: Session, tenant_id: str, message_id: str, origin: str | None = None
+) -> Message:
+    """A tenant's message with its events; another tenant's id is NotFound, like a
+    missing one. With `origin`, only a message of that origin is found."""
+    query = (
         select(Message)
         .options(selectinload(Message.events))
         .where(Message.id == message_id, Message.tenant_id == tenant_id)
-    ).first()
+    )
+    if origin is not None:
+        query = query.where(Message.origin == origin)
+    message = session.scalars(query).first()
     if message is None:
         raise NotFound(f"No message {message_id!r}.")
     return message
