@@ -3,7 +3,8 @@
 Every `request.get_json()` goes through `StrictJSONProvider`, so no view sees a
 value nested too deep to walk, a NUL or lone surrogate it could not store, or a
 NaN/Infinity PostgreSQL's JSON refuses; each is malformed JSON (a 400). A NUL in
-the path or query string is refused before any view looks it up in the database.
+the path, the query string or a urlencoded form is refused before any view looks
+it up in the database.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.datastructures import MultiDict
 
 from services.errors import InvalidRequest
 from services.inputs import MAX_DEPTH, text_problem, value_problem
@@ -38,17 +40,28 @@ class StrictJSONProvider(DefaultJSONProvider):
         return value
 
 
-def refuse_unstorable_url() -> None:
-    """A NUL in the path or a query parameter is a 400, not a database error."""
-    parts = [request.path, *request.args.keys()]
-    for values in request.args.listvalues():
-        parts.extend(values)
-    for part in parts:
-        problem = text_problem(part)
+def _problem(values: MultiDict[str, str]) -> str | None:
+    for key, items in values.lists():
+        for text in (key, *items):
+            problem = text_problem(text)
+            if problem:
+                return problem
+    return None
+
+
+def refuse_unstorable_text() -> None:
+    """A NUL in the path, a query parameter or a urlencoded form field (Twilio's
+    webhooks) is a 400, not a database error. Multipart bodies are left to their
+    view, which sets their own size limit before reading them."""
+    problem = text_problem(request.path) or _problem(request.args)
+    if problem:
+        raise InvalidRequest(f"The URL {problem}.", code="invalid_url")
+    if request.mimetype == "application/x-www-form-urlencoded":
+        problem = _problem(request.form)
         if problem:
-            raise InvalidRequest(f"The URL {problem}.", code="invalid_url")
+            raise InvalidRequest(f"A form field {problem}.", code="invalid_form")
 
 
 def init_app(app: Flask) -> None:
     app.json = StrictJSONProvider(app)
-    app.before_request(refuse_unstorable_url)
+    app.before_request(refuse_unstorable_text)

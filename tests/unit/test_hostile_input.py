@@ -104,6 +104,16 @@ def test_nul_in_the_url_is_a_400(client, auth) -> None:
         assert resp.status_code == 400 and resp.is_json, (url, resp.status_code)
 
 
+def test_nul_in_a_urlencoded_form_is_a_400(client) -> None:
+    for path in ("/webhooks/twilio/status", "/webhooks/twilio/inbound"):
+        resp = client.post(
+            path,
+            data={"AccountSid": "AC\x00", "MessageSid": "SM1", "MessageStatus": "sent"},
+            headers={"X-Twilio-Signature": "x"},
+        )
+        assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_form"
+
+
 def _upload(client, auth, csv: bytes):  # type: ignore[no-untyped-def]
     return client.post(
         "/v1/campaigns",
