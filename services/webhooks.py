@@ -110,7 +110,7 @@ def meta_verify_challenge(session: Session, mode: str | None, token: str | None)
     if mode != "subscribe" or not token:
         return False
     if get_settings().meta_verify_token and hmac.compare_digest(
-        token, get_settings().meta_verify_token
+        token.encode(), get_settings().meta_verify_token.encode()
     ):
         return True
     from models import ProviderAccount
@@ -120,7 +120,7 @@ def meta_verify_challenge(session: Session, mode: str | None, token: str | None)
     ):
         creds = credentials(account)
         stored = creds.secrets.get("verify_token") if creds else None
-        if stored and hmac.compare_digest(stored, token):
+        if stored and hmac.compare_digest(str(stored).encode(), token.encode()):
             return True
     return False
 
