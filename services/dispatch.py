@@ -91,3 +91,11 @@ def _after_rollback(session: Session, previous: SessionTransaction) -> None:
         session.info.pop(_KEY, None)
         return
     session.info[_KEY] = [entry for entry in pending if not _inside(entry[0], boundary)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without a commit (closed, not rolled back):
+    # its rows are gone, so are its doorbells. After a commit this finds nothing.
+    if transaction.parent is None:
+        session.info.pop(_KEY, None)

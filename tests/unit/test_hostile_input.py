@@ -251,6 +251,19 @@ def test_the_outermost_rollback_still_clears_every_enqueue(tenant, dispatched) -
     assert dispatched == []
 
 
+def test_a_session_closed_without_commit_forgets_its_enqueues(tenant, dispatched) -> None:
+    from services.dispatch import enqueue_after_commit
+
+    session = new_session()
+    session.execute(select(1))
+    enqueue_after_commit(session, ["msg_closed"], "herald.send")
+    session.close()
+    session.execute(select(1))
+    session.commit()
+    session.close()
+    assert dispatched == []
+
+
 # ---------------------------------------------------------------- item 8: quota
 
 
