@@ -18,9 +18,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
 
-    from api import auth, campaigns, contacts, errors, legacy, messages, ops, webhooks
+    from api import auth, campaigns, contacts, errors, inputs, legacy, messages, ops, webhooks
 
     errors.register(app)
+    inputs.init_app(app)
     auth.init_app(app)
     app.register_blueprint(messages.bp)
     app.register_blueprint(contacts.bp)

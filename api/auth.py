@@ -6,7 +6,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
 from models import Tenant, new_session
@@ -50,7 +50,9 @@ def json_body() -> Any:
         raise InvalidRequest(
             "The request body is empty; send a JSON object.", code="malformed_json"
         )
-    payload = request.get_json(silent=True, force=True)
-    if payload is None:
-        raise InvalidRequest("The request body is not valid JSON.", code="malformed_json")
-    return payload
+    try:
+        return current_app.json.loads(request.get_data())
+    except ValueError as exc:  # api/inputs.py: too deep, NUL, lone surrogate, NaN…
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}.", code="malformed_json"
+        ) from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from api.auth import current_tenant, db, json_body, require_tenant
 from services.campaigns import (
@@ -31,9 +29,11 @@ def create():  # type: ignore[no-untyped-def]
         if upload is None:
             raise InvalidRequest("Upload the recipients as a CSV in the 'file' field.")
         try:
-            fields = json.loads(request.form.get("campaign") or "{}")
-        except ValueError:
-            raise InvalidRequest("'campaign' must be JSON.", code="malformed_json") from None
+            fields = current_app.json.loads(request.form.get("campaign") or "{}")
+        except ValueError as exc:  # api/inputs.py: too deep, NUL, lone surrogate, NaN…
+            raise InvalidRequest(
+                f"'campaign' must be JSON: {exc}.", code="malformed_json"
+            ) from None
         data = load_campaign_request(fields)
         recipients = csv_recipients(upload.stream)
     else:

@@ -4,7 +4,9 @@ Each route only translates its seed's request into a `/v1/messages` request and
 Herald's answer into the seed's response shape; validation, policy and delivery
 are the same path as `POST /v1/messages`. The seeds' clients carry no Herald key:
 with HERALD_LEGACY_TENANT set, a request without `Authorization` belongs to that
-tenant; otherwise these routes authenticate like `/v1`.
+tenant; otherwise these routes authenticate like `/v1`. Such an unauthenticated
+caller is not the tenant: it reads only the messages unauthenticated seed calls
+created (origin 'legacy') and has an Idempotency-Key space of its own.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from api.auth import db
 from herald.config import get_settings
 from models import Message, Tenant
-from services.errors import HeraldError, NotFound, Unauthorized
+from services.errors import HeraldError, InvalidRequest, NotFound, Unauthorized
 from services.messages import accept_message, get_message
 from services.schemas import load_message_request
 from services.tenants import authenticate
@@ -25,26 +27,29 @@ from services.tenants import authenticate
 bp = Blueprint("legacy", __name__)
 
 
-def _tenant() -> Tenant:
+def _caller() -> tuple[Tenant, str]:
+    """The tenant, and the origin of what this caller creates and may read:
+    'legacy' for an unauthenticated call under HERALD_LEGACY_TENANT, else 'api'."""
     header = request.headers.get("Authorization")
     legacy = get_settings().legacy_tenant
     if not header and legacy:
         tenant = db().get(Tenant, legacy)
         if tenant is not None:
-            return tenant
-    return authenticate(db(), header)
+            return tenant, "legacy"
+    return authenticate(db(), header), "api"
 
 
 def _accept(fields: dict[str, Any]) -> Message:
     """The /v1/messages path, from a request built out of a seed's body."""
     session = db()
-    tenant = _tenant()
+    tenant, origin = _caller()
     message, _ = accept_message(
         session,
         tenant,
         load_message_request(fields),
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         raw=fields,
+        origin=origin,
     )
     session.commit()
     g.tenant = tenant
@@ -52,8 +57,26 @@ def _accept(fields: dict[str, Any]) -> Message:
 
 
 def _body() -> dict[str, Any]:
-    payload = request.get_json(silent=True, force=True)
+    """The seed's JSON object ({} when there is none); unreadable JSON is a 400."""
+    raw = request.get_data()
+    if not raw:
+        return {}
+    try:
+        payload = current_app.json.loads(raw)
+    except ValueError as exc:  # api/inputs.py: too deep, NUL, lone surrogate, NaN…
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}.", code="malformed_json"
+        ) from None
     return payload if isinstance(payload, dict) else {}
+
+
+@bp.errorhandler(HeraldError)
+def _seed_error(exc: HeraldError):  # type: ignore[no-untyped-def]
+    """An error outside a route's own handling (an unreadable body, a NUL in the URL),
+    answered in that route's seed shape rather than Herald's."""
+    if request.endpoint in ("legacy.meta_send_message", "legacy.meta_send_template"):
+        return _envelope_error(exc)
+    return jsonify({"error": _first_error(exc)}), exc.status, exc.headers
 
 
 def _phone(value: Any) -> Any:
@@ -131,16 +154,18 @@ def whatsapp_send():  # type: ignore[no-untyped-def]
 def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
     """By Herald's id, or by the Twilio SID the seed's clients may have stored."""
     try:
-        tenant = _tenant()
+        tenant, origin = _caller()
+        readable = origin if origin == "legacy" else None  # the tenant itself reads all
         session = db()
         try:
-            message = get_message(session, tenant.id, message_id)
+            message = get_message(session, tenant.id, message_id, origin=readable)
         except NotFound:
-            message = (
-                session.query(Message)
-                .filter_by(tenant_id=tenant.id, provider_message_id=message_id)
-                .first()
+            query = session.query(Message).filter_by(
+                tenant_id=tenant.id, provider_message_id=message_id
             )
+            if readable:
+                query = query.filter_by(origin=readable)
+            message = query.first()
             if message is None:
                 raise
     except Unauthorized as exc:

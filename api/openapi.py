@@ -15,10 +15,46 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
 
 
 _errors = {
-    "400": _resp("Malformed JSON or invalid fields", _error),
+    "400": _resp("Malformed JSON, invalid fields, or a NUL in the URL", _error),
     "401": _resp("No or bad credentials", _error),
     "404": _resp("Unknown id (or another tenant's)", _error),
     "413": _resp("Body too large", _error),
+}
+_rate_limited = _resp("Tenant quota reached (`Retry-After`)", _error)
+
+
+def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties}
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _form_body(properties: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties}
+    return {"content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
+def _header(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "schema": {"type": "string"}}
+
+
+_string = {"type": "string"}
+# The seeds' clients send no key when HERALD_LEGACY_TENANT is set; a key is also accepted.
+_seed_security: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+_seed_error = _resp("{error}")
+_envelope_error = _resp("{type: '3', message, data: null}")
+_twilio_form = {
+    name: _string
+    for name in (
+        "AccountSid",
+        "MessageSid",
+        "MessageStatus",
+        "ErrorCode",
+        "From",
+        "To",
+        "Body",
+        "MessagingServiceSid",
+        "NumMedia",
+    )
 }
 
 OPENAPI: dict[str, Any] = {
@@ -29,7 +65,10 @@ OPENAPI: dict[str, Any] = {
         "description": "Asynchronous WhatsApp and SMS dispatch through Twilio and Meta.",
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "metricsToken": {"type": "http", "scheme": "bearer"},
+        },
         "schemas": {
             "Error": {
                 "type": "object",
@@ -169,6 +208,7 @@ OPENAPI: dict[str, Any] = {
                     "200": _resp("Idempotent replay", {"$ref": "#/components/schemas/Message"}),
                     "409": _resp("Idempotency key reused with another body", _error),
                     "422": _resp("Policy refusal", _error),
+                    "429": _rate_limited,
                     **_errors,
                 },
             },
@@ -238,7 +278,11 @@ OPENAPI: dict[str, Any] = {
                         "application/json": {"schema": {"$ref": "#/components/schemas/Contact"}}
                     }
                 },
-                "responses": {"200": _resp("Updated"), **_errors},
+                "responses": {
+                    "200": _resp("Updated"),
+                    "409": _resp("Id or phone taken", _error),
+                    **_errors,
+                },
             },
         },
         "/v1/campaigns": {
@@ -300,25 +344,42 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/twilio/message": {
             "post": {
-                "security": [],
+                "security": _seed_security,
                 "summary": "Seed 000: {to, message}; to = contact id or number",
+                "parameters": [_header("Idempotency-Key")],
+                "requestBody": _json_body({"to": _string, "message": _string}),
                 "responses": {
                     "200": _resp("{message: 'Message sent', id}"),
+                    "400": _seed_error,
+                    "401": _seed_error,
                     "405": _resp("{message: 'Wrong request method'}"),
+                    "409": _seed_error,
+                    "413": _resp("Body too large", _error),
+                    "422": _seed_error,
+                    "429": _seed_error,
                 },
             }
         },
         "/api/whatsapp/send": {
             "post": {
+                "security": _seed_security,
                 "summary": "Seed 002: {toPhoneNumber, messageBody, imageUrl?}",
+                "parameters": [_header("Idempotency-Key")],
+                "requestBody": _json_body(
+                    {"toPhoneNumber": _string, "messageBody": _string, "imageUrl": _string}
+                ),
                 "responses": {
                     "200": _resp("{success: true, messageId, cost}"),
-                    "400": _resp("{error}"),
+                    "400": _seed_error,
+                    "401": _seed_error,
+                    "413": _resp("Body too large", _error),
+                    "429": _seed_error,
                 },
             }
         },
         "/api/whatsapp/status/{messageId}": {
             "get": {
+                "security": _seed_security,
                 "parameters": [
                     {
                         "name": "messageId",
@@ -327,26 +388,50 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "string"},
                     }
                 ],
-                "responses": {"200": _resp("Status, SID and cost"), "404": _resp("{error}")},
+                "responses": {
+                    "200": _resp("Status, SID and cost"),
+                    "400": _seed_error,
+                    "401": _seed_error,
+                    "404": _seed_error,
+                },
             }
         },
         "/api/v1/whatsapp/send-message": {
             "post": {
+                "security": _seed_security,
                 "summary": "Seed 003: {to, text, previewUrl?}",
+                "parameters": [_header("Idempotency-Key")],
+                "requestBody": _json_body(
+                    {"to": _string, "text": _string, "previewUrl": {"type": "boolean"}}
+                ),
                 "responses": {
                     "200": _resp("{type: '1', message, data}"),
-                    "400": _resp("{type: '3', message, data: null}"),
-                    "401": _resp("{type: '3', message, data: null}"),
+                    "400": _envelope_error,
+                    "401": _envelope_error,
+                    "413": _resp("Body too large", _error),
                 },
             }
         },
         "/api/v1/whatsapp/send-template": {
             "post": {
+                "security": _seed_security,
                 "summary": "Seed 003 templates: {to, templateName, languageCode?, parameters?, "
                 "components?}",
+                "parameters": [_header("Idempotency-Key")],
+                "requestBody": _json_body(
+                    {
+                        "to": _string,
+                        "templateName": _string,
+                        "languageCode": _string,
+                        "parameters": {"type": "array", "items": _string},
+                        "components": {"type": "array", "items": {"type": "object"}},
+                    }
+                ),
                 "responses": {
                     "200": _resp("{type: '1', message, data}"),
-                    "400": _resp("{type: '3', message, data: null}"),
+                    "400": _envelope_error,
+                    "401": _envelope_error,
+                    "413": _resp("Body too large", _error),
                 },
             }
         },
@@ -354,10 +439,16 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "security": [],
                 "summary": "Twilio status callback",
+                "parameters": [
+                    _header("X-Twilio-Signature"),
+                    {"name": "message_id", "in": "query", "schema": _string},
+                ],
+                "requestBody": _form_body(_twilio_form),
                 "responses": {
                     "204": _resp("Recorded"),
-                    "400": _resp("Signed, but not a Twilio callback", _error),
+                    "400": _resp("A NUL in the URL, or signed but not a Twilio callback", _error),
                     "403": _resp("Bad signature", _error),
+                    "413": _resp("Body too large", _error),
                 },
             }
         },
@@ -365,10 +456,13 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "security": [],
                 "summary": "Twilio inbound message",
+                "parameters": [_header("X-Twilio-Signature")],
+                "requestBody": _form_body(_twilio_form),
                 "responses": {
                     "200": _resp("TwiML <Response/> (also when kept unrouted)"),
-                    "400": _resp("Signed, but not a Twilio message", _error),
+                    "400": _resp("A NUL in the URL, or signed but not a Twilio message", _error),
                     "403": _resp("Bad signature", _error),
+                    "413": _resp("Body too large", _error),
                 },
             }
         },
@@ -376,18 +470,29 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "security": [],
                 "summary": "Meta subscription check",
+                "parameters": [
+                    {"name": "hub.mode", "in": "query", "schema": {"enum": ["subscribe"]}},
+                    {"name": "hub.verify_token", "in": "query", "schema": _string},
+                    {"name": "hub.challenge", "in": "query", "schema": _string},
+                ],
                 "responses": {
                     "200": _resp("hub.challenge echoed"),
+                    "400": _resp("A NUL in the URL", _error),
                     "403": _resp("Wrong verify token", _error),
                 },
             },
             "post": {
                 "security": [],
                 "summary": "Meta statuses and messages",
+                "parameters": [_header("X-Hub-Signature-256")],
+                "requestBody": _json_body(
+                    {"object": _string, "entry": {"type": "array", "items": {"type": "object"}}}
+                ),
                 "responses": {
                     "200": _resp("Recorded: counts per outcome"),
                     "400": _resp("Signed, but not a JSON object", _error),
                     "403": _resp("Bad signature", _error),
+                    "413": _resp("Body too large", _error),
                 },
             },
         },
@@ -395,6 +500,15 @@ OPENAPI: dict[str, Any] = {
         "/readyz": {
             "get": {"security": [], "responses": {"200": _resp("Ready"), "503": _resp("Not ready")}}
         },
-        "/metrics": {"get": {"security": [], "responses": {"200": _resp("Prometheus metrics")}}},
+        "/metrics": {
+            "get": {
+                "security": [{"metricsToken": []}, {}],
+                "description": "With HERALD_METRICS_TOKEN set, `Authorization: Bearer <it>`.",
+                "responses": {
+                    "200": _resp("Prometheus metrics"),
+                    "401": _resp("HERALD_METRICS_TOKEN is set and was not sent", _error),
+                },
+            }
+        },
     },
 }

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import hmac
+
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.auth import db
 from api.openapi import OPENAPI
 from herald.config import get_settings
+from services.errors import Unauthorized
 from services.metrics import register as register_metrics
 
 bp = Blueprint("ops", __name__)
@@ -41,7 +44,16 @@ def readyz():  # type: ignore[no-untyped-def]
 
 @bp.get("/metrics")
 def metrics():  # type: ignore[no-untyped-def]
-    """The process's own metrics and Herald's gauges (services/metrics.py)."""
+    """The process's own metrics and Herald's gauges (services/metrics.py); with
+    HERALD_METRICS_TOKEN set, only for `Authorization: Bearer <that token>`."""
+    token = get_settings().metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise Unauthorized(
+                "Send 'Authorization: Bearer <HERALD_METRICS_TOKEN>'.",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
     register_metrics()
     return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
 

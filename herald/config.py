@@ -100,6 +100,8 @@ class Settings:
     mps_twilio_sms: float = 10.0
     price_whatsapp: Decimal = Decimal("0.015")
     price_sms: Decimal = Decimal("0.0079")
+    jwt_max_age_seconds: int = 86400
+    metrics_token: str | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -152,6 +154,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mps_twilio_sms=_float(env, "HERALD_MPS_TWILIO_SMS", 10.0),
         price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
+        jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
+        metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
     )
 
 

@@ -29,7 +29,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("provider", "provider_message_id", name="uq_messages_provider_id"),
-        UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_idempotency"),
+        # Unauthenticated seed callers (origin 'legacy') have their own key space.
+        UniqueConstraint("tenant_id", "origin", "idempotency_key", name="uq_messages_idempotency"),
         # A campaign sends once per recipient; NULL campaign ids are not constrained.
         UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
@@ -60,6 +61,8 @@ class Message(Base):
     meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # 'legacy': created by an unauthenticated call to a seed route; 'api': any other.
+    origin: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     request_hash: Mapped[str | None] = mapped_column(String(64))
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))

@@ -28,9 +28,16 @@ from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utc
 from services.dispatch import BATCH_TASK, enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.events import record_status_event
+from services.inputs import text_problem
 from services.messages import BULK_QUEUE, choose_provider
 from services.phones import normalize_e164
-from services.schemas import CHANNELS, PROVIDERS, MediaUrls, TemplateSchema
+from services.schemas import (
+    CHANNELS,
+    PROVIDERS,
+    MediaUrls,
+    TemplateSchema,
+    check_for_provider,
+)
 from services.serialize import iso
 from services.tenants import find_account
 
@@ -79,8 +86,22 @@ def load_campaign_request(payload: Any) -> dict[str, Any]:
 
 def csv_recipients(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[dict[str, Any]]:
     """Rows of an uploaded CSV, streamed: a `to` or `contact_id` column, and every
-    other column, in order, a template variable."""
+    other column, in order, a template variable. A file that is not UTF-8, has a
+    field over the csv module's limit or a NUL is refused whole (400 invalid_csv)."""
     reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
+    try:
+        yield from _csv_rows(reader)
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            f"The CSV is not UTF-8 (near line {reader.line_num + 1}).", code="invalid_csv"
+        ) from None
+    except csv.Error as exc:
+        raise InvalidRequest(
+            f"The CSV cannot be read at line {reader.line_num}: {exc}.", code="invalid_csv"
+        ) from None
+
+
+def _csv_rows(reader: Any) -> Iterator[dict[str, Any]]:
     header = [h.strip().lower() for h in next(reader, [])]
     if "to" not in header and "contact_id" not in header:
         raise InvalidRequest("The CSV needs a 'to' or 'contact_id' column.", code="invalid_csv")
@@ -88,6 +109,10 @@ def csv_recipients(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[dict[st
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
+        if any(text_problem(cell) for cell in row):
+            raise InvalidRequest(
+                f"The CSV has a NUL character at line {reader.line_num}.", code="invalid_csv"
+            )
         cells = dict(zip(header, row, strict=False))
         item: dict[str, Any] = {k: cells[k].strip() for k in ("to", "contact_id") if cells.get(k)}
         item["variables"] = [row[i].strip() for i in variable_columns if i < len(row)]
@@ -99,10 +124,7 @@ def create_campaign(
 ) -> Campaign:
     channel = data["channel"]
     provider = choose_provider(tenant, channel, data.get("provider"))
-    if provider == "meta" and channel != "whatsapp":
-        raise InvalidRequest(
-            "Meta serves the whatsapp channel only.", fields={"provider": ["meta"]}
-        )
+    check_for_provider(data, provider)  # the same rules as POST /v1/messages
     template = data.get("template")
     if channel == "whatsapp" and not template:
         raise PolicyRefused(

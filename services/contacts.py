@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models import Contact, utcnow
 from services.errors import Conflict, InvalidRequest, NotFound
-from services.phones import normalize_e164
+from services.phones import parse_e164
 from services.policy import window_open
 from services.serialize import iso
 
@@ -44,14 +44,12 @@ def _load(payload: Any, *, partial: bool) -> dict[str, Any]:
             fields={"phone": ["Missing data for required field."]},
         )
     if "phone" in data:
-        phone = normalize_e164(data["phone"])
-        if phone is None:
+        try:
+            data["phone"] = parse_e164(data["phone"])
+        except ValueError as exc:
             raise InvalidRequest(
-                "Not a valid phone number.",
-                code="invalid_fields",
-                fields={"phone": ["Not a valid E.164 phone number."]},
-            )
-        data["phone"] = phone
+                "Not a valid phone number.", code="invalid_fields", fields={"phone": [str(exc)]}
+            ) from None
     return data
 
 

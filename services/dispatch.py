@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,48 @@ def dispatch_now(message_ids: list[str], queue: str, task: str = DELIVER_TASK) -
 def enqueue_after_commit(
     session: Session, message_ids: list[str], queue: str, task: str = DELIVER_TASK
 ) -> None:
-    session.info.setdefault(_KEY, []).append((task, list(message_ids), queue))
+    """Publish once the outermost transaction commits; forget it if the transaction,
+    or the savepoint it was registered in, rolls back."""
+    registered_in = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_KEY, []).append((registered_in, task, list(message_ids), queue))
+
+
+def _inside(transaction: SessionTransaction | None, boundary: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is boundary:
+            return True
+        transaction = transaction.parent
+    return False
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    for task, ids, queue in session.info.pop(_KEY, []):
+    # Also fired when a savepoint is released: the rows are not committed yet.
+    if session.in_nested_transaction():
+        return
+    for _, task, ids, queue in session.info.pop(_KEY, []):
         dispatch_now(ids, queue, task)
 
 
-@event.listens_for(Session, "after_rollback")
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_KEY, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, previous: SessionTransaction) -> None:
+    """A savepoint rollback drops only what was registered inside that savepoint;
+    the outermost rollback drops everything."""
+    boundary: SessionTransaction | None = previous
+    while boundary is not None and not boundary.nested and boundary.parent is not None:
+        boundary = boundary.parent  # a failed flush rolls back its savepoint or the root
+    pending = session.info.get(_KEY)
+    if not pending or boundary is None:
+        return
+    if not boundary.nested:
+        session.info.pop(_KEY, None)
+        return
+    session.info[_KEY] = [entry for entry in pending if not _inside(entry[0], boundary)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without a commit (closed, not rolled back):
+    # its rows are gone, so are its doorbells. After a commit this finds nothing.
+    if transaction.parent is None:
+        session.info.pop(_KEY, None)

@@ -17,9 +17,11 @@ from models import Contact, Message, MessageEvent, Tenant, utcnow
 from services.contacts import get_contact
 from services.dispatch import enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
+from services.inputs import text_problem
 from services.limits import take_quota
 from services.phones import mask
 from services.policy import check_send_policy
+from services.schemas import check_for_provider
 from services.status import apply_status
 from services.tenants import find_account
 
@@ -34,9 +36,15 @@ def request_hash(payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _existing(session: Session, tenant_id: str, key: str, digest: str) -> Message | None:
+def _existing(
+    session: Session, tenant_id: str, key: str, digest: str, origin: str = "api"
+) -> Message | None:
     message = session.scalars(
-        select(Message).where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
+        select(Message).where(
+            Message.tenant_id == tenant_id,
+            Message.origin == origin,
+            Message.idempotency_key == key,
+        )
     ).first()
     if message is not None and message.request_hash != digest:
         raise Conflict(
@@ -77,41 +85,31 @@ def accept_message(
     idempotency_key: str | None = None,
     raw: Any = None,
     campaign_id: str | None = None,
+    origin: str = "api",
 ) -> tuple[Message, bool]:
     """Persist a validated request as a `queued` (or `scheduled`) message and
     enqueue its delivery after commit. Returns (message, created).
 
     With an idempotency key, a replay returns the first message (created=False)
     and a different body under the same key is a Conflict; two racing requests
-    with one key create one row, thanks to the unique (tenant, key) constraint.
+    with one key create one row, thanks to the unique (tenant, origin, key)
+    constraint. `origin` 'legacy' (unauthenticated seed callers) is a key space of
+    its own: such a caller can neither replay nor block the tenant's keys.
     """
     digest = request_hash(raw if raw is not None else data)
     if idempotency_key:
         if len(idempotency_key) > 255:
             raise InvalidRequest("Idempotency-Key is at most 255 characters.")
-        found = _existing(session, tenant.id, idempotency_key, digest)
+        if text_problem(idempotency_key):
+            raise InvalidRequest(f"Idempotency-Key {text_problem(idempotency_key)}.")
+        found = _existing(session, tenant.id, idempotency_key, digest, origin)
         if found is not None:
             return found, False
 
     channel = data.get("channel", "whatsapp")
     provider = choose_provider(tenant, channel, data.get("provider"))
-    if provider == "meta" and channel != "whatsapp":
-        raise InvalidRequest(
-            "Meta serves the whatsapp channel only.", fields={"provider": ["meta"]}
-        )
-    if provider == "meta" and len(data.get("media_url") or []) > 1:
-        raise InvalidRequest(
-            "WhatsApp through Meta takes one media per message.",
-            fields={"media_url": ["At most 1 media URL with provider meta."]},
-        )
+    check_for_provider(data, provider)
     template = data.get("template")
-    if template and provider == "twilio" and not template.get("content_sid"):
-        raise InvalidRequest(
-            "Twilio templates are sent by ContentSid.",
-            fields={"template": ["Give template.content_sid for provider twilio."]},
-        )
-    if template and provider == "meta" and not template.get("name"):
-        raise InvalidRequest("Meta templates need a name.", fields={"template": ["name required"]})
     account = find_account(session, tenant.id, provider)
     if account is None:
         raise PolicyRefused(
@@ -124,8 +122,6 @@ def accept_message(
         contact = resolve_contact(session, tenant.id, data["contact_id"])
         to, contact_id = contact.phone, contact.external_id or contact.id
     check_send_policy(session, tenant.id, channel=channel, to=to, free_form=not template)
-    if campaign_id is None:  # campaigns are paced by their own release rate
-        _take_tenant_quota(tenant)
 
     now = utcnow()
     send_at = data.get("send_at")
@@ -148,6 +144,7 @@ def accept_message(
         meta=data.get("metadata") or {},
         callback_url=data.get("callback_url"),
         idempotency_key=idempotency_key,
+        origin=origin,
         request_hash=digest if idempotency_key else None,
         send_at=send_at,
         created_at=now,
@@ -157,10 +154,14 @@ def accept_message(
         with session.begin_nested():
             session.add(message)
             session.flush()
+            # Quota only for a row that is in: a refusal (429) rolls the insert back,
+            # and an insert that failed (a lost idempotency race) took no quota.
+            if campaign_id is None:  # campaigns are paced by their own release rate
+                _take_tenant_quota(tenant)
     except IntegrityError:
         if not idempotency_key:
             raise
-        found = _existing(session, tenant.id, idempotency_key, digest)
+        found = _existing(session, tenant.id, idempotency_key, digest, origin)
         if found is None:
             raise
         return found, False
@@ -192,13 +193,19 @@ def _take_tenant_quota(tenant: Tenant) -> None:
         )
 
 
-def get_message(session: Session, tenant_id: str, message_id: str) -> Message:
-    """A tenant's message with its events; another tenant's id is NotFound, like a missing one."""
-    message = session.scalars(
+def get_message(
+    session: Session, tenant_id: str, message_id: str, origin: str | None = None
+) -> Message:
+    """A tenant's message with its events; another tenant's id is NotFound, like a
+    missing one. With `origin`, only a message of that origin is found."""
+    query = (
         select(Message)
         .options(selectinload(Message.events))
         .where(Message.id == message_id, Message.tenant_id == tenant_id)
-    ).first()
+    )
+    if origin is not None:
+        query = query.where(Message.origin == origin)
+    message = session.scalars(query).first()
     if message is None:
         raise NotFound(f"No message {message_id!r}.")
     return message

@@ -6,25 +6,60 @@ import re
 
 import phonenumbers
 
+NOT_INTERNATIONAL = (
+    "Not a phone number in international format (E.164: '+', the country code, the number, "
+    "like +12025550143)."
+)
+# After the `+`: digits and the separators people write; anything else is refused
+# rather than guessed at (phonenumbers would read letters as a vanity number).
+_INTERNATIONAL = re.compile(r"\+[0-9 ().-]+")
+_LETTER = re.compile(r"[A-Za-z]")
+_IMPOSSIBLE = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "Unknown country calling code.",
+    phonenumbers.ValidationResult.TOO_SHORT: "Too short for a number of its country",
+    phonenumbers.ValidationResult.TOO_LONG: "Too long for a number of its country",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "Not a valid length for a number of its country",
+}
 
-def normalize_e164(raw: str) -> str | None:
-    """The E.164 form of `raw` if phonenumbers deems it a valid number, else None.
+
+def parse_e164(raw: str) -> str:
+    """The E.164 form of `raw`, or ValueError with a message fit for the client.
 
     Only international form is accepted (a leading `+`, or `whatsapp:+…`): a
-    messaging service guessing a region would send to the wrong country.
+    messaging service guessing a region would send to the wrong country. Letters
+    are refused, not converted as a vanity number.
     """
     text = raw.strip()
     if text.startswith("whatsapp:"):
         text = text[len("whatsapp:") :]
-    if not text.startswith("+"):
-        return None
+    if _LETTER.search(text):
+        raise ValueError("Letters are not allowed in a phone number.")
+    if not _INTERNATIONAL.fullmatch(text):
+        raise ValueError(NOT_INTERNATIONAL)
     try:
         parsed = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        return None
+    except phonenumbers.NumberParseException as exc:
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+            raise ValueError("Unknown country calling code.") from None
+        raise ValueError(NOT_INTERNATIONAL) from None
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason in _IMPOSSIBLE:
+        detail = _IMPOSSIBLE[reason]
+        if reason != phonenumbers.ValidationResult.INVALID_COUNTRY_CODE:
+            detail += f" (+{parsed.country_code})."
+        raise ValueError(detail)
     if not phonenumbers.is_valid_number(parsed):
-        return None
+        raise ValueError(f"Not a valid number for its country (+{parsed.country_code}).")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_e164(raw: str) -> str | None:
+    """The E.164 form of `raw` if it is a valid international number, else None
+    (see `parse_e164` for the reason)."""
+    try:
+        return parse_e164(raw)
+    except ValueError:
+        return None
 
 
 def mask(number: str | None) -> str:

@@ -16,7 +16,8 @@ from marshmallow import (
 )
 
 from services.errors import InvalidRequest
-from services.phones import normalize_e164
+from services.inputs import value_problem
+from services.phones import normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -82,10 +83,11 @@ class MessageRequestSchema(Schema):
         errors: dict[str, list[str]] = {}
         if ("to" in data) == ("contact_id" in data):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
-        if "to" in data and normalize_e164(data["to"]) is None:
-            errors.setdefault("to", []).append(
-                "Not a valid phone number in international format (E.164, like +12025550143)."
-            )
+        if "to" in data:
+            try:
+                parse_e164(data["to"])
+            except ValueError as exc:
+                errors.setdefault("to", []).append(str(exc))
         if not any(k in data for k in ("body", "media_url", "template", "interactive")):
             errors.setdefault("body", []).append(
                 "Give one of 'body', 'media_url', 'template' or 'interactive'."
@@ -113,10 +115,34 @@ class MessageRequestSchema(Schema):
 _schema = MessageRequestSchema()
 
 
+def check_for_provider(data: dict[str, Any], provider: str) -> None:
+    """What the chosen provider needs of validated content, the same for one message
+    and for a campaign (both know the provider only once the tenant's default is
+    applied): Meta serves WhatsApp only, takes one media and sends templates by
+    name; Twilio sends templates by content_sid."""
+    errors: dict[str, list[str]] = {}
+    if provider == "meta" and data.get("channel", "whatsapp") != "whatsapp":
+        errors["provider"] = ["Meta serves the whatsapp channel only."]
+    if provider == "meta" and len(data.get("media_url") or []) > 1:
+        errors["media_url"] = ["At most 1 media URL with provider meta."]
+    template = data.get("template")
+    if template and provider == "twilio" and not template.get("content_sid"):
+        errors["template"] = ["Twilio templates are sent by ContentSid: give template.content_sid."]
+    if template and provider == "meta" and not template.get("name"):
+        errors["template"] = ["Meta templates are sent by name: give template.name."]
+    if errors:
+        raise InvalidRequest(
+            f"The request does not suit provider {provider}.", code="invalid_fields", fields=errors
+        )
+
+
 def load_message_request(payload: Any) -> dict[str, Any]:
     """Validate a request body; raise InvalidRequest with per-field messages."""
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
+    if problem:
+        raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
     try:
         return _schema.load(payload)
     except ValidationError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from herald.config import get_settings
 from models import ApiKey, ProviderAccount, Tenant, utcnow
 from services.errors import InvalidRequest, Unauthorized
+from services.inputs import text_problem
 from services.secrets import decrypt_json, encrypt_json
 
 KEY_PREFIX = "hk_"
@@ -73,19 +75,43 @@ def authenticate(session: Session, authorization: str | None) -> Tenant:
         ).first()
         tenant = session.get(Tenant, row.tenant_id) if row else None
     elif token.count(".") == 2 and get_settings().jwt_secret:
-        try:
-            claims = jwt.decode(
-                token,
-                get_settings().jwt_secret,
-                algorithms=["HS256"],
-                options={"require": ["tenant"]},
-            )
-        except jwt.PyJWTError:
-            claims = None
-        tenant = session.get(Tenant, str(claims["tenant"])) if claims else None
+        tenant_id = _jwt_tenant(token)
+        tenant = session.get(Tenant, tenant_id) if tenant_id else None
     if tenant is None:
         raise Unauthorized("The API key or token is not valid.")
     return tenant
+
+
+JWT_LEEWAY_SECONDS = 30  # clock skew between the token's issuer and Herald
+
+
+def _jwt_tenant(token: str) -> str | None:
+    """The `tenant` of a valid HS256 token, else None.
+
+    A token must carry `exp` (one without it would be valid forever) and a numeric
+    `iat` no older than HERALD_JWT_MAX_AGE_SECONDS (a far-future `exp` does not
+    make a token live longer than that); `alg: none` and other algorithms are
+    refused, and so is a `tenant` that is not a plain string.
+    """
+    settings = get_settings()
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=["HS256"],
+            options={"require": ["tenant", "exp", "iat"]},
+            leeway=JWT_LEEWAY_SECONDS,
+        )
+    except jwt.PyJWTError:
+        return None
+    issued, tenant_id = claims["iat"], claims["tenant"]
+    if not isinstance(issued, int | float) or isinstance(issued, bool):
+        return None
+    if time.time() - issued > settings.jwt_max_age_seconds + JWT_LEEWAY_SECONDS:
+        return None
+    if not isinstance(tenant_id, str) or len(tenant_id) > 64 or text_problem(tenant_id):
+        return None
+    return tenant_id
 
 
 @dataclass(frozen=True)

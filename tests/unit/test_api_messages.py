@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import jwt
 from sqlalchemy import func, select
@@ -83,16 +84,14 @@ def test_cancel_queued_then_conflict(client, auth, dispatched) -> None:
 
 
 def test_jwt_with_tenant_claim(client, tenant, dispatched) -> None:
-    token = jwt.encode(
-        {"tenant": tenant["tenant_id"]}, "test-jwt-secret-0123456789abcdef0123", algorithm="HS256"
-    )
+    now = int(time.time())
+    claims = {"tenant": tenant["tenant_id"], "iat": now, "exp": now + 300}
+    token = jwt.encode(claims, "test-jwt-secret-0123456789abcdef0123", algorithm="HS256")
     resp = client.post(
         "/v1/messages", json={"to": TO, "body": "hi"}, headers={"Authorization": f"Bearer {token}"}
     )
     assert resp.status_code == 202
-    forged = jwt.encode(
-        {"tenant": tenant["tenant_id"]}, "wrong-secret-0123456789abcdef0123456", algorithm="HS256"
-    )
+    forged = jwt.encode(claims, "wrong-secret-0123456789abcdef0123456", algorithm="HS256")
     resp = client.post(
         "/v1/messages", json={"to": TO, "body": "hi"}, headers={"Authorization": f"Bearer {forged}"}
     )

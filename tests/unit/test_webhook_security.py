@@ -441,7 +441,21 @@ def test_twilio_shapes_after_authentication_are_not_500(client, auth, dispatched
         "nul",
         twilio={"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "sms_from": number},
     )
-    twilio_inbound(client, number, "nul \x00 body", ProfileName="p" * 500)
+    # A NUL never appears in a real Twilio form: refused before any work, with the error shape.
+    resp = twilio_post(
+        client,
+        "/webhooks/twilio/inbound",
+        {
+            "MessageSid": "SM" + hexid(),
+            "AccountSid": TWILIO_SID,
+            "From": CUSTOMER,
+            "To": number,
+            "Body": "nul \x00 body",
+            "NumMedia": "0",
+        },
+    )
+    assert_error_shape(resp, 400)
+    twilio_inbound(client, number, "plain body", ProfileName="p" * 500)
     twilio_inbound(client, number, "x", **{"From": "f" * 500})
     twilio_inbound(client, "t" * 500, "x")
 
