@@ -300,16 +300,17 @@ class Sandbox:
     def wait_sent(
         self,
         recipients: set[str],
+        expected: int,
         timeout: float,
         alive: Callable[[], bool] = lambda: True,
     ) -> dict[str, Any]:
-        """Wait until every recipient got an accepted send (or `timeout` s, or `alive()`
-        is false); then how many did, how many got more than one, and strays."""
+        """Wait until `expected` of `recipients` got an accepted send (or `timeout` s, or
+        `alive()` is false); then how many did, how many got more than one, and strays."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and alive():
-            if self.summary()["accepted"] >= len(recipients):
+            if self.summary()["accepted"] >= expected:
                 counts = self.reached(recipients)
-                if counts["reached"] >= len(recipients):
+                if counts["reached"] >= expected:
                     return counts
                 time.sleep(0.8)
             time.sleep(0.2)
@@ -583,7 +584,10 @@ def drive(ctx: Context, url: str, requests: list[dict[str, Any]], timeout: float
 
 @contextlib.contextmanager
 def profiling(ctx: Context, pids: list[int], tag: str) -> Iterator[None]:
-    """py-spy record on `pids` (and their subprocesses) while the block runs, raw format."""
+    """py-spy record on `pids` (and their subprocesses) while the block runs: samples
+    of threads holding the GIL (on-CPU Python), raw (collapsed stacks) format.
+    Non-blocking: py-spy never stops the processes (a blocking py-spy once left the
+    API ptrace-stopped under load); figures are proportions, not timings."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not ctx.args.profile or not Path(spy).exists():
         yield
@@ -592,8 +596,9 @@ def profiling(ctx: Context, pids: list[int], tag: str) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     for pid in pids:
-        argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw"]
-        argv += ["--rate", "200", "-o", str(out / f"{tag}-{classify(_cmdline(pid))}.txt")]
+        argv = [spy, "record", "--pid", str(pid), "--subprocesses", "--gil", "--nonblocking"]
+        name = out / f"{tag}-{classify(_cmdline(pid))}.txt"
+        argv += ["--format", "raw", "--rate", "200", "-o", str(name)]
         procs.append(
             subprocess.Popen(
                 argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -622,9 +627,9 @@ def accept_phase(ctx: Context, app: NaiveApp | HeraldApp) -> dict[str, Any]:
     args, sandbox = ctx.args, ctx.sandbox
     app.start()
     warm = [app.request(_recipient(i, 2_000_000), i) for i in range(args.warmup)]
-    drive(ctx, app.url, warm, 120)
+    warmed = drive(ctx, app.url, warm, 120)["statuses"].get("202", 0)
     warm_to = {_recipient(i, 2_000_000) for i in range(args.warmup)}
-    if sandbox.wait_sent(warm_to, 60, app.alive)["reached"] == 0:
+    if sandbox.wait_sent(warm_to, warmed, 60, app.alive)["reached"] == 0:
         raise RuntimeError(f"{app.name}: no warm-up message reached the sandbox; see {ctx.home}")
     time.sleep(0.5)
     sandbox.reset(args.callbacks)
@@ -637,7 +642,7 @@ def accept_phase(ctx: Context, app: NaiveApp | HeraldApp) -> dict[str, Any]:
         load = drive(ctx, app.url, requests, args.load_timeout)
         accepted = load["statuses"].get("202", 0)
         summary = sandbox.wait_sent(
-            {_recipient(i) for i in range(args.messages)}, args.send_timeout, app.alive
+            {_recipient(i) for i in range(args.messages)}, accepted, args.send_timeout, app.alive
         )
         sent_at = time.monotonic()
         if args.callbacks:
@@ -749,6 +754,11 @@ def report_accept(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
         rows.append((label, {n: fn(n) for n in names}, digits))
 
     add("accepted (202)", lambda n: results[n]["accepted"], 0)
+    add(
+        "failed requests",
+        lambda n: sum(v for k, v in results[n]["load"]["statuses"].items() if k != "202"),
+        0,
+    )
     add("accept req/s", lambda n: results[n]["accepted"] / results[n]["load"]["elapsed_s"])
     add("p50 latency ms", lambda n: results[n]["load"]["p50_ms"])
     add("p99 latency ms", lambda n: results[n]["load"]["p99_ms"])
