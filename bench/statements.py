@@ -1,6 +1,7 @@
-"""SQL round trips of one `POST /v1/messages` and of one delivery, counted in-process
-(SQLAlchemy engine events; the pool's pre-ping counted apart), to say how far the
-hot paths are from "one transaction, few statements". Prints; asserts nothing.
+"""SQL round trips of one `POST /v1/messages` and of one delivery (provider stubbed),
+counted in-process with SQLAlchemy engine events, to say how far the hot paths are
+from "one transaction, few statements". The pool's pre-ping is not seen by these
+events. BENCH_SHOW_SQL=1 prints each statement. Prints; asserts nothing.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
     REDIS_URL=redis://127.0.0.1:6379/0 python -m bench.statements
@@ -75,6 +76,8 @@ def _count() -> None:
         words = statement.split()
         verb = words[0].upper() if words else "?"
         counts["ping" if statement.strip() == "SELECT 1" else verb] += 1
+        if os.environ.get("BENCH_SHOW_SQL"):
+            print("   ", " ".join(words)[:160])
 
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", on_execute)
