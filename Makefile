@@ -20,6 +20,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
+# Herald next to the naive Flask + Celery + twilio pattern (bench/README.md).
+# Uses DATABASE_URL / REDIS_URL from the environment when set.
+BENCH_ARGS ?= --messages 2000 --clients 8
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench.compare $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,54 @@
+"""The benchmark's own arithmetic: what it attributes, and to whom (no timings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.compare import classify, descendants
+from bench.load import percentile
+from bench.profile_summary import summarize
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.50) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert percentile([], 0.5) == 0.0
+
+
+def test_processes_are_grouped_by_role() -> None:
+    assert classify("python -m gunicorn --bind 127.0.0.1:1 api:create_app()") == "api"
+    assert classify("python -m celery -A workers.celery_app worker --pool threads") == "worker"
+    assert classify("python -m celery -A bench.naive:celery worker -Q naive-x") == "worker"
+    assert classify("python -m celery -A workers.celery_app beat --schedule s") == "other"
+    assert classify("python -m herald.cli run") == "other"
+
+
+def test_a_child_process_is_counted_with_its_parent() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import os
+
+        assert child.pid in descendants([os.getpid()])
+        assert os.getpid() not in descendants([child.pid])
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_profile_samples_go_to_the_leaf_most_known_layer(tmp_path: Path) -> None:
+    raw = tmp_path / "api.txt"
+    raw.write_text(
+        'process 1:"gunicorn";create (api/messages.py:23);'
+        "Session.execute (sqlalchemy/orm/session.py:1) 3\n"
+        'process 1:"gunicorn";create (api/messages.py:23);'
+        "send_task (celery/app/base.py:1);execute (redis/client.py:1) 1\n"
+    )
+    text = summarize(raw)
+    assert "4 on-CPU samples" in text
+    assert " 75.0%  SQLAlchemy" in text
+    assert " 25.0%  celery/kombu/redis (broker)" in text
+    assert "100.0%  create (api/messages.py)" in text
