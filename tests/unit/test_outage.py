@@ -188,3 +188,23 @@ def test_publish_retry_budget_is_well_under_a_second() -> None:
     connect = celeryconfig.broker_transport_options["socket_connect_timeout"]
     assert celeryconfig.task_publish_retry is True
     assert attempts * connect + waits < 1.0
+
+
+def test_a_worker_survives_its_broker_connection_closing_under_it() -> None:
+    """kombu restores a channel's unacked tasks when it closes; after Redis went away the
+    transport is already gone and that raised an AttributeError that killed the worker."""
+    import os
+
+    from kombu import Connection
+
+    import workers.celery_app  # noqa: F401  (installs the guard)
+
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("needs a Redis to open a channel on")
+    with Connection(url, transport_options={"global_keyprefix": "herald-test-guard:"}) as conn:
+        channel = conn.channel()
+        channel.qos._delivered["tag"] = object()
+        channel.connection.client = None  # what a connection lost mid-read leaves behind
+        channel.qos.restore_unacked()  # raised AttributeError: 'NoneType' … 'hostname'
+        assert not channel.qos._delivered
