@@ -86,5 +86,9 @@ class TcpProxy:
                 self._conns.discard(src)
                 self._conns.discard(dst)
             for sock in (src, dst):
+                # shutdown, not just close: it wakes the other direction's recv (a socket
+                # closed under a blocked recv stays open, and so would the server's session).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
