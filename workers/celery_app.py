@@ -40,6 +40,20 @@ def _guard_unacked_restore() -> None:
 
     kombu_redis.QoS.restore_unacked = restore_unacked
 
+    # Acking or rejecting a finished task on a channel whose connection is gone fails the
+    # same way; a ConnectionError instead is what kombu's callers handle (the worker logs
+    # it and the task comes back with the unacked set).
+    create_client = kombu_redis.Channel._create_client
+
+    def _create_client(self, asynchronous=False):  # type: ignore[no-untyped-def]
+        if getattr(self.connection, "client", None) is None:
+            import redis
+
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return create_client(self, asynchronous)
+
+    kombu_redis.Channel._create_client = _create_client
+
 
 _guard_unacked_restore()
 
