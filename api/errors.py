@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from services.errors import HeraldError
+from services.errors import RETRY_AFTER_SECONDS, HeraldError, Unavailable, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,17 @@ HTTP_CODES = {
     429: "rate_limited",
     503: "not_ready",
 }
+
+
+def unavailable(exc: BaseException) -> Unavailable:
+    """The 503 a request gets when the database cannot be reached: the client (or the
+    provider, for webhooks) retries after Retry-After; nothing was half done, since the
+    transaction that failed was rolled back."""
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return Unavailable(
+        "Herald's database is unavailable; retry later.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def error_response(status: int, code: str, message: str, fields: dict | None = None):  # type: ignore[no-untyped-def]
@@ -53,5 +64,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if database_unavailable(exc):
+            return _herald(unavailable(exc))
         log.exception("unhandled error: %s", type(exc).__name__)
         return error_response(500, "internal_error", "Herald could not complete the request.")

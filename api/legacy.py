@@ -11,19 +11,29 @@ created (origin 'legacy') and has an Idempotency-Key space of its own.
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy import exc as sa_exc
 
 from api.auth import db
 from herald.config import get_settings
 from models import Message, Tenant
-from services.errors import HeraldError, InvalidRequest, NotFound, Unauthorized
+from services.errors import (
+    RETRY_AFTER_SECONDS,
+    HeraldError,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    database_unavailable,
+)
 from services.messages import accept_message, get_message
 from services.schemas import load_message_request
 from services.tenants import authenticate
 
+log = logging.getLogger(__name__)
 bp = Blueprint("legacy", __name__)
 
 
@@ -122,7 +132,9 @@ def twilio_message():  # type: ignore[no-untyped-def]
     except HeraldError as exc:
         status = exc.status if exc.status < 500 else 500
         return jsonify({"error": _first_error(exc)}), status, exc.headers
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise  # a 503 in this seed's shape (below), not its generic 500
         return jsonify({"error": "Failed to send WhatsApp message."}), 500
     return jsonify({"message": "Message sent", "id": message.id}), 200
 
@@ -270,3 +282,31 @@ def meta_send_template():  # type: ignore[no-untyped-def]
     except HeraldError as exc:
         return _envelope_error(exc)
     return _envelope_ok(message, body["to"])
+
+
+# ---------------------------------------------------------------- the database unreachable
+
+
+@bp.errorhandler(sa_exc.DBAPIError)
+@bp.errorhandler(sa_exc.TimeoutError)
+@bp.errorhandler(sa_exc.DisconnectionError)
+def _database_error(exc: Exception):  # type: ignore[no-untyped-def]
+    """503 with Retry-After in the seed's own shape while the database is unreachable
+    (its clients retry a 5xx), and the seed's 500 for any other database error."""
+    unavailable = database_unavailable(exc)
+    if unavailable:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        text = "Service temporarily unavailable; retry later."
+    else:
+        log.exception("database error on %s", request.path)
+        text = "Failed to send WhatsApp message."
+    seed_003 = (f"{bp.name}.meta_send_message", f"{bp.name}.meta_send_template")
+    if request.endpoint in seed_003:
+        body: dict[str, Any] = {"type": "3", "message": text, "data": None}
+    else:
+        body = {"error": text}
+    response: Response = jsonify(body)
+    response.status_code = 503 if unavailable else 500
+    if unavailable:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response

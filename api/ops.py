@@ -11,7 +11,7 @@ from sqlalchemy import text
 from api.auth import db
 from api.openapi import OPENAPI
 from herald.config import get_settings
-from services.errors import Unauthorized
+from services.errors import RETRY_AFTER_SECONDS, Unauthorized
 from services.metrics import register as register_metrics
 
 bp = Blueprint("ops", __name__)
@@ -24,6 +24,8 @@ def healthz():  # type: ignore[no-untyped-def]
 
 @bp.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
+    """Ready when the database answers and Redis (the broker) does; a 503 names what is down
+    so an operator (or a load balancer's log) sees which dependency to look at."""
     checks = {"database": False, "redis": None}
     try:
         db().execute(text("SELECT 1"))
@@ -35,11 +37,24 @@ def readyz():  # type: ignore[no-untyped-def]
         import redis
 
         try:
-            checks["redis"] = bool(redis.Redis.from_url(redis_url, socket_timeout=1).ping())
+            client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+            checks["redis"] = bool(client.ping())
         except Exception:
             checks["redis"] = False
-    ready = checks["database"] and checks["redis"] is not False
-    return jsonify({"ready": ready, "checks": checks}), 200 if ready else 503
+    down = [name for name, ok in checks.items() if ok is False]
+    if not down:
+        return jsonify({"ready": True, "checks": checks})
+    names = {"database": "the database", "redis": "Redis (the broker)"}
+    body = {
+        "ready": False,
+        "checks": checks,
+        "down": down,
+        "error": {
+            "code": "unavailable",
+            "message": "Not ready: " + " and ".join(names[n] for n in down) + " unreachable.",
+        },
+    }
+    return jsonify(body), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 @bp.get("/metrics")

@@ -4,8 +4,10 @@ Runs the real stack (gunicorn API, N Celery workers, beat, a Redis of its own,
 the provider sandbox) and, per trial, sends M messages one by one through the API
 and a campaign of C recipients released by beat in batches, while it kills whole
 worker process groups with SIGKILL at random moments, restarts Redis once (which
-keeps nothing on disk, like the CI machine's: every queued task is lost), and
-turns sandbox faults (500, 429, accepted-then-500, dropped connections) on and
+keeps nothing on disk, like the CI machine's: every queued task is lost), makes
+PostgreSQL unreachable once for a few seconds (a TCP proxy between Herald and the
+server, cut and restored: the server itself keeps running for its other users),
+and turns sandbox faults (500, 429, accepted-then-500, dropped connections) on and
 off. Then it stops the chaos, waits for every message to reach a final state,
 and reconciles the sandbox's receipt log with Herald's records:
 
@@ -15,6 +17,8 @@ and reconciles the sandbox's receipt log with Herald's records:
     lost          accepted, yet never accepted by the sandbox nor failed
     sent twice    more than one accepted receipt for one Herald id
     recover       seconds from the end of the chaos until every message was final
+    outage        POSTs answered during the PostgreSQL outage, by status (503 expected,
+                  never 500), and seconds from its end until the API accepted again
 
     python -m bench.chaos --trials 50 --messages 40 --campaign 40 --workers 3
 """
@@ -38,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
+from bench.tcpproxy import TcpProxy
 from herald.stack import (
     ROOT,
     SANDBOX_META,
@@ -76,6 +82,11 @@ class TrialResult:
     kills: int = 0
     redis_restarts: int = 0
     worker_crashes: int = 0
+    pg_outages: int = 0
+    # POST /v1/messages answers while PostgreSQL was unreachable, by status ("error":
+    # no HTTP answer), and seconds from its end to the first accepted POST.
+    outage_answers: dict[str, int] = field(default_factory=dict)
+    pg_recover_s: float | None = None
 
 
 class ChaosStack:
@@ -106,6 +117,13 @@ class ChaosStack:
             HERALD_LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
         )
+        self.database: TcpProxy | None = None
+        url = make_url(self.env.get("DATABASE_URL") or "sqlite://")
+        if url.drivername.startswith("postgresql"):
+            # Herald reaches PostgreSQL through a proxy the harness can cut.
+            self.database = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+            proxied = url.set(host="127.0.0.1", port=self.database.port)
+            self.env["DATABASE_URL"] = proxied.render_as_string(hide_password=False)
         self.n_workers = workers
         self.concurrency = concurrency
         self.procs: dict[str, subprocess.Popen] = {}
@@ -240,6 +258,8 @@ class ChaosStack:
 
         for name in list(self.procs)[::-1]:
             self._kill(name, signal.SIGTERM)
+        if self.database is not None:
+            self.database.close()
         self.log.close()
         for key, value in getattr(self, "_saved_env", {}).items():
             if value is None:
@@ -290,6 +310,7 @@ def run_trial(
     rng: random.Random,
     settle_timeout: float = 90.0,
     campaign: int = 0,
+    pg_outage: float = 0.0,
 ) -> TrialResult:
     result = TrialResult()
     api = httpx.Client(base_url=stack.api, timeout=10, headers={"Authorization": f"Bearer {key}"})
@@ -299,6 +320,24 @@ def run_trial(
 
     # One Redis restart per trial, at a random moment while messages flow.
     restart_redis_at = time.monotonic() + rng.uniform(0.1, 0.5) * chaos_seconds
+    # One PostgreSQL outage per trial, starting in the second half.
+    outage: dict[str, float] = {}
+    if pg_outage > 0 and stack.database is not None:
+        cut_at = rng.uniform(0.4, 0.7) * chaos_seconds
+
+        def database_outage() -> None:
+            assert stack.database is not None
+            if stop_chaos.wait(cut_at):
+                return
+            outage["start"] = time.monotonic()
+            stack.database.cut()
+            time.sleep(pg_outage)
+            stack.database.restore()
+            outage["end"] = time.monotonic()
+            result.pg_outages += 1
+
+        threading.Thread(target=database_outage, daemon=True).start()
+    answers: list[tuple[float, str]] = []  # (when, status) of every POST /v1/messages
 
     def chaos() -> None:
         redis_restarted = False
@@ -312,9 +351,11 @@ def run_trial(
                 stack.kill_worker(rng.randrange(stack.n_workers))
                 result.kills += 1
             elif action < 0.8:
-                control.post("/_sandbox/faults", json=rng.choice(FAULTS))
+                with contextlib.suppress(httpx.HTTPError):
+                    control.post("/_sandbox/faults", json=rng.choice(FAULTS))
             else:
-                control.delete("/_sandbox/faults")
+                with contextlib.suppress(httpx.HTTPError):
+                    control.delete("/_sandbox/faults")
             stop_chaos.wait(rng.uniform(0.3, 1.5))
             result.worker_crashes += stack.revive_crashed_workers()
 
@@ -329,25 +370,39 @@ def run_trial(
             "channel": "sms" if sms else "whatsapp",
             "body": f"chaos {i}",
         }
-        for _attempt in range(5):  # the API itself stays up; retry only its transport
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up:  # a client retrying with its Idempotency-Key
             try:
                 resp = api.post(
                     "/v1/messages", json=body, headers={"Idempotency-Key": f"{started}-{i}"}
                 )
-                if resp.status_code in (200, 202):
-                    if resp.json()["id"] not in ids:
-                        ids.append(resp.json()["id"])
-                    break
             except httpx.HTTPError:
+                answers.append((time.monotonic(), "error"))
                 time.sleep(0.2)
+                continue
+            answers.append((time.monotonic(), str(resp.status_code)))
+            if resp.status_code in (200, 202):
+                if resp.json()["id"] not in ids:
+                    ids.append(resp.json()["id"])
+                break
+            # 503 while the database is unreachable: wait as told (at most 0.5 s here).
+            time.sleep(min(0.5, float(resp.headers.get("Retry-After") or 0.2)))
         time.sleep(max(0.0, chaos_seconds / messages * rng.uniform(0.2, 1.8)))
     remaining = chaos_seconds - (time.monotonic() - started)
     if remaining > 0:
         time.sleep(remaining)
+    while "start" in outage and "end" not in outage:
+        time.sleep(0.1)  # the outage ends before the chaos does
     stop_chaos.set()
     chaos_thread.join()
     control.delete("/_sandbox/faults")
     chaos_end = time.monotonic()
+    if "end" in outage:
+        for when, status in answers:
+            if outage["start"] <= when <= outage["end"]:
+                result.outage_answers[status] = result.outage_answers.get(status, 0) + 1
+        after = [when for when, status in answers if when > outage["end"] and status[0] == "2"]
+        result.pg_recover_s = (min(after) - outage["end"]) if after else None
     if campaign_id is not None:
         ids.extend(_campaign_message_ids(api, campaign_id))
     result.accepted = len(ids)
@@ -358,9 +413,12 @@ def run_trial(
     while pending and time.monotonic() < deadline:
         for mid in list(pending):
             try:
-                message = api.get(f"/v1/messages/{mid}").json()
+                resp = api.get(f"/v1/messages/{mid}")
             except httpx.HTTPError:
                 continue
+            if resp.status_code != 200:
+                continue
+            message = resp.json()
             statuses[mid] = message
             if message["status"] in FINAL:
                 pending.discard(mid)
@@ -382,7 +440,7 @@ def run_trial(
             reason = (statuses[mid].get("error") or {}).get("code") or status
             result.failed[reason] = result.failed.get(reason, 0) + 1
         else:
-            result.stuck.append(mid)
+            result.stuck.append(f"{mid}:{status}")
         if receipts[mid] > 1:
             result.twice.append(mid)
         if receipts[mid] == 0 and status not in ("failed", "undelivered", "canceled"):
@@ -419,7 +477,11 @@ def _campaign_message_ids(api: httpx.Client, campaign_id: str) -> list[str]:
         params: dict[str, Any] = {"campaign_id": campaign_id, "limit": 100}
         if cursor:
             params["cursor"] = cursor
-        page = api.get("/v1/messages", params=params).json()
+        resp = api.get("/v1/messages", params=params)
+        if resp.status_code != 200:  # a 503 while the database is away: ask again
+            time.sleep(0.5)
+            continue
+        page = resp.json()
         ids.extend(m["id"] for m in page["data"])
         cursor = page.get("next_cursor")
         if not cursor:
@@ -436,6 +498,7 @@ def run(
     home: Path | None = None,
     out=sys.stdout,
     campaign: int = 0,
+    pg_outage: float = 3.0,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Run `trials` trials on one stack; print a line per trial and the totals; return totals."""
     rng = random.Random(seed)
@@ -454,14 +517,36 @@ def run(
         "worker_crashes": 0,
         "recover_max_s": 0.0,
         "recover_sum_s": 0.0,
+        "pg_outages": 0,
+        "outage_answers": {},
+        "pg_recover_max_s": 0.0,
     }
     try:
         tenant = stack.start()
         for n in range(1, trials + 1):
-            r = run_trial(stack, tenant["api_key"], messages, chaos_seconds, rng, campaign=campaign)
+            r = run_trial(
+                stack,
+                tenant["api_key"],
+                messages,
+                chaos_seconds,
+                rng,
+                campaign=campaign,
+                pg_outage=pg_outage,
+            )
             totals["trials"] += 1
-            for key in ("accepted", "delivered", "kills", "redis_restarts", "worker_crashes"):
+            for key in (
+                "accepted",
+                "delivered",
+                "kills",
+                "redis_restarts",
+                "worker_crashes",
+                "pg_outages",
+            ):
                 totals[key] += getattr(r, key)
+            for status, count in r.outage_answers.items():
+                totals["outage_answers"][status] = totals["outage_answers"].get(status, 0) + count
+            if r.pg_recover_s is not None:
+                totals["pg_recover_max_s"] = max(totals["pg_recover_max_s"], r.pg_recover_s)
             totals["lost"] += len(r.lost)
             totals["sent_twice"] += len(r.twice)
             totals["stuck"] += len(r.stuck)
@@ -474,6 +559,11 @@ def run(
                 f"failed={sum(r.failed.values())} lost={len(r.lost)} sent_twice={len(r.twice)} "
                 f"stuck={len(r.stuck)} kills={r.kills} redis_restarts={r.redis_restarts} "
                 f"worker_crashes={r.worker_crashes} recover={r.recover_s:.1f}s"
+                + (
+                    f" pg_outage={r.outage_answers} pg_recover={r.pg_recover_s:.1f}s"
+                    if r.pg_recover_s is not None
+                    else (f" pg_outage={r.outage_answers}" if r.pg_outages else "")
+                )
                 + (f" LOST={r.lost}" if r.lost else "")
                 + (f" TWICE={r.twice}" if r.twice else "")
                 + (f" STUCK={r.stuck}" if r.stuck else ""),
@@ -484,6 +574,7 @@ def run(
         stack.stop()
     totals["recover_mean_s"] = round(totals.pop("recover_sum_s") / max(1, totals["trials"]), 2)
     totals["recover_max_s"] = round(totals["recover_max_s"], 2)
+    totals["pg_recover_max_s"] = round(totals["pg_recover_max_s"], 2)
     print("TOTAL " + json.dumps(totals), file=out, flush=True)
     return totals
 
@@ -499,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--campaign", type=int, default=40, help="campaign recipients per trial")
     parser.add_argument("--chaos-seconds", type=float, default=8.0)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--pg-outage",
+        type=float,
+        default=3.0,
+        help="seconds PostgreSQL is unreachable once per trial (0: never; needs PostgreSQL)",
+    )
     args = parser.parse_args(argv)
     totals = run(
         args.trials,
@@ -508,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         args.chaos_seconds,
         args.seed,
         campaign=args.campaign,
+        pg_outage=args.pg_outage,
     )
     return 0 if totals["lost"] == 0 and totals["sent_twice"] == 0 and totals["stuck"] == 0 else 1
 

@@ -18,6 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from herald.config import get_settings
 
+# Seconds; see _make_engine. libpq's connect_timeout is whole seconds, at least 2.
+DB_CONNECT_ARGS = {"connect_timeout": 2, "tcp_user_timeout": 10_000}
+DB_POOL_TIMEOUT = 5
+
 _lock = threading.Lock()
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
@@ -42,7 +46,18 @@ def _make_engine(url: str) -> Engine:
 
         return engine
     # Worker threads each hold a connection during a send; size the pool for them.
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # A dead database must fail a request fast (a 503), never hang it: libpq gives up
+    # connecting after connect_timeout, a connection whose packets go unanswered is
+    # dropped after tcp_user_timeout, and a request waits at most pool_timeout for a
+    # free connection. pool_pre_ping replaces connections a restart left dead.
+    return create_engine(
+        url,
+        pool_size=20,
+        max_overflow=20,
+        pool_pre_ping=True,
+        pool_timeout=DB_POOL_TIMEOUT,
+        connect_args=DB_CONNECT_ARGS,
+    )
 
 
 def get_engine() -> Engine:

@@ -25,6 +25,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from tenacity import retry, retry_if_exception, wait_fixed
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, session_scope, utcnow
@@ -37,6 +38,7 @@ from providers import (
     error_name,
     get_provider,
 )
+from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
@@ -517,6 +519,24 @@ def _record_sent(message: Message, result: SendResult, *, reconciled: bool = Fal
     return True
 
 
+def _past_lease_and_settle(state) -> bool:  # type: ignore[no-untyped-def]
+    settings = get_settings()
+    return state.seconds_since_start > settings.send_lease_seconds + settings.settle_seconds
+
+
+# Recording what the provider answered must outlive a database blip: the answer exists
+# only in this worker's memory, and a row left in `sending` would be settled by a resend
+# once its lease expires (Meta cannot be asked). So the write is retried every half
+# second while the database is unreachable, until the lease and settle window are over.
+_retry_while_database_down = retry(
+    retry=retry_if_exception(database_unavailable),
+    wait=wait_fixed(0.5),
+    stop=_past_lease_and_settle,
+    reraise=True,
+)
+
+
+@_retry_while_database_down
 def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
     with session_scope() as session:
         _apply_sent(session, message, result, reconciled)
@@ -558,6 +578,7 @@ def backoff(attempt: int, hint: float | None = None) -> float:
     return random.uniform(1.0, min(300.0, 2.0 ** min(attempt, 10)))
 
 
+@_retry_while_database_down
 def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     settings = get_settings()
     now = utcnow()

@@ -35,10 +35,10 @@ def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
     from workers.celery_app import app
 
     if task == BATCH_TASK:  # one task for the whole batch, sent concurrently by the worker
-        app.send_task(task, args=[message_ids], queue=queue)
+        app.send_task(task, args=[message_ids], queue=queue, ignore_result=True)
         return
     for message_id in message_ids:
-        app.send_task(task, args=[message_id], queue=queue)
+        app.send_task(task, args=[message_id], queue=queue, ignore_result=True)
 
 
 def dispatch_now(message_ids: list[str], queue: str, task: str = DELIVER_TASK) -> bool:

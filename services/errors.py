@@ -65,3 +65,31 @@ class RateLimited(HeraldError):
 class Forbidden(HeraldError):
     status = 403
     code = "forbidden"
+
+
+class Unavailable(HeraldError):
+    """A dependency (the database) cannot be reached: retry later, nothing was done."""
+
+    status = 503
+    code = "unavailable"
+
+
+# Seconds a client is told to wait when the database is unreachable: about how long a
+# restart or a failover takes, short enough that a blip costs one retry.
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database could not be reached or the connection was lost
+    (server down, restart, network cut, pool exhausted), rather than a bug or bad data.
+
+    SQLAlchemy wraps the driver's errors: OperationalError covers refused or dropped
+    connections and server shutdowns; a DBAPIError flagged `connection_invalidated` is
+    any error the dialect recognised as a disconnect; TimeoutError is the pool's."""
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa.OperationalError | sa.InterfaceError
+        )
+    return isinstance(exc, sa.TimeoutError | sa.DisconnectionError)

@@ -10,7 +10,7 @@ from celery import shared_task
 from models import Tenant, session_scope
 from services import campaigns, delivery, events
 from services.dispatch import dispatch_now
-from services.errors import HeraldError
+from services.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
 from services.schemas import load_message_request
 
@@ -19,8 +19,15 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="herald.deliver", bind=True, ignore_result=True)
 def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-def]
-    """One delivery attempt; a retry is rescheduled with the countdown the domain chose."""
-    outcome = delivery.deliver(message_id)
+    """One delivery attempt; a retry is rescheduled with the countdown the domain chose.
+    With the database unreachable the attempt is retried shortly (the sweeper would
+    find the row too, but only HERALD_SWEEP_AFTER_SECONDS later)."""
+    try:
+        outcome = delivery.deliver(message_id)
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=None) from exc
+        raise
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.action
@@ -79,6 +86,12 @@ def send_message(  # type: ignore[no-untyped-def]
         return result
     except HeraldError as exc:
         return exc.to_dict()
+    except Exception as exc:
+        # Nothing was stored: try again once the database is back (same task id, so the
+        # same idempotency key: never two messages), rather than fail the caller's task.
+        if database_unavailable(exc):
+            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=60) from exc
+        raise
 
 
 @shared_task(name="herald.sweep", ignore_result=True)

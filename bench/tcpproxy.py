@@ -1,0 +1,94 @@
+"""A TCP proxy that can be cut and restored: a dependency outage without touching the
+dependency.
+
+Put it between Herald and PostgreSQL (or Redis); `cut()` drops every open connection
+and refuses new ones, as a stopped server does; `restore()` listens again on the same
+port. The server itself keeps running, so other users of it notice nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class TcpProxy:
+    """Forward 127.0.0.1:`port` to `target_host`:`target_port`, one thread per direction."""
+
+    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+        self.target = (target_host, target_port)
+        self.port = port
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.up = False
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        with self._lock:
+            self._listener, self.up = listener, True
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones (a server that went away)."""
+        with self._lock:
+            listener, self._listener, self.up = self._listener, None, False
+            conns, self._conns = self._conns, set()
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the pumps; they close the sockets
+
+    def restore(self) -> None:
+        self.start()
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if not self.up:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(src)
+                self._conns.discard(dst)
+            for sock in (src, dst):
+                # shutdown, not just close: it wakes the other direction's recv (a socket
+                # closed under a blocked recv stays open, and so would the server's session).
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
