@@ -539,6 +539,10 @@ def _apply_sent(  # type: ignore[no-untyped-def]
         from_number=result.sender,
         listening=heard,
     )
+    if message.provider == "meta":  # statuses that arrived before the wamid was known
+        from services.meta_events import apply_orphan_statuses
+
+        apply_orphan_statuses(session, message.id, result.provider_message_id)
 
 
 def _log_sent(message: Message, result: SendResult) -> None:
