@@ -67,6 +67,18 @@ class SendResult:
     price_unit: str | None = None
 
 
+@dataclass(frozen=True)
+class ProviderStatus:
+    """A message's state as the provider's own resource tells it (Twilio's fetch): the
+    only place Twilio reports the price, which its status callbacks never carry."""
+
+    native_status: str
+    error_code: str | None = None
+    error_message: str | None = None
+    price: Decimal | None = None
+    price_unit: str | None = None
+
+
 class Provider(Protocol):
     name: str
 

@@ -13,12 +13,12 @@ from decimal import Decimal, InvalidOperation
 
 import requests
 from requests.adapters import HTTPAdapter
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from herald.config import get_settings
-from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
+from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
 from providers.retrying import retry_blips
 from services.tenants import AccountCredentials
 
@@ -139,6 +139,25 @@ class TwilioProvider:
                 )
             )
         return found
+
+    def fetch_status(self, account: AccountCredentials, sid: str) -> ProviderStatus:
+        """`GET /Messages/{sid}.json`: status, error code and price of a sent message."""
+        try:
+            row = self.client(account).messages(sid).fetch()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise ProviderError(
+                ErrorKind.TRANSIENT, f"fetch failed: HTTP {exc.status}", http_status=exc.status
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            kind = ErrorKind.TRANSIENT
+            raise ProviderError(kind, f"fetch failed: {type(exc).__name__}") from None
+        return ProviderStatus(
+            native_status=(row.status or "").lower(),
+            error_code=str(row.error_code) if row.error_code else None,
+            error_message=row.error_message,
+            price=_decimal(row.price),
+            price_unit=row.price_unit,
+        )
 
     @staticmethod
     def build_params(account: AccountCredentials, message: OutboundMessage) -> dict:

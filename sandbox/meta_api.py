@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from sandbox.callbacks import Callback, BatchedStatus, meta_callback, plan_statuses
+from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
 from sandbox.common import answer_fault, json_response
 from sandbox.state import (
     Fault,
@@ -125,7 +125,7 @@ INTERACTIVE_TYPES = (
 MAGIC_FAILED = "15005550011"  # accepted, then a `failed` status with 131026
 # Accepted, then a `failed` status webhook carrying the code (Meta reports these
 # asynchronously). A range of the sandbox's own, apart from Twilio's test numbers.
-MAGIC_ASYNC = {"15550199047": 131047, "15550199049": 131049, "15550199050": 131050}
+MAGIC_ASYNC = {"12015550147": 131047, "12015550149": 131049, "12015550150": 131050}
 MAGIC_SYNC = {"15005550012": 131047, "15005550013": 131050, "15005550014": 131051}
 
 

@@ -81,9 +81,9 @@ MAGIC_SYNC = {
 }
 MAGIC_FROM = {"15005550001": 21212, "15005550007": 21606, "15005550008": 21611}
 # Asynchronous outcomes Twilio's test numbers do not cover: a range of the sandbox's own.
-MAGIC_UNDELIVERED = "15550199006"  # sent, then undelivered 30003
-MAGIC_FAILED = "15550199007"  # failed 30008
-MAGIC_WINDOW_CLOSED = "15550199016"  # WhatsApp free-form: failed 63016 (templates pass)
+MAGIC_UNDELIVERED = "12015550106"  # sent, then undelivered 30003
+MAGIC_FAILED = "12015550107"  # failed 30008
+MAGIC_WINDOW_CLOSED = "12015550116"  # WhatsApp free-form: failed 63016 (templates pass)
 
 PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
 MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}

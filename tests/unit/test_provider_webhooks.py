@@ -122,9 +122,7 @@ def _template_update() -> dict:
     }
 
 
-def test_waba_level_webhooks_are_verified_by_a_tenant_secret_and_recorded(
-    client, tenant
-) -> None:
+def test_waba_level_webhooks_are_verified_by_a_tenant_secret_and_recorded(client, tenant) -> None:
     # No META_APP_SECRET is configured: the tenant's own app secret signs it.
     resp = meta_post(client, _template_update())
     assert resp.status_code == 200, resp.get_json()

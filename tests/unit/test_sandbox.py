@@ -320,7 +320,7 @@ def test_twilio_magic_numbers_fail_synchronously(twilio: Client, to: str, code: 
 
 def test_twilio_window_closed_allows_templates(twilio: Client) -> None:
     msg = twilio.messages.create(
-        to="whatsapp:+15550199016",
+        to="whatsapp:+12015550116",
         from_=WA_FROM,
         content_sid="HX" + "a" * 32,
         content_variables='{"1": "Ana"}',
@@ -331,9 +331,9 @@ def test_twilio_window_closed_allows_templates(twilio: Client) -> None:
 @pytest.mark.parametrize(
     ("to", "statuses", "error_code"),
     [
-        ("+15550199006", ["sent", "undelivered"], "30003"),
-        ("+15550199007", ["failed"], "30008"),
-        ("whatsapp:+15550199016", ["failed"], "63016"),  # free-form outside the window
+        ("+12015550106", ["sent", "undelivered"], "30003"),
+        ("+12015550107", ["failed"], "30008"),
+        ("whatsapp:+12015550116", ["failed"], "63016"),  # free-form outside the window
     ],
 )
 def test_twilio_magic_numbers_fail_asynchronously(
@@ -522,7 +522,7 @@ def test_meta_undeliverable_number_fails_asynchronously(
 def test_meta_errors_that_arrive_by_webhook(
     sandbox: SandboxServer, receiver: Receiver, code: int
 ) -> None:
-    response = meta_send(sandbox, text(to=f"+15550199{code % 1000:03d}"))
+    response = meta_send(sandbox, text(to=f"+120155501{code % 100:02d}"))
     assert response.status_code == 200
     wamid = response.json()["messages"][0]["id"]
     hook = wait_for(lambda: receiver.matching(lambda r: wamid in r["body"].decode()))[0]
