@@ -566,6 +566,7 @@ def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     settings = get_settings()
     now = utcnow()
     detail = {"kind": exc.kind.value, "message": exc.message, "http_status": exc.http_status}
+    detail.update(exc.details or {})
     with session_scope() as session:
         # An ambiguous last attempt still settles first: a callback may prove it sent,
         # and failing it now would make a delivered message terminally `failed`.

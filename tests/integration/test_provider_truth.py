@@ -7,10 +7,12 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import select
 
-from models import Contact, Message, session_scope
-from tests.conftest import WINDOW_OPEN, make_tenant
+from models import Contact, Message, MessageEvent, session_scope
+from services.delivery import deliver
+from tests.conftest import META_TOKEN, TWILIO_SID, TWILIO_TOKEN, WINDOW_OPEN, make_tenant
 from tests.integration.conftest import wait_for
 from tests.integration.test_provider_kinds import send
 
@@ -85,3 +87,100 @@ def test_twilio_window_closed_arrives_in_a_failed_callback(live, client, dispatc
     wait_for(lambda: _message(message.id).status == "failed", what="failed callback")
     after = _message(message.id)
     assert (after.provider_error_code, after.error_code) == ("63016", "window_closed")
+
+
+# ------------------------------------------------------------------ errors as documented
+
+
+def _create(client, auth, **fields) -> str:  # type: ignore[no-untyped-def]
+    resp = client.post("/v1/messages", json={"to": "+12025550143", **fields}, headers=auth)
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def _last_event(mid: str) -> MessageEvent:
+    with session_scope() as session:
+        return session.scalars(
+            select(MessageEvent).where(MessageEvent.message_id == mid).order_by(MessageEvent.id)
+        ).all()[-1]
+
+
+def test_twilio_21611_queue_full_backs_off_and_retries(live, client, dispatched) -> None:
+    tenant = make_tenant(
+        twilio={
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "sms_from": "+15005550008",  # Twilio's test sender whose queue is full
+        }
+    )
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    mid = _create(client, auth, channel="sms", body="hi")
+    outcome = deliver(mid)
+    assert outcome.action == "retry" and outcome.retry_in >= 5
+    assert _message(mid).status == "sending"  # not failed: it goes out once the queue drains
+    assert _last_event(mid).error_code == "21611"
+
+
+def test_twilio_retry_after_header_is_kept(live, client, auth, dispatched) -> None:
+    live.fault(provider="twilio", status=429, code=20429, retry_after=42)
+    outcome = deliver(_create(client, auth, channel="sms", body="hi"))
+    assert (outcome.action, outcome.retry_in) == ("retry", 42.5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "action", "code"),
+    [
+        ({"status": 429, "code": 20429, "retry_after": 30}, "retry", "20429"),
+        ({"status": 400, "code": 21211}, "failed", "21211"),
+    ],
+)
+def test_twilio_problem_details_errors_are_classified(
+    live, client, auth, dispatched, fault, action, code
+) -> None:
+    live.fault(provider="twilio", problem=True, **fault)
+    mid = _create(client, auth, channel="sms", body="hi")
+    outcome = deliver(mid)
+    assert outcome.action == action
+    if action == "retry":
+        assert outcome.retry_in == 30.5  # its hint, not a settle for an "ambiguous" answer
+    assert _last_event(mid).error_code == code
+
+
+@pytest.mark.parametrize("code", [1, 2, 131016])
+def test_meta_temporary_errors_are_retried_at_once(live, client, auth, dispatched, code) -> None:
+    live.fault(provider="meta", status=503 if code != 1 else 500, code=code)
+    mid = _create(client, auth, body="hi")
+    assert deliver(mid).action == "sent"  # retried in the call, not left to settle
+    assert len(live.sends(herald_id=mid)) == 2
+
+
+@pytest.mark.parametrize("code", [4, 17, 341, 80007, 130429, 368])
+def test_meta_throttling_and_blocks_wait_and_retry(live, client, auth, dispatched, code) -> None:
+    live.fault(provider="meta", status=400 if code != 368 else 403, code=code, message="slow")
+    mid = _create(client, auth, body="hi")
+    outcome = deliver(mid)
+    assert outcome.action == "retry" and outcome.retry_in >= 5.5
+    if code == 368:
+        assert outcome.retry_in >= 900  # a policy block: wait long before trying again
+    assert _message(mid).status == "sending"
+    assert _last_event(mid).detail["kind"] == "rate_limited"
+
+
+def test_meta_error_subcode_details_and_trace_id_are_kept(live, client, dispatched) -> None:
+    tenant = make_tenant(
+        meta={
+            "phone_number_id": "109999999999999",  # the token's, but no such number
+            "access_token": META_TOKEN,
+            "app_secret": "s",
+            "display_phone_number": "+12025550111",
+        }
+    )
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    mid = _create(client, auth, body="hi")
+    assert deliver(mid).action == "failed"
+    detail = _last_event(mid).detail
+    assert detail["error_subcode"] == 33 and detail["fbtrace_id"]
+    live.fault(provider="meta", status=400, code=131048, message="spam limit for this number")
+    mid = _create(client, {"Authorization": f"Bearer {make_tenant()['api_key']}"}, body="x")
+    deliver(mid)
+    assert _last_event(mid).detail["error_details"] == "spam limit for this number"
