@@ -135,7 +135,7 @@ def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> Non
         # An ambiguous last attempt settles first (a callback may prove it sent), then
         # the next claim gives up.
         live.control.delete("/_sandbox/faults")
-        live.fault(provider="meta", status=503, code=131016, count=5)
+        live.fault(provider="meta", status=500, code=131000, count=5)
         other = create(client, auth)
         assert deliver(other).action == "retry"
         expire_lease(other)
@@ -193,7 +193,14 @@ def mid_suffix() -> str:
 def test_reversed_and_duplicated_callbacks_end_in_the_right_state(
     live, client, auth, dispatched
 ) -> None:
-    live.config(callbacks={"order": "reverse", "duplicate": True})
+    live.config(
+        callbacks={
+            "order": "reverse",
+            "duplicate": True,
+            "skip_delivered_rate": 0,
+            "batch_window": 0,
+        }
+    )
     mid = create(client, auth)  # WhatsApp via Meta: read, delivered, sent, each twice
     assert deliver(mid).action == "sent"
 
