@@ -23,11 +23,11 @@ from services.tenants import AccountCredentials
 RATE_LIMITED = {4, 17, 341, 613, 80007, 130429, 131056}
 # "Temporarily blocked for policies violations": wait (long) and retry.
 BLOCKED = {368: 900.0}
-# Temporary, and the message was not taken: retry now (1 unknown, 2 service,
-# 131016 service unavailable).
-TRANSIENT = {1, 2, 131016}
-# Something went wrong at Meta: the message may have been taken, settle first.
-AMBIGUOUS = {131000}
+# Temporary, and the message was not taken: retry now (1 API unknown, 2 API service).
+TRANSIENT = {1, 2}
+# Something went wrong at Meta (131000), or a service is unavailable (131016, a 503):
+# the message may have been taken, so callbacks settle before any retry.
+AMBIGUOUS = {131000, 131016}
 PERMANENT = {
     100: "invalid_parameter",
     190: "provider_auth_failed",

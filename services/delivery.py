@@ -37,6 +37,7 @@ from providers import (
     error_name,
     get_provider,
 )
+from services import breaker
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    action: str  # sent | failed | retry | throttled | skipped
+    action: str  # sent | failed | retry | throttled | held | skipped
     retry_in: float | None = None
 
 
@@ -227,12 +228,14 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
                 Message.to_number,
                 ProviderAccount.external_id,
                 ProviderAccount.settings,
+                ProviderAccount.secrets_enc,
             )
             .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
             .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
         ).all()
     now = utcnow()
     by_id = {row.id: row for row in rows}
+    holds = breaker.holds_for(rows)
     waits: dict[str, float] = {}
     for message_id in message_ids:  # the caller's order: the oldest takes the budget first
         row = by_id.get(message_id)
@@ -240,6 +243,12 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
             continue
         if row.status == "sending" and row.lease_until and row.lease_until > now:
             continue  # another attempt owns it
+        hold = holds.get(message_id)
+        if hold is not None:  # the sender is held (services/breaker.py): not claimed
+            breaker.note_held([message_id], hold)
+            if hold.seconds <= get_settings().sweep_after_seconds:
+                waits[message_id] = hold.seconds  # short: come back then
+            continue  # long: the sweeper rings again
         waits[message_id] = _slot_wait(row)
     return waits
 
@@ -564,6 +573,12 @@ def backoff(attempt: int, hint: float | None = None) -> float:
 
 def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     settings = get_settings()
+    hold = breaker.trip(message, exc)
+    if hold is not None:  # about the sender, not this message: it waits, queued
+        breaker.requeue_tripped(message, hold, exc)
+        if hold.seconds <= settings.sweep_after_seconds:
+            return DeliveryOutcome("held", retry_in=hold.seconds + 0.5)
+        return DeliveryOutcome("held")
     now = utcnow()
     detail = {"kind": exc.kind.value, "message": exc.message, "http_status": exc.http_status}
     detail.update(exc.details or {})
