@@ -55,9 +55,13 @@ def test_stored_orphans_are_applied_by_the_periodic_pass(client, auth, dispatche
     assert meta_post(client, payload).status_code == 200
     with session_scope() as session:  # the wamid recorded without looking (a race)
         apply_status(session, mid, "sent", source="worker", provider_message_id=wamid)
-    assert apply_stored_orphans() == 1
+    assert apply_stored_orphans() >= 1  # (others' early receipts may be applied too)
     assert get(client, auth, mid)["status"] == "read"
-    assert apply_stored_orphans() == 0
+    with session_scope() as session:
+        receipt = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.provider_message_id == wamid)
+        ).one()
+        assert receipt.message_id == mid  # applied once: not picked up again
 
 
 def test_131050_by_webhook_opts_the_contact_out(client, auth, tenant, dispatched) -> None:
