@@ -112,6 +112,7 @@ task_routes = {
     "herald.deliver_events": {"queue": "herald.events"},
     "herald.deliver_batch": {"queue": "herald.bulk"},
     "herald.release_due": {"queue": "herald.periodic"},
+    "herald.reconcile": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -125,5 +126,11 @@ beat_schedule = {
         "task": "herald.sweep",
         "schedule": float(os.environ.get("HERALD_SWEEP_INTERVAL", "5")),
         "options": {"queue": "herald.periodic", "expires": 30},
+    },
+    # Twilio statuses whose callbacks were lost (Twilio never retries after a 5xx).
+    "reconcile": {
+        "task": "herald.reconcile",
+        "schedule": 60.0,
+        "options": {"queue": "herald.periodic", "expires": 60},
     },
 }

@@ -102,6 +102,7 @@ class Settings:
     price_sms: Decimal = Decimal("0.0079")
     jwt_max_age_seconds: int = 86400
     metrics_token: str | None = None
+    reconcile_after_minutes: int = 10
 
     @property
     def sqlite(self) -> bool:
@@ -156,6 +157,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
         jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
         metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
+        reconcile_after_minutes=_int(env, "HERALD_RECONCILE_AFTER_MINUTES", 10, minimum=1),
     )
 
 

@@ -32,6 +32,7 @@ class ProviderError(Exception):
         http_status: int | None = None,
         retry_after: float | None = None,
         opt_out: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -40,6 +41,9 @@ class ProviderError(Exception):
         self.http_status = http_status
         self.retry_after = retry_after
         self.opt_out = opt_out
+        # What the provider said beyond the code, kept on the message's event for
+        # support (Meta's error_subcode, error_data.details, fbtrace_id).
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,18 @@ class SendResult:
     provider_message_id: str
     native_status: str
     sender: str | None = None
+    price: Decimal | None = None
+    price_unit: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """A message's state as the provider's own resource tells it (Twilio's fetch): the
+    only place Twilio reports the price, which its status callbacks never carry."""
+
+    native_status: str
+    error_code: str | None = None
+    error_message: str | None = None
     price: Decimal | None = None
     price_unit: str | None = None
 

@@ -17,13 +17,20 @@ from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
 from providers.retrying import retry_blips
 from services.tenants import AccountCredentials
 
-# The one place Graph / WhatsApp error codes are classified.
-RATE_LIMITED = {4, 80007, 130429, 131056, 613}
-TRANSIENT = {1, 2, 131000, 131016}
+# The one place Graph / WhatsApp error codes are classified, after Meta's Graph
+# error-handling guide and the Cloud API error-code table.
+# Throttling: wait and retry (app, user, application, WABA and throughput limits).
+RATE_LIMITED = {4, 17, 341, 613, 80007, 130429, 131056}
+# "Temporarily blocked for policies violations": wait (long) and retry.
+BLOCKED = {368: 900.0}
+# Temporary, and the message was not taken: retry now (1 API unknown, 2 API service).
+TRANSIENT = {1, 2}
+# Something went wrong at Meta (131000), or a service is unavailable (131016, a 503):
+# the message may have been taken, so callbacks settle before any retry.
+AMBIGUOUS = {131000, 131016}
 PERMANENT = {
     100: "invalid_parameter",
     190: "provider_auth_failed",
-    368: "sender_blocked",
     131026: "undeliverable",
     131047: "window_closed",
     131048: "spam_rate_limited",
@@ -32,7 +39,15 @@ PERMANENT = {
     131051: "unsupported_type",
 }
 OPT_OUT = {131050}
-NAMES = {**PERMANENT, 130429: "rate_limited", 131056: "pair_rate_limited", 131000: "provider_error"}
+NAMES = {
+    **PERMANENT,
+    368: "sender_blocked",
+    130429: "rate_limited",
+    80007: "rate_limited",
+    131056: "pair_rate_limited",
+    131000: "provider_error",
+    131016: "service_unavailable",
+}
 
 MEDIA_TYPES = {
     "image": (".jpg", ".jpeg", ".png", ".webp", ".gif"),
@@ -42,15 +57,29 @@ MEDIA_TYPES = {
 
 
 def classify(status: int | None, code: int | None) -> ErrorKind:
-    if code in RATE_LIMITED or status == 429:
+    if code in RATE_LIMITED or code in BLOCKED or status == 429:
         return ErrorKind.RATE_LIMITED
+    if code in TRANSIENT:
+        return ErrorKind.TRANSIENT
     if code in PERMANENT or (code is not None and 132000 <= code < 133000):
         return ErrorKind.PERMANENT
-    if code in TRANSIENT or (status is not None and status >= 500):
-        # Meta's own "try again later" answers: it did not take the message,
-        # but Herald still lets callbacks settle before retrying (see delivery).
+    if code in AMBIGUOUS or (status is not None and status >= 500):
+        # It may have taken the message: callbacks settle before any retry (see delivery).
         return ErrorKind.AMBIGUOUS
     return ErrorKind.PERMANENT
+
+
+def error_details(error: dict[str, Any]) -> dict[str, Any]:
+    """What Meta says beyond the code, kept on the event: subcode, details, trace id."""
+    details: dict[str, Any] = {}
+    if error.get("error_subcode") is not None:
+        details["error_subcode"] = error["error_subcode"]
+    data = error.get("error_data")
+    if isinstance(data, dict) and data.get("details"):
+        details["error_details"] = data["details"]
+    if error.get("fbtrace_id"):
+        details["fbtrace_id"] = error["fbtrace_id"]
+    return details
 
 
 def media_type_for(url: str, declared: str | None) -> str:
@@ -157,12 +186,16 @@ class MetaProvider:
             error = {}
         code = error.get("code")
         code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-        retry_after = response.headers.get("Retry-After")
+        header = response.headers.get("Retry-After")
+        retry_after = float(header) if header and header.isdigit() else None
+        if retry_after is None and code in BLOCKED:
+            retry_after = BLOCKED[code]
         raise ProviderError(
             classify(response.status_code, code),
             error.get("message") or f"Graph API answered {response.status_code}",
             code=str(code) if code is not None else None,
             http_status=response.status_code,
-            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            retry_after=retry_after,
             opt_out=code in OPT_OUT,
+            details=error_details(error) if isinstance(error, dict) else None,
         )

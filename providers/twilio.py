@@ -10,22 +10,25 @@ import json
 import threading
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from herald.config import get_settings
-from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
+from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
 from providers.retrying import retry_blips
 from services.tenants import AccountCredentials
 
 # The one place Twilio error codes are classified. Anything not listed: a 4xx is
 # permanent, a 5xx ambiguous (Twilio documents that a create answered with a 500
 # may still have been queued, so Herald never blindly re-creates: see delivery).
-RATE_LIMITED = {20429, 14107, 30022}
+# 21611: the sender's queue at Twilio is full: back off and retry. (14107 and 30022
+# are never an answer to a create; 30022 comes in callbacks, named below.)
+RATE_LIMITED = {20429, 21611}
 PERMANENT = {
     21211: "invalid_number",
     21408: "region_not_permitted",
@@ -49,7 +52,9 @@ DELIVERY_ERRORS = {
     30006: "landline_or_unreachable",
     30007: "carrier_filtered",
     30008: "unknown_error",
+    30022: "rate_limited",
     20429: "rate_limited",
+    21611: "sender_queue_full",
 }
 NAMES = {**PERMANENT, **DELIVERY_ERRORS}
 
@@ -65,13 +70,33 @@ def classify(status: int | None, code: int | None) -> ErrorKind:
     return ErrorKind.PERMANENT
 
 
+class HeaderKeepingHttpClient(TwilioHttpClient):
+    """The twilio client's HTTP client, remembering the last response's headers per
+    thread: the client's exceptions drop them, and `Retry-After` is among them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local = threading.local()
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        self._local.headers = {}
+        response = super().request(*args, **kwargs)
+        self._local.headers = dict(response.headers or {})
+        return response
+
+    def last_headers(self) -> dict[str, str]:
+        return getattr(self._local, "headers", {}) or {}
+
+
 class TwilioProvider:
     name = "twilio"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str], Client] = {}
-        self._http = TwilioHttpClient(pool_connections=True, timeout=get_settings().http_timeout)
+        self._http = HeaderKeepingHttpClient(
+            pool_connections=True, timeout=get_settings().http_timeout
+        )
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=64)
         assert self._http.session is not None
         self._http.session.mount("http://", adapter)
@@ -140,6 +165,25 @@ class TwilioProvider:
             )
         return found
 
+    def fetch_status(self, account: AccountCredentials, sid: str) -> ProviderStatus:
+        """`GET /Messages/{sid}.json`: status, error code and price of a sent message."""
+        try:
+            row = self.client(account).messages(sid).fetch()
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise ProviderError(
+                ErrorKind.TRANSIENT, f"fetch failed: HTTP {exc.status}", http_status=exc.status
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            kind = ErrorKind.TRANSIENT
+            raise ProviderError(kind, f"fetch failed: {type(exc).__name__}") from None
+        return ProviderStatus(
+            native_status=(row.status or "").lower(),
+            error_code=str(row.error_code) if row.error_code else None,
+            error_message=row.error_message,
+            price=_decimal(row.price),
+            price_unit=row.price_unit,
+        )
+
     @staticmethod
     def build_params(account: AccountCredentials, message: OutboundMessage) -> dict:
         settings = account.settings
@@ -183,8 +227,18 @@ class TwilioProvider:
                 exc.msg or "Twilio error",
                 code=str(exc.code) if exc.code else None,
                 http_status=exc.status,
-                retry_after=_retry_after(exc),
+                retry_after=_retry_after(exc, self._http.last_headers()),
                 opt_out=exc.code in OPT_OUT,
+            ) from None
+        except TwilioServiceException as exc:  # twilio 9.x, RFC 9457 problem details
+            raise ProviderError(
+                classify(exc.status, exc.code),
+                exc.detail or exc.title or "Twilio error",
+                code=str(exc.code) if exc.code else None,
+                http_status=exc.status,
+                retry_after=_retry_after(exc, self._http.last_headers()),
+                opt_out=exc.code in OPT_OUT,
+                details={"problem_type": exc.type} if exc.type else None,
             ) from None
         except requests.exceptions.ConnectTimeout as exc:
             raise ProviderError(ErrorKind.TRANSIENT, f"connect timeout: {exc}") from None
@@ -198,9 +252,14 @@ class TwilioProvider:
             raise ProviderError(ErrorKind.AMBIGUOUS, "read timeout after sending") from None
 
 
-def _retry_after(exc: TwilioRestException) -> float | None:
+def _retry_after(exc: Exception, headers: dict[str, str]) -> float | None:
+    """Seconds the answer asked to wait: its `Retry-After` header (seconds), else a
+    `retry_after` in the error's details."""
+    header = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     details = getattr(exc, "details", None) or {}
-    value = details.get("retry_after") if isinstance(details, dict) else None
+    value: Any = header
+    if value is None and isinstance(details, dict):
+        value = details.get("retry_after")
     try:
         return float(value) if value is not None else None
     except (TypeError, ValueError):

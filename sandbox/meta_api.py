@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from sandbox.callbacks import Callback, meta_callback, plan_statuses
+from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
 from sandbox.common import answer_fault, json_response
 from sandbox.state import (
     Fault,
@@ -76,6 +76,11 @@ ERRORS: dict[int, tuple[int, str, str]] = {
         "Message failed to send because there are restrictions on how many messages can be "
         "sent from this phone number.",
     ),
+    131049: (
+        400,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
+    ),
     131050: (
         400,
         "Unable to deliver the message. This recipient has chosen to stop receiving "
@@ -118,6 +123,9 @@ INTERACTIVE_TYPES = (
 )
 
 MAGIC_FAILED = "15005550011"  # accepted, then a `failed` status with 131026
+# Accepted, then a `failed` status webhook carrying the code (Meta reports these
+# asynchronously). A range of the sandbox's own, apart from Twilio's test numbers.
+MAGIC_ASYNC = {"12015550147": 131047, "12015550149": 131049, "12015550150": 131050}
 MAGIC_SYNC = {"15005550012": 131047, "15005550013": 131050, "15005550014": 131051}
 
 
@@ -273,15 +281,17 @@ def status_payload(
     category: str,
     biz_data: str | None,
     sent_at: float,
+    error_code: int = 131026,
 ) -> dict[str, Any]:
-    """A `statuses` webhook. Like Meta, `read` carries no conversation/pricing."""
+    """A `statuses` webhook. Like Meta, `read` carries no conversation/pricing, and
+    `biz_opaque_callback_data` comes back on sent/delivered/read only, never on `failed`."""
     entry: dict[str, Any] = {
         "id": wamid,
         "status": status,
         "timestamp": str(int(timestamp)),
         "recipient_id": wa_id,
     }
-    if biz_data is not None:
+    if biz_data is not None and status in ("sent", "delivered", "read"):
         entry["biz_opaque_callback_data"] = biz_data
     if status in ("sent", "delivered"):
         conv_id = hashlib.md5(f"{account.phone_number_id}:{wa_id}:{category}".encode()).hexdigest()
@@ -297,10 +307,10 @@ def status_payload(
             "category": category,
         }
     if status == "failed":
-        _, title, details = ERRORS[131026]
+        _, title, details = ERRORS[error_code]
         entry["errors"] = [
             {
-                "code": 131026,
+                "code": error_code,
                 "title": title,
                 "message": title,
                 "error_data": {"details": details},
@@ -484,25 +494,36 @@ def _schedule_statuses(
     if not url:
         return
     delay = config["callback_delay"]
-    statuses = ["failed"] if wa_id == MAGIC_FAILED else ["sent", "delivered", "read"]
+    error_code = MAGIC_ASYNC.get(wa_id, 131026)
+    if error_code == 131047 and payload.get("type") == "template":
+        error_code = 131026  # templates may open a conversation: only free-form fails
+    failing = wa_id == MAGIC_FAILED or (wa_id in MAGIC_ASYNC and error_code != 131026)
+    statuses = ["failed"] if failing else ["sent", "delivered", "read"]
     timeline = [(delay * (i + 1), s) for i, s in enumerate(statuses)]
     category = _category(payload)
     biz = payload.get("biz_opaque_callback_data")
     cfg = config["callbacks"]
     happened_at = {s: sent_at + d for d, s in timeline}
-    for when, status in plan_statuses(timeline, cfg, whatsapp=True):
+    with state.lock:
+        planned = plan_statuses(timeline, cfg, whatsapp=True, rng=state.rng)
+    for when, status in planned:
         body = status_payload(
-            account, wamid, wa_id, status, happened_at[status], category, biz, sent_at
+            account, wamid, wa_id, status, happened_at[status], category, biz, sent_at, error_code
         )
-        callback = meta_callback(
-            url,
-            body,
-            account.app_secret,
-            kind="status",
-            event=status,
+        change = body["entry"][0]["changes"][0]["value"]
+        item = BatchedStatus(
+            waba_id=account.waba_id,
+            metadata=change["metadata"],
+            status=change["statuses"][0],
             message_id=wamid,
-            max_retries=cfg["max_retries"],
-            backoff=cfg["retry_backoff"],
-            extra={"herald_id": biz},
+            herald_id=biz,
         )
-        state.scheduler.schedule(callback, when)
+        state.meta_batcher.add(
+            url,
+            account.app_secret,
+            item,
+            when,
+            cfg["batch_window"],
+            cfg["max_retries"],
+            cfg["retry_backoff"],
+        )

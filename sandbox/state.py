@@ -18,7 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sandbox.callbacks import CallbackScheduler
+from sandbox.callbacks import CallbackScheduler, MetaStatusBatcher
 
 PROVIDERS = ("twilio", "meta")
 FAULT_MODES = ("error", "timeout", "accept_then_error", "accept_then_timeout")
@@ -91,6 +91,9 @@ class Fault:
     latency_ms: int = 0
     retry_after: float | None = None
     mode: str = "error"
+    # Twilio only: answer in RFC 9457 problem-details shape (type, title, status, code,
+    # detail), as Twilio's newer APIs do; the twilio client raises TwilioServiceException.
+    problem: bool = False
     remaining: int | None = None
     fired: int = 0
 
@@ -140,8 +143,17 @@ def default_config(
             "order": "normal",
             "duplicate": False,
             "skip_delivered": False,
+            # WhatsApp `read` often arrives with no `delivered` before it: skipped at this
+            # rate, drawn from a generator seeded with `seed` at reset and config change.
+            "skip_delivered_rate": 0.2,
+            "seed": 13,
+            # Meta statuses due within this many seconds share one webhook body.
+            "batch_window": 0.05,
+            # Meta: retries of a webhook answered with anything but 2xx, with backoff.
             "max_retries": 5,
             "retry_backoff": 0.5,
+            # Twilio: retries only of a callback whose connection failed (Twilio's `rc`).
+            "twilio_retries": 1,
         },
         "meta_webhook_url": meta_webhook_url,
         "twilio_inbound_url": twilio_inbound_url,
@@ -169,8 +181,15 @@ def _check_config(cfg: dict[str, Any]) -> None:
     for flag in ("enabled", "duplicate", "skip_delivered"):
         if not isinstance(cb[flag], bool):
             raise ConfigError(f"callbacks.{flag} must be a boolean")
-    if not isinstance(cb["max_retries"], int) or cb["max_retries"] < 0:
-        raise ConfigError("callbacks.max_retries must be a non-negative integer")
+    for key in ("max_retries", "twilio_retries", "seed"):
+        if not isinstance(cb[key], int) or isinstance(cb[key], bool) or cb[key] < 0:
+            raise ConfigError(f"callbacks.{key} must be a non-negative integer")
+    rate = cb["skip_delivered_rate"]
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise ConfigError("callbacks.skip_delivered_rate must be between 0 and 1")
+    window = cb["batch_window"]
+    if not isinstance(window, int | float) or isinstance(window, bool) or window < 0:
+        raise ConfigError("callbacks.batch_window must be a non-negative number")
     if not isinstance(cb["retry_backoff"], int | float) or cb["retry_backoff"] < 0:
         raise ConfigError("callbacks.retry_backoff must be a non-negative number")
     for key in ("meta_webhook_url", "twilio_inbound_url"):
@@ -225,6 +244,8 @@ class SandboxState:
         self._fault_seq = 0
         self._receipts = open(receipts_file, "a", encoding="utf-8") if receipts_file else None  # noqa: SIM115
         self.scheduler = CallbackScheduler(self._log_callback, timeout=callback_timeout)
+        self.meta_batcher = MetaStatusBatcher(self.scheduler)
+        self.rng = random.Random(self.config["callbacks"]["seed"])
 
     # -- config ---------------------------------------------------------------------------
 
@@ -242,6 +263,7 @@ class SandboxState:
             _check_config(candidate)
             self.config = candidate
             self._buckets.clear()
+            self.rng = random.Random(candidate["callbacks"]["seed"])
             return copy.deepcopy(candidate)
 
     def reset(self) -> None:
@@ -253,7 +275,9 @@ class SandboxState:
             self.twilio_messages.clear()
             self._buckets.clear()
             self.config = copy.deepcopy(self._defaults)
+            self.rng = random.Random(self.config["callbacks"]["seed"])
             self.scheduler.clear()
+            self.meta_batcher.clear()
 
     # -- accounts -------------------------------------------------------------------------
 
@@ -326,6 +350,8 @@ class SandboxState:
             isinstance(retry_after, int | float) and retry_after >= 0
         ):
             raise ConfigError("retry_after must be a non-negative number of seconds or null")
+        if not isinstance(data.get("problem", False), bool):
+            raise ConfigError("problem must be a boolean")
         latency = data.get("latency_ms") or 0
         if not isinstance(latency, int | float) or latency < 0:
             raise ConfigError("latency_ms must be a non-negative number")
@@ -342,6 +368,7 @@ class SandboxState:
                 latency_ms=int(latency),
                 retry_after=retry_after,
                 mode=mode,
+                problem=bool(data.get("problem", False)),
                 remaining=count,
             )
             self.faults.append(fault)
@@ -475,7 +502,11 @@ class SandboxState:
                     c
                     for c in self.callback_log
                     if (provider is None or c["provider"] == provider)
-                    and (message_id is None or c["message_id"] == message_id)
+                    and (
+                        message_id is None
+                        or c["message_id"] == message_id
+                        or message_id in c.get("message_ids", ())
+                    )
                 ]
             )
 

@@ -39,6 +39,15 @@ ERRORS: dict[int, tuple[int, str]] = {
         "the 'To' number: {to}.",
     ),
     21603: (400, "A 'From' phone number is required."),
+    21606: (
+        400,
+        "The From phone number {from_} is not a valid, message-capable Twilio phone number.",
+    ),
+    21611: (
+        400,
+        "This 'From' number has exceeded the maximum number of queued messages",
+    ),
+    21612: (400, "The 'To' phone number: {to}, is not currently reachable using the 'From'."),
     21604: (400, "A 'To' phone number is required."),
     21609: (400, "Invalid StatusCallback url"),
     21610: (400, "Attempt to send to unsubscribed recipient"),
@@ -50,26 +59,31 @@ ERRORS: dict[int, tuple[int, str]] = {
     21656: (400, "The ContentVariables Parameter is invalid."),
     21701: (400, "The Messaging Service Sid {mg} is invalid."),
     21910: (400, "Invalid From and To pair. From and To should be of the same channel"),
-    63016: (
-        400,
-        "Failed to send freeform message because you are outside the allowed window. "
-        "If you are using WhatsApp, please use a Message Template.",
-    ),
 }
 
 # Asynchronous failures that only show up in status callbacks / fetched resources.
-ASYNC_ERRORS = {30003: "Unreachable destination handset", 30008: "Unknown error"}
+# WhatsApp's closed 24-hour window is one: the create is accepted, the callback fails.
+ASYNC_ERRORS = {
+    30003: "Unreachable destination handset",
+    30008: "Unknown error",
+    63016: "Failed to send freeform message because you are outside the allowed window. "
+    "If you are using WhatsApp, please use a Message Template.",
+}
 
-# Magic recipients (digits without '+'), like Twilio's test credentials.
+# Magic numbers (digits without '+') that agree with Twilio's test credentials:
+# recipients, and senders (From).
 MAGIC_SYNC = {
     "15005550001": 21211,
+    "15005550002": 21612,
     "15005550003": 21408,
     "15005550004": 21610,
     "15005550009": 21614,
 }
-MAGIC_UNDELIVERED = "15005550006"
-MAGIC_FAILED = "15005550007"
-MAGIC_WINDOW_CLOSED = "15005550010"
+MAGIC_FROM = {"15005550001": 21212, "15005550007": 21606, "15005550008": 21611}
+# Asynchronous outcomes Twilio's test numbers do not cover: a range of the sandbox's own.
+MAGIC_UNDELIVERED = "12015550106"  # sent, then undelivered 30003
+MAGIC_FAILED = "12015550107"  # failed 30008
+MAGIC_WINDOW_CLOSED = "12015550116"  # WhatsApp free-form: failed 63016 (templates pass)
 
 PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
 MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}
@@ -267,10 +281,10 @@ def blueprint(state: SandboxState) -> Blueprint:
             code = 21609
         elif from_ and whatsapp != from_.startswith("whatsapp:"):
             code = 21910
+        elif from_ and digits(from_) in MAGIC_FROM:
+            code = MAGIC_FROM[digits(from_)]
         elif digits(to) in MAGIC_SYNC:
             code = MAGIC_SYNC[digits(to)]
-        elif whatsapp and digits(to) == MAGIC_WINDOW_CLOSED and not content_sid:
-            code = 63016
         if code is not None:
             return reject(code)
 
@@ -282,6 +296,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             statuses, error_code = ["failed"], 30008
         elif digits(to) == MAGIC_UNDELIVERED:
             statuses, error_code = ["sent", "undelivered"], 30003
+        elif whatsapp and digits(to) == MAGIC_WINDOW_CLOSED and not content_sid:
+            statuses, error_code = ["failed"], 63016
         else:
             statuses = ["sent", "delivered", "read"] if whatsapp else ["sent", "delivered"]
             error_code = None
@@ -393,6 +409,17 @@ def _fault_error(fault: Fault) -> tuple[Response, int]:
         mg=form.get("MessagingServiceSid", ""),
         path=request.path,
     )
+    if fault.problem:
+        problem = {
+            "type": err["more_info"],
+            "title": err["message"],
+            "status": status,
+            "code": code,
+            "detail": err["message"],
+            "instance": request.path,
+        }
+        response = json_response(problem, status, None, "application/problem+json")
+        return response, code
     return _json(err, status), code
 
 
@@ -406,7 +433,9 @@ def _schedule_callbacks(
 ) -> None:
     cfg = state.get_config()["callbacks"]
     sender = msg["from"] or _service_sender(msg)
-    for delay, status in plan_statuses(timeline, cfg, whatsapp):
+    with state.lock:
+        planned = plan_statuses(timeline, cfg, whatsapp, rng=state.rng)
+    for delay, status in planned:
         params = {
             "SmsSid": msg["sid"],
             "SmsStatus": status,
@@ -431,8 +460,9 @@ def _schedule_callbacks(
             kind="status",
             event=status,
             message_id=msg["sid"],
-            max_retries=cfg["max_retries"],
+            max_retries=cfg["twilio_retries"],
             backoff=cfg["retry_backoff"],
+            retry_on="connection",
             extra={"herald_id": herald_id_from(url)},
         )
         state.scheduler.schedule(callback, delay)

@@ -38,6 +38,7 @@ from providers import (
     error_name,
     get_provider,
 )
+from services import breaker
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    action: str  # sent | failed | retry | throttled | skipped
+    action: str  # sent | failed | retry | throttled | held | skipped
     retry_in: float | None = None
 
 
@@ -229,12 +230,14 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
                 Message.to_number,
                 ProviderAccount.external_id,
                 ProviderAccount.settings,
+                ProviderAccount.secrets_enc,
             )
             .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
             .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
         ).all()
     now = utcnow()
     by_id = {row.id: row for row in rows}
+    holds = breaker.holds_for(rows)
     waits: dict[str, float] = {}
     for message_id in message_ids:  # the caller's order: the oldest takes the budget first
         row = by_id.get(message_id)
@@ -242,6 +245,12 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
             continue
         if row.status == "sending" and row.lease_until and row.lease_until > now:
             continue  # another attempt owns it
+        hold = holds.get(message_id)
+        if hold is not None:  # the sender is held (services/breaker.py): not claimed
+            breaker.note_held([message_id], hold)
+            if hold.seconds <= get_settings().sweep_after_seconds:
+                waits[message_id] = hold.seconds  # short: come back then
+            continue  # long: the sweeper rings again
         waits[message_id] = _slot_wait(row)
     return waits
 
@@ -559,6 +568,10 @@ def _apply_sent(  # type: ignore[no-untyped-def]
         from_number=result.sender,
         listening=heard,
     )
+    if message.provider == "meta":  # statuses that arrived before the wamid was known
+        from services.meta_events import apply_orphan_statuses
+
+        apply_orphan_statuses(session, message.id, result.provider_message_id)
 
 
 def _log_sent(message: Message, result: SendResult) -> None:
@@ -581,8 +594,15 @@ def backoff(attempt: int, hint: float | None = None) -> float:
 @_retry_while_database_down
 def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     settings = get_settings()
+    hold = breaker.trip(message, exc)
+    if hold is not None:  # about the sender, not this message: it waits, queued
+        breaker.requeue_tripped(message, hold, exc)
+        if hold.seconds <= settings.sweep_after_seconds:
+            return DeliveryOutcome("held", retry_in=hold.seconds + 0.5)
+        return DeliveryOutcome("held")
     now = utcnow()
     detail = {"kind": exc.kind.value, "message": exc.message, "http_status": exc.http_status}
+    detail.update(exc.details or {})
     with session_scope() as session:
         # An ambiguous last attempt still settles first: a callback may prove it sent,
         # and failing it now would make a delivered message terminally `failed`.

@@ -35,8 +35,22 @@ class HeraldCollector(Collector):
             log.warning("metrics: the database did not answer", exc_info=True)
         try:
             yield from self._queues()
+            yield self._holds()
         except Exception:
             log.warning("metrics: Redis did not answer", exc_info=True)
+
+    def _holds(self) -> Metric:
+        from services.breaker import open_holds
+
+        held = GaugeMetricFamily(
+            "herald_sender_hold_seconds",
+            "Senders held by an account-wide provider signal, and the seconds left.",
+            labels=["provider", "account", "sender", "reason"],
+        )
+        for hold in open_holds():
+            labels = [hold["provider"], hold["account"], hold["sender"], hold["reason"]]
+            held.add_metric(labels, round(hold["seconds"], 1))
+        return held
 
     def _database(self) -> Iterator[Metric]:
         with session_scope() as session:

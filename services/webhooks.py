@@ -31,7 +31,15 @@ from twilio.request_validator import RequestValidator
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
 from providers import error_name
+from providers.meta import OPT_OUT as META_OPT_OUT
 from services.errors import Forbidden, InvalidRequest
+from services.meta_events import (
+    account_changes,
+    account_secrets,
+    has_account_changes,
+    is_account_change,
+    record_account_change,
+)
 from services.phones import mask, normalize_e164
 from services.policy import apply_keyword, contact_for
 from services.status import apply_status
@@ -157,6 +165,9 @@ def verify_meta(
             creds = credentials(account)
             secret = creds.secrets.get("app_secret") if creds else None
             if creds and isinstance(secret, str) and secret:
+                holders.setdefault(secret, []).append(creds)
+        if has_account_changes(payload or {}):  # WABA-level: no phone number to narrow by
+            for secret, creds in account_secrets(session):
                 holders.setdefault(secret, []).append(creds)
         app_secret = get_settings().meta_app_secret
         for secret in [*([app_secret] if app_secret else []), *holders]:
@@ -661,8 +672,13 @@ def handle_meta_payload(
     counts = dict.fromkeys(
         ("statuses", "messages", "duplicates", "unknown", "unverified", "unrouted", "invalid"), 0
     )
+    for entry, change in account_changes(payload):  # WABA-level: kept, answered 200
+        key = "account" if record_account_change(session, entry, change, signer) else "duplicates"
+        counts[key] = counts.get(key, 0) + 1
     accounts_of: dict[str, list[AccountCredentials]] = {}
     for change in _changes(payload):
+        if is_account_change(change):
+            continue
         value = _change_value(change)
         phone_id = _phone_id(value)
         statuses, odd_statuses = _objects(value.get("statuses"))
@@ -752,21 +768,40 @@ def _meta_status(
             native,
         ),
         message_id=message.id if message else None,
-        tenant_id=message.tenant_id if message else None,
+        # Kept without a message: applied when its wamid is recorded (meta_events).
+        tenant_id=message.tenant_id if message else _only_tenant(accounts),
         provider_message_id=wamid,
         payload=status,
     )
     if receipt is None:
         return "duplicates"
-    mapped = META_STATUS.get(native)
-    if message is None or mapped is None:
+    if message is None:
         return "statuses"
+    apply_meta_status(session, message, status)
+    return "statuses"
+
+
+def _only_tenant(accounts: list[AccountCredentials]) -> str | None:
+    tenants = {a.tenant_id for a in accounts}
+    return tenants.pop() if len(tenants) == 1 else None
+
+
+def apply_meta_status(session: Session, message: Message, status: dict[str, Any]) -> None:
+    """Apply one Meta status item to its message. An opt-out code (131050) by webhook
+    opts the contact out as the synchronous answer does; Meta's error details are kept."""
+    wamid = _short(status.get("id"), MAX_ID_LENGTH) or ""
+    native = status.get("status")
+    mapped = META_STATUS.get(native) if isinstance(native, str) else None
+    if mapped is None:
+        return
     errors, _ = _objects(status.get("errors"))
     error = errors[0] if errors else {}
     code = error.get("code")
     code = str(code) if isinstance(code, int | str) and len(str(code)) <= 32 else None
     title = error.get("title") or error.get("message")
     detail = {k: status[k] for k in ("pricing", "conversation") if k in status} or None
+    if isinstance(error.get("error_data"), dict):
+        detail = {**(detail or {}), "error_data": error["error_data"]}
     _apply_callback_status(
         session,
         message,
@@ -779,7 +814,10 @@ def _meta_status(
         error_message=title if isinstance(title, str) else None,
         detail=detail,
     )
-    return "statuses"
+    if mapped == "failed" and code in {str(c) for c in META_OPT_OUT}:
+        from services.delivery import mark_opted_out
+
+        mark_opted_out(session, message.tenant_id, message.to_number)
 
 
 def _meta_inbound(

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from models import Tenant, session_scope
-from services import campaigns, delivery, events
+from services import campaigns, delivery, events, meta_events, reconcile
 from services.dispatch import dispatch_now
 from services.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
@@ -109,3 +109,12 @@ def sweep() -> dict[str, int]:
     if due or owed:
         log.info("sweep re-enqueued=%d events=%d", len(due), len(owed))
     return {"requeued": len(due), "events": len(owed)}
+
+
+@shared_task(name="herald.reconcile", ignore_result=True)
+def reconcile_statuses() -> dict[str, int]:
+    """Beat, every minute: ask Twilio about messages whose callbacks never came (bounded
+    per run), and apply Meta statuses that arrived before their wamid was recorded."""
+    counts = reconcile.reconcile_stale()
+    counts["orphans"] = meta_events.apply_stored_orphans()
+    return counts

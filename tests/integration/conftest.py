@@ -80,7 +80,10 @@ def live(herald_env: dict[str, str]) -> Iterator[Live]:
 
 @pytest.fixture(autouse=True)
 def _reset_sandbox(live: Live) -> None:
+    from services.breaker import clear_holds
+
     live.control.post("/_sandbox/reset").raise_for_status()
+    clear_holds()  # a sender held by one test must not hold the next
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -82,7 +82,8 @@ def test_permanent_error_fails_with_code(live, client, auth, dispatched) -> None
 
 
 def test_rate_limited_retries_after_backoff(live, client, auth, dispatched) -> None:
-    live.fault(provider="meta", status=400, code=130429, count=1, retry_after=1)
+    # 131056: one recipient paced, not the whole sender (that holds it: see breaker).
+    live.fault(provider="meta", status=400, code=131056, count=1, retry_after=1)
     mid = create(client, auth)
     outcome = deliver(mid)
     assert outcome.action == "retry" and outcome.retry_in >= 1
@@ -124,14 +125,14 @@ def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> Non
     monkeypatch.setenv("HERALD_MAX_ATTEMPTS", "2")
     get_settings.cache_clear()
     try:
-        live.fault(provider="meta", status=429, code=130429, count=5)  # rate-limited
+        live.fault(provider="meta", status=400, code=131056, count=5)  # rate-limited
         mid = create(client, auth)
         assert deliver(mid).action == "retry"
         expire_lease(mid)
         assert deliver(mid).action == "failed"
         msg = load(mid)
         assert msg.status == "failed" and msg.attempts == 2
-        assert (msg.error_code, msg.provider_error_code) == ("retries_exhausted", "130429")
+        assert (msg.error_code, msg.provider_error_code) == ("retries_exhausted", "131056")
         # An ambiguous last attempt settles first (a callback may prove it sent), then
         # the next claim gives up.
         live.control.delete("/_sandbox/faults")
@@ -193,7 +194,14 @@ def mid_suffix() -> str:
 def test_reversed_and_duplicated_callbacks_end_in_the_right_state(
     live, client, auth, dispatched
 ) -> None:
-    live.config(callbacks={"order": "reverse", "duplicate": True})
+    live.config(
+        callbacks={
+            "order": "reverse",
+            "duplicate": True,
+            "skip_delivered_rate": 0,
+            "batch_window": 0,
+        }
+    )
     mid = create(client, auth)  # WhatsApp via Meta: read, delivered, sent, each twice
     assert deliver(mid).action == "sent"
 

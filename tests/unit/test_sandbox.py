@@ -308,7 +308,7 @@ def test_twilio_validation_errors(twilio: Client, kwargs: dict[str, Any], code: 
         ("+15005550004", 21610),
         ("whatsapp:+15005550004", 21610),
         ("+15005550009", 21614),
-        ("whatsapp:+15005550010", 63016),
+        ("+15005550002", 21612),
     ],
 )
 def test_twilio_magic_numbers_fail_synchronously(twilio: Client, to: str, code: int) -> None:
@@ -320,7 +320,7 @@ def test_twilio_magic_numbers_fail_synchronously(twilio: Client, to: str, code: 
 
 def test_twilio_window_closed_allows_templates(twilio: Client) -> None:
     msg = twilio.messages.create(
-        to="whatsapp:+15005550010",
+        to="whatsapp:+12015550116",
         from_=WA_FROM,
         content_sid="HX" + "a" * 32,
         content_variables='{"1": "Ana"}',
@@ -330,13 +330,18 @@ def test_twilio_window_closed_allows_templates(twilio: Client) -> None:
 
 @pytest.mark.parametrize(
     ("to", "statuses", "error_code"),
-    [("+15005550006", ["sent", "undelivered"], "30003"), ("+15005550007", ["failed"], "30008")],
+    [
+        ("+12015550106", ["sent", "undelivered"], "30003"),
+        ("+12015550107", ["failed"], "30008"),
+        ("whatsapp:+12015550116", ["failed"], "63016"),  # free-form outside the window
+    ],
 )
 def test_twilio_magic_numbers_fail_asynchronously(
     twilio: Client, receiver: Receiver, to: str, statuses: list[str], error_code: str
 ) -> None:
+    sender = WA_FROM if to.startswith("whatsapp:") else SMS_FROM
     msg = twilio.messages.create(
-        to=to, from_=SMS_FROM, body="x", status_callback=status_url(receiver, "msg_async")
+        to=to, from_=sender, body="x", status_callback=status_url(receiver, "msg_async")
     )
     assert msg.status == "queued"
     calls = wait_for(
@@ -509,7 +514,76 @@ def test_meta_undeliverable_number_fails_asynchronously(
     hook = wait_for(lambda: receiver.matching(lambda r: wamid in r["body"].decode()))[0]
     status = meta_statuses(hook)[0]
     assert status["status"] == "failed" and status["errors"][0]["code"] == 131026
+    assert "biz_opaque_callback_data" not in status  # Meta returns it on sent/delivered/read
     assert meta_signature_ok(hook)
+
+
+@pytest.mark.parametrize("code", [131047, 131049, 131050])
+def test_meta_errors_that_arrive_by_webhook(
+    sandbox: SandboxServer, receiver: Receiver, code: int
+) -> None:
+    response = meta_send(sandbox, text(to=f"+120155501{code % 100:02d}"))
+    assert response.status_code == 200
+    wamid = response.json()["messages"][0]["id"]
+    hook = wait_for(lambda: receiver.matching(lambda r: wamid in r["body"].decode()))[0]
+    (status,) = meta_statuses(hook)
+    assert status["status"] == "failed" and status["errors"][0]["code"] == code
+    assert status["errors"][0]["error_data"]["details"]
+
+
+def test_meta_statuses_are_batched_in_one_body(sandbox: SandboxServer, receiver: Receiver) -> None:
+    control(sandbox, "POST", "/config", json={"callbacks": {"batch_window": 0.5}})
+    wamids = [meta_send(sandbox, text(body=str(i))).json()["messages"][0]["id"] for i in range(4)]
+    hooks = wait_for(
+        lambda: (
+            sum(len(meta_statuses(h)) for h in receiver.requests if h["path"] == "/webhooks/meta")
+            >= 8
+            and receiver.requests
+        ),
+        timeout=5,
+    )
+    bodies = [h for h in hooks if h["path"] == "/webhooks/meta"]
+    assert all(meta_signature_ok(h) for h in bodies)
+    assert max(len(meta_statuses(h)) for h in bodies) > 1  # several statuses, one body
+    seen = {s["id"] for h in bodies for s in meta_statuses(h)}
+    assert seen == set(wamids)
+    log = control(sandbox, "GET", "/callbacks", params={"message_id": wamids[-1]})["callbacks"]
+    assert log and all(wamids[-1] in e["message_ids"] for e in log)
+
+
+def _skips(sandbox: SandboxServer, receiver: Receiver, n: int) -> list[bool]:
+    """For n sends in turn: whether `delivered` was left out before `read`."""
+    skipped = []
+    for i in range(n):
+        wamid = meta_send(sandbox, text(body=f"s{i}")).json()["messages"][0]["id"]
+        got = wait_for(
+            lambda w=wamid: (
+                "read"
+                in (
+                    sts := [
+                        s["status"]
+                        for h in receiver.requests
+                        for s in meta_statuses(h)
+                        if s["id"] == w
+                    ]
+                )
+                and sts
+            )
+        )
+        skipped.append("delivered" not in got)
+    return skipped
+
+
+def test_delivered_is_skipped_at_random_but_repeatably(
+    sandbox: SandboxServer, receiver: Receiver
+) -> None:
+    rate = {"callbacks": {"skip_delivered_rate": 0.5, "seed": 7}}
+    control(sandbox, "POST", "/config", json=rate)
+    first = _skips(sandbox, receiver, 8)
+    assert any(first) and not all(first)  # both paths exercised
+    control(sandbox, "POST", "/config", json=rate)  # same seed: the same choices
+    assert _skips(sandbox, receiver, 8) == first
+    assert control(sandbox, "GET", "/config")["callbacks"]["skip_delivered_rate"] == 0.5
 
 
 # -- Faults, rate limits, callback modes ------------------------------------------------------
@@ -611,18 +685,19 @@ def test_rate_limiting_per_provider(sandbox: SandboxServer, twilio: Client) -> N
 
 def _meta_status_order(sandbox: SandboxServer, receiver: Receiver, expect: int) -> list[str]:
     wamid = meta_send(sandbox, text()).json()["messages"][0]["id"]
-    hooks = wait_for(
-        lambda: (
-            len(got := receiver.matching(lambda r: wamid in r["body"].decode())) >= expect and got
-        )
-    )
+
+    def statuses() -> list[str]:
+        hooks = receiver.matching(lambda r: wamid in r["body"].decode())
+        return [s["status"] for h in hooks for s in meta_statuses(h) if s["id"] == wamid]
+
+    wait_for(lambda: len(statuses()) >= expect)
     time.sleep(0.2)  # nothing more should arrive
-    hooks = receiver.matching(lambda r: wamid in r["body"].decode())
-    return [meta_statuses(h)[0]["status"] for h in hooks]
+    return statuses()
 
 
 def test_callbacks_reverse_order(sandbox: SandboxServer, receiver: Receiver) -> None:
-    control(sandbox, "POST", "/config", json={"callbacks": {"order": "reverse"}})
+    no_skip = {"order": "reverse", "skip_delivered_rate": 0}
+    control(sandbox, "POST", "/config", json={"callbacks": no_skip})
     assert _meta_status_order(sandbox, receiver, 3) == ["read", "delivered", "sent"]
 
 
@@ -659,7 +734,7 @@ def test_callbacks_disabled(sandbox: SandboxServer, twilio: Client, receiver: Re
     assert twilio.messages(msg.sid).fetch().status == "delivered"  # the message still moves on
 
 
-def test_failed_callback_is_retried_and_logged(
+def test_twilio_does_not_retry_a_callback_answered_with_5xx(
     sandbox: SandboxServer, twilio: Client, receiver: Receiver
 ) -> None:
     control(sandbox, "POST", "/config", json={"callbacks": {"retry_backoff": 0.05}})
@@ -667,19 +742,67 @@ def test_failed_callback_is_retried_and_logged(
     msg = twilio.messages.create(
         to=CUSTOMER, from_=SMS_FROM, body="x", status_callback=status_url(receiver, "msg_retry")
     )
-    calls = wait_for(
-        lambda: (
-            len(twilio_callbacks(receiver, msg.sid)) >= 2 and twilio_callbacks(receiver, msg.sid)
-        )
-    )
-    assert sorted(c["form"]["MessageStatus"] for c in calls) == ["delivered", "sent"]
+    wait_for(lambda: twilio_callbacks(receiver, msg.sid))
+    time.sleep(0.4)  # a retry, were there one, would have landed
+    assert [c["form"]["MessageStatus"] for c in twilio_callbacks(receiver, msg.sid)] == [
+        "delivered"
+    ]
     log = control(sandbox, "GET", "/callbacks", params={"message_id": msg.sid})["callbacks"]
     sent = [e for e in log if e["event"] == "sent"]
-    assert [(e["attempt"], e["status_code"], e["ok"]) for e in sent] == [
-        (1, 500, False),
-        (2, 200, True),
-    ]
+    assert [(e["attempt"], e["status_code"], e["ok"]) for e in sent] == [(1, 500, False)]
     assert sent[0]["herald_id"] == "msg_retry" and sent[0]["provider"] == "twilio"
+
+
+def test_twilio_retries_once_when_the_connection_fails(
+    sandbox: SandboxServer, twilio: Client
+) -> None:
+    from herald.stack import free_port
+
+    control(sandbox, "POST", "/config", json={"callbacks": {"retry_backoff": 0.05}})
+    url = f"http://127.0.0.1:{free_port()}/webhooks/twilio/status?message_id=m"
+    msg = twilio.messages.create(to=CUSTOMER, from_=SMS_FROM, body="x", status_callback=url)
+
+    def attempts() -> list[dict[str, Any]]:
+        log = control(sandbox, "GET", "/callbacks", params={"message_id": msg.sid})
+        return [e for e in log["callbacks"] if e["event"] == "sent"]
+
+    wait_for(lambda: len(attempts()) >= 2)
+    time.sleep(0.3)
+    assert [(e["attempt"], e["status_code"]) for e in attempts()] == [(1, None), (2, None)]
+    assert all(e["error"] for e in attempts())
+
+
+def test_meta_retries_a_webhook_answered_with_5xx(
+    sandbox: SandboxServer, receiver: Receiver
+) -> None:
+    control(sandbox, "POST", "/config", json={"callbacks": {"retry_backoff": 0.05}})
+    receiver.fail_next["/webhooks/meta"] = 2
+    wamid = meta_send(sandbox, text()).json()["messages"][0]["id"]
+
+    def log() -> list[dict[str, Any]]:
+        return control(sandbox, "GET", "/callbacks", params={"message_id": wamid})["callbacks"]
+
+    wait_for(lambda: sum(1 for e in log() if e["ok"]) >= 2)
+    failed = [e for e in log() if e["status_code"] == 500]
+    assert len(failed) == 2 and any(e["attempt"] > 1 and e["ok"] for e in log())
+
+
+def test_twilio_test_senders_agree_with_twilio(twilio: Client) -> None:
+    for sender, code in (("+15005550008", 21611), ("+15005550007", 21606)):
+        with pytest.raises(TwilioRestException) as exc:
+            twilio.messages.create(to=CUSTOMER, from_=sender, body="x")
+        assert exc.value.code == code
+    assert twilio.messages.create(to=CUSTOMER, from_="+15005550006", body="x").sid
+
+
+def test_twilio_fault_in_problem_details_shape(sandbox: SandboxServer, twilio: Client) -> None:
+    from twilio.base.exceptions import TwilioServiceException
+
+    fault = {"provider": "twilio", "status": 429, "code": 20429, "problem": True}
+    control(sandbox, "POST", "/faults", json=fault)
+    with pytest.raises(TwilioServiceException) as exc:
+        twilio.messages.create(to=CUSTOMER, from_=SMS_FROM, body="x")
+    assert (exc.value.status, exc.value.code) == (429, 20429) and exc.value.title
 
 
 # -- Inbound, sends log, control API ----------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Asking Twilio about messages whose callbacks never came.
+
+Twilio retries a status callback only when the connection fails, never after an
+HTTP error answer, so a callback Herald rolled back (or never got) is gone. A
+message left in `sending`/`sent` with nothing heard for
+HERALD_RECONCILE_AFTER_MINUTES is fetched (`GET /Messages/{sid}.json`) and its
+status, error code and price applied; the price is only ever in that resource.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from herald.config import get_settings
+from models import Message, ProviderAccount, session_scope, utcnow
+from providers import ProviderError, error_name, get_provider
+from services.status import apply_status
+from services.tenants import credentials
+from services.webhooks import TWILIO_STATUS
+
+log = logging.getLogger(__name__)
+
+BATCH = 100  # messages fetched per run, so one beat tick stays short
+MAX_AGE = timedelta(hours=72)  # past this, Twilio's answer will not change any more
+
+
+def stale_twilio_messages(older_than: timedelta, limit: int = BATCH) -> list[str]:
+    """Ids of Twilio messages in `sending`/`sent`, with a SID, untouched for `older_than`."""
+    now = utcnow()
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Message.id)
+                .where(
+                    Message.provider == "twilio",
+                    Message.direction == "outbound",
+                    Message.status.in_(("sending", "sent")),
+                    Message.provider_message_id.is_not(None),
+                    Message.updated_at < now - older_than,
+                    Message.created_at > now - MAX_AGE,
+                )
+                .order_by(Message.updated_at)
+                .limit(limit)
+            )
+        )
+
+
+def reconcile_stale(older_than: timedelta | None = None, limit: int = BATCH) -> dict[str, int]:
+    """One bounded pass: fetch each stale message from Twilio and apply what it says."""
+    if older_than is None:
+        older_than = timedelta(minutes=get_settings().reconcile_after_minutes)
+    counts = {"fetched": 0, "changed": 0, "errors": 0}
+    for message_id in stale_twilio_messages(older_than, limit):
+        try:
+            changed = reconcile_message(message_id)
+        except ProviderError as exc:
+            counts["errors"] += 1
+            log.warning("reconcile fetch failed id=%s: %s", message_id, exc.message)
+            _touch(message_id)  # asked again after the interval, not every tick
+            continue
+        counts["fetched"] += 1
+        counts["changed"] += int(changed)
+    if counts["fetched"] or counts["errors"]:
+        log.info("reconciled twilio statuses %s", counts)
+    return counts
+
+
+def reconcile_message(message_id: str) -> bool:
+    """Fetch one message's resource and apply it; returns whether its status moved."""
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        if message is None or not message.provider_message_id:
+            return False
+        account = session.get(ProviderAccount, message.provider_account_id)
+        if account is None:
+            return False
+        creds = credentials(account)
+        sid, current, price = message.provider_message_id, message.status, message.price
+    fetched = get_provider("twilio").fetch_status(creds, sid)  # type: ignore[attr-defined]
+    mapped = TWILIO_STATUS.get(fetched.native_status)
+    news = mapped not in (None, current) or (fetched.price is not None and fetched.price != price)
+    with session_scope() as session:
+        changed = False
+        if news:  # an unchanged answer is not another event in the history
+            changed = apply_status(
+                session,
+                message_id,
+                mapped or current,
+                source="reconcile",
+                native_status=fetched.native_status,
+                error_code=error_name("twilio", fetched.error_code),
+                provider_code=fetched.error_code,
+                error_message=fetched.error_message,
+                detail={"reconciled": True},
+                price=fetched.price,
+                price_unit=fetched.price_unit,
+            )
+        if not changed:
+            _touch(message_id, session)
+    return changed
+
+
+def _touch(message_id: str, session=None) -> None:  # type: ignore[no-untyped-def]
+    stmt = (
+        update(Message)
+        .where(Message.id == message_id)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if session is not None:
+        session.execute(stmt)
+        return
+    with session_scope() as own:
+        own.execute(stmt)
