@@ -5,6 +5,7 @@ refuse fails before it is sent, with the reason."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from models import Message, MessageEvent, session_scope
 from providers import ProviderError, get_provider
@@ -99,8 +100,12 @@ def test_a_stored_row_the_provider_would_refuse_fails_before_sending(
         message = session.get(Message, mid)
         assert message.status == "failed" and message.error_code == "content_not_sendable"
         assert "1600" in message.error_message
-        events = session.query(MessageEvent).filter_by(message_id=mid).all()
-        assert events[-1].status == "failed"
+        events = session.scalars(
+            select(MessageEvent.status)
+            .where(MessageEvent.message_id == mid)
+            .order_by(MessageEvent.id)
+        ).all()
+        assert events[-1] == "failed" and "sending" not in events
     assert live.sends(herald_id=mid) == []  # never reached the provider
 
 
