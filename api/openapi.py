@@ -92,7 +92,12 @@ OPENAPI: dict[str, Any] = {
                     "contact_id": {"type": "string"},
                     "channel": {"enum": ["whatsapp", "sms"], "default": "whatsapp"},
                     "provider": {"enum": ["twilio", "meta"]},
-                    "body": {"type": "string", "maxLength": 4096},
+                    "body": {
+                        "type": "string",
+                        "maxLength": 4096,
+                        "description": "Meta: 4,096 as text, 1,024 as a caption; "
+                        "Twilio: 1,600 (an emoji counts 2)",
+                    },
                     "media_url": {
                         "oneOf": [
                             {"type": "string"},

@@ -49,11 +49,16 @@ NAMES = {
     131016: "service_unavailable",
 }
 
+# Meta's supported media: an image is JPEG or PNG only; a WebP goes as a sticker (which
+# takes no caption); a GIF is no type Meta sends (services/schemas.py refuses it).
 MEDIA_TYPES = {
-    "image": (".jpg", ".jpeg", ".png", ".webp", ".gif"),
+    "image": (".jpg", ".jpeg", ".png"),
+    "sticker": (".webp",),
     "video": (".mp4", ".3gp"),
     "audio": (".mp3", ".ogg", ".aac", ".amr", ".m4a", ".opus"),
 }
+UNSENDABLE_SUFFIXES = (".gif",)
+NO_CAPTION = ("audio", "sticker")
 
 
 def classify(status: int | None, code: int | None) -> ErrorKind:
@@ -82,7 +87,15 @@ def error_details(error: dict[str, Any]) -> dict[str, Any]:
     return details
 
 
+def media_suffix(url: str) -> str:
+    """The URL path's lower-case ending, without the query (`.jpg`, or `` when none)."""
+    path = url.split("?", 1)[0].split("#", 1)[0].lower()
+    name = path.rsplit("/", 1)[-1]
+    return name[name.rfind(".") :] if "." in name else ""
+
+
 def media_type_for(url: str, declared: str | None) -> str:
+    """The Meta message type for a media URL: the declared one, else by the file's ending."""
     if declared:
         return declared
     path = url.split("?", 1)[0].lower()
@@ -121,7 +134,7 @@ def build_payload(message: OutboundMessage) -> dict[str, Any]:
     elif message.media_urls:
         kind = media_type_for(message.media_urls[0], message.media_type)
         media: dict[str, Any] = {"link": message.media_urls[0]}
-        if message.body and kind != "audio":
+        if message.body and kind not in NO_CAPTION:
             media["caption"] = message.body
         payload.update(type=kind, **{kind: media})
     else:

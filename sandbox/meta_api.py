@@ -88,6 +88,7 @@ ERRORS: dict[int, tuple[int, str, str]] = {
         "This recipient has chosen to stop receiving marketing messages from your business.",
     ),
     131051: (400, "Unsupported message type", "Message type is not currently supported."),
+    131053: (400, "Media upload error", "Unable to upload the media used in the message."),
     131056: (
         400,
         "(Business Account, Consumer Account) pair rate limit hit",
@@ -214,6 +215,36 @@ def validate(payload: Any) -> str | None:
             return _missing("reaction['message_id']")
         if "emoji" not in obj:
             return _missing("reaction['emoji']")
+    return None
+
+
+# Meta's supported media, by file ending: images JPEG/PNG only, stickers WebP only.
+MEDIA_SUFFIXES = {"image": (".jpg", ".jpeg", ".png"), "sticker": (".webp",)}
+KNOWN_MEDIA_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+CAPTION_LIMIT = 1024
+
+
+def media_problem(payload: dict[str, Any]) -> tuple[int, str] | None:
+    """What Meta refuses in a valid media message: a caption over 1,024 characters, or a
+    linked file of a type the message type does not take (a GIF or WebP as `image`).
+    Meta finds the second only when it fetches the link, and may report it by webhook;
+    the sandbox answers it at once, as 131053, so a test cannot miss it."""
+    kind = payload.get("type", "text")
+    obj = payload.get(kind)
+    if kind not in MEDIA_TYPES or not isinstance(obj, dict):
+        return None
+    caption = obj.get("caption")
+    if isinstance(caption, str) and len(caption) > CAPTION_LIMIT:
+        return (
+            100,
+            f"(#100) Param {kind}['caption'] must be at most {CAPTION_LIMIT} characters long.",
+        )
+    link = str(obj.get("link") or "").split("?", 1)[0].lower()
+    suffix = link[link.rfind(".") :] if "." in link.rsplit("/", 1)[-1] else ""
+    allowed = MEDIA_SUFFIXES.get(kind)
+    if allowed and suffix in KNOWN_MEDIA_SUFFIXES and suffix not in allowed:
+        mime = "image/" + {".jpg": "jpeg"}.get(suffix, suffix[1:])
+        return 131053, f"(#131053) Media upload error: {mime} is not supported for {kind}."
     return None
 
 
@@ -445,6 +476,9 @@ def blueprint(state: SandboxState) -> Blueprint:
         problem = validate(payload)
         if problem is not None:
             return fail(100, message=problem)
+        refused = media_problem(payload)
+        if refused is not None:
+            return fail(refused[0], message=refused[1])
         to = payload["to"]
         wa_id = digits(to.replace(" ", ""))
         kind = payload.get("type", "text")

@@ -59,6 +59,9 @@ ERRORS: dict[int, tuple[int, str]] = {
     21656: (400, "The ContentVariables Parameter is invalid."),
     21701: (400, "The Messaging Service Sid {mg} is invalid."),
     21910: (400, "Invalid From and To pair. From and To should be of the same channel"),
+    # Twilio names no code of its own for MediaUrl beside a ContentSid (the media belongs
+    # in the Content template); this is its code for content the channel will not take.
+    63021: (400, "Channel invalid content error"),
 }
 
 # Asynchronous failures that only show up in status callbacks / fetched resources.
@@ -127,6 +130,11 @@ def _segments(body: str) -> int:
     gsm = all(ord(c) < 128 for c in body)
     single, multi = (160, 153) if gsm else (70, 67)
     return 1 if len(body) <= single else math.ceil(len(body) / multi)
+
+
+def _twilio_length(body: str) -> int:
+    """Body length as Twilio counts it against 1,600: an emoji (two UTF-16 units) counts 2."""
+    return len(body.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _valid_from(value: str) -> bool:
@@ -275,7 +283,9 @@ def blueprint(state: SandboxState) -> Blueprint:
             code = 21656
         elif len(media) > 10:
             code = 21623
-        elif len(body) > 1600:
+        elif content_sid and media:
+            code = 63021
+        elif _twilio_length(body) > 1600:
             code = 21617
         elif callback_url and not re.match(r"https?://[^/\s]+", callback_url):
             code = 21609

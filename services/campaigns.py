@@ -37,6 +37,7 @@ from services.schemas import (
     MediaUrls,
     TemplateSchema,
     check_for_provider,
+    variables_problem,
 )
 from services.serialize import iso
 from services.tenants import find_account
@@ -201,6 +202,10 @@ def _add_chunk(
     valid: dict[str, tuple[str | None, list[str]]] = {}
     for number, item in chunk:
         error, phone, contact_id, variables = _recipient(item, by_contact)
+        if not error and variables and campaign.template:
+            # Known per recipient only: the row fails here, the campaign goes on.
+            filled = {**campaign.template, "variables": variables}
+            error = variables_problem(campaign.channel, filled)
         if error:
             campaign.invalid += 1
             if len(invalid_rows) < MAX_INVALID_ROWS_KEPT:

@@ -43,6 +43,7 @@ from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
 from services.phones import mask
+from services.schemas import provider_problems
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
 
@@ -148,6 +149,8 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                     )
                 elif account is None:
                     refusal = ("provider_not_configured", "provider account removed")
+                elif problem := content_problem(message):
+                    refusal = ("content_not_sendable", problem)
                 if refusal is not None:
                     apply_status(
                         session,
@@ -189,6 +192,23 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
         )
     ).all()
     return {(r.tenant_id, r.phone) for r in rows}
+
+
+def content_problem(message: Message) -> str | None:
+    """Why the provider would refuse this row's content, checked again just before
+    sending: a row accepted under older rules, or a campaign row, fails here with the
+    reason rather than being sent to fail at the provider (or be silently cut)."""
+    content = {
+        "channel": message.channel,
+        "body": message.body,
+        "media_url": message.media_urls,
+        "template": message.template,
+        **(message.options or {}),
+    }
+    problems = provider_problems(content, message.provider)
+    if not problems:
+        return None
+    return " ".join(f"{field}: {' '.join(texts)}" for field, texts in problems.items())
 
 
 def outbound_for(message: Message) -> OutboundMessage:

@@ -15,14 +15,20 @@ from marshmallow import (
     validates_schema,
 )
 
+from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.errors import InvalidRequest
 from services.inputs import value_problem
 from services.phones import normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
-BODY_LIMITS = {"whatsapp": 4096, "sms": 1600}
+BODY_LIMITS = {"whatsapp": 4096, "sms": 1600}  # before the provider is known: the most either takes
 MAX_MEDIA = 10
+# What each provider takes, from its documentation (see check_for_provider).
+TWILIO_BODY_LIMIT = 1600  # Twilio's Body, SMS and WhatsApp alike (error 21617)
+META_TEXT_LIMIT = 4096  # Meta text.body
+META_CAPTION_LIMIT = 1024  # Meta image/video/document caption
+WHATSAPP_TEMPLATE_LIMIT = 1024  # a WhatsApp template's text with its variables filled in
 
 _url = validate.URL(schemes={"http", "https"}, require_tld=False)
 
@@ -115,21 +121,102 @@ class MessageRequestSchema(Schema):
 _schema = MessageRequestSchema()
 
 
-def check_for_provider(data: dict[str, Any], provider: str) -> None:
-    """What the chosen provider needs of validated content, the same for one message
-    and for a campaign (both know the provider only once the tenant's default is
-    applied): Meta serves WhatsApp only, takes one media and sends templates by
-    name; Twilio sends templates by content_sid."""
+def twilio_length(text: str) -> int:
+    """A body's length as Twilio counts it against 1,600: in UTF-16 units, so an emoji
+    counts twice (Twilio: "emojis ... will be counted as multiple characters")."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def variables_problem(channel: str, template: dict[str, Any] | None) -> str | None:
+    """Why a WhatsApp template's variables cannot fit, or None. The template's own text
+    lives at the provider, so only a sure overflow is caught here: variables longer
+    together than the whole filled-in text may be (Meta 132005, Twilio 63021)."""
+    if channel != "whatsapp" or not template:
+        return None
+    # What is sent: Twilio takes content_variables over the variables list.
+    values = list((template.get("content_variables") or {}).values()) or list(
+        template.get("variables") or []
+    )
+    total = sum(len(str(v)) for v in values)
+    if total > WHATSAPP_TEMPLATE_LIMIT:
+        return (
+            f"Template variables total {total} characters; a WhatsApp template with its "
+            f"variables is at most {WHATSAPP_TEMPLATE_LIMIT}."
+        )
+    return None
+
+
+def provider_problems(data: dict[str, Any], provider: str) -> dict[str, list[str]]:
+    """Per field, what the chosen provider would refuse (or silently drop) in this
+    content; empty when it suits. See check_for_provider."""
     errors: dict[str, list[str]] = {}
-    if provider == "meta" and data.get("channel", "whatsapp") != "whatsapp":
-        errors["provider"] = ["Meta serves the whatsapp channel only."]
-    if provider == "meta" and len(data.get("media_url") or []) > 1:
-        errors["media_url"] = ["At most 1 media URL with provider meta."]
+    channel = data.get("channel", "whatsapp")
+    body = data.get("body") or ""
+    media = data.get("media_url") or []
     template = data.get("template")
+    if provider == "meta" and channel != "whatsapp":
+        errors["provider"] = ["Meta serves the whatsapp channel only."]
+    if provider == "meta" and len(media) > 1:
+        errors["media_url"] = ["At most 1 media URL with provider meta."]
     if template and provider == "twilio" and not template.get("content_sid"):
         errors["template"] = ["Twilio templates are sent by ContentSid: give template.content_sid."]
     if template and provider == "meta" and not template.get("name"):
         errors["template"] = ["Meta templates are sent by name: give template.name."]
+    problem = variables_problem(channel, template)
+    if problem:
+        errors.setdefault("template", []).append(problem)
+    if provider == "twilio":
+        if "interactive" in data:
+            errors["interactive"] = [
+                "Twilio sends buttons and lists only as Content templates: "
+                "give template.content_sid instead."
+            ]
+        if template and media:
+            errors.setdefault("media_url", []).append(
+                "Twilio refuses MediaUrl with a ContentSid: put the media in the Content template."
+            )
+        if not template and twilio_length(body) > TWILIO_BODY_LIMIT:
+            errors.setdefault("body", []).append(
+                f"At most {TWILIO_BODY_LIMIT} characters with provider twilio "
+                f"(an emoji counts as 2; this body counts {twilio_length(body)})."
+            )
+    if provider == "meta" and not template and "interactive" not in data:
+        if media:
+            kind = media_type_for(media[0], data.get("media_type"))
+            suffix = media_suffix(media[0])
+            if suffix in UNSENDABLE_SUFFIXES:
+                errors.setdefault("media_url", []).append(
+                    f"Meta cannot send a {suffix} file: images are JPEG or PNG "
+                    "(send an animation as MP4 video)."
+                )
+            elif kind == "image" and suffix == ".webp":
+                errors.setdefault("media_type", []).append(
+                    "Meta images are JPEG or PNG: a .webp goes as a sticker (leave media_type out)."
+                )
+            elif body and kind == "sticker":
+                errors.setdefault("body", []).append("Meta sends a sticker without a caption.")
+            elif body and kind != "audio" and len(body) > META_CAPTION_LIMIT:
+                errors.setdefault("body", []).append(
+                    f"At most {META_CAPTION_LIMIT} characters as a Meta {kind} caption."
+                )
+        elif len(body) > META_TEXT_LIMIT:
+            errors.setdefault("body", []).append(
+                f"At most {META_TEXT_LIMIT} characters in a Meta text message."
+            )
+    return errors
+
+
+def check_for_provider(data: dict[str, Any], provider: str) -> None:
+    """What the chosen provider takes of validated content, the same for one message
+    and for a campaign (both know the provider only once the tenant's default is
+    applied), so nothing the provider would refuse or drop is answered 202.
+
+    Meta: WhatsApp only, one media, templates by name, text up to 4,096 characters, a
+    caption up to 1,024, images JPEG/PNG (a .webp goes as a sticker, a .gif is refused).
+    Twilio: templates by content_sid, no MediaUrl beside a ContentSid, no interactive
+    (Content templates only), Body up to 1,600 (SMS and WhatsApp). WhatsApp templates:
+    variables together within the 1,024 characters of the filled-in text."""
+    errors = provider_problems(data, provider)
     if errors:
         raise InvalidRequest(
             f"The request does not suit provider {provider}.", code="invalid_fields", fields=errors

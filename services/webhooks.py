@@ -365,6 +365,20 @@ def _short(value: Any, limit: int) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
+def _reported_sender(raw: Any) -> str | None:
+    """The sender a Twilio status callback names, as Twilio wrote it (`whatsapp:` kept,
+    like the sender the worker records): with a Messaging Service only the callback says
+    which number the service chose. Anything that does not look like a sender (E.164, a
+    short code, an alphanumeric sender id) is ignored, never an error."""
+    value = _short(raw, 64)
+    if value is None:
+        return None
+    bare = value.removeprefix("whatsapp:")
+    e164 = bare.startswith("+") and bare[1:].isdigit() and 8 <= len(bare) <= 16
+    short = bare.isascii() and bare.replace(" ", "").isalnum() and 0 < len(bare) <= 11
+    return value if e164 or (short and not value.startswith("whatsapp:")) else None
+
+
 def _sender_phone(raw: Any) -> str | None:
     """The E.164 form of an inbound sender, or the raw sender when it is short enough
     to be a short code or an id (kept as the provider sent it); None if unusable."""
@@ -570,6 +584,7 @@ def handle_twilio_status(
         error_message=form.get("ErrorMessage") or None,
         price=_price(form.get("Price")),
         price_unit=_short(form.get("PriceUnit"), 8),
+        from_number=_reported_sender(form.get("From")),
     )
     return True
 
