@@ -100,6 +100,8 @@ class Settings:
     mps_twilio_sms: float = 10.0
     price_whatsapp: Decimal = Decimal("0.015")
     price_sms: Decimal = Decimal("0.0079")
+    admin_token: str | None = None
+    sandbox_url: str | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -121,6 +123,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     version = env.get("META_GRAPH_VERSION") or "v22.0"
     if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
         raise ConfigError(f"META_GRAPH_VERSION must look like 'v22.0', got {version!r}")
+    admin_token = env.get("HERALD_ADMIN_TOKEN") or None
+    if admin_token is not None and len(admin_token) < 16:
+        raise ConfigError("HERALD_ADMIN_TOKEN must be at least 16 characters")
+    sandbox_url = _url(env, "HERALD_SANDBOX_URL", "") if env.get("HERALD_SANDBOX_URL") else None
     return Settings(
         home=home,
         database_url=database_url,
@@ -152,6 +158,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         mps_twilio_sms=_float(env, "HERALD_MPS_TWILIO_SMS", 10.0),
         price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
+        admin_token=admin_token,
+        sandbox_url=sandbox_url,
     )
 
 

@@ -82,7 +82,7 @@ def authenticate(session: Session, authorization: str | None) -> Tenant:
         except jwt.PyJWTError:
             claims = None
         tenant = session.get(Tenant, str(claims["tenant"])) if claims else None
-    if tenant is None:
+    if tenant is None or tenant.disabled_at is not None:
         raise Unauthorized("The API key or token is not valid.")
     return tenant
 
