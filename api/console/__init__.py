@@ -71,9 +71,9 @@ bp = Blueprint(
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
 SESSION_HOURS = 12
 TICKS = {
-    "scheduled": ("🕓", "scheduled"),
-    "queued": ("🕓", "queued"),
-    "sending": ("🕓", "sending"),
+    "scheduled": ("…", "scheduled"),
+    "queued": ("…", "queued"),
+    "sending": ("…", "sending"),
     "sent": ("✓", "sent"),
     "delivered": ("✓✓", "delivered"),
     "read": ("✓✓", "read"),
@@ -87,8 +87,8 @@ def init_app(app: Flask) -> None:
     """Register the console and the cookie settings its session needs."""
     if not app.secret_key:
         app.secret_key = derived_key("herald-console-session")
-    app.config.setdefault("SESSION_COOKIE_NAME", "herald_console")
     app.config.update(
+        SESSION_COOKIE_NAME="herald_console",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -43,6 +43,7 @@ class Chart:
     xlabels: list[tuple[float, str]] = field(default_factory=list)  # x, label
     line: float | None = None  # y of a reference line (the campaign's rate)
     line_label: str = ""
+    line_label_y: float = 0.0
     width: int = WIDTH
     height: int = HEIGHT
     plot_top: int = 8
@@ -112,7 +113,7 @@ def send_rate_chart(start: datetime, per_second: list[int], rate: float) -> Char
     """Sends per second as bars against the campaign's rate as a dashed line."""
     chart = Chart()
     chart.empty = not any(per_second)
-    scale = _axis(chart, _nice_max(max([*per_second, rate, 1])))
+    scale = _axis(chart, _nice_max(max([*per_second, rate * 1.2, 1])))
     slot = (chart.width - chart.plot_left) / max(1, len(per_second))
     for index, n in enumerate(per_second):
         x = chart.plot_left + index * slot + slot * 0.1
@@ -130,6 +131,7 @@ def send_rate_chart(start: datetime, per_second: list[int], rate: float) -> Char
         if index % 10 == 0:
             chart.xlabels.append((x, f"-{len(per_second) - index}s"))
     chart.line = chart.plot_bottom - rate * scale
+    chart.line_label_y = chart.line - 4 if chart.line > chart.plot_top + 14 else chart.line + 14
     chart.line_label = f"rate {rate:g}/s"
     chart.legend = [("sent per second", "#1d4ed8"), (f"campaign rate ({rate:g}/s)", "#b91c1c")]
     return chart
