@@ -221,3 +221,17 @@ def test_api_keys_create_list_revoke(client, admin_token, tenant) -> None:
     assert client.post(base, json={"name": 5}, headers=admin_token).status_code == 400
     assert client.post(base, json={"x": 1}, headers=admin_token).status_code == 400
     assert client.post(base, headers=admin_token).status_code == 201  # no body: unnamed key
+
+
+def test_a_disabled_tenant_sends_nothing_by_any_path(client, admin_token, tenant, dispatched):  # type: ignore[no-untyped-def]
+    """Disabling refuses the keys and also the paths that carry a tenant id without one:
+    the Celery task and the seeds' unauthenticated routes."""
+    from workers.tasks import send_message
+
+    client.post(f"/admin/v1/tenants/{tenant['tenant_id']}/disable", headers=admin_token)
+    result = send_message.run(tenant_id=tenant["tenant_id"], to="+12025550143", body="x")
+    assert result["error"]["code"] == "tenant_disabled"
+    console = client.application.test_client()
+    from tests.unit.test_console import sign_in
+
+    assert sign_in(console, tenant["api_key"]).status_code == 401
