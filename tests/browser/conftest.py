@@ -58,8 +58,10 @@ def playwright_browser() -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(playwright_browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # Module scope: the stack must be gone before other e2e stacks start, since stacks
+    # of one test run share its database schema and Redis queue prefix.
     running = RunningStack(
         tmp_path_factory.mktemp("browser-stack"),
         {"HERALD_API_WORKERS": "1", "HERALD_WORKER_CONCURRENCY": "8"},
@@ -103,6 +105,11 @@ def page(playwright_browser: Any, stack: Any) -> Iterator[Any]:
     context = playwright_browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(30_000)
     tab = context.new_page()
+    errors: list[str] = []
+    # A script error or a Content-Security-Policy violation shows up as a console error.
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
     sign_in(tab, stack.info["api"], stack.info["api_key"])
     yield tab
     context.close()
+    assert not errors, f"errors in the browser console: {errors}"
