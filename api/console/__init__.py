@@ -19,7 +19,6 @@ from flask import (
     Blueprint,
     Flask,
     Response,
-    abort,
     g,
     redirect,
     render_template,
@@ -52,7 +51,7 @@ from services.console import (
     tenant_for_key,
     thread,
 )
-from services.contacts import get_contact, update_contact
+from services.contacts import update_contact
 from services.errors import HeraldError, InvalidRequest, NotFound
 from services.messages import get_message
 from services.phones import normalize_e164
@@ -139,7 +138,7 @@ def _herald_error(exc: HeraldError):  # type: ignore[no-untyped-def]
     return _page("error.html", exc.status, title="Not possible", message=exc.message)
 
 
-@bp.app_context_processor
+@bp.context_processor
 def _context() -> dict[str, Any]:
     return {
         "csrf_token": generate_csrf,
@@ -322,7 +321,7 @@ def campaign_live(campaign_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/campaigns/<campaign_id>/<action>")
 def campaign_action(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
     if action not in ("pause", "resume", "cancel"):
-        abort(404)
+        raise NotFound(f"No action {action!r}.")
     session_db = db()
     control_campaign(session_db, _tenant_id(), campaign_id, action)
     session_db.commit()
@@ -429,9 +428,3 @@ def phone_reply(number: str):  # type: ignore[no-untyped-def]
     if _fragment():
         return _page("_thread.html", **_thread_context(number))
     return redirect(url_for("console.phone_thread", number=number))
-
-
-@bp.get("/contacts/<contact_id>")
-def contact(contact_id: str):  # type: ignore[no-untyped-def]
-    row = get_contact(db(), _tenant_id(), contact_id)
-    return redirect(url_for("console.contacts", q=row.phone))
