@@ -389,3 +389,7 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {"get": {"security": [], "responses": {"200": _resp("Prometheus metrics")}}},
     },
 }
+
+from api.admin_openapi import ADMIN_PATHS  # noqa: E402  (the admin API, documented beside it)
+
+OPENAPI["paths"].update(ADMIN_PATHS)
