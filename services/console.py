@@ -449,7 +449,11 @@ def simulate_reply(
 ) -> dict[str, Any]:
     """Have the sandbox deliver a message from `number` to the tenant, as the provider
     would (a signed webhook to Herald): WhatsApp through the tenant's WhatsApp provider,
-    SMS through Twilio."""
+    SMS through Twilio.
+
+    Ends the session's transaction before calling the sandbox: the sandbox calls Herald
+    back within that call, and an open transaction (on SQLite, the write lock) would
+    hold the webhook up until the call timed out."""
     url = sandbox_url()
     if url is None or not sandbox_running():
         raise InvalidRequest("The provider sandbox is not running.", code="sandbox_unavailable")
@@ -480,6 +484,7 @@ def simulate_reply(
         payload["body"] = body
     if image_url:
         payload.update(media_url=image_url, media_type="image/jpeg")
+    session.commit()  # nothing written here: only the transaction ends
     try:
         answer = httpx.post(f"{url}/_sandbox/inbound", json=payload, timeout=10.0)
     except httpx.HTTPError as exc:
