@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint chaos bench clean browser
+.PHONY: run test lint chaos bench clean test-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +16,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/herald run
 
-test: $(STAMP) browser
+test: $(STAMP) test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
-# The console's browser tests drive Debian's Chromium (Playwright cannot download its
-# own here). Installed when missing and we are root with apt; otherwise they skip.
-browser:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing chromium for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+# Tools some tests need from Debian: Chromium for the console's browser tests (Playwright
+# cannot download its own here) and docker-compose to validate docker-compose.yml.
+# Installed when missing and we are root with apt; otherwise those tests skip.
+test-tools:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 lint: $(STAMP)
