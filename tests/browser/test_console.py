@@ -38,7 +38,8 @@ def test_sign_in_and_out(playwright_browser: Any, stack: Any, shots: Any) -> Non
     cookie = next(c for c in context.cookies() if c["name"] == "herald_console")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Lax"
     page.get_by_role("link", name="Overview").click()
-    assert page.get_by_role("heading", name="Overview").is_visible()
+    page.wait_for_url(f"{base}/console/")
+    page.get_by_role("heading", name="Overview").wait_for()
     shots.take(page, "overview")
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(re.compile(r".*/console/login$"))
@@ -135,7 +136,7 @@ def test_sandbox_reply_opens_the_window(page: Any, stack: Any, shots: Any) -> No
     assert "open" in row and "opted out" in row
     shots.take(page, "contacts")
     page.get_by_role("button", name=f"Opt {number} back in").click()
-    assert "subscribed" in page.locator("tbody").inner_text()
+    page.locator("tbody .badge.ok").get_by_text("subscribed").wait_for()
     page.goto(f"{base}/console/")
     shots.take(page, "overview")
 
