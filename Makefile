@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint chaos bench clean
+.PHONY: run test lint chaos bench clean test-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/herald run
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -25,6 +25,18 @@ test: $(STAMP)
 BENCH_ARGS ?= --messages 2000 --clients 8
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.compare $(BENCH_ARGS)
+
+# Tools some tests need from Debian: Chromium for the console's browser tests (Playwright
+# cannot download its own here) and docker-compose to validate docker-compose.yml.
+# Installed when missing and we are root with apt; otherwise those tests skip.
+test-tools:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

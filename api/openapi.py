@@ -517,3 +517,7 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+from api.admin_openapi import ADMIN_PATHS  # noqa: E402  (the admin API, documented beside it)
+
+OPENAPI["paths"].update(ADMIN_PATHS)

@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     create.set_defaults(func=_tenant_create)
 
+    from herald.cli_commands import register
+
+    register(sub, tenant)
+
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True
     )

@@ -103,6 +103,8 @@ class Settings:
     jwt_max_age_seconds: int = 86400
     metrics_token: str | None = None
     reconcile_after_minutes: int = 10
+    admin_token: str | None = None
+    sandbox_url: str | None = None
 
     @property
     def sqlite(self) -> bool:
@@ -124,6 +126,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     version = env.get("META_GRAPH_VERSION") or "v22.0"
     if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
         raise ConfigError(f"META_GRAPH_VERSION must look like 'v22.0', got {version!r}")
+    admin_token = env.get("HERALD_ADMIN_TOKEN") or None
+    if admin_token is not None and len(admin_token) < 16:
+        raise ConfigError("HERALD_ADMIN_TOKEN must be at least 16 characters")
+    sandbox_url = _url(env, "HERALD_SANDBOX_URL", "") if env.get("HERALD_SANDBOX_URL") else None
     return Settings(
         home=home,
         database_url=database_url,
@@ -158,6 +164,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
         metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
         reconcile_after_minutes=_int(env, "HERALD_RECONCILE_AFTER_MINUTES", 10, minimum=1),
+        admin_token=admin_token,
+        sandbox_url=sandbox_url,
     )
 
 

@@ -350,7 +350,8 @@ def run_stack() -> int:
             **dev,
         }
         print(
-            f"\nHerald is running.\n  API:      {api_url}\n  Sandbox:  {sandbox_url or '-'}"
+            f"\nHerald is running.\n  API:      {api_url}\n  Console:  {api_url}/console"
+            f"\n  Sandbox:  {sandbox_url or '-'}"
             f"\n  API key:  {dev['api_key']}  (tenant {dev['tenant_id']})"
             f"\n  Sandbox WhatsApp phone number id: {ready['meta_phone_number_id']}"
             f"\n  State:    {home}\nPress Ctrl-C to stop.",

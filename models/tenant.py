@@ -22,6 +22,8 @@ class Tenant(Base):
     hourly_limit: Mapped[int | None] = mapped_column(Integer)
     daily_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A disabled tenant's keys and tokens are refused; its rows are kept.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     accounts: Mapped[list[ProviderAccount]] = relationship(back_populates="tenant")
 

@@ -16,7 +16,14 @@ from herald.config import get_settings
 from models import Contact, Message, MessageEvent, Tenant, utcnow
 from services.contacts import get_contact
 from services.dispatch import enqueue_after_commit
-from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
+from services.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PolicyRefused,
+    RateLimited,
+)
 from services.inputs import text_problem
 from services.limits import take_quota
 from services.phones import mask
@@ -96,6 +103,8 @@ def accept_message(
     constraint. `origin` 'legacy' (unauthenticated seed callers) is a key space of
     its own: such a caller can neither replay nor block the tenant's keys.
     """
+    if tenant.disabled_at is not None:  # the task and the seeds' routes carry no key to refuse
+        raise Forbidden("This tenant is disabled.", code="tenant_disabled")
     digest = request_hash(raw if raw is not None else data)
     if idempotency_key:
         if len(idempotency_key) > 255:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import threading
 from typing import Any
@@ -59,3 +60,9 @@ def decrypt_json(token: str) -> dict[str, Any]:
             "cannot decrypt a stored secret: HERALD_SECRET_KEY differs from the key it was "
             "encrypted with"
         ) from None
+
+
+def derived_key(purpose: str) -> bytes:
+    """A key for one purpose (e.g. signing console sessions), derived from the same
+    secret as encryption at rest, so a deployment sets one secret, not one per use."""
+    return hmac.new(_key_material().encode(), purpose.encode(), hashlib.sha256).digest()

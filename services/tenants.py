@@ -77,7 +77,7 @@ def authenticate(session: Session, authorization: str | None) -> Tenant:
     elif token.count(".") == 2 and get_settings().jwt_secret:
         tenant_id = _jwt_tenant(token)
         tenant = session.get(Tenant, tenant_id) if tenant_id else None
-    if tenant is None:
+    if tenant is None or tenant.disabled_at is not None:
         raise Unauthorized("The API key or token is not valid.")
     return tenant
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0004_webhook_scope"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
