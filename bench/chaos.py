@@ -194,7 +194,12 @@ class ChaosStack:
 
     def start(self) -> dict[str, str]:
         from herald.config import get_settings
+        from herald.postgres import embedded
 
+        self._database = contextlib.ExitStack()
+        if not self.env.get("DATABASE_URL"):
+            # The default, as `make run`: an embedded PostgreSQL under this home.
+            self.env["DATABASE_URL"] = self._database.enter_context(embedded(self.home))
         ours = {k: v for k, v in self.env.items() if k.startswith(("HERALD", "DATABASE"))}
         self._saved_env = {k: os.environ.get(k) for k in ours}
         os.environ.update(ours)  # this process migrates and creates the tenant
@@ -240,6 +245,11 @@ class ChaosStack:
 
         for name in list(self.procs)[::-1]:
             self._kill(name, signal.SIGTERM)
+        from models import reset_engine
+
+        reset_engine()  # this process's connections, before the server stops
+        if hasattr(self, "_database"):
+            self._database.close()
         self.log.close()
         for key, value in getattr(self, "_saved_env", {}).items():
             if value is None:
