@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import shutil
-import subprocess
+import signal
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,25 +95,35 @@ def _start(pgdata: Path) -> str:
     return f"postgresql+psycopg://postgres@/postgres?host={info.socket_dir}"
 
 
-def _stop(pgdata: Path) -> None:
-    server = _server(pgdata)
-    subprocess.run(
-        [str(server.bin_path / "pg_ctl"), "stop", "-D", str(pgdata), "-m", "fast", "-w"],
-        user=server.system_user,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _stop(pgdata: Path, timeout: float = 60.0) -> None:
+    """Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit).
+
+    A signal rather than `pg_ctl stop`: pg_ctl would run as the server's user,
+    who may no longer reach the data directory if a parent folder's permissions
+    changed while it ran (pytest resets its temporary root to 0700)."""
+    pid = _postmaster_pid(pgdata)
+    if pid is None or not _alive(pid):
+        return
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    # A clean exit removes postmaster.pid (the pid itself may linger as a zombie).
+    while _postmaster_pid(pgdata) == pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _postmaster_pid(pgdata) == pid and _alive(pid):
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown; recovery on next start
 
 
 def running(home: Path) -> bool:
     """Whether `home`'s embedded server is up (its postmaster pid is alive)."""
-    pidfile = data_dir(home) / "postmaster.pid"
-    try:
-        pid = int(pidfile.read_text().split("\n", 1)[0])
-    except (FileNotFoundError, ValueError):
-        return False
-    return _alive(pid)
+    pid = _postmaster_pid(data_dir(home))
+    return pid is not None and _alive(pid)
 
 
 @contextmanager

@@ -5,8 +5,11 @@ start (and stop) themselves when it is not."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,8 +41,16 @@ def list_messages(api_url: str, api_key: str) -> int:
     ).status_code
 
 
-def test_run_and_cli_share_the_embedded_server_of_one_home(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+@pytest.fixture
+def home() -> Iterator[Path]:
+    # Not under pytest's temporary root: other pytest sessions reset it to 0700,
+    # which the server's own user (as root: `pgserver`) could then not traverse.
+    path = Path(tempfile.mkdtemp(prefix="herald-e2e-pg-"))
+    yield path / "home"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_run_and_cli_share_the_embedded_server_of_one_home(home: Path) -> None:
     first = RunningStack(home, {"DATABASE_URL": ""})
     try:
         info = first.wait_ready()
