@@ -258,13 +258,13 @@ def run_stack() -> int:
         return _run_stack(home, embedded_db=False)
     from herald.postgres import embedded
 
-    try:
-        with embedded(home) as url:
-            os.environ["DATABASE_URL"] = url
-            return _run_stack(home, embedded_db=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"herald: embedded PostgreSQL failed: {exc}", file=sys.stderr, flush=True)
-        return 1
+    with contextlib.ExitStack() as database:
+        try:
+            os.environ["DATABASE_URL"] = database.enter_context(embedded(home))
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"herald: embedded PostgreSQL did not start: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return _run_stack(home, embedded_db=True)
 
 
 def _run_stack(home: Path, embedded_db: bool) -> int:
