@@ -3,7 +3,7 @@
 Recipients are streamed from a CSV and written in chunks of batched INSERTs, so
 peak memory should not grow with the list. Prints figures; asserts nothing.
 
-    python -m bench.campaign_memory            # SQLite in a temporary HERALD_HOME
+    python -m bench.campaign_memory            # embedded PostgreSQL in a temporary HERALD_HOME
     DATABASE_URL=postgresql+psycopg://… python -m bench.campaign_memory
 """
 
@@ -20,6 +20,20 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     os.environ.setdefault("HERALD_HOME", str(home))
     os.environ.setdefault("HERALD_SECRET_KEY", "bench")
+    if os.environ.get("DATABASE_URL"):
+        _measure(home, os.environ["DATABASE_URL"])
+        return
+    from herald.postgres import embedded
+
+    with embedded(home, delete=True) as url:
+        os.environ["DATABASE_URL"] = url
+        _measure(home, f"embedded PostgreSQL in {home}")
+        from models import reset_engine
+
+        reset_engine()
+
+
+def _measure(home: Path, database: str) -> None:
     from herald import migrate
     from models import session_scope
     from services.campaigns import create_campaign, csv_recipients, load_campaign_request
@@ -37,7 +51,7 @@ def main() -> None:
             sms_from="+12025550100",
         )
         tenant_id = tenant.id
-    print(f"database: {os.environ.get('DATABASE_URL', 'sqlite in ' + str(home))}")
+    print(f"database: {database}")
     for size in (10_000, 100_000):
         path = home / f"recipients-{size}.csv"
         with path.open("w") as f:

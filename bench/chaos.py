@@ -89,6 +89,20 @@ class TrialResult:
     pg_recover_s: float | None = None
 
 
+def proxy_to(database_url: str) -> tuple[TcpProxy, str]:
+    """Start a cuttable proxy to the PostgreSQL of `database_url` (TCP, or the Unix socket
+    of the embedded server) and return it with the URL that goes through it."""
+    url = make_url(database_url)
+    socket_dir = url.query.get("host")
+    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.{url.port or 5432}").start()
+        url = url.difference_update_query(["host"])
+    else:
+        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port)
+    return proxy, proxied.render_as_string(hide_password=False)
+
+
 class ChaosStack:
     """The processes of one Herald deployment, each restartable on its own."""
 
@@ -117,13 +131,7 @@ class ChaosStack:
             HERALD_LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
         )
-        self.database: TcpProxy | None = None
-        url = make_url(self.env.get("DATABASE_URL") or "sqlite://")
-        if url.drivername.startswith("postgresql"):
-            # Herald reaches PostgreSQL through a proxy the harness can cut.
-            self.database = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
-            proxied = url.set(host="127.0.0.1", port=self.database.port)
-            self.env["DATABASE_URL"] = proxied.render_as_string(hide_password=False)
+        self.database: TcpProxy | None = None  # set by start(): the proxy to PostgreSQL
         self.n_workers = workers
         self.concurrency = concurrency
         self.procs: dict[str, subprocess.Popen] = {}
@@ -212,8 +220,18 @@ class ChaosStack:
 
     def start(self) -> dict[str, str]:
         from herald.config import get_settings
+        from herald.postgres import embedded
 
+        self._database = contextlib.ExitStack()
+        if not self.env.get("DATABASE_URL"):
+            # The default, as `make run`: an embedded PostgreSQL under this home.
+            self.env["DATABASE_URL"] = self._database.enter_context(embedded(self.home))
+        # Herald reaches PostgreSQL through a proxy the harness can cut; this process
+        # (migrations, the tenant, the checks) goes direct.
+        direct = self.env["DATABASE_URL"]
+        self.database, self.env["DATABASE_URL"] = proxy_to(direct)
         ours = {k: v for k, v in self.env.items() if k.startswith(("HERALD", "DATABASE"))}
+        ours["DATABASE_URL"] = direct
         self._saved_env = {k: os.environ.get(k) for k in ours}
         os.environ.update(ours)  # this process migrates and creates the tenant
         get_settings.cache_clear()
@@ -258,8 +276,13 @@ class ChaosStack:
 
         for name in list(self.procs)[::-1]:
             self._kill(name, signal.SIGTERM)
+        from models import reset_engine
+
+        reset_engine()  # this process's connections, before the server stops
         if self.database is not None:
             self.database.close()
+        if hasattr(self, "_database"):
+            self._database.close()
         self.log.close()
         for key, value in getattr(self, "_saved_env", {}).items():
             if value is None:

@@ -14,10 +14,19 @@ import threading
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:`port` to `target_host`:`target_port`, one thread per direction."""
+    """Forward 127.0.0.1:`port` to `target_host`:`target_port` (or to the Unix socket
+    `unix_path`), one thread per direction."""
 
-    def __init__(self, target_host: str, target_port: int, port: int = 0) -> None:
+    def __init__(
+        self,
+        target_host: str = "127.0.0.1",
+        target_port: int = 0,
+        port: int = 0,
+        *,
+        unix_path: str | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        self.unix_path = unix_path
         self.port = port
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -61,8 +70,7 @@ class TcpProxy:
             except OSError:
                 return  # cut
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
-                upstream.settimeout(None)
+                upstream = self._connect_upstream()
             except OSError:
                 client.close()
                 continue
@@ -74,6 +82,20 @@ class TcpProxy:
                 self._conns.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if self.unix_path is None:
+            upstream = socket.create_connection(self.target, timeout=5)
+        else:
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            try:
+                upstream.connect(self.unix_path)
+            except OSError:
+                upstream.close()
+                raise
+        upstream.settimeout(None)
+        return upstream
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

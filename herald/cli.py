@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from herald import migrate
@@ -154,7 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     unrouted.set_defaults(func=_inbound_unrouted)
 
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.command == "run" or os.environ.get("DATABASE_URL"):
+        return int(args.func(args) or 0)
+    return _with_embedded_database(args)
+
+
+def _with_embedded_database(args: argparse.Namespace) -> int:
+    """Run a command on HERALD_HOME's embedded server: the one `make run` keeps up,
+    or one started for this command and stopped after it."""
+    from herald.config import get_settings
+    from herald.postgres import embedded
+
+    with embedded(get_settings().home) as url:
+        os.environ["DATABASE_URL"] = url
+        get_settings.cache_clear()
+        if args.command != "migrate":
+            migrate.upgrade()  # a first command on a fresh HERALD_HOME
+        return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

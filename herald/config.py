@@ -12,6 +12,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 
+from herald.postgres import default_url
+
 
 class ConfigError(ValueError):
     """A configuration variable has a value Herald cannot use."""
@@ -106,16 +108,13 @@ class Settings:
     admin_token: str | None = None
     sandbox_url: str | None = None
 
-    @property
-    def sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: the process environment)."""
     env = dict(os.environ if env is None else env)
     home = Path(env.get("HERALD_HOME") or ".herald").resolve()
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'herald.db'}"
+    # Unset: the embedded server of HERALD_HOME, which `herald` commands start (herald.postgres).
+    database_url = env.get("DATABASE_URL") or default_url(home)
     if database_url.startswith("postgresql://"):
         # psycopg 3 is the driver Herald ships; plain URLs would pick psycopg2.
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]

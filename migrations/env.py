@@ -1,4 +1,4 @@
-"""Alembic environment: the database is DATABASE_URL (or the HERALD_HOME SQLite file)."""
+"""Alembic environment: the database is DATABASE_URL (or the HERALD_HOME embedded server)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
     with context.begin_transaction():

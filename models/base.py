@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Stores naive UTC, returns aware UTC: identical behaviour on SQLite and PostgreSQL."""
+    """Stores naive UTC, returns aware UTC, whatever the session time zone."""
 
     impl = DateTime
     cache_ok = True

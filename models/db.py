@@ -1,10 +1,4 @@
-"""Engine and sessions, one engine per process.
-
-SQLite (the development default) is made safe for several processes writing at
-once: WAL journal, a busy timeout, and `BEGIN IMMEDIATE` so a transaction takes
-the write lock up front instead of failing with "database is locked" when it
-upgrades from reading to writing.
-"""
+"""Engine and sessions, one engine per process."""
 
 from __future__ import annotations
 
@@ -13,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from herald.config import get_settings
@@ -28,23 +22,6 @@ _factory: sessionmaker[Session] | None = None
 
 
 def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-            dbapi_conn.isolation_level = None  # let the "begin" hook issue BEGIN
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
     # Worker threads each hold a connection during a send; size the pool for them.
     # A dead database must fail a request fast (a 503), never hang it: libpq gives up
     # connecting after connect_timeout, a connection whose packets go unanswered is

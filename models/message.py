@@ -21,8 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, new_id, utcnow
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a bigint.
-AutoId = BigInteger().with_variant(Integer(), "sqlite")
+AutoId = BigInteger()
 
 
 class Message(Base):

@@ -22,6 +22,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
@@ -263,17 +264,10 @@ def _add_chunk(
 
 def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> None:
     """Batched INSERTs; a recipient already in the campaign (an earlier chunk) is skipped."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
     table = Message.__table__
     # One cached statement with many parameter sets: SQLAlchemy batches it into
     # multi-row INSERTs ("insertmanyvalues") without recompiling per chunk.
-    statement = dialect_insert(table).on_conflict_do_nothing(
-        index_elements=["campaign_id", "to_number"]
-    )
+    statement = pg_insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "to_number"])
     session.execute(statement, rows)
 
 

@@ -452,8 +452,8 @@ def simulate_reply(
     SMS through Twilio.
 
     Ends the session's transaction before calling the sandbox: the sandbox calls Herald
-    back within that call, and an open transaction (on SQLite, the write lock) would
-    hold the webhook up until the call timed out."""
+    back within that call, and an open transaction holding row locks the webhook needs
+    would hold it up until the call timed out."""
     url = sandbox_url()
     if url is None or not sandbox_running():
         raise InvalidRequest("The provider sandbox is not running.", code="sandbox_unavailable")

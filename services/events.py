@@ -126,7 +126,7 @@ def deliver_pending_events(message_id: str) -> float | None:
 
 def _deliver_in_order(message_id: str) -> float | None:
     # Read in one short transaction and POST outside any: a slow tenant URL must not
-    # hold the database (on SQLite, its one write lock) for the length of a timeout.
+    # hold a database connection and its row locks for the length of a timeout.
     with session_scope() as session:
         pending = [
             (e.id, e.url, e.payload, e.next_attempt_at, e.tenant_id)

@@ -1,9 +1,13 @@
-"""Shared fixtures. Each test run gets its own database: a fresh PostgreSQL schema
-when DATABASE_URL points at PostgreSQL (CI), else a temporary SQLite file."""
+"""Shared fixtures. Each test run gets its own PostgreSQL schema: on DATABASE_URL's
+server when it is set (CI), else on an embedded server started for this run alone
+and removed at its end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,65 +24,69 @@ META_TOKEN = "test-meta-token"
 META_SECRET = "test-meta-app-secret"
 
 
-def _isolated_database_url(tmp: Path) -> tuple[str, str | None]:
+def _server_url(stack: contextlib.ExitStack) -> str:
+    """DATABASE_URL, or the URL of an embedded server that `stack` stops and deletes."""
     url = os.environ.get("DATABASE_URL", "")
-    if url.startswith("postgresql"):
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        schema = f"herald_test_{RUN_ID}"
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-        sep = "&" if "?" in url else "?"
-        return f"{url}{sep}options=-csearch_path%3D{schema}", schema
-    return f"sqlite:///{tmp / 'herald.db'}", None
+    if not url:
+        from herald.postgres import embedded
+
+        home = Path(tempfile.mkdtemp(prefix=f"herald-test-pg-{RUN_ID}-"))
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        url = stack.enter_context(embedded(home, delete=True))
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
 
 
 @pytest.fixture(scope="session", autouse=True)
 def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Point the whole process (and any child it starts) at an isolated database."""
+    """Point the whole process (and any child it starts) at an isolated schema."""
     home = tmp_path_factory.mktemp("herald-home")
-    base_url = os.environ.get("DATABASE_URL", "")
-    db_url, schema = _isolated_database_url(home)
-    env = {
-        "HERALD_HOME": str(home),
-        "DATABASE_URL": db_url,
-        "HERALD_SECRET_KEY": "test-secret-key-" + RUN_ID,
-        "HERALD_PUBLIC_URL": "http://herald.test",
-        "HERALD_QUEUE_PREFIX": f"herald-test-{RUN_ID}:",
-        "HERALD_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123",
-        # Many tests message one number within seconds; pacing has its own test.
-        "HERALD_PAIR_PACING_SECONDS": "0",
-        # The tests' callback receivers listen on loopback.
-        "HERALD_ALLOW_PRIVATE_CALLBACKS": "1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from herald.config import get_settings
-    from models import reset_engine
+    with contextlib.ExitStack() as server:
+        base_url = _server_url(server)
+        schema = f"herald_test_{RUN_ID}"
+        engine = create_engine(base_url)
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine.dispose()
+        sep = "&" if "?" in base_url else "?"
+        env = {
+            "HERALD_HOME": str(home),
+            "DATABASE_URL": f"{base_url}{sep}options=-csearch_path%3D{schema}",
+            "HERALD_SECRET_KEY": "test-secret-key-" + RUN_ID,
+            "HERALD_PUBLIC_URL": "http://herald.test",
+            "HERALD_QUEUE_PREFIX": f"herald-test-{RUN_ID}:",
+            "HERALD_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123",
+            # Many tests message one number within seconds; pacing has its own test.
+            "HERALD_PAIR_PACING_SECONDS": "0",
+            # The tests' callback receivers listen on loopback.
+            "HERALD_ALLOW_PRIVATE_CALLBACKS": "1",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        from herald.config import get_settings
+        from models import reset_engine
 
-    get_settings.cache_clear()
-    reset_engine()
-    if not os.environ.get("REDIS_URL"):
-        import fakeredis
+        get_settings.cache_clear()
+        reset_engine()
+        if not os.environ.get("REDIS_URL"):
+            import fakeredis
 
-        from services.limits import set_redis
+            from services.limits import set_redis
 
-        set_redis(fakeredis.FakeRedis())  # limits need Redis; CI also runs on a real one
-    from herald import migrate
+            set_redis(fakeredis.FakeRedis())  # limits need Redis; CI also runs on a real one
+        from herald import migrate
 
-    migrate.upgrade()
-    yield env
-    reset_engine()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
-    if schema:
-        engine = create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        migrate.upgrade()
+        yield env
+        reset_engine()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+        engine = create_engine(base_url)
         with engine.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()

@@ -24,7 +24,7 @@ def upgrade() -> None:
         "event_deliveries",
         sa.Column(
             "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             autoincrement=True,
             nullable=False,
         ),

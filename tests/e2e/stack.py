@@ -29,11 +29,9 @@ class RunningStack:
             "HERALD_PAIR_PACING_SECONDS",
         ):
             env.pop(key, None)
-        if env.get("DATABASE_URL", "").startswith("postgresql"):
+        if env.get("DATABASE_URL"):
             # Stacks sharing one database must share its encryption key, as in production.
             env["HERALD_SECRET_KEY"] = os.environ["HERALD_SECRET_KEY"]
-        else:
-            env.pop("DATABASE_URL", None)  # default: SQLite (and key file) under HERALD_HOME
         env.update(
             HERALD_HOME=str(home),
             PORT=str(free_port()),

@@ -173,8 +173,8 @@ def test_a_batch_owes_events_only_for_messages_someone_listens_to(
 
 
 def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, dispatched) -> None:
-    # The tenant's endpoint is slow and, meanwhile, the system must keep writing (on
-    # SQLite a transaction held across the POST would block every writer).
+    # The tenant's endpoint is slow and, meanwhile, the system must keep writing (a
+    # transaction held across the POST would hold its row locks for the whole timeout).
     from models import Contact
 
     wrote: list[bool] = []
