@@ -1,4 +1,4 @@
-# Two commands on a fresh clone (CONTRACT §9):
+# Two commands on a fresh clone:
 #   make run    the whole stack in the foreground (Ctrl-C stops it all)
 #   make test   the whole test suite
 PYTHON ?= python3

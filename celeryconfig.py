@@ -99,7 +99,7 @@ def _queue(name: str) -> Queue:
 
 
 task_queues = (
-    _queue("herald"),  # the public task herald.send_message (CONTRACT §7)
+    _queue("herald"),  # the public task herald.send_message
     _queue("herald.send"),  # transactional deliveries
     _queue("herald.bulk"),  # campaign batches
     _queue("herald.events"),  # events out to tenants' callback URLs

@@ -1,4 +1,4 @@
-"""The seeds' endpoints (CONTRACT §4), kept working for their existing clients.
+"""The seeds' endpoints, kept working for their existing clients.
 
 Each route only translates its seed's request into a `/v1/messages` request and
 Herald's answer into the seed's response shape; validation, policy and delivery

@@ -1,4 +1,4 @@
-"""Provider webhooks (CONTRACT §5). Signatures are checked before anything is read
+"""Provider webhooks. Signatures are checked before anything is read
 into the database; a bad one is 403 and changes nothing."""
 
 from __future__ import annotations

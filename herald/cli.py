@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="action", required=True)
     create = tenant.add_parser("create", help="create a tenant and print its first API key")
     create.add_argument("name")
-    create.add_argument("--callback-url", help="where status events are POSTed (CONTRACT §6)")
+    create.add_argument("--callback-url", help="where status events are POSTed")
     create.add_argument(
         "--hourly-limit", type=int, help="messages per hour (default 100; 0 = none)"
     )

@@ -1,4 +1,4 @@
-"""Errors the domain raises; the API renders each as CONTRACT §3's JSON error."""
+"""Errors the domain raises; the API renders each as the one JSON error shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Events out (CONTRACT §6): status changes POSTed, signed, to the tenant's callback URL.
+"""Events out: status changes POSTed, signed, to the tenant's callback URL.
 
 A status change writes an EventDelivery row in its own transaction; after the
 commit a task delivers the message's pending events strictly in order. One event

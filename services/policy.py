@@ -1,6 +1,6 @@
 """Rules a message must pass before it is queued: opt-out and WhatsApp's 24-hour window.
 
-Refusals are 422s with a code the caller can act on (CONTRACT §3), decided here
+Refusals are 422s with a code the caller can act on, decided here
 once for the API, the Celery task and the seeds' endpoints alike.
 """
 

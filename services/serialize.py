@@ -1,4 +1,4 @@
-"""The public JSON shapes of Herald's rows (CONTRACT §3)."""
+"""The public JSON shapes of Herald's rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The message status machine (CONTRACT §2): forward only, terminal states final.
+"""The message status machine: forward only, terminal states final.
 
 Every change is a conditional UPDATE whose WHERE clause lists the states the
 move is allowed from, so two webhooks racing on one message cannot both win and

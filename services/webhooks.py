@@ -52,7 +52,7 @@ from services.tenants import credentials as _credentials
 
 log = logging.getLogger(__name__)
 
-# Twilio's statuses onto CONTRACT §2. `canceled` at Twilio means it will never be
+# Twilio's statuses onto Herald's. `canceled` at Twilio means it will never be
 # delivered, which for Herald's caller is a failure; the native value is kept.
 TWILIO_STATUS = {
     "accepted": "queued",

@@ -68,7 +68,7 @@ def deliver_events(self, message_id: str) -> None:  # type: ignore[no-untyped-de
 def send_message(  # type: ignore[no-untyped-def]
     self, tenant_id: str, idempotency_key: str | None = None, **fields: Any
 ) -> dict[str, Any]:
-    """The public task (CONTRACT §7): the same validation and path as POST /v1/messages."""
+    """The public task: the same validation and path as POST /v1/messages."""
     try:
         with session_scope() as session:
             tenant = session.get(Tenant, tenant_id)

@@ -1,4 +1,4 @@
-"""Events out (CONTRACT §6): status changes POSTed to the callback URL, signed,
+"""Events out: status changes POSTed to the callback URL, signed,
 retried with backoff, in order per message."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `herald` command-line tool (CONTRACT §9)."""
+"""The `herald` command-line tool."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seeds' endpoints answer as their seeds document (CONTRACT §4)."""
+"""The seeds' endpoints answer as their seeds document."""
 
 from __future__ import annotations
 

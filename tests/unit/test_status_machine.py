@@ -1,4 +1,4 @@
-"""The status machine: forward only, terminal states final (CONTRACT §2)."""
+"""The status machine: forward only, terminal states final."""
 
 from __future__ import annotations
 
