@@ -130,7 +130,7 @@ beat_schedule = {
     # Twilio statuses whose callbacks were lost (Twilio never retries after a 5xx).
     "reconcile": {
         "task": "herald.reconcile",
-        "schedule": 60.0,
+        "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
         "options": {"queue": "herald.periodic", "expires": 60},
     },
 }

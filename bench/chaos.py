@@ -127,6 +127,10 @@ class ChaosStack:
             HERALD_SETTLE_SECONDS="3",
             HERALD_SWEEP_AFTER_SECONDS="3",
             HERALD_SWEEP_INTERVAL="1",
+            # Twilio never retries a callback answered 5xx (as during the database outage):
+            # the lost ones are fetched back by reconciliation, here after 6 s, not 10 min.
+            HERALD_RECONCILE_AFTER_MINUTES="0.1",
+            HERALD_RECONCILE_INTERVAL="2",
             HERALD_MAX_ATTEMPTS="25",
             HERALD_LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",

@@ -32,6 +32,12 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
 def _float(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -104,7 +110,7 @@ class Settings:
     price_sms: Decimal = Decimal("0.0079")
     jwt_max_age_seconds: int = 86400
     metrics_token: str | None = None
-    reconcile_after_minutes: int = 10
+    reconcile_after_minutes: float = 10.0
     admin_token: str | None = None
     sandbox_url: str | None = None
 
@@ -162,7 +168,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
         jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
         metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
-        reconcile_after_minutes=_int(env, "HERALD_RECONCILE_AFTER_MINUTES", 10, minimum=1),
+        reconcile_after_minutes=_positive(
+            _float(env, "HERALD_RECONCILE_AFTER_MINUTES", 10.0), "HERALD_RECONCILE_AFTER_MINUTES"
+        ),
         admin_token=admin_token,
         sandbox_url=sandbox_url,
     )
