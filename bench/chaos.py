@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy.engine import make_url
 
-from bench.tcpproxy import TcpProxy
+from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import (
     ROOT,
     SANDBOX_META,
@@ -87,20 +86,6 @@ class TrialResult:
     # no HTTP answer), and seconds from its end to the first accepted POST.
     outage_answers: dict[str, int] = field(default_factory=dict)
     pg_recover_s: float | None = None
-
-
-def proxy_to(database_url: str) -> tuple[TcpProxy, str]:
-    """Start a cuttable proxy to the PostgreSQL of `database_url` (TCP, or the Unix socket
-    of the embedded server) and return it with the URL that goes through it."""
-    url = make_url(database_url)
-    socket_dir = url.query.get("host")
-    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
-        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.{url.port or 5432}").start()
-        url = url.difference_update_query(["host"])
-    else:
-        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    proxied = url.set(host="127.0.0.1", port=proxy.port)
-    return proxy, proxied.render_as_string(hide_password=False)
 
 
 class ChaosStack:

@@ -12,6 +12,8 @@ import contextlib
 import socket
 import threading
 
+from sqlalchemy.engine import make_url
+
 
 class TcpProxy:
     """Forward 127.0.0.1:`port` to `target_host`:`target_port` (or to the Unix socket
@@ -114,3 +116,17 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+def proxy_to(database_url: str) -> tuple[TcpProxy, str]:
+    """Start a cuttable proxy to the PostgreSQL of `database_url` (TCP, or the Unix socket
+    of the embedded server) and return it with the URL that goes through it."""
+    url = make_url(database_url)
+    socket_dir = url.query.get("host")
+    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
+        proxy = TcpProxy(unix_path=f"{socket_dir}/.s.PGSQL.{url.port or 5432}").start()
+        url = url.difference_update_query(["host"])
+    else:
+        proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port)
+    return proxy, proxied.render_as_string(hide_password=False)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from bench.tcpproxy import TcpProxy
+from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import free_port, wait_until
 from tests.e2e.stack import RunningStack
 
@@ -57,13 +57,12 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
         argv += ["--save", "", "--appendonly", "no", "--dir", str(home)]
         redis_server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         redis_target = ("127.0.0.1", port)
-    database = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    database, proxied = proxy_to(os.environ["DATABASE_URL"])
     redis = TcpProxy(*redis_target).start()
-    proxied = url.set(host="127.0.0.1", port=database.port)
     stack = RunningStack(
         home,
         {
-            "DATABASE_URL": proxied.render_as_string(hide_password=False),
+            "DATABASE_URL": proxied,
             "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
             "HERALD_SWEEP_INTERVAL": "1",
             "HERALD_SWEEP_AFTER_SECONDS": "3",
