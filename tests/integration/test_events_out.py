@@ -196,6 +196,13 @@ def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, d
             json={"to": "+12025550143", "body": "x", "channel": "sms", "callback_url": slow.url},
         ).get_json()["id"]
         deliver(mid)
+        # The sandbox's callbacks arrive on their own time: every status first, then events.
+        wait_for(
+            lambda: (
+                client.get(f"/v1/messages/{mid}", headers=auth).get_json()["status"] == "delivered"
+            ),
+            what="delivered",
+        )
         assert deliver_pending_events(mid) is None
         assert wrote and all(wrote)
         with session_scope() as session:
