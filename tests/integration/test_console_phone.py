@@ -45,9 +45,9 @@ def test_reply_stop_and_image_from_the_sandbox_phone(live, app) -> None:
     console.post(path, data={"csrf_token": token, "action": "stop"})
     with session_scope() as session:
         inbound = session.scalars(
-            select(Message).where(
-                Message.tenant_id == tenant["tenant_id"], Message.direction == "inbound"
-            )
+            select(Message)
+            .where(Message.tenant_id == tenant["tenant_id"], Message.direction == "inbound")
+            .order_by(Message.id)  # ids are time-ordered; timestamps share a second
         ).all()
         contact = session.scalars(
             select(Contact).where(Contact.tenant_id == tenant["tenant_id"], Contact.phone == NUMBER)
