@@ -26,6 +26,7 @@ def create():  # type: ignore[no-untyped-def]
         data,
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         raw=payload,
+        own_transaction=True,
     )
     session.commit()
     return jsonify(message_to_dict(message)), 202 if created else 200

@@ -84,8 +84,10 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
     now = utcnow()
     lease = now + timedelta(seconds=settings.send_lease_seconds + settings.http_timeout)
     with session_scope() as session:
-        claimed_ids = set(
-            session.scalars(
+        # The claimed rows come back whole: no second SELECT to load them.
+        messages = {
+            m.id: m
+            for m in session.scalars(
                 update(Message)
                 .where(
                     Message.id.in_(message_ids),
@@ -101,20 +103,12 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                     lease_until=lease,
                     updated_at=now,
                 )
-                .returning(Message.id)
+                .returning(Message)
                 .execution_options(synchronize_session=False)
             )
-        )
-        if not claimed_ids:
-            return []
-        messages = {
-            m.id: m
-            for m in session.scalars(
-                select(Message)
-                .where(Message.id.in_(claimed_ids))
-                .execution_options(populate_existing=True)
-            )
         }
+        if not messages:
+            return []
         opted_out = _opted_out(session, list(messages.values()))
         accounts = {
             a.id: a

@@ -1,0 +1,109 @@
+"""The accept path's round trips and its per-process cache of key → tenant → accounts:
+a change made in this process is seen at once, one made elsewhere within the TTL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event, func, text, update
+
+from models import ApiKey, get_engine, session_scope
+from services import tenants
+from services.tenants import add_provider_account, hash_key, revoke_api_key
+from tests.conftest import make_tenant
+
+TO = "+12025550143"
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    """Every SQL statement sent to the database while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        seen.append(" ".join(statement.split()))
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_post_is_three_statements_once_the_key_is_known(client, auth, dispatched) -> None:
+    # The first request reads the key, the tenant and the account; later ones do not.
+    assert client.post("/v1/messages", json={"to": TO, "body": "warm"}, headers=auth).status_code
+    with statements() as seen:
+        resp = client.post("/v1/messages", json={"to": TO, "body": "hi"}, headers=auth)
+    assert resp.status_code == 202
+    body = resp.get_json()
+    # The answer carries the event of the new message without reading it back.
+    assert [e["status"] for e in body["events"]] == ["queued"]
+    # The opt-out/window check, the message, its event; no savepoint.
+    assert len(seen) == 3, seen
+    assert seen[0].startswith("SELECT") and "contacts" in seen[0]
+    assert seen[1].startswith("INSERT INTO messages")
+    assert seen[2].startswith("INSERT INTO message_events")
+    # What the answer said is what was stored.
+    stored = client.get(f"/v1/messages/{body['id']}", headers=auth).get_json()
+    assert stored == body
+
+
+def test_a_key_revoked_in_this_process_is_refused_at_once(client, dispatched) -> None:
+    tenant = make_tenant("revoke-cached")
+    hdr = {"Authorization": f"Bearer {tenant['api_key']}"}
+    assert client.post("/v1/messages", json={"to": TO, "body": "1"}, headers=hdr).status_code == 202
+    with session_scope() as session:  # a bulk UPDATE, not the ORM attribute
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_hash == hash_key(tenant["api_key"]))
+            .values(revoked_at=func.now())
+        )
+    assert client.post("/v1/messages", json={"to": TO, "body": "2"}, headers=hdr).status_code == 401
+
+
+def test_revoke_api_key_clears_the_cache(client, dispatched) -> None:
+    tenant = make_tenant("revoke-fn")
+    hdr = {"Authorization": f"Bearer {tenant['api_key']}"}
+    assert client.get("/v1/messages", headers=hdr).status_code == 200
+    with session_scope() as session:
+        key = session.query(ApiKey).filter_by(key_hash=hash_key(tenant["api_key"])).one()
+        assert revoke_api_key(session, key.id)
+    assert client.get("/v1/messages", headers=hdr).status_code == 401
+
+
+def test_an_account_added_in_this_process_is_used_at_once(client, dispatched) -> None:
+    tenant = make_tenant("no-twilio", twilio={})
+    hdr = {"Authorization": f"Bearer {tenant['api_key']}"}
+    sms = {"to": TO, "body": "b", "channel": "sms", "provider": "twilio"}
+    resp = client.post("/v1/messages", json=sms, headers=hdr)  # "no account" is cached too
+    assert resp.status_code == 422
+    assert resp.get_json()["error"]["code"] == "provider_not_configured"
+    with session_scope() as session:
+        add_provider_account(
+            session,
+            tenant["tenant_id"],
+            "twilio",
+            account_sid="AC" + "e5" * 16,
+            auth_token="tok",
+            sms_from="+12025550100",
+        )
+    assert client.post("/v1/messages", json=sms, headers=hdr).status_code == 202
+
+
+def test_a_change_made_elsewhere_is_seen_within_the_ttl(client, dispatched, monkeypatch) -> None:
+    """Another process's revoke does not pass through this one: the cache serves the
+    key until its entry expires (CACHE_SECONDS, the documented maximum delay)."""
+    tenant = make_tenant("revoke-elsewhere")
+    hdr = {"Authorization": f"Bearer {tenant['api_key']}"}
+    assert client.get("/v1/messages", headers=hdr).status_code == 200
+    with get_engine().begin() as conn:  # no Session: as another process would
+        conn.execute(
+            text("UPDATE api_keys SET revoked_at = created_at WHERE key_hash = :h"),
+            {"h": hash_key(tenant["api_key"])},
+        )
+    assert client.get("/v1/messages", headers=hdr).status_code == 200
+    monkeypatch.setattr(tenants.time, "monotonic", lambda: 1e12)  # the TTL has passed
+    assert client.get("/v1/messages", headers=hdr).status_code == 401
