@@ -279,6 +279,31 @@ def _category(payload: dict[str, Any]) -> str:
     return "utility"
 
 
+# Brazilian area codes where WhatsApp ids carry the ninth digit; elsewhere accounts
+# mostly predate it and keep the 8-digit id.
+BR_NINTH_DIGIT_AREAS = frozenset(
+    {"11", "12", "13", "14", "15", "16", "17", "18", "19", "21", "22", "24", "27", "28"}
+)
+
+
+def wa_id_for(number: str) -> str:
+    """The WhatsApp id Meta answers for a dialled number (bare digits): like production,
+    not always the number itself. Brazil outside the ninth-digit areas: without the 9
+    (55 92 98172-3241 -> 559281723241); Mexico: with the old mobile 1 (52 55... ->
+    521 55...); Argentina: with the mobile 9 (54 11... -> 549 11...)."""
+    if m := re.fullmatch(r"55(\d{2})9([6-9]\d{7})", number):
+        if m[1] not in BR_NINTH_DIGIT_AREAS:
+            return f"55{m[1]}{m[2]}"
+    elif m := re.fullmatch(r"55(\d{2})([6-9]\d{7})", number):
+        if m[1] in BR_NINTH_DIGIT_AREAS:
+            return f"55{m[1]}9{m[2]}"
+    elif m := re.fullmatch(r"52([2-9]\d{9})", number):
+        return f"521{m[1]}"
+    elif m := re.fullmatch(r"54([1-3]\d{9})", number):
+        return f"549{m[1]}"
+    return number
+
+
 def _envelope(account: MetaAccount, value: dict[str, Any]) -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
@@ -361,6 +386,7 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
     wa_id = digits(data.get("from"))
     if not re.fullmatch(r"\d{8,15}", wa_id):
         raise ValueError("'from' must be a phone number")
+    wa_id = wa_id_for(wa_id)  # Meta reports the sender by its WhatsApp id
     wamid = new_wamid(wa_id)
     message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time()))}
     if data.get("context_message_id"):
@@ -480,9 +506,10 @@ def blueprint(state: SandboxState) -> Blueprint:
         if refused is not None:
             return fail(refused[0], message=refused[1])
         to = payload["to"]
-        wa_id = digits(to.replace(" ", ""))
+        dialled = digits(to.replace(" ", ""))
+        wa_id = wa_id_for(dialled)
         kind = payload.get("type", "text")
-        magic = MAGIC_SYNC.get(wa_id)
+        magic = MAGIC_SYNC.get(dialled)
         if magic == 131047 and kind == "template":
             magic = None
         if magic is not None:

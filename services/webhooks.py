@@ -391,11 +391,15 @@ def touch_contact(
     session: Session, tenant_id: str, phone: str, name: str | None, at: datetime, channel: str
 ) -> Contact:
     """Find or create the sender's contact; a WhatsApp message opens (or refreshes)
-    its 24-hour window. An SMS does not: it opens no WhatsApp conversation."""
+    its 24-hour window. An SMS does not: it opens no WhatsApp conversation. A WhatsApp
+    sender is its WhatsApp id: kept on the contact, which may have been dialled in
+    another form of the same number (see `services.phones.whatsapp_forms`)."""
     contact = contact_for(session, tenant_id, phone)
     if contact is None:
         contact = Contact(tenant_id=tenant_id, phone=phone)
         session.add(contact)
+    if channel == "whatsapp" and contact.wa_id != phone:
+        contact.wa_id = phone
     if name and not contact.name:
         contact.name = name[:200]
     if channel == "whatsapp" and (contact.last_inbound_at is None or contact.last_inbound_at < at):

@@ -1,0 +1,84 @@
+"""WhatsApp ids that differ from the number dialled (Brazil's ninth digit, Mexico's 521,
+Argentina's 549), and Meta errors that come outside `statuses`, against the sandbox."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models import Contact, Message, session_scope
+from services.delivery import deliver
+from tests.conftest import META_SECRET, META_TOKEN, make_tenant
+
+# (dialled, the WhatsApp id Meta answers and writes from)
+CASES = [
+    ("+5592981723241", "+559281723241"),  # Brazil, area 92: id without the ninth digit
+    ("+525512345678", "+5215512345678"),  # Mexico: id keeps the old mobile 1
+    ("+541158749895", "+5491158749895"),  # Argentina: id has the mobile 9
+]
+TEMPLATE = {"name": "order_update", "language": "es", "variables": ["123"]}
+
+
+def _own_number(live: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """A tenant with a Meta phone number id of its own (shared ids route nowhere)."""
+    phone_id = "1" + str(uuid.uuid4().int)[:14]
+    meta = {"phone_number_id": phone_id, "access_token": META_TOKEN, "app_secret": META_SECRET}
+    live.control.post("/_sandbox/accounts", json={"provider": "meta", **meta}).raise_for_status()
+    tenant = {**make_tenant("waid", windows=(), meta=meta), "phone_id": phone_id}
+    return tenant, {"Authorization": f"Bearer {tenant['api_key']}"}
+
+
+def _inbound(live: Any, tenant: dict[str, str], sender: str, body: str) -> None:
+    answer = live.control.post(
+        "/_sandbox/inbound",
+        json={"provider": "meta", "from": sender, "to": tenant["phone_id"], "body": body},
+    ).json()
+    assert answer["status_code"] == 200 and answer["ok"], answer
+
+
+def _post(client: Any, auth: dict[str, str], to: str, **fields: Any) -> Any:
+    return client.post("/v1/messages", json={"to": to, **fields}, headers=auth)
+
+
+@pytest.mark.parametrize(("dialled", "wa_id"), CASES)
+def test_meta_wa_id_is_kept_on_message_and_contact(live, client, dialled, wa_id) -> None:
+    tenant, auth = _own_number(live)
+    assert client.post("/v1/contacts", json={"phone": dialled}, headers=auth).status_code == 201
+    resp = _post(client, auth, dialled, template=TEMPLATE)
+    assert resp.status_code == 202, resp.get_json()
+    deliver(resp.get_json()["id"])
+    with session_scope() as session:
+        message = session.get(Message, resp.get_json()["id"])
+        assert (message.status, message.wa_id) == ("sent", wa_id)
+        contact = session.scalars(
+            select(Contact).where(Contact.tenant_id == tenant["tenant_id"])
+        ).one()
+        assert (contact.phone, contact.wa_id) == (dialled, wa_id)
+
+
+@pytest.mark.parametrize(("dialled", "wa_id"), CASES)
+def test_inbound_from_the_wa_id_opens_the_window_and_stop_opts_out(
+    live, client, dialled, wa_id
+) -> None:
+    tenant, auth = _own_number(live)
+    assert client.post("/v1/contacts", json={"phone": dialled}, headers=auth).status_code == 201
+    assert _post(client, auth, dialled, body="hi").get_json()["error"]["code"] == "window_closed"
+    _inbound(live, tenant, dialled, "Hola")  # the sandbox, like Meta, writes from the wa_id
+    with session_scope() as session:
+        got = session.scalars(
+            select(Message).where(
+                Message.tenant_id == tenant["tenant_id"], Message.direction == "inbound"
+            )
+        ).one()
+        assert got.from_number == wa_id
+        contacts = session.scalars(
+            select(Contact).where(Contact.tenant_id == tenant["tenant_id"])
+        ).all()
+        assert [(c.phone, c.wa_id) for c in contacts] == [(dialled, wa_id)]  # one person
+    assert _post(client, auth, dialled, body="hi").status_code == 202  # window open
+    _inbound(live, tenant, dialled, "STOP")
+    refused = _post(client, auth, dialled, template=TEMPLATE)
+    assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "opted_out"
