@@ -82,3 +82,17 @@ def test_inbound_from_the_wa_id_opens_the_window_and_stop_opts_out(
     _inbound(live, tenant, dialled, "STOP")
     refused = _post(client, auth, dialled, template=TEMPLATE)
     assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "opted_out"
+
+
+def test_a_contact_added_after_its_wa_id_wrote_is_the_same_contact(live, client) -> None:
+    dialled, wa_id = CASES[0]
+    tenant, auth = _own_number(live)
+    _inbound(live, tenant, dialled, "Oi")  # arrives from the wa_id: contact created in that form
+    resp = client.post("/v1/contacts", json={"phone": dialled, "id": "c-1"}, headers=auth)
+    assert resp.status_code in (200, 201), resp.get_json()
+    with session_scope() as session:
+        contacts = session.scalars(
+            select(Contact).where(Contact.tenant_id == tenant["tenant_id"])
+        ).all()
+        assert [(c.phone, c.wa_id, c.external_id) for c in contacts] == [(dialled, wa_id, "c-1")]
+    assert _post(client, auth, dialled, body="Oi!").status_code == 202  # its window is open
