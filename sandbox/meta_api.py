@@ -64,6 +64,12 @@ ERRORS: dict[int, tuple[int, str, str]] = {
         "Unable to deliver message. The recipient may not be a WhatsApp user, or has not "
         "accepted the latest Terms of Service.",
     ),
+    131042: (
+        400,
+        "Business eligibility payment issue",
+        "Message failed to send because there were one or more errors related to your "
+        "payment method.",
+    ),
     131047: (
         400,
         "Re-engagement message",
@@ -383,6 +389,8 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         account = state.meta_accounts.get(phone_id)
     if account is None:
         raise ValueError(f"unknown meta phone_number_id {phone_id!r}")
+    if data.get("change_error") is not None:
+        return _change_error_callback(account, data["change_error"], url)
     wa_id = digits(data.get("from"))
     if not re.fullmatch(r"\d{8,15}", wa_id):
         raise ValueError("'from' must be a phone number")
@@ -395,7 +403,22 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
             "id": data["context_message_id"],
         }
     body = data.get("body")
-    if data.get("interactive"):
+    if data.get("unsupported"):
+        # A type the Cloud API cannot pass on (a poll, an edit...): Meta says so in the
+        # message's own `errors`, code 131051.
+        message.update(
+            type="unsupported",
+            unsupported={"type": str(data["unsupported"])},
+            errors=[
+                {
+                    "code": 131051,
+                    "title": "Message type unknown",
+                    "message": "Message type unknown",
+                    "error_data": {"details": "Message type is currently not supported."},
+                }
+            ],
+        )
+    elif data.get("interactive"):
         message.update(type="interactive", interactive=data["interactive"])
     elif data.get("button"):
         message.update(type="button", button=data["button"])
@@ -424,6 +447,31 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         kind="inbound",
         event=message["type"],
         message_id=wamid,
+        max_retries=0,
+    )
+
+
+def _change_error_callback(account: MetaAccount, code: Any, url: str) -> Callback:
+    """A change that carries only `value.errors` (an account or app problem Meta reports
+    outside any message status)."""
+    try:
+        _, title, details = ERRORS[int(code)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"change_error must be one of {sorted(ERRORS)}") from None
+    error = {
+        "code": int(code),
+        "title": title,
+        "message": title,
+        "error_data": {"details": details},
+        "href": ERROR_DOCS,
+    }
+    return meta_callback(
+        url,
+        _envelope(account, {"errors": [error]}),
+        account.app_secret,
+        kind="error",
+        event=str(code),
+        message_id=None,
         max_retries=0,
     )
 

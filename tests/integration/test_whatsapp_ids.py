@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models import Contact, Message, session_scope
+from models import Contact, Message, WebhookEvent, session_scope
 from services.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, make_tenant
 
@@ -96,3 +96,58 @@ def test_a_contact_added_after_its_wa_id_wrote_is_the_same_contact(live, client)
         ).all()
         assert [(c.phone, c.wa_id, c.external_id) for c in contacts] == [(dialled, wa_id, "c-1")]
     assert _post(client, auth, dialled, body="Oi!").status_code == 202  # its window is open
+
+
+# ------------------------------------------------------------ errors outside `statuses`
+
+
+def _error_rows(tenant_id: str) -> list[WebhookEvent]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.tenant_id == tenant_id, WebhookEvent.kind == "error")
+                .order_by(WebhookEvent.id)
+            )
+        )
+
+
+def test_inbound_message_with_errors_is_stored_with_them(live, client) -> None:
+    tenant, auth = _own_number(live)
+    answer = live.control.post(
+        "/_sandbox/inbound",
+        json={
+            "provider": "meta",
+            "from": "+12025550163",
+            "to": tenant["phone_id"],
+            "unsupported": "poll",
+        },
+    ).json()
+    assert answer["status_code"] == 200 and answer["ok"], answer
+    with session_scope() as session:
+        got = session.scalars(select(Message).where(Message.tenant_id == tenant["tenant_id"])).one()
+        assert (got.direction, got.status, got.provider_error_code) == (
+            "inbound",
+            "received",
+            "131051",
+        )
+        assert got.events[-1].error_code == "131051"
+    rows = _error_rows(tenant["tenant_id"])
+    assert [r.payload["error"]["code"] for r in rows] == [131051]
+    assert rows[0].message_id == got.id
+    # The customer wrote, whatever the type: the window is open.
+    assert _post(client, auth, "+12025550163", body="Sorry, we can't read that").status_code == 202
+
+
+def test_change_level_errors_are_recorded_not_500(live, client) -> None:
+    tenant, _ = _own_number(live)
+    for _ in range(2):  # Meta's retry of the same delivery is recorded once
+        answer = live.control.post(
+            "/_sandbox/inbound",
+            json={"provider": "meta", "to": tenant["phone_id"], "change_error": 131042},
+        ).json()
+        assert answer["status_code"] == 200 and answer["ok"], answer
+    rows = _error_rows(tenant["tenant_id"])
+    assert [(r.payload["source"], r.payload["error"]["code"]) for r in rows] == [("change", 131042)]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "herald_provider_webhook_errors" in metrics
