@@ -151,3 +151,38 @@ def test_change_level_errors_are_recorded_not_500(live, client) -> None:
     assert [(r.payload["source"], r.payload["error"]["code"]) for r in rows] == [("change", 131042)]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "herald_provider_webhook_errors" in metrics
+
+
+# ------------------------------------------------------------ Twilio price after callbacks
+
+
+def test_twilio_price_is_fetched_for_messages_final_by_callback(live, client) -> None:
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from services import reconcile
+    from tests.integration.conftest import wait_for
+
+    tenant = make_tenant("price")
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    resp = _post(client, auth, "+12025550143", channel="sms", body="hi")
+    assert resp.status_code == 202
+    mid = resp.get_json()["id"]
+    deliver(mid)
+
+    def delivered() -> bool:
+        with session_scope() as session:
+            return session.get(Message, mid).status == "delivered"
+
+    wait_for(delivered, what="delivered callback")  # the callback carries no price
+    with session_scope() as session:
+        assert session.get(Message, mid).price is None
+    reconcile.reconcile_stale(older_than=timedelta(0))
+    with session_scope() as session:
+        message = session.get(Message, mid)
+        assert (message.price, message.price_unit, message.status) == (
+            Decimal("0.00790"),
+            "USD",
+            "delivered",
+        )
+    assert mid not in reconcile.unpriced_twilio_messages(timedelta(0))  # asked once
