@@ -598,16 +598,17 @@ def _apply_sent(  # type: ignore[no-untyped-def]
         listening=heard,
     )
     if result.recipient_id and result.recipient_id != message.to_number:
-        _remember_wa_id(session, message, result.recipient_id)
+        remember_wa_id(session, message, result.recipient_id)
     if message.provider == "meta":  # statuses that arrived before the wamid was known
         from services.meta_events import apply_orphan_statuses
 
         apply_orphan_statuses(session, message.id, result.provider_message_id)
 
 
-def _remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: ignore[no-untyped-def]
-    """Meta answered another WhatsApp id than the number dialled: keep it on the message
-    and the contact, so a reply from it (its `from`) finds this contact."""
+def remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Meta reported another WhatsApp id than the number dialled (its send answer, or a
+    status's `recipient_id`): keep it on the message and the contact, so a reply from it
+    (its `from`) finds this contact."""
     session.execute(
         update(Message)
         .where(Message.id == message.id)

@@ -862,6 +862,17 @@ def apply_meta_status(session: Session, message: Message, status: dict[str, Any]
         error_message=title if isinstance(title, str) else None,
         detail=detail,
     )
+    recipient = status.get("recipient_id")
+    if (
+        message.wa_id is None
+        and isinstance(recipient, str)
+        and recipient.isdigit()
+        and len(recipient) <= 20
+        and f"+{recipient}" != message.to_number
+    ):  # the send answer that carried it may never have reached Herald
+        from services.delivery import remember_wa_id
+
+        remember_wa_id(session, message, f"+{recipient}")
     if mapped == "failed" and code in {str(c) for c in META_OPT_OUT}:
         from services.delivery import mark_opted_out
 

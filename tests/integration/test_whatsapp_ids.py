@@ -187,3 +187,22 @@ def test_twilio_price_is_fetched_for_messages_final_by_callback(live, client) ->
             "delivered",
         )
     assert mid not in reconcile.unpriced_twilio_messages(timedelta(0))  # asked once
+
+
+def test_wa_id_comes_from_the_status_when_the_send_answer_was_lost(live, client) -> None:
+    from tests.integration.conftest import wait_for
+
+    dialled, wa_id = CASES[0]
+    _, auth = _own_number(live)
+    live.fault(provider="meta", status=503, code=131016, count=1, mode="accept_then_error")
+    resp = _post(client, auth, dialled, template=TEMPLATE)
+    mid = resp.get_json()["id"]
+    assert deliver(mid).action == "retry"  # Meta took it; Herald never saw the answer
+
+    def recorded() -> Message | None:
+        with session_scope() as session:
+            message = session.get(Message, mid)
+            return message if message.provider_message_id else None
+
+    message = wait_for(recorded, what="status webhook with the wamid")
+    assert message.wa_id == wa_id  # the status's recipient_id
