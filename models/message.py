@@ -66,6 +66,9 @@ class Message(Base):
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))
     price_unit: Mapped[str | None] = mapped_column(String(8))
+    # The recipient's WhatsApp id as Meta answered it (E.164 form), when it differs from
+    # `to_number` (Brazil's ninth digit, Mexico's 521, Argentina's 549).
+    wa_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -120,12 +123,16 @@ class Contact(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "phone", name="uq_contacts_tenant_phone"),
         UniqueConstraint("tenant_id", "external_id", name="uq_contacts_tenant_external"),
+        Index("ix_contacts_tenant_wa_id", "tenant_id", "wa_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("con"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     external_id: Mapped[str | None] = mapped_column(String(128))
     phone: Mapped[str] = mapped_column(String(32))
+    # The WhatsApp id (E.164 form) this person writes from and Meta answers for `phone`:
+    # inbound `from` is matched to it, so the window and opt-out follow the person.
+    wa_id: Mapped[str | None] = mapped_column(String(32))
     name: Mapped[str | None] = mapped_column(String(200))
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -69,6 +69,8 @@ class SendResult:
     sender: str | None = None
     price: Decimal | None = None
     price_unit: str | None = None
+    # The recipient's id as the provider answered it (Meta `contacts[0].wa_id`, E.164).
+    recipient_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -167,10 +167,16 @@ class MetaProvider:
         messages = data.get("messages") or []
         if not messages or not messages[0].get("id"):
             raise ProviderError(ErrorKind.AMBIGUOUS, "Graph answered 200 without a message id")
+        contacts = data.get("contacts") or []
+        wa_id = contacts[0].get("wa_id") if contacts and isinstance(contacts[0], dict) else None
         return SendResult(
             provider_message_id=messages[0]["id"],
             native_status=messages[0].get("message_status", "accepted"),
             sender=account.settings.get("display_phone_number"),
+            # Can differ from the number sent to (see services.phones.whatsapp_forms).
+            recipient_id=f"+{wa_id.lstrip('+')}"
+            if isinstance(wa_id, str) and wa_id.strip("+").isdigit() and len(wa_id) <= 20
+            else None,
         )
 
     def find_sent(

@@ -64,6 +64,12 @@ ERRORS: dict[int, tuple[int, str, str]] = {
         "Unable to deliver message. The recipient may not be a WhatsApp user, or has not "
         "accepted the latest Terms of Service.",
     ),
+    131042: (
+        400,
+        "Business eligibility payment issue",
+        "Message failed to send because there were one or more errors related to your "
+        "payment method.",
+    ),
     131047: (
         400,
         "Re-engagement message",
@@ -279,6 +285,31 @@ def _category(payload: dict[str, Any]) -> str:
     return "utility"
 
 
+# Brazilian area codes where WhatsApp ids carry the ninth digit; elsewhere accounts
+# mostly predate it and keep the 8-digit id.
+BR_NINTH_DIGIT_AREAS = frozenset(
+    {"11", "12", "13", "14", "15", "16", "17", "18", "19", "21", "22", "24", "27", "28"}
+)
+
+
+def wa_id_for(number: str) -> str:
+    """The WhatsApp id Meta answers for a dialled number (bare digits): like production,
+    not always the number itself. Brazil outside the ninth-digit areas: without the 9
+    (55 92 98172-3241 -> 559281723241); Mexico: with the old mobile 1 (52 55... ->
+    521 55...); Argentina: with the mobile 9 (54 11... -> 549 11...)."""
+    if m := re.fullmatch(r"55(\d{2})9([6-9]\d{7})", number):
+        if m[1] not in BR_NINTH_DIGIT_AREAS:
+            return f"55{m[1]}{m[2]}"
+    elif m := re.fullmatch(r"55(\d{2})([6-9]\d{7})", number):
+        if m[1] in BR_NINTH_DIGIT_AREAS:
+            return f"55{m[1]}9{m[2]}"
+    elif m := re.fullmatch(r"52([2-9]\d{9})", number):
+        return f"521{m[1]}"
+    elif m := re.fullmatch(r"54([1-3]\d{9})", number):
+        return f"549{m[1]}"
+    return number
+
+
 def _envelope(account: MetaAccount, value: dict[str, Any]) -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
@@ -358,9 +389,12 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         account = state.meta_accounts.get(phone_id)
     if account is None:
         raise ValueError(f"unknown meta phone_number_id {phone_id!r}")
+    if data.get("change_error") is not None:
+        return _change_error_callback(account, data["change_error"], url)
     wa_id = digits(data.get("from"))
     if not re.fullmatch(r"\d{8,15}", wa_id):
         raise ValueError("'from' must be a phone number")
+    wa_id = wa_id_for(wa_id)  # Meta reports the sender by its WhatsApp id
     wamid = new_wamid(wa_id)
     message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time()))}
     if data.get("context_message_id"):
@@ -369,7 +403,22 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
             "id": data["context_message_id"],
         }
     body = data.get("body")
-    if data.get("interactive"):
+    if data.get("unsupported"):
+        # A type the Cloud API cannot pass on (a poll, an edit...): Meta says so in the
+        # message's own `errors`, code 131051.
+        message.update(
+            type="unsupported",
+            unsupported={"type": str(data["unsupported"])},
+            errors=[
+                {
+                    "code": 131051,
+                    "title": "Message type unknown",
+                    "message": "Message type unknown",
+                    "error_data": {"details": "Message type is currently not supported."},
+                }
+            ],
+        )
+    elif data.get("interactive"):
         message.update(type="interactive", interactive=data["interactive"])
     elif data.get("button"):
         message.update(type="button", button=data["button"])
@@ -398,6 +447,31 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         kind="inbound",
         event=message["type"],
         message_id=wamid,
+        max_retries=0,
+    )
+
+
+def _change_error_callback(account: MetaAccount, code: Any, url: str) -> Callback:
+    """A change that carries only `value.errors` (an account or app problem Meta reports
+    outside any message status)."""
+    try:
+        _, title, details = ERRORS[int(code)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"change_error must be one of {sorted(ERRORS)}") from None
+    error = {
+        "code": int(code),
+        "title": title,
+        "message": title,
+        "error_data": {"details": details},
+        "href": ERROR_DOCS,
+    }
+    return meta_callback(
+        url,
+        _envelope(account, {"errors": [error]}),
+        account.app_secret,
+        kind="error",
+        event=str(code),
+        message_id=None,
         max_retries=0,
     )
 
@@ -480,9 +554,10 @@ def blueprint(state: SandboxState) -> Blueprint:
         if refused is not None:
             return fail(refused[0], message=refused[1])
         to = payload["to"]
-        wa_id = digits(to.replace(" ", ""))
+        dialled = digits(to.replace(" ", ""))
+        wa_id = wa_id_for(dialled)
         kind = payload.get("type", "text")
-        magic = MAGIC_SYNC.get(wa_id)
+        magic = MAGIC_SYNC.get(dialled)
         if magic == 131047 and kind == "template":
             magic = None
         if magic is not None:

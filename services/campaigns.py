@@ -31,7 +31,7 @@ from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.events import record_status_event
 from services.inputs import text_problem
 from services.messages import BULK_QUEUE, choose_provider
-from services.phones import normalize_e164
+from services.phones import normalize_e164, whatsapp_forms
 from services.schemas import (
     CHANNELS,
     PROVIDERS,
@@ -218,15 +218,19 @@ def _add_chunk(
         valid[phone] = (contact_id, variables)
     if not valid:
         return
-    opted_out = set(
-        session.scalars(
-            select(Contact.phone).where(
-                Contact.tenant_id == campaign.tenant_id,
-                Contact.phone.in_(list(valid)),
-                Contact.opted_out.is_(True),
-            )
+    forms = {phone: whatsapp_forms(phone) for phone in valid}
+    every = [form for group in forms.values() for form in group]
+    stopped: set[str | None] = set()
+    for row in session.execute(
+        select(Contact.phone, Contact.wa_id).where(
+            Contact.tenant_id == campaign.tenant_id,
+            Contact.phone.in_(every) | Contact.wa_id.in_(every),
+            Contact.opted_out.is_(True),
         )
-    )
+    ):
+        stopped.update(row)
+    # Whichever WhatsApp form of the number the opted-out contact holds.
+    opted_out = {phone for phone, group in forms.items() if stopped.intersection(group)}
     campaign.skipped += len(opted_out)
     now = utcnow()
     rows = []

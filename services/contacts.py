@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from models import Contact, utcnow
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.phones import parse_e164
-from services.policy import window_open
+from services.policy import contact_for, window_open
 from services.serialize import iso
 
 
@@ -82,11 +82,10 @@ def get_contact(session: Session, tenant_id: str, contact_id: str) -> Contact:
 
 def upsert_contact(session: Session, tenant_id: str, payload: Any) -> tuple[Contact, bool]:
     """Create a contact, or complete the one an inbound message already created for
-    this phone. Returns (contact, created)."""
+    this phone (also when it wrote from another form of the number: its WhatsApp id).
+    Returns (contact, created)."""
     data = _load(payload, partial=False)
-    contact = session.scalars(
-        select(Contact).where(Contact.tenant_id == tenant_id, Contact.phone == data["phone"])
-    ).first()
+    contact = contact_for(session, tenant_id, data["phone"])
     created = contact is None
     if contact is None:
         contact = Contact(tenant_id=tenant_id, phone=data["phone"])

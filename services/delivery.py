@@ -42,7 +42,8 @@ from services import breaker
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
-from services.phones import mask
+from services.phones import mask, whatsapp_forms
+from services.policy import contact_for
 from services.schemas import provider_problems
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
@@ -175,17 +176,25 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
 
 
 def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    """(tenant, number) pairs among these messages' recipients that have opted out."""
+    """(tenant, number) pairs among these messages' recipients that have opted out,
+    whichever WhatsApp form of the number (or WhatsApp id) the contact holds."""
     if not messages:
         return set()
+    forms = {m.to_number: whatsapp_forms(m.to_number) for m in messages}
+    every = {form for group in forms.values() for form in group}
     rows = session.execute(
-        select(Contact.tenant_id, Contact.phone).where(
+        select(Contact.tenant_id, Contact.phone, Contact.wa_id).where(
             Contact.tenant_id.in_({m.tenant_id for m in messages}),
-            Contact.phone.in_({m.to_number for m in messages}),
+            Contact.phone.in_(every) | Contact.wa_id.in_(every),
             Contact.opted_out.is_(True),
         )
     ).all()
-    return {(r.tenant_id, r.phone) for r in rows}
+    out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
+    return {
+        (m.tenant_id, m.to_number)
+        for m in messages
+        if any((m.tenant_id, form) in out for form in forms[m.to_number])
+    }
 
 
 def content_problem(message: Message) -> str | None:
@@ -582,10 +591,27 @@ def _apply_sent(  # type: ignore[no-untyped-def]
         from_number=result.sender,
         listening=heard,
     )
+    if result.recipient_id and result.recipient_id != message.to_number:
+        remember_wa_id(session, message, result.recipient_id)
     if message.provider == "meta":  # statuses that arrived before the wamid was known
         from services.meta_events import apply_orphan_statuses
 
         apply_orphan_statuses(session, message.id, result.provider_message_id)
+
+
+def remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Meta reported another WhatsApp id than the number dialled (its send answer, or a
+    status's `recipient_id`): keep it on the message and the contact, so a reply from it
+    (its `from`) finds this contact."""
+    session.execute(
+        update(Message)
+        .where(Message.id == message.id)
+        .values(wa_id=wa_id)
+        .execution_options(synchronize_session=False)
+    )
+    contact = contact_for(session, message.tenant_id, message.to_number)
+    if contact is not None and contact.wa_id != wa_id:
+        contact.wa_id = wa_id
 
 
 def _log_sent(message: Message, result: SendResult) -> None:
@@ -685,9 +711,7 @@ def _record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
 
 def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore[no-untyped-def]
     """The provider says this recipient opted out: remember it on the contact."""
-    contact = session.scalars(
-        select(Contact).where(Contact.tenant_id == tenant_id, Contact.phone == phone)
-    ).first()
+    contact = contact_for(session, tenant_id, phone)  # also its other WhatsApp form
     if contact is None:
         contact = Contact(tenant_id=tenant_id, phone=phone)
         session.add(contact)

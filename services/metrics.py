@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from herald.config import get_settings
 from models import EventDelivery, Message, session_scope, utcnow
 from services.limits import get_redis
-from services.webhooks import count_unrouted
+from services.webhooks import count_unrouted, count_webhook_errors
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class HeraldCollector(Collector):
                 .where(EventDelivery.status == "pending")
             )
             unrouted = count_unrouted(session)
+            webhook_errors = count_webhook_errors(session)
         messages = GaugeMetricFamily(
             "herald_messages", "Messages by status (all tenants).", labels=["status"]
         )
@@ -85,6 +86,12 @@ class HeraldCollector(Collector):
             "herald_inbound_unrouted",
             "Inbound messages kept for no tenant (no tenant, or several, claim the number).",
             value=unrouted,
+        )
+        yield GaugeMetricFamily(
+            "herald_provider_webhook_errors",
+            "Errors providers reported by webhook outside any message status "
+            "(Meta `value.errors`, inbound `messages[].errors`).",
+            value=webhook_errors,
         )
 
     def _queues(self) -> Iterator[Metric]:

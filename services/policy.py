@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from models import Contact, utcnow
 from services.errors import PolicyRefused
+from services.phones import whatsapp_forms
 
 WINDOW = timedelta(hours=24)
 # Keywords carriers and WhatsApp users send to stop or resume messages; matched on
@@ -22,9 +23,24 @@ START_WORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
 def contact_for(session: Session, tenant_id: str, phone: str) -> Contact | None:
-    return session.scalars(
-        select(Contact).where(Contact.tenant_id == tenant_id, Contact.phone == phone)
-    ).first()
+    """The contact for this number: its own row, else the one whose WhatsApp id it is or
+    that is the same WhatsApp user in another form (Brazil's ninth digit, Mexico's 521,
+    Argentina's 549), so a reply from the `wa_id` finds the contact Herald dialled."""
+    forms = whatsapp_forms(phone)
+    found = session.scalars(
+        select(Contact).where(
+            Contact.tenant_id == tenant_id,
+            Contact.phone.in_(forms) | Contact.wa_id.in_(forms),
+        )
+    ).all()
+    if not found:
+        return None
+
+    def rank(contact: Contact) -> tuple[int, str]:
+        exact = 0 if contact.phone == phone else 1 if contact.wa_id == phone else 2
+        return exact, contact.id
+
+    return min(found, key=rank)
 
 
 def window_open(contact: Contact | None, now: datetime | None = None) -> bool:

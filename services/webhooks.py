@@ -391,11 +391,15 @@ def touch_contact(
     session: Session, tenant_id: str, phone: str, name: str | None, at: datetime, channel: str
 ) -> Contact:
     """Find or create the sender's contact; a WhatsApp message opens (or refreshes)
-    its 24-hour window. An SMS does not: it opens no WhatsApp conversation."""
+    its 24-hour window. An SMS does not: it opens no WhatsApp conversation. A WhatsApp
+    sender is its WhatsApp id: kept on the contact, which may have been dialled in
+    another form of the same number (see `services.phones.whatsapp_forms`)."""
     contact = contact_for(session, tenant_id, phone)
     if contact is None:
         contact = Contact(tenant_id=tenant_id, phone=phone)
         session.add(contact)
+    if channel == "whatsapp" and contact.wa_id != phone:
+        contact.wa_id = phone
     if name and not contact.name:
         contact.name = name[:200]
     if channel == "whatsapp" and (contact.last_inbound_at is None or contact.last_inbound_at < at):
@@ -447,7 +451,10 @@ def _store_inbound(
     profile_name: str | None,
     at: datetime,
     detail: dict[str, Any],
+    error: tuple[str, str | None] | None = None,
 ) -> Message | None:
+    """Store one inbound message. `error`: (provider code, title) the provider attached
+    to it (Meta `messages[].errors`), kept on the message and its event."""
     receipt = _record_once(
         session,
         provider=account.provider,
@@ -489,11 +496,21 @@ def _store_inbound(
         created_at=at,
         updated_at=at,
     )
+    if error is not None:
+        message.provider_error_code, message.error_message = error
+        message.error_code = error_name(account.provider, error[0]) or error[0]
     session.add(message)
     session.flush()
     receipt.message_id = message.id
     session.add(
-        MessageEvent(message_id=message.id, status="received", source=account.provider, at=at)
+        MessageEvent(
+            message_id=message.id,
+            status="received",
+            source=account.provider,
+            at=at,
+            error_code=error[0] if error else None,
+            detail={"errors": detail.get("errors")} if error else None,
+        )
     )
     log.info("inbound stored id=%s provider=%s from=%s", message.id, account.provider, mask(phone))
     return message
@@ -685,7 +702,17 @@ def handle_meta_payload(
     several tenants hold is kept unrouted. Items of a shape Meta never sends are
     counted as `invalid` and skipped."""
     counts = dict.fromkeys(
-        ("statuses", "messages", "duplicates", "unknown", "unverified", "unrouted", "invalid"), 0
+        (
+            "statuses",
+            "messages",
+            "errors",
+            "duplicates",
+            "unknown",
+            "unverified",
+            "unrouted",
+            "invalid",
+        ),
+        0,
     )
     for entry, change in account_changes(payload):  # WABA-level: kept, answered 200
         key = "account" if record_account_change(session, entry, change, signer) else "duplicates"
@@ -726,6 +753,12 @@ def handle_meta_payload(
             counts["unverified"] += len(statuses) + len(messages)
             log.warning("meta change for phone id %s not signed by its app secret", phone_id)
             continue
+        change_errors, odd_errors = _objects(value.get("errors"))
+        counts["invalid"] += odd_errors
+        if change_errors:
+            counts["errors"] += record_meta_errors(
+                session, creds, change_errors, source="change", phone_id=phone_id
+            )
         for status in statuses:
             outcome = _meta_status(session, creds, status)
             counts[outcome] += 1
@@ -829,6 +862,17 @@ def apply_meta_status(session: Session, message: Message, status: dict[str, Any]
         error_message=title if isinstance(title, str) else None,
         detail=detail,
     )
+    recipient = status.get("recipient_id")
+    if (
+        message.wa_id is None
+        and isinstance(recipient, str)
+        and recipient.isdigit()
+        and len(recipient) <= 20
+        and f"+{recipient}" != message.to_number
+    ):  # the send answer that carried it may never have reached Herald
+        from services.delivery import remember_wa_id
+
+        remember_wa_id(session, message, f"+{recipient}")
     if mapped == "failed" and code in {str(c) for c in META_OPT_OUT}:
         from services.delivery import mark_opted_out
 
@@ -862,6 +906,9 @@ def _meta_inbound(
         body = content.get("caption")
         if isinstance(content.get("id"), str | int):
             media.append(f"meta-media:{content['id']}")
+    errors, _ = _objects(item.get("errors"))  # e.g. 131051: a type the API cannot pass on
+    code = errors[0].get("code") if errors else None
+    title = errors[0].get("title") or errors[0].get("message") if errors else None
     stored = _store_inbound(
         session,
         account,
@@ -874,5 +921,78 @@ def _meta_inbound(
         profile_name=profile_name,
         at=_ts(item.get("timestamp")),
         detail=item,
+        error=(
+            (
+                _short(str(code), 32) if code is not None else "unknown",
+                title[:500] if isinstance(title, str) else None,
+            )
+            if errors
+            else None
+        ),
     )
+    if stored is not None and errors:
+        record_meta_errors(
+            session,
+            [account],
+            errors,
+            source="inbound",
+            phone_id=account.external_id,
+            message_id=stored.id,
+            provider_message_id=wamid,
+        )
     return "messages" if stored is not None else "duplicates"
+
+
+ERROR_KIND = "error"
+
+
+def record_meta_errors(
+    session: Session,
+    accounts: list[AccountCredentials],
+    errors: list[dict[str, Any]],
+    *,
+    source: str,
+    phone_id: str,
+    message_id: str | None = None,
+    provider_message_id: str | None = None,
+) -> int:
+    """Keep errors Meta reports outside a status (`value.errors` of a change, `errors`
+    of an inbound message) as `webhook_events` of kind `error`, for operators (logged,
+    counted in /metrics). A retried delivery is recorded once. Returns how many were new."""
+    new = 0
+    for error in errors:
+        digest = hashlib.sha256(
+            json.dumps(
+                [source, phone_id, provider_message_id, error], sort_keys=True, default=str
+            ).encode()
+        ).hexdigest()
+        receipt = _record_once(
+            session,
+            provider="meta",
+            kind=ERROR_KIND,
+            dedup_key=dedup_key("meta", _signer_scope(accounts), ERROR_KIND, digest),
+            tenant_id=_only_tenant(accounts),
+            message_id=message_id,
+            provider_message_id=provider_message_id,
+            payload={"source": source, "phone_number_id": phone_id, "error": error},
+        )
+        if receipt is not None:
+            new += 1
+            log.warning(
+                "meta webhook error source=%s phone_id=%s code=%s title=%s",
+                source,
+                phone_id,
+                _short(str(error.get("code")), 32),
+                _short(str(error.get("title") or error.get("message")), 200),
+            )
+    return new
+
+
+def count_webhook_errors(session: Session) -> int:
+    """Provider errors recorded from webhooks outside any status (see record_meta_errors)."""
+    return (
+        session.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.kind == ERROR_KIND)
+        )
+        or 0
+    )
