@@ -33,7 +33,6 @@ UNDOCUMENTED = ("static", "console.")
 # Views that never open a database session, so cannot answer the database's 503.
 WITHOUT_DATABASE = {
     "ops.healthz",
-    "ops.readyz",  # declares its own 503, naming what is down
     "ops.metrics",  # its collectors report a dead database as a missing gauge
     "ops.openapi",
     "ops.docs",
