@@ -39,6 +39,9 @@ WITHOUT_DATABASE = {
     "ops.docs_asset",
 }
 
+# Operations are grouped by blueprint in /docs.
+TAGS = {"legacy": "seed routes", "ops": "operations"}
+
 _error = {"$ref": "#/components/schemas/Error"}
 _retry_after = {
     "Retry-After": {
@@ -191,9 +194,10 @@ def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
         responses.setdefault("413", "TooLarge")
     if endpoint not in WITHOUT_DATABASE:
         responses.setdefault("503", "Unavailable")
-    if endpoint.startswith("admin."):
+    blueprint = endpoint.split(".", 1)[0]
+    operation.setdefault("tags", [TAGS.get(blueprint, blueprint)])
+    if blueprint == "admin":
         operation.setdefault("security", [{"adminToken": []}])
-        operation.setdefault("tags", ["admin"])
         responses.setdefault("401", "Unauthorized")
         responses.setdefault("404", "AdminOff")
 
