@@ -25,6 +25,12 @@ def _schema(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, An
     return document["components"]["schemas"][ref.rsplit("/", 1)[1]]
 
 
+def test_the_document_is_valid_openapi(client) -> None:
+    from openapi_spec_validator import validate
+
+    validate(_document(client))
+
+
 def test_request_bodies_are_the_marshmallow_schemas(client) -> None:
     from services.campaigns import CampaignSchema
     from services.contacts import ContactSchema
