@@ -34,4 +34,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(admin.bp)
     console.init_app(app)
+
+    from api import openapi
+
+    openapi.init_app(app)  # after every route: the document lists them all
     return app

@@ -50,11 +50,32 @@ def _require_admin() -> None:
 
 @bp.get("/tenants")
 def tenants_index():  # type: ignore[no-untyped-def]
+    """List tenants.
+    ---
+    get:
+      summary: List tenants
+      responses:
+        200: {description: "List tenants", content: {application/json: {schema: {type: object}}}}
+    """
     return jsonify({"data": [tenant_to_dict(t) for t in list_tenants(db())]})
 
 
 @bp.post("/tenants")
 def tenants_create():  # type: ignore[no-untyped-def]
+    """Create a tenant (and accounts); answers its first API key and webhook secret.
+    ---
+    post:
+      summary: Create a tenant (and accounts); answers its first API key and webhook secret
+      requestBody:
+        content: {application/json: {schema: TenantSchema}}
+      responses:
+        201:
+          description: Create a tenant (and accounts); answers its first API key and webhook secret
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+    """
     session = db()
     created = create_tenant_with_key(session, load_tenant_request(json_body()))
     session.commit()
@@ -63,11 +84,34 @@ def tenants_create():  # type: ignore[no-untyped-def]
 
 @bp.get("/tenants/<tenant_id>")
 def tenants_show(tenant_id: str):  # type: ignore[no-untyped-def]
+    """A tenant.
+    ---
+    get:
+      summary: A tenant
+      responses:
+        200: {description: "A tenant", content: {application/json: {schema: {type: object}}}}
+        404: NotFound
+    """
     return jsonify(tenant_to_dict(get_tenant(db(), tenant_id)))
 
 
 @bp.patch("/tenants/<tenant_id>")
 def tenants_update(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Change name, limits or callback URL.
+    ---
+    patch:
+      summary: Change name, limits or callback URL
+      requestBody:
+        content: {application/json: {schema: TenantSchema}}
+      responses:
+        200:
+          description: Change name, limits or callback URL
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+    """
     session = db()
     tenant = update_tenant(session, tenant_id, load_tenant_request(json_body(), partial=True))
     session.commit()
@@ -76,6 +120,18 @@ def tenants_update(tenant_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/tenants/<tenant_id>/disable")
 def tenants_disable(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Refuse the tenant's keys.
+    ---
+    post:
+      summary: Refuse the tenant's keys
+      responses:
+        200:
+          description: Refuse the tenant's keys
+          content:
+            application/json:
+              schema: {type: object}
+        404: NotFound
+    """
     session = db()
     tenant = set_tenant_disabled(session, tenant_id, True)
     session.commit()
@@ -84,6 +140,18 @@ def tenants_disable(tenant_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/tenants/<tenant_id>/enable")
 def tenants_enable(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Accept the tenant's keys again.
+    ---
+    post:
+      summary: Accept the tenant's keys again
+      responses:
+        200:
+          description: Accept the tenant's keys again
+          content:
+            application/json:
+              schema: {type: object}
+        404: NotFound
+    """
     session = db()
     tenant = set_tenant_disabled(session, tenant_id, False)
     session.commit()
@@ -92,11 +160,38 @@ def tenants_enable(tenant_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/tenants/<tenant_id>/accounts")
 def accounts_index(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Provider accounts (no secrets).
+    ---
+    get:
+      summary: Provider accounts (no secrets)
+      responses:
+        200:
+          description: Provider accounts (no secrets)
+          content:
+            application/json:
+              schema: {type: object}
+        404: NotFound
+    """
     return jsonify({"data": [account_to_dict(a) for a in list_accounts(db(), tenant_id)]})
 
 
 @bp.post("/tenants/<tenant_id>/accounts")
 def accounts_create(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Add a provider account (secrets are write-only).
+    ---
+    post:
+      summary: Add a provider account (secrets are write-only)
+      requestBody:
+        content: {application/json: {schema: {type: object}}}
+      responses:
+        201:
+          description: Add a provider account (secrets are write-only)
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+    """
     session = db()
     account = add_account(session, tenant_id, json_body())
     session.commit()
@@ -105,6 +200,21 @@ def accounts_create(tenant_id: str):  # type: ignore[no-untyped-def]
 
 @bp.patch("/tenants/<tenant_id>/accounts/<account_id>")
 def accounts_update(tenant_id: str, account_id: str):  # type: ignore[no-untyped-def]
+    """Rotate secrets, change settings.
+    ---
+    patch:
+      summary: Rotate secrets, change settings
+      requestBody:
+        content: {application/json: {schema: {type: object}}}
+      responses:
+        200:
+          description: Rotate secrets, change settings
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+    """
     session = db()
     account = update_account(session, tenant_id, account_id, json_body())
     session.commit()
@@ -113,6 +223,15 @@ def accounts_update(tenant_id: str, account_id: str):  # type: ignore[no-untyped
 
 @bp.delete("/tenants/<tenant_id>/accounts/<account_id>")
 def accounts_delete(tenant_id: str, account_id: str):  # type: ignore[no-untyped-def]
+    """Remove an account.
+    ---
+    delete:
+      summary: Remove an account
+      responses:
+        204: {description: Remove an account}
+        404: NotFound
+        409: Conflict
+    """
     session = db()
     remove_account(session, tenant_id, account_id)
     session.commit()
@@ -121,11 +240,44 @@ def accounts_delete(tenant_id: str, account_id: str):  # type: ignore[no-untyped
 
 @bp.get("/tenants/<tenant_id>/keys")
 def keys_index(tenant_id: str):  # type: ignore[no-untyped-def]
+    """API keys (prefixes only).
+    ---
+    get:
+      summary: API keys (prefixes only)
+      responses:
+        200:
+          description: API keys (prefixes only)
+          content:
+            application/json:
+              schema: {type: object}
+        404: NotFound
+    """
     return jsonify({"data": [api_key_to_dict(k) for k in list_api_keys(db(), tenant_id)]})
 
 
 @bp.post("/tenants/<tenant_id>/keys")
 def keys_create(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Create a key (shown once).
+    ---
+    post:
+      summary: Create a key (shown once)
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                name: {type: string}
+              additionalProperties: false
+      responses:
+        201:
+          description: Create a key (shown once)
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+    """
     session = db()
     payload = json_body() if request.data else {}
     if not isinstance(payload, dict) or set(payload) - {"name"}:
@@ -137,6 +289,14 @@ def keys_create(tenant_id: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/tenants/<tenant_id>/keys/<key_id>")
 def keys_revoke(tenant_id: str, key_id: str):  # type: ignore[no-untyped-def]
+    """Revoke a key.
+    ---
+    delete:
+      summary: Revoke a key
+      responses:
+        200: {description: "Revoke a key", content: {application/json: {schema: {type: object}}}}
+        404: NotFound
+    """
     session = db()
     row = revoke_tenant_key(session, tenant_id, key_id)
     session.commit()

@@ -22,6 +22,29 @@ MAX_UPLOAD = 200 * 1024 * 1024  # a CSV of any realistic size; it is streamed, n
 @bp.post("")
 @require_tenant
 def create():  # type: ignore[no-untyped-def]
+    """Create a campaign from JSON recipients or a CSV upload.
+    ---
+    post:
+      summary: Create a campaign
+      description: >-
+        JSON recipients, or a CSV upload (multipart: `campaign` = the JSON fields,
+        `file` = the CSV)
+      requestBody:
+        required: true
+        content:
+          application/json: {schema: CampaignSchema}
+          multipart/form-data:
+            schema:
+              type: object
+              properties:
+                campaign: {type: string, description: the JSON fields}
+                file: {type: string, format: binary}
+      responses:
+        201: {description: Created, content: {application/json: {schema: Campaign}}}
+        401: Unauthorized
+        404: NotFound
+        422: Refused
+    """
     session = db()
     if request.mimetype == "multipart/form-data":
         request.max_content_length = MAX_UPLOAD
@@ -47,6 +70,15 @@ def create():  # type: ignore[no-untyped-def]
 @bp.get("/<campaign_id>")
 @require_tenant
 def show(campaign_id: str):  # type: ignore[no-untyped-def]
+    """A campaign's progress.
+    ---
+    get:
+      summary: A campaign's progress and per-status counts
+      responses:
+        200: {description: Progress, content: {application/json: {schema: Campaign}}}
+        401: Unauthorized
+        404: NotFound
+    """
     session = db()
     return jsonify(
         campaign_to_dict(session, get_campaign(session, current_tenant().id, campaign_id))
@@ -56,6 +88,22 @@ def show(campaign_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/<campaign_id>/<action>")
 @require_tenant
 def control(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
+    """Pause, resume or cancel a campaign.
+    ---
+    post:
+      summary: Pause, resume or cancel a campaign
+      parameters:
+      - {name: campaign_id, in: path, required: true, schema: {type: string}}
+      - name: action
+        in: path
+        required: true
+        schema: {type: string, enum: [pause, resume, cancel]}
+      responses:
+        200: {description: Done, content: {application/json: {schema: Campaign}}}
+        401: Unauthorized
+        404: NotFound
+        409: Conflict
+    """
     if action not in ("pause", "resume", "cancel"):
         raise InvalidRequest("Action must be pause, resume or cancel.", code="invalid_action")
     session = db()

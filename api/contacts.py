@@ -13,6 +13,22 @@ bp = Blueprint("contacts", __name__, url_prefix="/v1/contacts")
 @bp.post("")
 @require_tenant
 def create():  # type: ignore[no-untyped-def]
+    """Create a contact (or complete one an inbound message created).
+    ---
+    post:
+      summary: Create a contact (or complete the one an inbound message created)
+      requestBody:
+        required: true
+        content: {application/json: {schema: ContactSchema}}
+      responses:
+        201: {description: Created, content: {application/json: {schema: ContactView}}}
+        200:
+          description: Completed an existing contact
+          content:
+            application/json: {schema: ContactView}
+        401: Unauthorized
+        409: Conflict
+    """
     session = db()
     contact, created = upsert_contact(session, current_tenant().id, json_body())
     session.commit()
@@ -22,12 +38,33 @@ def create():  # type: ignore[no-untyped-def]
 @bp.get("/<contact_id>")
 @require_tenant
 def show(contact_id: str):  # type: ignore[no-untyped-def]
+    """One contact, with its opt-out flag and window.
+    ---
+    get:
+      summary: A contact
+      responses:
+        200: {description: The contact, content: {application/json: {schema: ContactView}}}
+        401: Unauthorized
+        404: NotFound
+    """
     return jsonify(contact_to_dict(get_contact(db(), current_tenant().id, contact_id)))
 
 
 @bp.patch("/<contact_id>")
 @require_tenant
 def patch(contact_id: str):  # type: ignore[no-untyped-def]
+    """Change a contact's fields.
+    ---
+    patch:
+      summary: Change name, phone or opted_out
+      requestBody:
+        content: {application/json: {schema: ContactSchema}}
+      responses:
+        200: {description: Updated, content: {application/json: {schema: ContactView}}}
+        401: Unauthorized
+        404: NotFound
+        409: Conflict
+    """
     session = db()
     contact = update_contact(session, current_tenant().id, contact_id, json_body())
     session.commit()

@@ -117,6 +117,33 @@ def cost_of(message: Message) -> float:
 
 @bp.route("/api/twilio/message", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
 def twilio_message():  # type: ignore[no-untyped-def]
+    """Seed 000's send route: `{to, message}`, `to` a contact id or a number.
+    ---
+    post:
+      summary: "Seed 000: {to, message}; to = contact id or number"
+      security: [{bearer: []}, {}]
+      parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                to: {type: string}
+                message: {type: string}
+      responses:
+        200: {description: "{message: 'Message sent', id}"}
+        400: SeedError
+        401: SeedError
+        404: SeedError
+        405: {description: "{message: 'Wrong request method'}"}
+        409: SeedError
+        413: TooLarge
+        422: SeedError
+        429: SeedError
+        503: SeedUnavailable
+    """
     if request.method != "POST":
         return jsonify({"message": "Wrong request method"}), 405
     body = _body()
@@ -145,6 +172,30 @@ def twilio_message():  # type: ignore[no-untyped-def]
 
 @bp.post("/api/whatsapp/send")
 def whatsapp_send():  # type: ignore[no-untyped-def]
+    """Seed 002's send route.
+    ---
+    post:
+      summary: "Seed 002: {toPhoneNumber, messageBody, imageUrl?}"
+      security: [{bearer: []}, {}]
+      parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                toPhoneNumber: {type: string}
+                messageBody: {type: string}
+                imageUrl: {type: string}
+      responses:
+        200: {description: "{success: true, messageId, cost}"}
+        400: SeedError
+        401: SeedError
+        413: TooLarge
+        429: SeedError
+        503: SeedUnavailable
+    """
     body = _body()
     fields: dict[str, Any] = {"channel": "whatsapp", "provider": "twilio"}
     if body.get("toPhoneNumber") is not None:
@@ -165,7 +216,18 @@ def whatsapp_send():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/whatsapp/status/<message_id>")
 def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
-    """By Herald's id, or by the Twilio SID the seed's clients may have stored."""
+    """By Herald's id, or by the Twilio SID the seed's clients may have stored.
+    ---
+    get:
+      summary: "Seed 002: a message's status, SID and cost"
+      security: [{bearer: []}, {}]
+      responses:
+        200: {description: "Status, SID and cost"}
+        400: SeedError
+        401: SeedError
+        404: SeedError
+        503: SeedUnavailable
+    """
     try:
         tenant, origin = _caller()
         readable = origin if origin == "legacy" else None  # the tenant itself reads all
@@ -233,6 +295,29 @@ def _envelope_ok(message: Message, to: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/api/v1/whatsapp/send-message")
 def meta_send_message():  # type: ignore[no-untyped-def]
+    """Seed 003's text route, answered in Meta's envelope.
+    ---
+    post:
+      summary: "Seed 003: {to, text, previewUrl?}"
+      security: [{bearer: []}, {}]
+      parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                to: {type: string}
+                text: {type: string}
+                previewUrl: {type: boolean}
+      responses:
+        200: {description: "{type: '1', message, data}"}
+        400: Envelope
+        401: Envelope
+        413: TooLarge
+        503: EnvelopeUnavailable
+    """
     body = _body()
     if not body.get("to") or not body.get("text"):
         return jsonify(
@@ -263,7 +348,31 @@ def meta_send_message():  # type: ignore[no-untyped-def]
 
 @bp.post("/api/v1/whatsapp/send-template")
 def meta_send_template():  # type: ignore[no-untyped-def]
-    """`{"to", "templateName", "languageCode"?, "parameters"?: [...], "components"?: [...]}`."""
+    """`{"to", "templateName", "languageCode"?, "parameters"?: [...], "components"?: [...]}`.
+    ---
+    post:
+      summary: "Seed 003 templates: {to, templateName, languageCode?, parameters?, components?}"
+      security: [{bearer: []}, {}]
+      parameters:
+      - {name: Idempotency-Key, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                to: {type: string}
+                templateName: {type: string}
+                languageCode: {type: string}
+                parameters: {type: array, items: {type: string}}
+                components: {type: array, items: {type: object}}
+      responses:
+        200: {description: "{type: '1', message, data}"}
+        400: Envelope
+        401: Envelope
+        413: TooLarge
+        503: EnvelopeUnavailable
+    """
     body = _body()
     if not body.get("to") or not body.get("templateName"):
         return jsonify(

@@ -30,6 +30,37 @@ def _public_url() -> str:
 
 @bp.post("/twilio/status")
 def twilio_status():  # type: ignore[no-untyped-def]
+    """Twilio's status callback for a message Herald sent.
+    ---
+    post:
+      summary: Twilio status callback
+      security: []
+      parameters:
+      - {name: X-Twilio-Signature, in: header, schema: {type: string}}
+      - {name: message_id, in: query, schema: {type: string}}
+      requestBody:
+        content:
+          application/x-www-form-urlencoded:
+            schema:
+              type: object
+              properties:
+                AccountSid: {type: string}
+                MessageSid: {type: string}
+                MessageStatus: {type: string}
+                ErrorCode: {type: string}
+                From: {type: string}
+                To: {type: string}
+                Body: {type: string}
+                MessagingServiceSid: {type: string}
+                NumMedia: {type: string}
+      responses:
+        204: {description: Recorded}
+        400:
+          description: A NUL in the URL, or signed but not a Twilio callback
+          content:
+            application/json: {schema: Error}
+        403: Forbidden
+    """
     session = db()
     form = request.form.to_dict()
     accounts = verify_twilio(
@@ -42,6 +73,40 @@ def twilio_status():  # type: ignore[no-untyped-def]
 
 @bp.post("/twilio/inbound")
 def twilio_inbound():  # type: ignore[no-untyped-def]
+    """A message a recipient sent through Twilio.
+    ---
+    post:
+      summary: Twilio inbound message
+      security: []
+      parameters:
+      - {name: X-Twilio-Signature, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/x-www-form-urlencoded:
+            schema:
+              type: object
+              properties:
+                AccountSid: {type: string}
+                MessageSid: {type: string}
+                MessageStatus: {type: string}
+                ErrorCode: {type: string}
+                From: {type: string}
+                To: {type: string}
+                Body: {type: string}
+                MessagingServiceSid: {type: string}
+                NumMedia: {type: string}
+      responses:
+        200:
+          description: TwiML <Response/> (also when kept unrouted)
+          content:
+            text/xml:
+              schema: {type: string}
+        400:
+          description: A NUL in the URL, or signed but not a Twilio message
+          content:
+            application/json: {schema: Error}
+        403: Forbidden
+    """
     session = db()
     form = request.form.to_dict()
     accounts = verify_twilio(
@@ -54,6 +119,19 @@ def twilio_inbound():  # type: ignore[no-untyped-def]
 
 @bp.get("/meta")
 def meta_subscribe():  # type: ignore[no-untyped-def]
+    """Meta's subscription check: echo the challenge for the right verify token.
+    ---
+    get:
+      summary: Meta subscription check
+      security: []
+      parameters:
+      - {name: hub.mode, in: query, schema: {type: string, enum: [subscribe]}}
+      - {name: hub.verify_token, in: query, schema: {type: string}}
+      - {name: hub.challenge, in: query, schema: {type: string}}
+      responses:
+        200: {description: hub.challenge echoed, content: {text/plain: {schema: {type: string}}}}
+        403: Forbidden
+    """
     args = request.args
     if not meta_verify_challenge(db(), args.get("hub.mode"), args.get("hub.verify_token")):
         raise Forbidden("The verify token does not match.")
@@ -62,6 +140,29 @@ def meta_subscribe():  # type: ignore[no-untyped-def]
 
 @bp.post("/meta")
 def meta_events():  # type: ignore[no-untyped-def]
+    """Meta's statuses and inbound messages.
+    ---
+    post:
+      summary: Meta statuses and messages
+      security: []
+      parameters:
+      - {name: X-Hub-Signature-256, in: header, schema: {type: string}}
+      requestBody:
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                object: {type: string}
+                entry: {type: array, items: {type: object}}
+      responses:
+        200: {description: "Recorded: counts per outcome"}
+        400:
+          description: Signed, but not a JSON object
+          content:
+            application/json: {schema: Error}
+        403: Forbidden
+    """
     session = db()
     raw = request.get_data()
     payload = parse_meta_body(raw)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from models import Contact, utcnow
 from services.errors import Conflict, InvalidRequest, NotFound
-from services.phones import parse_e164
+from services.phones import PHONE_FIELD, parse_e164
 from services.policy import contact_for, window_open
 from services.serialize import iso
 
@@ -21,7 +21,7 @@ class ContactSchema(Schema):
         unknown = RAISE
 
     id = fields.String(validate=validate.Length(min=1, max=128))  # the tenant's own id
-    phone = fields.String(validate=validate.Length(max=64))
+    phone = fields.String(validate=validate.Length(max=64), metadata=PHONE_FIELD)
     name = fields.String(validate=validate.Length(max=200), allow_none=True)
     opted_out = fields.Boolean()
 

@@ -13,6 +13,15 @@ NOT_INTERNATIONAL = (
 # After the `+`: digits and the separators people write; anything else is refused
 # rather than guessed at (phonenumbers would read letters as a vanity number).
 _INTERNATIONAL = re.compile(r"\+[0-9 ().-]+")
+# What a phone field takes, as the API document states it (the number must also be valid).
+PHONE_PATTERN = r"^\s*(whatsapp:)?" + _INTERNATIONAL.pattern + r"\s*$"
+PHONE_FIELD = {
+    "description": "A phone number in international (E.164) form: '+', the country code, the "
+    "number, like +12025550143; spaces, dots, dashes and brackets are ignored, a "
+    "'whatsapp:' prefix is allowed. It must be a valid number of its country.",
+    "pattern": PHONE_PATTERN,
+    "example": "+12025550143",
+}
 _LETTER = re.compile(r"[A-Za-z]")
 _IMPOSSIBLE = {
     phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "Unknown country calling code.",

@@ -18,7 +18,7 @@ from marshmallow import (
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.errors import InvalidRequest
 from services.inputs import value_problem
-from services.phones import normalize_e164, parse_e164
+from services.phones import PHONE_FIELD, normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -70,7 +70,7 @@ class MessageRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    to = fields.String(validate=validate.Length(max=64))
+    to = fields.String(validate=validate.Length(max=64), metadata=PHONE_FIELD)
     contact_id = fields.String(validate=validate.Length(min=1, max=128))
     channel = fields.String(load_default="whatsapp", validate=validate.OneOf(CHANNELS))
     provider = fields.String(validate=validate.OneOf(PROVIDERS))

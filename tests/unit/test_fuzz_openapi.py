@@ -1,5 +1,6 @@
-"""Property-based run against Herald's own /openapi.json: every operation, the
-webhooks and the seeds' routes included, answered by the Flask app in-process.
+"""Property-based run against Herald's own /openapi.json: every operation, the admin
+API (switched on, with its token), the webhooks and the seeds' routes included,
+answered by the Flask app in-process.
 
 Whatever schemathesis generates, Herald must never answer a 5xx, nor a status the
 document does not list. The run is bounded (a few examples per operation, no
@@ -8,6 +9,8 @@ time; a failure prints the request that reproduces it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -57,9 +60,19 @@ HERALD = _Herald()
 schema = schemathesis.openapi.from_wsgi("/openapi.json", HERALD, config=CONFIG)
 
 
+ADMIN_TOKEN = "fuzz-admin-token-0123456789"
+
+
 @pytest.fixture(scope="module", autouse=True)
-def fresh_app() -> None:
-    HERALD.app = None
+def fresh_app() -> Iterator[None]:
+    from herald.config import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+        get_settings.cache_clear()
+        HERALD.app = None
+        yield
+    get_settings.cache_clear()
 
 
 @schema.parametrize()
@@ -77,7 +90,8 @@ def test_no_input_is_a_server_error_or_an_undocumented_status(
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import status_code_conformance
 
+    token = ADMIN_TOKEN if case.path.startswith("/admin/") else fuzz_tenant["api_key"]
     case.call_and_validate(
-        headers={"Authorization": f"Bearer {fuzz_tenant['api_key']}"},
+        headers={"Authorization": f"Bearer {token}"},
         checks=[not_a_server_error, status_code_conformance],
     )
