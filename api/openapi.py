@@ -160,6 +160,27 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Twilio's form, as both Twilio webhooks receive it.
+FORM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "TwilioForm": {
+        "type": "object",
+        "properties": {
+            name: {"type": "string"}
+            for name in (
+                "AccountSid",
+                "MessageSid",
+                "MessageStatus",
+                "ErrorCode",
+                "From",
+                "To",
+                "Body",
+                "MessagingServiceSid",
+                "NumMedia",
+            )
+        },
+    }
+}
+
 # Request bodies: the marshmallow schemas the views validate with.
 REQUEST_SCHEMAS = {
     "MessageRequest": MessageRequestSchema,
@@ -218,7 +239,7 @@ def build(app: Flask) -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer"})
-    for name, schema in RESPONSE_SCHEMAS.items():
+    for name, schema in {**RESPONSE_SCHEMAS, **FORM_SCHEMAS}.items():
         spec.components.schema(name, schema)
     for name, schema in REQUEST_SCHEMAS.items():
         spec.components.schema(name, schema=schema)

@@ -40,19 +40,7 @@ def twilio_status():  # type: ignore[no-untyped-def]
       - {name: message_id, in: query, schema: {type: string}}
       requestBody:
         content:
-          application/x-www-form-urlencoded:
-            schema:
-              type: object
-              properties:
-                AccountSid: {type: string}
-                MessageSid: {type: string}
-                MessageStatus: {type: string}
-                ErrorCode: {type: string}
-                From: {type: string}
-                To: {type: string}
-                Body: {type: string}
-                MessagingServiceSid: {type: string}
-                NumMedia: {type: string}
+          application/x-www-form-urlencoded: {schema: TwilioForm}
       responses:
         204: {description: Recorded}
         400:
@@ -82,19 +70,7 @@ def twilio_inbound():  # type: ignore[no-untyped-def]
       - {name: X-Twilio-Signature, in: header, schema: {type: string}}
       requestBody:
         content:
-          application/x-www-form-urlencoded:
-            schema:
-              type: object
-              properties:
-                AccountSid: {type: string}
-                MessageSid: {type: string}
-                MessageStatus: {type: string}
-                ErrorCode: {type: string}
-                From: {type: string}
-                To: {type: string}
-                Body: {type: string}
-                MessagingServiceSid: {type: string}
-                NumMedia: {type: string}
+          application/x-www-form-urlencoded: {schema: TwilioForm}
       responses:
         200:
           description: TwiML <Response/> (also when kept unrouted)
