@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -36,28 +37,24 @@ PRICE_WAIT = timedelta(hours=1)
 
 def stale_twilio_messages(older_than: timedelta, limit: int = BATCH) -> list[str]:
     """Ids of Twilio messages in `sending`/`sent`, with a SID, untouched for `older_than`."""
-    now = utcnow()
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Message.id)
-                .where(
-                    Message.provider == "twilio",
-                    Message.direction == "outbound",
-                    Message.status.in_(("sending", "sent")),
-                    Message.provider_message_id.is_not(None),
-                    Message.updated_at < now - older_than,
-                    Message.created_at > now - MAX_AGE,
-                )
-                .order_by(Message.updated_at)
-                .limit(limit)
-            )
-        )
+    return _twilio_ids(older_than, limit, Message.status.in_(("sending", "sent")))
 
 
 def unpriced_twilio_messages(older_than: timedelta, limit: int = BATCH) -> list[str]:
     """Ids of Twilio messages that reached a billed final status by callback (which never
     carries the price) and whose price was never fetched (`price_unit` still empty)."""
+    return _twilio_ids(
+        older_than,
+        limit,
+        Message.status.in_(BILLED),
+        Message.price.is_(None),
+        Message.price_unit.is_(None),
+    )
+
+
+def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str]:
+    """Ids of outbound Twilio messages with a SID, untouched for `older_than` and younger
+    than MAX_AGE, meeting `conditions`, the least recently touched first."""
     now = utcnow()
     with session_scope() as session:
         return list(
@@ -66,12 +63,10 @@ def unpriced_twilio_messages(older_than: timedelta, limit: int = BATCH) -> list[
                 .where(
                     Message.provider == "twilio",
                     Message.direction == "outbound",
-                    Message.status.in_(BILLED),
                     Message.provider_message_id.is_not(None),
-                    Message.price.is_(None),
-                    Message.price_unit.is_(None),
                     Message.updated_at < now - older_than,
                     Message.created_at > now - MAX_AGE,
+                    *conditions,
                 )
                 .order_by(Message.updated_at)
                 .limit(limit)
