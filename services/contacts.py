@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -13,6 +13,7 @@ from models import Contact, utcnow
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.phones import PHONE_FIELD, parse_e164
 from services.policy import contact_for, window_open
+from services.schemas import load_object
 from services.serialize import iso
 
 
@@ -27,16 +28,7 @@ class ContactSchema(Schema):
 
 
 def _load(payload: Any, *, partial: bool) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        data = ContactSchema().load(payload, partial=partial)
-    except ValidationError as exc:
-        raise InvalidRequest(
-            "The request has invalid fields.",
-            code="invalid_fields",
-            fields=exc.normalized_messages(),
-        ) from None
+    data = load_object(ContactSchema(), payload, partial=partial)
     if not partial and "phone" not in data:
         raise InvalidRequest(
             "phone is required.",

@@ -230,8 +230,16 @@ def load_message_request(payload: Any) -> dict[str, Any]:
     problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
     if problem:
         raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
+    return load_object(_schema, payload)
+
+
+def load_object(schema: Schema, payload: Any, *, partial: bool = False) -> dict[str, Any]:
+    """`payload` loaded by `schema`, or the API's 400: not an object, or `invalid_fields`
+    with a message per field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return _schema.load(payload)
+        return schema.load(payload, partial=partial)
     except ValidationError as exc:
         raise InvalidRequest(
             "The request has invalid fields.",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.events import webhook_secret
+from services.schemas import load_object
 from services.secrets import decrypt_json, encrypt_json
 from services.serialize import iso
 from services.tenants import (
@@ -49,22 +50,9 @@ class TenantSchema(_Strict):
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
-def _load(schema: Schema, payload: Any, *, partial: bool) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return schema.load(payload, partial=partial)
-    except ValidationError as exc:
-        raise InvalidRequest(
-            "The request has invalid fields.",
-            code="invalid_fields",
-            fields=exc.normalized_messages(),
-        ) from None
-
-
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
     """A validated tenant create (name required) or update (every field optional)."""
-    data = _load(TenantSchema(), payload, partial=partial)
+    data = load_object(TenantSchema(), payload, partial=partial)
     if not partial and "name" not in data:
         raise InvalidRequest(
             "name is required.",
