@@ -113,6 +113,7 @@ task_routes = {
     "herald.deliver_batch": {"queue": "herald.bulk"},
     "herald.release_due": {"queue": "herald.periodic"},
     "herald.reconcile": {"queue": "herald.periodic"},
+    "herald.sync_templates": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -132,5 +133,11 @@ beat_schedule = {
         "task": "herald.reconcile",
         "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
         "options": {"queue": "herald.periodic", "expires": 60},
+    },
+    # WhatsApp templates from Meta and Twilio Content (services/templates.py).
+    "sync-templates": {
+        "task": "herald.sync_templates",
+        "schedule": float(os.environ.get("HERALD_TEMPLATE_SYNC_INTERVAL", "86400")),
+        "options": {"queue": "herald.periodic", "expires": 3600},
     },
 }

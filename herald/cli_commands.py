@@ -191,6 +191,12 @@ def _tenant_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _templates_sync(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        params = {"provider": args.provider} if args.provider else None
+        return _print_answer(_call(client, "POST", "/v1/templates/sync", params=params))
+
+
 def register(sub: Any, tenant: Any) -> None:
     """Add the commands to `herald`'s subparsers and to its `tenant` subparsers."""
     connection = argparse.ArgumentParser(add_help=False)
@@ -228,6 +234,15 @@ def register(sub: Any, tenant: Any) -> None:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--polls", type=int, default=0, help="stop after N polls (0 = never)")
     tail.set_defaults(func=_tail)
+
+    templates = sub.add_parser("templates", help="WhatsApp templates").add_subparsers(
+        dest="action", required=True
+    )
+    tsync = templates.add_parser(
+        "sync", parents=[connection], help="fetch the tenant's templates from its providers now"
+    )
+    tsync.add_argument("--provider", choices=["meta", "twilio"])
+    tsync.set_defaults(func=_templates_sync)
 
     listing = tenant.add_parser("list", help="print every tenant (no secrets)")
     listing.set_defaults(func=_tenant_list)

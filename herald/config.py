@@ -113,6 +113,8 @@ class Settings:
     reconcile_after_minutes: float = 10.0
     admin_token: str | None = None
     sandbox_url: str | None = None
+    template_checks: bool = True
+    twilio_content_base: str | None = None
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -173,6 +175,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         admin_token=admin_token,
         sandbox_url=sandbox_url,
+        template_checks=_bool(env, "HERALD_TEMPLATE_CHECKS", True),
+        twilio_content_base=_url(env, "TWILIO_CONTENT_BASE", "")
+        if env.get("TWILIO_CONTENT_BASE")
+        else None,
     )
 
 

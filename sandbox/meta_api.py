@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from sandbox import templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
 from sandbox.common import answer_fault, json_response
 from sandbox.state import (
@@ -553,6 +554,10 @@ def blueprint(state: SandboxState) -> Blueprint:
         refused = media_problem(payload)
         if refused is not None:
             return fail(refused[0], message=refused[1])
+        template_error = templates.meta_send_problem(state, account.waba_id, payload)
+        if template_error is not None:  # only for a WABA with templates registered
+            code, status, text, details = template_error
+            return fail(code, status, message=text, details=details)
         to = payload["to"]
         dialled = digits(to.replace(" ", ""))
         wa_id = wa_id_for(dialled)

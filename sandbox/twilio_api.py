@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 from flask import Blueprint, Response, request
 
+from sandbox import templates
 from sandbox.callbacks import plan_statuses, twilio_callback
 from sandbox.common import answer_fault, json_response
 from sandbox.state import E164, Fault, SandboxState, TwilioAccount, digits, new_twilio_sid
@@ -71,6 +72,8 @@ ASYNC_ERRORS = {
     30008: "Unknown error",
     63016: "Failed to send freeform message because you are outside the allowed window. "
     "If you are using WhatsApp, please use a Message Template.",
+    63027: "Template does not exist for a language and locale",
+    63028: "Number of parameters provided does not match the expected number of parameters",
 }
 
 # Magic numbers (digits without '+') that agree with Twilio's test credentials:
@@ -295,6 +298,11 @@ def blueprint(state: SandboxState) -> Blueprint:
             code = MAGIC_FROM[digits(from_)]
         elif digits(to) in MAGIC_SYNC:
             code = MAGIC_SYNC[digits(to)]
+        content_error = None  # Content registered for the account: sandbox/templates.py
+        if code is None and content_sid:
+            code, content_error = templates.twilio_send_problem(
+                state, account_sid, content_sid, form.get("ContentVariables"), whatsapp
+            )
         if code is not None:
             return reject(code)
 
@@ -308,6 +316,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             statuses, error_code = ["sent", "undelivered"], 30003
         elif whatsapp and digits(to) == MAGIC_WINDOW_CLOSED and not content_sid:
             statuses, error_code = ["failed"], 63016
+        elif content_error is not None:
+            statuses, error_code = ["failed"], content_error
         else:
             statuses = ["sent", "delivered", "read"] if whatsapp else ["sent", "delivered"]
             error_code = None

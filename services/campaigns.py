@@ -41,6 +41,7 @@ from services.schemas import (
     variables_problem,
 )
 from services.serialize import iso
+from services.templates import campaign_row_problem, refuse_unusable_template
 from services.tenants import find_account
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def create_campaign(
         raise PolicyRefused(
             f"This tenant has no {provider} account.", code="provider_not_configured"
         )
+    # Name, approval, language now; each recipient's variables per row (_add_chunk).
+    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
     campaign = Campaign(
         tenant_id=tenant.id,
         name=data["name"],
@@ -207,6 +210,8 @@ def _add_chunk(
             # Known per recipient only: the row fails here, the campaign goes on.
             filled = {**campaign.template, "variables": variables}
             error = variables_problem(campaign.channel, filled)
+        if not error:
+            error = campaign_row_problem(session, campaign, account_id, variables)
         if error:
             campaign.invalid += 1
             if len(invalid_rows) < MAX_INVALID_ROWS_KEPT:

@@ -30,6 +30,7 @@ from services.phones import mask
 from services.policy import check_send_policy
 from services.schemas import check_for_provider
 from services.status import apply_status
+from services.templates import refuse_unusable_template
 from services.tenants import cached_account
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ def accept_message(
         raise PolicyRefused(
             f"This tenant has no {provider} account.", code="provider_not_configured"
         )
+    if template:  # unknown, unapproved, other language, wrong variables: 400 (templates)
+        refuse_unusable_template(session, tenant.id, account.id, provider, data)
 
     contact_id = None
     to = data.get("to")

@@ -32,6 +32,7 @@ from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
+from services import templates
 from services.errors import Forbidden, InvalidRequest
 from services.meta_events import (
     account_changes,
@@ -717,6 +718,8 @@ def handle_meta_payload(
     for entry, change in account_changes(payload):  # WABA-level: kept, answered 200
         key = "account" if record_account_change(session, entry, change, signer) else "duplicates"
         counts[key] = counts.get(key, 0) + 1
+        if key == "account":  # template status updates: services/templates.py
+            templates.handle_account_change(session, entry, change, signer)
     accounts_of: dict[str, list[AccountCredentials]] = {}
     for change in _changes(payload):
         if is_account_change(change):

@@ -120,3 +120,12 @@ def reconcile_statuses() -> dict[str, int]:
     counts = reconcile.reconcile_stale()
     counts["orphans"] = meta_events.apply_stored_orphans()
     return counts
+
+
+@shared_task(name="herald.sync_templates", ignore_result=True)
+def sync_templates() -> dict[str, int]:
+    """Beat, daily: every account's WhatsApp templates from Meta and Twilio Content
+    (Twilio sends no status webhook: this is how its approvals arrive)."""
+    from services.templates import sync_all
+
+    return sync_all()
