@@ -47,6 +47,10 @@ NAMES = {
     131056: "pair_rate_limited",
     131000: "provider_error",
     131016: "service_unavailable",
+    132000: "template_params_mismatch",
+    132001: "template_not_found",
+    132015: "template_paused",
+    132016: "template_disabled",
 }
 
 # Meta's supported media: an image is JPEG or PNG only; a WebP goes as a sticker (which

@@ -40,6 +40,7 @@ PERMANENT = {
     63007: "sender_not_found",
     20003: "provider_auth_failed",
     20404: "provider_not_found",
+    21655: "template_not_found",
 }
 OPT_OUT = {21610}
 # Codes Twilio reports later, in a status callback's ErrorCode.
@@ -55,6 +56,8 @@ DELIVERY_ERRORS = {
     30022: "rate_limited",
     20429: "rate_limited",
     21611: "sender_queue_full",
+    63027: "template_not_found",
+    63028: "template_params_mismatch",
 }
 NAMES = {**PERMANENT, **DELIVERY_ERRORS}
 

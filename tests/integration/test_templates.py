@@ -434,3 +434,28 @@ def test_sync_reports_a_meta_account_without_waba_id(live, client) -> None:
 def _forget_templates() -> Any:
     yield
     svc.forget_cached()
+
+
+def test_cli_and_daily_task_sync(live, app, capsys, monkeypatch) -> None:
+    import json
+
+    import httpx
+
+    from herald import cli_commands
+    from herald.cli import main
+    from workers.tasks import sync_templates
+
+    tenant = _tenant(live)
+    _meta_template(live, tenant["waba"], "order_ready")
+    monkeypatch.setattr(cli_commands, "transport", httpx.WSGITransport(app=app))
+    argv = ["templates", "sync", "--key", tenant["api_key"], "--url", "http://herald.test"]
+    assert main([*argv, "--provider", "meta"]) == 0
+    [result] = json.loads(capsys.readouterr().out)["accounts"]
+    assert (result["provider"], result["created"]) == ("meta", 1)
+
+    content = _content(live, tenant["sid"], friendly_name="daily", status="approved")
+    totals = sync_templates()  # beat's daily task: every account
+    assert totals["created"] >= 1 and totals["accounts"] >= 2
+    with session_scope() as session:
+        row = session.scalars(select(Template).where(Template.content_sid == content["sid"])).one()
+        assert (row.tenant_id, row.status) == (tenant["tenant_id"], "approved")
