@@ -459,3 +459,103 @@ def test_cli_and_daily_task_sync(live, app, capsys, monkeypatch) -> None:
     with session_scope() as session:
         row = session.scalars(select(Template).where(Template.content_sid == content["sid"])).one()
         assert (row.tenant_id, row.status) == (tenant["tenant_id"], "approved")
+
+
+def test_status_webhooks_touch_only_what_their_signer_may_and_never_go_back(live, client) -> None:
+    import time
+
+    import httpx
+
+    from sandbox.callbacks import meta_callback
+    from sandbox.templates import status_update_payload
+
+    tenant = _tenant(live)
+    created = _meta_template(live, tenant["waba"], "order_ready")
+    _sync(client, tenant, provider="meta")
+    intruder_secret = "another-tenants-app-secret"
+    make_tenant(
+        "intruder",
+        meta={
+            "phone_number_id": "1" + str(uuid.uuid4().int)[:14],
+            "access_token": "t",
+            "app_secret": intruder_secret,
+            "waba_id": "3" + str(uuid.uuid4().int)[:14],
+        },
+    )
+
+    def post(body: dict[str, Any], secret: str) -> None:
+        hook = meta_callback(
+            f"{live.api_url}/webhooks/meta",
+            body,
+            secret,
+            kind="template",
+            event="x",
+            message_id=None,
+        )
+        answer = httpx.post(hook.url, content=hook.body, headers=hook.headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+
+    def status() -> str:
+        [row] = _list(client, tenant, name="order_ready")
+        return row["status"]
+
+    paused = status_update_payload(tenant["waba"], created, "PAUSED", "NONE")
+    post(paused, intruder_secret)  # signed by another tenant's app secret: not for this WABA
+    assert status() == "approved"
+    stale = status_update_payload(tenant["waba"], created, "REJECTED", "SCAM")
+    stale["entry"][0]["time"] = int(time.time()) - 3600  # older than the sync
+    post(stale, META_SECRET)
+    assert status() == "approved"
+    post(paused, META_SECRET)
+    assert status() == "paused"
+    fresh = status_update_payload(
+        tenant["waba"], {**created, "name": "brand_new", "id": "42"}, "APPROVED", "NONE"
+    )
+    post(fresh, META_SECRET)  # a template not synced yet: added, its variables unknown
+    [row] = _list(client, tenant, name="brand_new")
+    assert (row["status"], row["provider_template_id"], row["components"]) == (
+        "approved",
+        "42",
+        None,
+    )
+    assert (
+        _send(client, tenant, template={"name": "brand_new", "variables": ["x"]}).status_code == 202
+    )
+
+
+def test_sandbox_refuses_twilio_content_sends_like_twilio(live, client) -> None:
+    """Unsynced (no checks): an unknown ContentSid is refused at once (21655); Content
+    whose variables do not match is accepted, then fails by callback with 63028."""
+    from tests.integration.conftest import wait_for
+
+    tenant = _tenant(live)
+    unknown = _send(
+        client, tenant, provider="twilio", template={"content_sid": "HX" + uuid.uuid4().hex}
+    )
+    wrong = _send(
+        client,
+        tenant,
+        provider="twilio",
+        template={"content_sid": "HX" + "0" * 32, "content_variables": {"1": "a"}},
+    )
+    content = _content(
+        live,
+        tenant["sid"],
+        friendly_name="order_ready",
+        status="approved",
+        types={"twilio/text": {"body": "Hi {{1}}, order {{2}}"}},
+    )
+    with session_scope() as session:  # point the second at the registered Content
+        row = session.get(Message, wrong.get_json()["id"])
+        row.template = {**row.template, "content_sid": content["sid"]}
+    deliver(unknown.get_json()["id"])
+    deliver(wrong.get_json()["id"])
+
+    def outcome(message_id: str) -> tuple[str, str | None]:
+        with session_scope() as session:
+            message = session.get(Message, message_id)
+            return message.status, message.provider_error_code
+
+    assert outcome(unknown.get_json()["id"]) == ("failed", "21655")
+    assert wait_for(lambda: outcome(wrong.get_json()["id"])[0] == "failed", what="63028")
+    assert outcome(wrong.get_json()["id"]) == ("failed", "63028")
