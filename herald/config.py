@@ -113,6 +113,7 @@ class Settings:
     reconcile_after_minutes: float = 10.0
     admin_token: str | None = None
     sandbox_url: str | None = None
+    media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -173,6 +174,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         admin_token=admin_token,
         sandbox_url=sandbox_url,
+        media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
     )
 
 

@@ -60,6 +60,7 @@ class CampaignSchema(Schema):
     provider = fields.String(validate=validate.OneOf(PROVIDERS))
     body = fields.String(validate=validate.Length(min=1, max=4096))
     media_url = MediaUrls()
+    media_id = fields.String(validate=validate.Length(min=1, max=64))  # a template's header
     template = fields.Nested(TemplateSchema)
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
@@ -139,8 +140,14 @@ def create_campaign(
         raise PolicyRefused(
             f"This tenant has no {provider} account.", code="provider_not_configured"
         )
+    options = None
+    if data.get("media_id"):  # uploaded media as the template's header (services/media.py)
+        from services.media import resolve_media_id
+
+        options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
     campaign = Campaign(
         tenant_id=tenant.id,
+        options=options,
         name=data["name"],
         channel=channel,
         provider=provider,
@@ -253,6 +260,7 @@ def _add_chunk(
                 "body": campaign.body,
                 "media_urls": campaign.media_urls,
                 "template": template,
+                "options": campaign.options,
                 "status": "scheduled",
                 "attempts": 0,
                 "campaign_id": campaign.id,

@@ -33,6 +33,7 @@ from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services.errors import Forbidden, InvalidRequest
+from services.media import inbound_media_options
 from services.meta_events import (
     account_changes,
     account_secrets,
@@ -452,6 +453,7 @@ def _store_inbound(
     at: datetime,
     detail: dict[str, Any],
     error: tuple[str, str | None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Message | None:
     """Store one inbound message. `error`: (provider code, title) the provider attached
     to it (Meta `messages[].errors`), kept on the message and its event."""
@@ -490,6 +492,7 @@ def _store_inbound(
         from_number=phone,
         body=body,
         media_urls=media or None,
+        options=options,  # the media's content types (services/media.py)
         status="received",
         provider_message_id=provider_id,
         meta={"profile_name": profile_name} if profile_name else {},
@@ -667,6 +670,7 @@ def handle_twilio_inbound(
     except ValueError:
         count = 0
     media = [form[f"MediaUrl{i}"] for i in range(count) if form.get(f"MediaUrl{i}")]
+    types = [form.get(f"MediaContentType{i}") for i in range(count) if form.get(f"MediaUrl{i}")]
     return _store_inbound(
         session,
         account,
@@ -679,6 +683,7 @@ def handle_twilio_inbound(
         profile_name=form.get("ProfileName"),
         at=utcnow(),
         detail=form,
+        options=inbound_media_options(types),
     )
 
 
@@ -905,7 +910,7 @@ def _meta_inbound(
     else:
         body = content.get("caption")
         if isinstance(content.get("id"), str | int):
-            media.append(f"meta-media:{content['id']}")
+            media.append(f"meta-media:{content['id']}")  # fetched by services/media.py
     errors, _ = _objects(item.get("errors"))  # e.g. 131051: a type the API cannot pass on
     code = errors[0].get("code") if errors else None
     title = errors[0].get("title") or errors[0].get("message") if errors else None
@@ -918,6 +923,7 @@ def _meta_inbound(
         recipient=account.settings.get("display_phone_number") or account.external_id,
         body=body if isinstance(body, str) else None,
         media=media,
+        options=inbound_media_options([content.get("mime_type")] if media else []),
         profile_name=profile_name,
         at=_ts(item.get("timestamp")),
         detail=item,
