@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ META_MEDIA_LIFETIME = timedelta(days=30)
 TEMPLATE_HEADER_KINDS = ("image", "video", "document")
 CHUNK = 64 * KB
 META_REF = "meta-media:"
+MEDIA_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
 
 
 class BadGateway(HeraldError):
@@ -252,6 +254,8 @@ def _open_meta(source: MediaSource, cap: int) -> httpx.Response:
     if not source.ref.startswith(META_REF):
         raise BadGateway("This message's media is not a Meta media id.", code="media_unavailable")
     media_id = source.ref[len(META_REF) :]
+    if not MEDIA_ID.fullmatch(media_id):  # a path segment of Graph's, nothing more
+        raise BadGateway("This message's Meta media id is not one.", code="media_unavailable")
     token = source.account.secrets.get("access_token", "")
     bearer = {"Authorization": f"Bearer {token}"}
     # A fresh URL every time: Meta's lives 5 minutes.
@@ -283,7 +287,11 @@ def _open_twilio(source: MediaSource) -> httpx.Response:
     base = urlsplit(get_settings().twilio_api_base)
     url = urlsplit(source.ref)
     prefix = f"/2010-04-01/Accounts/{source.account.external_id}/"
-    if (url.scheme, url.netloc) != (base.scheme, base.netloc) or not url.path.startswith(prefix):
+    if (
+        (url.scheme, url.netloc) != (base.scheme, base.netloc)
+        or not url.path.startswith(prefix)
+        or ".." in url.path.split("/")
+    ):
         # Credentials go only to Twilio's API, for this account's own media.
         raise BadGateway(
             "This message's media URL is not the receiving Twilio account's.",
