@@ -9,6 +9,7 @@ from herald.config import get_settings
 from services.errors import InvalidRequest
 from services.inputs import text_problem
 from services.media import (
+    delete_media,
     get_media,
     inbound_media_source,
     media_to_dict,
@@ -139,3 +140,24 @@ def show(media_id: str):  # type: ignore[no-untyped-def]
         404: NotFound
     """
     return jsonify(media_to_dict(get_media(db(), current_tenant().id, media_id)))
+
+
+@bp.delete("/v1/media/<media_id>")
+@require_tenant
+def delete(media_id: str):  # type: ignore[no-untyped-def]
+    """Delete an upload at Meta and here.
+    ---
+    delete:
+      summary: Delete an uploaded media at Meta, then its record
+      responses:
+        204: {description: Deleted}
+        401: Unauthorized
+        404: NotFound
+        502:
+          description: Meta refused or failed the deletion
+          content: {application/json: {schema: Error}}
+    """
+    session = db()
+    delete_media(session, current_tenant().id, media_id)
+    session.commit()
+    return "", 204

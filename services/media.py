@@ -502,6 +502,43 @@ def get_media(session: Session, tenant_id: str, media_id: str) -> Media:
     return media
 
 
+def delete_media(session: Session, tenant_id: str, media_id: str) -> None:
+    """Delete an upload at Meta, then Herald's record; a message naming it afterwards is
+    refused (422 media_not_found). Meta no longer knowing it counts as deleted."""
+    media = get_media(session, tenant_id, media_id)
+    row = session.get(ProviderAccount, media.provider_account_id)
+    if row is not None:
+        account = credentials(row)
+        provider_id, phone_id = media.provider_media_id, account.external_id
+        session.commit()  # no transaction held open during the call
+        try:
+            answer = http().delete(
+                _graph(provider_id),
+                params={"phone_number_id": phone_id},
+                headers={"Authorization": f"Bearer {account.secrets.get('access_token', '')}"},
+            )
+        except httpx.HTTPError as exc:
+            raise BadGateway(
+                f"Meta did not answer the deletion ({type(exc).__name__}).",
+                code="provider_unreachable",
+            ) from None
+        gone = answer.status_code == 400 and _graph_code(answer) == 100
+        if answer.status_code != 200 and not gone:
+            raise _meta_error(answer, "to the deletion")
+        media = get_media(session, tenant_id, media_id)
+    session.delete(media)
+    session.flush()
+    log.info("media deleted id=%s tenant=%s", media_id, tenant_id)
+
+
+def _graph_code(response: httpx.Response) -> Any:
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 # ---------------------------------------------------------------- send by media_id
 
 

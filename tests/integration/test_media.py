@@ -345,3 +345,17 @@ def test_upload_needs_multipart(live, client) -> None:
         "/v1/media", headers=bearer(tenant), content_type="multipart/form-data", data={"type": "x"}
     )
     assert missing.status_code == 400 and "file" in missing.get_json()["error"]["fields"]
+
+
+def test_deleting_an_upload_deletes_it_at_meta(live, client, dispatched) -> None:
+    tenant = make_tenant("media-delete")
+    media = upload(client, tenant, PNG, "car.png").get_json()
+    other = make_tenant("media-delete-other")
+    assert client.delete(f"/v1/media/{media['id']}", headers=bearer(other)).status_code == 404
+    assert client.delete(f"/v1/media/{media['id']}", headers=bearer(tenant)).status_code == 204
+    assert sandbox_media(live, media["provider_media_id"])["deleted"]
+    assert client.get(f"/v1/media/{media['id']}", headers=bearer(tenant)).status_code == 404
+    sent = client.post(
+        "/v1/messages", headers=bearer(tenant), json={"to": TO, "media_id": media["id"]}
+    )
+    assert sent.status_code == 422 and sent.get_json()["error"]["code"] == "media_not_found"

@@ -66,7 +66,6 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 @pytest.fixture(scope="module", autouse=True)
 def fresh_app() -> Iterator[None]:
     from herald.config import get_settings
-
     from sandbox import MetaAccount, SandboxServer, SandboxState
     from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN
 
