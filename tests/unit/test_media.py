@@ -109,3 +109,17 @@ def test_uploaded_media_is_sent_by_id() -> None:
     assert template["template"]["components"] == [
         {"type": "header", "parameters": [{"type": "document", "document": {"id": "79"}}]}
     ]
+
+
+def test_a_body_without_a_length_is_cut_at_the_cap() -> None:
+    import httpx
+
+    from services.media import _chunks
+
+    response = httpx.Response(200, content=iter([b"a" * 70_000, b"b" * 70_000]))
+    assert "Content-Length" not in response.headers
+    chunks = _chunks(response, 100_000)
+    assert next(chunks) == b"a" * 65_536  # relayed as it comes, 64 KB at a time
+    with pytest.raises(OSError):
+        next(chunks)
+    assert response.is_closed
