@@ -910,7 +910,7 @@ def _meta_inbound(
     else:
         body = content.get("caption")
         if isinstance(content.get("id"), str | int):
-            media.append(f"meta-media:{content['id']}")  # fetched by services/media.py
+            media.append(f"meta-media:{content['id']}")
     errors, _ = _objects(item.get("errors"))  # e.g. 131051: a type the API cannot pass on
     code = errors[0].get("code") if errors else None
     title = errors[0].get("title") or errors[0].get("message") if errors else None
