@@ -32,6 +32,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import templates
 
     app.register_blueprint(templates.bp)
+    from api import media
+
+    app.register_blueprint(media.bp)
 
     from api import admin, console
 

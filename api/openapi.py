@@ -125,7 +125,37 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "created_at": {"type": "string"},
             "updated_at": {"type": "string"},
             "events": {"type": "array", "items": {"type": "object"}},
+            "media": {
+                "type": "array",
+                "nullable": True,
+                "description": "inbound media: Herald's URL and the content type of each",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "url": {"type": "string"},
+                        "content_type": {"type": "string", "nullable": True},
+                    },
+                },
+            },
         },
+    },
+    "MediaView": {
+        "type": "object",
+        "properties": {
+            name: {"type": "string", "nullable": name == "filename"}
+            for name in (
+                "id",
+                "provider",
+                "provider_media_id",
+                "type",
+                "mime_type",
+                "filename",
+                "sha256",
+                "created_at",
+                "expires_at",
+            )
+        }
+        | {"size": {"type": "integer"}},
     },
     "MessagePage": {
         "type": "object",

@@ -115,6 +115,7 @@ class Settings:
     sandbox_url: str | None = None
     template_checks: bool = True
     twilio_content_base: str | None = None
+    media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -179,6 +180,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         twilio_content_base=_url(env, "TWILIO_CONTENT_BASE", "")
         if env.get("TWILIO_CONTENT_BASE")
         else None,
+        media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
     )
 
 

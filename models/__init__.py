@@ -2,6 +2,7 @@
 
 from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
+from models.media import Media
 from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
 from models.template import Template
 from models.tenant import ApiKey, ProviderAccount, Tenant
@@ -12,6 +13,7 @@ __all__ = [
     "Campaign",
     "Contact",
     "EventDelivery",
+    "Media",
     "Message",
     "MessageEvent",
     "ProviderAccount",

@@ -184,5 +184,7 @@ class Campaign(Base):
     invalid: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     invalid_rows: Mapped[list | None] = mapped_column(JSON)
+    # Copied to each message's `options` (a `media_id` resolved at creation).
+    options: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -56,6 +56,7 @@ class OutboundMessage:
     body: str | None = None
     media_urls: list[str] = field(default_factory=list)
     media_type: str | None = None
+    media_id: str | None = None  # Meta's id of uploaded media (POST /v1/media)
     template: dict[str, Any] | None = None
     interactive: dict[str, Any] | None = None
     preview_url: bool = False

@@ -126,6 +126,13 @@ def build_payload(message: OutboundMessage) -> dict[str, Any]:
                     "parameters": [{"type": "text", "text": v} for v in template["variables"]],
                 }
             ]
+        if message.media_id:  # uploaded media as the template's header
+            kind = message.media_type or "image"
+            header = {
+                "type": "header",
+                "parameters": [{"type": kind, kind: {"id": message.media_id}}],
+            }
+            components = [header, *(components or [])]
         body: dict[str, Any] = {
             "name": template["name"],
             "language": {"code": template["language"]},
@@ -135,6 +142,12 @@ def build_payload(message: OutboundMessage) -> dict[str, Any]:
         payload.update(type="template", template=body)
     elif message.interactive:
         payload.update(type="interactive", interactive=message.interactive)
+    elif message.media_id:  # uploaded media (POST /v1/media), sent by Meta's id
+        kind = message.media_type or "document"
+        by_id: dict[str, Any] = {"id": message.media_id}
+        if message.body and kind not in NO_CAPTION:
+            by_id["caption"] = message.body
+        payload.update(type=kind, **{kind: by_id})
     elif message.media_urls:
         kind = media_type_for(message.media_urls[0], message.media_type)
         media: dict[str, Any] = {"link": message.media_urls[0]}

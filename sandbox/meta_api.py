@@ -7,10 +7,8 @@ throttling (130429, 131048, 131056, 80007, 4); only auth (190 -> 401), permissio
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-import secrets
 import time
 from typing import Any
 
@@ -424,16 +422,14 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
     elif data.get("button"):
         message.update(type="button", button=data["button"])
     elif data.get("media_url") or data.get("media_type"):
+        from sandbox.media import inbound_meta_media
+
         mime = data.get("media_type") or "image/jpeg"
         major = mime.split("/")[0]
         kind = major if major in ("image", "video", "audio") else "document"
-        media: dict[str, Any] = {
-            "mime_type": mime,
-            "sha256": base64.b64encode(
-                hashlib.sha256(str(data.get("media_url")).encode()).digest()
-            ).decode(),
-            "id": str(10**15 + secrets.randbelow(9 * 10**15)),
-        }
+        kind = "sticker" if mime == "image/webp" else kind
+        # Real media: its id can be retrieved and its bytes downloaded (sandbox/media.py).
+        media: dict[str, Any] = inbound_meta_media(state, account.phone_number_id, data)
         if body and kind != "audio":
             media["caption"] = body
         message.update(type=kind, **{kind: media})
@@ -558,6 +554,11 @@ def blueprint(state: SandboxState) -> Blueprint:
         if template_error is not None:  # only for a WABA with templates registered
             code, status, text, details = template_error
             return fail(code, status, message=text, details=details)
+        from sandbox.media import send_problem
+
+        unknown_media = send_problem(state, payload, phone_number_id)  # a media id it lacks
+        if unknown_media is not None:
+            return fail(100, message=unknown_media)
         to = payload["to"]
         dialled = digits(to.replace(" ", ""))
         wa_id = wa_id_for(dialled)

@@ -505,7 +505,15 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Any
     if whatsapp and not sender.startswith("whatsapp:"):
         sender = "whatsapp:" + sender
     media_url = data.get("media_url")
-    msg_sid = new_twilio_sid("MM" if media_url else "SM")
+    # No URL given but media described: hosted here, behind basic auth (sandbox/media.py).
+    hosted = not media_url and any(
+        data.get(k) is not None for k in ("media_type", "media_base64", "media_size")
+    )
+    msg_sid = new_twilio_sid("MM" if media_url or hosted else "SM")
+    if hosted:
+        from sandbox.media import inbound_twilio_media
+
+        media_url = inbound_twilio_media(state, account.account_sid, msg_sid, data)
     params = {
         "SmsMessageSid": msg_sid,
         "NumMedia": "1" if media_url else "0",

@@ -61,6 +61,7 @@ class CampaignSchema(Schema):
     provider = fields.String(validate=validate.OneOf(PROVIDERS))
     body = fields.String(validate=validate.Length(min=1, max=4096))
     media_url = MediaUrls()
+    media_id = fields.String(validate=validate.Length(min=1, max=64))  # a template's header
     template = fields.Nested(TemplateSchema)
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
@@ -142,8 +143,14 @@ def create_campaign(
         )
     # Name, approval, language now; each recipient's variables per row (_add_chunk).
     refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
+    options = None
+    if data.get("media_id"):  # uploaded media as the template's header (services/media.py)
+        from services.media import resolve_media_id
+
+        options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
     campaign = Campaign(
         tenant_id=tenant.id,
+        options=options,
         name=data["name"],
         channel=channel,
         provider=provider,
@@ -258,6 +265,7 @@ def _add_chunk(
                 "body": campaign.body,
                 "media_urls": campaign.media_urls,
                 "template": template,
+                "options": campaign.options,
                 "status": "scheduled",
                 "attempts": 0,
                 "campaign_id": campaign.id,

@@ -223,6 +223,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         body=message.body,
         media_urls=list(message.media_urls or []),
         media_type=options.get("media_type"),
+        media_id=options.get("media_id"),
         template=message.template,
         interactive=options.get("interactive"),
         preview_url=bool(options.get("preview_url")),

@@ -146,6 +146,10 @@ def accept_message(
     send_at = data.get("send_at")
     status = "scheduled" if send_at is not None and send_at > now else "queued"
     options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    if data.get("media_id"):  # uploaded media: resolved now, refused now (services/media.py)
+        from services.media import resolve_media_id
+
+        options.update(resolve_media_id(session, tenant.id, data, account.id, send_at))
     values: dict[str, Any] = {
         "id": new_id("msg"),
         "tenant_id": tenant.id,

@@ -77,6 +77,7 @@ class MessageRequestSchema(Schema):
     body = fields.String(validate=validate.Length(min=1))
     media_url = MediaUrls()
     media_type = fields.String(validate=validate.OneOf(("image", "document", "audio", "video")))
+    media_id = fields.String(validate=validate.Length(min=1, max=64))  # POST /v1/media's med_ id
     preview_url = fields.Boolean()
     template = fields.Nested(TemplateSchema)
     interactive = fields.Dict()
@@ -94,10 +95,13 @@ class MessageRequestSchema(Schema):
                 parse_e164(data["to"])
             except ValueError as exc:
                 errors.setdefault("to", []).append(str(exc))
-        if not any(k in data for k in ("body", "media_url", "template", "interactive")):
+        if not any(k in data for k in ("body", "media_url", "media_id", "template", "interactive")):
             errors.setdefault("body", []).append(
-                "Give one of 'body', 'media_url', 'template' or 'interactive'."
+                "Give one of 'body', 'media_url', 'media_id', 'template' or 'interactive'."
             )
+        for other in ("media_url", "media_type", "interactive"):
+            if "media_id" in data and other in data:  # the upload says what the media is
+                errors.setdefault("media_id", []).append(f"Give 'media_id' or '{other}', not both.")
         channel = data.get("channel", "whatsapp")
         limit = BODY_LIMITS[channel]
         if len(data.get("body") or "") > limit:
@@ -165,6 +169,10 @@ def provider_problems(data: dict[str, Any], provider: str) -> dict[str, list[str
     problem = variables_problem(channel, template)
     if problem:
         errors.setdefault("template", []).append(problem)
+    if provider == "twilio" and data.get("media_id"):
+        errors["media_id"] = [
+            "Twilio sends media only from a URL: give media_url (media_id is Meta's upload)."
+        ]
     if provider == "twilio":
         if "interactive" in data:
             errors["interactive"] = [

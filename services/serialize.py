@@ -62,6 +62,9 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
         "delivered_at": iso(message.delivered_at),
         "read_at": iso(message.read_at),
     }
+    from services.media import media_links  # services.media imports this module
+
+    data["media"] = media_links(message)  # Herald's URLs for inbound media
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data

@@ -34,6 +34,7 @@ from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services import templates
 from services.errors import Forbidden, InvalidRequest
+from services.media import inbound_media_options
 from services.meta_events import (
     account_changes,
     account_secrets,
@@ -453,6 +454,7 @@ def _store_inbound(
     at: datetime,
     detail: dict[str, Any],
     error: tuple[str, str | None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Message | None:
     """Store one inbound message. `error`: (provider code, title) the provider attached
     to it (Meta `messages[].errors`), kept on the message and its event."""
@@ -491,6 +493,7 @@ def _store_inbound(
         from_number=phone,
         body=body,
         media_urls=media or None,
+        options=options,  # the media's content types (services/media.py)
         status="received",
         provider_message_id=provider_id,
         meta={"profile_name": profile_name} if profile_name else {},
@@ -668,6 +671,7 @@ def handle_twilio_inbound(
     except ValueError:
         count = 0
     media = [form[f"MediaUrl{i}"] for i in range(count) if form.get(f"MediaUrl{i}")]
+    types = [form.get(f"MediaContentType{i}") for i in range(count) if form.get(f"MediaUrl{i}")]
     return _store_inbound(
         session,
         account,
@@ -680,6 +684,7 @@ def handle_twilio_inbound(
         profile_name=form.get("ProfileName"),
         at=utcnow(),
         detail=form,
+        options=inbound_media_options(types),
     )
 
 
@@ -921,6 +926,7 @@ def _meta_inbound(
         recipient=account.settings.get("display_phone_number") or account.external_id,
         body=body if isinstance(body, str) else None,
         media=media,
+        options=inbound_media_options([content.get("mime_type")] if media else []),
         profile_name=profile_name,
         at=_ts(item.get("timestamp")),
         detail=item,

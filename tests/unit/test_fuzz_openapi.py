@@ -66,9 +66,15 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 @pytest.fixture(scope="module", autouse=True)
 def fresh_app() -> Iterator[None]:
     from herald.config import get_settings
+    from sandbox import MetaAccount, SandboxServer, SandboxState
+    from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN
 
-    with pytest.MonkeyPatch.context() as patch:
+    # POST /v1/media uploads what it accepts: to the sandbox, not to an unreachable Meta
+    # (whose 502 is no input's fault).
+    state = SandboxState(meta_accounts=[MetaAccount(META_PHONE_ID, META_TOKEN, META_SECRET)])
+    with pytest.MonkeyPatch.context() as patch, SandboxServer(state) as sandbox:
         patch.setenv("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+        patch.setenv("META_GRAPH_BASE", sandbox.url)
         get_settings.cache_clear()
         HERALD.app = None
         yield

@@ -1,0 +1,500 @@
+"""Media as Meta's Graph API and Twilio serve it: upload, retrieve, download, delete.
+
+Meta: `POST /<version>/<phone_number_id>/media` (multipart `file`, `type`,
+`messaging_product`) checks the type and size as the Cloud API does and answers `{"id"}`;
+`GET /<version>/<media_id>` answers a download URL that needs the owning account's bearer
+token and expires after `URL_TTL` seconds (Meta: 5 minutes); `DELETE` forgets the media.
+A send naming an unknown media id is refused with (#100), as Meta does.
+
+Twilio: an inbound message's `MediaUrl0` is
+`/2010-04-01/Accounts/<sid>/Messages/<MM sid>/Media/<ME sid>`, which needs HTTP basic auth
+and answers 307 to a signed storage URL (4 hours) that, like S3's, refuses a request that
+also carries an Authorization header.
+
+Inbound media injected through `POST /_sandbox/inbound` (`media_type`, and the bytes as
+`media_base64` or `media_size` made-up bytes) are stored here with real ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, has_request_context, jsonify, request
+
+from sandbox.state import SandboxState
+
+KB = 1024
+MB = 1024 * 1024
+URL_TTL = 300.0  # Meta's media URL: 5 minutes
+TWILIO_URL_TTL = 4 * 3600.0  # Twilio's signed media URL: 4 hours
+DEFAULT_SIZE = 2048
+MAX_INJECTED = 256 * MB
+# Cloud API "Supported media types": MIME type -> (message type, largest file).
+TYPES: dict[str, tuple[str, int]] = {
+    "audio/aac": ("audio", 16 * MB),
+    "audio/amr": ("audio", 16 * MB),
+    "audio/mpeg": ("audio", 16 * MB),
+    "audio/mp4": ("audio", 16 * MB),
+    "audio/ogg": ("audio", 16 * MB),
+    "text/plain": ("document", 100 * MB),
+    "application/pdf": ("document", 100 * MB),
+    "application/vnd.ms-excel": ("document", 100 * MB),
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ("document", 100 * MB),
+    "application/msword": ("document", 100 * MB),
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": (
+        "document",
+        100 * MB,
+    ),
+    "application/vnd.ms-powerpoint": ("document", 100 * MB),
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": (
+        "document",
+        100 * MB,
+    ),
+    "image/jpeg": ("image", 5 * MB),
+    "image/png": ("image", 5 * MB),
+    "image/webp": ("sticker", 500 * KB),
+    "video/mp4": ("video", 16 * MB),
+    "video/3gpp": ("video", 16 * MB),
+    "video/3gp": ("video", 16 * MB),
+}
+STATIC_STICKER = 100 * KB
+MEDIA_KINDS = ("audio", "document", "image", "sticker", "video")
+
+
+@dataclass
+class StoredMedia:
+    id: str
+    provider: str
+    owner: str  # Meta phone_number_id or Twilio account SID
+    mime_type: str
+    data: bytes
+    filename: str | None = None
+    uploaded: bool = False  # through the upload API (else injected inbound)
+    deleted: bool = False
+    retrievals: int = 0  # GET /<media_id> (Meta) or the Media resource (Twilio)
+    downloads: int = 0
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "owner": self.owner,
+            "mime_type": self.mime_type,
+            "size": len(self.data),
+            "sha256": self.sha256,
+            "filename": self.filename,
+            "uploaded": self.uploaded,
+            "deleted": self.deleted,
+            "retrievals": self.retrievals,
+            "downloads": self.downloads,
+        }
+
+
+class MediaStore:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: dict[str, StoredMedia] = {}
+        self.key = secrets.token_bytes(32)
+
+    def add(self, item: StoredMedia) -> StoredMedia:
+        with self.lock:
+            self.items[item.id] = item
+        return item
+
+    def get(self, media_id: str) -> StoredMedia | None:
+        with self.lock:
+            item = self.items.get(media_id)
+        return item if item is not None and not item.deleted else None
+
+    def sign(self, media_id: str, expires: int) -> str:
+        return hmac.new(self.key, f"{media_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+_stores_lock = threading.Lock()
+
+
+def store(state: SandboxState) -> MediaStore:
+    """The media of one sandbox (kept beside its state, across resets like accounts)."""
+    with _stores_lock:
+        found = getattr(state, "media_store", None)
+        if found is None:
+            found = MediaStore()
+            state.media_store = found  # type: ignore[attr-defined]
+        return found
+
+
+def new_meta_media_id() -> str:
+    return str(10**15 + secrets.randbelow(9 * 10**15))
+
+
+def _base_url() -> str:
+    return request.host_url if has_request_context() else "http://127.0.0.1/"
+
+
+def injected_bytes(data: dict[str, Any], seed: str) -> bytes:
+    """The bytes of injected media: `media_base64`, or `media_size` made-up bytes."""
+    if data.get("media_base64") is not None:
+        try:
+            return base64.b64decode(str(data["media_base64"]), validate=True)
+        except ValueError:
+            raise ValueError("media_base64 must be base64") from None
+    size = data.get("media_size", DEFAULT_SIZE)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_INJECTED:
+        raise ValueError(f"media_size must be an integer from 1 to {MAX_INJECTED}")
+    return random.Random(seed).randbytes(size)
+
+
+def inbound_meta_media(state: SandboxState, phone_number_id: str, data: dict[str, Any]) -> dict:
+    """Store the media of an injected inbound Meta message; its webhook object."""
+    mime = str(data.get("media_type") or "image/jpeg")
+    media_id = new_meta_media_id()
+    item = StoredMedia(
+        id=media_id,
+        provider="meta",
+        owner=phone_number_id,
+        mime_type=mime,
+        data=injected_bytes(data, media_id),
+        filename=data.get("filename"),
+    )
+    store(state).add(item)
+    # The webhook's checksum is base64 of the SHA-256; GET /<media_id> answers it in hex.
+    digest = base64.b64encode(hashlib.sha256(item.data).digest()).decode()
+    return {"mime_type": mime, "sha256": digest, "id": media_id}
+
+
+def inbound_twilio_media(
+    state: SandboxState, account_sid: str, message_sid: str, data: dict[str, Any]
+) -> str:
+    """Store the media of an injected inbound Twilio message; its `MediaUrl0`."""
+    media_sid = "ME" + uuid.uuid4().hex
+    store(state).add(
+        StoredMedia(
+            id=media_sid,
+            provider="twilio",
+            owner=account_sid,
+            mime_type=str(data.get("media_type") or "image/jpeg"),
+            data=injected_bytes(data, media_sid),
+        )
+    )
+    return (
+        f"{_base_url()}2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media_sid}"
+    )
+
+
+def send_problem(state: SandboxState, payload: Any, phone_number_id: str) -> str | None:
+    """Meta's (#100) for a send naming a media id this number cannot use (unknown,
+    deleted, or another number's), as a message or a template header."""
+    if not isinstance(payload, dict):
+        return None
+    kind = payload.get("type", "text")
+    ids: list[tuple[str, Any]] = []
+    obj = payload.get(kind)
+    if kind in MEDIA_KINDS and isinstance(obj, dict) and obj.get("id") is not None:
+        ids.append((f"{kind}['id']", obj["id"]))
+    if kind == "template" and isinstance(obj, dict):
+        for component in obj.get("components") or []:
+            for parameter in (component or {}).get("parameters") or []:
+                if not isinstance(parameter, dict):
+                    continue
+                inner = parameter.get(parameter.get("type"))
+                if isinstance(inner, dict) and inner.get("id") is not None:
+                    ids.append((f"{parameter.get('type')}['id']", inner["id"]))
+    media = store(state)
+    for name, media_id in ids:
+        item = media.get(str(media_id))
+        if item is None or item.provider != "meta" or item.owner != phone_number_id:
+            return (
+                f"(#100) Param {name} is not a valid whatsapp business account media attachment ID"
+            )
+    return None
+
+
+def _is_animated_webp(head: bytes) -> bool:
+    return head[8:16] == b"WEBPVP8X" and len(head) > 20 and bool(head[20] & 0x02)
+
+
+def blueprint(state: SandboxState) -> Blueprint:
+    """Graph media routes, Twilio's Media resource, their download URLs and
+    `/_sandbox/media` (list or add stored media)."""
+    from sandbox import meta_api, twilio_api
+
+    bp = Blueprint("sandbox_media", __name__)
+    media = store(state)
+
+    def graph_fail(code: int, status: int | None = None, **kw: Any) -> Response:
+        body, status = meta_api.graph_error(code, status=status, **kw)
+        headers = None
+        if status == 401:
+            headers = {
+                "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
+                f'"{body["error"]["message"]}"'
+            }
+        return meta_api._json(body, status, headers)
+
+    def no_object(media_id: str, verb: str) -> Response:
+        return graph_fail(
+            100,
+            subcode=33,
+            etype="GraphMethodException",
+            message=(
+                f"Unsupported {verb} request. Object with ID '{media_id}' does not exist, "
+                "cannot be loaded due to missing permissions, or does not support this "
+                "operation. Please read the Graph API documentation at "
+                "https://developers.facebook.com/docs/graph-api"
+            ),
+        )
+
+    def bearer() -> str:
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip()
+        return request.args.get("access_token", "")
+
+    def token_accounts(token: str) -> set[str]:
+        """The phone number ids this token may act for (empty: not a token at all)."""
+        with state.lock:
+            return {
+                a.phone_number_id for a in state.meta_accounts.values() if a.access_token == token
+            }
+
+    def meta_item(version: str, media_id: str, verb: str) -> StoredMedia | Response:
+        if not meta_api.GRAPH_VERSION.fullmatch(version):
+            return graph_fail(2500, 400, message=f"Unknown path components: /{version}/{media_id}")
+        token = bearer()
+        allowed = token_accounts(token) if token else set()
+        if not allowed:
+            return graph_fail(190, message=meta_api.ERRORS[190][1])
+        item = media.get(media_id)
+        wanted = request.args.get("phone_number_id")
+        if (
+            item is None
+            or item.provider != "meta"
+            or item.owner not in allowed
+            or (wanted and wanted != item.owner)
+        ):
+            return no_object(media_id, verb)
+        return item
+
+    @bp.post("/<version>/<phone_number_id>/media")
+    def upload(version: str, phone_number_id: str) -> Response:
+        if not meta_api.GRAPH_VERSION.fullmatch(version):
+            return graph_fail(2500, 400, message=f"Unknown path components: /{version}")
+        token = bearer()
+        allowed = token_accounts(token) if token else set()
+        if not allowed:
+            return graph_fail(190, message=meta_api.ERRORS[190][1])
+        if phone_number_id not in allowed:
+            return no_object(phone_number_id, "post")
+        form = request.form
+        product = form.get("messaging_product")
+        if not product:
+            return graph_fail(100, message="(#100) The parameter messaging_product is required.")
+        if product != "whatsapp":
+            return graph_fail(
+                100,
+                message="(#100) Param messaging_product must be one of {WHATSAPP} - got "
+                f'"{product}".',
+            )
+        upload = request.files.get("file")
+        if upload is None:
+            return graph_fail(100, message="(#100) The parameter file is required.")
+        mime = (form.get("type") or "").split(";", 1)[0].strip().lower()
+        if not mime:
+            return graph_fail(100, message="(#100) The parameter type is required.")
+        data = upload.read()
+        if mime not in TYPES:
+            allowed_types = ", ".join(sorted(TYPES))
+            return graph_fail(
+                100,
+                message=f"(#100) Param file must be a file with one of the following types: "
+                f"{allowed_types}. Received file of type '{mime}'.",
+            )
+        kind, limit = TYPES[mime]
+        if mime == "image/webp" and not _is_animated_webp(data[:32]):
+            limit = STATIC_STICKER
+        if not data:
+            return graph_fail(131053, details="The uploaded file is empty.")
+        if len(data) > limit:
+            return graph_fail(
+                131053,
+                details=f"File size too big. Max file size we currently support for {kind} "
+                f"({mime}): {limit} bytes. Received: {len(data)} bytes.",
+            )
+        item = media.add(
+            StoredMedia(
+                id=new_meta_media_id(),
+                provider="meta",
+                owner=phone_number_id,
+                mime_type=mime,
+                data=data,
+                filename=upload.filename or None,
+                uploaded=True,
+            )
+        )
+        return meta_api._json({"id": item.id}, 200)
+
+    @bp.get("/<version>/<media_id>")
+    def retrieve(version: str, media_id: str) -> Response:
+        item = meta_item(version, media_id, "get")
+        if isinstance(item, Response):
+            return item
+        with media.lock:
+            item.retrievals += 1
+        expires = int(time.time() + URL_TTL)
+        url = (
+            f"{_base_url()}whatsapp_business/attachments/?mid={item.id}&ext={expires}"
+            f"&hash={media.sign(item.id, expires)}"
+        )
+        return meta_api._json(
+            {
+                "messaging_product": "whatsapp",
+                "url": url,
+                "mime_type": item.mime_type,
+                "sha256": item.sha256,
+                "file_size": str(len(item.data)),
+                "id": item.id,
+            },
+            200,
+        )
+
+    @bp.delete("/<version>/<media_id>")
+    def delete(version: str, media_id: str) -> Response:
+        item = meta_item(version, media_id, "delete")
+        if isinstance(item, Response):
+            return item
+        with media.lock:
+            item.deleted = True
+        return meta_api._json({"success": True}, 200)
+
+    @bp.get("/whatsapp_business/attachments/")
+    def download() -> Response:
+        media_id = request.args.get("mid", "")
+        ext = request.args.get("ext", "")
+        signature = request.args.get("hash", "")
+        item = media.get(media_id)
+        if (
+            item is None
+            or not ext.isdigit()
+            or not hmac.compare_digest(signature, media.sign(media_id, int(ext)))
+            or int(ext) < time.time()
+        ):
+            return Response("Not Found", 404, content_type="text/plain")
+        # Like Meta's: the URL alone is not enough, the owning account's token must come too.
+        if item.owner not in token_accounts(bearer()):
+            return Response("Unauthorized", 401, content_type="text/plain")
+        with media.lock:
+            item.downloads += 1
+        return Response(item.data, 200, content_type=item.mime_type)
+
+    base = f"/{twilio_api.API_VERSION}/Accounts"
+
+    @bp.get(f"{base}/<account_sid>/Messages/<message_sid>/Media/<media_sid>")
+    def twilio_media(account_sid: str, message_sid: str, media_sid: str) -> Response:
+        auth = request.authorization
+        with state.lock:
+            account = state.twilio_accounts.get(account_sid)
+        if (
+            auth is None
+            or auth.type != "basic"
+            or auth.username != account_sid
+            or account is None
+            or account.auth_token != auth.password
+        ):
+            body, status = twilio_api.error_body(20003)
+            body["detail"] = "Your AccountSid or AuthToken was incorrect."
+            return twilio_api._json(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        item = media.get(media_sid)
+        if item is None or item.provider != "twilio" or item.owner != account_sid:
+            body, status = twilio_api.error_body(20404, path=request.path)
+            return twilio_api._json(body, status)
+        with media.lock:
+            item.retrievals += 1
+        expires = int(time.time() + TWILIO_URL_TTL)
+        location = (
+            f"{_base_url()}_storage/twilio/{item.id}?Expires={expires}"
+            f"&Signature={media.sign(item.id, expires)}"
+        )
+        return Response("", 307, headers={"Location": location})
+
+    @bp.get("/_storage/twilio/<media_sid>")
+    def storage(media_sid: str) -> Response:
+        if request.headers.get("Authorization"):
+            # S3's answer to a signed URL that also carries credentials.
+            return Response(
+                "<Error><Code>InvalidArgument</Code><Message>Only one auth mechanism allowed; "
+                "only the X-Amz-Algorithm query parameter, Signature query string parameter "
+                "or the Authorization header should be specified</Message></Error>",
+                400,
+                content_type="application/xml",
+            )
+        item = media.get(media_sid)
+        expires = request.args.get("Expires", "")
+        signature = request.args.get("Signature", "")
+        if (
+            item is None
+            or not expires.isdigit()
+            or not hmac.compare_digest(signature, media.sign(media_sid, int(expires)))
+            or int(expires) < time.time()
+        ):
+            return Response(
+                "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+                403,
+                content_type="application/xml",
+            )
+        with media.lock:
+            item.downloads += 1
+        return Response(item.data, 200, content_type=item.mime_type)
+
+    @bp.get("/_sandbox/media")
+    def list_media() -> Response:
+        with media.lock:
+            items = [i.to_dict() for i in media.items.values()]
+        return jsonify(media=items)
+
+    @bp.post("/_sandbox/media")
+    def add_media() -> tuple[Response, int]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            return jsonify(error="expected a JSON object body"), 400
+        provider = data.get("provider", "meta")
+        if provider not in ("meta", "twilio"):
+            return jsonify(error="provider must be 'twilio' or 'meta'"), 400
+        media_id = new_meta_media_id() if provider == "meta" else "ME" + uuid.uuid4().hex
+        try:
+            body = injected_bytes(data, media_id)
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 400
+        with state.lock:
+            default = next(
+                iter(state.meta_accounts if provider == "meta" else state.twilio_accounts), ""
+            )
+        item = media.add(
+            StoredMedia(
+                id=media_id,
+                provider=provider,
+                owner=str(data.get("account") or default),
+                mime_type=str(data.get("media_type") or "image/jpeg"),
+                data=body,
+                filename=data.get("filename"),
+            )
+        )
+        return jsonify(item.to_dict()), 201
+
+    return bp
+
+
+__all__ = ["MediaStore", "StoredMedia", "blueprint", "store"]
