@@ -25,6 +25,7 @@ from services.campaigns import CampaignSchema
 from services.contacts import ContactSchema
 from services.errors import RETRY_AFTER_SECONDS
 from services.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
+from services.senders import SenderSchema, SenderUpdateSchema
 from services.tenant_admin import TenantSchema
 
 VERSION = "0.1.0"
@@ -187,6 +188,8 @@ REQUEST_SCHEMAS = {
     "ContactRequest": ContactSchema,
     "CampaignRequest": CampaignSchema,
     "TenantRequest": TenantSchema,
+    "SenderRequest": SenderSchema,  # senders
+    "SenderUpdate": SenderUpdateSchema,
 }
 
 

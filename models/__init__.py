@@ -3,6 +3,7 @@
 from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
 from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
+from models.sender import Sender
 from models.tenant import ApiKey, ProviderAccount, Tenant
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Message",
     "MessageEvent",
     "ProviderAccount",
+    "Sender",
     "Tenant",
     "WebhookEvent",
     "get_engine",

@@ -66,6 +66,18 @@ def new_fbtrace_id() -> str:
 class TwilioAccount:
     account_sid: str
     auth_token: str
+    # The numbers (E.164) and Messaging Service SIDs the account owns. Empty: any is taken
+    # (the sandbox's default accounts); otherwise a From or service not listed is refused
+    # as Twilio refuses it (21606, 21701).
+    numbers: list[str] = field(default_factory=list)
+    messaging_services: list[str] = field(default_factory=list)
+
+    def owns_from(self, from_: str) -> bool:
+        bare = from_.removeprefix("whatsapp:")
+        return not (self.numbers or self.messaging_services) or bare in self.numbers
+
+    def owns_service(self, sid: str) -> bool:
+        return not (self.numbers or self.messaging_services) or sid in self.messaging_services
 
 
 @dataclass
@@ -286,7 +298,10 @@ class SandboxState:
         try:
             if provider == "twilio":
                 acct: TwilioAccount | MetaAccount = TwilioAccount(
-                    str(data["account_sid"]), str(data["auth_token"])
+                    str(data["account_sid"]),
+                    str(data["auth_token"]),
+                    [str(n) for n in data.get("numbers") or []],
+                    [str(m) for m in data.get("messaging_services") or []],
                 )
                 if not re.fullmatch(r"AC[0-9a-f]{32}", acct.account_sid):
                     raise ConfigError("account_sid must be AC followed by 32 hex chars")

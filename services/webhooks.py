@@ -648,6 +648,10 @@ def handle_twilio_inbound(
     if sid is None:
         raise InvalidRequest("MessageSid is not one Twilio sends.")
     account, reason = route_twilio_inbound(accounts, form)
+    if account is None and reason == "no_tenant":  # senders: a number or service of a sender
+        from services.senders import route_to_sender
+
+        account, reason = route_to_sender(session, accounts, form)
     phone = _sender_phone(form.get("From"))
     if account is None or phone is None:
         _keep_unrouted(
