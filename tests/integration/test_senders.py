@@ -296,3 +296,20 @@ def test_pool_campaign_spreads_sticky_and_paces_each_sender(
         assert {m.to_number: m.options["sender"]["address"] for m in rows} == {
             m.to_number: by_to[m.to_number] for m in rows
         }
+
+
+def test_a_full_queue_holds_only_that_sender(live, client, dispatched) -> None:
+    """Twilio 21611 (the sender's queue is full) holds the one number it was about
+    (services/breaker.py): the tenant's other senders keep sending."""
+    busy, free = fresh_number(), fresh_number()
+    tenant = twilio_tenant(live, [busy, free])
+    add(tenant["tenant_id"], provider="twilio", address=busy)
+    add(tenant["tenant_id"], provider="twilio", address=free)
+    live.fault(provider="twilio", status=400, code=21611, count=1)
+    first = send(client, tenant, **{"from": busy})
+    assert deliver(first["id"]).action == "held"
+    other = send(client, tenant, **{"from": free}, to="+12025550144")
+    assert deliver(other["id"]).action == "sent"
+    assert sent_request(live, other["id"])["request"]["From"] == free
+    again = send(client, tenant, **{"from": busy}, to="+12025550145")
+    assert deliver(again["id"]).action != "sent"  # still held
