@@ -213,3 +213,20 @@ def test_assignment_is_sticky_and_weighted() -> None:
     for person, before in zip(people, picks, strict=True):
         after = assign([slow, fast, third], person, "sms")
         assert after is before or after is third
+
+
+def test_cli_send_from_a_sender(capsys, app, monkeypatch, tenant, dispatched) -> None:
+    import httpx
+
+    from herald import cli_commands
+    from herald.cli import main
+    from services.senders import add_sender
+
+    monkeypatch.setattr(cli_commands, "transport", httpx.WSGITransport(app=app))
+    address = unique_number()
+    with session_scope() as session:
+        add_sender(session, tenant["tenant_id"], {"provider": "twilio", "address": address})
+    argv = ["send", "--key", tenant["api_key"], "--url", "http://herald.test", "--to"]
+    code = main([*argv, "+12025550143", "--channel", "sms", "--body", "x", "--from", address])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["from"] == address
