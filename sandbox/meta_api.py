@@ -521,12 +521,10 @@ def blueprint(state: SandboxState) -> Blueprint:
         )
         with state.lock:
             known_token = any(a.access_token == token for a in state.meta_accounts.values())
-            # A token reaches every phone number of the WABAs it was granted.
-            wabas = {a.waba_id for a in state.meta_accounts.values() if a.access_token == token}
             account = state.meta_accounts.get(phone_number_id)
         if not token or not known_token:
             return fail(190, message=ERRORS[190][1])
-        if account is None or account.waba_id not in wabas:
+        if account is None or account.access_token != token:
             return fail(
                 100,
                 subcode=33,

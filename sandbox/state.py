@@ -80,6 +80,15 @@ class TwilioAccount:
         return not (self.numbers or self.messaging_services) or sid in self.messaging_services
 
 
+def _public(account: Any) -> dict[str, Any]:
+    """An account as the control API shows it: owned senders only when some are listed."""
+    data = asdict(account)
+    for name in ("numbers", "messaging_services"):
+        if data.get(name) == []:
+            del data[name]
+    return data
+
+
 @dataclass
 class MetaAccount:
     phone_number_id: str
@@ -321,13 +330,13 @@ class SandboxState:
                 raise ConfigError("provider must be 'twilio' or 'meta'")
         except KeyError as exc:
             raise ConfigError(f"missing field {exc.args[0]!r}") from None
-        return {"provider": provider, **asdict(acct)}
+        return {"provider": provider, **_public(acct)}
 
     def accounts(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "twilio": [asdict(a) for a in self.twilio_accounts.values()],
-                "meta": [asdict(a) for a in self.meta_accounts.values()],
+                "twilio": [_public(a) for a in self.twilio_accounts.values()],
+                "meta": [_public(a) for a in self.meta_accounts.values()],
             }
 
     # -- faults ---------------------------------------------------------------------------
