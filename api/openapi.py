@@ -118,6 +118,8 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "channel": {"type": "string"},
             "provider": {"type": "string"},
             "to": {"type": "string"},
+            "from": {"type": "string", "nullable": True},
+            "sender_id": {"type": "string", "nullable": True},  # senders
             "provider_message_id": {"type": "string", "nullable": True},
             "error": {"type": "object", "nullable": True},
             "attempts": {"type": "integer"},

@@ -97,6 +97,12 @@ def test_from_picks_each_sender_and_the_default_serves_otherwise(live, client, d
         assert deliver(message["id"]).action == "sent"
 
     assert sent_request(live, by_number["id"])["request"]["From"] == second
+
+    def delivered() -> bool:  # the second number's status callbacks reach the message
+        with session_scope() as session:
+            return session.get(Message, by_number["id"]).status == "delivered"
+
+    wait_for(delivered, what="the second number's status callbacks")
     assert sent_request(live, by_id["id"])["request"]["From"] == first
     service_request = sent_request(live, by_service["id"])["request"]
     assert service_request["MessagingServiceSid"] == mg and "From" not in service_request
