@@ -26,6 +26,7 @@ the tenant's default for its provider and channel.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -634,6 +635,26 @@ def accounts_for_addresses(session: Session, provider: str, addresses: list[str]
             )
         )
     )
+
+
+def as_phone_number(session: Session, accounts: list[Any], phone_id: str) -> list[Any]:
+    """The accounts a Meta change names, each seen as the phone number it is about: a
+    sender's phone number id (and its display number) in place of the account's own, so
+    an inbound message records the number it was written to."""
+    numbers = dict(
+        session.execute(
+            select(Sender.provider_account_id, Sender.number).where(
+                Sender.provider == "meta", Sender.address == phone_id
+            )
+        ).all()
+    )
+    seen = []
+    for account in accounts:
+        if account.external_id != phone_id and account.id in numbers:
+            settings = {**account.settings, "display_phone_number": numbers[account.id]}
+            account = dataclasses.replace(account, external_id=phone_id, settings=settings)
+        seen.append(account)
+    return seen
 
 
 def route_to_sender(

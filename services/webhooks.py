@@ -740,6 +740,10 @@ def handle_meta_payload(
                 if phone_id
                 else []
             )
+            if any(c.external_id != phone_id for c in accounts_of[phone_id]):  # senders
+                from services.senders import as_phone_number
+
+                accounts_of[phone_id] = as_phone_number(session, accounts_of[phone_id], phone_id)
         accounts = accounts_of[phone_id]
         if not accounts:
             counts["unknown"] += len(statuses) + len(messages)

@@ -206,6 +206,7 @@ def test_meta_second_phone_number_id_sends_and_routes(live, client, dispatched) 
             select(Message).where(Message.provider_message_id == answer["message_id"])
         ).one()
         assert (inbound.tenant_id, inbound.direction) == (tenant["tenant_id"], "inbound")
+        assert inbound.to_number == "+12025550122"  # the number written to, not the account's
 
 
 def test_twilio_inbound_to_a_second_number_routes_to_its_tenant(live, client) -> None:
