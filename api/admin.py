@@ -15,6 +15,7 @@ from flask import Blueprint, jsonify, request
 from api.auth import db, json_body
 from herald.config import get_settings
 from services.errors import InvalidRequest, NotFound, Unauthorized
+from services.senders import add_sender, list_senders, remove_sender, sender_to_dict, update_sender
 from services.tenant_admin import (
     account_to_dict,
     add_account,
@@ -301,3 +302,84 @@ def keys_revoke(tenant_id: str, key_id: str):  # type: ignore[no-untyped-def]
     row = revoke_tenant_key(session, tenant_id, key_id)
     session.commit()
     return jsonify(api_key_to_dict(row))
+
+
+# ---------------------------------------------------------------- senders (services/senders.py)
+
+
+@bp.get("/tenants/<tenant_id>/senders")
+def senders_index(tenant_id: str):  # type: ignore[no-untyped-def]
+    """The tenant's senders: numbers, Messaging Services, Meta phone number ids.
+    ---
+    get:
+      summary: The tenant's senders
+      responses:
+        200:
+          description: The tenant's senders
+          content: {application/json: {schema: {type: object}}}
+        404: NotFound
+    """
+    return jsonify({"data": [sender_to_dict(s) for s in list_senders(db(), tenant_id)]})
+
+
+@bp.post("/tenants/<tenant_id>/senders")
+def senders_create(tenant_id: str):  # type: ignore[no-untyped-def]
+    """Add a sender to one of the tenant's provider accounts.
+    ---
+    post:
+      summary: Add a sender to one of the tenant's provider accounts
+      requestBody:
+        content: {application/json: {schema: SenderSchema}}
+      responses:
+        201:
+          description: Add a sender
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+        409: Conflict
+    """
+    session = db()
+    sender = add_sender(session, tenant_id, json_body())
+    session.commit()
+    return jsonify(sender_to_dict(sender)), 201
+
+
+@bp.patch("/tenants/<tenant_id>/senders/<sender_id>")
+def senders_update(tenant_id: str, sender_id: str):  # type: ignore[no-untyped-def]
+    """Change a sender's channels, rate, label, or make it the default.
+    ---
+    patch:
+      summary: Change a sender's channels, rate, label, or make it the default
+      requestBody:
+        content: {application/json: {schema: SenderUpdateSchema}}
+      responses:
+        200:
+          description: The sender
+          content:
+            application/json:
+              schema: {type: object}
+        400: Invalid
+        404: NotFound
+    """
+    session = db()
+    sender = update_sender(session, tenant_id, sender_id, json_body())
+    session.commit()
+    return jsonify(sender_to_dict(sender))
+
+
+@bp.delete("/tenants/<tenant_id>/senders/<sender_id>")
+def senders_delete(tenant_id: str, sender_id: str):  # type: ignore[no-untyped-def]
+    """Remove a sender (messages already accepted from it still go out from it).
+    ---
+    delete:
+      summary: Remove a sender
+      responses:
+        204: {description: Removed}
+        404: NotFound
+    """
+    session = db()
+    remove_sender(session, tenant_id, sender_id)
+    session.commit()
+    return "", 204

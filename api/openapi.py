@@ -25,6 +25,7 @@ from services.campaigns import CampaignSchema
 from services.contacts import ContactSchema
 from services.errors import RETRY_AFTER_SECONDS
 from services.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
+from services.senders import SenderSchema, SenderUpdateSchema
 from services.tenant_admin import TenantSchema
 
 VERSION = "0.1.0"
@@ -117,6 +118,8 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "channel": {"type": "string"},
             "provider": {"type": "string"},
             "to": {"type": "string"},
+            "from": {"type": "string", "nullable": True},
+            "sender_id": {"type": "string", "nullable": True},  # senders
             "provider_message_id": {"type": "string", "nullable": True},
             "error": {"type": "object", "nullable": True},
             "attempts": {"type": "integer"},
@@ -217,6 +220,8 @@ REQUEST_SCHEMAS = {
     "ContactRequest": ContactSchema,
     "CampaignRequest": CampaignSchema,
     "TenantRequest": TenantSchema,
+    "SenderRequest": SenderSchema,  # senders
+    "SenderUpdate": SenderUpdateSchema,
 }
 
 

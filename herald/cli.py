@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     register(sub, tenant)
 
+    from herald.cli_senders import register as register_senders
+
+    register_senders(sub)  # herald sender add|list|remove|default
+
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True
     )

@@ -72,6 +72,8 @@ def _send(args: argparse.Namespace) -> int:
         payload["template"] = template
     if args.send_at:
         payload["send_at"] = args.send_at
+    if args.from_:  # senders
+        payload["from"] = args.from_
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     with _client(args) as client:
         return _print_answer(_call(client, "POST", "/v1/messages", json=payload, headers=headers))
@@ -211,6 +213,9 @@ def register(sub: Any, tenant: Any) -> None:
     send.add_argument("--to", required=True, help="E.164 number, e.g. +12025550143")
     send.add_argument("--channel", choices=["whatsapp", "sms"], default="whatsapp")
     send.add_argument("--provider", choices=["meta", "twilio"])
+    send.add_argument(
+        "--from", dest="from_", help="a sender: its id, number, MG… SID or phone number id"
+    )
     send.add_argument("--body", help="the text")
     send.add_argument("--media-url", action="append", help="a media URL (repeatable)")
     send.add_argument("--template", help="a WhatsApp template name (Meta)")

@@ -5,6 +5,7 @@ from models.db import get_engine, new_session, reset_engine, session_scope
 from models.media import Media
 from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
 from models.template import Template
+from models.sender import Sender
 from models.tenant import ApiKey, ProviderAccount, Tenant
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "MessageEvent",
     "ProviderAccount",
     "Template",
+    "Sender",
     "Tenant",
     "WebhookEvent",
     "get_engine",

@@ -61,6 +61,10 @@ class OutboundMessage:
     interactive: dict[str, Any] | None = None
     preview_url: bool = False
     status_callback: str | None = None
+    # The sender chosen at accept time (services/senders.py); None: the account's own.
+    from_kind: str | None = None  # number | messaging_service | phone_number_id
+    from_address: str | None = None
+    from_number: str | None = None
 
 
 @dataclass(frozen=True)

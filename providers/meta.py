@@ -179,7 +179,9 @@ class MetaProvider:
     def send(self, account: AccountCredentials, message: OutboundMessage) -> SendResult:
         settings = get_settings()
         base = f"{settings.meta_graph_base}/{settings.meta_graph_version}"
-        url = f"{base}/{account.external_id}/messages"
+        # senders: the phone number id chosen at accept time, else the account's own
+        chosen = message.from_kind == "phone_number_id" and message.from_address
+        url = f"{base}/{chosen or account.external_id}/messages"
         data = self._post(url, account.secrets.get("access_token", ""), build_payload(message))
         messages = data.get("messages") or []
         if not messages or not messages[0].get("id"):
@@ -189,7 +191,7 @@ class MetaProvider:
         return SendResult(
             provider_message_id=messages[0]["id"],
             native_status=messages[0].get("message_status", "accepted"),
-            sender=account.settings.get("display_phone_number"),
+            sender=message.from_number if chosen else account.settings.get("display_phone_number"),
             # Can differ from the number sent to (see services.phones.whatsapp_forms).
             recipient_id=f"+{wa_id.lstrip('+')}"
             if isinstance(wa_id, str) and wa_id.strip("+").isdigit() and len(wa_id) <= 20

@@ -194,10 +194,15 @@ class TwilioProvider:
         prefix = "whatsapp:" if whatsapp else ""
         params: dict = {"to": prefix + message.to}
         sender = settings.get("whatsapp_from") if whatsapp else settings.get("sms_from")
+        service = settings.get("messaging_service_sid")
+        if message.from_kind == "number":  # senders: the row's chosen sender wins
+            sender, service = message.from_address, None
+        elif message.from_kind == "messaging_service":
+            sender, service = None, message.from_address
         if sender:
             params["from_"] = sender if sender.startswith(prefix) else prefix + sender
-        elif settings.get("messaging_service_sid"):
-            params["messaging_service_sid"] = settings["messaging_service_sid"]
+        elif service:
+            params["messaging_service_sid"] = service
         else:
             raise ProviderError(
                 ErrorKind.PERMANENT,

@@ -66,6 +66,27 @@ def new_fbtrace_id() -> str:
 class TwilioAccount:
     account_sid: str
     auth_token: str
+    # The numbers (E.164) and Messaging Service SIDs the account owns. Empty: any is taken
+    # (the sandbox's default accounts); otherwise a From or service not listed is refused
+    # as Twilio refuses it (21606, 21701).
+    numbers: list[str] = field(default_factory=list)
+    messaging_services: list[str] = field(default_factory=list)
+
+    def owns_from(self, from_: str) -> bool:
+        bare = from_.removeprefix("whatsapp:")
+        return not (self.numbers or self.messaging_services) or bare in self.numbers
+
+    def owns_service(self, sid: str) -> bool:
+        return not (self.numbers or self.messaging_services) or sid in self.messaging_services
+
+
+def _public(account: Any) -> dict[str, Any]:
+    """An account as the control API shows it: owned senders only when some are listed."""
+    data = asdict(account)
+    for name in ("numbers", "messaging_services"):
+        if data.get(name) == []:
+            del data[name]
+    return data
 
 
 @dataclass
@@ -286,7 +307,10 @@ class SandboxState:
         try:
             if provider == "twilio":
                 acct: TwilioAccount | MetaAccount = TwilioAccount(
-                    str(data["account_sid"]), str(data["auth_token"])
+                    str(data["account_sid"]),
+                    str(data["auth_token"]),
+                    [str(n) for n in data.get("numbers") or []],
+                    [str(m) for m in data.get("messaging_services") or []],
                 )
                 if not re.fullmatch(r"AC[0-9a-f]{32}", acct.account_sid):
                     raise ConfigError("account_sid must be AC followed by 32 hex chars")
@@ -306,13 +330,13 @@ class SandboxState:
                 raise ConfigError("provider must be 'twilio' or 'meta'")
         except KeyError as exc:
             raise ConfigError(f"missing field {exc.args[0]!r}") from None
-        return {"provider": provider, **asdict(acct)}
+        return {"provider": provider, **_public(acct)}
 
     def accounts(self) -> dict[str, Any]:
         with self.lock:
             return {
-                "twilio": [asdict(a) for a in self.twilio_accounts.values()],
-                "meta": [asdict(a) for a in self.meta_accounts.values()],
+                "twilio": [_public(a) for a in self.twilio_accounts.values()],
+                "meta": [_public(a) for a in self.meta_accounts.values()],
             }
 
     # -- faults ---------------------------------------------------------------------------

@@ -296,6 +296,10 @@ def blueprint(state: SandboxState) -> Blueprint:
             code = 21910
         elif from_ and digits(from_) in MAGIC_FROM:
             code = MAGIC_FROM[digits(from_)]
+        elif from_ and not account.owns_from(from_):  # a number of another account
+            code = 21606
+        elif mg and not account.owns_service(mg):
+            code = 21701
         elif digits(to) in MAGIC_SYNC:
             code = MAGIC_SYNC[digits(to)]
         content_error = None  # Content registered for the account: sandbox/templates.py

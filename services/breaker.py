@@ -25,6 +25,7 @@ from sqlalchemy import update
 from models import Message, MessageEvent, ProviderAccount, session_scope, utcnow
 from providers import ProviderError
 from services.limits import get_redis, key
+from services.senders import sender_for
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def holds_for(rows: list[Any]) -> dict[str, Hold]:
     names = []
     for row in rows:
         sender = sender_of(row.provider, row.channel, row.external_id, row.settings or {})
+        sender = (sender_for(row) or (sender,))[0]  # senders: the row's own sender
         names.extend(_keys(row.provider, row.external_id, sender))
     try:
         values = redis.mget(names)
@@ -121,6 +123,7 @@ def trip(message: Message, exc: ProviderError) -> Hold | None:
             account.secrets_enc,
         )
     sender = sender_of(message.provider, message.channel, external_id, settings or {})
+    sender = (sender_for(message) or (sender,))[0]  # senders: the row's own sender
     name = _keys(message.provider, external_id, sender)[0 if scope == "account" else 1]
     data = {
         "reason": reason,

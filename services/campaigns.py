@@ -40,6 +40,7 @@ from services.schemas import (
     check_for_provider,
     variables_problem,
 )
+from services.senders import MAX_POOL, ChosenSender, apply_pool, campaign_pool, sender_provider
 from services.serialize import iso
 from services.templates import campaign_row_problem, refuse_unusable_template
 from services.tenants import find_account
@@ -66,9 +67,17 @@ class CampaignSchema(Schema):
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
     rate = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
+    # senders: one sender, or "pool"; `senders`: the pool to spread over (services/senders.py)
+    from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
+    senders = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        validate=validate.Length(min=1, max=MAX_POOL),
+    )
 
     @validates_schema
     def _content(self, data: dict[str, Any], **_: Any) -> None:
+        if "from_" in data and "senders" in data:  # senders
+            raise ValidationError("Give 'from' or 'senders', not both.", "from")
         if not any(k in data for k in ("body", "media_url", "template")):
             raise ValidationError("Give one of 'body', 'media_url' or 'template'.", "body")
         if data.get("channel") == "sms" and len(data.get("body") or "") > 1600:
@@ -127,7 +136,10 @@ def create_campaign(
     session: Session, tenant: Tenant, data: dict[str, Any], recipients: Iterable[Any]
 ) -> Campaign:
     channel = data["channel"]
-    provider = choose_provider(tenant, channel, data.get("provider"))
+    pool = campaign_pool(session, tenant, channel, data)  # senders: who sends it
+    provider = (
+        pool[0].provider if pool else sender_provider(session, tenant, channel, data, None)
+    ) or choose_provider(tenant, channel, data.get("provider"))
     check_for_provider(data, provider)  # the same rules as POST /v1/messages
     template = data.get("template")
     if channel == "whatsapp" and not template:
@@ -170,10 +182,10 @@ def create_campaign(
     for number, item in enumerate(recipients, 1):
         chunk.append((number, item))
         if len(chunk) >= CHUNK:
-            _add_chunk(session, campaign, account.id, chunk, invalid_rows)
+            _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
             chunk = []
     if chunk:
-        _add_chunk(session, campaign, account.id, chunk, invalid_rows)
+        _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
     campaign.invalid_rows = invalid_rows
     inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
@@ -196,6 +208,7 @@ def _add_chunk(
     account_id: str,
     chunk: list[tuple[int, Any]],
     invalid_rows: list[dict[str, Any]],
+    pool: list[ChosenSender] | None = None,
 ) -> None:
     contact_ids = [
         i.get("contact_id") for _, i in chunk if isinstance(i, dict) and i.get("contact_id")
@@ -275,6 +288,7 @@ def _add_chunk(
             }
         )
     if rows:
+        apply_pool(rows, pool)  # senders: each recipient's sender, sticky
         _insert_ignoring_repeats(session, rows)
         campaign.total += len(rows)  # corrected for repeats across chunks at the end
 

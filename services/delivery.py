@@ -45,6 +45,7 @@ from services.limits import take_send_slot
 from services.phones import mask, whatsapp_forms
 from services.policy import contact_for
 from services.schemas import provider_problems
+from services.senders import outbound_sender, sender_for
 from services.status import apply_status
 from services.tenants import AccountCredentials, credentials
 
@@ -228,6 +229,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         interactive=options.get("interactive"),
         preview_url=bool(options.get("preview_url")),
         status_callback=status_callback_url(message.id) if message.provider == "twilio" else None,
+        **outbound_sender(message),  # senders: the sender chosen at accept time
     )
 
 
@@ -252,6 +254,7 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
                 Message.provider,
                 Message.channel,
                 Message.to_number,
+                Message.options,  # senders: the row's chosen sender (see _slot_wait)
                 ProviderAccount.external_id,
                 ProviderAccount.settings,
                 ProviderAccount.secrets_enc,
@@ -291,6 +294,9 @@ def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
         sender = account.get("sms_from") or account.get("messaging_service_sid") or ""
         default_rate = settings.mps_twilio_sms
     rate = float(account.get("mps") or default_rate)
+    picked = sender_for(row)  # senders: the row's own sender, at its own rate
+    if picked is not None:
+        sender, rate = picked[0], picked[1] or rate
     spacing = settings.pair_pacing_seconds if row.channel == "whatsapp" else 0.0
     return take_send_slot(row.provider, sender, row.to_number, rate, spacing)
 

@@ -29,6 +29,7 @@ from services.limits import take_quota
 from services.phones import mask
 from services.policy import check_send_policy
 from services.schemas import check_for_provider
+from services.senders import pick_sender, sender_provider
 from services.status import apply_status
 from services.templates import refuse_unusable_template
 from services.tenants import cached_account
@@ -124,7 +125,11 @@ def accept_message(
             return found, False
 
     channel = data.get("channel", "whatsapp")
-    provider = choose_provider(tenant, channel, data.get("provider"))
+    # senders: `from` (or the tenant's default sender) picks the sender and its provider
+    sender = pick_sender(session, tenant, channel, data)
+    provider = sender_provider(session, tenant, channel, data, sender) or choose_provider(
+        tenant, channel, data.get("provider")
+    )
     check_for_provider(data, provider)
     template = data.get("template")
     account = cached_account(session, tenant.id, provider)
@@ -150,13 +155,15 @@ def accept_message(
         from services.media import resolve_media_id
 
         options.update(resolve_media_id(session, tenant.id, data, account.id, send_at))
+    if sender is not None:  # senders: kept on the row, so every retry uses the same one
+        options["sender"] = sender.snapshot()
     values: dict[str, Any] = {
         "id": new_id("msg"),
         "tenant_id": tenant.id,
         "direction": "outbound",
         "channel": channel,
         "provider": provider,
-        "provider_account_id": account.id,
+        "provider_account_id": sender.account_id if sender is not None else account.id,
         "to_number": to,
         "contact_id": contact_id,
         "body": data.get("body"),
@@ -170,6 +177,7 @@ def accept_message(
         "idempotency_key": idempotency_key,
         "origin": origin,
         "request_hash": digest if idempotency_key else None,
+        "from_number": sender.number if sender is not None else None,  # senders
         "send_at": send_at,
         "attempts": 0,
         "created_at": now,

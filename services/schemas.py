@@ -84,10 +84,17 @@ class MessageRequestSchema(Schema):
     send_at = fields.AwareDateTime()
     callback_url = fields.String(validate=[validate.Length(max=2048), _url])
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    # senders: a sender id, number, Messaging Service SID or phone number id (services/senders.py)
+    from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
 
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = {}
+        if "from_" in data:  # senders
+            from services.senders import from_problem
+
+            if from_problem(data["from_"]):
+                errors.setdefault("from", []).append(str(from_problem(data["from_"])))
         if ("to" in data) == ("contact_id" in data):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
         if "to" in data:

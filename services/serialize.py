@@ -43,6 +43,7 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
         "provider": message.provider,
         "to": message.to_number,
         "from": message.from_number,
+        "sender_id": ((message.options or {}).get("sender") or {}).get("id"),  # senders
         "contact_id": message.contact_id,
         "body": message.body,
         "media_url": message.media_urls,

@@ -312,10 +312,16 @@ def accounts_by_external_ids(
     wanted = sorted(set(external_ids))
     if not wanted:
         return []
+    named = ProviderAccount.external_id.in_(wanted)
+    if provider == "meta":  # senders: a phone number id of the account's senders names it too
+        from services.senders import accounts_for_addresses
+
+        owners = accounts_for_addresses(session, provider, wanted)
+        named = named | ProviderAccount.id.in_(owners) if owners else named
     return list(
         session.scalars(
             select(ProviderAccount)
-            .where(ProviderAccount.provider == provider, ProviderAccount.external_id.in_(wanted))
+            .where(ProviderAccount.provider == provider, named)
             .order_by(ProviderAccount.created_at, ProviderAccount.id)
         )
     )

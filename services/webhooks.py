@@ -652,6 +652,10 @@ def handle_twilio_inbound(
     if sid is None:
         raise InvalidRequest("MessageSid is not one Twilio sends.")
     account, reason = route_twilio_inbound(accounts, form)
+    if account is None and reason == "no_tenant":  # senders: a number or service of a sender
+        from services.senders import route_to_sender
+
+        account, reason = route_to_sender(session, accounts, form)
     phone = _sender_phone(form.get("From"))
     if account is None or phone is None:
         _keep_unrouted(
@@ -744,6 +748,10 @@ def handle_meta_payload(
                 if phone_id
                 else []
             )
+            if any(c.external_id != phone_id for c in accounts_of[phone_id]):  # senders
+                from services.senders import as_phone_number
+
+                accounts_of[phone_id] = as_phone_number(session, accounts_of[phone_id], phone_id)
         accounts = accounts_of[phone_id]
         if not accounts:
             counts["unknown"] += len(statuses) + len(messages)
