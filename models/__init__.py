@@ -4,8 +4,8 @@ from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
 from models.media import Media
 from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
-from models.template import Template
 from models.sender import Sender
+from models.template import Template
 from models.tenant import ApiKey, ProviderAccount, Tenant
 
 __all__ = [
@@ -18,8 +18,8 @@ __all__ = [
     "Message",
     "MessageEvent",
     "ProviderAccount",
-    "Template",
     "Sender",
+    "Template",
     "Tenant",
     "WebhookEvent",
     "get_engine",
