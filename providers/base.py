@@ -60,6 +60,14 @@ class OutboundMessage:
     interactive: dict[str, Any] | None = None
     preview_url: bool = False
     status_callback: str | None = None
+    # Conversations (Meta; services/conversations.py): the replied-to wamid, and the
+    # reaction, location, contacts, sticker or a document's file name.
+    context_message_id: str | None = None
+    reaction: dict[str, Any] | None = None
+    location: dict[str, Any] | None = None
+    contacts: list[dict[str, Any]] | None = None
+    sticker: dict[str, Any] | None = None
+    filename: str | None = None
 
 
 @dataclass(frozen=True)

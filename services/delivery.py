@@ -38,7 +38,7 @@ from providers import (
     error_name,
     get_provider,
 )
-from services import breaker
+from services import breaker, conversations
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
@@ -227,6 +227,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         interactive=options.get("interactive"),
         preview_url=bool(options.get("preview_url")),
         status_callback=status_callback_url(message.id) if message.provider == "twilio" else None,
+        **conversations.outbound_fields(message),  # reply context, reaction, location…
     )
 
 
@@ -309,6 +310,7 @@ def deliver(message_id: str) -> DeliveryOutcome:
     if isinstance(sent, DeliveryOutcome):
         return sent
     _record_sent(message, sent)
+    conversations.after_send(message)  # mark the conversation read, when asked
     return SENT
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.contacts import get_contact
+from services.conversations import accept_options
 from services.dispatch import enqueue_after_commit
 from services.errors import (
     Conflict,
@@ -143,6 +144,8 @@ def accept_message(
     send_at = data.get("send_at")
     status = "scheduled" if send_at is not None and send_at > now else "queued"
     options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    # Replies, reactions, locations, contacts, stickers (services/conversations.py).
+    options.update(accept_options(session, tenant.id, data, to=to, account_id=account.id))
     values: dict[str, Any] = {
         "id": new_id("msg"),
         "tenant_id": tenant.id,

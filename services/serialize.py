@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from models import Message, MessageEvent
+from services.conversations import public_fields
 
 
 def iso(value: datetime | None) -> str | None:
@@ -62,6 +63,7 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
         "delivered_at": iso(message.delivered_at),
         "read_at": iso(message.read_at),
     }
+    data.update(public_fields(message))  # reply_to, reaction, location… (conversations)
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data

@@ -32,6 +32,7 @@ from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
+from services.conversations import inbound_extras, link_inbound
 from services.errors import Forbidden, InvalidRequest
 from services.meta_events import (
     account_changes,
@@ -930,6 +931,8 @@ def _meta_inbound(
             else None
         ),
     )
+    if stored is not None:  # replies' context, reactions, locations… (conversations)
+        link_inbound(session, stored, inbound_extras(item))
     if stored is not None and errors:
         record_meta_errors(
             session,
