@@ -327,10 +327,8 @@ def after_send(message: Message) -> None:
         return
     try:
         with session_scope() as session:
-            from services.tenants import cached_account
-
-            account = cached_account(session, message.tenant_id, "meta")
-            if account is None or account.id != message.provider_account_id:
+            account = _account(session, message)
+            if account is None:
                 return
             wanted = options.get("mark_read")
             if wanted is None:
@@ -343,6 +341,18 @@ def after_send(message: Message) -> None:
             _mark_read(session, account, inbound, typing=False, source="worker")
     except Exception:
         log.warning("marking read after id=%s failed", message.id, exc_info=True)
+
+
+def _account(session: Session, message: Message) -> Any:
+    """The Meta account (decrypted) the message went or came through: the business
+    number that must send the read receipt."""
+    from models import ProviderAccount
+    from services.tenants import credentials
+
+    account = session.get(ProviderAccount, message.provider_account_id)
+    if account is None or account.provider != "meta" or account.tenant_id != message.tenant_id:
+        return None
+    return credentials(account)
 
 
 def _truthy(value: Any) -> bool:
@@ -385,8 +395,6 @@ def mark_read(session: Session, tenant_id: str, message_id: str, *, typing: bool
     message (a business reads only what it received); 422
     `read_receipts_unsupported` for a Twilio message (Twilio has no read-receipt API
     for inbound messages); a refusal by Meta is 422 `provider_refused` with its code."""
-    from services.tenants import cached_account
-
     message = session.scalars(
         select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id)
     ).first()
@@ -402,8 +410,8 @@ def mark_read(session: Session, tenant_id: str, message_id: str, *, typing: bool
             f"Provider {message.provider} has no read receipts for inbound messages.",
             code="read_receipts_unsupported",
         )
-    account = cached_account(session, tenant_id, "meta")
-    if account is None or account.id != message.provider_account_id:
+    account = _account(session, message)
+    if account is None:
         raise PolicyRefused(
             "The business number that received this message is no longer configured.",
             code="provider_not_configured",
