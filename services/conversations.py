@@ -318,23 +318,20 @@ def outbound_fields(message: Message) -> dict[str, Any]:
     return out
 
 
-def after_send(message: Message) -> None:
+def after_send(message: Message, account: Any) -> None:
     """After Meta took a reply: mark the conversation's inbound message read when the
-    message asks (`mark_read`) or its business number does (`auto_mark_read`). Done by
-    the worker, best effort: a failure is logged and never touches the sent message."""
-    options = message.options or {}
-    if message.provider != "meta" or message.direction != "outbound":
+    message asks (`mark_read`) or its business number (`account`, the one it went
+    through) does (`auto_mark_read`). Done by the worker, best effort: a failure is
+    logged and never touches the sent message. No query unless asked."""
+    if message.provider != "meta" or account is None:
+        return
+    wanted = (message.options or {}).get("mark_read")
+    if wanted is None:
+        wanted = _truthy((account.settings or {}).get("auto_mark_read"))
+    if not wanted:
         return
     try:
         with session_scope() as session:
-            account = _account(session, message)
-            if account is None:
-                return
-            wanted = options.get("mark_read")
-            if wanted is None:
-                wanted = _truthy(account.settings.get("auto_mark_read"))
-            if not wanted:
-                return
             inbound = _inbound_to_mark(session, message)
             if inbound is None:
                 return

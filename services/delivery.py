@@ -305,12 +305,12 @@ def deliver(message_id: str) -> DeliveryOutcome:
     claim = claim_for_sending(message_id)
     if claim is None:
         return SKIPPED
-    message, _ = claim
+    message, account = claim
     sent = send_claimed(*claim)
     if isinstance(sent, DeliveryOutcome):
         return sent
     _record_sent(message, sent)
-    conversations.after_send(message)  # mark the conversation read, when asked
+    conversations.after_send(message, account)  # mark the conversation read, when asked
     return SENT
 
 

@@ -16,6 +16,7 @@ from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, TWILIO_SID, m
 from tests.integration.conftest import wait_for
 
 CUSTOMER = "+12025550143"
+SENT = ("sent", "delivered", "read")  # callbacks may already have moved it on
 
 
 def _own_number(live, **settings: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -63,7 +64,7 @@ def test_reply_to_an_inbound_message_carries_its_wamid(live, client, dispatched)
     wamid = _inbound(live, t["phone_id"], body="Is my order ready?")
     inbound = wait_for(lambda: _by_wamid(wamid), what="inbound stored")
     message, sent = _send(client, t["auth"], live, body="Yes, ready!", reply_to=inbound.id)
-    assert message.status == "sent", message.error_message
+    assert message.status in SENT, message.error_message
     assert sent["request"]["context"] == {"message_id": wamid}
     shown = client.get(f"/v1/messages/{message.id}", headers=t["auth"]).get_json()
     assert shown["reply_to"] == inbound.id
@@ -72,7 +73,7 @@ def test_reply_to_an_inbound_message_carries_its_wamid(live, client, dispatched)
 def test_reply_to_a_raw_wamid(live, client, auth, dispatched) -> None:
     raw = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA"
     message, sent = _send(client, auth, live, body="About that", reply_to=raw)
-    assert message.status == "sent"  # Meta accepts an unknown context id
+    assert message.status in SENT  # Meta accepts an unknown context id
     assert sent["request"]["context"] == {"message_id": raw}
 
 
@@ -135,7 +136,7 @@ def test_reaction_to_an_inbound_message(live, client, dispatched) -> None:
     message, sent = _send(
         client, t["auth"], live, reaction={"message_id": inbound.id, "emoji": "❤️"}
     )
-    assert message.status == "sent"
+    assert message.status in SENT
     assert sent["request"]["type"] == "reaction"
     assert sent["request"]["reaction"] == {"message_id": wamid, "emoji": "❤️"}
     assert "context" not in sent["request"]
@@ -199,7 +200,7 @@ def test_reaction_to_a_message_never_received_fails_by_webhook(live, client, aut
 )
 def test_outbound_kinds_reach_meta_in_its_shape(live, client, auth, dispatched, fields, expected):
     message, sent = _send(client, auth, live, **fields)
-    assert message.status == "sent", message.error_message
+    assert message.status in SENT, message.error_message
     assert sent["status_code"] == 200
     for key, value in expected.items():
         assert sent["request"][key] == value
@@ -241,7 +242,7 @@ def test_auto_mark_read_after_a_reply(live, client, dispatched) -> None:
     wait_for(lambda: _by_wamid(wamid), what="inbound stored")
     assert live.control.get("/_sandbox/reads").json()["reads"] == []
     message, _ = _send(client, t["auth"], live, body="On its way")
-    assert message.status == "sent"
+    assert message.status in SENT
     reads = live.control.get("/_sandbox/reads", params={"message_id": wamid}).json()["reads"]
     assert [r["ok"] for r in reads] == [True]
     assert _by_wamid(wamid).read_at is not None
