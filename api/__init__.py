@@ -36,9 +36,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(media.bp)
 
-    from api import admin, console
+    from api import admin, console, conversations
 
     app.register_blueprint(admin.bp)
+    app.register_blueprint(conversations.bp)
     console.init_app(app)
 
     from api import openapi

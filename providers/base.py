@@ -65,6 +65,14 @@ class OutboundMessage:
     from_kind: str | None = None  # number | messaging_service | phone_number_id
     from_address: str | None = None
     from_number: str | None = None
+    # Conversations (Meta; services/conversations.py): the replied-to wamid, and the
+    # reaction, location, contacts, sticker or a document's file name.
+    context_message_id: str | None = None
+    reaction: dict[str, Any] | None = None
+    location: dict[str, Any] | None = None
+    contacts: list[dict[str, Any]] | None = None
+    sticker: dict[str, Any] | None = None
+    filename: str | None = None
 
 
 @dataclass(frozen=True)

@@ -148,14 +148,39 @@ def build_payload(message: OutboundMessage) -> dict[str, Any]:
         if message.body and kind not in NO_CAPTION:
             by_id["caption"] = message.body
         payload.update(type=kind, **{kind: by_id})
+    elif message.reaction is not None:
+        payload.update(type="reaction", reaction=message.reaction)
+    elif message.location is not None:
+        payload.update(type="location", location=message.location)
+    elif message.contacts is not None:
+        payload.update(type="contacts", contacts=message.contacts)
+    elif message.sticker is not None:
+        payload.update(type="sticker", sticker=message.sticker)
     elif message.media_urls:
         kind = media_type_for(message.media_urls[0], message.media_type)
         media: dict[str, Any] = {"link": message.media_urls[0]}
         if message.body and kind not in NO_CAPTION:
             media["caption"] = message.body
+        if message.filename and kind == "document":
+            media["filename"] = message.filename
         payload.update(type=kind, **{kind: media})
     else:
         payload.update(type="text", text={"body": message.body, "preview_url": message.preview_url})
+    if message.context_message_id and payload["type"] != "reaction":
+        payload["context"] = {"message_id": message.context_message_id}  # a reply
+    return payload
+
+
+def read_payload(wamid: str, *, typing: bool = False) -> dict[str, Any]:
+    """Meta's read receipt for a received message, with the typing indicator (shown
+    until the business answers, at most 25 s) when asked."""
+    payload: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": wamid,
+    }
+    if typing:
+        payload["typing_indicator"] = {"type": "text"}
     return payload
 
 
@@ -197,6 +222,18 @@ class MetaProvider:
             if isinstance(wa_id, str) and wa_id.strip("+").isdigit() and len(wa_id) <= 20
             else None,
         )
+
+    def mark_read(self, account: AccountCredentials, wamid: str, *, typing: bool = False) -> None:
+        """Mark a received message read (and earlier ones, as Meta does), optionally with
+        the typing indicator. Raises ProviderError as a send does."""
+        settings = get_settings()
+        base = f"{settings.meta_graph_base}/{settings.meta_graph_version}"
+        token = account.secrets.get("access_token", "")
+        data = self._post(
+            f"{base}/{account.external_id}/messages", token, read_payload(wamid, typing=typing)
+        )
+        if data.get("success") is not True:
+            raise ProviderError(ErrorKind.AMBIGUOUS, "Graph answered without success: true")
 
     def find_sent(
         self, account: AccountCredentials, message: OutboundMessage, since: datetime

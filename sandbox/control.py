@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from sandbox import meta_api, twilio_api
+from sandbox import conversations, meta_api, twilio_api
 from sandbox.state import PROVIDERS, ConfigError, SandboxState
 
 
@@ -123,9 +123,15 @@ def blueprint(state: SandboxState) -> Blueprint:
             error=attempt["error"],
         ), 200
 
+    @bp.get("/reads")
+    def reads() -> Response:
+        """Read receipts (and typing indicators) asked of the Meta API, in order."""
+        return jsonify(reads=conversations.reads(state, request.args.get("message_id") or None))
+
     @bp.post("/reset")
     def reset() -> Response:
         state.reset()
+        conversations.clear_reads(state)
         return jsonify(ok=True)
 
     return bp

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from sandbox import templates
+from sandbox import conversations, templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
 from sandbox.common import answer_fault, json_response
 from sandbox.state import (
@@ -402,7 +402,10 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
             "id": data["context_message_id"],
         }
     body = data.get("body")
-    if data.get("unsupported"):
+    conversations.remember_inbound(state, account.phone_number_id, wamid)
+    if conversations.inbound_message(data, message):
+        pass  # a reaction, location, contacts or sticker (sandbox/conversations.py)
+    elif data.get("unsupported"):
         # A type the Cloud API cannot pass on (a poll, an edit...): Meta says so in the
         # message's own `errors`, code 131051.
         message.update(
@@ -534,6 +537,10 @@ def blueprint(state: SandboxState) -> Blueprint:
                 ),
             )
 
+        if isinstance(payload, dict) and "status" in payload:  # a read receipt
+            body, status = conversations.read_receipt(state, phone_number_id, payload)
+            return _json(body, status)
+
         gate = state.admit("meta", phone_number_id)
         state.sleep(gate.latency)
         if gate.retry_after is not None:
@@ -547,7 +554,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         problem = validate(payload)
         if problem is not None:
             return fail(100, message=problem)
-        refused = media_problem(payload)
+        refused = media_problem(payload) or conversations.payload_problem(payload)
         if refused is not None:
             return fail(refused[0], message=refused[1])
         template_error = templates.meta_send_problem(state, account.waba_id, payload)
@@ -614,6 +621,9 @@ def _schedule_statuses(
         error_code = 131026  # templates may open a conversation: only free-form fails
     failing = wa_id == MAGIC_FAILED or (wa_id in MAGIC_ASYNC and error_code != 131026)
     statuses = ["failed"] if failing else ["sent", "delivered", "read"]
+    statuses, error_code = conversations.plan(
+        state, account.phone_number_id, payload, statuses, error_code
+    )
     timeline = [(delay * (i + 1), s) for i, s in enumerate(statuses)]
     category = _category(payload)
     biz = payload.get("biz_opaque_callback_data")

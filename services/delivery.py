@@ -38,7 +38,7 @@ from providers import (
     error_name,
     get_provider,
 )
-from services import breaker
+from services import breaker, conversations
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
 from services.limits import take_send_slot
@@ -230,6 +230,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         preview_url=bool(options.get("preview_url")),
         status_callback=status_callback_url(message.id) if message.provider == "twilio" else None,
         **outbound_sender(message),  # senders: the sender chosen at accept time
+        **conversations.outbound_fields(message),  # reply context, reaction, location…
     )
 
 
@@ -311,11 +312,12 @@ def deliver(message_id: str) -> DeliveryOutcome:
     claim = claim_for_sending(message_id)
     if claim is None:
         return SKIPPED
-    message, _ = claim
+    message, account = claim
     sent = send_claimed(*claim)
     if isinstance(sent, DeliveryOutcome):
         return sent
     _record_sent(message, sent)
+    conversations.after_send(message, account)  # mark the conversation read, when asked
     return SENT
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.contacts import get_contact
+from services.conversations import accept_options
 from services.dispatch import enqueue_after_commit
 from services.errors import (
     Conflict,
@@ -157,6 +158,8 @@ def accept_message(
         options.update(resolve_media_id(session, tenant.id, data, account.id, send_at))
     if sender is not None:  # senders: kept on the row, so every retry uses the same one
         options["sender"] = sender.snapshot()
+    # Replies, reactions, locations, contacts, stickers (services/conversations.py).
+    options.update(accept_options(session, tenant.id, data, to=to, account_id=account.id))
     values: dict[str, Any] = {
         "id": new_id("msg"),
         "tenant_id": tenant.id,

@@ -16,6 +16,7 @@ from marshmallow import (
 )
 
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
+from services import conversations
 from services.errors import InvalidRequest
 from services.inputs import value_problem
 from services.phones import PHONE_FIELD, normalize_e164, parse_e164
@@ -86,10 +87,19 @@ class MessageRequestSchema(Schema):
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
     # senders: a sender id, number, Messaging Service SID or phone number id (services/senders.py)
     from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
+    # Conversations (Meta): reply_to, reaction, location, contacts, sticker, filename,
+    # mark_read (services/conversations.py).
+    reply_to = fields.String(validate=validate.Length(min=1, max=256))
+    reaction = fields.Nested(conversations.ReactionSchema)
+    location = fields.Nested(conversations.LocationSchema)
+    contacts = conversations.ContactCards()
+    sticker = fields.Nested(conversations.StickerSchema)
+    filename = fields.String(validate=validate.Length(min=1, max=240))
+    mark_read = fields.Boolean()
 
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, list[str]] = conversations.request_problems(data)
         if "from_" in data:  # senders
             from services.senders import from_problem
 
@@ -102,7 +112,8 @@ class MessageRequestSchema(Schema):
                 parse_e164(data["to"])
             except ValueError as exc:
                 errors.setdefault("to", []).append(str(exc))
-        if not any(k in data for k in ("body", "media_url", "media_id", "template", "interactive")):
+        content = ("body", "media_url", "media_id", "template", "interactive")
+        if not any(k in data for k in (*content, *conversations.CONTENT_KINDS)):
             errors.setdefault("body", []).append(
                 "Give one of 'body', 'media_url', 'media_id', 'template' or 'interactive'."
             )
@@ -218,6 +229,9 @@ def provider_problems(data: dict[str, Any], provider: str) -> dict[str, list[str
             errors.setdefault("body", []).append(
                 f"At most {META_TEXT_LIMIT} characters in a Meta text message."
             )
+    kind = media_type_for(media[0], data.get("media_type")) if media else None
+    for field, texts in conversations.provider_problems(data, provider, kind).items():
+        errors.setdefault(field, []).extend(texts)
     return errors
 
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from models import Message, MessageEvent
+from services.conversations import public_fields
 
 
 def iso(value: datetime | None) -> str | None:
@@ -66,6 +67,7 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
     from services.media import media_links  # services.media imports this module
 
     data["media"] = media_links(message)  # Herald's URLs for inbound media
+    data.update(public_fields(message))  # reply_to, reaction, location… (conversations)
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data

@@ -32,7 +32,7 @@ PROVIDER_FIELDS = {
     "meta": (
         "phone_number_id",
         ("access_token", "app_secret", "verify_token"),
-        ("waba_id", "display_phone_number", "mps"),
+        ("waba_id", "display_phone_number", "mps", "auto_mark_read"),
     ),
 }
 

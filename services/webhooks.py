@@ -33,6 +33,7 @@ from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services import templates
+from services.conversations import inbound_extras, link_inbound
 from services.errors import Forbidden, InvalidRequest
 from services.media import inbound_media_options
 from services.meta_events import (
@@ -947,6 +948,8 @@ def _meta_inbound(
             else None
         ),
     )
+    if stored is not None:  # replies' context, reactions, locations… (conversations)
+        link_inbound(session, stored, inbound_extras(item))
     if stored is not None and errors:
         record_meta_errors(
             session,
