@@ -113,6 +113,7 @@ task_routes = {
     "herald.deliver_batch": {"queue": "herald.bulk"},
     "herald.release_due": {"queue": "herald.periodic"},
     "herald.reconcile": {"queue": "herald.periodic"},
+    "herald.expire": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -132,5 +133,11 @@ beat_schedule = {
         "task": "herald.reconcile",
         "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
         "options": {"queue": "herald.periodic", "expires": 60},
+    },
+    # Waiting messages whose ttl passed end `failed`/`expired` (services/expiry.py).
+    "expire": {
+        "task": "herald.expire",
+        "schedule": float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")),
+        "options": {"queue": "herald.periodic", "expires": 30},
     },
 }

@@ -29,6 +29,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(legacy.bp)
     app.register_blueprint(ops.bp)
+    from api import usage
+
+    app.register_blueprint(usage.bp)
 
     from api import admin, console
 

@@ -6,6 +6,7 @@ surfacing later as a confusing runtime error in a worker thread.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -67,6 +68,25 @@ def _decimal(env: dict[str, str], name: str, default: str) -> Decimal:
         raise ConfigError(f"{name} must be a decimal price like 0.015, got {raw!r}") from None
 
 
+def _price_table(env: dict[str, str], name: str) -> tuple[str, dict[str, Decimal]] | None:
+    """(currency, price per category) from a JSON object such as
+    `{"currency": "USD", "marketing": "0.025", "utility": "0.004"}`."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        table = json.loads(raw)
+        currency = table.pop("currency", "USD")
+        if not isinstance(currency, str) or not 0 < len(currency) <= 8:
+            raise ValueError
+        prices = {str(k): Decimal(str(v)) for k, v in table.items()}
+    except (ValueError, AttributeError, InvalidOperation):
+        raise ConfigError(
+            f'{name} must be a JSON object like {{"currency": "USD", "marketing": "0.025"}}'
+        ) from None
+    return currency.upper(), prices
+
+
 def _url(env: dict[str, str], name: str, default: str) -> str:
     value = (env.get(name) or default).rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -113,6 +133,7 @@ class Settings:
     reconcile_after_minutes: float = 10.0
     admin_token: str | None = None
     sandbox_url: str | None = None
+    meta_prices: tuple[str, dict[str, Decimal]] | None = None  # services/usage.py estimate
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -173,6 +194,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         admin_token=admin_token,
         sandbox_url=sandbox_url,
+        meta_prices=_price_table(env, "HERALD_META_PRICES"),
     )
 
 

@@ -60,6 +60,7 @@ class OutboundMessage:
     interactive: dict[str, Any] | None = None
     preview_url: bool = False
     status_callback: str | None = None
+    expires_at: datetime | None = None  # the message's ttl (Twilio: ValidityPeriod)
 
 
 @dataclass(frozen=True)

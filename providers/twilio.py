@@ -21,6 +21,7 @@ from twilio.rest import Client
 from herald.config import get_settings
 from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
 from providers.retrying import retry_blips
+from services.expiry import validity_period
 from services.tenants import AccountCredentials
 
 # The one place Twilio error codes are classified. Anything not listed: a 4xx is
@@ -40,6 +41,7 @@ PERMANENT = {
     63007: "sender_not_found",
     20003: "provider_auth_failed",
     20404: "provider_not_found",
+    21624: "invalid_validity_period",
 }
 OPT_OUT = {21610}
 # Codes Twilio reports later, in a status callback's ErrorCode.
@@ -53,6 +55,7 @@ DELIVERY_ERRORS = {
     30007: "carrier_filtered",
     30008: "unknown_error",
     30022: "rate_limited",
+    30036: "expired",  # ValidityPeriod passed while queued at Twilio (services/expiry.py)
     20429: "rate_limited",
     21611: "sender_queue_full",
 }
@@ -214,6 +217,8 @@ class TwilioProvider:
             params["media_url"] = list(message.media_urls)
         if message.status_callback:
             params["status_callback"] = message.status_callback
+        if message.expires_at is not None:  # the ttl's remaining seconds, at send time
+            params["validity_period"] = validity_period(message.expires_at)
         return params
 
     @retry_blips

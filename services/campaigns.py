@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
+from services import quiet_hours
 from services.dispatch import BATCH_TASK, enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.events import record_status_event
@@ -64,6 +65,7 @@ class CampaignSchema(Schema):
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
     rate = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
+    quiet_hours = fields.Nested(quiet_hours.QuietHoursSchema)  # services/quiet_hours.py
 
     @validates_schema
     def _content(self, data: dict[str, Any], **_: Any) -> None:
@@ -152,6 +154,7 @@ def create_campaign(
         send_at=data.get("send_at"),
         allowance=Decimal(0),
         invalid_rows=[],
+        quiet_hours=quiet_hours.option(data),
     )
     session.add(campaign)
     session.flush()
@@ -261,6 +264,7 @@ def _add_chunk(
                 "updated_at": now,
             }
         )
+    quiet_hours.assign_zones(campaign, rows)  # each row's local time zone
     if rows:
         _insert_ignoring_repeats(session, rows)
         campaign.total += len(rows)  # corrected for repeats across chunks at the end
@@ -344,6 +348,7 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
         session.scalars(
             select(Message.id)
             .where(Message.campaign_id == campaign.id, Message.status == "scheduled")
+            .where(*quiet_hours.release_filter(campaign, now))  # parked until their morning
             .order_by(Message.id)
             .limit(count)
         )
@@ -352,7 +357,8 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
         campaign.allowance = Decimal(0)
         unfinished = session.scalar(
             select(func.count()).where(
-                Message.campaign_id == campaign.id, Message.status.in_(("queued", "sending"))
+                Message.campaign_id == campaign.id,
+                Message.status.in_(("scheduled", "queued", "sending")),  # parked rows too
             )
         )
         if not unfinished:
@@ -452,5 +458,6 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "invalid": campaign.invalid,
         "invalid_rows": (campaign.invalid_rows or [])[:100],
         "duplicates": campaign.duplicates,
+        "quiet_hours": quiet_hours.view(campaign),
         "created_at": iso(campaign.created_at),
     }

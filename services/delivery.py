@@ -41,6 +41,7 @@ from providers import (
 from services import breaker
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
+from services.expiry import expired_refusal
 from services.limits import take_send_slot
 from services.phones import mask, whatsapp_forms
 from services.policy import contact_for
@@ -142,6 +143,8 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                         "opted_out",
                         "the recipient opted out after the message was accepted",
                     )
+                elif expired := expired_refusal(message, now):  # its ttl passed while waiting
+                    refusal = expired
                 elif account is None:
                     refusal = ("provider_not_configured", "provider account removed")
                 elif problem := content_problem(message):
@@ -227,6 +230,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         interactive=options.get("interactive"),
         preview_url=bool(options.get("preview_url")),
         status_callback=status_callback_url(message.id) if message.provider == "twilio" else None,
+        expires_at=message.expires_at,
     )
 
 

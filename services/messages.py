@@ -24,6 +24,7 @@ from services.errors import (
     PolicyRefused,
     RateLimited,
 )
+from services.expiry import expires_at_for
 from services.inputs import text_problem
 from services.limits import take_quota
 from services.phones import mask
@@ -164,6 +165,7 @@ def accept_message(
         "origin": origin,
         "request_hash": digest if idempotency_key else None,
         "send_at": send_at,
+        "expires_at": expires_at_for(data, now),
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
