@@ -50,7 +50,10 @@ def expires_at_for(data: dict[str, Any], now: datetime) -> datetime | None:
     if ttl is None:
         return None
     due = data.get("send_at") or now
-    return max(due, now) + timedelta(seconds=int(ttl))
+    try:
+        return max(due, now) + timedelta(seconds=int(ttl))
+    except OverflowError:  # due near the year 9999: it will not wait for its ttl
+        return None
 
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:

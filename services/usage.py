@@ -38,6 +38,8 @@ GROUPS = {
     "status": Message.status,
 }
 DEFAULT_PERIOD = timedelta(days=30)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # Herald's ids and dates live in between
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_PERIOD = timedelta(days=366)
 CATEGORY_LIMIT = 32
 
@@ -77,7 +79,10 @@ class Instant(fields.Field):
             raise ValidationError("Not a date (YYYY-MM-DD) or ISO 8601 date-time.") from None
         if parsed.tzinfo is None:
             raise ValidationError("A date-time needs its offset (Z or +hh:mm).")
-        return parsed.astimezone(UTC)
+        parsed = parsed.astimezone(UTC)
+        if not EARLIEST <= parsed <= LATEST:
+            raise ValidationError("A date from 2000 to 2100.")
+        return parsed
 
 
 class GroupBy(fields.Field):
@@ -110,15 +115,15 @@ class UsageQuerySchema(Schema):
 
     @validates_schema
     def _period(self, data: dict[str, Any], **_: Any) -> None:
-        start, end = data.get("from_"), data.get("to")
-        if start is not None and end is not None:
-            if start >= end:
-                raise ValidationError("'from' must be before 'to'.", "from")
-            if end - start > MAX_PERIOD:
-                raise ValidationError("At most 366 days at once.", "from")
+        start, end = period(data)
+        if start >= end:
+            raise ValidationError("'from' must be before 'to' (now by default).", "from")
+        if end - start > MAX_PERIOD:
+            raise ValidationError("At most 366 days at once.", "from")
 
 
 def period(data: dict[str, Any], now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[from, to): `to` defaults to now, `from` to 30 days before `to`."""
     end = data.get("to") or (now or utcnow())
     start = data.get("from_") or (end - DEFAULT_PERIOD)
     return start, end

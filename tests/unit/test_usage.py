@@ -138,6 +138,9 @@ def test_bad_usage_queries_are_400(client, auth) -> None:
         "from=2026-03-11&to=2026-03-10",
         "from=2024-01-01&to=2026-01-01",
         "unknown=1",
+        "to=9999-12-31T23:59:59Z",
+        "from=0001-01-01",
+        "from=2020-01-01",  # to now: over 366 days
     ):
         resp = client.get(f"/v1/usage?{query}", headers=auth)
         assert resp.status_code == 400, query
