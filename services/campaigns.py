@@ -458,6 +458,6 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "invalid": campaign.invalid,
         "invalid_rows": (campaign.invalid_rows or [])[:100],
         "duplicates": campaign.duplicates,
-        "quiet_hours": quiet_hours.view(campaign),
+        "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
     }

@@ -34,7 +34,8 @@ from zoneinfo import ZoneInfo, available_timezones
 import phonenumbers
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 from phonenumbers import timezone as phone_timezones
-from sqlalchemy import false
+from sqlalchemy import false, func, select
+from sqlalchemy.orm import Session
 
 from models import Campaign, Message, utcnow
 
@@ -166,9 +167,22 @@ def release_filter(campaign: Campaign, now: datetime) -> list[Any]:
     return [Message.recipient_zones.in_(keys)] if keys else [false()]
 
 
-def view(campaign: Campaign) -> dict[str, Any] | None:
-    """The quiet hours as the API shows them."""
+def view(
+    session: Session, campaign: Campaign, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """The quiet hours as the API shows them, with `parked`: the rows not yet released
+    that wait for their local window to open."""
     quiet = campaign.quiet_hours
     if not quiet:
         return None
-    return {k: quiet.get(k) for k in ("start", "end", "default_timezone")}
+    closed = [k for k in quiet.get("zones") or [] if not allowed(k, quiet, now or utcnow())]
+    parked = 0
+    if closed:
+        parked = session.scalar(
+            select(func.count()).where(
+                Message.campaign_id == campaign.id,
+                Message.status == "scheduled",
+                Message.recipient_zones.in_(closed),
+            )
+        )
+    return {**{k: quiet.get(k) for k in ("start", "end", "default_timezone")}, "parked": parked}

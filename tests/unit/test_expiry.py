@@ -176,3 +176,15 @@ def test_the_expire_task_is_on_beat() -> None:
     assert celeryconfig.beat_schedule["expire"]["task"] == "herald.expire"
     assert celeryconfig.task_routes["herald.expire"] == {"queue": "herald.periodic"}
     assert tasks.expire.name == "herald.expire"
+
+
+def test_the_celery_task_takes_a_ttl(tenant, dispatched) -> None:
+    from workers.tasks import send_message
+
+    result = send_message.run(
+        tenant_id=tenant["tenant_id"], to=TO, channel="sms", body="Your code", ttl=120
+    )
+    message = load(result["id"])
+    assert message.expires_at - message.created_at == timedelta(seconds=120)
+    refused = send_message.run(tenant_id=tenant["tenant_id"], to=TO, body="x", ttl=0)
+    assert "ttl" in refused["error"]["fields"]

@@ -42,13 +42,19 @@ def test_rows_in_their_night_are_parked_and_released_in_their_morning(
     resp = create(client, auth, quiet_hours=QUIET)
     assert resp.status_code == 201, resp.get_json()
     body = resp.get_json()
-    assert body["quiet_hours"] == {**QUIET, "default_timezone": "UTC"}
+    assert body["quiet_hours"]["start"] == "21:00" and body["quiet_hours"]["end"] == "08:00"
+    assert body["quiet_hours"]["default_timezone"] == "UTC"
     cid = body["id"]
     # 03:00 UTC: 23:00 in New York (quiet), 12:00 in Tokyo (open).
     release_due_campaigns(now=datetime(2026, 6, 1, 3, 0, tzinfo=UTC))
     assert statuses(cid) == {NEW_YORK: "scheduled", TOKYO: "queued"}
     with session_scope() as session:
-        assert session.get(Campaign, cid).status == "running"  # parked rows keep it running
+        campaign = session.get(Campaign, cid)
+        assert campaign.status == "running"  # parked rows keep it running
+        from services import quiet_hours
+
+        night = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
+        assert quiet_hours.view(session, campaign, night)["parked"] == 1
     # 07:59 in New York: still quiet.
     release_due_campaigns(now=datetime(2026, 6, 1, 11, 59, tzinfo=UTC))
     assert statuses(cid)[NEW_YORK] == "scheduled"
