@@ -100,7 +100,7 @@ def test_several_zones_take_the_most_restrictive_reading() -> None:
     assert allowed(key, QUIET, datetime(2026, 6, 1, 16, 0, tzinfo=UTC))
 
 
-def test_zones_with_no_shared_window_fall_back_to_the_first() -> None:
+def test_zones_with_no_shared_window_fall_back_to_the_default_zone() -> None:
     wide = ("Asia/Kamchatka", "Europe/Kaliningrad")  # ten hours apart
     narrow = {"start": "12:00", "end": "10:00"}  # open only 10:00-12:00
     from services import quiet_hours
@@ -108,6 +108,14 @@ def test_zones_with_no_shared_window_fall_back_to_the_first() -> None:
     key = " ".join(wide)
     assert not any(allowed(key, narrow, datetime(2026, 6, 1, h, tzinfo=UTC)) for h in range(24))
     assert not quiet_hours._ever_open(key, "12:00", "10:00", "2026-06-01")
+    toll_free = "+18005550199"  # the whole NANP: Guam to Halifax
+    assert len(number_zones(toll_free)) > 10
+    # 21:00-08:00 still leaves them all 22:00-23:30 UTC (Guam's morning, Halifax's evening)...
+    assert zone_key(toll_free, QUIET).count(" ") > 10
+    # ...but a two-hour window shared by nobody falls to the default zone.
+    assert zone_key(toll_free, {**narrow, "default_timezone": "America/Chicago"}) == (
+        "America/Chicago"
+    )
 
 
 def test_is_quiet_wraps_midnight() -> None:
