@@ -125,3 +125,13 @@ def test_is_quiet_wraps_midnight() -> None:
     assert is_quiet(time(23), start, end) and is_quiet(time(7, 59), start, end)
     assert not is_quiet(time(8), start, end) and not is_quiet(time(20, 59), start, end)
     assert is_quiet(time(13), time(12), time(14)) and not is_quiet(time(14), time(12), time(14))
+
+
+def test_the_console_shows_quiet_hours(client, auth, tenant, dispatched) -> None:
+    from tests.unit.test_console import sign_in
+
+    cid = create(client, auth, quiet_hours=QUIET).get_json()["id"]
+    console = client.application.test_client()
+    assert sign_in(console, tenant["api_key"]).status_code == 302
+    html = console.get(f"/console/campaigns/{cid}").get_data(as_text=True)
+    assert "Quiet hours 21:00 to 08:00" in html and 'id="campaign-parked"' in html
