@@ -114,6 +114,7 @@ task_routes = {
     "herald.release_due": {"queue": "herald.periodic"},
     "herald.reconcile": {"queue": "herald.periodic"},
     "herald.sync_templates": {"queue": "herald.periodic"},
+    "herald.expire": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -139,5 +140,11 @@ beat_schedule = {
         "task": "herald.sync_templates",
         "schedule": float(os.environ.get("HERALD_TEMPLATE_SYNC_INTERVAL", "86400")),
         "options": {"queue": "herald.periodic", "expires": 3600},
+    },
+    # Waiting messages whose ttl passed end `failed`/`expired` (services/expiry.py).
+    "expire": {
+        "task": "herald.expire",
+        "schedule": float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")),
+        "options": {"queue": "herald.periodic", "expires": 30},
     },
 }

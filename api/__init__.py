@@ -29,12 +29,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(legacy.bp)
     app.register_blueprint(ops.bp)
-    from api import templates
+    from api import media, templates, usage
 
     app.register_blueprint(templates.bp)
-    from api import media
-
     app.register_blueprint(media.bp)
+    app.register_blueprint(usage.bp)
 
     from api import admin, console, conversations
 

@@ -191,6 +191,20 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
             "duplicates": {"type": "integer"},
         },
     },
+    "Usage": {
+        "type": "object",
+        "properties": {
+            "from": {"type": "string"},
+            "to": {"type": "string"},
+            "group_by": {"type": "array", "items": {"type": "string"}},
+            "data": {
+                "type": "array",
+                "items": {"type": "object", "description": "the group's keys, counts and cost"},
+            },
+            "totals": {"type": "object"},
+            "estimated": {"type": "boolean"},
+        },
+    },
 }
 
 # Twilio's form, as both Twilio webhooks receive it.

@@ -4,12 +4,14 @@ Recipients are streamed from a CSV and written in chunks of batched INSERTs, so
 peak memory should not grow with the list. Prints figures; asserts nothing.
 
     python -m bench.campaign_memory            # embedded PostgreSQL in a temporary HERALD_HOME
+    python -m bench.campaign_memory --quiet-hours   # each row's time zone looked up too
     DATABASE_URL=postgresql+psycopg://… python -m bench.campaign_memory
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -58,9 +60,10 @@ def _measure(home: Path, database: str) -> None:
             f.write("to,name\n")
             for n in range(size):
                 f.write(f"+1202{2000000 + n:07d},Name{n}\n")
-        data = load_campaign_request(
-            {"name": f"bench {size}", "channel": "sms", "body": "Offer", "rate": 1000}
-        )
+        fields = {"name": f"bench {size}", "channel": "sms", "body": "Offer", "rate": 1000}
+        if "--quiet-hours" in sys.argv:
+            fields["quiet_hours"] = {"start": "21:00", "end": "08:00"}
+        data = load_campaign_request(fields)
         tracemalloc.start()
         started = time.perf_counter()
         with session_scope() as session, path.open("rb") as stream:

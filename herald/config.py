@@ -6,6 +6,7 @@ surfacing later as a confusing runtime error in a worker thread.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -67,6 +68,25 @@ def _decimal(env: dict[str, str], name: str, default: str) -> Decimal:
         raise ConfigError(f"{name} must be a decimal price like 0.015, got {raw!r}") from None
 
 
+def _price_table(env: dict[str, str], name: str) -> tuple[str, dict[str, Decimal]] | None:
+    """(currency, price per category) from a JSON object such as
+    `{"currency": "USD", "marketing": "0.025", "utility": "0.004"}`."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        table = json.loads(raw)
+        currency = table.pop("currency", "USD")
+        if not isinstance(currency, str) or not 0 < len(currency) <= 8:
+            raise ValueError
+        prices = {str(k): Decimal(str(v)) for k, v in table.items()}
+    except (ValueError, AttributeError, InvalidOperation):
+        raise ConfigError(
+            f'{name} must be a JSON object like {{"currency": "USD", "marketing": "0.025"}}'
+        ) from None
+    return currency.upper(), prices
+
+
 def _url(env: dict[str, str], name: str, default: str) -> str:
     value = (env.get(name) or default).rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -116,6 +136,7 @@ class Settings:
     template_checks: bool = True
     twilio_content_base: str | None = None
     media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
+    meta_prices: tuple[str, dict[str, Decimal]] | None = None  # services/usage.py estimate
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -181,6 +202,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         if env.get("TWILIO_CONTENT_BASE")
         else None,
         media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
+        meta_prices=_price_table(env, "HERALD_META_PRICES"),
     )
 
 

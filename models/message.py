@@ -69,6 +69,13 @@ class Message(Base):
     # The recipient's WhatsApp id as Meta answered it (E.164 form), when it differs from
     # `to_number` (Brazil's ninth digit, Mexico's 521, Argentina's 549).
     wa_id: Mapped[str | None] = mapped_column(String(32))
+    # ttl: past this, a message still waiting in Herald fails `expired` (services/expiry.py).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Meta's `pricing.category` and `pricing.billable` from status webhooks (services/usage.py).
+    pricing_category: Mapped[str | None] = mapped_column(String(32))
+    billable: Mapped[bool | None] = mapped_column(Boolean)
+    # A campaign row's time zone key for quiet hours (services/quiet_hours.py).
+    recipient_zones: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -186,5 +193,7 @@ class Campaign(Base):
     invalid_rows: Mapped[list | None] = mapped_column(JSON)
     # Copied to each message's `options` (a `media_id` resolved at creation).
     options: Mapped[dict | None] = mapped_column(JSON)
+    # {"start": "21:00", "end": "08:00", "default_timezone": "UTC", "zones": [...]}
+    quiet_hours: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

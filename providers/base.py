@@ -73,6 +73,7 @@ class OutboundMessage:
     contacts: list[dict[str, Any]] | None = None
     sticker: dict[str, Any] | None = None
     filename: str | None = None
+    expires_at: datetime | None = None  # the message's ttl (Twilio: ValidityPeriod)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from twilio.rest import Client
 from herald.config import get_settings
 from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
 from providers.retrying import retry_blips
+from services.expiry import validity_period
 from services.tenants import AccountCredentials
 
 # The one place Twilio error codes are classified. Anything not listed: a 4xx is
@@ -41,6 +42,7 @@ PERMANENT = {
     20003: "provider_auth_failed",
     20404: "provider_not_found",
     21655: "template_not_found",
+    21624: "invalid_validity_period",
 }
 OPT_OUT = {21610}
 # Codes Twilio reports later, in a status callback's ErrorCode.
@@ -54,6 +56,7 @@ DELIVERY_ERRORS = {
     30007: "carrier_filtered",
     30008: "unknown_error",
     30022: "rate_limited",
+    30036: "expired",  # ValidityPeriod passed while queued at Twilio (services/expiry.py)
     20429: "rate_limited",
     21611: "sender_queue_full",
     63027: "template_not_found",
@@ -222,6 +225,8 @@ class TwilioProvider:
             params["media_url"] = list(message.media_urls)
         if message.status_callback:
             params["status_callback"] = message.status_callback
+        if message.expires_at is not None:  # the ttl's remaining seconds, at send time
+            params["validity_period"] = validity_period(message.expires_at)
         return params
 
     @retry_blips

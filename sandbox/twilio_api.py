@@ -56,6 +56,7 @@ ERRORS: dict[int, tuple[int, str]] = {
     21617: (400, "The concatenated message body exceeds the 1600 character limit."),
     21619: (400, "A text message body or media urls must be specified."),
     21623: (400, "Number of media files exceeds allowed limit"),
+    21624: (400, "Validity period can only be set to integers between 1 and 36,000 seconds."),
     21655: (400, "The ContentSid is Invalid."),
     21656: (400, "The ContentVariables Parameter is invalid."),
     21701: (400, "The Messaging Service Sid {mg} is invalid."),
@@ -70,6 +71,7 @@ ERRORS: dict[int, tuple[int, str]] = {
 ASYNC_ERRORS = {
     30003: "Unreachable destination handset",
     30008: "Unknown error",
+    30036: "The specified validity period on this message has elapsed.",
     63016: "Failed to send freeform message because you are outside the allowed window. "
     "If you are using WhatsApp, please use a Message Template.",
     63027: "Template does not exist for a language and locale",
@@ -90,6 +92,10 @@ MAGIC_FROM = {"15005550001": 21212, "15005550007": 21606, "15005550008": 21611}
 MAGIC_UNDELIVERED = "12015550106"  # sent, then undelivered 30003
 MAGIC_FAILED = "12015550107"  # failed 30008
 MAGIC_WINDOW_CLOSED = "12015550116"  # WhatsApp free-form: failed 63016 (templates pass)
+# A sender queue this slow for this recipient: a ValidityPeriod shorter than the wait
+# fails the message with 30036 (its callbacks still come after the usual delay).
+MAGIC_SLOW = "12015550136"
+SLOW_QUEUE_SECONDS = 600
 
 PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
 MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}
@@ -286,6 +292,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             code = 21656
         elif len(media) > 10:
             code = 21623
+        elif not _validity_period_ok(form.get("ValidityPeriod")):
+            code = 21624
         elif content_sid and media:
             code = 63021
         elif _twilio_length(body) > 1600:
@@ -322,6 +330,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             statuses, error_code = ["failed"], 63016
         elif content_error is not None:
             statuses, error_code = ["failed"], content_error
+        elif digits(to) == MAGIC_SLOW and _expires_in_queue(form.get("ValidityPeriod")):
+            statuses, error_code = ["failed"], 30036
         else:
             statuses = ["sent", "delivered", "read"] if whatsapp else ["sent", "delivered"]
             error_code = None
@@ -409,6 +419,19 @@ def blueprint(state: SandboxState) -> Blueprint:
         )
 
     return bp
+
+
+def _validity_period_ok(raw: str | None) -> bool:
+    """Twilio's ValidityPeriod: whole seconds from 1 to 36,000 (21624 otherwise)."""
+    if raw is None:
+        return True
+    return raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 36_000
+
+
+def _expires_in_queue(raw: str | None) -> bool:
+    """Whether the slow recipient's queue wait outlives the message's ValidityPeriod
+    (Twilio's own default is its 36,000 s maximum)."""
+    return int(raw or 36_000) < SLOW_QUEUE_SECONDS
 
 
 def _json_object(raw: str | None) -> bool:

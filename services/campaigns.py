@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
+from services import quiet_hours
 from services.dispatch import BATCH_TASK, enqueue_after_commit
 from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.events import record_status_event
@@ -73,6 +74,7 @@ class CampaignSchema(Schema):
         fields.String(validate=validate.Length(min=1, max=64)),
         validate=validate.Length(min=1, max=MAX_POOL),
     )
+    quiet_hours = fields.Nested(quiet_hours.QuietHoursSchema)  # services/quiet_hours.py
 
     @validates_schema
     def _content(self, data: dict[str, Any], **_: Any) -> None:
@@ -174,6 +176,7 @@ def create_campaign(
         send_at=data.get("send_at"),
         allowance=Decimal(0),
         invalid_rows=[],
+        quiet_hours=quiet_hours.option(data),
     )
     session.add(campaign)
     session.flush()
@@ -287,6 +290,7 @@ def _add_chunk(
                 "updated_at": now,
             }
         )
+    quiet_hours.assign_zones(campaign, rows)  # each row's local time zone
     if rows:
         apply_pool(rows, pool)  # senders: each recipient's sender, sticky
         _insert_ignoring_repeats(session, rows)
@@ -371,6 +375,7 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
         session.scalars(
             select(Message.id)
             .where(Message.campaign_id == campaign.id, Message.status == "scheduled")
+            .where(*quiet_hours.release_filter(campaign, now))  # parked until their morning
             .order_by(Message.id)
             .limit(count)
         )
@@ -379,7 +384,8 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
         campaign.allowance = Decimal(0)
         unfinished = session.scalar(
             select(func.count()).where(
-                Message.campaign_id == campaign.id, Message.status.in_(("queued", "sending"))
+                Message.campaign_id == campaign.id,
+                Message.status.in_(("scheduled", "queued", "sending")),  # parked rows too
             )
         )
         if not unfinished:
@@ -479,5 +485,6 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "invalid": campaign.invalid,
         "invalid_rows": (campaign.invalid_rows or [])[:100],
         "duplicates": campaign.duplicates,
+        "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
     }

@@ -503,3 +503,16 @@ def simulate_reply(
             code="sandbox_error",
         )
     return result
+
+
+# ---------------------------------------------------------------- usage
+
+
+def usage_report(session: Session, tenant_id: str, args: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/usage's figures for the console's usage page (services/usage.py)."""
+    from services.schemas import load_object
+    from services.usage import UsageQuerySchema, period, usage
+
+    data = load_object(UsageQuerySchema(), args)
+    start, end = period(data)
+    return usage(session, tenant_id, start, end, data["group_by"])

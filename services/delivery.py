@@ -41,6 +41,7 @@ from providers import (
 from services import breaker, conversations
 from services.errors import database_unavailable
 from services.events import listening, record_status_event
+from services.expiry import expired_refusal
 from services.limits import take_send_slot
 from services.phones import mask, whatsapp_forms
 from services.policy import contact_for
@@ -143,6 +144,8 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                         "opted_out",
                         "the recipient opted out after the message was accepted",
                     )
+                elif expired := expired_refusal(message, now):  # its ttl passed while waiting
+                    refusal = expired
                 elif account is None:
                     refusal = ("provider_not_configured", "provider account removed")
                 elif problem := content_problem(message):
@@ -231,6 +234,7 @@ def outbound_for(message: Message) -> OutboundMessage:
         status_callback=status_callback_url(message.id) if message.provider == "twilio" else None,
         **outbound_sender(message),  # senders: the sender chosen at accept time
         **conversations.outbound_fields(message),  # reply context, reaction, location…
+        expires_at=message.expires_at,
     )
 
 

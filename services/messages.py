@@ -25,6 +25,7 @@ from services.errors import (
     PolicyRefused,
     RateLimited,
 )
+from services.expiry import expires_at_for
 from services.inputs import text_problem
 from services.limits import take_quota
 from services.phones import mask
@@ -182,6 +183,7 @@ def accept_message(
         "request_hash": digest if idempotency_key else None,
         "from_number": sender.number if sender is not None else None,  # senders
         "send_at": send_at,
+        "expires_at": expires_at_for(data, now),
         "attempts": 0,
         "created_at": now,
         "updated_at": now,

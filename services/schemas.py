@@ -83,6 +83,8 @@ class MessageRequestSchema(Schema):
     template = fields.Nested(TemplateSchema)
     interactive = fields.Dict()
     send_at = fields.AwareDateTime()
+    # Seconds the message may wait once due; past it, `failed` / `expired` (services/expiry.py).
+    ttl = fields.Integer(strict=True, validate=validate.Range(min=1, max=14 * 24 * 3600))
     callback_url = fields.String(validate=[validate.Length(max=2048), _url])
     metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
     # senders: a sender id, number, Messaging Service SID or phone number id (services/senders.py)

@@ -52,6 +52,7 @@ from services.tenants import (
     accounts_by_external_ids,
 )
 from services.tenants import credentials as _credentials
+from services.usage import record_meta_pricing
 
 log = logging.getLogger(__name__)
 
@@ -879,6 +880,7 @@ def apply_meta_status(session: Session, message: Message, status: dict[str, Any]
         error_message=title if isinstance(title, str) else None,
         detail=detail,
     )
+    record_meta_pricing(session, message.id, status)  # category and billable (services/usage.py)
     recipient = status.get("recipient_id")
     if (
         message.wa_id is None

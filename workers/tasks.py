@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from models import Tenant, session_scope
-from services import campaigns, delivery, events, meta_events, reconcile
+from services import campaigns, delivery, events, expiry, meta_events, reconcile
 from services.dispatch import dispatch_now
 from services.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
@@ -129,3 +129,9 @@ def sync_templates() -> dict[str, int]:
     from services.templates import sync_all
 
     return sync_all()
+
+
+@shared_task(name="herald.expire", ignore_result=True)
+def expire() -> int:
+    """Beat: fail the waiting messages whose ttl has passed (services/expiry.py)."""
+    return len(expiry.expire_waiting())

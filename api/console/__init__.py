@@ -50,6 +50,7 @@ from services.console import (
     status_buckets,
     tenant_for_key,
     thread,
+    usage_report,
 )
 from services.contacts import update_contact
 from services.errors import HeraldError, InvalidRequest, NotFound
@@ -282,6 +283,23 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
     if _fragment():
         return _page("_timeline.html", **context)
     return _page("message.html", **context)
+
+
+# ---------------------------------------------------------------- usage
+
+
+@bp.get("/usage")
+def usage():  # type: ignore[no-untyped-def]
+    """Counts and cost over a period, as GET /v1/usage gives them (services/usage.py)."""
+    groups = [g for g in request.args.getlist("group_by") if g]
+    until = _date("to")
+    args = {
+        **({"from": request.args["from"]} if request.args.get("from") else {}),
+        **({"to": (until + timedelta(days=1)).date().isoformat()} if until else {}),
+        "group_by": ",".join(groups or ["channel", "provider", "category"]),
+    }
+    report = usage_report(db(), _tenant_id(), args)
+    return _page("usage.html", report=report, form=request.args, groups=report["group_by"])
 
 
 # ---------------------------------------------------------------- campaigns

@@ -145,3 +145,24 @@ def test_chromium_is_debians(playwright_browser: Any) -> None:
     """The browser driven is the system one, not a Playwright download."""
     assert CHROMIUM.startswith("/usr/")
     assert playwright_browser.version
+
+
+def test_usage_panel(page: Any, stack: Any, shots: Any) -> None:
+    with api(stack) as client:
+        client.post(
+            "/v1/messages", json={"to": "+12025550143", "channel": "sms", "body": "Usage"}
+        ).raise_for_status()
+        figures = client.get("/v1/usage?group_by=channel").json()
+    sms = next(g for g in figures["data"] if g["channel"] == "sms")
+    base = stack.info["api"]
+    page.goto(f"{base}/console/")
+    page.get_by_role("link", name="Usage").click()
+    page.wait_for_url(re.compile(r".*/console/usage$"))
+    page.get_by_role("heading", name="Usage").wait_for()
+    for box in ("provider", "category"):  # ticked by default: keep channel alone
+        page.get_by_label(box, exact=True).uncheck()
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r".*group_by=channel$"))
+    row = page.get_by_role("table", name="Usage").locator("tbody tr", has_text="sms")
+    assert row.locator("td").nth(1).inner_text() == str(sms["messages"])
+    shots.take(page, "usage")
