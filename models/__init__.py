@@ -3,6 +3,7 @@
 from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
 from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
+from models.message import WebhookInbox
 from models.tenant import ApiKey, ProviderAccount, Tenant
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ProviderAccount",
     "Tenant",
     "WebhookEvent",
+    "WebhookInbox",
     "get_engine",
     "new_id",
     "new_session",
