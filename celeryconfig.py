@@ -113,6 +113,7 @@ task_routes = {
     "herald.deliver_batch": {"queue": "herald.bulk"},
     "herald.release_due": {"queue": "herald.periodic"},
     "herald.reconcile": {"queue": "herald.periodic"},
+    "herald.apply_inbox": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -132,5 +133,11 @@ beat_schedule = {
         "task": "herald.reconcile",
         "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
         "options": {"queue": "herald.periodic", "expires": 60},
+    },
+    # Status callbacks whose receiving process died before applying them (services/inbox.py).
+    "apply-inbox": {
+        "task": "herald.apply_inbox",
+        "schedule": 5.0,
+        "options": {"queue": "herald.periodic", "expires": 30},
     },
 }

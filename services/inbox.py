@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 MAX_ATTEMPTS = 8
+# Beat's pass leaves younger rows to the live process that is applying them.
+STALE_SECONDS = 2.0
 _table = WebhookInbox.__table__
 _INSERT = (
     pg_insert(_table).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(_table.c.id)

@@ -120,3 +120,12 @@ def reconcile_statuses() -> dict[str, int]:
     counts = reconcile.reconcile_stale()
     counts["orphans"] = meta_events.apply_stored_orphans()
     return counts
+
+
+@shared_task(name="herald.apply_inbox", ignore_result=True)
+def apply_inbox() -> int:
+    """Beat: apply status callbacks left in the webhook inbox (the process that received
+    them applies them within ms; this is for one that died first)."""
+    from services import inbox
+
+    return inbox.apply_all(older_than=inbox.STALE_SECONDS)
