@@ -704,8 +704,11 @@ def ingest_phase(ctx: Context, app: HeraldApp) -> dict[str, Any]:
                 }
             )
     meter = CpuMeter({"app": _app_roots(app)}, app.pg, ctx.redis_url)
-    meter.start()
-    load = drive(ctx, app.url, requests, ctx.args.load_timeout)
+    targets = [p for p in descendants(_app_roots(app)) if classify(_cmdline(p)) != "other"]
+    targets = [p for p in targets if "gunicorn" not in _cmdline(p) or _is_master(p, targets)]
+    with profiling(ctx, targets, "ingest"):  # --profile DIR: DIR/ingest-api.txt
+        meter.start()
+        load = drive(ctx, app.url, requests, ctx.args.load_timeout)
     # Callbacks are applied from the inbox a few ms after their answer: the CPU window
     # runs until it is empty, so the applying is counted too.
     drained = _inbox_drained(ctx, ctx.args.send_timeout)
@@ -909,7 +912,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncallback ingest (Herald): {ok}/{r['callbacks']} answered 2xx, "
             f"{ok / r['load']['elapsed_s']:,.0f} callbacks/s, p50 {r['load']['p50_ms']:.1f} ms, "
             f"p99 {r['load']['p99_ms']:.1f} ms, CPU {cpu * 1000 / max(1, ok):.2f} ms/callback "
-            f"(+{stores * 1000 / max(1, ok):.2f} in PostgreSQL/Redis)"
+            f"(+{stores * 1000 / max(1, ok):.2f} in PostgreSQL/Redis); of which "
+            + ", ".join(f"{g} {r['cpu'].get(g, 0.0) * 1000 / max(1, ok):.2f}" for g in GROUPS)
         )
         if r.get("drained") is not None:
             print(

@@ -47,6 +47,7 @@ from services.tenants import (
     AccountCredentials,
     accounts_by_external_id,
     accounts_by_external_ids,
+    cached_accounts_by_external_id,
 )
 from services.tenants import credentials as _credentials
 
@@ -102,14 +103,16 @@ def verify_twilio(
     session: Session, url: str, form: dict[str, str], signature: str
 ) -> list[AccountCredentials]:
     """The accounts whose auth token signed this request (one Twilio account may
-    serve several tenants); Forbidden if none did. Each distinct token is tried once."""
+    serve several tenants); Forbidden if none did. Each distinct token is tried once.
+    The accounts come from a per-process cache (services.tenants.CACHE_SECONDS): a
+    rotated auth token is refused by every process within that many seconds."""
     matched = []
     verdicts: dict[str, bool] = {}
     if signature:
-        for account in accounts_by_external_id(session, "twilio", form.get("AccountSid", "")):
-            creds = credentials(account)
-            token = creds.secrets.get("auth_token", "") if creds else ""
-            if not creds or not token:
+        sid = form.get("AccountSid", "")
+        for creds in cached_accounts_by_external_id(session, "twilio", sid, credentials):
+            token = creds.secrets.get("auth_token", "")
+            if not token:
                 continue
             if token not in verdicts:
                 verdicts[token] = RequestValidator(token).validate(url, form, signature)
