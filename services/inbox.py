@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +40,9 @@ BATCH = 500
 MAX_ATTEMPTS = 8
 # Beat's pass leaves younger rows to the live process that is applying them.
 STALE_SECONDS = 2.0
+# After a ring the thread waits this long for more rows, so that at low rates a batch
+# still carries several callbacks (at high rates rows pile up while a batch runs anyway).
+COALESCE_SECONDS = 0.01
 _table = WebhookInbox.__table__
 _INSERT = (
     pg_insert(_table).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(_table.c.id)
@@ -266,6 +270,7 @@ def _wake_thread() -> None:
 def _run() -> None:
     while True:
         _wake.wait()
+        time.sleep(COALESCE_SECONDS)
         _wake.clear()  # a ring from now on runs the loop again
         try:
             while apply_pending() >= BATCH:
