@@ -42,7 +42,7 @@ MAX_ATTEMPTS = 8
 STALE_SECONDS = 2.0
 # After a ring the thread waits this long for more rows, so that at low rates a batch
 # still carries several callbacks (at high rates rows pile up while a batch runs anyway).
-COALESCE_SECONDS = 0.01
+COALESCE_SECONDS = 0.025
 _table = WebhookInbox.__table__
 _INSERT = (
     pg_insert(_table).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(_table.c.id)

@@ -154,6 +154,15 @@ _WRITTEN = (
     "from_number",
 )
 _table = Message.__table__
+# What deciding a change reads: the columns written, and what matching a callback needs.
+_READ = (
+    "id",
+    "tenant_id",
+    "direction",
+    "provider",
+    "provider_account_id",
+    *_WRITTEN,
+)
 _BATCH_UPDATE = (
     update(_table)
     .where(_table.c.id == bindparam("b_id"), _table.c.status == bindparam("b_was"))
@@ -196,17 +205,19 @@ def lock_messages(
         return {}
     url = func.coalesce(_table.c.callback_url, Tenant.callback_url)
     rows = session.connection().execute(
-        select(_table, url.label("_listen_url"))
+        select(*(_table.c[name] for name in _READ), url.label("_listen_url"))
         .join(Tenant, Tenant.id == _table.c.tenant_id)
         .where(or_(*conditions))
         .order_by(_table.c.id)
         .with_for_update(of=_table)
     )
-    found = {}
-    for row in rows.mappings():
-        state = {_COLUMNS.get(k, k): v for k, v in row.items()}
-        found[state["id"]] = state
-    return found
+    return {row["id"]: dict(row) for row in rows.mappings()}
+
+
+def _full_rows(session: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every column of these messages (as attributes), for the events owed on them."""
+    rows = session.connection().execute(select(_table).where(_table.c.id.in_(ids)))
+    return {row["id"]: {_COLUMNS.get(k, k): v for k, v in row.items()} for row in rows.mappings()}
 
 
 def apply_statuses(
@@ -274,7 +285,7 @@ def apply_statuses(
             }
         )
         if change.applied and m["_listen_url"]:
-            owed.append((m["_listen_url"], _snapshot(m)))
+            owed.append((m["_listen_url"], {n: m[n] for n in ("id", *_WRITTEN)}))
     connection = session.connection()
     if dirty:
         connection.execute(
@@ -286,7 +297,9 @@ def apply_statuses(
         )
     if events:
         connection.execute(insert(MessageEvent.__table__), events)
-    for url, snapshot in owed:
+    full = _full_rows(session, list({s["id"] for _, s in owed})) if owed else {}
+    for url, written in owed:
+        snapshot = {**full[written["id"]], **written}  # the message as this change left it
         session.add(
             EventDelivery(
                 message_id=snapshot["id"],
@@ -300,10 +313,6 @@ def apply_statuses(
             session, list(dict.fromkeys(s["id"] for _, s in owed)), EVENTS_QUEUE, EVENTS_TASK
         )
     return sum(1 for c in changes if c.applied)
-
-
-def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if not k.startswith("_")}
 
 
 def _to_dict(snapshot: dict[str, Any]) -> dict[str, Any]:
