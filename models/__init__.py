@@ -2,8 +2,15 @@
 
 from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
-from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
-from models.message import WebhookInbox
+from models.message import (
+    Campaign,
+    Contact,
+    EventDelivery,
+    Message,
+    MessageEvent,
+    WebhookEvent,
+    WebhookInbox,
+)
 from models.tenant import ApiKey, ProviderAccount, Tenant
 
 __all__ = [

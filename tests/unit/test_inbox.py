@@ -101,10 +101,8 @@ def _state(mid: str) -> tuple:
 def test_one_batch_of_shuffled_callbacks_moves_each_message_forward_only(
     client, auth, dispatched, applier_off
 ) -> None:
-    batch, alone = [], []
-    for i, (statuses, _) in enumerate(SCENARIOS):
-        batch.append(new_message(client, auth, channel="sms"))
-        alone.append(new_message(client, auth, channel="sms"))
+    batch = [new_message(client, auth, channel="sms") for _ in SCENARIOS]
+    alone = [new_message(client, auth, channel="sms") for _ in SCENARIOS]
     posted = []  # (message id, status, sid): each message's callbacks in its order
     for i, (statuses, _) in enumerate(SCENARIOS):
         sid = f"SM{i:032d}"
@@ -120,11 +118,7 @@ def test_one_batch_of_shuffled_callbacks_moves_each_message_forward_only(
         assert twilio_status(client, mid, status, sid, Price="-0.0075", **extra).status_code == 204
     assert inbox.apply_pending() == len(order)  # one batch
     # The same callbacks, each applied on its own by the one-at-a-time path.
-    with session_scope() as session:
-        from tests.conftest import TWILIO_SID
-
-        accounts = [m.provider_account_id for m in [session.get(Message, alone[0])]]
-        assert accounts[0] is not None and TWILIO_SID
+    accounts = [message(alone[0]).provider_account_id]
     for i, calls in enumerate(posted):
         for _, status, sid in calls:
             form = {
@@ -150,7 +144,7 @@ def test_duplicate_callbacks_in_one_batch_give_one_event(
     mid = new_message(client, auth, channel="sms")
     sid = "SM" + "c" * 32
     assert twilio_status(client, mid, "delivered", sid).status_code == 204
-    row = [r for r in pending() if r.ref == mid][0]
+    row = next(r for r in pending() if r.ref == mid)
     # The same callback again in the same batch (e.g. kept twice across an upgrade).
     with session_scope() as session:
         inbox.record(
