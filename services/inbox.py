@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,7 @@ STALE_SECONDS = 2.0
 # After a ring the thread waits this long for more rows, so that at low rates a batch
 # still carries several callbacks (at high rates rows pile up while a batch runs anyway).
 COALESCE_SECONDS = 0.025
+LOCK_TIMEOUT_MS = 250
 _table = WebhookInbox.__table__
 _INSERT = (
     pg_insert(_table).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(_table.c.id)
@@ -152,6 +153,11 @@ def apply_pending(limit: int = BATCH, older_than: float | None = None) -> int:
     rolled back and its rows applied one by one, so one bad row holds back no other."""
     session = new_session()
     try:
+        # A batch locks many messages (in id order); a worker recording a batch of sends
+        # locks them in its own order. Giving up a wait well before PostgreSQL's deadlock
+        # check (1 s) means a would-be deadlock costs this batch (retried row by row, one
+        # lock at a time), never the worker's transaction.
+        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
         rows = _take(session, limit, older_than)
         if not rows:
             session.rollback()
@@ -162,7 +168,7 @@ def apply_pending(limit: int = BATCH, older_than: float | None = None) -> int:
             return len(rows)
         except Exception as exc:
             session.rollback()
-            if database_unavailable(exc):
+            if database_unavailable(exc) and not _contention(exc):
                 raise
             log.warning("inbox batch of %d failed (%s): applying alone", len(rows), exc)
     finally:
@@ -170,6 +176,15 @@ def apply_pending(limit: int = BATCH, older_than: float | None = None) -> int:
     for row in rows:
         _apply_alone(row.id)
     return len(rows)
+
+
+def _contention(exc: Exception) -> bool:
+    """A lock wait given up, a deadlock or a serialization failure: the database is up,
+    this transaction lost a race (psycopg reports these as OperationalError too)."""
+    from psycopg import errors
+
+    orig = getattr(exc, "orig", None)
+    return isinstance(orig, errors.LockNotAvailable | errors.TransactionRollback)
 
 
 def _apply_alone(row_id: int) -> None:

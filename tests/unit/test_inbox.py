@@ -218,3 +218,33 @@ def test_the_receiving_process_applies_callbacks_by_itself(client, auth, dispatc
             )
         ).all()
     assert applied == [True]
+
+
+def test_a_batch_gives_up_a_lock_wait_rather_than_risk_a_deadlock(
+    client, auth, dispatched, applier_off, caplog
+) -> None:
+    import threading
+
+    from models import new_session
+
+    mid = new_message(client, auth, channel="sms")
+    assert twilio_status(client, mid, "delivered", "SM" + "g" * 32).status_code == 204
+    holder = new_session()  # e.g. a worker recording a batch of sends, holding the row
+    holder.execute(select(Message.id).where(Message.id == mid).with_for_update())
+    caplog.set_level("WARNING", logger="services.inbox")
+    applier = threading.Thread(target=inbox.apply_pending)
+    try:
+        applier.start()
+        deadline = time.monotonic() + 30
+        while "applying alone" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # The batch gave up its wait (lock_timeout, below the deadlock check) and rolled
+        # back: the row waits to be applied on its own, one lock at a time.
+        assert "applying alone" in caplog.text
+        assert message(mid).status == "queued"
+    finally:
+        holder.rollback()
+        holder.close()
+        applier.join(timeout=60)
+    assert message(mid).status == "delivered"
+    assert events_of(mid)[1:] == [("delivered", "delivered", True)]
