@@ -115,6 +115,7 @@ task_routes = {
     "herald.reconcile": {"queue": "herald.periodic"},
     "herald.sync_templates": {"queue": "herald.periodic"},
     "herald.expire": {"queue": "herald.periodic"},
+    "herald.apply_inbox": {"queue": "herald.periodic"},
 }
 
 beat_schedule = {
@@ -145,6 +146,12 @@ beat_schedule = {
     "expire": {
         "task": "herald.expire",
         "schedule": float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")),
+        "options": {"queue": "herald.periodic", "expires": 30},
+    },
+    # Status callbacks whose receiving process died before applying them (services/inbox.py).
+    "apply-inbox": {
+        "task": "herald.apply_inbox",
+        "schedule": 5.0,
         "options": {"queue": "herald.periodic", "expires": 30},
     },
 }

@@ -8,13 +8,14 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from api.auth import db
 from herald.config import get_settings
+from services import inbox
 from services.errors import Forbidden, InvalidRequest
 from services.webhooks import (
     handle_meta_payload,
     handle_twilio_inbound,
-    handle_twilio_status,
     meta_verify_challenge,
     parse_meta_body,
+    receive_twilio_status,
     verify_meta,
     verify_twilio,
 )
@@ -42,7 +43,7 @@ def twilio_status():  # type: ignore[no-untyped-def]
         content:
           application/x-www-form-urlencoded: {schema: TwilioForm}
       responses:
-        204: {description: Recorded}
+        204: {description: "Recorded (durably); applied a few ms later"}
         400:
           description: A NUL in the URL, or signed but not a Twilio callback
           content:
@@ -54,8 +55,10 @@ def twilio_status():  # type: ignore[no-untyped-def]
     accounts = verify_twilio(
         session, _public_url(), form, request.headers.get("X-Twilio-Signature", "")
     )
-    handle_twilio_status(session, accounts, form, request.args.get("message_id"))
-    session.commit()
+    new = receive_twilio_status(session, accounts, form, request.args.get("message_id"))
+    session.commit()  # durable from here: the 204 is true even if no applier runs yet
+    if new:
+        inbox.ring()
     return Response(status=204)
 
 

@@ -704,11 +704,59 @@ def ingest_phase(ctx: Context, app: HeraldApp) -> dict[str, Any]:
                 }
             )
     meter = CpuMeter({"app": _app_roots(app)}, app.pg, ctx.redis_url)
-    meter.start()
-    load = drive(ctx, app.url, requests, ctx.args.load_timeout)
+    targets = [p for p in descendants(_app_roots(app)) if classify(_cmdline(p)) != "other"]
+    targets = [p for p in targets if "gunicorn" not in _cmdline(p) or _is_master(p, targets)]
+    with profiling(ctx, targets, "ingest"):  # --profile DIR: DIR/ingest-api.txt
+        meter.start()
+        load = drive(ctx, app.url, requests, ctx.args.load_timeout)
+    # Callbacks are applied from the inbox a few ms after their answer: the CPU window
+    # runs until it is empty, so the applying is counted too.
+    drained = _inbox_drained(ctx, ctx.args.send_timeout)
+    applied_s = time.monotonic() - meter._t0
     time.sleep(0.5)
     cpu = meter.stop()
-    return {"load": load, "callbacks": len(requests), "cpu": cpu, "wall_s": meter.wall}
+    delivered = _delivered(ctx, [s["herald_id"] for s in sends])
+    return {
+        "load": load,
+        "callbacks": len(requests),
+        "cpu": cpu,
+        "wall_s": meter.wall,
+        "drained": drained,
+        "applied_s": applied_s,
+        "delivered": delivered,
+        "messages": len(sends),
+    }
+
+
+def _inbox_drained(ctx: Context, timeout: float) -> bool | None:
+    """Wait until Herald's webhook inbox is empty (None: no PostgreSQL to look at)."""
+    if not ctx.pg_dsn:
+        return None
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(ctx.pg_dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(f'SELECT count(*) FROM "{ctx.schema}".webhook_inbox').fetchone()
+            if row and row[0] == 0:
+                return True
+            time.sleep(0.05)
+    return False
+
+
+def _delivered(ctx: Context, ids: list[str]) -> int | None:
+    """How many of these messages the callbacks left `delivered`."""
+    if not ctx.pg_dsn:
+        return None
+    import psycopg
+
+    with psycopg.connect(ctx.pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{ctx.schema}".messages '
+            "WHERE id = ANY(%s) AND status = 'delivered'",
+            (ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def backlog_phase(ctx: Context) -> dict[str, Any]:
@@ -864,8 +912,16 @@ def main(argv: list[str] | None = None) -> int:
             f"\ncallback ingest (Herald): {ok}/{r['callbacks']} answered 2xx, "
             f"{ok / r['load']['elapsed_s']:,.0f} callbacks/s, p50 {r['load']['p50_ms']:.1f} ms, "
             f"p99 {r['load']['p99_ms']:.1f} ms, CPU {cpu * 1000 / max(1, ok):.2f} ms/callback "
-            f"(+{stores * 1000 / max(1, ok):.2f} in PostgreSQL/Redis)"
+            f"(+{stores * 1000 / max(1, ok):.2f} in PostgreSQL/Redis); of which "
+            + ", ".join(f"{g} {r['cpu'].get(g, 0.0) * 1000 / max(1, ok):.2f}" for g in GROUPS)
         )
+        if r.get("drained") is not None:
+            print(
+                f"  applied: inbox {'empty' if r['drained'] else 'NOT empty'} "
+                f"{r['applied_s']:.1f} s after the first callback (load took "
+                f"{r['load']['elapsed_s']:.1f} s); {r['delivered']} of {r['messages']} "
+                "messages delivered"
+            )
     if "backlog" in extra:
         r = extra["backlog"]
         groups = (*GROUPS, "postgres", "redis")

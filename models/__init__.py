@@ -3,7 +3,15 @@
 from models.base import Base, new_id, utcnow
 from models.db import get_engine, new_session, reset_engine, session_scope
 from models.media import Media
-from models.message import Campaign, Contact, EventDelivery, Message, MessageEvent, WebhookEvent
+from models.message import (
+    Campaign,
+    Contact,
+    EventDelivery,
+    Message,
+    MessageEvent,
+    WebhookEvent,
+    WebhookInbox,
+)
 from models.sender import Sender
 from models.template import Template
 from models.tenant import ApiKey, ProviderAccount, Tenant
@@ -22,6 +30,7 @@ __all__ = [
     "Template",
     "Tenant",
     "WebhookEvent",
+    "WebhookInbox",
     "get_engine",
     "new_id",
     "new_session",

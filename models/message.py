@@ -197,3 +197,27 @@ class Campaign(Base):
     quiet_hours: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class WebhookInbox(Base):
+    """A provider callback received and not yet applied (the ingest inbox): the API
+    answers once this row is committed, an applier takes rows in batches and deletes
+    them. `dedup_key` is unique, so a retry of a callback still waiting here is one
+    row; after it is applied, `webhook_events` de-duplicates."""
+
+    __tablename__ = "webhook_inbox"
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    dedup_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # The provider accounts whose secret signed it: what the callback may touch.
+    accounts: Mapped[list] = mapped_column(JSON)
+    # Herald's message id named by the callback (Twilio's `message_id` query), if any.
+    ref: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A row that failed to apply waits (next_attempt_at) and is kept after MAX attempts.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -7,15 +7,17 @@ a late `sent` can never overwrite `delivered`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, insert, inspect, or_, select, update
 from sqlalchemy.orm import Session
 
-from models import Message, MessageEvent, utcnow
-from services.events import record_status_event
+from models import EventDelivery, Message, MessageEvent, Tenant, utcnow
+from services.dispatch import enqueue_after_commit
+from services.events import EVENTS_QUEUE, EVENTS_TASK, record_status_event
 
 PROGRESS = ("scheduled", "queued", "sending", "sent", "delivered", "read")
 RANK = {s: i for i, s in enumerate(PROGRESS)}
@@ -124,3 +126,197 @@ def apply_status(
         )
     )
     return applied
+
+
+# ---------------------------------------------------------------- batches
+#
+# The same machine for many status changes at once (the webhook inbox's applier): the
+# messages are locked in one SELECT ... FOR UPDATE, each change is decided in order
+# against the locked row as `apply_status` would decide it, then one UPDATE per message
+# (one executemany), one INSERT of all events and the events owed to listeners.
+
+_COLUMNS = {attr.columns[0].name: attr.key for attr in inspect(Message).column_attrs}
+_ALLOWED = {new: frozenset(allowed_from(new)) for new in OUTBOUND}
+# What a status change may write; the batch UPDATE sets all of them.
+_WRITTEN = (
+    "status",
+    "updated_at",
+    "sent_at",
+    "delivered_at",
+    "read_at",
+    "error_code",
+    "error_message",
+    "provider_error_code",
+    "lease_until",
+    "provider_message_id",
+    "price",
+    "price_unit",
+    "from_number",
+)
+_table = Message.__table__
+# What deciding a change reads: the columns written, and what matching a callback needs.
+_READ = (
+    "id",
+    "tenant_id",
+    "direction",
+    "provider",
+    "provider_account_id",
+    *_WRITTEN,
+)
+_BATCH_UPDATE = (
+    update(_table)
+    .where(_table.c.id == bindparam("b_id"), _table.c.status == bindparam("b_was"))
+    .values({name: bindparam(f"b_{name}", type_=_table.c[name].type) for name in _WRITTEN})
+)
+
+
+@dataclass
+class StatusChange:
+    """One status change to apply in a batch: the arguments of `apply_status`."""
+
+    message_id: str
+    new: str
+    source: str
+    at: datetime
+    native_status: str | None = None
+    error_code: str | None = None
+    provider_code: str | None = None
+    error_message: str | None = None
+    detail: dict[str, Any] | None = None
+    provider_message_id: str | None = None
+    price: Decimal | None = None
+    price_unit: str | None = None
+    from_number: str | None = None
+    applied: bool = field(default=False, init=False)
+
+
+def lock_messages(
+    session: Session, ids: set[str], provider_ids: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The messages with these ids or provider ids, locked until commit (in id order, so
+    two appliers lock in the same order), as attribute dicts with `_listen_url`: where
+    their events go, if anyone listens."""
+    conditions = []
+    if ids:
+        conditions.append(_table.c.id.in_(sorted(ids)))
+    if provider_ids:
+        conditions.append(_table.c.provider_message_id.in_(sorted(provider_ids)))
+    if not conditions:
+        return {}
+    url = func.coalesce(_table.c.callback_url, Tenant.callback_url)
+    rows = session.connection().execute(
+        select(*(_table.c[name] for name in _READ), url.label("_listen_url"))
+        .join(Tenant, Tenant.id == _table.c.tenant_id)
+        .where(or_(*conditions))
+        .order_by(_table.c.id)
+        .with_for_update(of=_table)
+    )
+    return {row["id"]: dict(row) for row in rows.mappings()}
+
+
+def _full_rows(session: Session, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every column of these messages (as attributes), for the events owed on them."""
+    rows = session.connection().execute(select(_table).where(_table.c.id.in_(ids)))
+    return {row["id"]: {_COLUMNS.get(k, k): v for k, v in row.items()} for row in rows.mappings()}
+
+
+def apply_statuses(
+    session: Session, changes: list[StatusChange], messages: dict[str, dict[str, Any]]
+) -> int:
+    """Apply `changes` in order to `messages` (locked by `lock_messages` in this
+    transaction): forward only, as `apply_status` does one at a time. A provider id is
+    copied only if no other message holds it (noted as `provider_id_conflict`). Sets each
+    change's `applied`; returns how many applied."""
+    holders = {
+        (m["provider"], m["provider_message_id"]): m["id"]
+        for m in messages.values()
+        if m["provider_message_id"]
+    }
+    dirty: dict[str, str] = {}  # message id -> its status when locked
+    events: list[dict[str, Any]] = []
+    owed: list[tuple[str, dict[str, Any]]] = []
+    now = utcnow()
+    for change in changes:
+        m = messages[change.message_id]
+        pid = change.provider_message_id
+        if pid and m["provider_message_id"] != pid:
+            holder = holders.get((m["provider"], pid))
+            if holder is not None and holder != m["id"]:
+                change.detail = {**(change.detail or {}), "provider_id_conflict": True}
+                pid = None
+        was, new, at = m["status"], change.new, change.at
+        change.applied = was in _ALLOWED.get(new, ())
+        touched = change.applied or bool(pid or change.price is not None or change.from_number)
+        if change.applied:
+            m["status"] = new
+            if new == "sent":
+                m["sent_at"] = m["sent_at"] or at
+            if new in ("delivered", "read"):
+                m["delivered_at"] = m["delivered_at"] or at
+                m["sent_at"] = m["sent_at"] or at
+            if new == "read":
+                m["read_at"] = at
+            if new in TERMINAL - {"canceled"}:
+                m["error_code"] = change.error_code or new
+                m["error_message"] = change.error_message
+                m["provider_error_code"] = change.provider_code
+            if new in TERMINAL or RANK.get(new, 0) >= RANK["sent"]:
+                m["lease_until"] = None
+        if pid and not m["provider_message_id"]:
+            m["provider_message_id"] = pid
+            holders[(m["provider"], pid)] = m["id"]
+        if change.price is not None:
+            m["price"], m["price_unit"] = change.price, change.price_unit
+        if change.from_number and not m["from_number"]:
+            m["from_number"] = change.from_number
+        if touched:
+            m["updated_at"] = now
+            dirty.setdefault(m["id"], was)
+        events.append(
+            {
+                "message_id": m["id"],
+                "status": new,
+                "native_status": change.native_status,
+                "source": change.source,
+                "applied": change.applied,
+                "error_code": change.provider_code or change.error_code,
+                "detail": change.detail,
+                "at": at,
+            }
+        )
+        if change.applied and m["_listen_url"]:
+            owed.append((m["_listen_url"], {n: m[n] for n in ("id", *_WRITTEN)}))
+    connection = session.connection()
+    if dirty:
+        connection.execute(
+            _BATCH_UPDATE,
+            [
+                {"b_id": mid, "b_was": was, **{f"b_{n}": messages[mid][n] for n in _WRITTEN}}
+                for mid, was in dirty.items()
+            ],
+        )
+    if events:
+        connection.execute(insert(MessageEvent.__table__), events)
+    full = _full_rows(session, list({s["id"] for _, s in owed})) if owed else {}
+    for url, written in owed:
+        snapshot = {**full[written["id"]], **written}  # the message as this change left it
+        session.add(
+            EventDelivery(
+                message_id=snapshot["id"],
+                tenant_id=snapshot["tenant_id"],
+                url=url,
+                payload={"type": "message.status", "message": _to_dict(snapshot)},
+            )
+        )
+    if owed:
+        enqueue_after_commit(
+            session, list(dict.fromkeys(s["id"] for _, s in owed)), EVENTS_QUEUE, EVENTS_TASK
+        )
+    return sum(1 for c in changes if c.applied)
+
+
+def _to_dict(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The event payload of the message as it was after one change (a transient copy)."""
+    from services.serialize import message_to_dict
+
+    return message_to_dict(Message(**snapshot), events=False)

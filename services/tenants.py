@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,7 @@ _generation = 0
 _keys = _TTLCache(CACHE_SIZE)  # API key hash → tenant id
 _tenants = _TTLCache(CACHE_SIZE)  # tenant id → detached Tenant (read-only)
 _accounts = _TTLCache(CACHE_SIZE)  # (tenant id, provider) → AccountCredentials | None
+_by_external = _TTLCache(CACHE_SIZE)  # (provider, external id) → webhook signers, decrypted
 
 
 def forget_cached() -> None:
@@ -118,7 +119,7 @@ def forget_cached() -> None:
     changing a tenant or an account by any path this module does not see."""
     global _generation
     _generation += 1
-    for cache in (_keys, _tenants, _accounts):
+    for cache in (_keys, _tenants, _accounts, _by_external):
         cache.clear()
 
 
@@ -303,6 +304,29 @@ def accounts_by_external_id(
 ) -> list[ProviderAccount]:
     """Accounts a webhook names, oldest first: a stable order, never the database's whim."""
     return accounts_by_external_ids(session, provider, [external_id])
+
+
+def cached_accounts_by_external_id(
+    session: Session,
+    provider: str,
+    external_id: str,
+    decrypt: Callable[[ProviderAccount], AccountCredentials | None],
+) -> list[AccountCredentials]:
+    """`accounts_by_external_id`, each through `decrypt` (None: skipped), from the
+    per-process cache (CACHE_SECONDS): a webhook's signature check reads no row. An id
+    no account has is not cached (no cache flooding by forged ids)."""
+    hit, found = _by_external.get((provider, external_id))
+    if hit:
+        return found
+    generation = _generation
+    found = [
+        creds
+        for creds in map(decrypt, accounts_by_external_id(session, provider, external_id))
+        if creds is not None
+    ]
+    if found:
+        _by_external.put((provider, external_id), found, generation)
+    return found
 
 
 def accounts_by_external_ids(

@@ -50,6 +50,7 @@ from services.tenants import (
     AccountCredentials,
     accounts_by_external_id,
     accounts_by_external_ids,
+    cached_accounts_by_external_id,
 )
 from services.tenants import credentials as _credentials
 from services.usage import record_meta_pricing
@@ -106,22 +107,33 @@ def verify_twilio(
     session: Session, url: str, form: dict[str, str], signature: str
 ) -> list[AccountCredentials]:
     """The accounts whose auth token signed this request (one Twilio account may
-    serve several tenants); Forbidden if none did. Each distinct token is tried once."""
+    serve several tenants); Forbidden if none did. Each distinct token is tried once.
+    The accounts come from a per-process cache (services.tenants.CACHE_SECONDS): a
+    rotated auth token is refused by every process within that many seconds."""
     matched = []
     verdicts: dict[str, bool] = {}
     if signature:
-        for account in accounts_by_external_id(session, "twilio", form.get("AccountSid", "")):
-            creds = credentials(account)
-            token = creds.secrets.get("auth_token", "") if creds else ""
-            if not creds or not token:
+        sid = form.get("AccountSid", "")
+        for creds in cached_accounts_by_external_id(session, "twilio", sid, credentials):
+            token = creds.secrets.get("auth_token", "")
+            if not token:
                 continue
             if token not in verdicts:
-                verdicts[token] = RequestValidator(token).validate(url, form, signature)
+                verdicts[token] = _twilio_signed(token, url, form, signature)
             if verdicts[token]:
                 matched.append(creds)
     if not matched:
         raise Forbidden("Invalid or missing X-Twilio-Signature.")
     return matched
+
+
+def _twilio_signed(token: str, url: str, form: dict[str, str], signature: str) -> bool:
+    """Twilio's check, the URL as received first: `RequestValidator.validate` always
+    computes two signatures (with and without the port), one is enough when it matches."""
+    validator = RequestValidator(token)
+    if same_text(signature, validator.compute_signature(url, form)):
+        return True
+    return validator.validate(url, form, signature)
 
 
 @dataclass(frozen=True)
@@ -278,8 +290,12 @@ def dedup_key(provider: str, scope: str, *parts: str) -> str:
     return ":".join((provider, scope, *parts))
 
 
-def _signer_scope(accounts: list[AccountCredentials]) -> str:
-    return min(a.id for a in accounts)
+def _signer_scope(accounts: list[AccountCredentials] | list[str]) -> str:
+    return min(_ids(accounts))
+
+
+def _ids(accounts: list[AccountCredentials] | list[str]) -> list[str]:
+    return [a if isinstance(a, str) else a.id for a in accounts]
 
 
 def _record_once(session: Session, **values: Any) -> WebhookEvent | None:
@@ -296,15 +312,15 @@ def _record_once(session: Session, **values: Any) -> WebhookEvent | None:
 
 def _find_message(
     session: Session,
-    accounts: list[AccountCredentials],
+    accounts: list[AccountCredentials] | list[str],
     herald_id: str | None,
     provider_id: str | None,
 ) -> Message | None:
     """The outbound message a callback is about: by Herald's own id (known before
     the provider's id is stored), else by the provider's id; only among messages
-    of the accounts that signed the callback."""
+    of the accounts (or account ids) that signed the callback."""
     query = select(Message).where(
-        Message.provider_account_id.in_([a.id for a in accounts]), Message.direction == "outbound"
+        Message.provider_account_id.in_(_ids(accounts)), Message.direction == "outbound"
     )
     if isinstance(herald_id, str) and herald_id:
         message = session.scalars(query.where(Message.id == herald_id)).first()
@@ -561,18 +577,62 @@ def count_unrouted(session: Session) -> int:
 # ---------------------------------------------------------------- Twilio
 
 
-def handle_twilio_status(
-    session: Session,
-    accounts: list[AccountCredentials],
-    form: dict[str, str],
-    herald_id: str | None,
-) -> bool:
-    """Apply one Twilio status callback. Returns whether it was new (not a duplicate)."""
+TWILIO_STATUS_KIND = "twilio_status"  # its rows in the inbox (services/inbox.py)
+
+
+def _twilio_status_fields(form: dict[str, str]) -> tuple[dict[str, str], str, str]:
+    """The callback's form made storable, its MessageSid and its (lower-case) status."""
     form = {k: clean_text(v) for k, v in form.items()}
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
     native = (form.get("MessageStatus") or form.get("SmsStatus") or "").lower()
     if len(sid) > MAX_ID_LENGTH or len(native) > 32:
         raise InvalidRequest("MessageSid or MessageStatus is not one Twilio sends.")
+    return form, sid, native
+
+
+def _herald_ref(value: Any) -> str | None:
+    """Herald's message id as a callback URL names it, or None for anything no message
+    id can be (a message id is at most 32 ASCII characters)."""
+    ok = isinstance(value, str) and 0 < len(value) <= 32 and value.isascii()
+    return value if ok and value.isprintable() else None
+
+
+def receive_twilio_status(
+    session: Session,
+    accounts: list[AccountCredentials],
+    form: dict[str, str],
+    herald_id: str | None,
+) -> bool:
+    """Ingest one signed Twilio status callback: one INSERT into the inbox, applied a few
+    ms later by the applier (`apply_twilio_statuses`). Once the caller commits, the
+    callback is durable, so a 2xx answer is true. Returns whether it was new (a retry of
+    a callback still waiting in the inbox is not)."""
+    from services import inbox
+
+    form, sid, native = _twilio_status_fields(form)
+    return inbox.record(
+        session,
+        provider="twilio",
+        kind=TWILIO_STATUS_KIND,
+        dedup_key=dedup_key("twilio", _signer_scope(accounts), sid, native),
+        accounts=sorted(a.id for a in accounts),
+        ref=_herald_ref(herald_id),
+        payload=form,
+    )
+
+
+def handle_twilio_status(
+    session: Session,
+    accounts: list[AccountCredentials] | list[str],
+    form: dict[str, str],
+    herald_id: str | None,
+    *,
+    at: datetime | None = None,
+) -> bool:
+    """Apply one Twilio status callback now, on its own (accounts: those that signed it,
+    or their ids; `at`: when it was received). Returns whether it was new (not a
+    duplicate). The applier's path for a row its batch could not apply."""
+    form, sid, native = _twilio_status_fields(form)
     message = _find_message(session, accounts, herald_id, sid)
     receipt = _record_once(
         session,
@@ -588,6 +648,7 @@ def handle_twilio_status(
         tenant_id=message.tenant_id if message else None,
         provider_message_id=sid,
         payload=form,
+        **({"received_at": at} if at else {}),
     )
     if receipt is None:
         return False
@@ -595,21 +656,119 @@ def handle_twilio_status(
     if message is None or mapped is None:
         log.info("twilio status kept without a message sid=%s status=%s", sid, native)
         return True
-    error_code = _short(form.get("ErrorCode"), 32)
-    _apply_callback_status(
-        session,
-        message,
-        mapped,
-        provider_message_id=sid,
-        native_status=native,
-        error_code=error_name("twilio", error_code),
-        provider_code=error_code,
-        error_message=form.get("ErrorMessage") or None,
-        price=_price(form.get("Price")),
-        price_unit=_short(form.get("PriceUnit"), 8),
-        from_number=_reported_sender(form.get("From")),
-    )
+    _apply_callback_status(session, message, mapped, **_twilio_facts(form, sid, native, at))
     return True
+
+
+def _twilio_facts(form: dict[str, str], sid: str, native: str, at: datetime | None) -> dict:
+    """What a Twilio status callback tells besides its status (apply_status's arguments)."""
+    error_code = _short(form.get("ErrorCode"), 32)
+    return {
+        "provider_message_id": sid,
+        "native_status": native,
+        "at": at,
+        "error_code": error_name("twilio", error_code),
+        "provider_code": error_code,
+        "error_message": form.get("ErrorMessage") or None,
+        "price": _price(form.get("Price")),
+        "price_unit": _short(form.get("PriceUnit"), 8),
+        "from_number": _reported_sender(form.get("From")),
+    }
+
+
+def apply_twilio_statuses(session: Session, rows: list[Any]) -> list[Any]:
+    """Apply inbox rows of Twilio status callbacks set-based, in arrival order, in the
+    caller's transaction: one SELECT ... FOR UPDATE of their messages, one INSERT of
+    their receipts (a duplicate's dedup key is already there: it changes nothing), then
+    `services.status.apply_statuses`. The per-account receipt keys and the matching
+    rules are `handle_twilio_status`'s. Returns the rows to apply one by one instead
+    (none unless a row is not one `receive_twilio_status` stores)."""
+    from services.status import StatusChange, apply_statuses, lock_messages
+
+    parsed, leftover = [], []
+    for row in rows:
+        try:
+            form, sid, native = _twilio_status_fields(row.payload)
+            accounts = set(row.accounts)
+        except (AttributeError, TypeError, InvalidRequest):
+            leftover.append(row)
+            continue
+        parsed.append((row, form, sid, native, accounts))
+    messages = lock_messages(
+        session,
+        {row.ref for row, *_ in parsed if row.ref},
+        {sid for _, _, sid, *_ in parsed if sid},
+    )
+    by_provider_id = {
+        m["provider_message_id"]: m for m in messages.values() if m["provider_message_id"]
+    }
+    receipts: dict[str, dict[str, Any]] = {}
+    todo = []
+    for row, form, sid, native, accounts in parsed:
+        message = None
+        for candidate in (messages.get(row.ref) if row.ref else None, by_provider_id.get(sid)):
+            if (
+                candidate is not None
+                and candidate["direction"] == "outbound"
+                and candidate["provider_account_id"] in accounts
+            ):
+                message = candidate
+                break
+        if message is None and sid and sid not in by_provider_id:
+            # Found by a provider id an earlier row of this batch may copy: one by one.
+            leftover.append(row)
+            continue
+        scope = message["provider_account_id"] if message else min(accounts)
+        key = dedup_key("twilio", scope, sid, native)
+        if key in receipts:
+            continue  # the same callback twice in this batch
+        receipts[key] = {
+            "provider": "twilio",
+            "kind": "status",
+            "dedup_key": key,
+            "message_id": message["id"] if message else None,
+            "tenant_id": message["tenant_id"] if message else None,
+            "provider_message_id": sid,
+            "payload": form,
+            "received_at": row.received_at,
+        }
+        todo.append((key, message, form, sid, native, row.received_at))
+    new = record_receipts(session, list(receipts.values()))
+    changes = []
+    for key, message, form, sid, native, at in todo:
+        mapped = TWILIO_STATUS.get(native)
+        if key not in new:
+            continue
+        if message is None or mapped is None:
+            log.info("twilio status kept without a message sid=%s status=%s", sid, native)
+            continue
+        changes.append(
+            StatusChange(
+                message_id=message["id"],
+                new=mapped,
+                source="twilio",
+                **_twilio_facts(form, sid, native, at),
+            )
+        )
+    apply_statuses(session, changes, messages)
+    return leftover
+
+
+def record_receipts(session: Session, receipts: list[dict[str, Any]]) -> set[str]:
+    """Insert many receipts at once; the dedup keys that were new (the others had been
+    recorded before: duplicates)."""
+    if not receipts:
+        return set()
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    table = WebhookEvent.__table__
+    inserted = session.connection().execute(
+        pg_insert(table)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(table.c.dedup_key),
+        receipts,
+    )
+    return set(inserted.scalars())
 
 
 def route_twilio_inbound(

@@ -92,6 +92,18 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _inbox_inline() -> Iterator[None]:
+    """Callbacks are applied in the request that received them, once it committed
+    (services/inbox.py: in production a thread of the process applies them a few ms
+    later), so a test reads their effect right after the POST."""
+    from services import inbox
+
+    inbox.set_applier(inbox.apply_inline)
+    yield
+    inbox.set_applier(None)
+
+
 @pytest.fixture
 def dispatched() -> Iterator[list]:
     """Capture what would be enqueued instead of publishing to a broker."""

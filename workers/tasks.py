@@ -135,3 +135,12 @@ def sync_templates() -> dict[str, int]:
 def expire() -> int:
     """Beat: fail the waiting messages whose ttl has passed (services/expiry.py)."""
     return len(expiry.expire_waiting())
+
+
+@shared_task(name="herald.apply_inbox", ignore_result=True)
+def apply_inbox() -> int:
+    """Beat: apply status callbacks left in the webhook inbox (the process that received
+    them applies them within ms; this is for one that died first)."""
+    from services import inbox
+
+    return inbox.apply_all(older_than=inbox.STALE_SECONDS)

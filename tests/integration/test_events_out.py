@@ -243,6 +243,13 @@ def test_callbacks_to_private_addresses_are_refused(
             },
         ).get_json()["id"]
         deliver(mid)
+        # The sandbox's callbacks owe events too: let them land before the events go out.
+        wait_for(
+            lambda: (
+                client.get(f"/v1/messages/{mid}", headers=auth).get_json()["status"] == "delivered"
+            ),
+            what="the delivered callback",
+        )
         assert deliver_pending_events(mid) is None
         assert receiver.events == []
         with session_scope() as session:
