@@ -69,12 +69,15 @@ def fresh_app() -> Iterator[None]:
     from sandbox import MetaAccount, SandboxServer, SandboxState
     from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN
 
-    # POST /v1/media uploads what it accepts: to the sandbox, not to an unreachable Meta
-    # (whose 502 is no input's fault).
+    # POST /v1/media uploads what it accepts, and POST /v1/templates/sync lists templates:
+    # from the sandbox, not from an unreachable Meta or Twilio (whose 502 or timeout is no
+    # input's fault).
     state = SandboxState(meta_accounts=[MetaAccount(META_PHONE_ID, META_TOKEN, META_SECRET)])
     with pytest.MonkeyPatch.context() as patch, SandboxServer(state) as sandbox:
         patch.setenv("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
         patch.setenv("META_GRAPH_BASE", sandbox.url)
+        patch.setenv("TWILIO_API_BASE", sandbox.url)
+        patch.setenv("TWILIO_CONTENT_BASE", sandbox.url)
         get_settings.cache_clear()
         HERALD.app = None
         yield
