@@ -65,3 +65,45 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data
+
+
+def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """`message_to_dict` of a message just inserted, from its row's values and its one
+    event: no ORM object is built for the answer of a POST."""
+    created = iso(values["created_at"])
+    return {
+        "id": values["id"],
+        "status": values["status"],
+        "direction": values["direction"],
+        "channel": values["channel"],
+        "provider": values["provider"],
+        "to": values["to_number"],
+        "from": None,
+        "contact_id": values["contact_id"],
+        "body": values["body"],
+        "media_url": values["media_urls"],
+        "template": values["template"],
+        "provider_message_id": None,
+        "error": None,
+        "attempts": values["attempts"],
+        "campaign_id": values["campaign_id"],
+        "metadata": values["metadata"] or {},
+        "callback_url": values["callback_url"],
+        "send_at": iso(values["send_at"]),
+        "price": None,
+        "price_unit": None,
+        "created_at": created,
+        "updated_at": iso(values["updated_at"]),
+        "sent_at": None,
+        "delivered_at": None,
+        "read_at": None,
+        "events": [
+            {
+                "status": event["status"],
+                "native_status": None,
+                "at": iso(event["at"]),
+                "source": event["source"],
+                "applied": event["applied"],
+            }
+        ],
+    }
