@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         app.start()
         ctx.sandbox.reset(False)
-        warmup = min(args.messages, 2 * max(1, args.batch), 200)
+        warmup = min(args.messages, max(2 * args.batch, 200))
         warm = _requests(app, warmup, args.batch, 2_000_000)
         _load(ctx, app, warm, args.batch)
         time.sleep(1.0)

@@ -10,7 +10,6 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    post_load,
     validate,
     validates_schema,
 )
@@ -18,7 +17,7 @@ from marshmallow import (
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.errors import InvalidRequest
 from services.inputs import value_problem
-from services.phones import PHONE_FIELD, normalize_e164, parse_e164
+from services.phones import PHONE_FIELD, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -91,7 +90,7 @@ class MessageRequestSchema(Schema):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
         if "to" in data:
             try:
-                parse_e164(data["to"])
+                data["to"] = parse_e164(data["to"])  # normalized here: parsed once
             except ValueError as exc:
                 errors.setdefault("to", []).append(str(exc))
         if not any(k in data for k in ("body", "media_url", "template", "interactive")):
@@ -110,12 +109,6 @@ class MessageRequestSchema(Schema):
             errors.setdefault("metadata", []).append("At most 4 KB of metadata.")
         if errors:
             raise ValidationError(errors)
-
-    @post_load
-    def _normalize(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        if "to" in data:
-            data["to"] = normalize_e164(data["to"])
-        return data
 
 
 _schema = MessageRequestSchema()
