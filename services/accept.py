@@ -164,6 +164,7 @@ class Item:
     provider: str | None = None
     account_id: str | None = None
     refusal: HeraldError | None = None  # known before the database was asked
+    log_each: bool = True  # a line per message; a batch logs one line for all
     # The outcome, set by `store`:
     created: bool = False
     values: dict[str, Any] | None = None  # the inserted row (created)
@@ -349,6 +350,8 @@ def store(session: Session, items: list[Item]) -> None:
         for queue, ids in queues.items():
             enqueue_after_commit(session, ids, queue)
         for item in created:
+            if not item.log_each:
+                continue
             values = item.values
             log.info(
                 "message accepted id=%s tenant=%s channel=%s provider=%s to=%s status=%s",
@@ -736,6 +739,17 @@ def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, An
     for answer in answers:
         status = answer["status"]
         counts["accepted" if status == 202 else "replayed" if status == 200 else "failed"] += 1
+    created = [i.values["id"] for i in items if i.created and i.values]
+    log.info(
+        "batch accepted tenant=%s messages=%d accepted=%d replayed=%d failed=%d ids=%s..%s",
+        tenant.id,
+        len(answers),
+        counts["accepted"],
+        counts["replayed"],
+        counts["failed"],
+        min(created, default="-"),
+        max(created, default="-"),
+    )
     return {"data": answers, **counts}
 
 
