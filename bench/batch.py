@@ -161,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     args.callbacks = False
+
+    def _stopped(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"bench.batch: stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _stopped)  # stop what it started, as on Ctrl-C
     try:
         result = run(args)
     except Exception as exc:
