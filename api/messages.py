@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_tenant, db, json_body, require_tenant
+from herald.config import get_settings
+from services.accept import accept_batch, accept_one
 from services.errors import InvalidRequest
-from services.messages import accept_message, cancel_message, get_message, list_messages
+from services.messages import cancel_message, get_message, list_messages
 from services.schemas import load_message_request
 from services.serialize import message_to_dict
 from services.status import OUTBOUND
@@ -36,18 +38,67 @@ def create():  # type: ignore[no-untyped-def]
         429: RateLimited
     """
     payload = json_body()
-    data = load_message_request(payload)
-    session = db()
-    message, created = accept_message(
-        session,
-        current_tenant(),
-        data,
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
-        raw=payload,
-        own_transaction=True,
+    data = load_message_request(payload, walked=True)
+    item = accept_one(
+        db(), current_tenant(), payload, data, request.headers.get("Idempotency-Key") or None
     )
-    session.commit()
-    return jsonify(message_to_dict(message)), 202 if created else 200
+    return jsonify(item.answer()), item.status
+
+
+# A batch of 1,000 messages with long bodies is more than the single-message limit.
+BATCH_BODY_BYTES = 16 * 1024 * 1024
+
+
+@bp.post("/batch")
+@require_tenant
+def create_batch():  # type: ignore[no-untyped-def]
+    """Validate, persist and enqueue up to 1,000 messages, each answered on its own.
+    ---
+    post:
+      summary: Accept up to 1,000 messages in one request
+      description: >-
+        Each entry is validated, checked (opt-out, 24-hour window, quota) and stored
+        on its own: a refused entry never sinks the others. The answer is 200 with one
+        result per entry, in order: `status` 202 and the `message` when it was
+        accepted, 200 and the first message when its `idempotency_key` was already
+        used with the same message (a replay), or the error status with the usual
+        `error` object (400 invalid, 409 key used with another message, 422 refused,
+        429 over quota with `retry_after`). Accepted entries are committed before the
+        answer. The envelope itself is refused as a whole: not a JSON object or no
+        `messages` list (400), more than 1,000 entries (413, `batch_too_large`).
+      requestBody:
+        required: true
+        content: {application/json: {schema: MessageBatchRequestSchema}}
+      responses:
+        200:
+          description: One result per entry
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  accepted: {type: integer}
+                  replayed: {type: integer}
+                  failed: {type: integer}
+                  data:
+                    type: array
+                    items:
+                      type: object
+                      required: [index, status]
+                      properties:
+                        index: {type: integer}
+                        status: {type: integer}
+                        message: {$ref: '#/components/schemas/Message'}
+                        error: {type: object}
+        401: Unauthorized
+        413: TooLarge
+    """
+    request.max_content_length = max(get_settings().max_body_bytes, BATCH_BODY_BYTES)
+    if request.headers.get("Idempotency-Key"):
+        raise InvalidRequest(
+            "A batch has no Idempotency-Key header: give each message its idempotency_key."
+        )
+    return jsonify(accept_batch(db(), current_tenant(), json_body()))
 
 
 @bp.get("/<message_id>")

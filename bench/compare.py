@@ -556,7 +556,13 @@ def _recipient(i: int, base: int = 3_000_000) -> str:
     return f"+1202{base + i:07d}"
 
 
-def drive(ctx: Context, url: str, requests: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+def drive(
+    ctx: Context,
+    url: str,
+    requests: list[dict[str, Any]],
+    timeout: float,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Replay `requests` against `url` from a separate process; its JSON summary."""
     path = ctx.home / f"requests-{uuid.uuid4().hex[:6]}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in requests))
@@ -573,6 +579,7 @@ def drive(ctx: Context, url: str, requests: list[dict[str, Any]], timeout: float
             str(ctx.args.clients),
             "--timeout",
             str(timeout),
+            *extra,
         ],
         cwd=ROOT,
         env=_clean_env(),

@@ -31,8 +31,16 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def replay(url: str, requests: list[dict[str, Any]], clients: int, timeout: float) -> dict:
-    """Send every request once, spread over `clients` threads; stop at `timeout` s."""
+def replay(
+    url: str,
+    requests: list[dict[str, Any]],
+    clients: int,
+    timeout: float,
+    count_field: str | None = None,
+) -> dict:
+    """Send every request once, spread over `clients` threads; stop at `timeout` s.
+    With `count_field`, also sum that field of every 200 answer's JSON (the batch
+    endpoint's `accepted`)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     prepared = [
@@ -43,12 +51,14 @@ def replay(url: str, requests: list[dict[str, Any]], clients: int, timeout: floa
     deadline = time.monotonic() + timeout
     latencies: list[float] = []
     statuses: collections.Counter[int] = collections.Counter()
+    counted = [0]
     lock = threading.Lock()
 
     def client() -> None:
         conn = http.client.HTTPConnection(host, port, timeout=30)
         mine: list[float] = []
         seen: collections.Counter[int] = collections.Counter()
+        total = 0
         while time.monotonic() < deadline:
             i = next(counter)
             if i >= len(prepared):
@@ -58,8 +68,10 @@ def replay(url: str, requests: list[dict[str, Any]], clients: int, timeout: floa
             try:
                 conn.request(method, path, body, headers)
                 resp = conn.getresponse()
-                resp.read()
+                answer = resp.read()
                 status = resp.status
+                if count_field and status == 200:
+                    total += int(json.loads(answer).get(count_field, 0))
                 if resp.will_close:
                     conn.close()
             except (OSError, http.client.HTTPException):
@@ -71,6 +83,7 @@ def replay(url: str, requests: list[dict[str, Any]], clients: int, timeout: floa
         with lock:
             latencies.extend(mine)
             statuses.update(seen)
+            counted[0] += total
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     started = time.perf_counter()
@@ -88,6 +101,7 @@ def replay(url: str, requests: list[dict[str, Any]], clients: int, timeout: floa
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else 0.0,
         "timed_out": time.monotonic() >= deadline,
+        **({"counted": counted[0]} if count_field else {}),
     }
 
 
@@ -97,10 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", required=True, help="JSON-lines file of requests")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--count-field", help="sum this field of every 200 answer's JSON")
     args = parser.parse_args(argv)
     with open(args.requests) as f:
         requests = [json.loads(line) for line in f if line.strip()]
-    result = replay(args.url, requests, args.clients, args.timeout)
+    result = replay(args.url, requests, args.clients, args.timeout, args.count_field)
     sys.stdout.write(json.dumps(result) + "\n")
 
 

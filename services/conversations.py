@@ -547,7 +547,11 @@ def public_fields(message: Message) -> dict[str, Any]:
     """The conversation fields shown on a message (GET /v1/messages/<id>, events out):
     `reply_to` (the Herald id, else the wamid it answers), `context`, `reaction`,
     `location`, `contacts`, `sticker`, `filename`. Empty for a message without them."""
-    options = message.options or {}
+    return options_fields(message.options)
+
+
+def options_fields(options: dict[str, Any] | None) -> dict[str, Any]:
+    """`public_fields` from a row's `options` (a message just inserted has no ORM object)."""
     if not options:
         return {}
     out: dict[str, Any] = {}

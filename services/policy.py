@@ -6,9 +6,12 @@ once for the API, the Celery task and the seeds' endpoints alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from models import Contact, utcnow
@@ -36,33 +39,102 @@ def contact_for(session: Session, tenant_id: str, phone: str) -> Contact | None:
     if not found:
         return None
 
-    def rank(contact: Contact) -> tuple[int, str]:
-        exact = 0 if contact.phone == phone else 1 if contact.wa_id == phone else 2
-        return exact, contact.id
-
-    return min(found, key=rank)
+    return min(found, key=lambda contact: _rank(contact, phone))
 
 
-def window_open(contact: Contact | None, now: datetime | None = None) -> bool:
+def window_open(contact: Any, now: datetime | None = None) -> bool:
     """Whether free-form WhatsApp may be sent: the contact wrote within 24 hours."""
     if contact is None or contact.last_inbound_at is None:
         return False
     return (now or utcnow()) - contact.last_inbound_at < WINDOW
 
 
-def check_send_policy(
-    session: Session, tenant_id: str, *, channel: str, to: str, free_form: bool
-) -> None:
-    """Raise PolicyRefused if this message must not be queued."""
-    contact = contact_for(session, tenant_id, to)
+class PolicyContact(NamedTuple):
+    """What the send policy reads of a contact: a plain row, not an ORM object."""
+
+    id: str
+    phone: str
+    wa_id: str | None
+    opted_out: bool
+    last_inbound_at: datetime | None
+
+
+_POLICY_COLUMNS = (
+    Contact.tenant_id,
+    Contact.id,
+    Contact.phone,
+    Contact.wa_id,
+    Contact.opted_out,
+    Contact.last_inbound_at,
+)
+
+
+_NUMBERS = bindparam("numbers", type_=ARRAY(String))
+# One text for any number of recipients (`= ANY(array)`, not an IN list of as many
+# parameters): the driver parses it once, and the index on (tenant, phone) serves it.
+_POLICY_SELECT = select(*_POLICY_COLUMNS).where(
+    Contact.tenant_id == bindparam("tenant"),
+    (Contact.phone == any_(_NUMBERS)) | (Contact.wa_id == any_(_NUMBERS)),
+)
+
+
+def _rank(contact: Any, phone: str) -> tuple[int, str]:
+    exact = 0 if contact.phone == phone else 1 if contact.wa_id == phone else 2
+    return exact, contact.id
+
+
+def policy_contacts(
+    session: Session, wanted: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], PolicyContact | None]:
+    """`contact_for` for many (tenant id, phone) pairs in one SELECT: what a group of
+    messages needs for its opt-out and 24-hour window checks."""
+    pairs = set(wanted)
+    if not pairs:
+        return {}
+    forms = {pair: whatsapp_forms(pair[1]) for pair in pairs}
+    per_tenant: dict[str, set[str]] = {}
+    for (tenant, _), fs in forms.items():
+        per_tenant.setdefault(tenant, set()).update(fs)
+    rows = []
+    for tenant, numbers in per_tenant.items():  # one tenant per request, nearly always
+        rows += session.execute(_POLICY_SELECT, {"tenant": tenant, "numbers": sorted(numbers)})
+    by_form: dict[tuple[str, str], list[PolicyContact]] = {}
+    for row in rows:
+        contact = PolicyContact(*row[1:])
+        for number in {contact.phone, contact.wa_id} - {None}:
+            by_form.setdefault((row[0], number), []).append(contact)  # type: ignore[arg-type]
+    found: dict[tuple[str, str], PolicyContact | None] = {}
+    for (tenant, phone), fs in forms.items():
+        candidates = {c.id: c for form in fs for c in by_form.get((tenant, form), [])}
+        found[(tenant, phone)] = (
+            min(candidates.values(), key=lambda c: _rank(c, phone)) if candidates else None
+        )
+    return found
+
+
+def policy_refusal(
+    contact: Any, *, channel: str, free_form: bool, now: datetime | None = None
+) -> PolicyRefused | None:
+    """Why this message must not be queued to this contact (None: it may be)."""
     if contact is not None and contact.opted_out:
-        raise PolicyRefused("The recipient opted out of messages.", code="opted_out")
-    if channel == "whatsapp" and free_form and not window_open(contact):
-        raise PolicyRefused(
+        return PolicyRefused("The recipient opted out of messages.", code="opted_out")
+    if channel == "whatsapp" and free_form and not window_open(contact, now):
+        return PolicyRefused(
             "The recipient has not written in the last 24 hours: WhatsApp allows only "
             "template messages outside that window.",
             code="window_closed",
         )
+    return None
+
+
+def check_send_policy(
+    session: Session, tenant_id: str, *, channel: str, to: str, free_form: bool
+) -> None:
+    """Raise PolicyRefused if this message must not be queued."""
+    contact = policy_contacts(session, [(tenant_id, to)])[(tenant_id, to)]
+    refusal = policy_refusal(contact, channel=channel, free_form=free_form)
+    if refusal is not None:
+        raise refusal
 
 
 def apply_keyword(contact: Contact, body: str | None, at: datetime) -> str | None:

@@ -10,7 +10,6 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
-    post_load,
     validate,
     validates_schema,
 )
@@ -19,7 +18,7 @@ from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services import conversations
 from services.errors import InvalidRequest
 from services.inputs import value_problem
-from services.phones import PHONE_FIELD, normalize_e164, parse_e164
+from services.phones import PHONE_FIELD, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -111,7 +110,7 @@ class MessageRequestSchema(Schema):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
         if "to" in data:
             try:
-                parse_e164(data["to"])
+                data["to"] = parse_e164(data["to"])  # normalized here: parsed once
             except ValueError as exc:
                 errors.setdefault("to", []).append(str(exc))
         content = ("body", "media_url", "media_id", "template", "interactive")
@@ -134,12 +133,6 @@ class MessageRequestSchema(Schema):
             errors.setdefault("metadata", []).append("At most 4 KB of metadata.")
         if errors:
             raise ValidationError(errors)
-
-    @post_load
-    def _normalize(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        if "to" in data:
-            data["to"] = normalize_e164(data["to"])
-        return data
 
 
 _schema = MessageRequestSchema()
@@ -254,14 +247,50 @@ def check_for_provider(data: dict[str, Any], provider: str) -> None:
         )
 
 
-def load_message_request(payload: Any) -> dict[str, Any]:
-    """Validate a request body; raise InvalidRequest with per-field messages."""
+def load_message_request(
+    payload: Any, *, walked: bool = False, schema: Schema | None = None
+) -> dict[str, Any]:
+    """Validate a request body; raise InvalidRequest with per-field messages.
+    `walked`: the API's JSON parser (api/inputs.py) already refused what cannot be
+    stored, so the value is not walked twice."""
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
-    if problem:
-        raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
-    return load_object(_schema, payload)
+    if not walked:
+        problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
+        if problem:
+            raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
+    return load_object(schema or _schema, payload)
+
+
+MAX_BATCH = 1000
+
+
+class MessageBatchItemSchema(MessageRequestSchema):
+    """One message of `POST /v1/messages/batch`: the fields of `POST /v1/messages`, and
+    its own idempotency key (the header's role for a single message)."""
+
+    idempotency_key = fields.String(validate=validate.Length(min=1, max=255))
+
+
+class MessageBatchRequestSchema(Schema):
+    """`POST /v1/messages/batch`: up to 1,000 messages, each answered on its own."""
+
+    class Meta:
+        unknown = RAISE
+
+    messages = fields.List(
+        fields.Nested(MessageBatchItemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH),
+    )
+
+
+_batch_item_schema = MessageBatchItemSchema()
+
+
+def load_batch_item(item: Any) -> dict[str, Any]:
+    """One batch entry, validated like a single message (its key included)."""
+    return load_message_request(item, walked=True, schema=_batch_item_schema)
 
 
 def load_object(schema: Schema, payload: Any, *, partial: bool = False) -> dict[str, Any]:

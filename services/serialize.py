@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from models import Message, MessageEvent
-from services.conversations import public_fields
+from services.conversations import options_fields, public_fields
 
 
 def iso(value: datetime | None) -> str | None:
@@ -74,3 +74,51 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data
+
+
+def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """`message_to_dict` of a message just inserted, from its row's values and its one
+    event: no ORM object is built for the answer of a POST."""
+    created = iso(values["created_at"])
+    return {
+        "id": values["id"],
+        "status": values["status"],
+        "direction": values["direction"],
+        "channel": values["channel"],
+        "provider": values["provider"],
+        "to": values["to_number"],
+        "from": values.get("from_number"),
+        "sender_id": ((values.get("options") or {}).get("sender") or {}).get("id"),
+        "contact_id": values["contact_id"],
+        "body": values["body"],
+        "media_url": values["media_urls"],
+        "template": values["template"],
+        "provider_message_id": None,
+        "error": None,
+        "attempts": values["attempts"],
+        "campaign_id": values["campaign_id"],
+        "metadata": values["metadata"] or {},
+        "callback_url": values["callback_url"],
+        "send_at": iso(values["send_at"]),
+        "price": None,
+        "price_unit": None,
+        "pricing_category": None,
+        "billable": None,
+        "expires_at": iso(values.get("expires_at")),
+        "created_at": created,
+        "updated_at": iso(values["updated_at"]),
+        "sent_at": None,
+        "delivered_at": None,
+        "read_at": None,
+        "media": None,  # outbound: no inbound media links
+        **options_fields(values.get("options")),
+        "events": [
+            {
+                "status": event["status"],
+                "native_status": None,
+                "at": iso(event["at"]),
+                "source": event["source"],
+                "applied": event["applied"],
+            }
+        ],
+    }

@@ -1,0 +1,801 @@
+"""How messages get in: one code path for `POST /v1/messages`, `POST /v1/messages/batch`,
+the seeds' routes and the `herald.send_message` task.
+
+A message goes in two steps. `prepare` does what needs no database (the tenant, the
+idempotency key, the provider and its cached account) in the caller's thread. `store`
+then takes any number of prepared items, of any tenants, and does the rest with a
+fixed number of statements whatever their count: the contact lookups (opt-out, 24 h
+window) in one SELECT per tenant, the messages in one multi-row
+`INSERT … ON CONFLICT (tenant, origin, key) DO NOTHING RETURNING id`, the replays and
+conflicts in one SELECT, the quota in one Redis call per tenant, the `queued` events
+in one INSERT. Every item gets its own outcome (created, replay, or an error), so one
+refused item never sinks another.
+
+`GroupCommit` lets concurrent API requests of one process share that work and its
+COMMIT: the first request to arrive leads, takes every request waiting, stores them
+together, commits, and wakes each with its own result; meanwhile the next group
+gathers. Nothing is answered before the COMMIT that made it durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import String, any_, bindparam, delete, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, selectinload
+
+from herald.config import get_settings
+from models import Message, MessageEvent, Tenant, new_id, new_session, utcnow
+from services import limits
+from services.contacts import get_contact
+from services.conversations import accept_options
+from services.dispatch import enqueue_after_commit
+from services.errors import (
+    Conflict,
+    Forbidden,
+    HeraldError,
+    InvalidRequest,
+    NotFound,
+    PolicyRefused,
+    RateLimited,
+    database_unavailable,
+)
+from services.expiry import expires_at_for
+from services.inputs import text_problem
+from services.phones import mask
+from services.policy import policy_contacts, policy_refusal
+from services.schemas import provider_problems
+from services.senders import pick_sender, sender_provider
+from services.serialize import message_to_dict, new_message_to_dict
+from services.templates import refuse_unusable_template
+from services.tenants import cached_account
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = "herald.send"
+BULK_QUEUE = "herald.bulk"
+MAX_KEY_LENGTH = 255
+
+_MESSAGES = Message.__table__
+_EVENTS = MessageEvent.__table__
+
+# The messages of a group as one statement of fixed text, whatever their number: one
+# array per column, unnested (a multi-row VALUES list is a new text for each count,
+# which the driver re-parses each time: 20 % of a 500-message batch's CPU). Two
+# requests racing with one key: the second's row is skipped, not an error, and the
+# SELECT that follows finds the first (committed, or ours in this transaction).
+_VARYING = (  # (column, SQL array type); the JSON ones are sent as text
+    ("id", "varchar"),
+    ("tenant_id", "varchar"),
+    ("channel", "varchar"),
+    ("provider", "varchar"),
+    ("provider_account_id", "varchar"),
+    ("to_number", "varchar"),
+    ("contact_id", "varchar"),
+    ("body", "text"),
+    ("media_urls", "text"),
+    ("template", "text"),
+    ("options", "text"),
+    ("status", "varchar"),
+    ("campaign_id", "varchar"),
+    ("metadata", "text"),
+    ("callback_url", "text"),
+    ("idempotency_key", "varchar"),
+    ("origin", "varchar"),
+    ("request_hash", "varchar"),
+    ("send_at", "timestamp"),
+    ("from_number", "varchar"),
+    ("expires_at", "timestamp"),
+)
+_TIMES = frozenset({"send_at", "expires_at"})
+_JSON = frozenset({"media_urls", "template", "options", "metadata"})
+_INSERT_MESSAGES = text(
+    "INSERT INTO messages ("
+    + ", ".join(name for name, _ in _VARYING)
+    + ", direction, attempts, created_at, updated_at) SELECT "
+    + ", ".join(f"c_{name}::json" if name in _JSON else f"c_{name}" for name, _ in _VARYING)
+    + ", 'outbound', 0, CAST(:now AS timestamp), CAST(:now AS timestamp) FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _VARYING)
+    + ") AS t("
+    + ", ".join(f"c_{name}" for name, _ in _VARYING)
+    + ") ON CONFLICT ON CONSTRAINT uq_messages_idempotency DO NOTHING RETURNING id"
+)
+_INSERT_EVENTS = text(
+    "INSERT INTO message_events (message_id, status, source, applied, at) "
+    "SELECT m, s, 'api', true, CAST(:at AS timestamp) "
+    "FROM unnest(CAST(:ids AS varchar[]), CAST(:statuses AS varchar[])) AS t(m, s)"
+)
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """What models.base.UTCDateTime stores."""
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _insert_messages(session: Session, rows: list[dict[str, Any]], now: datetime) -> set[str]:
+    """Insert `rows` (messages' values) in one statement; the ids that went in."""
+    params: dict[str, Any] = {"now": _naive_utc(now)}
+    for name, _ in _VARYING:
+        if name in _JSON:
+            params[name] = [None if r[name] is None else json.dumps(r[name]) for r in rows]
+        elif name in _TIMES:
+            params[name] = [_naive_utc(r[name]) for r in rows]
+        else:
+            params[name] = [r[name] for r in rows]
+    return set(session.scalars(_INSERT_MESSAGES, params))
+
+
+def _insert_events(session: Session, events: list[dict[str, Any]], at: datetime) -> None:
+    session.execute(
+        _INSERT_EVENTS,
+        {
+            "at": _naive_utc(at),
+            "ids": [e["message_id"] for e in events],
+            "statuses": [e["status"] for e in events],
+        },
+    )
+
+
+def request_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_key(key: str) -> None:
+    """An idempotency key Herald can store, else a 400."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"Idempotency-Key is at most {MAX_KEY_LENGTH} characters.")
+    problem = text_problem(key)
+    if problem:
+        raise InvalidRequest(f"Idempotency-Key {problem}.")
+
+
+@dataclass(eq=False)
+class Item:
+    """One message on its way in, and then its outcome."""
+
+    tenant: Tenant
+    data: dict[str, Any]
+    key: str | None
+    digest: str | None
+    origin: str = "api"
+    campaign_id: str | None = None
+    provider: str | None = None
+    account_id: str | None = None
+    refusal: HeraldError | None = None  # known before the database was asked
+    sender: Any = None  # the sender chosen (services/senders.py); None: the account's own
+    options: dict[str, Any] = field(default_factory=dict)  # resolved in `prepare` (media)
+    log_each: bool = True  # a line per message; a batch logs one line for all
+    # The outcome, set by `store`:
+    created: bool = False
+    values: dict[str, Any] | None = None  # the inserted row (created)
+    event: dict[str, Any] | None = None
+    found: Message | None = None  # the first message (replay)
+    error: HeraldError | None = None
+    follows: Item | None = field(default=None, repr=False)
+    _answer: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> int:
+        if self.error is not None:
+            return self.error.status
+        return 202 if self.created else 200
+
+    def answer(self) -> dict[str, Any]:
+        """The message as the API shows it (created: from the inserted values)."""
+        if self._answer is None:
+            if self.created:
+                assert self.values is not None and self.event is not None
+                self._answer = new_message_to_dict(self.values, self.event)
+            else:
+                assert self.found is not None
+                self._answer = message_to_dict(self.found)
+        return self._answer
+
+    def message(self) -> Message:
+        """The outcome as a Message (the seeds' routes and the task want one)."""
+        if self.error is not None:
+            raise self.error
+        if self.found is not None:
+            return self.found
+        assert self.values is not None and self.event is not None
+        values = dict(self.values)
+        values["meta"] = values.pop("metadata")
+        message = Message(**values)
+        message.events = [MessageEvent(**self.event)]
+        return message
+
+
+def choose_provider(tenant: Tenant, channel: str, requested: str | None) -> str:
+    if requested:
+        return requested
+    default = (
+        tenant.default_whatsapp_provider if channel == "whatsapp" else tenant.default_sms_provider
+    )
+    if not default:
+        raise PolicyRefused(
+            f"No provider is configured for {channel} on this tenant.",
+            code="provider_not_configured",
+        )
+    return default
+
+
+def prepare(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    digest: str | None = None,
+    campaign_id: str | None = None,
+    origin: str = "api",
+) -> Item:
+    """What can be decided before the database: a disabled tenant or a bad key raise
+    (as before any replay); a provider refusal is kept on the item, since a replay of
+    the key's first message still wins over it. Reads the session only on a cache miss."""
+    if tenant.disabled_at is not None:  # the task and the seeds' routes carry no key to refuse
+        raise Forbidden("This tenant is disabled.", code="tenant_disabled")
+    if idempotency_key:
+        check_key(idempotency_key)
+        if digest is None:
+            digest = request_hash(raw if raw is not None else data)
+    else:
+        idempotency_key, digest = None, None
+    item = Item(tenant, data, idempotency_key, digest, origin, campaign_id)
+    try:
+        channel = data.get("channel", "whatsapp")
+        # `from` (or the tenant's default sender) picks the sender, and so the provider.
+        sender = pick_sender(session, tenant, channel, data)
+        item.provider = provider = sender_provider(
+            session, tenant, channel, data, sender
+        ) or choose_provider(tenant, channel, data.get("provider"))
+        errors = provider_problems(data, provider)
+        if errors:
+            raise InvalidRequest(
+                f"The request does not suit provider {provider}.",
+                code="invalid_fields",
+                fields=errors,
+            )
+        account = cached_account(session, tenant.id, provider)
+        if account is None:
+            raise PolicyRefused(
+                f"This tenant has no {provider} account.", code="provider_not_configured"
+            )
+        item.account_id = sender.account_id if sender is not None else account.id
+        if data.get("template"):  # unknown, unapproved, other language, wrong variables
+            refuse_unusable_template(session, tenant.id, account.id, provider, data)
+        if data.get("media_id"):  # uploaded media: resolved now, refused now
+            from services.media import resolve_media_id
+
+            item.options.update(
+                resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+            )
+        if sender is not None:  # kept on the row, so every retry uses the same sender
+            item.sender = sender
+            item.options["sender"] = sender.snapshot()
+    except HeraldError as exc:
+        if not idempotency_key:
+            raise
+        item.refusal = exc
+    return item
+
+
+def store(session: Session, items: list[Item]) -> None:
+    """Check, insert and enqueue `items` in `session`'s transaction (the caller commits;
+    the enqueue happens after that commit). Each item gets its outcome; an exception
+    here is a database fault that concerns the whole transaction."""
+    for item in items:
+        item.created, item.values, item.event, item.found = False, None, None, None
+        item.error, item.follows, item._answer = item.refusal, None, None
+
+    # One key twice in one transaction: the later items follow the first.
+    first: dict[tuple[str, str, str], Item] = {}
+    for item in items:
+        if item.key:
+            first_item = first.setdefault((item.tenant.id, item.origin, item.key), item)
+            if first_item is not item:
+                item.follows = first_item
+    live = [i for i in items if i.error is None and i.follows is None]
+
+    recipients: dict[Item, str] = {}
+    for item in live:
+        if "contact_id" in item.data:
+            try:
+                contact = get_contact(session, item.tenant.id, item.data["contact_id"])
+            except NotFound:
+                item.error = PolicyRefused(
+                    f"No contact with id {item.data['contact_id']!r}.", code="contact_not_found"
+                )
+                continue
+            recipients[item] = contact.phone
+            item.data = {**item.data, "_contact": contact.external_id or contact.id}
+        else:
+            recipients[item] = item.data["to"]
+    live = [i for i in live if i.error is None]
+
+    now = utcnow()
+    contacts = policy_contacts(session, [(i.tenant.id, recipients[i]) for i in live])
+    rows = []
+    for item in live:
+        data = item.data
+        refusal = policy_refusal(
+            contacts[(item.tenant.id, recipients[item])],
+            channel=data.get("channel", "whatsapp"),
+            free_form=not data.get("template"),
+            now=now,
+        )
+        if refusal is not None:
+            item.error = refusal
+            continue
+        try:  # replies and reactions: their target resolved now (services/conversations.py)
+            conversation = accept_options(
+                session, item.tenant.id, data, to=recipients[item], account_id=item.account_id
+            )
+        except HeraldError as exc:
+            item.error = exc
+            continue
+        item.values = _row(item, recipients[item], now, conversation)
+        rows.append(item.values)
+
+    inserted: set[str] = set()
+    if rows:
+        inserted = _insert_messages(session, rows, now)
+    for item in live:
+        if item.values is not None:
+            item.created = item.values["id"] in inserted
+
+    _take_quotas(session, [i for i in live if i.created and i.campaign_id is None])
+
+    # Replays and conflicts: a key whose row was not inserted (here), or an item
+    # refused before the insert whose key may name an earlier message.
+    lookups = [i for i in items if i.key and i.follows is None and not i.created and _may_replay(i)]
+    _replay(session, lookups)
+
+    created = [i for i in items if i.created]
+    if created:
+        events = []
+        for item in created:
+            item.event = {
+                "message_id": item.values["id"],  # type: ignore[index]
+                "status": item.values["status"],  # type: ignore[index]
+                "source": "api",
+                "applied": True,
+                "at": now,
+            }
+            events.append(item.event)
+        _insert_events(session, events, now)
+        queues: dict[str, list[str]] = {}
+        for item in created:
+            if item.values["status"] == "queued":  # type: ignore[index]
+                queue = BULK_QUEUE if item.campaign_id else SEND_QUEUE
+                queues.setdefault(queue, []).append(item.values["id"])  # type: ignore[index]
+        for queue, ids in queues.items():
+            enqueue_after_commit(session, ids, queue)
+        for item in created:
+            if not item.log_each:
+                continue
+            values = item.values
+            log.info(
+                "message accepted id=%s tenant=%s channel=%s provider=%s to=%s status=%s",
+                values["id"],  # type: ignore[index]
+                item.tenant.id,
+                values["channel"],  # type: ignore[index]
+                values["provider"],  # type: ignore[index]
+                mask(values["to_number"]),  # type: ignore[index]
+                values["status"],  # type: ignore[index]
+            )
+
+    for item in items:
+        if item.follows is not None:
+            _follow(item, item.follows)
+
+
+def _may_replay(item: Item) -> bool:
+    # Not for a quota refusal: its row was inserted and taken back.
+    return not isinstance(item.error, RateLimited)
+
+
+def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> dict[str, Any]:
+    data = item.data
+    send_at = data.get("send_at")
+    status = "scheduled" if send_at is not None and send_at > now else "queued"
+    options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    options.update(item.options)
+    options.update(conversation)
+    return {
+        "id": new_id("msg"),
+        "tenant_id": item.tenant.id,
+        "direction": "outbound",
+        "channel": data.get("channel", "whatsapp"),
+        "provider": item.provider,
+        "provider_account_id": item.account_id,
+        "to_number": to,
+        "contact_id": data.get("_contact"),
+        "body": data.get("body"),
+        "media_urls": data.get("media_url"),
+        "template": data.get("template"),
+        "options": options or None,
+        "status": status,
+        "campaign_id": item.campaign_id,
+        "metadata": data.get("metadata") or {},
+        "callback_url": data.get("callback_url"),
+        "idempotency_key": item.key,
+        "origin": item.origin,
+        "request_hash": item.digest,
+        "send_at": send_at,
+        "from_number": item.sender.number if item.sender is not None else None,
+        "expires_at": expires_at_for(data, now),
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _replay(session: Session, items: list[Item]) -> None:
+    """The first message of each item's key: a replay when the request is the same,
+    a Conflict when it is not; no message (yet) keeps the item's own refusal."""
+    groups: dict[tuple[str, str], list[Item]] = {}
+    for item in items:
+        groups.setdefault((item.tenant.id, item.origin), []).append(item)
+    for (tenant_id, origin), group in groups.items():
+        keys = {"keys": sorted({i.key for i in group})}  # type: ignore[type-var]
+        found = {
+            m.idempotency_key: m
+            for m in session.scalars(
+                select(Message)
+                .options(selectinload(Message.events))
+                .where(
+                    Message.tenant_id == tenant_id,
+                    Message.origin == origin,
+                    Message.idempotency_key == any_(_KEYS),
+                ),
+                keys,
+            )
+        }
+        for item in group:
+            message = found.get(item.key)
+            if message is None:
+                if item.error is None:  # skipped by a row that is gone again: rare
+                    item.error = Conflict(
+                        "A request with this Idempotency-Key is in progress; retry.",
+                        code="idempotency_conflict",
+                    )
+                continue
+            item.values = None
+            if message.request_hash != item.digest:
+                item.error = _key_conflict()
+            else:
+                item.error, item.found = None, message
+
+
+_KEYS = bindparam("keys", type_=ARRAY(String))
+
+
+def _key_conflict() -> Conflict:
+    return Conflict(
+        "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
+    )
+
+
+def _follow(item: Item, leader: Item) -> None:
+    """A second item with the first one's key, in the same transaction."""
+    if item.digest != leader.digest:
+        item.error = _key_conflict()
+    elif leader.error is not None:
+        item.error = leader.error
+    else:  # the same message, answered as a replay
+        item.error, item.found, item.values, item.event = None, leader.found, None, None
+        item._answer = leader.answer()
+
+
+# Like limits.take_quota, for n messages at once, on the same keys: grants what is
+# left under both limits (0 = unlimited) and counts what it grants. Returns the grant
+# and which window is full (0 none, 1 the hour, 2 the day).
+_QUOTA_MANY = """
+local n = tonumber(ARGV[5])
+local h = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+local full = 0
+if tonumber(ARGV[1]) > 0 and h + n > tonumber(ARGV[1]) then
+  n = math.max(0, tonumber(ARGV[1]) - h); full = 1
+end
+if tonumber(ARGV[2]) > 0 and d + n > tonumber(ARGV[2]) then
+  n = math.max(0, tonumber(ARGV[2]) - d); full = 2
+end
+if n > 0 then
+  if redis.call('INCRBY', KEYS[1], n) == n then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+  if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+end
+return {n, full}
+"""
+
+
+def take_quota_many(tenant_id: str, hourly: int, daily: int, n: int) -> tuple[int, int | None]:
+    """Count up to `n` messages against the tenant's quotas: (granted, seconds to wait
+    for the rest or None). Redis unreachable lets them through, as take_quota does."""
+    if n <= 0 or (hourly <= 0 and daily <= 0):
+        return n, None
+    if n == 1:
+        wait = limits.take_quota(tenant_id, hourly, daily)
+        return (1, None) if wait is None else (0, wait)
+    now = datetime.now(UTC)
+    hour = limits.key("quota", tenant_id, now.strftime("%Y%m%d%H"))
+    day = limits.key("quota", tenant_id, now.strftime("%Y%m%d"))
+    client = limits.get_redis()
+    if client is None:
+        return n, None
+    try:
+        granted, full = client.eval(_QUOTA_MANY, 2, hour, day, hourly, daily, 3700, 90000, n)
+    except limits.redis.RedisError as exc:
+        log.warning("limits unavailable, letting the messages through: %s", type(exc).__name__)
+        return n, None
+    if not full:
+        return int(granted), None
+    seconds_in = now.minute * 60 + now.second
+    if int(full) == 1:
+        return int(granted), max(1, 3600 - seconds_in)
+    return int(granted), max(1, 86400 - (now.hour * 3600 + seconds_in))
+
+
+def _take_quotas(session: Session, items: list[Item]) -> None:
+    """Quota for rows that are in (a skipped insert took none); the rows over it are
+    deleted again in this transaction and answered 429."""
+    settings = get_settings()
+    per_tenant: dict[str, list[Item]] = {}
+    for item in items:
+        per_tenant.setdefault(item.tenant.id, []).append(item)
+    refused: list[str] = []
+    for group in per_tenant.values():
+        tenant = group[0].tenant
+        hourly, daily = tenant.hourly_limit, tenant.daily_limit
+        hourly = settings.default_hourly_limit if hourly is None else hourly
+        daily = settings.default_daily_limit if daily is None else daily
+        granted, wait = take_quota_many(tenant.id, hourly, daily, len(group))
+        for item in group[granted:]:
+            item.created = False
+            refused.append(item.values["id"])  # type: ignore[index]
+            item.values = None
+            item.error = RateLimited(
+                f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+    if refused:
+        session.execute(delete(_MESSAGES).where(_MESSAGES.c.id.in_(refused)))
+
+
+def accept(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    campaign_id: str | None = None,
+    origin: str = "api",
+) -> Item:
+    """One message in the caller's transaction (the caller commits): the seeds' routes
+    and the task. Raises the item's error."""
+    item = prepare(
+        session,
+        tenant,
+        data,
+        idempotency_key=idempotency_key,
+        raw=raw,
+        campaign_id=campaign_id,
+        origin=origin,
+    )
+    store(session, [item])
+    if item.error is not None:
+        raise item.error
+    return item
+
+
+# ------------------------------------------------------------------ group commit
+
+
+class _Ticket:
+    __slots__ = ("done", "exc", "items", "wake")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        # Held until the request may go on: a bare lock is the cheapest wake-up
+        # (an Event is a Condition and two locks; its notify showed in profiles).
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.done = False
+        self.exc: BaseException | None = None
+
+
+class GroupCommit:
+    """Concurrent requests of one process store their items together, under one COMMIT.
+
+    No thread of its own: the request that finds no group in flight leads, stores
+    every waiting request's items with its own (at most `max_items`), commits, wakes
+    them, and hands the lead to the first request that arrived meanwhile. A group
+    that fails for a reason other than the database being down is retried one request
+    at a time, so a request's fault stays its own."""
+
+    def __init__(self, max_items: int = 2000) -> None:
+        self.max_items = max_items
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._busy = False
+
+    def submit(self, items: list[Item]) -> None:
+        """Store `items` (their outcomes set) once committed; raises what the database raised."""
+        ticket = _Ticket(items)
+        with self._lock:
+            self._queue.append(ticket)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            ticket.wake.acquire()  # released when done, or when this request leads
+        if not ticket.done:  # the lead was handed to this request
+            self._lead()
+        if ticket.exc is not None:
+            raise ticket.exc
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, count = [], 0
+            while self._queue and (
+                not group or count + len(self._queue[0].items) <= self.max_items
+            ):
+                ticket = self._queue.pop(0)
+                group.append(ticket)
+                count += len(ticket.items)
+        try:
+            self._commit(group)
+        finally:
+            for ticket in group:
+                ticket.done = True
+            with self._lock:
+                nxt = self._queue[0] if self._queue else None
+                self._busy = nxt is not None
+            for ticket in group:
+                if ticket.wake.locked():
+                    ticket.wake.release()
+            if nxt is not None:
+                nxt.wake.release()  # not done: it leads the next group
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        session = new_session()
+        try:
+            store(session, [item for ticket in group for item in ticket.items])
+            session.commit()
+        except BaseException as exc:
+            session.rollback()
+            session.close()
+            if len(group) > 1 and isinstance(exc, Exception) and not database_unavailable(exc):
+                for ticket in group:
+                    self._commit([ticket])
+                return
+            for ticket in group:
+                ticket.exc = exc
+            return
+        session.close()
+
+
+_committer = GroupCommit()
+
+
+def committer() -> GroupCommit:
+    return _committer
+
+
+def _after_fork() -> None:
+    global _committer
+    _committer = GroupCommit()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# ------------------------------------------------------------------ batch
+
+
+def batch_entries(payload: Any) -> list[Any]:
+    """The `messages` list of a batch body, or the 400/413 that says what is wrong with
+    the envelope (what is wrong with one message is that message's own answer)."""
+    from services.schemas import MAX_BATCH
+
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    unknown = sorted(set(payload) - {"messages"})
+    if unknown:
+        raise InvalidRequest(
+            "The request has invalid fields.",
+            code="invalid_fields",
+            fields={name: ["Unknown field."] for name in unknown},
+        )
+    entries = payload.get("messages")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidRequest(
+            "The request has invalid fields.",
+            code="invalid_fields",
+            fields={"messages": ["A non-empty list of messages is required."]},
+        )
+    if len(entries) > MAX_BATCH:
+        raise HeraldError(
+            f"A batch holds at most {MAX_BATCH} messages; this one has {len(entries)}.",
+            code="batch_too_large",
+            status=413,
+        )
+    return entries
+
+
+def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:
+    """One entry of a batch's answer: its index, its status, its message or its error."""
+    if isinstance(item, HeraldError):
+        error = item
+    elif item.error is not None:
+        error = item.error
+    else:
+        return {"index": index, "status": item.status, "message": item.answer()}
+    body = error.to_dict()["error"]
+    if "Retry-After" in error.headers:
+        body["retry_after"] = int(error.headers["Retry-After"])
+    return {"index": index, "status": error.status, "error": body}
+
+
+def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, Any]:
+    """`POST /v1/messages/batch`: each entry validated and prepared on its own, then all
+    stored by the group commit (one INSERT of the messages, one of their events, one
+    COMMIT, published after it). The answer has one entry per message, in order."""
+    from services.schemas import load_batch_item
+
+    entries = batch_entries(payload)
+    prepared: list[Item | HeraldError] = []
+    for entry in entries:
+        try:
+            data = load_batch_item(entry)
+            key = data.pop("idempotency_key", None)
+            digest = None
+            if key:
+                digest = request_hash({k: v for k, v in entry.items() if k != "idempotency_key"})
+            prepared.append(prepare(session, tenant, data, idempotency_key=key, digest=digest))
+        except HeraldError as exc:
+            prepared.append(exc)
+    items = [p for p in prepared if isinstance(p, Item)]
+    if items:
+        session.close()  # the connection goes back to the pool while the group commits
+        committer().submit(items)
+    answers = [item_answer(i, p) for i, p in enumerate(prepared)]
+    counts = {"accepted": 0, "replayed": 0, "failed": 0}
+    for answer in answers:
+        status = answer["status"]
+        counts["accepted" if status == 202 else "replayed" if status == 200 else "failed"] += 1
+    created = [i.values["id"] for i in items if i.created and i.values]
+    log.info(
+        "batch accepted tenant=%s messages=%d accepted=%d replayed=%d failed=%d ids=%s..%s",
+        tenant.id,
+        len(answers),
+        counts["accepted"],
+        counts["replayed"],
+        counts["failed"],
+        min(created, default="-"),
+        max(created, default="-"),
+    )
+    return {"data": answers, **counts}
+
+
+def accept_one(
+    session: Session, tenant: Tenant, payload: Any, data: dict[str, Any], key: str | None
+) -> Item:
+    """`POST /v1/messages`: prepared here, stored by the group commit. Raises the
+    message's error; otherwise the item is created (202) or a replay (200)."""
+    item = prepare(session, tenant, data, idempotency_key=key, raw=payload)
+    session.close()  # the connection goes back to the pool while the group commits
+    committer().submit([item])
+    if item.error is not None:
+        raise item.error
+    return item

@@ -1,0 +1,144 @@
+"""services.accept.GroupCommit: concurrent requests of one process share one store and
+one COMMIT; each gets its own outcome; a request whose rows the database refuses
+fails alone; one key in one group is one message."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
+
+from models import Message, Tenant, new_session, session_scope
+from services import accept
+from tests.conftest import make_tenant
+
+TO = "+12025550143"
+
+
+def _tenant() -> Tenant:
+    info = make_tenant("group")
+    with session_scope() as session:
+        tenant = session.get(Tenant, info["tenant_id"])
+        session.expunge(tenant)
+    return tenant
+
+
+def _item(tenant: Tenant, body: str, key: str | None = None) -> accept.Item:
+    session = new_session()
+    try:
+        data = {"to": TO, "channel": "sms", "body": body}
+        return accept.prepare(session, tenant, data, idempotency_key=key, raw=data)
+    finally:
+        session.close()
+
+
+class Held:
+    """Holds the first group in `store` until `count` more requests wait behind it, so
+    the next group is made of them all (what concurrent requests do under load)."""
+
+    def __init__(self, committer: accept.GroupCommit, count: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        self.committer, self.count = committer, count
+        self.calls: list[int] = []
+        real = accept.store
+
+        def store(session, items):  # type: ignore[no-untyped-def]
+            self.calls.append(len(items))
+            if len(self.calls) == 1:
+                deadline = time.monotonic() + 30
+                while len(committer._queue) < count and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return real(session, items)
+
+        monkeypatch.setattr(accept, "store", store)
+
+
+def _submit_all(committer: accept.GroupCommit, batches: list[list[accept.Item]]) -> list:
+    """Submit each batch from its own thread, the first one first; each thread's error."""
+    errors: list[BaseException | None] = [None] * len(batches)
+
+    def run(i: int) -> None:
+        try:
+            committer.submit(batches[i])
+        except BaseException as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
+    threads[0].start()
+    while not committer._busy:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+def test_waiting_requests_are_stored_together(dispatched, monkeypatch) -> None:
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    held = Held(committer, 3, monkeypatch)
+    batches = [[_item(tenant, f"m{i}")] for i in range(4)]
+    errors = _submit_all(committer, batches)
+    assert errors == [None] * 4
+    assert held.calls == [1, 3]  # the first alone, then the three that waited: one store
+    assert all(b[0].status == 202 for b in batches)
+    assert len({b[0].answer()["id"] for b in batches}) == 4
+    assert len(dispatched) == 4
+
+
+def test_one_key_in_one_group_is_one_message(dispatched, monkeypatch) -> None:
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    Held(committer, 3, monkeypatch)
+    batches = [[_item(tenant, "first")]] + [[_item(tenant, "once", key="g1")] for _ in range(3)]
+    assert _submit_all(committer, batches) == [None] * 4
+    statuses = sorted(b[0].status for b in batches[1:])
+    assert statuses == [200, 200, 202]
+    assert len({b[0].answer()["id"] for b in batches[1:]}) == 1
+    with session_scope() as session:
+        count = session.scalar(
+            select(func.count()).where(
+                Message.tenant_id == tenant.id, Message.idempotency_key == "g1"
+            )
+        )
+    assert count == 1
+
+
+def test_a_request_the_database_refuses_fails_alone(dispatched, monkeypatch) -> None:
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    held = Held(committer, 3, monkeypatch)
+    bad = _item(tenant, "bad")
+    bad.provider = "x" * 40  # longer than the column: the database refuses the INSERT
+    batches = [[_item(tenant, "first")], [_item(tenant, "before")], [bad], [_item(tenant, "after")]]
+    errors = _submit_all(committer, batches)
+    assert errors[0] is None and errors[1] is None and errors[3] is None
+    assert isinstance(errors[2], DBAPIError)
+    # The group of three failed as a whole, then each request was stored on its own.
+    assert held.calls == [1, 3, 1, 1, 1]
+    assert [batches[i][0].status for i in (0, 1, 3)] == [202, 202, 202]
+    with session_scope() as session:
+        stored = sorted(session.scalars(select(Message.body).where(Message.tenant_id == tenant.id)))
+    assert stored == ["after", "before", "first"]
+    assert len(dispatched) == 3
+
+
+def test_a_database_outage_fails_every_request_of_the_group(dispatched, monkeypatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    calls: list[int] = []
+
+    def down(session, items):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(accept, "store", down)
+    with pytest.raises(OperationalError):
+        committer.submit([_item(tenant, "a"), _item(tenant, "b")])
+    assert calls == [2]  # not retried item by item: the database is down for all
+    assert dispatched == []
