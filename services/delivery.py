@@ -23,12 +23,36 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Numeric,
+    String,
+    and_,
+    case,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception, wait_fixed
 
 from herald.config import get_settings
-from models import Contact, Message, MessageEvent, ProviderAccount, session_scope, utcnow
+from models import (
+    Contact,
+    EventDelivery,
+    Message,
+    MessageEvent,
+    ProviderAccount,
+    Tenant,
+    session_scope,
+    utcnow,
+)
+from models.base import UTCDateTime
 from providers import (
     ErrorKind,
     OutboundMessage,
@@ -39,13 +63,16 @@ from providers import (
     get_provider,
 )
 from services import breaker
+from services.dispatch import enqueue_after_commit
 from services.errors import database_unavailable
-from services.events import listening, record_status_event
-from services.limits import take_send_slot
+from services.events import EVENTS_QUEUE, EVENTS_TASK, listening
+from services.limits import give_back_pair_slot, reserve_send_slots, take_pair_slot
 from services.phones import mask, whatsapp_forms
 from services.policy import contact_for
 from services.schemas import provider_problems
-from services.status import apply_status
+from services.secrets import decrypt_json
+from services.serialize import message_to_dict
+from services.status import allowed_from, apply_status
 from services.tenants import AccountCredentials, credentials
 
 log = logging.getLogger(__name__)
@@ -71,14 +98,17 @@ def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | N
     return claimed[0] if claimed else None
 
 
-def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials]]:
+def claim_many(
+    message_ids: list[str], known: Gate | None = None
+) -> list[tuple[Message, AccountCredentials]]:
     """Take each claimable row of the batch for one send attempt, in one transaction.
 
     One conditional UPDATE ... RETURNING takes the rows: a row queued, or sending
     with an expired lease, is ours; any other (finished, or leased by a live
     attempt) is left alone, so a redelivered batch claims nothing twice. Rows that
     may not be sent any more (attempts exhausted, recipient opted out since, account
-    removed) are failed here and not returned."""
+    removed) are failed here and not returned. `known`: what the batch's gate read
+    (accounts, listeners), so it is not read again."""
     if not message_ids:
         return []
     settings = get_settings()
@@ -103,6 +133,8 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                     attempts=Message.attempts + 1,
                     lease_until=lease,
                     updated_at=now,
+                    not_before=None,
+                    slot_reserved=False,
                 )
                 .returning(Message)
                 .execution_options(synchronize_session=False)
@@ -111,17 +143,21 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
         if not messages:
             return []
         opted_out = _opted_out(session, list(messages.values()))
-        accounts = {
-            a.id: a
-            for a in session.scalars(
-                select(ProviderAccount).where(
-                    ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
+        if known is not None:
+            accounts = known.accounts
+            heard = known.listening & messages.keys()
+        else:
+            accounts = {
+                a.id: credentials(a)
+                for a in session.scalars(
+                    select(ProviderAccount).where(
+                        ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
+                    )
                 )
-            )
-        }
-        decrypted: dict[str, AccountCredentials] = {}
+            }
+            heard = listening(session, list(messages))
         taken: list[tuple[Message, AccountCredentials]] = []
-        heard = listening(session, list(messages))
+        first_sends: list[str] = []
         # The rows' events are inserted together at commit, not one flush per row.
         with session.no_autoflush:
             for message_id in message_ids:
@@ -159,7 +195,7 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                     continue
                 assert account is not None
                 if message.attempts == 1 and message_id in heard:
-                    record_status_event(session, message_id)  # queued -> sending
+                    first_sends.append(message_id)  # queued -> sending: an event out
                 session.add(
                     MessageEvent(
                         message_id=message_id,
@@ -169,9 +205,8 @@ def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials
                         at=now,
                     )
                 )
-                if account.id not in decrypted:
-                    decrypted[account.id] = credentials(account)
-                taken.append((message, decrypted[account.id]))
+                taken.append((message, account))
+        _owe_events(session, first_sends)
         return taken
 
 
@@ -234,14 +269,57 @@ def send_gate(message_id: str) -> float | None:
     """Seconds to wait for the sender's budget (None: nothing to send; 0.0: go).
 
     Taken before the claim, so a throttled message keeps its attempts: the
-    per-sender messages-per-second bucket and WhatsApp's pair pacing, both in
-    Redis so every worker shares them."""
+    per-sender messages-per-second budget and WhatsApp's pair pacing, both in
+    Redis so every worker shares them. A message that must wait is parked: its row
+    gets a due time (`not_before`) that the beat's `release_due` acts on, rather
+    than a task coming back with a countdown."""
     return send_gates([message_id]).get(message_id)
+
+
+@dataclass
+class Gate:
+    """What the gate learned about a batch, so the claim and the record need not ask
+    again: the waits (0.0: go), who listens for events, each account's credentials."""
+
+    waits: dict[str, float]
+    listening: set[str]
+    accounts: dict[str, AccountCredentials]
 
 
 def send_gates(message_ids: list[str]) -> dict[str, float]:
     """`send_gate` for a batch, with one query: ids absent from the answer have nothing
-    to send (finished, or owned by another attempt)."""
+    to send (finished, owned by another attempt, or held for longer than a sweep)."""
+    return gate(message_ids).waits
+
+
+# Decrypted secrets by their ciphertext: a new secret is a new ciphertext, so a cached
+# entry is never stale; bounded by the accounts one process sends for.
+_secrets: dict[str, dict] = {}
+_SECRETS_KEPT = 1000
+
+
+def _credentials(row) -> AccountCredentials:  # type: ignore[no-untyped-def]
+    secrets = _secrets.get(row.secrets_enc)
+    if secrets is None:
+        if len(_secrets) >= _SECRETS_KEPT:
+            _secrets.clear()
+        secrets = _secrets[row.secrets_enc] = decrypt_json(row.secrets_enc)
+    return AccountCredentials(
+        id=row.provider_account_id,
+        tenant_id=row.account_tenant_id,
+        provider=row.account_provider,
+        external_id=row.external_id,
+        settings=dict(row.settings or {}),
+        secrets=dict(secrets),
+    )
+
+
+def gate(message_ids: list[str]) -> Gate:
+    """The gate for a batch: one query (the rows, their accounts, who listens), the
+    sender holds and budgets in Redis, and one statement parking the rows that must
+    wait. A budget slot is reserved for a parked row, so its release sends it without
+    asking the budget again; rows parked for a hold or pair pacing ask again."""
+    url = func.coalesce(Message.callback_url, Tenant.callback_url)
     with session_scope() as session:
         rows = session.execute(
             select(
@@ -251,34 +329,94 @@ def send_gates(message_ids: list[str]) -> dict[str, float]:
                 Message.provider,
                 Message.channel,
                 Message.to_number,
+                Message.not_before,
+                Message.slot_reserved,
+                Message.provider_account_id,
+                ProviderAccount.tenant_id.label("account_tenant_id"),
+                ProviderAccount.provider.label("account_provider"),
                 ProviderAccount.external_id,
                 ProviderAccount.settings,
                 ProviderAccount.secrets_enc,
+                and_(url.is_not(None), url != "").label("listening"),
             )
             .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
+            .join(Tenant, Tenant.id == Message.tenant_id)
             .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
         ).all()
-    now = utcnow()
-    by_id = {row.id: row for row in rows}
-    holds = breaker.holds_for(rows)
-    waits: dict[str, float] = {}
-    for message_id in message_ids:  # the caller's order: the oldest takes the budget first
-        row = by_id.get(message_id)
-        if row is None:
-            continue
-        if row.status == "sending" and row.lease_until and row.lease_until > now:
-            continue  # another attempt owns it
-        hold = holds.get(message_id)
-        if hold is not None:  # the sender is held (services/breaker.py): not claimed
-            breaker.note_held([message_id], hold)
-            if hold.seconds <= get_settings().sweep_after_seconds:
-                waits[message_id] = hold.seconds  # short: come back then
-            continue  # long: the sweeper rings again
-        waits[message_id] = _slot_wait(row)
-    return waits
+        now = utcnow()
+        by_id = {row.id: row for row in rows}
+        holds = breaker.holds_for(rows)
+        settings = get_settings()
+        waits: dict[str, float] = {}
+        park: dict[str, tuple[float, bool]] = {}  # id: (seconds, slot reserved)
+        budget: dict[tuple[str, str, float], list] = {}
+        paced: set[str] = set()
+        for message_id in message_ids:  # the caller's order: the oldest takes the budget first
+            row = by_id.get(message_id)
+            if row is None or message_id in waits or message_id in park:
+                continue
+            if row.status == "sending" and row.lease_until and row.lease_until > now:
+                continue  # another attempt owns it
+            if row.slot_reserved and row.not_before and row.not_before > now:
+                waits[message_id] = (row.not_before - now).total_seconds()  # parked
+                continue
+            hold = holds.get(message_id)
+            if hold is not None:  # the sender is held (services/breaker.py): not claimed
+                breaker.note_held([message_id], hold)
+                park[message_id] = (hold.seconds, False)
+                if hold.seconds <= settings.sweep_after_seconds:
+                    waits[message_id] = hold.seconds
+                continue
+            provider, sender, rate, spacing = _budget(row)
+            if spacing > 0:
+                pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)
+                if pair_wait > 0:
+                    park[message_id] = (pair_wait, False)
+                    waits[message_id] = pair_wait
+                    continue
+                paced.add(message_id)
+            if row.slot_reserved or rate <= 0:
+                waits[message_id] = 0.0  # released: its slot was taken when it was parked
+                continue
+            budget.setdefault((provider, sender, rate), []).append(row)
+        for (provider, sender, rate), group in budget.items():
+            for row, wait in zip(
+                group, reserve_send_slots(provider, sender, rate, len(group)), strict=True
+            ):
+                waits[row.id] = wait
+                if wait > 0:
+                    park[row.id] = (wait, True)
+                    if row.id in paced:  # it does not go now: free the pair slot
+                        give_back_pair_slot(provider, sender, row.to_number)
+        if park:
+            _park(session, park, now)
+    go = [mid for mid, wait in waits.items() if wait == 0]
+    accounts = {}
+    for mid in go:
+        row = by_id[mid]
+        if row.provider_account_id not in accounts:
+            accounts[row.provider_account_id] = _credentials(row)
+    return Gate(waits, {r.id for r in rows if r.listening}, accounts)
 
 
-def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
+def _park(session, park: dict[str, tuple[float, bool]], now) -> None:  # type: ignore[no-untyped-def]
+    """Give each row its due time, in one statement (UPDATE .. FROM VALUES)."""
+    parked = values(
+        column("id", String),
+        column("due", UTCDateTime),
+        column("reserved", Boolean),
+        name="parked",
+    ).data([(mid, now + timedelta(seconds=s), r) for mid, (s, r) in park.items()])
+    session.execute(
+        update(Message)
+        .where(Message.id == parked.c.id, Message.status.in_(("queued", "sending")))
+        .values(not_before=parked.c.due, slot_reserved=parked.c.reserved)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _budget(row) -> tuple[str, str, float, float]:  # type: ignore[no-untyped-def]
+    """(provider, sender, messages per second, pair spacing) for a gate row."""
     settings = get_settings()
     account = row.settings or {}
     if row.provider == "meta":
@@ -291,25 +429,36 @@ def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
         default_rate = settings.mps_twilio_sms
     rate = float(account.get("mps") or default_rate)
     spacing = settings.pair_pacing_seconds if row.channel == "whatsapp" else 0.0
-    return take_send_slot(row.provider, sender, row.to_number, rate, spacing)
+    return row.provider, sender, rate, spacing
+
+
+def release_parked(limit: int = 5000) -> list[tuple[str, str | None]]:
+    """Parked rows whose due time has come, released in one statement: (id, campaign)
+    of those still to send. The beat runs this every second; a release whose doorbell
+    is lost is found by the sweeper like any queued row."""
+    now = utcnow()
+    due = (
+        select(Message.id)
+        .where(Message.not_before <= now)
+        .order_by(Message.not_before)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    with session_scope() as session:
+        rows = session.execute(
+            update(Message)
+            .where(Message.id.in_(due))
+            .values(not_before=None, updated_at=now)
+            .returning(Message.id, Message.campaign_id, Message.status)
+            .execution_options(synchronize_session=False)
+        ).all()
+    return [(r.id, r.campaign_id) for r in rows if r.status in ("queued", "sending")]
 
 
 def deliver(message_id: str) -> DeliveryOutcome:
     """One attempt at sending `message_id`. Safe to call any number of times."""
-    wait = send_gate(message_id)
-    if wait is None:
-        return SKIPPED
-    if wait > 0:
-        return DeliveryOutcome("throttled", retry_in=wait)
-    claim = claim_for_sending(message_id)
-    if claim is None:
-        return SKIPPED
-    message, _ = claim
-    sent = send_claimed(*claim)
-    if isinstance(sent, DeliveryOutcome):
-        return sent
-    _record_sent(message, sent)
-    return SENT
+    return deliver_many([message_id])[0]
 
 
 def send_claimed(message: Message, account: AccountCredentials) -> SendResult | DeliveryOutcome:
@@ -350,24 +499,27 @@ _slots_lock = threading.Lock()  # one batch gathers its slots at a time: no dead
 
 
 def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
-    """A campaign batch: the same steps as `deliver`, with the database work done per
-    chunk rather than per message (one gate query for the batch; per chunk one
-    claiming UPDATE and one transaction recording the acceptances) and the provider
-    calls made concurrently.
+    """A batch (transactional messages a publisher coalesced, or a campaign's): the
+    steps of one delivery, with the database work done per chunk rather than per
+    message and the provider calls made concurrently. Per batch, one gate query (and
+    one statement parking the rows that must wait); per chunk, one claiming
+    transaction and one transaction recording every acceptance with set-based
+    statements.
 
     A chunk is claimed only once the batch pool has a free thread for each of its
-    rows, so every claimed row's call starts at once, as in `deliver`: a row claimed
-    and then left waiting for a thread (behind other batches in this process) could
-    outlive its lease and be claimed and sent again elsewhere."""
+    rows, so every claimed row's call starts at once: a row claimed and then left
+    waiting for a thread (behind other batches in this process) could outlive its
+    lease and be claimed and sent again elsewhere."""
     global _batch_pool
     with _batch_lock:
         if _batch_pool is None:
             _batch_pool = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="herald-batch")
     pool = _batch_pool
     outcomes = dict.fromkeys(message_ids, SKIPPED)
+    known = gate(message_ids)
     go: list[str] = []
-    for message_id, wait in send_gates(message_ids).items():
-        if wait > 0:
+    for message_id, wait in known.waits.items():
+        if wait > 0:  # parked: `release_due` rings again when it is due
             outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
         else:
             go.append(message_id)
@@ -375,7 +527,7 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
         width = _take_slots(len(go))
         chunk, go = go[:width], go[width:]
         try:
-            claims = claim_many(chunk)
+            claims = claim_many(chunk, known)
         except BaseException:
             _release_slots(width)
             raise
@@ -389,7 +541,7 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
             else:
                 accepted.append((message, result))
                 outcomes[message.id] = SENT
-        _record_sent_many(accepted)
+        _record_sent_many(accepted, known.listening)
     return [outcomes[message_id] for message_id in message_ids]
 
 
@@ -418,18 +570,20 @@ def _send_in_slot(message: Message, account: AccountCredentials) -> SendResult |
         _batch_slots.release()
 
 
-def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
+def _record_sent_many(
+    accepted: list[tuple[Message, SendResult]], heard: set[str] | None = None
+) -> None:
     """Record a batch's acceptances in one transaction; if that fails, one by one, so
     one bad row cannot leave the others unrecorded (they would settle by callback or
-    reconciliation anyway, but later)."""
+    reconciliation anyway, but later). `heard`: the batch's listening messages, when
+    the gate already read them."""
     if not accepted:
         return
     try:
         with session_scope() as session:
-            heard = listening(session, [message.id for message, _ in accepted])
-            with session.no_autoflush:  # the events go in together at commit
-                for message, result in accepted:
-                    _apply_sent(session, message, result, False, heard=message.id in heard)
+            if heard is None:
+                heard = listening(session, [message.id for message, _ in accepted])
+            record_sent_batch(session, accepted, heard)
     except Exception:
         log.exception("recording a batch of %d sends failed; recording one by one", len(accepted))
         for message, result in accepted:
@@ -440,6 +594,107 @@ def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
         return
     for message, result in accepted:
         _log_sent(message, result)
+
+
+def record_sent_batch(
+    session: Session, accepted: list[tuple[Message, SendResult]], heard: set[str]
+) -> set[str]:
+    """`apply_status(..., "sent")` for a batch, set-based: one UPDATE .. FROM (VALUES)
+    moves every row still before `sent` (forward only: a row a callback already moved
+    to delivered, read or a failure keeps its status and gets only the provider's
+    facts), one multi-row INSERT records the events, and the listening tenants' events
+    out are owed in one more. Returns the ids whose status moved."""
+    now = utcnow()
+    facts = values(
+        column("id", String),
+        column("pid", String),
+        column("price", Numeric),
+        column("unit", String),
+        column("sender", String),
+        name="facts",
+    ).data([(m.id, r.provider_message_id, r.price, r.price_unit, r.sender) for m, r in accepted])
+    price = func.cast(facts.c.price, Numeric(12, 5))
+    provider_facts = {
+        "provider_message_id": func.coalesce(Message.provider_message_id, facts.c.pid),
+        "price": case((facts.c.price.is_(None), Message.price), else_=price),
+        "price_unit": case((facts.c.price.is_(None), Message.price_unit), else_=facts.c.unit),
+        "from_number": func.coalesce(Message.from_number, facts.c.sender),
+    }
+    moved = set(
+        session.scalars(
+            update(Message)
+            .where(Message.id == facts.c.id, Message.status.in_(allowed_from("sent")))
+            .values(
+                status="sent",
+                updated_at=now,
+                sent_at=func.coalesce(Message.sent_at, now),
+                lease_until=None,
+                **provider_facts,
+            )
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if len(moved) < len(accepted):  # a callback got there first: keep the facts only
+        session.execute(
+            update(Message)
+            .where(Message.id == facts.c.id, Message.id.not_in(moved))
+            .values(**provider_facts)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        insert(MessageEvent),
+        [
+            {
+                "message_id": m.id,
+                "status": "sent",
+                "native_status": r.native_status,
+                "source": "worker",
+                "applied": m.id in moved,
+                "error_code": None,
+                "detail": None,
+                "at": now,
+            }
+            for m, r in accepted
+        ],
+    )
+    _owe_events(session, [m.id for m, _ in accepted if m.id in moved and m.id in heard])
+    for message, result in accepted:
+        if result.recipient_id and result.recipient_id != message.to_number:
+            remember_wa_id(session, message, result.recipient_id)
+    wamids = {r.provider_message_id: m for m, r in accepted if m.provider == "meta"}
+    if wamids:  # statuses that arrived before the wamid was known
+        from services.meta_events import _orphans, apply_orphan_statuses
+
+        for wamid in {o.provider_message_id for o in _orphans(session, list(wamids))}:
+            apply_orphan_statuses(session, wamids[wamid].id, wamid)
+    return moved
+
+
+def _owe_events(session: Session, message_ids: list[str]) -> None:
+    """`record_status_event` for a batch of moved rows: one read, one INSERT."""
+    if not message_ids:
+        return
+    url = func.coalesce(Message.callback_url, Tenant.callback_url)
+    rows = session.execute(
+        select(Message, url.label("url"))
+        .join(Tenant, Tenant.id == Message.tenant_id)
+        .where(Message.id.in_(message_ids))
+        .execution_options(populate_existing=True)
+    ).all()
+    owed = [
+        {
+            "message_id": m.id,
+            "tenant_id": m.tenant_id,
+            "url": u,
+            "payload": {"type": "message.status", "message": message_to_dict(m, events=False)},
+        }
+        for m, u in rows
+        if u
+    ]
+    if owed:
+        session.execute(insert(EventDelivery), owed)
+        enqueue_after_commit(session, [o["message_id"] for o in owed], EVENTS_QUEUE, EVENTS_TASK)
 
 
 # Attempt outcomes after which the provider certainly did not take the message.
@@ -721,7 +976,8 @@ def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore
 
 def due_for_sweep(limit: int = 500) -> list[tuple[str, str]]:
     """Rows whose doorbell may have been lost: `queued` untouched for a while, or
-    `sending` with an expired lease. Re-enqueueing is safe: the claim dedups."""
+    `sending` with an expired lease, and not parked until later. Re-enqueueing is
+    safe: the claim dedups."""
     settings = get_settings()
     now = utcnow()
     stale = now - timedelta(seconds=settings.sweep_after_seconds)
@@ -734,6 +990,9 @@ def due_for_sweep(limit: int = 500) -> list[tuple[str, str]]:
                     and_(Message.status == "queued", Message.updated_at < stale),
                     and_(Message.status == "sending", Message.lease_until < now),
                 ),
+                # A parked row is the beat's until its due time (then, if the beat is
+                # down, this sweeper's again).
+                or_(Message.not_before.is_(None), Message.not_before <= now),
             )
             .order_by(Message.id)
             .limit(limit)
