@@ -16,27 +16,15 @@ The row is the source of truth and the lease is the lock:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import (
-    Boolean,
-    Numeric,
-    String,
-    and_,
-    case,
-    column,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-    values,
-)
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception, wait_fixed
@@ -52,7 +40,6 @@ from models import (
     session_scope,
     utcnow,
 )
-from models.base import UTCDateTime
 from providers import (
     ErrorKind,
     OutboundMessage,
@@ -92,6 +79,102 @@ def status_callback_url(message_id: str) -> str:
     return f"{get_settings().public_url}/webhooks/twilio/status?message_id={message_id}"
 
 
+# The hot statements as fixed SQL over arrays: a batch of any size is one statement
+# with a handful of parameters, and nothing is rebuilt or re-keyed per call.
+_CLAIM = text(
+    """
+    UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = :lease,
+           updated_at = :now, not_before = NULL, slot_reserved = false
+    WHERE id = ANY(CAST(:ids AS text[])) AND direction = 'outbound'
+      AND (status = 'queued' OR (status = 'sending' AND lease_until < :now))
+    RETURNING """
+    + ", ".join(f'"{c.name}"' for c in Message.__table__.c)
+).columns(*Message.__table__.c)
+_OPTED_OUT = text(
+    """
+    SELECT tenant_id, phone, wa_id FROM contacts
+    WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
+      AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
+    """
+)
+_EVENTS = text(
+    """
+    INSERT INTO message_events
+        (message_id, status, native_status, source, applied, error_code, detail, at)
+    SELECT v.id, :status, v.native, :source, v.applied, NULL, CAST(v.detail AS json), :at
+    FROM unnest(CAST(:ids AS text[]), CAST(:natives AS text[]), CAST(:applied AS boolean[]),
+                CAST(:details AS text[])) AS v(id, native, applied, detail)
+    """
+)
+_PARK = text(
+    """
+    UPDATE messages AS m SET not_before = v.due, slot_reserved = v.reserved
+    FROM unnest(CAST(:ids AS text[]), CAST(:dues AS timestamp[]), CAST(:reserved AS boolean[]))
+         AS v(id, due, reserved)
+    WHERE m.id = v.id AND m.status IN ('queued', 'sending')
+    """
+)
+# `apply_status(..., "sent")` for a batch: forward only (from the states `sent` may
+# follow), the provider's facts filled in where still empty, the price when given.
+_SENT = text(
+    """
+    UPDATE messages AS m SET status = 'sent', updated_at = :now,
+           sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
+           provider_message_id = coalesce(m.provider_message_id, v.pid),
+           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+           from_number = coalesce(m.from_number, v.sender)
+    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
+                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
+    WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
+    RETURNING m.id
+    """
+)
+# A row a callback moved past `sent` first keeps its status and gets the facts only.
+_FACTS = text(
+    """
+    UPDATE messages AS m SET
+           provider_message_id = coalesce(m.provider_message_id, v.pid),
+           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+           from_number = coalesce(m.from_number, v.sender)
+    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
+                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
+    WHERE m.id = v.id
+    """
+)
+
+
+def _naive(at: datetime) -> datetime:
+    """A UTC time as the columns store it (see models.base.UTCDateTime)."""
+    return at.astimezone(UTC).replace(tzinfo=None)
+
+
+def insert_events(
+    session: Session,
+    status: str,
+    source: str,
+    rows: list[tuple[str, str | None, bool, dict | None]],
+    at: datetime,
+) -> None:
+    """Message events for a batch in one INSERT: (message id, native status, applied,
+    detail) each."""
+    if not rows:
+        return
+    session.execute(
+        _EVENTS,
+        {
+            "status": status,
+            "source": source,
+            "at": _naive(at),
+            "ids": [r[0] for r in rows],
+            "natives": [r[1] for r in rows],
+            "applied": [r[2] for r in rows],
+            "details": [None if r[3] is None else json.dumps(r[3]) for r in rows],
+        },
+    )
+
+
 def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | None:
     """Take the row for one send attempt, or None if another attempt owns or finished it."""
     claimed = claim_many([message_id])
@@ -119,25 +202,10 @@ def claim_many(
         messages = {
             m.id: m
             for m in session.scalars(
-                update(Message)
-                .where(
-                    Message.id.in_(message_ids),
-                    Message.direction == "outbound",
-                    or_(
-                        Message.status == "queued",
-                        and_(Message.status == "sending", Message.lease_until < now),
-                    ),
-                )
-                .values(
-                    status="sending",
-                    attempts=Message.attempts + 1,
-                    lease_until=lease,
-                    updated_at=now,
-                    not_before=None,
-                    slot_reserved=False,
-                )
-                .returning(Message)
-                .execution_options(synchronize_session=False)
+                select(Message)
+                .from_statement(_CLAIM)
+                .params(ids=list(message_ids), now=_naive(now), lease=_naive(lease))
+                .execution_options(populate_existing=True)
             )
         }
         if not messages:
@@ -158,6 +226,7 @@ def claim_many(
             heard = listening(session, list(messages))
         taken: list[tuple[Message, AccountCredentials]] = []
         first_sends: list[str] = []
+        sending: list[tuple[str, str | None, bool, dict | None]] = []
         # The rows' events are inserted together at commit, not one flush per row.
         with session.no_autoflush:
             for message_id in message_ids:
@@ -196,16 +265,9 @@ def claim_many(
                 assert account is not None
                 if message.attempts == 1 and message_id in heard:
                     first_sends.append(message_id)  # queued -> sending: an event out
-                session.add(
-                    MessageEvent(
-                        message_id=message_id,
-                        status="sending",
-                        source="worker",
-                        detail={"attempt": message.attempts},
-                        at=now,
-                    )
-                )
+                sending.append((message_id, None, True, {"attempt": message.attempts}))
                 taken.append((message, account))
+        insert_events(session, "sending", "worker", sending, now)
         _owe_events(session, first_sends)
         return taken
 
@@ -218,11 +280,8 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
     forms = {m.to_number: whatsapp_forms(m.to_number) for m in messages}
     every = {form for group in forms.values() for form in group}
     rows = session.execute(
-        select(Contact.tenant_id, Contact.phone, Contact.wa_id).where(
-            Contact.tenant_id.in_({m.tenant_id for m in messages}),
-            Contact.phone.in_(every) | Contact.wa_id.in_(every),
-            Contact.opted_out.is_(True),
-        )
+        _OPTED_OUT,
+        {"tenants": list({m.tenant_id for m in messages}), "forms": list(every)},
     ).all()
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
     return {
@@ -399,19 +458,15 @@ def gate(message_ids: list[str]) -> Gate:
     return Gate(waits, {r.id for r in rows if r.listening}, accounts)
 
 
-def _park(session, park: dict[str, tuple[float, bool]], now) -> None:  # type: ignore[no-untyped-def]
-    """Give each row its due time, in one statement (UPDATE .. FROM VALUES)."""
-    parked = values(
-        column("id", String),
-        column("due", UTCDateTime),
-        column("reserved", Boolean),
-        name="parked",
-    ).data([(mid, now + timedelta(seconds=s), r) for mid, (s, r) in park.items()])
+def _park(session, park: dict[str, tuple[float, bool]], now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """Give each row its due time, in one statement."""
     session.execute(
-        update(Message)
-        .where(Message.id == parked.c.id, Message.status.in_(("queued", "sending")))
-        .values(not_before=parked.c.due, slot_reserved=parked.c.reserved)
-        .execution_options(synchronize_session=False)
+        _PARK,
+        {
+            "ids": list(park),
+            "dues": [_naive(now + timedelta(seconds=sec)) for sec, _ in park.values()],
+            "reserved": [reserved for _, reserved in park.values()],
+        },
     )
 
 
@@ -605,58 +660,25 @@ def record_sent_batch(
     facts), one multi-row INSERT records the events, and the listening tenants' events
     out are owed in one more. Returns the ids whose status moved."""
     now = utcnow()
-    facts = values(
-        column("id", String),
-        column("pid", String),
-        column("price", Numeric),
-        column("unit", String),
-        column("sender", String),
-        name="facts",
-    ).data([(m.id, r.provider_message_id, r.price, r.price_unit, r.sender) for m, r in accepted])
-    price = func.cast(facts.c.price, Numeric(12, 5))
-    provider_facts = {
-        "provider_message_id": func.coalesce(Message.provider_message_id, facts.c.pid),
-        "price": case((facts.c.price.is_(None), Message.price), else_=price),
-        "price_unit": case((facts.c.price.is_(None), Message.price_unit), else_=facts.c.unit),
-        "from_number": func.coalesce(Message.from_number, facts.c.sender),
+    facts = {
+        "ids": [m.id for m, _ in accepted],
+        "pids": [r.provider_message_id for _, r in accepted],
+        "prices": [r.price for _, r in accepted],
+        "units": [r.price_unit for _, r in accepted],
+        "senders": [r.sender for _, r in accepted],
     }
     moved = set(
-        session.scalars(
-            update(Message)
-            .where(Message.id == facts.c.id, Message.status.in_(allowed_from("sent")))
-            .values(
-                status="sent",
-                updated_at=now,
-                sent_at=func.coalesce(Message.sent_at, now),
-                lease_until=None,
-                **provider_facts,
-            )
-            .returning(Message.id)
-            .execution_options(synchronize_session=False)
-        )
+        session.scalars(_SENT, {**facts, "now": _naive(now), "allowed": allowed_from("sent")})
     )
     if len(moved) < len(accepted):  # a callback got there first: keep the facts only
-        session.execute(
-            update(Message)
-            .where(Message.id == facts.c.id, Message.id.not_in(moved))
-            .values(**provider_facts)
-            .execution_options(synchronize_session=False)
-        )
-    session.execute(
-        insert(MessageEvent),
-        [
-            {
-                "message_id": m.id,
-                "status": "sent",
-                "native_status": r.native_status,
-                "source": "worker",
-                "applied": m.id in moved,
-                "error_code": None,
-                "detail": None,
-                "at": now,
-            }
-            for m, r in accepted
-        ],
+        kept = [i for i, (m, _) in enumerate(accepted) if m.id not in moved]
+        session.execute(_FACTS, {name: [col[i] for i in kept] for name, col in facts.items()})
+    insert_events(
+        session,
+        "sent",
+        "worker",
+        [(m.id, r.native_status, m.id in moved, None) for m, r in accepted],
+        now,
     )
     _owe_events(session, [m.id for m, _ in accepted if m.id in moved and m.id in heard])
     for message, result in accepted:
