@@ -197,79 +197,88 @@ def claim_many(
     settings = get_settings()
     now = utcnow()
     lease = now + timedelta(seconds=settings.send_lease_seconds + settings.http_timeout)
+    if known is not None and known.session is not None:
+        return _claim(known.session, message_ids, known, now, lease)
     with session_scope() as session:
-        # The claimed rows come back whole: no second SELECT to load them.
-        messages = {
-            m.id: m
-            for m in session.scalars(
-                select(Message)
-                .from_statement(_CLAIM)
-                .params(ids=list(message_ids), now=_naive(now), lease=_naive(lease))
-                .execution_options(populate_existing=True)
+        return _claim(session, message_ids, known, now, lease)
+
+
+def _claim(  # type: ignore[no-untyped-def]
+    session: Session, message_ids: list[str], known: Gate | None, now, lease
+) -> list[tuple[Message, AccountCredentials]]:
+    settings = get_settings()
+    # The claimed rows come back whole: no second SELECT to load them.
+    messages = {
+        m.id: m
+        for m in session.scalars(
+            select(Message)
+            .from_statement(_CLAIM)
+            .params(ids=list(message_ids), now=_naive(now), lease=_naive(lease))
+            .execution_options(populate_existing=True)
+        )
+    }
+    if not messages:
+        return []
+    opted_out = _opted_out(session, list(messages.values()))
+    if known is not None:
+        accounts = known.accounts
+        heard = known.listening & messages.keys()
+    else:
+        accounts = {
+            a.id: credentials(a)
+            for a in session.scalars(
+                select(ProviderAccount).where(
+                    ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
+                )
             )
         }
-        if not messages:
-            return []
-        opted_out = _opted_out(session, list(messages.values()))
-        if known is not None:
-            accounts = known.accounts
-            heard = known.listening & messages.keys()
-        else:
-            accounts = {
-                a.id: credentials(a)
-                for a in session.scalars(
-                    select(ProviderAccount).where(
-                        ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
-                    )
+        heard = listening(session, list(messages))
+    taken: list[tuple[Message, AccountCredentials]] = []
+    first_sends: list[str] = []
+    sending: list[tuple[str, str | None, bool, dict | None]] = []
+    # The rows' events are inserted together at commit, not one flush per row.
+    with session.no_autoflush:
+        for message_id in message_ids:
+            message = messages.get(message_id)
+            if message is None:
+                continue
+            refusal = None
+            account = accounts.get(message.provider_account_id)
+            if message.attempts > settings.max_attempts:
+                refusal = (
+                    "retries_exhausted",
+                    f"gave up after {settings.max_attempts} attempts",
                 )
-            }
-            heard = listening(session, list(messages))
-        taken: list[tuple[Message, AccountCredentials]] = []
-        first_sends: list[str] = []
-        sending: list[tuple[str, str | None, bool, dict | None]] = []
-        # The rows' events are inserted together at commit, not one flush per row.
-        with session.no_autoflush:
-            for message_id in message_ids:
-                message = messages.get(message_id)
-                if message is None:
-                    continue
-                refusal = None
-                account = accounts.get(message.provider_account_id)
-                if message.attempts > settings.max_attempts:
-                    refusal = (
-                        "retries_exhausted",
-                        f"gave up after {settings.max_attempts} attempts",
-                    )
-                elif (message.tenant_id, message.to_number) in opted_out:
-                    # A STOP that arrived after the message was accepted (a campaign row
-                    # released hours later, say) still stops it.
-                    refusal = (
-                        "opted_out",
-                        "the recipient opted out after the message was accepted",
-                    )
-                elif account is None:
-                    refusal = ("provider_not_configured", "provider account removed")
-                elif problem := content_problem(message):
-                    refusal = ("content_not_sendable", problem)
-                if refusal is not None:
-                    apply_status(
-                        session,
-                        message_id,
-                        "failed",
-                        source="worker",
-                        error_code=refusal[0],
-                        error_message=refusal[1],
-                        listening=message_id in heard,
-                    )
-                    continue
-                assert account is not None
-                if message.attempts == 1 and message_id in heard:
-                    first_sends.append(message_id)  # queued -> sending: an event out
-                sending.append((message_id, None, True, {"attempt": message.attempts}))
-                taken.append((message, account))
-        insert_events(session, "sending", "worker", sending, now)
-        _owe_events(session, first_sends)
-        return taken
+            elif (message.tenant_id, message.to_number) in opted_out:
+                # A STOP that arrived after the message was accepted (a campaign row
+                # released hours later, say) still stops it.
+                refusal = (
+                    "opted_out",
+                    "the recipient opted out after the message was accepted",
+                )
+            elif account is None:
+                refusal = ("provider_not_configured", "provider account removed")
+            elif problem := content_problem(message):
+                refusal = ("content_not_sendable", problem)
+            if refusal is not None:
+                apply_status(
+                    session,
+                    message_id,
+                    "failed",
+                    source="worker",
+                    error_code=refusal[0],
+                    error_message=refusal[1],
+                    listening=message_id in heard,
+                )
+                continue
+            assert account is not None
+            if message.attempts == 1 and message_id in heard:
+                first_sends.append(message_id)  # queued -> sending: an event out
+            sending.append((message_id, None, True, {"attempt": message.attempts}))
+            taken.append((message, account))
+    insert_events(session, "sending", "worker", sending, now)
+    _owe_events(session, first_sends)
+    return taken
 
 
 def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -343,6 +352,8 @@ class Gate:
     waits: dict[str, float]
     listening: set[str]
     accounts: dict[str, AccountCredentials]
+    # The gate's open transaction, while the batch's first chunk is claimed in it.
+    session: Session | None = None
 
 
 def send_gates(message_ids: list[str]) -> dict[str, float]:
@@ -373,82 +384,85 @@ def _credentials(row) -> AccountCredentials:  # type: ignore[no-untyped-def]
     )
 
 
-def gate(message_ids: list[str]) -> Gate:
+def gate(message_ids: list[str], session: Session | None = None) -> Gate:
     """The gate for a batch: one query (the rows, their accounts, who listens), the
     sender holds and budgets in Redis, and one statement parking the rows that must
     wait. A budget slot is reserved for a parked row, so its release sends it without
-    asking the budget again; rows parked for a hold or pair pacing ask again."""
+    asking the budget again; rows parked for a hold or pair pacing ask again. In
+    `session`'s transaction when given (the caller commits), else in its own."""
+    if session is None:
+        with session_scope() as own:
+            return gate(message_ids, own)
     url = func.coalesce(Message.callback_url, Tenant.callback_url)
-    with session_scope() as session:
-        rows = session.execute(
-            select(
-                Message.id,
-                Message.status,
-                Message.lease_until,
-                Message.provider,
-                Message.channel,
-                Message.to_number,
-                Message.not_before,
-                Message.slot_reserved,
-                Message.provider_account_id,
-                ProviderAccount.tenant_id.label("account_tenant_id"),
-                ProviderAccount.provider.label("account_provider"),
-                ProviderAccount.external_id,
-                ProviderAccount.settings,
-                ProviderAccount.secrets_enc,
-                and_(url.is_not(None), url != "").label("listening"),
-            )
-            .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
-            .join(Tenant, Tenant.id == Message.tenant_id)
-            .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
-        ).all()
-        now = utcnow()
-        by_id = {row.id: row for row in rows}
-        holds = breaker.holds_for(rows)
-        settings = get_settings()
-        waits: dict[str, float] = {}
-        park: dict[str, tuple[float, bool]] = {}  # id: (seconds, slot reserved)
-        budget: dict[tuple[str, str, float], list] = {}
-        paced: set[str] = set()
-        for message_id in message_ids:  # the caller's order: the oldest takes the budget first
-            row = by_id.get(message_id)
-            if row is None or message_id in waits or message_id in park:
+    rows = session.execute(
+        select(
+            Message.id,
+            Message.status,
+            Message.lease_until,
+            Message.provider,
+            Message.channel,
+            Message.to_number,
+            Message.not_before,
+            Message.slot_reserved,
+            Message.provider_account_id,
+            ProviderAccount.tenant_id.label("account_tenant_id"),
+            ProviderAccount.provider.label("account_provider"),
+            ProviderAccount.external_id,
+            ProviderAccount.settings,
+            ProviderAccount.secrets_enc,
+            and_(url.is_not(None), url != "").label("listening"),
+        )
+        .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
+        .join(Tenant, Tenant.id == Message.tenant_id)
+        .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
+    ).all()
+    now = utcnow()
+    by_id = {row.id: row for row in rows}
+    holds = breaker.holds_for(rows)
+    settings = get_settings()
+    waits: dict[str, float] = {}
+    park: dict[str, tuple[float, bool]] = {}  # id: (seconds, slot reserved)
+    budget: dict[tuple[str, str, float], list] = {}
+    paced: set[str] = set()
+    for message_id in message_ids:  # the caller's order: the oldest takes the budget first
+        row = by_id.get(message_id)
+        if row is None or message_id in waits or message_id in park:
+            continue
+        if row.status == "sending" and row.lease_until and row.lease_until > now:
+            continue  # another attempt owns it
+        if row.slot_reserved and row.not_before and row.not_before > now:
+            waits[message_id] = (row.not_before - now).total_seconds()  # parked
+            continue
+        hold = holds.get(message_id)
+        if hold is not None:  # the sender is held (services/breaker.py): not claimed
+            breaker.note_held([message_id], hold)
+            park[message_id] = (hold.seconds, False)
+            if hold.seconds <= settings.sweep_after_seconds:
+                waits[message_id] = hold.seconds
+            continue
+        provider, sender, rate, spacing = _budget(row)
+        if spacing > 0:
+            pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)
+            if pair_wait > 0:
+                park[message_id] = (pair_wait, False)
+                waits[message_id] = pair_wait
                 continue
-            if row.status == "sending" and row.lease_until and row.lease_until > now:
-                continue  # another attempt owns it
-            if row.slot_reserved and row.not_before and row.not_before > now:
-                waits[message_id] = (row.not_before - now).total_seconds()  # parked
-                continue
-            hold = holds.get(message_id)
-            if hold is not None:  # the sender is held (services/breaker.py): not claimed
-                breaker.note_held([message_id], hold)
-                park[message_id] = (hold.seconds, False)
-                if hold.seconds <= settings.sweep_after_seconds:
-                    waits[message_id] = hold.seconds
-                continue
-            provider, sender, rate, spacing = _budget(row)
-            if spacing > 0:
-                pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)
-                if pair_wait > 0:
-                    park[message_id] = (pair_wait, False)
-                    waits[message_id] = pair_wait
-                    continue
-                paced.add(message_id)
-            if row.slot_reserved or rate <= 0:
-                waits[message_id] = 0.0  # released: its slot was taken when it was parked
-                continue
-            budget.setdefault((provider, sender, rate), []).append(row)
-        for (provider, sender, rate), group in budget.items():
-            for row, wait in zip(
-                group, reserve_send_slots(provider, sender, rate, len(group)), strict=True
-            ):
-                waits[row.id] = wait
-                if wait > 0:
-                    park[row.id] = (wait, True)
-                    if row.id in paced:  # it does not go now: free the pair slot
-                        give_back_pair_slot(provider, sender, row.to_number)
-        if park:
-            _park(session, park, now)
+            paced.add(message_id)
+        if row.slot_reserved or rate <= 0:
+            waits[message_id] = 0.0  # released: its slot was taken when it was parked
+            continue
+        budget.setdefault((provider, sender, rate), []).append(row)
+    for (provider, sender, rate), group in budget.items():
+        for row, wait in zip(
+            group, reserve_send_slots(provider, sender, rate, len(group)), strict=True
+        ):
+            waits[row.id] = wait
+            if wait > 0:
+                park[row.id] = (wait, True)
+                if row.id in paced:  # it does not go now: free the pair slot
+                    give_back_pair_slot(provider, sender, row.to_number)
+    if park:
+        _park(session, park, now)
     go = [mid for mid, wait in waits.items() if wait == 0]
     accounts = {}
     for mid in go:
@@ -566,26 +580,35 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
     waiting for a thread (behind other batches in this process) could outlive its
     lease and be claimed and sent again elsewhere."""
     global _batch_pool
+    if not message_ids:
+        return []
     with _batch_lock:
         if _batch_pool is None:
             _batch_pool = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="herald-batch")
     pool = _batch_pool
     outcomes = dict.fromkeys(message_ids, SKIPPED)
-    known = gate(message_ids)
     go: list[str] = []
-    for message_id, wait in known.waits.items():
-        if wait > 0:  # parked: `release_due` rings again when it is due
-            outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
-        else:
-            go.append(message_id)
-    while go:
-        width = _take_slots(len(go))
-        chunk, go = go[:width], go[width:]
-        try:
-            claims = claim_many(chunk, known)
-        except BaseException:
-            _release_slots(width)
-            raise
+    # The first chunk is claimed in the gate's own transaction (one commit, one
+    # connection), so its threads are taken before the gate.
+    width = _take_slots(len(message_ids))
+    try:
+        with session_scope() as session:
+            known = gate(message_ids, session)
+            for message_id, wait in known.waits.items():
+                if wait > 0:  # parked: `release_due` rings again when it is due
+                    outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
+                else:
+                    go.append(message_id)
+            known.session = session
+            try:
+                claims = claim_many(go[:width], known) if go else []
+            finally:
+                known.session = None
+    except BaseException:
+        _release_slots(width)
+        raise
+    go = go[width:]
+    while True:
         _release_slots(width - len(claims))  # rows another attempt owns or finished
         futures = [pool.submit(_send_in_slot, message, account) for message, account in claims]
         accepted: list[tuple[Message, SendResult]] = []
@@ -597,6 +620,15 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
                 accepted.append((message, result))
                 outcomes[message.id] = SENT
         _record_sent_many(accepted, known.listening)
+        if not go:
+            break
+        width = _take_slots(len(go))
+        chunk, go = go[:width], go[width:]
+        try:
+            claims = claim_many(chunk, known)
+        except BaseException:
+            _release_slots(width)
+            raise
     return [outcomes[message_id] for message_id in message_ids]
 
 
