@@ -12,6 +12,12 @@ The row is the source of truth and the lease is the lock:
   5xx, a worker killed mid-call), the lease is held for HERALD_SETTLE_SECONDS:
   a callback arriving meanwhile moves the row past `sending` and no resend
   happens; only a row nobody has heard of is sent again.
+
+Every delivery moves a batch (of one, or of the ids a publisher coalesced, or a
+campaign's): one gate query, one claiming statement per chunk, the provider calls
+made concurrently, and one transaction recording the chunk's acceptances with
+set-based statements. A message that must wait for its sender's budget, a hold or
+pair pacing is parked in its row (`not_before`) for the beat's `release_due`.
 """
 
 from __future__ import annotations
