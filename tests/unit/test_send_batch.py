@@ -153,3 +153,16 @@ def test_a_batch_record_never_moves_a_row_back(client, dispatched) -> None:
             )
         }
     assert events == {delivered: False, sending: True}
+
+
+def test_a_single_delivery_task_of_an_older_queue_parks_too(client, dispatched) -> None:
+    """`herald.deliver` (one id, from queues filled before batches) is still understood,
+    and a throttled message it meets is parked, not retried with a countdown."""
+    from workers import tasks
+
+    auth = _tenant("+12025550175", mps=1)
+    first, second = _post(client, auth, 2)
+    assert send_gate(first) == 0.0
+    assert tasks.deliver_message.run(second) == "throttled"  # no Retry raised
+    row = _row(second)
+    assert row.status == "queued" and row.slot_reserved and row.not_before is not None
