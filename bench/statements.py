@@ -66,6 +66,7 @@ def _count() -> None:
             account_sid="AC" + "c" * 32,
             auth_token="t",
             sms_from="+12025550100",
+            mps=1000,
         )
         key = create_api_key(session, tenant.id)
     queued: list[str] = []
@@ -107,6 +108,20 @@ def _count() -> None:
     outcome = delivery.deliver(queued[-1])
     print(f"deliver (provider stubbed): {sum(counts.values())} round trips {dict(counts)}")
     print(f"  outcome {outcome}")
+    queued.clear()
+    for i in range(50):
+        client.post(
+            "/v1/messages",
+            json={"to": f"+1202556{i:04d}", "channel": "sms", "body": "hi"},
+            headers=headers,
+        )
+    counts.clear()
+    outcomes = delivery.deliver_many(list(queued))
+    print(
+        f"deliver_many, a batch of {len(queued)} (provider stubbed): "
+        f"{sum(counts.values())} round trips {dict(counts)}; "
+        f"{sum(o.action == 'sent' for o in outcomes)} sent"
+    )
 
 
 if __name__ == "__main__":

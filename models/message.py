@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -34,6 +35,12 @@ class Message(Base):
         UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
         Index("ix_messages_status_lease", "status", "lease_until"),
+        # Parked rows only (throttled or held): the release each second reads this.
+        Index(
+            "ix_messages_not_before",
+            "not_before",
+            postgresql_where=text("not_before IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("msg"))
@@ -56,6 +63,12 @@ class Message(Base):
     provider_error_code: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A `queued` row parked until then (sender budget, hold): released by the beat.
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The sender-budget slot for this send was reserved when it was parked.
+    slot_reserved: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
     campaign_id: Mapped[str | None] = mapped_column(String(32), index=True)
     meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
@@ -149,7 +150,8 @@ def trip(message: Message, exc: ProviderError) -> Hold | None:
 
 
 def requeue_tripped(message: Message, hold: Hold, exc: ProviderError) -> None:
-    """The message that met the signal goes back to `queued`, its attempt not counted."""
+    """The message that met the signal goes back to `queued`, its attempt not counted,
+    parked until the hold ends (the beat's `release_due` rings for it then)."""
     now = utcnow()
     with session_scope() as session:
         session.execute(
@@ -160,6 +162,8 @@ def requeue_tripped(message: Message, hold: Hold, exc: ProviderError) -> None:
                 attempts=Message.attempts - 1,
                 lease_until=None,
                 updated_at=now,
+                not_before=now + timedelta(seconds=hold.seconds),
+                slot_reserved=False,
             )
             .execution_options(synchronize_session=False)
         )

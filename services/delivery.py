@@ -12,23 +12,40 @@ The row is the source of truth and the lease is the lock:
   5xx, a worker killed mid-call), the lease is held for HERALD_SETTLE_SECONDS:
   a callback arriving meanwhile moves the row past `sending` and no resend
   happens; only a row nobody has heard of is sent again.
+
+Every delivery moves a batch (of one, or of the ids a publisher coalesced, or a
+campaign's): one gate query, one claiming statement per chunk, the provider calls
+made concurrently, and one transaction recording the chunk's acceptances with
+set-based statements. A message that must wait for its sender's budget, a hold or
+pair pacing is parked in its row (`not_before`) for the beat's `release_due`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception, wait_fixed
 
 from herald.config import get_settings
-from models import Contact, Message, MessageEvent, ProviderAccount, session_scope, utcnow
+from models import (
+    Contact,
+    EventDelivery,
+    Message,
+    MessageEvent,
+    ProviderAccount,
+    Tenant,
+    session_scope,
+    utcnow,
+)
 from providers import (
     ErrorKind,
     OutboundMessage,
@@ -39,15 +56,18 @@ from providers import (
     get_provider,
 )
 from services import breaker, conversations
+from services.dispatch import enqueue_after_commit
 from services.errors import database_unavailable
-from services.events import listening, record_status_event
+from services.events import EVENTS_QUEUE, EVENTS_TASK, listening
 from services.expiry import expired_refusal
-from services.limits import take_send_slot
+from services.limits import give_back_pair_slot, reserve_send_slots, take_pair_slot
 from services.phones import mask, whatsapp_forms
 from services.policy import contact_for
 from services.schemas import provider_problems
+from services.secrets import decrypt_json
 from services.senders import outbound_sender, sender_for
-from services.status import apply_status
+from services.serialize import message_to_dict
+from services.status import allowed_from, apply_status
 from services.tenants import AccountCredentials, credentials
 
 log = logging.getLogger(__name__)
@@ -67,116 +87,208 @@ def status_callback_url(message_id: str) -> str:
     return f"{get_settings().public_url}/webhooks/twilio/status?message_id={message_id}"
 
 
+# The hot statements as fixed SQL over arrays: a batch of any size is one statement
+# with a handful of parameters, and nothing is rebuilt or re-keyed per call.
+_CLAIM = text(
+    """
+    UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = :lease,
+           updated_at = :now, not_before = NULL, slot_reserved = false
+    WHERE id = ANY(CAST(:ids AS text[])) AND direction = 'outbound'
+      AND (status = 'queued' OR (status = 'sending' AND lease_until < :now))
+    RETURNING """
+    + ", ".join(f'"{c.name}"' for c in Message.__table__.c)
+).columns(*Message.__table__.c)
+_OPTED_OUT = text(
+    """
+    SELECT tenant_id, phone, wa_id FROM contacts
+    WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
+      AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
+    """
+)
+_EVENTS = text(
+    """
+    INSERT INTO message_events
+        (message_id, status, native_status, source, applied, error_code, detail, at)
+    SELECT v.id, :status, v.native, :source, v.applied, NULL, CAST(v.detail AS json), :at
+    FROM unnest(CAST(:ids AS text[]), CAST(:natives AS text[]), CAST(:applied AS boolean[]),
+                CAST(:details AS text[])) AS v(id, native, applied, detail)
+    """
+)
+_PARK = text(
+    """
+    UPDATE messages AS m SET not_before = v.due, slot_reserved = v.reserved
+    FROM unnest(CAST(:ids AS text[]), CAST(:dues AS timestamp[]), CAST(:reserved AS boolean[]))
+         AS v(id, due, reserved)
+    WHERE m.id = v.id AND m.status IN ('queued', 'sending')
+    """
+)
+# `apply_status(..., "sent")` for a batch: forward only (from the states `sent` may
+# follow), the provider's facts filled in where still empty, the price when given.
+_SENT = text(
+    """
+    UPDATE messages AS m SET status = 'sent', updated_at = :now,
+           sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
+           provider_message_id = coalesce(m.provider_message_id, v.pid),
+           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+           from_number = coalesce(m.from_number, v.sender)
+    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
+                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
+    WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
+    RETURNING m.id
+    """
+)
+# A row a callback moved past `sent` first keeps its status and gets the facts only.
+_FACTS = text(
+    """
+    UPDATE messages AS m SET
+           provider_message_id = coalesce(m.provider_message_id, v.pid),
+           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+           from_number = coalesce(m.from_number, v.sender)
+    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
+                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
+    WHERE m.id = v.id
+    """
+)
+
+
+def _naive(at: datetime) -> datetime:
+    """A UTC time as the columns store it (see models.base.UTCDateTime)."""
+    return at.astimezone(UTC).replace(tzinfo=None)
+
+
+def insert_events(
+    session: Session,
+    status: str,
+    source: str,
+    rows: list[tuple[str, str | None, bool, dict | None]],
+    at: datetime,
+) -> None:
+    """Message events for a batch in one INSERT: (message id, native status, applied,
+    detail) each."""
+    if not rows:
+        return
+    session.execute(
+        _EVENTS,
+        {
+            "status": status,
+            "source": source,
+            "at": _naive(at),
+            "ids": [r[0] for r in rows],
+            "natives": [r[1] for r in rows],
+            "applied": [r[2] for r in rows],
+            "details": [None if r[3] is None else json.dumps(r[3]) for r in rows],
+        },
+    )
+
+
 def claim_for_sending(message_id: str) -> tuple[Message, AccountCredentials] | None:
     """Take the row for one send attempt, or None if another attempt owns or finished it."""
     claimed = claim_many([message_id])
     return claimed[0] if claimed else None
 
 
-def claim_many(message_ids: list[str]) -> list[tuple[Message, AccountCredentials]]:
+def claim_many(
+    message_ids: list[str], known: Gate | None = None
+) -> list[tuple[Message, AccountCredentials]]:
     """Take each claimable row of the batch for one send attempt, in one transaction.
 
     One conditional UPDATE ... RETURNING takes the rows: a row queued, or sending
     with an expired lease, is ours; any other (finished, or leased by a live
     attempt) is left alone, so a redelivered batch claims nothing twice. Rows that
     may not be sent any more (attempts exhausted, recipient opted out since, account
-    removed) are failed here and not returned."""
+    removed) are failed here and not returned. `known`: what the batch's gate read
+    (accounts, listeners), so it is not read again."""
     if not message_ids:
         return []
     settings = get_settings()
     now = utcnow()
     lease = now + timedelta(seconds=settings.send_lease_seconds + settings.http_timeout)
+    if known is not None and known.session is not None:
+        return _claim(known.session, message_ids, known, now, lease)
     with session_scope() as session:
-        # The claimed rows come back whole: no second SELECT to load them.
-        messages = {
-            m.id: m
-            for m in session.scalars(
-                update(Message)
-                .where(
-                    Message.id.in_(message_ids),
-                    Message.direction == "outbound",
-                    or_(
-                        Message.status == "queued",
-                        and_(Message.status == "sending", Message.lease_until < now),
-                    ),
-                )
-                .values(
-                    status="sending",
-                    attempts=Message.attempts + 1,
-                    lease_until=lease,
-                    updated_at=now,
-                )
-                .returning(Message)
-                .execution_options(synchronize_session=False)
-            )
-        }
-        if not messages:
-            return []
-        opted_out = _opted_out(session, list(messages.values()))
+        return _claim(session, message_ids, known, now, lease)
+
+
+def _claim(  # type: ignore[no-untyped-def]
+    session: Session, message_ids: list[str], known: Gate | None, now, lease
+) -> list[tuple[Message, AccountCredentials]]:
+    settings = get_settings()
+    # The claimed rows come back whole: no second SELECT to load them.
+    messages = {
+        m.id: m
+        for m in session.scalars(
+            select(Message)
+            .from_statement(_CLAIM)
+            .params(ids=list(message_ids), now=_naive(now), lease=_naive(lease))
+            .execution_options(populate_existing=True)
+        )
+    }
+    if not messages:
+        return []
+    opted_out = _opted_out(session, list(messages.values()))
+    if known is not None:
+        accounts = known.accounts
+        heard = known.listening & messages.keys()
+    else:
         accounts = {
-            a.id: a
+            a.id: credentials(a)
             for a in session.scalars(
                 select(ProviderAccount).where(
                     ProviderAccount.id.in_({m.provider_account_id for m in messages.values()})
                 )
             )
         }
-        decrypted: dict[str, AccountCredentials] = {}
-        taken: list[tuple[Message, AccountCredentials]] = []
         heard = listening(session, list(messages))
-        # The rows' events are inserted together at commit, not one flush per row.
-        with session.no_autoflush:
-            for message_id in message_ids:
-                message = messages.get(message_id)
-                if message is None:
-                    continue
-                refusal = None
-                account = accounts.get(message.provider_account_id)
-                if message.attempts > settings.max_attempts:
-                    refusal = (
-                        "retries_exhausted",
-                        f"gave up after {settings.max_attempts} attempts",
-                    )
-                elif (message.tenant_id, message.to_number) in opted_out:
-                    # A STOP that arrived after the message was accepted (a campaign row
-                    # released hours later, say) still stops it.
-                    refusal = (
-                        "opted_out",
-                        "the recipient opted out after the message was accepted",
-                    )
-                elif expired := expired_refusal(message, now):  # its ttl passed while waiting
-                    refusal = expired
-                elif account is None:
-                    refusal = ("provider_not_configured", "provider account removed")
-                elif problem := content_problem(message):
-                    refusal = ("content_not_sendable", problem)
-                if refusal is not None:
-                    apply_status(
-                        session,
-                        message_id,
-                        "failed",
-                        source="worker",
-                        error_code=refusal[0],
-                        error_message=refusal[1],
-                        listening=message_id in heard,
-                    )
-                    continue
-                assert account is not None
-                if message.attempts == 1 and message_id in heard:
-                    record_status_event(session, message_id)  # queued -> sending
-                session.add(
-                    MessageEvent(
-                        message_id=message_id,
-                        status="sending",
-                        source="worker",
-                        detail={"attempt": message.attempts},
-                        at=now,
-                    )
+    taken: list[tuple[Message, AccountCredentials]] = []
+    first_sends: list[str] = []
+    sending: list[tuple[str, str | None, bool, dict | None]] = []
+    # The rows' events are inserted together at commit, not one flush per row.
+    with session.no_autoflush:
+        for message_id in message_ids:
+            message = messages.get(message_id)
+            if message is None:
+                continue
+            refusal = None
+            account = accounts.get(message.provider_account_id)
+            if message.attempts > settings.max_attempts:
+                refusal = (
+                    "retries_exhausted",
+                    f"gave up after {settings.max_attempts} attempts",
                 )
-                if account.id not in decrypted:
-                    decrypted[account.id] = credentials(account)
-                taken.append((message, decrypted[account.id]))
-        return taken
+            elif (message.tenant_id, message.to_number) in opted_out:
+                # A STOP that arrived after the message was accepted (a campaign row
+                # released hours later, say) still stops it.
+                refusal = (
+                    "opted_out",
+                    "the recipient opted out after the message was accepted",
+                )
+            elif expired := expired_refusal(message, now):  # its ttl passed while waiting
+                refusal = expired
+            elif account is None:
+                refusal = ("provider_not_configured", "provider account removed")
+            elif problem := content_problem(message):
+                refusal = ("content_not_sendable", problem)
+            if refusal is not None:
+                apply_status(
+                    session,
+                    message_id,
+                    "failed",
+                    source="worker",
+                    error_code=refusal[0],
+                    error_message=refusal[1],
+                    listening=message_id in heard,
+                )
+                continue
+            assert account is not None
+            if message.attempts == 1 and message_id in heard:
+                first_sends.append(message_id)  # queued -> sending: an event out
+            sending.append((message_id, None, True, {"attempt": message.attempts}))
+            taken.append((message, account))
+    insert_events(session, "sending", "worker", sending, now)
+    _owe_events(session, first_sends)
+    return taken
 
 
 def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -187,11 +299,8 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
     forms = {m.to_number: whatsapp_forms(m.to_number) for m in messages}
     every = {form for group in forms.values() for form in group}
     rows = session.execute(
-        select(Contact.tenant_id, Contact.phone, Contact.wa_id).where(
-            Contact.tenant_id.in_({m.tenant_id for m in messages}),
-            Contact.phone.in_(every) | Contact.wa_id.in_(every),
-            Contact.opted_out.is_(True),
-        )
+        _OPTED_OUT,
+        {"tenants": list({m.tenant_id for m in messages}), "forms": list(every)},
     ).all()
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
     return {
@@ -242,52 +351,156 @@ def send_gate(message_id: str) -> float | None:
     """Seconds to wait for the sender's budget (None: nothing to send; 0.0: go).
 
     Taken before the claim, so a throttled message keeps its attempts: the
-    per-sender messages-per-second bucket and WhatsApp's pair pacing, both in
-    Redis so every worker shares them."""
+    per-sender messages-per-second budget and WhatsApp's pair pacing, both in
+    Redis so every worker shares them. A message that must wait is parked: its row
+    gets a due time (`not_before`) that the beat's `release_due` acts on, rather
+    than a task coming back with a countdown."""
     return send_gates([message_id]).get(message_id)
+
+
+@dataclass
+class Gate:
+    """What the gate learned about a batch, so the claim and the record need not ask
+    again: the waits (0.0: go), who listens for events, each account's credentials."""
+
+    waits: dict[str, float]
+    listening: set[str]
+    accounts: dict[str, AccountCredentials]
+    # The gate's open transaction, while the batch's first chunk is claimed in it.
+    session: Session | None = None
 
 
 def send_gates(message_ids: list[str]) -> dict[str, float]:
     """`send_gate` for a batch, with one query: ids absent from the answer have nothing
-    to send (finished, or owned by another attempt)."""
-    with session_scope() as session:
-        rows = session.execute(
-            select(
-                Message.id,
-                Message.status,
-                Message.lease_until,
-                Message.provider,
-                Message.channel,
-                Message.to_number,
-                Message.options,  # senders: the row's chosen sender (see _slot_wait)
-                ProviderAccount.external_id,
-                ProviderAccount.settings,
-                ProviderAccount.secrets_enc,
-            )
-            .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
-            .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
-        ).all()
+    to send (finished, owned by another attempt, or held for longer than a sweep)."""
+    return gate(message_ids).waits
+
+
+# Decrypted secrets by their ciphertext: a new secret is a new ciphertext, so a cached
+# entry is never stale; bounded by the accounts one process sends for.
+_secrets: dict[str, dict] = {}
+_SECRETS_KEPT = 1000
+
+
+def _credentials(row) -> AccountCredentials:  # type: ignore[no-untyped-def]
+    secrets = _secrets.get(row.secrets_enc)
+    if secrets is None:
+        if len(_secrets) >= _SECRETS_KEPT:
+            _secrets.clear()
+        secrets = _secrets[row.secrets_enc] = decrypt_json(row.secrets_enc)
+    return AccountCredentials(
+        id=row.provider_account_id,
+        tenant_id=row.account_tenant_id,
+        provider=row.account_provider,
+        external_id=row.external_id,
+        settings=dict(row.settings or {}),
+        secrets=dict(secrets),
+    )
+
+
+def gate(message_ids: list[str], session: Session | None = None) -> Gate:
+    """The gate for a batch: one query (the rows, their accounts, who listens), the
+    sender holds and budgets in Redis, and one statement parking the rows that must
+    wait. A budget slot is reserved for a parked row, so its release sends it without
+    asking the budget again; rows parked for a hold or pair pacing ask again. In
+    `session`'s transaction when given (the caller commits), else in its own."""
+    if session is None:
+        with session_scope() as own:
+            return gate(message_ids, own)
+    url = func.coalesce(Message.callback_url, Tenant.callback_url)
+    rows = session.execute(
+        select(
+            Message.id,
+            Message.status,
+            Message.lease_until,
+            Message.provider,
+            Message.channel,
+            Message.to_number,
+            Message.options,  # senders: the row's chosen sender (see _budget)
+            Message.not_before,
+            Message.slot_reserved,
+            Message.provider_account_id,
+            ProviderAccount.tenant_id.label("account_tenant_id"),
+            ProviderAccount.provider.label("account_provider"),
+            ProviderAccount.external_id,
+            ProviderAccount.settings,
+            ProviderAccount.secrets_enc,
+            and_(url.is_not(None), url != "").label("listening"),
+        )
+        .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
+        .join(Tenant, Tenant.id == Message.tenant_id)
+        .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
+    ).all()
     now = utcnow()
     by_id = {row.id: row for row in rows}
     holds = breaker.holds_for(rows)
+    settings = get_settings()
     waits: dict[str, float] = {}
+    park: dict[str, tuple[float, bool]] = {}  # id: (seconds, slot reserved)
+    budget: dict[tuple[str, str, float], list] = {}
+    paced: set[str] = set()
     for message_id in message_ids:  # the caller's order: the oldest takes the budget first
         row = by_id.get(message_id)
-        if row is None:
+        if row is None or message_id in waits or message_id in park:
             continue
         if row.status == "sending" and row.lease_until and row.lease_until > now:
             continue  # another attempt owns it
+        if row.slot_reserved and row.not_before and row.not_before > now:
+            waits[message_id] = (row.not_before - now).total_seconds()  # parked
+            continue
         hold = holds.get(message_id)
         if hold is not None:  # the sender is held (services/breaker.py): not claimed
             breaker.note_held([message_id], hold)
-            if hold.seconds <= get_settings().sweep_after_seconds:
-                waits[message_id] = hold.seconds  # short: come back then
-            continue  # long: the sweeper rings again
-        waits[message_id] = _slot_wait(row)
-    return waits
+            park[message_id] = (hold.seconds, False)
+            if hold.seconds <= settings.sweep_after_seconds:
+                waits[message_id] = hold.seconds
+            continue
+        provider, sender, rate, spacing = _budget(row)
+        if spacing > 0:
+            pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)
+            if pair_wait > 0:
+                park[message_id] = (pair_wait, False)
+                waits[message_id] = pair_wait
+                continue
+            paced.add(message_id)
+        if row.slot_reserved or rate <= 0:
+            waits[message_id] = 0.0  # released: its slot was taken when it was parked
+            continue
+        budget.setdefault((provider, sender, rate), []).append(row)
+    for (provider, sender, rate), group in budget.items():
+        for row, wait in zip(
+            group, reserve_send_slots(provider, sender, rate, len(group)), strict=True
+        ):
+            waits[row.id] = wait
+            if wait > 0:
+                park[row.id] = (wait, True)
+                if row.id in paced:  # it does not go now: free the pair slot
+                    give_back_pair_slot(provider, sender, row.to_number)
+    if park:
+        _park(session, park, now)
+    go = [mid for mid, wait in waits.items() if wait == 0]
+    accounts = {}
+    for mid in go:
+        row = by_id[mid]
+        if row.provider_account_id not in accounts:
+            accounts[row.provider_account_id] = _credentials(row)
+    return Gate(waits, {r.id for r in rows if r.listening}, accounts)
 
 
-def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
+def _park(session, park: dict[str, tuple[float, bool]], now: datetime) -> None:  # type: ignore[no-untyped-def]
+    """Give each row its due time, in one statement."""
+    session.execute(
+        _PARK,
+        {
+            "ids": list(park),
+            "dues": [_naive(now + timedelta(seconds=sec)) for sec, _ in park.values()],
+            "reserved": [reserved for _, reserved in park.values()],
+        },
+    )
+
+
+def _budget(row) -> tuple[str, str, float, float]:  # type: ignore[no-untyped-def]
+    """(provider, sender, messages per second, pair spacing) for a gate row."""
     settings = get_settings()
     account = row.settings or {}
     if row.provider == "meta":
@@ -303,26 +516,36 @@ def _slot_wait(row) -> float:  # type: ignore[no-untyped-def]
     if picked is not None:
         sender, rate = picked[0], picked[1] or rate
     spacing = settings.pair_pacing_seconds if row.channel == "whatsapp" else 0.0
-    return take_send_slot(row.provider, sender, row.to_number, rate, spacing)
+    return row.provider, sender, rate, spacing
+
+
+def release_parked(limit: int = 5000) -> list[tuple[str, str | None]]:
+    """Parked rows whose due time has come, released in one statement: (id, campaign)
+    of those still to send. The beat runs this every second; a release whose doorbell
+    is lost is found by the sweeper like any queued row."""
+    now = utcnow()
+    due = (
+        select(Message.id)
+        .where(Message.not_before <= now)
+        .order_by(Message.not_before)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    with session_scope() as session:
+        rows = session.execute(
+            update(Message)
+            .where(Message.id.in_(due))
+            .values(not_before=None, updated_at=now)
+            .returning(Message.id, Message.campaign_id, Message.status)
+            .execution_options(synchronize_session=False)
+        ).all()
+    return [(r.id, r.campaign_id) for r in rows if r.status in ("queued", "sending")]
 
 
 def deliver(message_id: str) -> DeliveryOutcome:
     """One attempt at sending `message_id`. Safe to call any number of times."""
-    wait = send_gate(message_id)
-    if wait is None:
-        return SKIPPED
-    if wait > 0:
-        return DeliveryOutcome("throttled", retry_in=wait)
-    claim = claim_for_sending(message_id)
-    if claim is None:
-        return SKIPPED
-    message, account = claim
-    sent = send_claimed(*claim)
-    if isinstance(sent, DeliveryOutcome):
-        return sent
-    _record_sent(message, sent)
-    conversations.after_send(message, account)  # mark the conversation read, when asked
-    return SENT
+    return deliver_many([message_id])[0]
 
 
 def send_claimed(message: Message, account: AccountCredentials) -> SendResult | DeliveryOutcome:
@@ -363,35 +586,47 @@ _slots_lock = threading.Lock()  # one batch gathers its slots at a time: no dead
 
 
 def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
-    """A campaign batch: the same steps as `deliver`, with the database work done per
-    chunk rather than per message (one gate query for the batch; per chunk one
-    claiming UPDATE and one transaction recording the acceptances) and the provider
-    calls made concurrently.
+    """A batch (transactional messages a publisher coalesced, or a campaign's): the
+    steps of one delivery, with the database work done per chunk rather than per
+    message and the provider calls made concurrently. Per batch, one gate query (and
+    one statement parking the rows that must wait); per chunk, one claiming
+    transaction and one transaction recording every acceptance with set-based
+    statements.
 
     A chunk is claimed only once the batch pool has a free thread for each of its
-    rows, so every claimed row's call starts at once, as in `deliver`: a row claimed
-    and then left waiting for a thread (behind other batches in this process) could
-    outlive its lease and be claimed and sent again elsewhere."""
+    rows, so every claimed row's call starts at once: a row claimed and then left
+    waiting for a thread (behind other batches in this process) could outlive its
+    lease and be claimed and sent again elsewhere."""
     global _batch_pool
+    if not message_ids:
+        return []
     with _batch_lock:
         if _batch_pool is None:
             _batch_pool = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix="herald-batch")
     pool = _batch_pool
     outcomes = dict.fromkeys(message_ids, SKIPPED)
     go: list[str] = []
-    for message_id, wait in send_gates(message_ids).items():
-        if wait > 0:
-            outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
-        else:
-            go.append(message_id)
-    while go:
-        width = _take_slots(len(go))
-        chunk, go = go[:width], go[width:]
-        try:
-            claims = claim_many(chunk)
-        except BaseException:
-            _release_slots(width)
-            raise
+    # The first chunk is claimed in the gate's own transaction (one commit, one
+    # connection), so its threads are taken before the gate.
+    width = _take_slots(len(message_ids))
+    try:
+        with session_scope() as session:
+            known = gate(message_ids, session)
+            for message_id, wait in known.waits.items():
+                if wait > 0:  # parked: `release_due` rings again when it is due
+                    outcomes[message_id] = DeliveryOutcome("throttled", retry_in=wait)
+                else:
+                    go.append(message_id)
+            known.session = session
+            try:
+                claims = claim_many(go[:width], known) if go else []
+            finally:
+                known.session = None
+    except BaseException:
+        _release_slots(width)
+        raise
+    go = go[width:]
+    while True:
         _release_slots(width - len(claims))  # rows another attempt owns or finished
         futures = [pool.submit(_send_in_slot, message, account) for message, account in claims]
         accepted: list[tuple[Message, SendResult]] = []
@@ -402,7 +637,20 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
             else:
                 accepted.append((message, result))
                 outcomes[message.id] = SENT
-        _record_sent_many(accepted)
+        _record_sent_many(accepted, known.listening)
+        if accepted:  # mark the conversation read, when asked (no query otherwise)
+            accounts = {message.id: account for message, account in claims}
+            for message, _ in accepted:
+                conversations.after_send(message, accounts[message.id])
+        if not go:
+            break
+        width = _take_slots(len(go))
+        chunk, go = go[:width], go[width:]
+        try:
+            claims = claim_many(chunk, known)
+        except BaseException:
+            _release_slots(width)
+            raise
     return [outcomes[message_id] for message_id in message_ids]
 
 
@@ -431,18 +679,20 @@ def _send_in_slot(message: Message, account: AccountCredentials) -> SendResult |
         _batch_slots.release()
 
 
-def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
+def _record_sent_many(
+    accepted: list[tuple[Message, SendResult]], heard: set[str] | None = None
+) -> None:
     """Record a batch's acceptances in one transaction; if that fails, one by one, so
     one bad row cannot leave the others unrecorded (they would settle by callback or
-    reconciliation anyway, but later)."""
+    reconciliation anyway, but later). `heard`: the batch's listening messages, when
+    the gate already read them."""
     if not accepted:
         return
     try:
         with session_scope() as session:
-            heard = listening(session, [message.id for message, _ in accepted])
-            with session.no_autoflush:  # the events go in together at commit
-                for message, result in accepted:
-                    _apply_sent(session, message, result, False, heard=message.id in heard)
+            if heard is None:
+                heard = listening(session, [message.id for message, _ in accepted])
+            record_sent_batch(session, accepted, heard)
     except Exception:
         log.exception("recording a batch of %d sends failed; recording one by one", len(accepted))
         for message, result in accepted:
@@ -453,6 +703,74 @@ def _record_sent_many(accepted: list[tuple[Message, SendResult]]) -> None:
         return
     for message, result in accepted:
         _log_sent(message, result)
+
+
+def record_sent_batch(
+    session: Session, accepted: list[tuple[Message, SendResult]], heard: set[str]
+) -> set[str]:
+    """`apply_status(..., "sent")` for a batch, set-based: one UPDATE .. FROM (VALUES)
+    moves every row still before `sent` (forward only: a row a callback already moved
+    to delivered, read or a failure keeps its status and gets only the provider's
+    facts), one multi-row INSERT records the events, and the listening tenants' events
+    out are owed in one more. Returns the ids whose status moved."""
+    now = utcnow()
+    facts = {
+        "ids": [m.id for m, _ in accepted],
+        "pids": [r.provider_message_id for _, r in accepted],
+        "prices": [r.price for _, r in accepted],
+        "units": [r.price_unit for _, r in accepted],
+        "senders": [r.sender for _, r in accepted],
+    }
+    moved = set(
+        session.scalars(_SENT, {**facts, "now": _naive(now), "allowed": allowed_from("sent")})
+    )
+    if len(moved) < len(accepted):  # a callback got there first: keep the facts only
+        kept = [i for i, (m, _) in enumerate(accepted) if m.id not in moved]
+        session.execute(_FACTS, {name: [col[i] for i in kept] for name, col in facts.items()})
+    insert_events(
+        session,
+        "sent",
+        "worker",
+        [(m.id, r.native_status, m.id in moved, None) for m, r in accepted],
+        now,
+    )
+    _owe_events(session, [m.id for m, _ in accepted if m.id in moved and m.id in heard])
+    for message, result in accepted:
+        if result.recipient_id and result.recipient_id != message.to_number:
+            remember_wa_id(session, message, result.recipient_id)
+    wamids = {r.provider_message_id: m for m, r in accepted if m.provider == "meta"}
+    if wamids:  # statuses that arrived before the wamid was known
+        from services.meta_events import _orphans, apply_orphan_statuses
+
+        for wamid in {o.provider_message_id for o in _orphans(session, list(wamids))}:
+            apply_orphan_statuses(session, wamids[wamid].id, wamid)
+    return moved
+
+
+def _owe_events(session: Session, message_ids: list[str]) -> None:
+    """`record_status_event` for a batch of moved rows: one read, one INSERT."""
+    if not message_ids:
+        return
+    url = func.coalesce(Message.callback_url, Tenant.callback_url)
+    rows = session.execute(
+        select(Message, url.label("url"))
+        .join(Tenant, Tenant.id == Message.tenant_id)
+        .where(Message.id.in_(message_ids))
+        .execution_options(populate_existing=True)
+    ).all()
+    owed = [
+        {
+            "message_id": m.id,
+            "tenant_id": m.tenant_id,
+            "url": u,
+            "payload": {"type": "message.status", "message": message_to_dict(m, events=False)},
+        }
+        for m, u in rows
+        if u
+    ]
+    if owed:
+        session.execute(insert(EventDelivery), owed)
+        enqueue_after_commit(session, [o["message_id"] for o in owed], EVENTS_QUEUE, EVENTS_TASK)
 
 
 # Attempt outcomes after which the provider certainly did not take the message.
@@ -734,7 +1052,8 @@ def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore
 
 def due_for_sweep(limit: int = 500) -> list[tuple[str, str]]:
     """Rows whose doorbell may have been lost: `queued` untouched for a while, or
-    `sending` with an expired lease. Re-enqueueing is safe: the claim dedups."""
+    `sending` with an expired lease, and not parked until later. Re-enqueueing is
+    safe: the claim dedups."""
     settings = get_settings()
     now = utcnow()
     stale = now - timedelta(seconds=settings.sweep_after_seconds)
@@ -747,6 +1066,9 @@ def due_for_sweep(limit: int = 500) -> list[tuple[str, str]]:
                     and_(Message.status == "queued", Message.updated_at < stale),
                     and_(Message.status == "sending", Message.lease_until < now),
                 ),
+                # A parked row is the beat's until its due time (then, if the beat is
+                # down, this sweeper's again).
+                or_(Message.not_before.is_(None), Message.not_before <= now),
             )
             .order_by(Message.id)
             .limit(limit)

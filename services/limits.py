@@ -55,6 +55,23 @@ redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
 return math.ceil((1 - tokens) * 1000 / rate)
 """
 
+# Slot reservation (GCRA), for a batch of sends on one sender. KEYS: the sender's next
+# free slot (ms). ARGV: spacing ms (1000 / rate), burst ms, now ms, count. Returns, for
+# each send in order, the ms from now at which its slot is: 0 = go now. Every slot
+# returned is taken, so a parked message holds its place and is not counted twice.
+_RESERVE = """
+local t = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local out = {}
+for i = 1, tonumber(ARGV[4]) do
+  local at = math.max(now, tat - burst)
+  out[i] = math.ceil(at - now)
+  tat = math.max(tat, at) + t
+end
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now + burst) + 1000)
+return out
+"""
+
 # Pair pacing. KEYS: pair key. ARGV: spacing ms. Returns wait ms (0 = go now).
 _PAIR = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
@@ -130,3 +147,38 @@ def take_send_slot(
                     client.delete(key("pair", provider, sender, to))
             return max(0.01, int(wait) / 1000)  # type: ignore[arg-type]
     return 0.0
+
+
+def reserve_send_slots(provider: str, sender: str, per_second: float, count: int) -> list[float]:
+    """Seconds from now at which each of `count` sends on this sender may go (0.0: now).
+
+    Every slot returned is taken: a message parked until its slot needs no second look
+    at the budget when it is released (a one-second burst, as in `take_send_slot`)."""
+    if per_second <= 0 or count <= 0:
+        return [0.0] * count
+    spacing = 1000.0 / per_second
+    burst = max(0.0, 1000.0 - spacing)  # capacity max(1, rate): a one-second burst
+    now_ms = int(time.time() * 1000)
+    waits = _run(_RESERVE, [key("slots", provider, sender)], [spacing, burst, now_ms, count])
+    if not isinstance(waits, list):
+        return [0.0] * count  # Redis away: let them through, as `take_send_slot` does
+    return [int(w) / 1000 for w in waits]
+
+
+def take_pair_slot(provider: str, sender: str, to: str, spacing: float) -> float:
+    """WhatsApp pair pacing alone: seconds to wait (0.0: go, the pair slot is taken)."""
+    if spacing <= 0:
+        return 0.0
+    wait = _run(_PAIR, [key("pair", provider, sender, to)], [int(spacing * 1000)])
+    return max(0.05, int(wait) / 1000) if wait else 0.0  # type: ignore[arg-type]
+
+
+def give_back_pair_slot(provider: str, sender: str, to: str) -> None:
+    """The send did not happen now (its budget slot is later): free the pair slot."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(key("pair", provider, sender, to))
+    except redis.RedisError:
+        log.warning("limits unavailable: pair slot not given back")

@@ -19,41 +19,57 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="herald.deliver", bind=True, ignore_result=True)
 def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-def]
-    """One delivery attempt; a retry is rescheduled with the countdown the domain chose.
-    With the database unreachable the attempt is retried shortly (the sweeper would
-    find the row too, but only HERALD_SWEEP_AFTER_SECONDS later)."""
+    """One delivery attempt (tasks queued before batches, and retries); a retry is
+    rescheduled with the countdown the domain chose. A throttled or held message is
+    parked in its row, not here. With the database unreachable the attempt is retried
+    shortly (the sweeper would find the row too, but only HERALD_SWEEP_AFTER_SECONDS
+    later)."""
     try:
         outcome = delivery.deliver(message_id)
     except Exception as exc:
         if database_unavailable(exc):
             raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=None) from exc
         raise
-    if outcome.retry_in is not None:
+    if outcome.action == "retry" and outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.action
 
 
-@shared_task(name="herald.deliver_batch", ignore_result=True)
-def deliver_batch(message_ids: list[str]) -> dict[str, int]:
-    """A campaign batch, sent concurrently; each message needing a later retry gets its
-    own delivery task with the countdown the domain chose."""
-    outcomes = delivery.deliver_many(message_ids)
+@shared_task(name="herald.deliver_batch", bind=True, ignore_result=True)
+def deliver_batch(self, message_ids: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """A batch (transactional or campaign), sent concurrently. Parked rows (throttled,
+    held) wait in the database for `release_due`; each message whose attempt failed
+    and needs a later retry gets its own delivery task with the domain's countdown."""
+    try:
+        outcomes = delivery.deliver_many(message_ids)
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=None) from exc
+        raise
+    queue = (self.request.delivery_info or {}).get("routing_key") or BULK_QUEUE
     for message_id, outcome in zip(message_ids, outcomes, strict=True):
-        if outcome.retry_in is not None:
-            deliver_message.apply_async(
-                args=[message_id], countdown=outcome.retry_in, queue=BULK_QUEUE
-            )
-    return {o.action: sum(1 for x in outcomes if x.action == o.action) for o in outcomes}
+        if outcome.action == "retry" and outcome.retry_in is not None:
+            deliver_message.apply_async(args=[message_id], countdown=outcome.retry_in, queue=queue)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.action] = counts.get(outcome.action, 0) + 1
+    return counts
 
 
 @shared_task(name="herald.release_due", ignore_result=True)
 def release_due() -> int:
-    """Beat, every second: due scheduled messages, and each running campaign's next
-    batch within its rate. (No Celery ETA for long delays: the rows wait, not tasks.)"""
+    """Beat, every second: due scheduled messages, parked messages whose due time came
+    (sender budget, hold), and each running campaign's next batch within its rate.
+    (No Celery ETA or countdown for waits: the rows wait, not tasks.)"""
     released = delivery.release_scheduled()
     if released:
         dispatch_now(released, SEND_QUEUE)
-    return len(released) + campaigns.release_due_campaigns()
+    parked = delivery.release_parked()
+    for queue in (SEND_QUEUE, BULK_QUEUE):
+        ids = [mid for mid, campaign in parked if (campaign is None) == (queue == SEND_QUEUE)]
+        if ids:
+            dispatch_now(ids, queue)
+    return len(released) + len(parked) + campaigns.release_due_campaigns()
 
 
 @shared_task(name="herald.deliver_events", bind=True, ignore_result=True)

@@ -373,8 +373,8 @@ def test_a_batch_starts_each_claimed_send_at_once(live, client, dispatched, monk
     lock = threading.Lock()
     real_claim, real_send = delivery.claim_many, delivery.send_claimed
 
-    def claim(message_ids: list[str]):  # type: ignore[no-untyped-def]
-        claims = real_claim(message_ids)
+    def claim(message_ids: list[str], *known):  # type: ignore[no-untyped-def]
+        claims = real_claim(message_ids, *known)
         with lock:
             trace.append(("claim", [m.id for m, _ in claims]))
         return claims
