@@ -4,6 +4,7 @@ and the set-based record keeping the status machine forward only."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -130,16 +131,18 @@ def test_a_batch_record_never_moves_a_row_back(client, dispatched) -> None:
             update(Message).where(Message.id == delivered).values(status="delivered")
         )
         session.execute(update(Message).where(Message.id == sending).values(status="sending"))
+    # SIDs no other test's message holds (the provider id is unique per provider).
+    sid_a, sid_b = "SM" + uuid.uuid4().hex, "SM" + uuid.uuid4().hex
     with session_scope() as session:
         rows = [session.get(Message, mid) for mid in (delivered, sending)]
         accepted = [
-            (rows[0], SendResult("SM" + "a" * 32, "queued", sender="+12025550174")),
-            (rows[1], SendResult("SM" + "b" * 32, "queued", sender="+12025550174")),
+            (rows[0], SendResult(sid_a, "queued", sender="+12025550174")),
+            (rows[1], SendResult(sid_b, "queued", sender="+12025550174")),
         ]
         moved = record_sent_batch(session, accepted, heard=set())  # type: ignore[arg-type]
     assert moved == {sending}
     kept, sent = _row(delivered), _row(sending)
-    assert kept.status == "delivered" and kept.provider_message_id == "SM" + "a" * 32
+    assert kept.status == "delivered" and kept.provider_message_id == sid_a
     assert sent.status == "sent" and sent.sent_at is not None and sent.lease_until is None
     assert sent.from_number == "+12025550174"
     with session_scope() as session:
