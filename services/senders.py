@@ -47,6 +47,7 @@ from services.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from services.phones import normalize_e164
 from services.schemas import load_object
 from services.serialize import iso
+from services.tenant_admin import get_tenant
 
 KINDS = ("number", "messaging_service", "phone_number_id")
 PROVIDER_KINDS = {"twilio": ("number", "messaging_service"), "meta": ("phone_number_id",)}
@@ -463,15 +464,8 @@ def sender_to_dict(sender: Sender) -> dict[str, Any]:
     }
 
 
-def _tenant(session: Session, tenant_id: str) -> Tenant:
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is None:
-        raise NotFound(f"No tenant {tenant_id!r}.")
-    return tenant
-
-
 def list_senders(session: Session, tenant_id: str) -> list[Sender]:
-    _tenant(session, tenant_id)
+    get_tenant(session, tenant_id)
     return list(
         session.scalars(
             select(Sender)
@@ -533,7 +527,7 @@ def add_sender(session: Session, tenant_id: str, payload: Any) -> Sender:
     """Add a validated sender to one of the tenant's provider accounts. An address
     another sender already holds (this tenant's or another's) is a 409: inbound to it
     must route to one tenant."""
-    _tenant(session, tenant_id)
+    get_tenant(session, tenant_id)
     data = load_object(SenderSchema(), payload)
     provider = data["provider"]
     account = _account_for(session, tenant_id, provider, data.get("account_id"))
