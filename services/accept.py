@@ -497,55 +497,6 @@ def _follow(item: Item, leader: Item) -> None:
         item._answer = leader.answer()
 
 
-# Like limits.take_quota, for n messages at once, on the same keys: grants what is
-# left under both limits (0 = unlimited) and counts what it grants. Returns the grant
-# and which window is full (0 none, 1 the hour, 2 the day).
-_QUOTA_MANY = """
-local n = tonumber(ARGV[5])
-local h = tonumber(redis.call('GET', KEYS[1]) or '0')
-local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-local full = 0
-if tonumber(ARGV[1]) > 0 and h + n > tonumber(ARGV[1]) then
-  n = math.max(0, tonumber(ARGV[1]) - h); full = 1
-end
-if tonumber(ARGV[2]) > 0 and d + n > tonumber(ARGV[2]) then
-  n = math.max(0, tonumber(ARGV[2]) - d); full = 2
-end
-if n > 0 then
-  if redis.call('INCRBY', KEYS[1], n) == n then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-end
-return {n, full}
-"""
-
-
-def take_quota_many(tenant_id: str, hourly: int, daily: int, n: int) -> tuple[int, int | None]:
-    """Count up to `n` messages against the tenant's quotas: (granted, seconds to wait
-    for the rest or None). Redis unreachable lets them through, as take_quota does."""
-    if n <= 0 or (hourly <= 0 and daily <= 0):
-        return n, None
-    if n == 1:
-        wait = limits.take_quota(tenant_id, hourly, daily)
-        return (1, None) if wait is None else (0, wait)
-    now = datetime.now(UTC)
-    hour = limits.key("quota", tenant_id, now.strftime("%Y%m%d%H"))
-    day = limits.key("quota", tenant_id, now.strftime("%Y%m%d"))
-    client = limits.get_redis()
-    if client is None:
-        return n, None
-    try:
-        granted, full = client.eval(_QUOTA_MANY, 2, hour, day, hourly, daily, 3700, 90000, n)
-    except limits.redis.RedisError as exc:
-        log.warning("limits unavailable, letting the messages through: %s", type(exc).__name__)
-        return n, None
-    if not full:
-        return int(granted), None
-    seconds_in = now.minute * 60 + now.second
-    if int(full) == 1:
-        return int(granted), max(1, 3600 - seconds_in)
-    return int(granted), max(1, 86400 - (now.hour * 3600 + seconds_in))
-
-
 def _take_quotas(session: Session, items: list[Item]) -> None:
     """Quota for rows that are in (a skipped insert took none); the rows over it are
     deleted again in this transaction and answered 429."""
@@ -559,7 +510,7 @@ def _take_quotas(session: Session, items: list[Item]) -> None:
         hourly, daily = tenant.hourly_limit, tenant.daily_limit
         hourly = settings.default_hourly_limit if hourly is None else hourly
         daily = settings.default_daily_limit if daily is None else daily
-        granted, wait = take_quota_many(tenant.id, hourly, daily, len(group))
+        granted, wait = limits.take_quota(tenant.id, hourly, daily, len(group))
         for item in group[granted:]:
             item.created = False
             refused.append(item.values["id"])  # type: ignore[index]

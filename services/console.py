@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from herald.config import get_settings
 from models import ApiKey, Campaign, Contact, Message, ProviderAccount, Tenant, utcnow
 from services.errors import InvalidRequest, Unauthorized
-from services.limits import get_redis, key
+from services.limits import budget_tokens, get_redis, key
 from services.phones import normalize_e164
 from services.tenants import KEY_PREFIX, hash_key
 
@@ -245,26 +245,15 @@ def _senders(account: ProviderAccount) -> list[tuple[str, float]]:
 
 
 def sender_budgets(session: Session, tenant_id: str) -> list[dict[str, Any]]:
-    """Each of the tenant's senders with its per-second budget; `held` when its token
-    bucket is empty right now, so its next messages wait (services/limits.py)."""
+    """Each of the tenant's senders with its per-second budget; `held` when the workers
+    have reserved all of it for now, so its next messages wait (services/limits.py)."""
     accounts = session.scalars(
         select(ProviderAccount).where(ProviderAccount.tenant_id == tenant_id)
     ).all()
-    client = get_redis()
-    now_ms = time.time() * 1000
     result = []
     for account in accounts:
         for sender, rate in _senders(account):
-            tokens = None
-            if client is not None:
-                try:
-                    raw = client.hmget(key("bucket", account.provider, sender), "tokens", "at")
-                except Exception:
-                    raw = [None, None]
-                if raw[0] is not None and raw[1] is not None:
-                    capacity = max(1.0, rate)
-                    elapsed = max(0.0, now_ms - float(raw[1]))
-                    tokens = min(capacity, float(raw[0]) + elapsed * rate / 1000)
+            tokens = budget_tokens(account.provider, sender, rate)
             result.append(
                 {
                     "provider": account.provider,

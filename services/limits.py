@@ -2,9 +2,9 @@
 
 * Tenant quotas: messages accepted per hour and per day (fixed windows), checked
   before a message is queued; over it is `429` with `Retry-After`.
-* Sender budgets: messages per second per provider sender (token bucket), and
-  WhatsApp pair pacing (one message per few seconds to the same user), taken by
-  workers right before each send.
+* Sender budgets: messages per second per provider sender (slots reserved for a
+  batch, GCRA), and WhatsApp pair pacing (one message per few seconds to the same
+  user), taken by workers before a batch is claimed.
 
 Each check is one Lua script, so concurrent processes cannot both take the last
 unit. If Redis is unreachable the check lets the message through and logs it: a
@@ -28,31 +28,25 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _client: redis.Redis | None = None
 
-# KEYS: hour key, day key. ARGV: hour limit, day limit, hour ttl, day ttl (0 = unlimited).
-# Returns 0 (allowed), 1 (hour full) or 2 (day full). Keys expire once, after their window.
+# KEYS: hour key, day key. ARGV: hour limit, day limit (0 = unlimited), hour ttl, day ttl,
+# n. Grants what is left of n under both limits and counts it; keys expire once, after
+# their window. Returns {granted, full}: full is 0 (none), 1 (the hour) or 2 (the day).
 _QUOTA = """
+local n = tonumber(ARGV[5])
 local h = tonumber(redis.call('GET', KEYS[1]) or '0')
 local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > 0 and h >= tonumber(ARGV[1]) then return 1 end
-if tonumber(ARGV[2]) > 0 and d >= tonumber(ARGV[2]) then return 2 end
-if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-return 0
-"""
-
-# Token bucket. KEYS: bucket. ARGV: rate per second, capacity, now (ms). Returns wait ms.
-_BUCKET = """
-local rate = tonumber(ARGV[1]); local cap = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(b[1]) or cap; local at = tonumber(b[2]) or now
-tokens = math.min(cap, tokens + (now - at) * rate / 1000)
-if tokens >= 1 then
-  redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 1000)
-  return 0
+local full = 0
+if tonumber(ARGV[1]) > 0 and h + n > tonumber(ARGV[1]) then
+  n = math.max(0, tonumber(ARGV[1]) - h); full = 1
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
-return math.ceil((1 - tokens) * 1000 / rate)
+if tonumber(ARGV[2]) > 0 and d + n > tonumber(ARGV[2]) then
+  n = math.max(0, tonumber(ARGV[2]) - d); full = 2
+end
+if n > 0 then
+  if redis.call('INCRBY', KEYS[1], n) == n then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+  if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+end
+return {n, full}
 """
 
 # Slot reservation (GCRA), for a batch of sends on one sender. KEYS: the sender's next
@@ -111,58 +105,64 @@ def _run(script: str, keys: list[str], args: list[object]) -> object | None:
         return None
 
 
-def take_quota(tenant_id: str, hourly: int, daily: int) -> int | None:
-    """Count one message against the tenant's quotas; None if allowed, else seconds to wait."""
-    if hourly <= 0 and daily <= 0:
-        return None
+def take_quota(tenant_id: str, hourly: int, daily: int, n: int = 1) -> tuple[int, int | None]:
+    """Count up to `n` messages against the tenant's quotas (0 = unlimited): how many
+    were granted, and the seconds until the full window ends for the rest (None: all
+    granted). Redis unreachable lets them all through."""
+    if n <= 0 or (hourly <= 0 and daily <= 0):
+        return n, None
     now = datetime.now(UTC)
     hour = key("quota", tenant_id, now.strftime("%Y%m%d%H"))
     day = key("quota", tenant_id, now.strftime("%Y%m%d"))
-    full = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000])
+    answer = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000, n])
+    if not isinstance(answer, list):
+        return n, None
+    granted, full = int(answer[0]), int(answer[1])
     if not full:
-        return None
+        return granted, None
     # Seconds until the full window (this UTC hour, or this UTC day) ends.
     seconds_in = now.minute * 60 + now.second
     if full == 1:
-        return max(1, 3600 - seconds_in)
-    return max(1, 86400 - (now.hour * 3600 + seconds_in))
+        return granted, max(1, 3600 - seconds_in)
+    return granted, max(1, 86400 - (now.hour * 3600 + seconds_in))
 
 
-def take_send_slot(
-    provider: str, sender: str, to: str, per_second: float, pair_spacing: float
-) -> float:
-    """Seconds to wait before this send may go out (0.0: go now, the slot is taken)."""
-    if pair_spacing > 0:
-        wait = _run(_PAIR, [key("pair", provider, sender, to)], [int(pair_spacing * 1000)])
-        if wait:
-            return max(0.05, int(wait) / 1000)  # type: ignore[arg-type]
-    if per_second > 0:
-        now_ms = int(time.time() * 1000)
-        capacity = max(1.0, per_second)  # a one-second burst at most
-        wait = _run(_BUCKET, [key("bucket", provider, sender)], [per_second, capacity, now_ms])
-        if wait:
-            if pair_spacing > 0:  # give the pair slot back: this send did not happen
-                client = get_redis()
-                if client is not None:
-                    client.delete(key("pair", provider, sender, to))
-            return max(0.01, int(wait) / 1000)  # type: ignore[arg-type]
-    return 0.0
+def _spacing(per_second: float) -> tuple[float, float]:
+    """(ms between slots, burst ms) of a sender's budget: a one-second burst."""
+    spacing = 1000.0 / per_second
+    return spacing, max(0.0, 1000.0 - spacing)
 
 
 def reserve_send_slots(provider: str, sender: str, per_second: float, count: int) -> list[float]:
     """Seconds from now at which each of `count` sends on this sender may go (0.0: now).
 
     Every slot returned is taken: a message parked until its slot needs no second look
-    at the budget when it is released (a one-second burst, as in `take_send_slot`)."""
+    at the budget when it is released (a one-second burst)."""
     if per_second <= 0 or count <= 0:
         return [0.0] * count
-    spacing = 1000.0 / per_second
-    burst = max(0.0, 1000.0 - spacing)  # capacity max(1, rate): a one-second burst
+    spacing, burst = _spacing(per_second)
     now_ms = int(time.time() * 1000)
     waits = _run(_RESERVE, [key("slots", provider, sender)], [spacing, burst, now_ms, count])
     if not isinstance(waits, list):
-        return [0.0] * count  # Redis away: let them through, as `take_send_slot` does
+        return [0.0] * count  # Redis away: let them through
     return [int(w) / 1000 for w in waits]
+
+
+def budget_tokens(provider: str, sender: str, per_second: float) -> float | None:
+    """Sends this sender's budget allows right now (at most `per_second`, a one-second
+    burst; below 1, its next messages wait), read from the slots `reserve_send_slots`
+    takes (a sender with no slot taken has all of it); None when Redis does not answer."""
+    client = get_redis()
+    if client is None or per_second <= 0:
+        return None
+    try:
+        raw = client.get(key("slots", provider, sender))
+    except redis.RedisError:
+        return None
+    spacing, burst = _spacing(per_second)
+    next_free = float(raw) if raw is not None else 0.0
+    free = (time.time() * 1000 - next_free + burst + spacing) / spacing
+    return max(0.0, min(max(1.0, per_second), free))
 
 
 def take_pair_slot(provider: str, sender: str, to: str, spacing: float) -> float:

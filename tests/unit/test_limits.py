@@ -131,3 +131,26 @@ def tenant_suffix() -> str:
     import uuid
 
     return str(uuid.uuid4().int)[:14]
+
+
+def test_console_shows_a_sender_whose_budget_the_workers_spent_as_held() -> None:
+    """The console reads the same budget the send path reserves slots from
+    (services/limits.py reserve_send_slots), not a key nothing writes any more."""
+    from services.console import sender_budgets
+    from services.limits import get_redis, key, reserve_send_slots
+
+    tenant = make_tenant("budget", twilio={**_twilio(), "sms_from": "+12025550177"})
+    get_redis().delete(key("slots", "twilio", "+12025550177"))  # type: ignore[union-attr]
+    rate = get_settings().mps_twilio_sms
+    with session_scope() as session:
+        before = {b["sender"]: b for b in sender_budgets(session, tenant["tenant_id"])}
+    assert before["+12025550177"]["held"] is False
+    reserve_send_slots("twilio", "+12025550177", rate, int(rate) * 3)  # three seconds' worth
+    with session_scope() as session:
+        after = {b["sender"]: b for b in sender_budgets(session, tenant["tenant_id"])}
+    assert after["+12025550177"]["held"] is True
+    assert after["+12025550177"]["tokens"] == 0
+
+
+def _twilio() -> dict[str, str]:
+    return {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN}
