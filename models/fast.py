@@ -1,0 +1,77 @@
+"""Fixed statements on the hot paths, run on the session's own psycopg connection.
+
+SQLAlchemy builds, caches and post-processes every statement it runs: for the few
+statements every message goes through (accept, claim, record, callbacks), that
+per-call machinery cost more CPU than the database spent answering them. A
+`Statement` is written once, as SQL with `:name` parameters like `text()`, turned
+into psycopg's `%(name)s` form at import, and run with `cursor.execute` on the
+connection the session holds: the same transaction, committed or rolled back by the
+session as usual. psycopg prepares a statement on the server after a few uses of
+one connection, so PostgreSQL parses and plans it once too.
+
+Values go in and come out as psycopg adapts them: `timestamp` columns take and give
+naive UTC datetimes (`naive_utc`, `aware_utc` convert), JSON goes in as text with a
+cast in the SQL and comes out decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import dict_row, namedtuple_row
+from sqlalchemy.orm import Session
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def naive_utc(value: datetime | None) -> datetime | None:
+    """A time as `timestamp` columns store it (see models.base.UTCDateTime)."""
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    """A `timestamp` column's value as the models give it: aware UTC."""
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Statement:
+    """One fixed SQL text; `:name` parameters, `::type` casts left alone."""
+
+    __slots__ = ("sql",)
+
+    def __init__(self, sql: str) -> None:
+        self.sql = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+    def _run(self, session: Session, params: Mapping[str, Any] | None, factory: Any) -> Any:
+        connection = session.connection().connection.driver_connection
+        cursor = connection.cursor(row_factory=factory)
+        cursor.execute(self.sql, {} if params is None else params)
+        return cursor
+
+    def execute(self, session: Session, params: Mapping[str, Any] | None = None) -> int:
+        """Run it; the number of rows it touched."""
+        with self._run(session, params, namedtuple_row) as cursor:
+            return cursor.rowcount
+
+    def rows(self, session: Session, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Its rows as named tuples."""
+        with self._run(session, params, namedtuple_row) as cursor:
+            return cursor.fetchall()
+
+    def dicts(self, session: Session, params: Mapping[str, Any] | None = None) -> list[dict]:
+        """Its rows as dicts (column name: value)."""
+        with self._run(session, params, dict_row) as cursor:
+            return cursor.fetchall()
+
+    def scalars(self, session: Session, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The first column of each row."""
+        with self._run(session, params, None) as cursor:
+            return [row[0] for row in cursor.fetchall()]
+
+
+def column_list(names: Sequence[str]) -> str:
+    """`"a", "b", ...`: a RETURNING or SELECT list of quoted column names."""
+    return ", ".join(f'"{name}"' for name in names)
