@@ -95,3 +95,26 @@ def test_the_request_does_not_publish_and_a_lost_doorbell_is_swept(broker, clien
 def test_a_test_dispatcher_is_called_synchronously(dispatched) -> None:
     dispatch.publish_later(["m1"], "herald.send")
     assert dispatched == [("m1", "herald.send")]
+
+
+def test_doorbells_within_the_publish_interval_share_one_task(broker, monkeypatch) -> None:
+    """Idle, a doorbell leaves at once; the ones rung within the interval after a
+    publish wait for it and leave together (one task for the worker, not one each)."""
+    import time
+
+    from herald.config import get_settings
+
+    monkeypatch.setenv("HERALD_PUBLISH_INTERVAL_MS", "400")
+    get_settings.cache_clear()
+    try:
+        time.sleep(0.45)  # idle: no publish within the interval
+        dispatch.publish_later(["m0"], "herald.send")
+        assert dispatch.flush()
+        for i in range(1, 4):
+            time.sleep(0.02)  # each would have had a publish of its own
+            dispatch.publish_later([f"m{i}"], "herald.send")
+        assert dispatch.flush()
+        assert [c[1] for c in broker.calls] == [["m0"], ["m1", "m2", "m3"]]
+    finally:
+        monkeypatch.delenv("HERALD_PUBLISH_INTERVAL_MS")
+        get_settings.cache_clear()
