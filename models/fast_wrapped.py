@@ -21,22 +21,26 @@ from sqlalchemy.orm import Session
 from models import fast
 
 
+def as_sqlalchemy(
+    error: psycopg.Error, connection: psycopg.Connection, dialect: Any, sql: str | None = None
+) -> BaseException:
+    """`error`, raised on a connection SQLAlchemy does not manage, as SQLAlchemy raises
+    it: `exc.orig` is the driver's error, `connection_invalidated` says whether the
+    connection is gone."""
+    gone = dialect.is_disconnect(error, connection, None)
+    return sa_exc.DBAPIError.instance(
+        sql, None, error, psycopg.Error, connection_invalidated=gone, dialect=dialect
+    )
+
+
 def wrapped(session: Session, error: psycopg.Error, sql: str | None = None) -> BaseException:
     """`error` as SQLAlchemy raises it (`exc.orig` is the driver's error); the session's
     connection is invalidated first if the error means it is gone."""
     connection = session.connection()
-    dialect = connection.dialect
-    gone = dialect.is_disconnect(error, connection.connection.dbapi_connection, None)
-    if gone:
+    exc = as_sqlalchemy(error, connection.connection.dbapi_connection, connection.dialect, sql)
+    if getattr(exc, "connection_invalidated", False):
         connection.invalidate(error)
-    return sa_exc.DBAPIError.instance(
-        sql,
-        None,
-        error,
-        psycopg.Error,
-        connection_invalidated=gone,
-        dialect=dialect,
-    )
+    return exc
 
 
 class Statement(fast.Statement):

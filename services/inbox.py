@@ -18,6 +18,7 @@ MAX_ATTEMPTS (a poison row never blocks the others).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,12 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+import psycopg
+from sqlalchemy import Engine, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from models import WebhookInbox, new_session, utcnow
+from models import WebhookInbox, get_engine, new_session, utcnow
 from models.fast import aware_utc, column_list, naive_utc
-from models.fast_wrapped import Statement
+from models.fast_wrapped import Statement, as_sqlalchemy
 from services.errors import database_unavailable
 
 log = logging.getLogger(__name__)
@@ -128,26 +131,30 @@ class _Ticket:
 
 
 class GroupCommit:
-    """Concurrent callbacks of one process stored by one INSERT under one COMMIT.
+    """Concurrent callbacks of one process stored by one INSERT, committed by it.
 
-    A callback's request costs a session, a pool checkout (with its ping), an INSERT
-    and a COMMIT, each a round trip; requests arriving together share them. No thread
-    of its own: the request that finds no group in flight leads, stores every waiting
-    request's row with its own (at most `max_rows`), commits, wakes them, and hands the
+    Stored through a session, a callback cost a pool checkout (with its ping), the
+    INSERT and a COMMIT: three round trips and SQLAlchemy's machinery for each. Here
+    the process keeps one connection of its own in autocommit, so a group is one
+    statement, committed when it returns; requests arriving together share it. No
+    thread of its own: the request that finds no group in flight leads, stores every
+    waiting request's row with its own (at most `max_rows`), wakes them, and hands the
     lead to the first request that arrived meanwhile. Nothing is answered before the
-    COMMIT that stored it. A group that fails for a reason other than the database being
-    down (or that lost a lock race) is retried one row at a time, so a row's fault stays
-    its own."""
+    statement that stored it returned. A group that fails for a reason other than the
+    database being down (or a lost lock race) is retried one row at a time, so a row's
+    fault stays its own."""
 
     def __init__(self, max_rows: int = BATCH) -> None:
         self.max_rows = max_rows
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._busy = False
+        self._connection: psycopg.Connection | None = None  # the leader's alone
+        self._engine: Engine | None = None  # the engine it came from
 
     def submit(self, row: dict[str, Any]) -> bool:
         """Store `row` (see `insert_rows`) durably; whether it was new. Raises what the
-        database raised (nothing was stored then)."""
+        database raised, as SQLAlchemy does (nothing was stored then)."""
         ticket = _Ticket(row)
         with self._lock:
             self._queue.append(ticket)
@@ -180,28 +187,67 @@ class GroupCommit:
                 nxt.wake.release()  # not done: it leads the next group
 
     def _commit(self, group: list[_Ticket]) -> None:
-        session = new_session()
         try:
-            new = insert_rows(session, [ticket.row for ticket in group])
-            session.commit()
-        except BaseException as exc:
-            session.rollback()
-            session.close()
-            alone = isinstance(exc, Exception) and (
-                not database_unavailable(exc) or _contention(exc)
-            )
-            if len(group) > 1 and alone:
+            new = self._insert([ticket.row for ticket in group])
+        except Exception as exc:
+            if len(group) > 1 and (not database_unavailable(exc) or _contention(exc)):
                 for ticket in group:
                     self._commit([ticket])
                 return
             for ticket in group:
                 ticket.exc = exc
             return
-        session.close()
         for ticket in group:  # the same callback twice in one group: new once
             key = ticket.row["dedup_key"]
             ticket.new = key in new
             new.discard(key)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
+        """One INSERT of `rows`, committed on return; the keys that were new. A connection
+        the server dropped while it was idle is replaced once: the INSERT is idempotent,
+        and its rows all count as new then (a ring too many is harmless)."""
+        params = {"rows": json.dumps(rows), "now": naive_utc(utcnow())}
+        for attempt in (1, 2):
+            engine = get_engine()
+            if self._engine is not engine:  # reset (another database): follow it
+                self._close()
+            connection = self._connection or self._connect(engine)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(_INSERT.sql, params)
+                    new = {row[0] for row in cursor.fetchall()}
+                return new if attempt == 1 else {row["dedup_key"] for row in rows}
+            except psycopg.Error as error:
+                exc = as_sqlalchemy(error, connection, engine.dialect, _INSERT.sql)
+                gone = getattr(exc, "connection_invalidated", False)
+                if gone:
+                    self._close()
+                if gone and attempt == 1:
+                    continue
+                raise exc from error
+        raise AssertionError("unreachable")
+
+    def _connect(self, engine: Engine) -> psycopg.Connection:
+        """A connection of the engine's pool (so its settings and checks), detached from
+        it and kept by this committer, in autocommit."""
+        try:
+            fairy = engine.raw_connection()
+        except psycopg.Error as error:  # the pool does not wrap a failed connect
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, psycopg.Error, dialect=engine.dialect
+            ) from error
+        connection = fairy.driver_connection
+        fairy.detach()
+        assert isinstance(connection, psycopg.Connection)
+        connection.autocommit = True
+        self._connection, self._engine = connection, engine
+        return connection
+
+    def _close(self) -> None:
+        connection, self._connection, self._engine = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to release
+                connection.close()
 
 
 _committer = GroupCommit()
@@ -213,8 +259,14 @@ def store(row: dict[str, Any]) -> bool:
     return _committer.submit(row)
 
 
+_inherited: list[GroupCommit] = []
+
+
 def _after_fork() -> None:
+    """A child starts its own committer. The parent's is kept, never used nor closed:
+    closing its connection would end the parent's session on the shared socket."""
     global _committer
+    _inherited.append(_committer)
     _committer = GroupCommit()
 
 
