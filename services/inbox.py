@@ -2,9 +2,10 @@
 
 A status callback used to be applied in its own request: a lookup, a receipt, the
 status UPDATE, its event, each a round trip through the ORM, ~5 ms of API CPU and
-~9 round trips per callback. Now the request checks the signature, INSERTs the
-callback here (`record`, one statement: a retry of a callback still waiting is a
-conflict, nothing more) and commits, so the 2xx answer means durable. An applier
+~9 round trips per callback. Now the request checks the signature and stores the
+callback here (`store`: one INSERT, committed before it returns, shared with the
+callbacks the process receives at the same moment; a retry of a callback still
+waiting is a conflict, nothing more), so the 2xx answer means durable. An applier
 takes the rows in batches (`apply_pending`: DELETE ... RETURNING of rows locked with
 SKIP LOCKED, so several appliers share the work) and applies them set-based in the
 same transaction that deletes them: a crash loses nothing, the rows come back.
