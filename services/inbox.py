@@ -2,9 +2,10 @@
 
 A status callback used to be applied in its own request: a lookup, a receipt, the
 status UPDATE, its event, each a round trip through the ORM, ~5 ms of API CPU and
-~9 round trips per callback. Now the request checks the signature, INSERTs the
-callback here (`record`, one statement: a retry of a callback still waiting is a
-conflict, nothing more) and commits, so the 2xx answer means durable. An applier
+~9 round trips per callback. Now the request checks the signature and stores the
+callback here (`store`: one INSERT, committed before it returns, shared with the
+callbacks the process receives at the same moment; a retry of a callback still
+waiting is a conflict, nothing more), so the 2xx answer means durable. An applier
 takes the rows in batches (`apply_pending`: DELETE ... RETURNING of rows locked with
 SKIP LOCKED, so several appliers share the work) and applies them set-based in the
 same transaction that deletes them: a crash loses nothing, the rows come back.
@@ -18,6 +19,8 @@ MAX_ATTEMPTS (a poison row never blocks the others).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import threading
@@ -27,11 +30,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import psycopg
+from sqlalchemy import Engine, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from models import WebhookInbox, new_session, utcnow
+from models import WebhookInbox, get_engine, new_session, utcnow
+from models.fast import aware_utc, column_list, naive_utc
+from models.fast_wrapped import Statement, as_sqlalchemy
 from services.errors import database_unavailable
 
 log = logging.getLogger(__name__)
@@ -45,8 +51,22 @@ STALE_SECONDS = 2.0
 COALESCE_SECONDS = 0.025
 LOCK_TIMEOUT_MS = 250
 _table = WebhookInbox.__table__
-_INSERT = (
-    pg_insert(_table).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(_table.c.id)
+
+# Many callbacks, one statement: their rows travel as one JSON array (one parameter,
+# one prepared statement whatever their number), inserted in arrival order. A key
+# already waiting is a conflict, nothing more; RETURNING names the keys that were new.
+_INSERT = Statement(
+    """
+    INSERT INTO webhook_inbox
+        (provider, kind, dedup_key, accounts, ref, payload, received_at, next_attempt_at)
+    SELECT r.provider, r.kind, r.dedup_key, r.accounts, r.ref, r.payload, :now, :now
+    FROM ROWS FROM (json_to_recordset(:rows::json) AS (
+        provider text, kind text, dedup_key text, accounts json, ref text, payload json
+    )) WITH ORDINALITY AS r(provider, kind, dedup_key, accounts, ref, payload, ord)
+    ORDER BY r.ord
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING dedup_key
+    """
 )
 
 
@@ -63,6 +83,16 @@ class InboxRow:
     attempts: int
 
 
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> set[str]:
+    """Store callbacks (dicts of provider, kind, dedup_key, accounts, ref, payload) in the
+    session's transaction (the caller commits); the dedup keys that were not already
+    waiting."""
+    if not rows:
+        return set()
+    params = {"rows": json.dumps(rows), "now": naive_utc(utcnow())}
+    return set(_INSERT.scalars(session, params))
+
+
 def record(
     session: Session,
     *,
@@ -74,21 +104,174 @@ def record(
     payload: dict[str, Any],
 ) -> bool:
     """Store one callback (the caller commits); False if it is already waiting here."""
-    now = utcnow()
-    result = session.connection().execute(
-        _INSERT,
-        {
-            "provider": provider,
-            "kind": kind,
-            "dedup_key": dedup_key,
-            "accounts": accounts,
-            "ref": ref,
-            "payload": payload,
-            "received_at": now,
-            "next_attempt_at": now,
-        },
-    )
-    return result.first() is not None
+    row = {
+        "provider": provider,
+        "kind": kind,
+        "dedup_key": dedup_key,
+        "accounts": accounts,
+        "ref": ref,
+        "payload": payload,
+    }
+    return bool(insert_rows(session, [row]))
+
+
+# ---------------------------------------------------------------- group commit
+
+
+class _Ticket:
+    __slots__ = ("done", "exc", "new", "row", "wake")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        # Held until the request may go on (a bare lock: the cheapest wake-up).
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.done = False
+        self.new = False
+        self.exc: BaseException | None = None
+
+
+class GroupCommit:
+    """Concurrent callbacks of one process stored by one INSERT, committed by it.
+
+    Stored through a session, a callback cost a pool checkout (with its ping), the
+    INSERT and a COMMIT: three round trips and SQLAlchemy's machinery for each. Here
+    the process keeps one connection of its own in autocommit, so a group is one
+    statement, committed when it returns; requests arriving together share it. No
+    thread of its own: the request that finds no group in flight leads, stores every
+    waiting request's row with its own (at most `max_rows`), wakes them, and hands the
+    lead to the first request that arrived meanwhile. Nothing is answered before the
+    statement that stored it returned. A group that fails for a reason other than the
+    database being down (or a lost lock race) is retried one row at a time, so a row's
+    fault stays its own."""
+
+    def __init__(self, max_rows: int = BATCH) -> None:
+        self.max_rows = max_rows
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._busy = False
+        self._connection: psycopg.Connection | None = None  # the leader's alone
+        self._engine: Engine | None = None  # the engine it came from
+
+    def submit(self, row: dict[str, Any]) -> bool:
+        """Store `row` (see `insert_rows`) durably; whether it was new. Raises what the
+        database raised, as SQLAlchemy does (nothing was stored then)."""
+        ticket = _Ticket(row)
+        with self._lock:
+            self._queue.append(ticket)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            ticket.wake.acquire()  # released when done, or when this request leads
+        if not ticket.done:  # the lead was handed to this request
+            self._lead()
+        if ticket.exc is not None:
+            raise ticket.exc
+        return ticket.new
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = self._queue[: self.max_rows]
+            del self._queue[: self.max_rows]
+        try:
+            self._commit(group)
+        finally:
+            for ticket in group:
+                ticket.done = True
+            with self._lock:
+                nxt = self._queue[0] if self._queue else None
+                self._busy = nxt is not None
+            for ticket in group:
+                if ticket.wake.locked():
+                    ticket.wake.release()
+            if nxt is not None:
+                nxt.wake.release()  # not done: it leads the next group
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        try:
+            new = self._insert([ticket.row for ticket in group])
+        except Exception as exc:
+            if len(group) > 1 and (not database_unavailable(exc) or _contention(exc)):
+                for ticket in group:
+                    self._commit([ticket])
+                return
+            for ticket in group:
+                ticket.exc = exc
+            return
+        for ticket in group:  # the same callback twice in one group: new once
+            key = ticket.row["dedup_key"]
+            ticket.new = key in new
+            new.discard(key)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
+        """One INSERT of `rows`, committed on return; the keys that were new. A connection
+        the server dropped while it was idle is replaced once: the INSERT is idempotent,
+        and its rows all count as new then (a ring too many is harmless)."""
+        params = {"rows": json.dumps(rows), "now": naive_utc(utcnow())}
+        for attempt in (1, 2):
+            engine = get_engine()
+            if self._engine is not engine:  # reset (another database): follow it
+                self._close()
+            connection = self._connection or self._connect(engine)
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(_INSERT.sql, params)
+                    new = {row[0] for row in cursor.fetchall()}
+                return new if attempt == 1 else {row["dedup_key"] for row in rows}
+            except psycopg.Error as error:
+                exc = as_sqlalchemy(error, connection, engine.dialect, _INSERT.sql)
+                gone = getattr(exc, "connection_invalidated", False)
+                if gone:
+                    self._close()
+                if gone and attempt == 1:
+                    continue
+                raise exc from error
+        raise AssertionError("unreachable")
+
+    def _connect(self, engine: Engine) -> psycopg.Connection:
+        """A connection of the engine's pool (so its settings and checks), detached from
+        it and kept by this committer, in autocommit."""
+        try:
+            fairy = engine.raw_connection()
+        except psycopg.Error as error:  # the pool does not wrap a failed connect
+            raise sa_exc.DBAPIError.instance(
+                None, None, error, psycopg.Error, dialect=engine.dialect
+            ) from error
+        connection = fairy.driver_connection
+        fairy.detach()
+        assert isinstance(connection, psycopg.Connection)
+        connection.autocommit = True
+        self._connection, self._engine = connection, engine
+        return connection
+
+    def _close(self) -> None:
+        connection, self._connection, self._engine = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to release
+                connection.close()
+
+
+_committer = GroupCommit()
+
+
+def store(row: dict[str, Any]) -> bool:
+    """Store one callback durably (committed on return), grouped with those this
+    process receives at the same time; whether it was new (see `insert_rows`)."""
+    return _committer.submit(row)
+
+
+_inherited: list[GroupCommit] = []
+
+
+def _after_fork() -> None:
+    """A child starts its own committer. The parent's is kept, never used nor closed:
+    closing its connection would end the parent's session on the shared socket."""
+    global _committer
+    _inherited.append(_committer)
+    _committer = GroupCommit()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 # ---------------------------------------------------------------- applying
@@ -106,29 +289,48 @@ def _handlers() -> dict[str, tuple[Callable[..., list[Any]], Callable[..., Any]]
     return {webhooks.TWILIO_STATUS_KIND: (webhooks.apply_twilio_statuses, twilio_one)}
 
 
+_TAKE = """
+    DELETE FROM webhook_inbox WHERE id IN (
+        SELECT id FROM webhook_inbox
+        WHERE attempts < :max_attempts AND next_attempt_at <= :now {only}
+        ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    RETURNING {columns}
+"""
+_TAKES = {
+    only: Statement(_TAKE.format(only=sql, columns=column_list(InboxRow.__dataclass_fields__)))
+    for only, sql in (
+        (None, ""),
+        ("older", "AND received_at <= :received_before"),
+        ("row", "AND id = :row_id"),
+    )
+}
+_LOCK_TIMEOUT = Statement(f"SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}ms', true)")
+
+
 def _take(
     session: Session, limit: int, older_than: float | None = None, row_id: int | None = None
 ) -> list[InboxRow]:
     """Delete (in this transaction) and return up to `limit` due rows no other applier
     holds, oldest first."""
     now = utcnow()
-    due = (
-        select(_table.c.id)
-        .where(_table.c.attempts < MAX_ATTEMPTS, _table.c.next_attempt_at <= now)
-        .order_by(_table.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    if older_than is not None:
-        due = due.where(_table.c.received_at <= now - timedelta(seconds=older_than))
+    params: dict[str, Any] = {
+        "max_attempts": MAX_ATTEMPTS,
+        "now": naive_utc(now),
+        "limit": limit,
+    }
     if row_id is not None:
-        due = due.where(_table.c.id == row_id)
-    rows = session.connection().execute(
-        delete(_table)
-        .where(_table.c.id.in_(due))
-        .returning(*(_table.c[name] for name in InboxRow.__dataclass_fields__))
-    )
-    return sorted((InboxRow(**r) for r in rows.mappings()), key=lambda r: r.id)
+        only: str | None = "row"
+        params["row_id"] = row_id
+    elif older_than is not None:
+        only = "older"
+        params["received_before"] = naive_utc(now - timedelta(seconds=older_than))
+    else:
+        only = None
+    rows = _TAKES[only].dicts(session, params)
+    for row in rows:
+        row["received_at"] = aware_utc(row["received_at"])
+    return sorted((InboxRow(**r) for r in rows), key=lambda r: r.id)
 
 
 def _apply(session: Session, rows: list[InboxRow]) -> None:
@@ -157,7 +359,7 @@ def apply_pending(limit: int = BATCH, older_than: float | None = None) -> int:
         # locks them in its own order. Giving up a wait well before PostgreSQL's deadlock
         # check (1 s) means a would-be deadlock costs this batch (retried row by row, one
         # lock at a time), never the worker's transaction.
-        session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
+        _LOCK_TIMEOUT.execute(session)
         rows = _take(session, limit, older_than)
         if not rows:
             session.rollback()

@@ -30,6 +30,7 @@ from twilio.request_validator import RequestValidator
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
+from models.fast_wrapped import Statement
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services import templates
@@ -103,23 +104,36 @@ def same_text(given: str, expected: str) -> bool:
     )
 
 
+class _SignedParams(dict[str, str]):
+    """A callback's form as RequestValidator reads it: `getall` is the first accessor it
+    tries for each field, so no AttributeError is raised and caught per field (a plain
+    dict costs two). The same values, so the same signature."""
+
+    __slots__ = ()
+
+    def getall(self, name: str) -> list[str]:
+        return [self[name]]
+
+
 def verify_twilio(
     session: Session, url: str, form: dict[str, str], signature: str
 ) -> list[AccountCredentials]:
     """The accounts whose auth token signed this request (one Twilio account may
     serve several tenants); Forbidden if none did. Each distinct token is tried once.
     The accounts come from a per-process cache (services.tenants.CACHE_SECONDS): a
-    rotated auth token is refused by every process within that many seconds."""
+    rotated auth token is refused by every process within that many seconds, and the
+    session is used only when the cache does not hold them."""
     matched = []
     verdicts: dict[str, bool] = {}
     if signature:
         sid = form.get("AccountSid", "")
+        params = _SignedParams(form)
         for creds in cached_accounts_by_external_id(session, "twilio", sid, credentials):
             token = creds.secrets.get("auth_token", "")
             if not token:
                 continue
             if token not in verdicts:
-                verdicts[token] = _twilio_signed(token, url, form, signature)
+                verdicts[token] = _twilio_signed(token, url, params, signature)
             if verdicts[token]:
                 matched.append(creds)
     if not matched:
@@ -598,26 +612,25 @@ def _herald_ref(value: Any) -> str | None:
 
 
 def receive_twilio_status(
-    session: Session,
-    accounts: list[AccountCredentials],
-    form: dict[str, str],
-    herald_id: str | None,
+    accounts: list[AccountCredentials], form: dict[str, str], herald_id: str | None
 ) -> bool:
-    """Ingest one signed Twilio status callback: one INSERT into the inbox, applied a few
-    ms later by the applier (`apply_twilio_statuses`). Once the caller commits, the
-    callback is durable, so a 2xx answer is true. Returns whether it was new (a retry of
-    a callback still waiting in the inbox is not)."""
+    """Ingest one signed Twilio status callback: one row of the inbox, committed on
+    return (grouped with the callbacks this process receives at the same moment:
+    `inbox.store`), so a 2xx answer is true; applied a few ms later by the applier
+    (`apply_twilio_statuses`). Returns whether it was new (a retry of a callback still
+    waiting in the inbox is not)."""
     from services import inbox
 
     form, sid, native = _twilio_status_fields(form)
-    return inbox.record(
-        session,
-        provider="twilio",
-        kind=TWILIO_STATUS_KIND,
-        dedup_key=dedup_key("twilio", _signer_scope(accounts), sid, native),
-        accounts=sorted(a.id for a in accounts),
-        ref=_herald_ref(herald_id),
-        payload=form,
+    return inbox.store(
+        {
+            "provider": "twilio",
+            "kind": TWILIO_STATUS_KIND,
+            "dedup_key": dedup_key("twilio", _signer_scope(accounts), sid, native),
+            "accounts": sorted(a.id for a in accounts),
+            "ref": _herald_ref(herald_id),
+            "payload": form,
+        }
     )
 
 
@@ -754,21 +767,41 @@ def apply_twilio_statuses(session: Session, rows: list[Any]) -> list[Any]:
     return leftover
 
 
+_RECEIPT_COLUMNS = (
+    "provider",
+    "kind",
+    "dedup_key",
+    "message_id",
+    "tenant_id",
+    "provider_message_id",
+    "payload",
+    "received_at",
+)
+# Many receipts, one statement (models.fast): their rows as one JSON array, inserted in
+# the order given; RETURNING names the keys that were new.
+_RECEIPTS = Statement(
+    f"""
+    INSERT INTO webhook_events ({", ".join(_RECEIPT_COLUMNS)})
+    SELECT {", ".join(f"r.{name}" for name in _RECEIPT_COLUMNS)}
+    FROM ROWS FROM (json_to_recordset(:rows::json) AS (
+        provider text, kind text, dedup_key text, message_id text, tenant_id text,
+        provider_message_id text, payload json, received_at timestamp
+    )) WITH ORDINALITY AS r({", ".join(_RECEIPT_COLUMNS)}, ord)
+    ORDER BY r.ord
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING dedup_key
+    """
+)
+
+
 def record_receipts(session: Session, receipts: list[dict[str, Any]]) -> set[str]:
     """Insert many receipts at once; the dedup keys that were new (the others had been
     recorded before: duplicates)."""
     if not receipts:
         return set()
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from services.status import json_rows
 
-    table = WebhookEvent.__table__
-    inserted = session.connection().execute(
-        pg_insert(table)
-        .on_conflict_do_nothing(index_elements=["dedup_key"])
-        .returning(table.c.dedup_key),
-        receipts,
-    )
-    return set(inserted.scalars())
+    return set(_RECEIPTS.scalars(session, {"rows": json_rows(receipts)}))
 
 
 def route_twilio_inbound(
