@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row, namedtuple_row
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
@@ -36,6 +37,19 @@ def naive_utc(value: datetime | None) -> datetime | None:
 def aware_utc(value: datetime | None) -> datetime | None:
     """A `timestamp` column's value as the models give it: aware UTC."""
     return None if value is None else value.replace(tzinfo=UTC)
+
+
+def as_sqlalchemy(
+    error: psycopg.Error, connection: psycopg.Connection, dialect: Any, sql: str | None = None
+) -> BaseException:
+    """`error`, raised on a connection SQLAlchemy does not manage (services/inbox.py
+    keeps one), as SQLAlchemy raises it: `exc.orig` is the driver's error and
+    `connection_invalidated` says whether the connection is gone, so the 503 handler
+    and every `except DBAPIError` treat it as any other statement's."""
+    gone = dialect.is_disconnect(error, connection, None)
+    return sa_exc.DBAPIError.instance(
+        sql, None, error, psycopg.Error, connection_invalidated=gone, dialect=dialect
+    )
 
 
 class Statement:

@@ -36,8 +36,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from models import WebhookInbox, get_engine, new_session, utcnow
-from models.fast import aware_utc, column_list, naive_utc
-from models.fast_wrapped import Statement, as_sqlalchemy
+from models.fast import Statement, as_sqlalchemy, aware_utc, column_list, naive_utc
 from services.errors import database_unavailable
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 
 from models import EventDelivery, Message, MessageEvent, utcnow
 from models.base import UTCDateTime
-from models.fast import aware_utc, naive_utc
-from models.fast_wrapped import Statement
+from models.fast import Statement, aware_utc, naive_utc
 from services.dispatch import enqueue_after_commit
 from services.events import EVENTS_QUEUE, EVENTS_TASK, record_status_event
 

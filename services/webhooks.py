@@ -30,7 +30,7 @@ from twilio.request_validator import RequestValidator
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
-from models.fast_wrapped import Statement
+from models.fast import Statement
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services import templates

@@ -165,7 +165,7 @@ def test_a_lost_database_is_a_503_even_with_the_signers_cached(
 
 
 def test_a_fixed_statement_raises_sqlalchemys_error_when_the_connection_is_lost() -> None:
-    from models.fast_wrapped import Statement
+    from models.fast import Statement
 
     session = new_session()
     try:

@@ -24,9 +24,7 @@ def test_proxies_come_from_the_environment_read_once_per_host(monkeypatch) -> No
     for _ in range(3):
         merged = session.merge_environment_settings(url, {}, None, None, None)
         assert merged["proxies"]["https"] == "http://proxy.example:3128"
-    bypassed = session.merge_environment_settings(
-        "https://sandbox.example/x", {}, None, None, None
-    )
+    bypassed = session.merge_environment_settings("https://sandbox.example/x", {}, None, None, None)
     assert "https" not in bypassed["proxies"]
     assert reads == [url, "https://sandbox.example/x"]
 
