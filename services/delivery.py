@@ -165,33 +165,44 @@ _PARK = Statement(
     WHERE m.id = v.id AND m.status IN ('queued', 'sending')
     """
 )
-# `apply_status(..., "sent")` for a batch: forward only (from the states `sent` may
-# follow), the provider's facts filled in where still empty, the price when given.
+# `apply_status(..., "sent")` for a batch, in one statement: forward only (`moved`:
+# from the states `sent` may follow), the provider's facts filled in where still
+# empty and the price when given; a row a callback moved past `sent` first keeps its
+# status and gets the facts only (`kept`); and each row's `sent` event, in the
+# batch's order, applied or not. Returns the moved ids.
 _SENT = Statement(
     """
-    UPDATE messages AS m SET status = 'sent', updated_at = :now,
-           sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
-           provider_message_id = coalesce(m.provider_message_id, v.pid),
-           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
-           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
-           from_number = coalesce(m.from_number, v.sender)
-    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
-                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
-    WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
-    RETURNING m.id
-    """
-)
-# A row a callback moved past `sent` first keeps its status and gets the facts only.
-_FACTS = Statement(
-    """
-    UPDATE messages AS m SET
-           provider_message_id = coalesce(m.provider_message_id, v.pid),
-           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
-           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
-           from_number = coalesce(m.from_number, v.sender)
-    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
-                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
-    WHERE m.id = v.id
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]),
+                             CAST(:prices AS numeric[]), CAST(:units AS text[]),
+                             CAST(:senders AS text[]), CAST(:natives AS text[]))
+                 WITH ORDINALITY AS v(id, pid, price, unit, sender, native, n)
+    ), moved AS (
+        UPDATE messages AS m SET status = 'sent', updated_at = :now,
+               sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
+               provider_message_id = coalesce(m.provider_message_id, v.pid),
+               price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+               price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+               from_number = coalesce(m.from_number, v.sender)
+        FROM v
+        WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
+        RETURNING m.id
+    ), kept AS (
+        UPDATE messages AS m SET
+               provider_message_id = coalesce(m.provider_message_id, v.pid),
+               price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+               price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+               from_number = coalesce(m.from_number, v.sender)
+        FROM v
+        WHERE m.id = v.id AND m.id NOT IN (SELECT id FROM moved)
+    ), events AS (
+        INSERT INTO message_events
+            (message_id, status, native_status, source, applied, error_code, detail, at)
+        SELECT v.id, 'sent', v.native, 'worker', v.id IN (SELECT id FROM moved), NULL, NULL,
+               :now
+        FROM v ORDER BY v.n
+    )
+    SELECT id FROM moved
     """
 )
 
@@ -734,31 +745,26 @@ def _record_sent_many(
 def record_sent_batch(
     session: Session, accepted: list[tuple[Message, SendResult]], heard: set[str]
 ) -> set[str]:
-    """`apply_status(..., "sent")` for a batch, set-based: one UPDATE .. FROM (VALUES)
-    moves every row still before `sent` (forward only: a row a callback already moved
-    to delivered, read or a failure keeps its status and gets only the provider's
-    facts), one multi-row INSERT records the events, and the listening tenants' events
-    out are owed in one more. Returns the ids whose status moved."""
+    """`apply_status(..., "sent")` for a batch, set-based: one statement moves every
+    row still before `sent` (forward only: a row a callback already moved to delivered,
+    read or a failure keeps its status and gets only the provider's facts) and records
+    the events, and the listening tenants' events out are owed in one more. Returns the
+    ids whose status moved."""
     now = utcnow()
-    facts = {
-        "ids": [m.id for m, _ in accepted],
-        "pids": [r.provider_message_id for _, r in accepted],
-        "prices": [r.price for _, r in accepted],
-        "units": [r.price_unit for _, r in accepted],
-        "senders": [r.sender for _, r in accepted],
-    }
     moved = set(
-        _SENT.scalars(session, {**facts, "now": naive_utc(now), "allowed": allowed_from("sent")})
-    )
-    if len(moved) < len(accepted):  # a callback got there first: keep the facts only
-        kept = [i for i, (m, _) in enumerate(accepted) if m.id not in moved]
-        _FACTS.execute(session, {name: [col[i] for i in kept] for name, col in facts.items()})
-    insert_events(
-        session,
-        "sent",
-        "worker",
-        [(m.id, r.native_status, m.id in moved, None) for m, r in accepted],
-        now,
+        _SENT.scalars(
+            session,
+            {
+                "ids": [m.id for m, _ in accepted],
+                "pids": [r.provider_message_id for _, r in accepted],
+                "prices": [r.price for _, r in accepted],
+                "units": [r.price_unit for _, r in accepted],
+                "senders": [r.sender for _, r in accepted],
+                "natives": [r.native_status for _, r in accepted],
+                "now": naive_utc(now),
+                "allowed": allowed_from("sent"),
+            },
+        )
     )
     _owe_events(session, [m.id for m, _ in accepted if m.id in moved and m.id in heard])
     for message, result in accepted:
