@@ -97,7 +97,7 @@ _MESSAGE_COLUMNS = tuple(Message.__table__.c)
 # Each column's attribute on Message (the `metadata` column is `meta`).
 _MESSAGE_KEYS = tuple(Message.__mapper__.get_property_by_column(c).key for c in _MESSAGE_COLUMNS)
 _MESSAGE_TIMES = tuple(i for i, c in enumerate(_MESSAGE_COLUMNS) if isinstance(c.type, UTCDateTime))
-_new_message = Message._sa_class_manager.new_instance
+_new_message = Message.__mapper__.class_manager.new_instance
 _CLAIM = Statement(
     """
     UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = :lease,
