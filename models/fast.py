@@ -87,6 +87,11 @@ class Statement:
         with self._run(session, params, dict_row) as cursor:
             return cursor.fetchall()
 
+    def tuples(self, session: Session, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Its rows as plain tuples: the cheapest, for rows read by position."""
+        with self._run(session, params, None) as cursor:
+            return cursor.fetchall()
+
     def scalars(self, session: Session, params: Mapping[str, Any] | None = None) -> list[Any]:
         """The first column of each row."""
         with self._run(session, params, None) as cursor:

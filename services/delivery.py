@@ -26,26 +26,28 @@ import json
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 from tenacity import retry, retry_if_exception, wait_fixed
 
 from herald.config import get_settings
 from models import (
     Contact,
-    EventDelivery,
     Message,
     MessageEvent,
     ProviderAccount,
-    Tenant,
     session_scope,
     utcnow,
 )
+from models.base import UTCDateTime
+from models.fast import Statement, column_list, naive_utc
 from providers import (
     ErrorKind,
     OutboundMessage,
@@ -87,25 +89,66 @@ def status_callback_url(message_id: str) -> str:
     return f"{get_settings().public_url}/webhooks/twilio/status?message_id={message_id}"
 
 
-# The hot statements as fixed SQL over arrays: a batch of any size is one statement
-# with a handful of parameters, and nothing is rebuilt or re-keyed per call.
-_CLAIM = text(
+# The hot statements as fixed SQL over arrays, run on the session's own connection
+# (models.fast): a batch of any size is one statement with a handful of parameters,
+# and nothing is built, cache-keyed or compiled per call. Timestamps go in and come
+# out naive UTC, as the columns store them; JSON comes out decoded.
+_MESSAGE_COLUMNS = tuple(Message.__table__.c)
+# Each column's attribute on Message (the `metadata` column is `meta`).
+_MESSAGE_KEYS = tuple(Message.__mapper__.get_property_by_column(c).key for c in _MESSAGE_COLUMNS)
+_MESSAGE_TIMES = tuple(i for i, c in enumerate(_MESSAGE_COLUMNS) if isinstance(c.type, UTCDateTime))
+_new_message = Message.__mapper__.class_manager.new_instance
+_CLAIM = Statement(
     """
     UPDATE messages SET status = 'sending', attempts = attempts + 1, lease_until = :lease,
            updated_at = :now, not_before = NULL, slot_reserved = false
     WHERE id = ANY(CAST(:ids AS text[])) AND direction = 'outbound'
       AND (status = 'queued' OR (status = 'sending' AND lease_until < :now))
     RETURNING """
-    + ", ".join(f'"{c.name}"' for c in Message.__table__.c)
-).columns(*Message.__table__.c)
-_OPTED_OUT = text(
+    + column_list([c.name for c in _MESSAGE_COLUMNS])
+)
+# The batch's rows still to send, their accounts, and whether anyone listens for
+# their events (the message's callback URL, else its tenant's).
+_GATE = Statement(
+    """
+    SELECT m.id, m.status, m.lease_until, m.provider, m.channel, m.to_number, m.options,
+           m.not_before, m.slot_reserved, m.provider_account_id,
+           a.tenant_id AS account_tenant_id, a.provider AS account_provider,
+           a.external_id, a.settings, a.secrets_enc,
+           (coalesce(m.callback_url, t.callback_url) IS NOT NULL
+            AND coalesce(m.callback_url, t.callback_url) != '') AS listening
+    FROM messages AS m
+    JOIN provider_accounts AS a ON a.id = m.provider_account_id
+    JOIN tenants AS t ON t.id = m.tenant_id
+    WHERE m.id = ANY(CAST(:ids AS text[])) AND m.status IN ('queued', 'sending')
+    """
+)
+# The moved rows whose events someone takes, whole, with where the events go.
+_OWED = Statement(
+    "SELECT "
+    + ", ".join(f'm."{c.name}"' for c in _MESSAGE_COLUMNS)
+    + """, coalesce(m.callback_url, t.callback_url) AS url
+    FROM messages AS m JOIN tenants AS t ON t.id = m.tenant_id
+    WHERE m.id = ANY(CAST(:ids AS text[]))
+    """
+)
+_OWE = Statement(
+    """
+    INSERT INTO event_deliveries
+        (message_id, tenant_id, url, payload, status, attempts, next_attempt_at, created_at)
+    SELECT v.id, v.tenant, v.url, CAST(v.payload AS json), 'pending', 0, :now, :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:tenants AS text[]), CAST(:urls AS text[]),
+                CAST(:payloads AS text[])) AS v(id, tenant, url, payload)
+    """
+)
+_OPTED_OUT = Statement(
     """
     SELECT tenant_id, phone, wa_id FROM contacts
     WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
       AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
     """
 )
-_EVENTS = text(
+_EVENTS = Statement(
     """
     INSERT INTO message_events
         (message_id, status, native_status, source, applied, error_code, detail, at)
@@ -114,7 +157,7 @@ _EVENTS = text(
                 CAST(:details AS text[])) AS v(id, native, applied, detail)
     """
 )
-_PARK = text(
+_PARK = Statement(
     """
     UPDATE messages AS m SET not_before = v.due, slot_reserved = v.reserved
     FROM unnest(CAST(:ids AS text[]), CAST(:dues AS timestamp[]), CAST(:reserved AS boolean[]))
@@ -122,40 +165,62 @@ _PARK = text(
     WHERE m.id = v.id AND m.status IN ('queued', 'sending')
     """
 )
-# `apply_status(..., "sent")` for a batch: forward only (from the states `sent` may
-# follow), the provider's facts filled in where still empty, the price when given.
-_SENT = text(
+# `apply_status(..., "sent")` for a batch, in one statement: forward only (`moved`:
+# from the states `sent` may follow), the provider's facts filled in where still
+# empty and the price when given; a row a callback moved past `sent` first keeps its
+# status and gets the facts only (`kept`); and each row's `sent` event, in the
+# batch's order, applied or not. Returns the moved ids.
+_SENT = Statement(
     """
-    UPDATE messages AS m SET status = 'sent', updated_at = :now,
-           sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
-           provider_message_id = coalesce(m.provider_message_id, v.pid),
-           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
-           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
-           from_number = coalesce(m.from_number, v.sender)
-    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
-                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
-    WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
-    RETURNING m.id
-    """
-)
-# A row a callback moved past `sent` first keeps its status and gets the facts only.
-_FACTS = text(
-    """
-    UPDATE messages AS m SET
-           provider_message_id = coalesce(m.provider_message_id, v.pid),
-           price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
-           price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
-           from_number = coalesce(m.from_number, v.sender)
-    FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]), CAST(:prices AS numeric[]),
-                CAST(:units AS text[]), CAST(:senders AS text[])) AS v(id, pid, price, unit, sender)
-    WHERE m.id = v.id
+    WITH v AS (
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:pids AS text[]),
+                             CAST(:prices AS numeric[]), CAST(:units AS text[]),
+                             CAST(:senders AS text[]), CAST(:natives AS text[]))
+                 WITH ORDINALITY AS v(id, pid, price, unit, sender, native, n)
+    ), moved AS (
+        UPDATE messages AS m SET status = 'sent', updated_at = :now,
+               sent_at = coalesce(m.sent_at, :now), lease_until = NULL,
+               provider_message_id = coalesce(m.provider_message_id, v.pid),
+               price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+               price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+               from_number = coalesce(m.from_number, v.sender)
+        FROM v
+        WHERE m.id = v.id AND m.status = ANY(CAST(:allowed AS text[]))
+        RETURNING m.id
+    ), kept AS (
+        UPDATE messages AS m SET
+               provider_message_id = coalesce(m.provider_message_id, v.pid),
+               price = CASE WHEN v.price IS NULL THEN m.price ELSE v.price END,
+               price_unit = CASE WHEN v.price IS NULL THEN m.price_unit ELSE v.unit END,
+               from_number = coalesce(m.from_number, v.sender)
+        FROM v
+        WHERE m.id = v.id AND m.id NOT IN (SELECT id FROM moved)
+    ), events AS (
+        INSERT INTO message_events
+            (message_id, status, native_status, source, applied, error_code, detail, at)
+        SELECT v.id, 'sent', v.native, 'worker', v.id IN (SELECT id FROM moved), NULL, NULL,
+               :now
+        FROM v ORDER BY v.n
+    )
+    SELECT id FROM moved
     """
 )
 
 
-def _naive(at: datetime) -> datetime:
-    """A UTC time as the columns store it (see models.base.UTCDateTime)."""
-    return at.astimezone(UTC).replace(tzinfo=None)
+def _message(row: Sequence[Any]) -> Message:
+    """A Message from a row of `_MESSAGE_COLUMNS`, as the ORM would have loaded it and
+    its session's closing left it: detached, every attribute loaded, timestamps aware
+    UTC, JSON decoded."""
+    values = dict(zip(_MESSAGE_KEYS, row, strict=True))
+    for i in _MESSAGE_TIMES:
+        if row[i] is not None:
+            values[_MESSAGE_KEYS[i]] = row[i].replace(tzinfo=UTC)
+    # As the ORM's loader builds an instance: no constructor, the row's values set
+    # as its state, then given its identity (every attribute loaded, none changed).
+    message = _new_message()
+    message.__dict__.update(values)
+    make_transient_to_detached(message)
+    return message
 
 
 def insert_events(
@@ -169,12 +234,12 @@ def insert_events(
     detail) each."""
     if not rows:
         return
-    session.execute(
-        _EVENTS,
+    _EVENTS.execute(
+        session,
         {
             "status": status,
             "source": source,
-            "at": _naive(at),
+            "at": naive_utc(at),
             "ids": [r[0] for r in rows],
             "natives": [r[1] for r in rows],
             "applied": [r[2] for r in rows],
@@ -216,15 +281,10 @@ def _claim(  # type: ignore[no-untyped-def]
 ) -> list[tuple[Message, AccountCredentials]]:
     settings = get_settings()
     # The claimed rows come back whole: no second SELECT to load them.
-    messages = {
-        m.id: m
-        for m in session.scalars(
-            select(Message)
-            .from_statement(_CLAIM)
-            .params(ids=list(message_ids), now=_naive(now), lease=_naive(lease))
-            .execution_options(populate_existing=True)
-        )
-    }
+    rows = _CLAIM.tuples(
+        session, {"ids": list(message_ids), "now": naive_utc(now), "lease": naive_utc(lease)}
+    )
+    messages = {m.id: m for m in map(_message, rows)}
     if not messages:
         return []
     opted_out = _opted_out(session, list(messages.values()))
@@ -298,10 +358,9 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
         return set()
     forms = {m.to_number: whatsapp_forms(m.to_number) for m in messages}
     every = {form for group in forms.values() for form in group}
-    rows = session.execute(
-        _OPTED_OUT,
-        {"tenants": list({m.tenant_id for m in messages}), "forms": list(every)},
-    ).all()
+    rows = _OPTED_OUT.rows(
+        session, {"tenants": list({m.tenant_id for m in messages}), "forms": list(every)}
+    )
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
     return {
         (m.tenant_id, m.to_number)
@@ -407,31 +466,9 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
     if session is None:
         with session_scope() as own:
             return gate(message_ids, own)
-    url = func.coalesce(Message.callback_url, Tenant.callback_url)
-    rows = session.execute(
-        select(
-            Message.id,
-            Message.status,
-            Message.lease_until,
-            Message.provider,
-            Message.channel,
-            Message.to_number,
-            Message.options,  # senders: the row's chosen sender (see _budget)
-            Message.not_before,
-            Message.slot_reserved,
-            Message.provider_account_id,
-            ProviderAccount.tenant_id.label("account_tenant_id"),
-            ProviderAccount.provider.label("account_provider"),
-            ProviderAccount.external_id,
-            ProviderAccount.settings,
-            ProviderAccount.secrets_enc,
-            and_(url.is_not(None), url != "").label("listening"),
-        )
-        .join(ProviderAccount, ProviderAccount.id == Message.provider_account_id)
-        .join(Tenant, Tenant.id == Message.tenant_id)
-        .where(Message.id.in_(message_ids), Message.status.in_(("queued", "sending")))
-    ).all()
+    rows = _GATE.rows(session, {"ids": list(message_ids)})
     now = utcnow()
+    naive_now = naive_utc(now)  # the rows' times are naive UTC
     by_id = {row.id: row for row in rows}
     holds = breaker.holds_for(rows)
     settings = get_settings()
@@ -443,10 +480,10 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
         row = by_id.get(message_id)
         if row is None or message_id in waits or message_id in park:
             continue
-        if row.status == "sending" and row.lease_until and row.lease_until > now:
+        if row.status == "sending" and row.lease_until and row.lease_until > naive_now:
             continue  # another attempt owns it
-        if row.slot_reserved and row.not_before and row.not_before > now:
-            waits[message_id] = (row.not_before - now).total_seconds()  # parked
+        if row.slot_reserved and row.not_before and row.not_before > naive_now:
+            waits[message_id] = (row.not_before - naive_now).total_seconds()  # parked
             continue
         hold = holds.get(message_id)
         if hold is not None:  # the sender is held (services/breaker.py): not claimed
@@ -489,11 +526,11 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
 
 def _park(session, park: dict[str, tuple[float, bool]], now: datetime) -> None:  # type: ignore[no-untyped-def]
     """Give each row its due time, in one statement."""
-    session.execute(
-        _PARK,
+    _PARK.execute(
+        session,
         {
             "ids": list(park),
-            "dues": [_naive(now + timedelta(seconds=sec)) for sec, _ in park.values()],
+            "dues": [naive_utc(now + timedelta(seconds=sec)) for sec, _ in park.values()],
             "reserved": [reserved for _, reserved in park.values()],
         },
     )
@@ -708,31 +745,26 @@ def _record_sent_many(
 def record_sent_batch(
     session: Session, accepted: list[tuple[Message, SendResult]], heard: set[str]
 ) -> set[str]:
-    """`apply_status(..., "sent")` for a batch, set-based: one UPDATE .. FROM (VALUES)
-    moves every row still before `sent` (forward only: a row a callback already moved
-    to delivered, read or a failure keeps its status and gets only the provider's
-    facts), one multi-row INSERT records the events, and the listening tenants' events
-    out are owed in one more. Returns the ids whose status moved."""
+    """`apply_status(..., "sent")` for a batch, set-based: one statement moves every
+    row still before `sent` (forward only: a row a callback already moved to delivered,
+    read or a failure keeps its status and gets only the provider's facts) and records
+    the events, and the listening tenants' events out are owed in one more. Returns the
+    ids whose status moved."""
     now = utcnow()
-    facts = {
-        "ids": [m.id for m, _ in accepted],
-        "pids": [r.provider_message_id for _, r in accepted],
-        "prices": [r.price for _, r in accepted],
-        "units": [r.price_unit for _, r in accepted],
-        "senders": [r.sender for _, r in accepted],
-    }
     moved = set(
-        session.scalars(_SENT, {**facts, "now": _naive(now), "allowed": allowed_from("sent")})
-    )
-    if len(moved) < len(accepted):  # a callback got there first: keep the facts only
-        kept = [i for i, (m, _) in enumerate(accepted) if m.id not in moved]
-        session.execute(_FACTS, {name: [col[i] for i in kept] for name, col in facts.items()})
-    insert_events(
-        session,
-        "sent",
-        "worker",
-        [(m.id, r.native_status, m.id in moved, None) for m, r in accepted],
-        now,
+        _SENT.scalars(
+            session,
+            {
+                "ids": [m.id for m, _ in accepted],
+                "pids": [r.provider_message_id for _, r in accepted],
+                "prices": [r.price for _, r in accepted],
+                "units": [r.price_unit for _, r in accepted],
+                "senders": [r.sender for _, r in accepted],
+                "natives": [r.native_status for _, r in accepted],
+                "now": naive_utc(now),
+                "allowed": allowed_from("sent"),
+            },
+        )
     )
     _owe_events(session, [m.id for m, _ in accepted if m.id in moved and m.id in heard])
     for message, result in accepted:
@@ -751,26 +783,28 @@ def _owe_events(session: Session, message_ids: list[str]) -> None:
     """`record_status_event` for a batch of moved rows: one read, one INSERT."""
     if not message_ids:
         return
-    url = func.coalesce(Message.callback_url, Tenant.callback_url)
-    rows = session.execute(
-        select(Message, url.label("url"))
-        .join(Tenant, Tenant.id == Message.tenant_id)
-        .where(Message.id.in_(message_ids))
-        .execution_options(populate_existing=True)
-    ).all()
     owed = [
-        {
-            "message_id": m.id,
-            "tenant_id": m.tenant_id,
-            "url": u,
-            "payload": {"type": "message.status", "message": message_to_dict(m, events=False)},
-        }
-        for m, u in rows
-        if u
+        (_message(row[:-1]), row[-1])
+        for row in _OWED.tuples(session, {"ids": message_ids})
+        if row[-1]
     ]
     if owed:
-        session.execute(insert(EventDelivery), owed)
-        enqueue_after_commit(session, [o["message_id"] for o in owed], EVENTS_QUEUE, EVENTS_TASK)
+        _OWE.execute(
+            session,
+            {
+                "now": naive_utc(utcnow()),
+                "ids": [m.id for m, _ in owed],
+                "tenants": [m.tenant_id for m, _ in owed],
+                "urls": [url for _, url in owed],
+                "payloads": [
+                    json.dumps(
+                        {"type": "message.status", "message": message_to_dict(m, events=False)}
+                    )
+                    for m, _ in owed
+                ],
+            },
+        )
+        enqueue_after_commit(session, [m.id for m, _ in owed], EVENTS_QUEUE, EVENTS_TASK)
 
 
 # Attempt outcomes after which the provider certainly did not take the message.

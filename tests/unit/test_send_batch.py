@@ -5,19 +5,22 @@ and the set-based record keeping the status machine forward only."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, text, update
 
-from models import Message, MessageEvent, session_scope, utcnow
+from models import EventDelivery, Message, MessageEvent, ProviderAccount, session_scope, utcnow
 from providers import SendResult
 from services.delivery import (
+    claim_for_sending,
     due_for_sweep,
     record_sent_batch,
     release_parked,
     send_gate,
     send_gates,
 )
+from services.events import record_status_event
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
 TO = "+12025550143"
@@ -169,3 +172,103 @@ def test_a_single_delivery_task_of_an_older_queue_parks_too(client, dispatched) 
     assert tasks.deliver_message.run(second) == "throttled"  # no Retry raised
     row = _row(second)
     assert row.status == "queued" and row.slot_reserved and row.not_before is not None
+
+
+def _rich_message(tenant_id: str, account_id: str, callback_url: str | None = None) -> str:
+    """A queued row with every kind of column filled: times, JSON, a price."""
+    now = utcnow()
+    message = Message(
+        tenant_id=tenant_id,
+        direction="outbound",
+        channel="sms",
+        provider="twilio",
+        provider_account_id=account_id,
+        to_number="+12025550176",
+        body="rich",
+        media_urls=["https://example.com/a.png"],
+        options={"sender": {"id": "snd_1", "kind": "number"}, "note": "é"},
+        status="queued",
+        meta={"order": 7, "nested": {"a": [1, 2]}},
+        callback_url=callback_url,
+        send_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(hours=1),
+        price=Decimal("0.00750"),
+        price_unit="USD",
+        recipient_zones="America/New_York",
+        created_at=now - timedelta(minutes=2),
+        updated_at=now - timedelta(minutes=2),
+    )
+    with session_scope() as session:
+        session.add(message)
+    return message.id
+
+
+def _account_of(tenant_id: str) -> str:
+    with session_scope() as session:
+        account = session.scalar(
+            select(ProviderAccount.id).where(
+                ProviderAccount.tenant_id == tenant_id, ProviderAccount.provider == "twilio"
+            )
+        )
+    assert account is not None
+    return account
+
+
+def test_a_claimed_message_is_the_row_as_the_orm_loads_it(dispatched) -> None:
+    """The claim builds its Message objects from the UPDATE's rows itself: each must
+    hold what the ORM would load (aware UTC times, decoded JSON, the Decimal price),
+    detached, as the send path and the record read them."""
+    tenant = make_tenant("claimed")
+    mid = _rich_message(tenant["tenant_id"], _account_of(tenant["tenant_id"]))
+    claimed = claim_for_sending(mid)
+    assert claimed is not None
+    message, account = claimed
+    assert account.provider == "twilio"
+    state = inspect(message)
+    assert state.detached and not state.modified
+    with session_scope() as session:
+        loaded = session.get(Message, mid)
+        assert loaded is not None
+        for column in Message.__mapper__.column_attrs:
+            mine, orm = getattr(message, column.key), getattr(loaded, column.key)
+            assert mine == orm and type(mine) is type(orm), column.key
+            if isinstance(orm, datetime):
+                assert mine.tzinfo is UTC, column.key
+    assert message.status == "sending" and message.attempts == 1
+    assert message.meta == {"order": 7, "nested": {"a": [1, 2]}}
+    assert message.options["sender"]["id"] == "snd_1"
+
+
+def test_a_batch_owes_the_same_event_as_the_single_path(dispatched) -> None:
+    """The batch path's owed event (one read, one INSERT) is the one `apply_status`'s
+    `record_status_event` writes for the same row: same URL, same payload."""
+    from services.delivery import _owe_events
+
+    tenant = make_tenant("owed")
+    mid = _rich_message(
+        tenant["tenant_id"], _account_of(tenant["tenant_id"]), "https://example.com/hook"
+    )
+    with session_scope() as session:
+        record_status_event(session, mid)
+        session.flush()
+        _owe_events(session, [mid])
+    with session_scope() as session:
+        single, batch = session.scalars(
+            select(EventDelivery).where(EventDelivery.message_id == mid).order_by(EventDelivery.id)
+        ).all()
+        assert (batch.tenant_id, batch.url) == (single.tenant_id, single.url)
+        assert (batch.status, batch.attempts) == (single.status, single.attempts) == ("pending", 0)
+        assert batch.payload == single.payload
+        assert batch.payload["message"]["expires_at"].endswith("Z")
+        raw = (
+            session.execute(
+                text(
+                    "SELECT payload::text FROM event_deliveries WHERE message_id = :m ORDER BY id"
+                ),
+                {"m": mid},
+            )
+            .scalars()
+            .all()
+        )
+    assert raw[0] == raw[1]  # the stored JSON text too, byte for byte
+    assert batch.next_attempt_at <= utcnow()
