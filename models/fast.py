@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row, namedtuple_row
 from sqlalchemy.orm import Session
 
@@ -46,9 +47,15 @@ class Statement:
         self.sql = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
 
     def _run(self, session: Session, params: Mapping[str, Any] | None, factory: Any) -> Any:
-        connection = session.connection().connection.driver_connection
-        cursor = connection.cursor(row_factory=factory)
-        cursor.execute(self.sql, {} if params is None else params)
+        connection = session.connection()
+        cursor = connection.connection.driver_connection.cursor(row_factory=factory)
+        try:
+            cursor.execute(self.sql, {} if params is None else params)
+        except psycopg.Error as exc:
+            # Raised as SQLAlchemy would: wrapped in its DBAPIError, a lost connection
+            # flagged and invalidated, so `database_unavailable` (a 503, a retry) and
+            # every `except DBAPIError` see it as they see any other statement's.
+            connection._handle_dbapi_exception(exc, self.sql, params, cursor, None)
         return cursor
 
     def execute(self, session: Session, params: Mapping[str, Any] | None = None) -> int:

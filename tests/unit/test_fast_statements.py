@@ -1,0 +1,43 @@
+"""models/fast.py's statements fail as SQLAlchemy's do: wrapped in its DBAPIError, and a
+lost connection recognised as one (the API's 503, the workers' retry)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import exc as sa
+from sqlalchemy import text
+
+from models import get_engine, new_session
+from models.fast import Statement
+from services.errors import database_unavailable
+
+
+def test_a_refused_statement_is_a_dbapi_error_and_not_an_outage() -> None:
+    session = new_session()
+    try:
+        with pytest.raises(sa.DBAPIError) as raised:
+            Statement("SELECT CAST(:x AS integer)").scalars(session, {"x": "nope"})
+        assert not database_unavailable(raised.value)
+        session.rollback()
+        assert Statement("SELECT :x::integer + 1").scalars(session, {"x": 1}) == [2]
+    finally:
+        session.close()
+
+
+def test_a_lost_connection_is_an_outage_and_is_not_reused() -> None:
+    session = new_session()
+    try:
+        pid = Statement("SELECT pg_backend_pid()").scalars(session)[0]
+        with get_engine().begin() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        with pytest.raises(sa.DBAPIError) as raised:
+            Statement("SELECT 1 + :x").scalars(session, {"x": 1})
+        assert raised.value.connection_invalidated
+        assert database_unavailable(raised.value)
+    finally:
+        session.close()
+    session = new_session()  # the pool handed out a live connection again
+    try:
+        assert Statement("SELECT 1 + :x").scalars(session, {"x": 1}) == [2]
+    finally:
+        session.close()
