@@ -202,3 +202,36 @@ def test_a_json_body_skips_form_parsing(client, auth, dispatched, monkeypatch) -
     assert resp.status_code == 400
     assert resp.get_json()["error"]["code"] == "malformed_json"
     assert "empty" in resp.get_json()["error"]["message"]
+
+
+def test_a_warm_post_closes_its_unused_session_once(client, auth, dispatched, monkeypatch) -> None:
+    """With the key, tenant and account cached the request's session never connects:
+    closing it before the group commit (a cost on every POST) is left to teardown."""
+    import api.auth
+    from models import new_session
+
+    monkeypatch.setattr(tenants, "CACHE_SECONDS", 300.0)
+    assert client.post("/v1/messages", json={"to": TO, "body": "warm"}, headers=auth).status_code
+    closes: list[bool] = []
+
+    def session():  # type: ignore[no-untyped-def]
+        made = new_session()
+        real = made.close
+
+        def close() -> None:
+            closes.append(made.in_transaction())
+            real()
+
+        made.close = close  # type: ignore[method-assign]
+        return made
+
+    monkeypatch.setattr(api.auth, "new_session", session)
+    resp = client.post("/v1/messages", json={"to": TO, "body": "hi"}, headers=auth)
+    assert resp.status_code == 202
+    assert closes == [False]  # teardown's close alone
+    # A cold request reads the database: its session is closed before the group commit.
+    tenants.forget_cached()
+    closes.clear()
+    resp = client.post("/v1/messages", json={"to": TO, "body": "cold"}, headers=auth)
+    assert resp.status_code == 202
+    assert closes[0] is True and len(closes) == 2
