@@ -3,6 +3,7 @@ a change made in this process is seen at once, one made elsewhere within the TTL
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -235,3 +236,49 @@ def test_a_warm_post_closes_its_unused_session_once(client, auth, dispatched, mo
     resp = client.post("/v1/messages", json={"to": TO, "body": "cold"}, headers=auth)
     assert resp.status_code == 202
     assert closes[0] is True and len(closes) == 2
+
+
+def test_the_rows_document_stores_every_value_as_given(dispatched) -> None:
+    """The messages go in as one JSON document (json_to_recordset): text with quotes,
+    backslashes and characters beyond the BMP, nested JSON (kept as the same text),
+    times to the microsecond (whatever their offset) and NULLs all come back exactly."""
+    from datetime import datetime, timezone
+
+    from models import Message, Tenant, new_session
+    from services.accept import GroupCommit, prepare
+
+    made = make_tenant("rows-doc")
+    session = new_session()
+    tenant = session.get(Tenant, made["tenant_id"])
+    session.expunge(tenant)
+    body = 'Quote " back\\slash \u00e9 \u4e2d \U0001f600 tab\t end'
+    send_at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    data = {
+        "to": TO,
+        "channel": "sms",
+        "body": body,
+        "media_url": ["https://example.com/a.png", "https://example.com/b\u00e9.png"],
+        "metadata": {"order": {"id": 7, "tags": ["x", "\U0001f600"]}, "empty": None},
+        "callback_url": "https://example.com/cb?a=1&b=\u00e9",
+        "send_at": send_at,
+    }
+    items = [prepare(session, tenant, data), prepare(session, tenant, {"to": TO, "body": "b"})]
+    items[1].data["channel"] = "sms"
+    session.close()
+    GroupCommit().submit(items)
+    assert [i.status for i in items] == [202, 202]
+    with new_session() as check:
+        stored = check.get(Message, items[0].values["id"])
+        assert stored.body == body
+        assert stored.media_urls == data["media_url"]
+        assert stored.meta == data["metadata"]
+        assert stored.callback_url == data["callback_url"]
+        assert stored.send_at == send_at and stored.status == "scheduled"
+        assert stored.template is None and stored.contact_id is None
+        raw = check.execute(
+            text("SELECT metadata::text, media_urls::text FROM messages WHERE id = :i"),
+            {"i": stored.id},
+        ).one()
+        assert raw == (json.dumps(data["metadata"]), json.dumps(data["media_url"]))
+        other = check.get(Message, items[1].values["id"])
+        assert other.body == "b" and other.send_at is None and other.meta == {}
