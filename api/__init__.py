@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from herald.config import get_settings
 from herald.logs import configure_logging
+
+
+class CookieSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session (the console's), without building a signing
+    serializer and parsing cookies for a request that sends no cookie at all, as API
+    calls do: that cost showed in every `POST /v1/messages`. The answer is the same
+    empty session Flask would open."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = get_settings()
     configure_logging(settings)
     app = Flask("herald", static_folder=None)
+    app.session_interface = CookieSessionInterface()
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)

@@ -142,3 +142,34 @@ def test_a_database_outage_fails_every_request_of_the_group(dispatched, monkeypa
         committer.submit([_item(tenant, "a"), _item(tenant, "b")])
     assert calls == [2]  # not retried item by item: the database is down for all
     assert dispatched == []
+
+
+def test_groups_share_one_session_and_a_failed_group_drops_it(dispatched, monkeypatch) -> None:
+    """Making a Session per group showed in profiles: the committer keeps one, closed
+    after each group; a group that fails leaves it behind, and what an earlier group
+    registered in it is never carried into the next."""
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    made: list[object] = []
+    real = accept.new_session
+
+    def counting():  # type: ignore[no-untyped-def]
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(accept, "new_session", counting)
+    first, second = _item(tenant, "one"), _item(tenant, "two")
+    committer.submit([first])
+    committer.submit([second])
+    assert len(made) == 1 and first.status == second.status == 202
+    assert [i for i, _ in dispatched] == [first.values["id"], second.values["id"]]
+    made[0].info["leftover"] = True  # as if a group had left something behind
+    bad = _item(tenant, "bad")
+    bad.provider = "x" * 40  # the database refuses it
+    with pytest.raises(DBAPIError):
+        committer.submit([bad])
+    assert made[0].info == {}  # cleared before the group used it
+    third = _item(tenant, "three")
+    committer.submit([third])
+    assert len(made) == 2 and third.status == 202  # a new session after the failure
+    assert len(dispatched) == 3
