@@ -17,12 +17,13 @@ cast in the SQL and comes out decoded.
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row, namedtuple_row
+from psycopg.rows import dict_row
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -55,10 +56,13 @@ def as_sqlalchemy(
 class Statement:
     """One fixed SQL text; `:name` parameters, `::type` casts left alone."""
 
-    __slots__ = ("sql",)
+    __slots__ = ("_row", "sql")
 
     def __init__(self, sql: str) -> None:
         self.sql = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+        # The named-tuple class of its rows, made once: the statement's columns are
+        # fixed (psycopg's namedtuple_row rebuilds its row maker on every execute).
+        self._row: Any = None
 
     def _run(self, session: Session, params: Mapping[str, Any] | None, factory: Any) -> Any:
         connection = session.connection()
@@ -74,13 +78,20 @@ class Statement:
 
     def execute(self, session: Session, params: Mapping[str, Any] | None = None) -> int:
         """Run it; the number of rows it touched."""
-        with self._run(session, params, namedtuple_row) as cursor:
+        with self._run(session, params, None) as cursor:
             return cursor.rowcount
 
     def rows(self, session: Session, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Its rows as named tuples."""
-        with self._run(session, params, namedtuple_row) as cursor:
-            return cursor.fetchall()
+        with self._run(session, params, None) as cursor:
+            found = cursor.fetchall()
+            if not found:
+                return []
+            row = self._row
+            if row is None:
+                names = [column.name for column in cursor.description]
+                row = self._row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+            return [row._make(values) for values in found]
 
     def dicts(self, session: Session, params: Mapping[str, Any] | None = None) -> list[dict]:
         """Its rows as dicts (column name: value)."""
