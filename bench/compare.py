@@ -450,6 +450,9 @@ class HeraldApp:
         }
         if ctx.db_url:
             self.env["DATABASE_URL"] = ctx.db_url
+        for setting in getattr(ctx.args, "herald_env", None) or []:  # --herald-env
+            name, _, value = setting.partition("=")
+            self.env[name] = value
         self.proc: subprocess.Popen | None = None
         self.pg = PgBackends(ctx.pg_dsn, ctx.pg_app) if ctx.pg_dsn else None
         self.key = ""
@@ -858,6 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog-rate", type=float, default=10.0)
     parser.add_argument("--backlog-settle", type=float, default=5.0)
     parser.add_argument("--backlog-window", type=float, default=30.0)
+    parser.add_argument(
+        "--herald-env",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a setting for Herald's processes (repeatable), e.g. HERALD_PUBLISH_INTERVAL_MS=50",
+    )
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw profiles of the load phase")
     parser.add_argument("--load-timeout", type=float, default=300.0)
     parser.add_argument("--send-timeout", type=float, default=300.0)
