@@ -19,12 +19,13 @@ LAYERS = [
     ("psycopg (driver, wire)", re.compile(r"(^|/)psycopg")),
     ("SQLAlchemy", re.compile(r"(^|/)sqlalchemy/")),
     ("celery/kombu/redis (broker)", re.compile(r"(^|/)(kombu|celery|billiard|redis|vine)/")),
+    # Before the HTTP client: gunicorn/http/ would match its pattern too.
+    ("gunicorn", re.compile(r"(^|/)gunicorn/")),
     ("twilio client/requests", re.compile(r"(^|/)(twilio|requests|urllib3|http)/|socket\.py")),
     ("marshmallow", re.compile(r"(^|/)marshmallow/")),
     ("phonenumbers", re.compile(r"(^|/)phonenumbers/")),
     ("json", re.compile(r"(^|/)json/")),
     ("flask/werkzeug", re.compile(r"(^|/)(flask|werkzeug|jinja2)/")),
-    ("gunicorn", re.compile(r"(^|/)gunicorn/")),
     ("cryptography/hmac", re.compile(r"(^|/)cryptography/|(^|/)(hmac|hashlib|secrets)\.py")),
     ("herald code", re.compile(r"(^|/)(api|services|models|workers|providers|herald)/")),
 ]

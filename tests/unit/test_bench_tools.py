@@ -52,3 +52,15 @@ def test_profile_samples_go_to_the_leaf_most_known_layer(tmp_path: Path) -> None
     assert " 75.0%  SQLAlchemy" in text
     assert " 25.0%  celery/kombu/redis (broker)" in text
     assert "100.0%  create (api/messages.py)" in text
+
+
+def test_gunicorns_http_parser_is_gunicorn_not_the_http_client(tmp_path: Path) -> None:
+    raw = tmp_path / "api.txt"
+    raw.write_text(
+        'process 1:"gunicorn";handle (gunicorn/workers/gthread.py:1);'
+        "parse (gunicorn/http/parser.py:1) 1\n"
+        'process 1:"gunicorn";send (requests/sessions.py:1) 1\n'
+    )
+    text = summarize(raw)
+    assert " 50.0%  gunicorn" in text
+    assert " 50.0%  twilio client/requests" in text
