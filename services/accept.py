@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +49,7 @@ from services.errors import (
     database_unavailable,
 )
 from services.expiry import expires_at_for
+from services.grouping import GroupRunner, Ticket
 from services.inputs import text_problem
 from services.phones import mask
 from services.policy import policy_contacts, policy_refusal
@@ -554,87 +554,45 @@ def accept(
 # ------------------------------------------------------------------ group commit
 
 
-class _Ticket:
-    __slots__ = ("done", "exc", "items", "wake")
-
-    def __init__(self, items: list[Item]) -> None:
-        self.items = items
-        # Held until the request may go on: a bare lock is the cheapest wake-up
-        # (an Event is a Condition and two locks; its notify showed in profiles).
-        self.wake = threading.Lock()
-        self.wake.acquire()
-        self.done = False
-        self.exc: BaseException | None = None
-
-
-class GroupCommit:
-    """Concurrent requests of one process store their items together, under one COMMIT.
-
-    No thread of its own: the request that finds no group in flight leads, stores
-    every waiting request's items with its own (at most `max_items`), commits, wakes
-    them, and hands the lead to the first request that arrived meanwhile. A group
-    that fails for a reason other than the database being down is retried one request
-    at a time, so a request's fault stays its own."""
+class GroupCommit(GroupRunner):
+    """Concurrent requests of one process store their items together, under one COMMIT
+    (services/grouping.py): the leader stores every waiting request's items with its
+    own (at most `max_items`) and commits. A group that fails for a reason other than
+    the database being down is retried one request at a time, so a request's fault
+    stays its own."""
 
     def __init__(self, max_items: int = 2000) -> None:
+        super().__init__()
         self.max_items = max_items
-        self._lock = threading.Lock()
-        self._queue: list[_Ticket] = []
-        self._busy = False
         # One Session for every group, closed after each: one leader at a time uses it
         # (the lead is handed over under the lock), and making a Session per group
         # showed in profiles. A group that fails drops it: the next gets a new one.
         self._session: Session | None = None
 
-    def submit(self, items: list[Item]) -> None:
+    def submit(self, items: list[Item]) -> None:  # type: ignore[override]
         """Store `items` (their outcomes set) once committed; raises what the database raised."""
-        ticket = _Ticket(items)
-        with self._lock:
-            self._queue.append(ticket)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
-            ticket.wake.acquire()  # released when done, or when this request leads
-        if not ticket.done:  # the lead was handed to this request
-            self._lead()
-        if ticket.exc is not None:
-            raise ticket.exc
+        super().submit(items)
 
-    def _lead(self) -> None:
-        with self._lock:
-            group, count = [], 0
-            while self._queue and (
-                not group or count + len(self._queue[0].items) <= self.max_items
-            ):
-                ticket = self._queue.pop(0)
-                group.append(ticket)
-                count += len(ticket.items)
-        try:
-            self._commit(group)
-        finally:
-            for ticket in group:
-                ticket.done = True
-            with self._lock:
-                nxt = self._queue[0] if self._queue else None
-                self._busy = nxt is not None
-            for ticket in group:
-                if ticket.wake.locked():
-                    ticket.wake.release()
-            if nxt is not None:
-                nxt.wake.release()  # not done: it leads the next group
+    def _take(self, queue: list[Ticket]) -> int:
+        taken, count = 0, 0
+        for ticket in queue:
+            if taken and count + len(ticket.payload) > self.max_items:
+                break
+            taken, count = taken + 1, count + len(ticket.payload)
+        return taken
 
-    def _commit(self, group: list[_Ticket]) -> None:
+    def _run(self, group: list[Ticket]) -> None:
         session, self._session = self._session or new_session(), None
         session.info.clear()  # nothing of an earlier group's (it was closed)
         try:
-            store(session, [item for ticket in group for item in ticket.items])
+            store(session, [item for ticket in group for item in ticket.payload])
             session.commit()
         except BaseException as exc:
             session.rollback()
             session.close()
             if len(group) > 1 and isinstance(exc, Exception) and not database_unavailable(exc):
                 for ticket in group:
-                    self._commit([ticket])
+                    self._run([ticket])
                 return
             for ticket in group:
                 ticket.exc = exc

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from models import WebhookInbox, get_engine, new_session, utcnow
 from models.fast import Statement, as_sqlalchemy, aware_utc, column_list, naive_utc
 from services.errors import database_unavailable
+from services.grouping import GroupRunner, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -117,89 +118,47 @@ def record(
 # ---------------------------------------------------------------- group commit
 
 
-class _Ticket:
-    __slots__ = ("done", "exc", "new", "row", "wake")
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self.row = row
-        # Held until the request may go on (a bare lock: the cheapest wake-up).
-        self.wake = threading.Lock()
-        self.wake.acquire()
-        self.done = False
-        self.new = False
-        self.exc: BaseException | None = None
-
-
-class GroupCommit:
+class GroupCommit(GroupRunner):
     """Concurrent callbacks of one process stored by one INSERT, committed by it.
 
     Stored through a session, a callback cost a pool checkout (with its ping), the
     INSERT and a COMMIT: three round trips and SQLAlchemy's machinery for each. Here
     the process keeps one connection of its own in autocommit, so a group is one
     statement, committed when it returns; requests arriving together share it. No
-    thread of its own: the request that finds no group in flight leads, stores every
-    waiting request's row with its own (at most `max_rows`), wakes them, and hands the
-    lead to the first request that arrived meanwhile. Nothing is answered before the
+    thread of its own (services/grouping.py): the leader stores every waiting request's
+    row with its own (at most `max_rows`). Nothing is answered before the
     statement that stored it returned. A group that fails for a reason other than the
     database being down (or a lost lock race) is retried one row at a time, so a row's
     fault stays its own."""
 
     def __init__(self, max_rows: int = BATCH) -> None:
+        super().__init__()
         self.max_rows = max_rows
-        self._lock = threading.Lock()
-        self._queue: list[_Ticket] = []
-        self._busy = False
         self._connection: psycopg.Connection | None = None  # the leader's alone
         self._engine: Engine | None = None  # the engine it came from
 
-    def submit(self, row: dict[str, Any]) -> bool:
+    def submit(self, row: dict[str, Any]) -> bool:  # type: ignore[override]
         """Store `row` (see `insert_rows`) durably; whether it was new. Raises what the
         database raised, as SQLAlchemy does (nothing was stored then)."""
-        ticket = _Ticket(row)
-        with self._lock:
-            self._queue.append(ticket)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
-            ticket.wake.acquire()  # released when done, or when this request leads
-        if not ticket.done:  # the lead was handed to this request
-            self._lead()
-        if ticket.exc is not None:
-            raise ticket.exc
-        return ticket.new
+        return bool(super().submit(row).result)
 
-    def _lead(self) -> None:
-        with self._lock:
-            group = self._queue[: self.max_rows]
-            del self._queue[: self.max_rows]
-        try:
-            self._commit(group)
-        finally:
-            for ticket in group:
-                ticket.done = True
-            with self._lock:
-                nxt = self._queue[0] if self._queue else None
-                self._busy = nxt is not None
-            for ticket in group:
-                if ticket.wake.locked():
-                    ticket.wake.release()
-            if nxt is not None:
-                nxt.wake.release()  # not done: it leads the next group
+    def _take(self, queue: list[Ticket]) -> int:
+        return self.max_rows
 
-    def _commit(self, group: list[_Ticket]) -> None:
+    def _run(self, group: list[Ticket]) -> None:
         try:
-            new = self._insert([ticket.row for ticket in group])
+            new = self._insert([ticket.payload for ticket in group])
         except Exception as exc:
             if len(group) > 1 and (not database_unavailable(exc) or _contention(exc)):
                 for ticket in group:
-                    self._commit([ticket])
+                    self._run([ticket])
                 return
             for ticket in group:
                 ticket.exc = exc
             return
         for ticket in group:  # the same callback twice in one group: new once
-            key = ticket.row["dedup_key"]
-            ticket.new = key in new
+            key = ticket.payload["dedup_key"]
+            ticket.result = key in new
             new.discard(key)
 
     def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
