@@ -30,6 +30,7 @@ from typing import Any
 
 from flask import Blueprint, Response, has_request_context, jsonify, request
 
+from sandbox.common import graph_token
 from sandbox.state import SandboxState
 
 KB = 1024
@@ -258,12 +259,6 @@ def blueprint(state: SandboxState) -> Blueprint:
             ),
         )
 
-    def bearer() -> str:
-        auth = request.headers.get("Authorization", "")
-        if auth[:7].lower() == "bearer ":
-            return auth[7:].strip()
-        return request.args.get("access_token", "")
-
     def token_accounts(token: str) -> set[str]:
         """The phone number ids this token may act for (empty: not a token at all)."""
         with state.lock:
@@ -274,7 +269,7 @@ def blueprint(state: SandboxState) -> Blueprint:
     def meta_item(version: str, media_id: str, verb: str) -> StoredMedia | Response:
         if not meta_api.GRAPH_VERSION.fullmatch(version):
             return graph_fail(2500, 400, message=f"Unknown path components: /{version}/{media_id}")
-        token = bearer()
+        token = graph_token()
         allowed = token_accounts(token) if token else set()
         if not allowed:
             return graph_fail(190, message=meta_api.ERRORS[190][1])
@@ -293,7 +288,7 @@ def blueprint(state: SandboxState) -> Blueprint:
     def upload(version: str, phone_number_id: str) -> Response:
         if not meta_api.GRAPH_VERSION.fullmatch(version):
             return graph_fail(2500, 400, message=f"Unknown path components: /{version}")
-        token = bearer()
+        token = graph_token()
         allowed = token_accounts(token) if token else set()
         if not allowed:
             return graph_fail(190, message=meta_api.ERRORS[190][1])
@@ -394,7 +389,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         ):
             return Response("Not Found", 404, content_type="text/plain")
         # Like Meta's: the URL alone is not enough, the owning account's token must come too.
-        if item.owner not in token_accounts(bearer()):
+        if item.owner not in token_accounts(graph_token()):
             return Response("Unauthorized", 401, content_type="text/plain")
         with media.lock:
             item.downloads += 1

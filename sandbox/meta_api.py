@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 
 from sandbox import conversations, templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
-from sandbox.common import answer_fault, json_response
+from sandbox.common import answer_fault, graph_token, json_response
 from sandbox.state import (
     Fault,
     MetaAccount,
@@ -513,12 +513,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             return fail(
                 2500, 400, message=f"Unknown path components: /{version}/{phone_number_id}/messages"
             )
-        auth = request.headers.get("Authorization", "")
-        token = (
-            auth[7:].strip()
-            if auth[:7].lower() == "bearer "
-            else request.args.get("access_token", "")
-        )
+        token = graph_token()
         with state.lock:
             known_token = any(a.access_token == token for a in state.meta_accounts.values())
             account = state.meta_accounts.get(phone_number_id)

@@ -26,7 +26,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from sandbox.callbacks import meta_callback
-from sandbox.common import json_response
+from sandbox.common import graph_token, json_response
 from sandbox.state import ConfigError, SandboxState, new_fbtrace_id
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
@@ -321,12 +321,7 @@ def blueprint(state: SandboxState) -> Blueprint:
 
     @bp.get("/<version>/<waba_id>/message_templates")
     def meta_list(version: str, waba_id: str) -> Response:
-        auth = request.headers.get("Authorization", "")
-        token = (
-            auth[7:].strip()
-            if auth[:7].lower() == "bearer "
-            else request.args.get("access_token", "")
-        )
+        token = graph_token()
         with state.lock:
             tokens = {a.access_token for a in state.meta_accounts.values()}
             allowed = {a.access_token for a in state.meta_accounts.values() if a.waba_id == waba_id}
