@@ -381,18 +381,12 @@ def apply_pool(rows: list[dict[str, Any]], pool: list[ChosenSender] | None) -> N
 # ---------------------------------------------------------------- administration
 
 
-class SenderSchema(Schema):
-    """A sender to add (`account_id` may be left out when the tenant has one account of
-    the provider). `address`: an E.164 number, a Messaging Service SID, a phone number id."""
+class SenderUpdateSchema(Schema):
+    """What a sender's update may change."""
 
     class Meta:
         unknown = RAISE
 
-    provider = fields.String(required=True, validate=validate.OneOf(tuple(PROVIDER_KINDS)))
-    kind = fields.String(validate=validate.OneOf(KINDS))
-    address = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    account_id = fields.String(validate=validate.Length(min=1, max=32))
-    number = fields.String(validate=validate.Length(min=1, max=32))
     channels = fields.List(
         fields.String(validate=validate.OneOf(("sms", "whatsapp"))),
         validate=validate.Length(min=1, max=2),
@@ -400,6 +394,17 @@ class SenderSchema(Schema):
     mps = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=10000))
     is_default = fields.Boolean()
     label = fields.String(allow_none=True, validate=validate.Length(max=200))
+
+
+class SenderSchema(SenderUpdateSchema):
+    """A sender to add (`account_id` may be left out when the tenant has one account of
+    the provider). `address`: an E.164 number, a Messaging Service SID, a phone number id."""
+
+    provider = fields.String(required=True, validate=validate.OneOf(tuple(PROVIDER_KINDS)))
+    kind = fields.String(validate=validate.OneOf(KINDS))
+    address = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    account_id = fields.String(validate=validate.Length(min=1, max=32))
+    number = fields.String(validate=validate.Length(min=1, max=32))
 
     @validates_schema
     def _address(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
@@ -424,19 +429,6 @@ class SenderSchema(Schema):
                 errors["channels"] = [f"{provider} does not serve {channel}."]
         if errors:
             raise ValidationError(errors)
-
-
-class SenderUpdateSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
-    channels = fields.List(
-        fields.String(validate=validate.OneOf(("sms", "whatsapp"))),
-        validate=validate.Length(min=1, max=2),
-    )
-    mps = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=10000))
-    is_default = fields.Boolean()
-    label = fields.String(allow_none=True, validate=validate.Length(max=200))
 
 
 def _guess_kind(provider: str | None, address: str) -> str | None:
