@@ -16,10 +16,12 @@ cast in the SQL and comes out decoded.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -38,6 +40,21 @@ def naive_utc(value: datetime | None) -> datetime | None:
 def aware_utc(value: datetime | None) -> datetime | None:
     """A `timestamp` column's value as the models give it: aware UTC."""
     return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _json_value(value: Any) -> Any:
+    """What json.dumps cannot write itself: a time as its `timestamp` column takes it
+    (naive UTC), a Decimal as its exact text."""
+    if isinstance(value, datetime):
+        return naive_utc(value).isoformat()  # type: ignore[union-attr]
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_rows(rows: list[dict[str, Any]]) -> str:
+    """Rows as one JSON array for `json_to_recordset` (times naive UTC, decimals exact)."""
+    return json.dumps(rows, default=_json_value)
 
 
 def as_sqlalchemy(

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from herald.config import get_settings
 from models import Message, MessageEvent, Tenant, new_id, new_session, utcnow
-from models.fast import Statement, naive_utc
+from models.fast import Statement, json_rows, naive_utc
 from services import limits
 from services.contacts import get_contact
 from services.conversations import accept_options
@@ -99,7 +99,6 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("expires_at", "timestamp"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
-_TIMES = ("send_at", "expires_at")  # sent as naive UTC in ISO 8601, as the columns keep them
 _INSERT_MESSAGES = Statement(
     "INSERT INTO messages ("
     + ", ".join(f'"{name}"' for name in _NAMES)
@@ -123,14 +122,8 @@ def _insert_messages(session: Session, rows: list[dict[str, Any]], now: datetime
     work cost more CPU than PostgreSQL spent on the insert. Pending ORM changes go
     first, as SQLAlchemy's autoflush would send them."""
     session.flush()
-    records = []
-    for row in rows:
-        record = {name: row[name] for name in _NAMES}
-        for name in _TIMES:
-            if record[name] is not None:
-                record[name] = naive_utc(record[name]).isoformat()  # type: ignore[union-attr]
-        records.append(record)
-    params = {"now": naive_utc(now), "rows": json.dumps(records)}
+    records = [{name: row[name] for name in _NAMES} for row in rows]
+    params = {"now": naive_utc(now), "rows": json_rows(records)}
     return set(_INSERT_MESSAGES.scalars(session, params))
 
 

@@ -7,7 +7,6 @@ a late `sent` can never overwrite `delivered`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models import EventDelivery, Message, MessageEvent, utcnow
 from models.base import UTCDateTime
-from models.fast import Statement, aware_utc, naive_utc
+from models.fast import Statement, aware_utc, json_rows
 from services.dispatch import enqueue_after_commit
 from services.events import EVENTS_QUEUE, EVENTS_TASK, record_status_event
 
@@ -238,21 +237,6 @@ _EVENTS = Statement(
     ORDER BY r.ord
     """
 )
-
-
-def _json_value(value: Any) -> Any:
-    """What json.dumps cannot write itself: a time as its `timestamp` column takes it
-    (naive UTC), a Decimal as its exact text."""
-    if isinstance(value, datetime):
-        return naive_utc(value).isoformat()  # type: ignore[union-attr]
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def json_rows(rows: list[dict[str, Any]]) -> str:
-    """Rows as one JSON array for `json_to_recordset` (times naive UTC, decimals exact)."""
-    return json.dumps(rows, default=_json_value)
 
 
 def lock_messages(

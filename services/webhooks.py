@@ -30,7 +30,7 @@ from twilio.request_validator import RequestValidator
 
 from herald.config import get_settings
 from models import Contact, Message, MessageEvent, ProviderAccount, WebhookEvent, utcnow
-from models.fast import Statement
+from models.fast import Statement, json_rows
 from providers import error_name
 from providers.meta import OPT_OUT as META_OPT_OUT
 from services import templates
@@ -799,8 +799,6 @@ def record_receipts(session: Session, receipts: list[dict[str, Any]]) -> set[str
     recorded before: duplicates)."""
     if not receipts:
         return set()
-    from services.status import json_rows
-
     return set(_RECEIPTS.scalars(session, {"rows": json_rows(receipts)}))
 
 
