@@ -1,0 +1,219 @@
+"""A campaign's send rate and where its CPU goes, per process group.
+
+The campaign part of bench.throughput (same stack: gunicorn API, W Celery workers,
+beat, Redis, the sandbox with status callbacks on, PostgreSQL behind the harness's
+TCP proxy), with every process's CPU (/proc, user + system) sampled from the
+campaign's creation until its last row is final, summed per group: worker, api
+(the callbacks land there), beat, sandbox, postgres, redis, and this process (the
+TCP proxy to PostgreSQL, the polling). The split says whether a rate is reachable
+on this machine at all: everything here shares the same cores.
+
+    python -m bench.campaign_split --campaign 4000 --rate 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.chaos import ChaosStack
+from bench.throughput import _raise_sender_budget
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _group(pid: int, home: Path, postmaster: int | None, redis_port: int) -> str | None:
+    """The process group of `pid` (None: not this run's): this run's PostgreSQL is the
+    postmaster under `home` and its children, the rest carry HERALD_HOME=`home`."""
+    if pid == os.getpid():
+        return "bench"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if postmaster is not None and postmaster in (pid, ppid):
+            return "postgres"
+        if "redis-server" in cmd:  # its process title overwrites its environment
+            return "redis" if f":{redis_port}" in cmd else None
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if f"HERALD_HOME={home}".encode() not in environ:
+        return None
+    if "gunicorn" in cmd:
+        return "api"
+    if "celery" in cmd and " beat" in cmd:  # before " worker": "-A workers.celery_app"
+        return "beat"
+    if "celery" in cmd and " worker" in cmd:
+        return "worker"
+    if "-m sandbox" in cmd:
+        return "sandbox"
+    return None
+
+
+def _cpu(pid: int) -> float | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, this process only
+
+
+class Sampler:
+    """CPU seconds per group over time: every process sampled each `interval` s (a
+    process born meanwhile counts from zero, one that dies keeps its last sample)."""
+
+    def __init__(self, home: Path, redis_port: int, interval: float = 0.25) -> None:
+        from herald.postgres import _postmaster_pid, data_dir
+
+        self.home = home
+        self.redis_port = redis_port
+        self.postmaster = _postmaster_pid(data_dir(home.resolve()))
+        self.interval = interval
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.groups: dict[int, str] = {}
+        self.series: list[tuple[float, dict[str, float]]] = []  # (time.time(), totals)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, initial: bool) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if pid not in self.groups:
+                group = _group(pid, self.home, self.postmaster, self.redis_port)
+                if group is None:
+                    continue
+                self.groups[pid] = group
+            cpu = _cpu(pid)
+            if cpu is None:
+                continue
+            if pid not in self.first:
+                self.first[pid] = cpu if initial else 0.0
+            self.last[pid] = cpu
+        totals: dict[str, float] = {}
+        for pid, group in self.groups.items():
+            if pid in self.last:
+                totals[group] = totals.get(group, 0.0) + self.last[pid] - self.first[pid]
+        self.series.append((time.time(), totals))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(False)
+
+    def start(self) -> None:
+        self._sample(True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self._sample(False)
+        return self.series[-1][1]
+
+    def between(self, start: float, end: float) -> dict[str, float]:
+        """CPU per group between the samples nearest `start` and `end`."""
+        before = max((s for s in self.series if s[0] <= start), default=self.series[0])
+        after = min((s for s in self.series if s[0] >= end), default=self.series[-1])
+        return {g: after[1].get(g, 0.0) - before[1].get(g, 0.0) for g in after[1]}
+
+
+def _report(title: str, cpu: dict[str, float], seconds: float, sent: int) -> None:
+    total = sum(cpu.values()) or 1e-9
+    print(f"{title}: {total:.1f} s CPU in {seconds:.1f} s ({total / seconds:.2f} cores busy)")
+    for group, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
+        print(
+            f"  {group:9s} {used:7.2f} s  {used * 1000 / sent:6.3f} ms/msg  "
+            f"{100 * used / total:5.1f} %"
+        )
+    print(f"  {'total':9s} {total:7.2f} s  {total * 1000 / sent:6.3f} ms/msg")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--campaign", type=int, default=4000)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-callbacks", action="store_true")
+    args = parser.parse_args(argv)
+
+    stack = ChaosStack(
+        Path(tempfile.mkdtemp(prefix="herald-split-")), args.workers, args.concurrency
+    )
+    stack.env.update(
+        HERALD_SEND_LEASE_SECONDS="60",
+        HERALD_SETTLE_SECONDS="30",
+        HERALD_SWEEP_AFTER_SECONDS="60",
+        HERALD_HTTP_TIMEOUT="10",
+    )
+    try:
+        tenant = stack.start()
+        _raise_sender_budget(tenant["tenant_id"], args.rate)
+        api = httpx.Client(
+            base_url=stack.api, timeout=60, headers={"Authorization": f"Bearer {tenant['api_key']}"}
+        )
+        control = httpx.Client(base_url=stack.sandbox, timeout=30)
+        for i in range(20):  # warm the workers' connections and imports
+            api.post("/v1/messages", json={"to": "+12025550143", "channel": "sms", "body": f"w{i}"})
+        time.sleep(3)
+        control.post("/_sandbox/reset")
+        if args.no_callbacks:
+            control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
+        recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
+        sampler = Sampler(stack.home, stack.redis_port)
+        sampler.start()
+        started = time.perf_counter()
+        resp = api.post(
+            "/v1/campaigns",
+            json={
+                "name": "split",
+                "channel": "sms",
+                "body": "Offer",
+                "rate": args.rate,
+                "recipients": recipients,
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        created = time.perf_counter() - started
+        campaign_id = resp.json()["id"]
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            counts = api.get(f"/v1/campaigns/{campaign_id}").json()["counts"]
+            if counts["scheduled"] + counts["queued"] + counts["sending"] == 0:
+                break
+            time.sleep(0.5)
+        # The callbacks for the last sends land shortly after: count them too.
+        for _ in range(60):
+            if not control.get("/_sandbox/callbacks").json().get("pending", 0):
+                break
+            time.sleep(0.5)
+        wall = time.perf_counter() - started
+        cpu = sampler.stop()
+        sends = control.get("/_sandbox/sends", params={"accepted": "true"}).json()["sends"]
+        times = sorted(s["received_at"] for s in sends)
+        span = times[-1] - times[0] if len(times) > 1 else 0
+        n = max(1, len(times))
+        print(
+            f"campaign of {args.campaign} created in {created:.1f} s; {len(times)} sends "
+            f"reached the sandbox in {span:.1f} s = {len(times) / span if span else 0:.0f} msg/s "
+            f"(rate {args.rate:.0f}); window {wall:.1f} s; counts {counts}"
+        )
+        _report("whole window (creation to last callback)", cpu, wall, n)
+        if span:
+            _report("send span (first to last send)", sampler.between(times[0], times[-1]), span, n)
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
