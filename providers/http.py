@@ -41,6 +41,7 @@ from requests.utils import (
 )
 from twilio.http import HttpClient
 from twilio.http.response import Response
+from urllib3.connectionpool import connection_from_url
 from urllib3.exceptions import (
     ClosedPoolError,
     ConnectTimeoutError,
@@ -137,6 +138,23 @@ def _raise_as_requests(exc: Exception) -> None:
     raise exc
 
 
+_ROUTES_KEPT = 32
+
+
+class _Route:
+    """Where requests to one (scheme, host) go: `opener.urlopen(method, url[prefix:])`,
+    a direct host's own connection pool by path (prefix: the length of
+    `scheme://host`), or a proxy manager by whole URL (prefix 0). `manager`: a pool
+    manager for the same route, for requests that follow redirects elsewhere."""
+
+    __slots__ = ("manager", "opener", "prefix")
+
+    def __init__(self, opener: Any, prefix: int, manager: urllib3.PoolManager) -> None:
+        self.opener = opener
+        self.prefix = prefix
+        self.manager = manager
+
+
 class PooledHttpClient(HttpClient):
     """A `twilio.http.HttpClient` on urllib3 pools; remembers the last answer's headers
     per thread (the SDK's exceptions drop them, and `Retry-After` is among them)."""
@@ -153,24 +171,27 @@ class PooledHttpClient(HttpClient):
         self._pool_kwargs = {"num_pools": pool_connections, "maxsize": pool_maxsize}
         self._direct: dict[Any, urllib3.PoolManager] = {}
         self._proxies: dict[str, urllib3.PoolManager] = {}
-        self._routes: dict[tuple[str, str], urllib3.PoolManager] = {}
+        self._routes: dict[tuple[str, str], _Route] = {}
         self._auth: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
     # ----------------------------------------------------------------- environment
 
-    def _route(self, scheme: str, netloc: str) -> urllib3.PoolManager:
-        """The pool manager for requests to this host: direct, or through the proxy
-        the environment names for it; with the CA bundle the environment names."""
+    def _route(self, scheme: str, netloc: str) -> _Route:
+        """How requests to this host go out, resolved on the first one."""
         route = self._routes.get((scheme, netloc))
         if route is None:
             with self._lock:
                 route = self._routes.get((scheme, netloc)) or self._new_route(scheme, netloc)
+                if len(self._routes) >= _ROUTES_KEPT:  # never in practice: a few hosts
+                    self._drop_routes()
                 self._routes[(scheme, netloc)] = route
         return route
 
-    def _new_route(self, scheme: str, netloc: str) -> urllib3.PoolManager:
+    def _new_route(self, scheme: str, netloc: str) -> _Route:
+        """Direct (a connection pool of its own, addressed by path) or through the
+        environment's proxy for this host; the CA bundle the environment names."""
         url = f"{scheme}://{netloc}/"
         tls: dict[str, Any] = {}
         if scheme == "https":
@@ -183,15 +204,24 @@ class PooledHttpClient(HttpClient):
             tls["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
         proxy = select_proxy(url, get_environ_proxies(url))
         key = json.dumps(tls, sort_keys=True)
+        direct = self._direct.get(key)
+        if direct is None:
+            direct = self._direct[key] = urllib3.PoolManager(**self._pool_kwargs, **tls)
         if proxy is None:
-            manager = self._direct.get(key)
-            if manager is None:
-                manager = self._direct[key] = urllib3.PoolManager(**self._pool_kwargs, **tls)
-            return manager
+            pool = connection_from_url(
+                url, maxsize=self._pool_kwargs["maxsize"], block=False, **tls
+            )
+            return _Route(pool, len(url) - 1, direct)
         manager = self._proxies.get(proxy + key)
         if manager is None:
             manager = self._proxies[proxy + key] = self._proxy_manager(proxy, tls)
-        return manager
+        return _Route(manager, 0, manager)
+
+    def _drop_routes(self) -> None:
+        for route in self._routes.values():
+            if route.prefix:
+                route.opener.close()
+        self._routes.clear()
 
     def _proxy_manager(self, proxy: str, tls: dict[str, Any]) -> urllib3.PoolManager:
         """As requests' `HTTPAdapter.proxy_manager_for`: SOCKS or HTTP(S), with the
@@ -253,11 +283,15 @@ class PooledHttpClient(HttpClient):
         query = encode_params(params)
         if query:
             url = f"{url}&{query}" if parts.query else f"{url}?{query}"
-        manager = self._route(parts.scheme, parts.netloc)
+        route = self._route(parts.scheme, parts.netloc)
+        if allow_redirects:  # the SDK never asks; a redirect may lead to another host
+            opener, target = route.manager, url
+        else:
+            opener, target = route.opener, url[route.prefix :] or "/"
         try:
-            answer = manager.urlopen(
+            answer = opener.urlopen(
                 method,
-                url,
+                target,
                 body=body,
                 headers=sent,
                 redirect=allow_redirects,
@@ -286,6 +320,6 @@ class PooledHttpClient(HttpClient):
     def close(self) -> None:
         """Close every pooled connection."""
         with self._lock:
+            self._drop_routes()
             for manager in [*self._direct.values(), *self._proxies.values()]:
                 manager.clear()
-            self._routes.clear()

@@ -222,13 +222,14 @@ def test_proxies_and_ca_bundle_come_from_the_environment_once_per_host(monkeypat
     monkeypatch.setattr(http, "get_environ_proxies", counting)
     client = PooledHttpClient(5)
     for _ in range(3):
-        proxied = client._route("https", "api.twilio.com")
+        proxied = client._route("https", "api.twilio.com").opener
     assert isinstance(proxied, urllib3.ProxyManager)
     assert proxied.proxy.host == "proxy.example"
     assert proxied.proxy_headers["proxy-authorization"].startswith("Basic ")
     assert proxied.connection_pool_kw["ca_certs"] == "/etc/ssl/certs/ca-certificates.crt"
-    direct = client._route("https", "sandbox.example")
-    assert not isinstance(direct, urllib3.ProxyManager)
+    direct = client._route("https", "sandbox.example").opener
+    assert isinstance(direct, urllib3.HTTPSConnectionPool)
+    assert direct.ca_certs == "/etc/ssl/certs/ca-certificates.crt"
     assert reads == ["https://api.twilio.com/", "https://sandbox.example/"]
 
 
