@@ -272,3 +272,39 @@ def test_a_batch_owes_the_same_event_as_the_single_path(dispatched) -> None:
         )
     assert raw[0] == raw[1]  # the stored JSON text too, byte for byte
     assert batch.next_attempt_at <= utcnow()
+
+
+def test_batch_slots_wake_the_gathering_batch_once_its_chunk_is_free() -> None:
+    """A batch waiting for a chunk of threads gets it only when the whole chunk is
+    free, and giving back more than was taken is refused."""
+    import threading
+
+    import pytest
+
+    from services.delivery import _Slots
+
+    slots = _Slots(64)
+    slots.take(50)
+    taken = threading.Event()
+
+    def gather() -> None:
+        slots.take(50)
+        taken.set()
+
+    waiter = threading.Thread(target=gather)
+    waiter.start()
+    for _ in range(3000):  # until the waiter waits for its chunk
+        if slots._wanted == 50:
+            break
+        threading.Event().wait(0.01)
+    assert slots._wanted == 50
+    for _ in range(35):  # 14 + 35 = 49 free: still short of the chunk
+        slots.give()
+    assert not taken.is_set() and slots.free == 49
+    slots.give()
+    assert taken.wait(5)
+    waiter.join()
+    assert slots.free == 0
+    slots.give(64)
+    with pytest.raises(ValueError):
+        slots.give()
