@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -138,6 +141,23 @@ def _report(title: str, cpu: dict[str, float], seconds: float, sent: int) -> Non
     print(f"  {'total':9s} {total:7.2f} s  {total * 1000 / sent:6.3f} ms/msg")
 
 
+def _spy(stack: ChaosStack, out: Path) -> list[subprocess.Popen]:
+    """py-spy record (GIL-holding samples, raw format, as bench.compare) on each worker
+    and the sandbox, until stopped with SIGINT."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    spies = []
+    for name, proc in stack.procs.items():
+        if name.startswith("worker") or name == "sandbox":
+            argv = [spy, "record", "--pid", str(proc.pid), "--subprocesses", "--gil"]
+            argv += ["--nonblocking", "--format", "raw", "--rate", "200"]
+            argv += ["-o", str(out / f"{name}.txt")]
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            spies.append(subprocess.Popen(argv, **quiet))
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--campaign", type=int, default=4000)
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-callbacks", action="store_true")
+    parser.add_argument("--profile", help="py-spy the workers and the sandbox into this folder")
+    parser.add_argument("--timeline", action="store_true", help="print sends per 0.25 s")
     args = parser.parse_args(argv)
 
     stack = ChaosStack(
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         control.post("/_sandbox/reset")
         if args.no_callbacks:
             control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
+        spies = _spy(stack, Path(args.profile)) if args.profile else []
         recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
         sampler = Sampler(stack.home, stack.redis_port)
         sampler.start()
@@ -199,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         wall = time.perf_counter() - started
         cpu = sampler.stop()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=30)
         sends = control.get("/_sandbox/sends", params={"accepted": "true"}).json()["sends"]
         times = sorted(s["received_at"] for s in sends)
         span = times[-1] - times[0] if len(times) > 1 else 0
@@ -208,6 +235,11 @@ def main(argv: list[str] | None = None) -> None:
             f"reached the sandbox in {span:.1f} s = {len(times) / span if span else 0:.0f} msg/s "
             f"(rate {args.rate:.0f}); window {wall:.1f} s; counts {counts}"
         )
+        if args.timeline and span:  # sends per 0.25 s, to see the pipeline's rhythm
+            buckets = [0] * (int(span / 0.25) + 1)
+            for t in times:
+                buckets[int((t - times[0]) / 0.25)] += 1
+            print("sends per 0.25 s:", " ".join(str(b) for b in buckets))
         _report("whole window (creation to last callback)", cpu, wall, n)
         if span:
             _report("send span (first to last send)", sampler.between(times[0], times[-1]), span, n)
