@@ -11,6 +11,10 @@ _instances: dict[str, Provider] = {}
 
 
 def get_provider(name: str) -> Provider:
+    """The process's instance of provider `name`, made on first use."""
+    provider = _instances.get(name)  # no lock on the hot path: set once, read often
+    if provider is not None:
+        return provider
     with _lock:
         provider = _instances.get(name)
         if provider is None:

@@ -193,6 +193,9 @@ class MetaProvider:
 
     @property
     def http(self) -> httpx.Client:
+        client = self._client  # no lock on the hot path: set once, read often
+        if client is not None:
+            return client
         with self._lock:
             if self._client is None:
                 self._client = httpx.Client(

@@ -89,6 +89,9 @@ class TwilioProvider:
 
     def client(self, account: AccountCredentials) -> Client:
         key = (account.external_id, account.secrets.get("auth_token", ""))
+        client = self._clients.get(key)  # no lock on the hot path: set once, read often
+        if client is not None:
+            return client
         with self._lock:
             client = self._clients.get(key)
             if client is None:
