@@ -58,4 +58,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import openapi
 
     openapi.init_app(app)  # after every route: the document lists them all
+    from api import fastpath
+
+    fastpath.install(app)  # the status callback answered in front of Flask
     return app
