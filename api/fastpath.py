@@ -31,6 +31,7 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from api import auth
+from api.webhooks import accept_twilio_status
 from herald.config import get_settings
 from services.inputs import text_problem
 
@@ -45,7 +46,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 class _OwnSession:
     """A session opened only if something uses it (a cache miss of the signers:
-    services.tenants), closed by `close` if it was: as the view's `_LazySession`,
+    services.tenants), closed by `close_if_open` if it was: as the view's `_LazySession`,
     without the app context that `api.auth.db` needs."""
 
     __slots__ = ("_session",)
@@ -118,8 +119,6 @@ class TwilioStatusFastPath:
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE", "")
         session = _OwnSession()
         try:
-            from api.webhooks import accept_twilio_status
-
             accept_twilio_status(
                 cast(Session, session), url, form, signature, args.get("message_id")
             )
