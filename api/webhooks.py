@@ -65,14 +65,27 @@ def twilio_status():  # type: ignore[no-untyped-def]
             application/json: {schema: Error}
         403: Forbidden
     """
-    form = request.form.to_dict()
-    accounts = verify_twilio(
-        _LAZY_DB, _public_url(), form, request.headers.get("X-Twilio-Signature", "")
+    # api/fastpath.py answers this route before Flask does; this view serves what it
+    # hands on (a cookie, another body type, a NUL...), with the same outcome.
+    accept_twilio_status(
+        _LAZY_DB,
+        _public_url(),
+        request.form.to_dict(),
+        request.headers.get("X-Twilio-Signature", ""),
+        request.args.get("message_id"),
     )
-    # Committed on return (durable): the 204 is true even if no applier runs yet.
-    if receive_twilio_status(accounts, form, request.args.get("message_id")):
-        inbox.ring()
     return Response(status=204)
+
+
+def accept_twilio_status(
+    session: Session, url: str, form: dict[str, str], signature: str, herald_id: str | None
+) -> None:
+    """A status callback's work, shared by the view and api/fastpath.py: the signature
+    checked first (Forbidden, nothing else done), then the callback stored, committed on
+    return (durable: the 204 is true even if no applier runs yet)."""
+    accounts = verify_twilio(session, url, form, signature)
+    if receive_twilio_status(accounts, form, herald_id):
+        inbox.ring()
 
 
 @bp.post("/twilio/inbound")

@@ -26,9 +26,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import Engine, select, update
@@ -70,8 +70,9 @@ _INSERT = Statement(
 )
 
 
-@dataclass(frozen=True)
-class InboxRow:
+class InboxRow(NamedTuple):
+    """A row taken from the inbox (a tuple: a batch makes hundreds of them)."""
+
     id: int
     provider: str
     kind: str
@@ -256,7 +257,7 @@ _TAKE = """
     RETURNING {columns}
 """
 _TAKES = {
-    only: Statement(_TAKE.format(only=sql, columns=column_list(InboxRow.__dataclass_fields__)))
+    only: Statement(_TAKE.format(only=sql, columns=column_list(InboxRow._fields)))
     for only, sql in (
         (None, ""),
         ("older", "AND received_at <= :received_before"),
@@ -264,6 +265,9 @@ _TAKES = {
     )
 }
 _LOCK_TIMEOUT = Statement(f"SELECT set_config('lock_timeout', '{LOCK_TIMEOUT_MS}ms', true)")
+
+
+_by_id = itemgetter(0)
 
 
 def _take(
@@ -285,10 +289,10 @@ def _take(
         params["received_before"] = naive_utc(now - timedelta(seconds=older_than))
     else:
         only = None
-    rows = _TAKES[only].dicts(session, params)
-    for row in rows:
-        row["received_at"] = aware_utc(row["received_at"])
-    return sorted((InboxRow(**r) for r in rows), key=lambda r: r.id)
+    # Columns in InboxRow's order; the stored time is naive UTC.
+    rows = [InboxRow(*r[:7], aware_utc(r[7]), r[8]) for r in _TAKES[only].tuples(session, params)]
+    rows.sort(key=_by_id)
+    return rows
 
 
 def _apply(session: Session, rows: list[InboxRow]) -> None:

@@ -250,6 +250,8 @@ def _clean(value: Any) -> Any:
 
 def clean_text(text: str) -> str:
     """`text` without NUL and with any lone surrogate replaced by U+FFFD."""
+    if text.isascii() and "\x00" not in text:  # a callback's fields, nearly always
+        return text
     text = text.replace("\x00", "")
     try:
         text.encode("utf-8")
