@@ -14,11 +14,40 @@ from services.errors import InvalidRequest
 from services.tenants import authenticate
 
 
+class _LazySession:
+    """The request's Session, made on first use. A warm `POST /v1/messages` (key,
+    tenant and account cached) never reads through it: making and closing a Session
+    for it cost more than its statements' share of the group commit. Everything but
+    `in_transaction` and `close` goes to the real Session, made then."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self) -> None:
+        self._session: Session | None = None
+
+    def _real(self) -> Session:
+        if self._session is None:
+            self._session = new_session()
+        return self._session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def in_transaction(self) -> bool:
+        return self._session is not None and self._session.in_transaction()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+
 def db() -> Session:
-    """The request's session, closed at teardown; views commit explicitly."""
-    if "db" not in g:
-        g.db = new_session()
-    return g.db
+    """The request's session (made when first used), closed at teardown; views commit
+    explicitly."""
+    session = g.get("db")
+    if session is None:
+        session = g.db = _LazySession()
+    return session  # type: ignore[return-value]
 
 
 def close_db(_exc: BaseException | None = None) -> None:
