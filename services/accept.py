@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, any_, bindparam, delete, select
+from sqlalchemy import Connection, Engine, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, selectinload
 
@@ -66,8 +66,6 @@ SEND_QUEUE = "herald.send"
 BULK_QUEUE = "herald.bulk"
 MAX_KEY_LENGTH = 255
 
-_MESSAGES = Message.__table__
-_EVENTS = MessageEvent.__table__
 
 # The messages of a group as one statement of fixed text, whatever their number (a
 # multi-row VALUES list is a new text for each count, which the driver re-parses each
@@ -100,43 +98,38 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("expires_at", "timestamp"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
+# The messages and their `queued`/`scheduled` events in one statement (one round
+# trip): the events are made from the rows the INSERT returns, so a row skipped on a
+# key gets none. PostgreSQL checks the events' foreign key at the end of the
+# statement, when the messages are in.
 _INSERT_MESSAGES = Statement(
-    "INSERT INTO messages ("
+    "WITH m AS (INSERT INTO messages ("
     + ", ".join(f'"{name}"' for name in _NAMES)
     + ", direction, attempts, created_at, updated_at) SELECT "
     + ", ".join(f't."{name}"' for name in _NAMES)
     + ", 'outbound', 0, CAST(:now AS timestamp), CAST(:now AS timestamp)"
     + " FROM json_to_recordset(CAST(:rows AS json)) AS t("
     + ", ".join(f'"{name}" {kind}' for name, kind in _VARYING)
-    + ") ON CONFLICT ON CONSTRAINT uq_messages_idempotency DO NOTHING RETURNING id"
+    + ") ON CONFLICT ON CONSTRAINT uq_messages_idempotency DO NOTHING RETURNING id, status),"
+    + " e AS (INSERT INTO message_events (message_id, status, source, applied, at)"
+    + " SELECT id, status, 'api', true, CAST(:now AS timestamp) FROM m)"
+    + " SELECT id FROM m"
 )
-_INSERT_EVENTS = Statement(
-    "INSERT INTO message_events (message_id, status, source, applied, at) "
-    "SELECT m, s, 'api', true, CAST(:at AS timestamp) "
-    "FROM unnest(CAST(:ids AS varchar[]), CAST(:statuses AS varchar[])) AS t(m, s)"
+_DELETE_REFUSED = (
+    Statement("DELETE FROM message_events WHERE message_id = ANY(CAST(:ids AS varchar[]))"),
+    Statement("DELETE FROM messages WHERE id = ANY(CAST(:ids AS varchar[]))"),
 )
 
 
 def _insert_messages(session: Session, rows: list[dict[str, Any]], now: datetime) -> set[str]:
-    """Insert `rows` (messages' values) in one statement; the ids that went in. Run on
-    the session's psycopg connection (models/fast.py): SQLAlchemy's per-statement
-    work cost more CPU than PostgreSQL spent on the insert. Pending ORM changes go
-    first, as SQLAlchemy's autoflush would send them."""
+    """Insert `rows` (messages' values), each with its first event, in one statement;
+    the ids that went in. Run on the session's psycopg connection (models/fast.py):
+    SQLAlchemy's per-statement work cost more CPU than PostgreSQL spent on the insert.
+    Pending ORM changes go first, as SQLAlchemy's autoflush would send them."""
     session.flush()
     records = [{name: row[name] for name in _NAMES} for row in rows]
     params = {"now": naive_utc(now), "rows": json_rows(records)}
     return set(_INSERT_MESSAGES.scalars(session, params))
-
-
-def _insert_events(session: Session, events: list[dict[str, Any]], at: datetime) -> None:
-    _INSERT_EVENTS.execute(
-        session,
-        {
-            "at": naive_utc(at),
-            "ids": [e["message_id"] for e in events],
-            "statuses": [e["status"] for e in events],
-        },
-    )
 
 
 def request_hash(payload: Any) -> str:
@@ -357,37 +350,31 @@ def store(session: Session, items: list[Item]) -> None:
 
     created = [i for i in items if i.created]
     if created:
-        events = []
+        queues: dict[str, list[str]] = {}
+        logged = []
         for item in created:
-            item.event = {
-                "message_id": item.values["id"],  # type: ignore[index]
-                "status": item.values["status"],  # type: ignore[index]
+            values = item.values
+            assert values is not None
+            item.event = {  # inserted with its message
+                "message_id": values["id"],
+                "status": values["status"],
                 "source": "api",
                 "applied": True,
                 "at": now,
             }
-            events.append(item.event)
-        _insert_events(session, events, now)
-        queues: dict[str, list[str]] = {}
-        for item in created:
-            if item.values["status"] == "queued":  # type: ignore[index]
+            if values["status"] == "queued":
                 queue = BULK_QUEUE if item.campaign_id else SEND_QUEUE
-                queues.setdefault(queue, []).append(item.values["id"])  # type: ignore[index]
+                queues.setdefault(queue, []).append(values["id"])
+            if item.log_each:
+                logged.append(
+                    f"id={values['id']} tenant={item.tenant.id} channel={values['channel']} "
+                    f"provider={values['provider']} to={mask(values['to_number'])} "
+                    f"status={values['status']}"
+                )
         for queue, ids in queues.items():
             enqueue_after_commit(session, ids, queue)
-        for item in created:
-            if not item.log_each:
-                continue
-            values = item.values
-            log.info(
-                "message accepted id=%s tenant=%s channel=%s provider=%s to=%s status=%s",
-                values["id"],  # type: ignore[index]
-                item.tenant.id,
-                values["channel"],  # type: ignore[index]
-                values["provider"],  # type: ignore[index]
-                mask(values["to_number"]),  # type: ignore[index]
-                values["status"],  # type: ignore[index]
-            )
+        if logged:  # one line for the messages stored together (a line each cost CPU)
+            log.info("message accepted %s", "; ".join(logged))
 
     for item in items:
         if item.follows is not None:
@@ -514,8 +501,9 @@ def _take_quotas(session: Session, items: list[Item]) -> None:
                 f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
                 headers={"Retry-After": str(wait)},
             )
-    if refused:
-        session.execute(delete(_MESSAGES).where(_MESSAGES.c.id.in_(refused)))
+    if refused:  # their events went in with them
+        for statement in _DELETE_REFUSED:
+            statement.execute(session, {"ids": refused})
 
 
 def accept(
