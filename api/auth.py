@@ -14,7 +14,7 @@ from services.errors import InvalidRequest
 from services.tenants import authenticate
 
 
-class _LazySession:
+class RequestSession:
     """The request's Session, made on first use. A warm `POST /v1/messages` (key,
     tenant and account cached) never reads through it: making and closing a Session
     for it cost more than its statements' share of the group commit. Everything but
@@ -46,7 +46,7 @@ def db() -> Session:
     explicitly."""
     session = g.get("db")
     if session is None:
-        session = g.db = _LazySession()
+        session = g.db = RequestSession()
     return session  # type: ignore[return-value]
 
 
@@ -57,7 +57,10 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from api import fast
+
     app.teardown_appcontext(close_db)
+    fast.init_app(app)
 
 
 def current_tenant() -> Tenant:
@@ -81,12 +84,18 @@ def json_body() -> Any:
     # `request.data` runs werkzeug's form parsing first (a cost on every POST): only a
     # form body needs it, whose raw data that parsing consumes (so it stays "empty").
     body = request.data if request.mimetype in _FORM_TYPES else request.get_data()
+    return parse_json(body, current_app.json.loads)
+
+
+def parse_json(body: bytes, loads: Callable[[bytes], Any]) -> Any:
+    """`body` parsed by `loads` (the app's StrictJSONProvider), or the 400 that says what
+    was wrong with it: the view's and api/fast.py's."""
     if not body:
         raise InvalidRequest(
             "The request body is empty; send a JSON object.", code="malformed_json"
         )
     try:
-        return current_app.json.loads(body)
+        return loads(body)
     except ValueError as exc:  # api/inputs.py: too deep, NUL, lone surrogate, NaN…
         raise InvalidRequest(
             f"The request body is not valid JSON: {exc}.", code="malformed_json"
