@@ -133,3 +133,26 @@ def test_the_fast_path_answers_every_case_as_the_view_does(app, client, tenant, 
     assert both(big)[0].status_code == 413
     assert both(raw=b"to=1", content_type="application/x-www-form-urlencoded")[0].status_code == 400
     _same(*both(sms, content_type="application/json; charset=utf-8"), created=True)
+
+
+def test_a_number_seen_before_is_not_parsed_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import phonenumbers
+    import pytest
+
+    from services import phones
+
+    parsed: list[str] = []
+    real = phonenumbers.parse
+
+    def counting(text, region=None):  # type: ignore[no-untyped-def]
+        parsed.append(text)
+        return real(text, region)
+
+    monkeypatch.setattr(phonenumbers, "parse", counting)
+    assert phones.parse_e164(" +1 (202) 555-0177 ") == "+12025550177"
+    assert phones.parse_e164(" +1 (202) 555-0177 ") == "+12025550177"
+    assert parsed == ["+1 (202) 555-0177"]
+    for _ in range(2):  # a refusal is the same each time, never cached as a number
+        with pytest.raises(ValueError, match="Too short"):
+            phones.parse_e164("+1 202 555 01")
+    assert len(parsed) == 3
