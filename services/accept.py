@@ -591,6 +591,8 @@ class GroupCommit(GroupRunner):
                 self._close()
             session = self._session or self._open()
             session.info.clear()  # nothing of an earlier group's
+            if self._connection is not None and self._connection.in_transaction():
+                self._connection.rollback()  # never: the Session would join it, not commit
             committing = False
             try:
                 store(session, items)
