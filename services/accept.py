@@ -5,16 +5,17 @@ A message goes in two steps. `prepare` does what needs no database (the tenant, 
 idempotency key, the provider and its cached account) in the caller's thread. `store`
 then takes any number of prepared items, of any tenants, and does the rest with a
 fixed number of statements whatever their count: the contact lookups (opt-out, 24 h
-window) in one SELECT per tenant, the messages in one multi-row
-`INSERT … ON CONFLICT (tenant, origin, key) DO NOTHING RETURNING id`, the replays and
-conflicts in one SELECT, the quota in one Redis call per tenant, the `queued` events
-in one INSERT. Every item gets its own outcome (created, replay, or an error), so one
-refused item never sinks another.
+window) in one SELECT per tenant, the messages and their `queued` events in one
+statement (`INSERT … ON CONFLICT (tenant, origin, key) DO NOTHING RETURNING id`, the
+events made from what it returned), the replays and conflicts in one SELECT, the quota
+in one Redis call per tenant. Every item gets its own outcome (created, replay, or an
+error), so one refused item never sinks another.
 
 `GroupCommit` lets concurrent API requests of one process share that work and its
 COMMIT: the first request to arrive leads, takes every request waiting, stores them
-together, commits, and wakes each with its own result; meanwhile the next group
-gathers. Nothing is answered before the COMMIT that made it durable.
+together on the committer's own connection, commits, and wakes each with its own
+result; meanwhile the next group gathers. Nothing is answered before the COMMIT that
+made it durable.
 """
 
 from __future__ import annotations
