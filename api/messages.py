@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from collections.abc import Callable
+from typing import Any
 
-from api.auth import current_tenant, db, json_body, require_tenant
+from flask import Blueprint, jsonify, request
+from sqlalchemy.orm import Session
+
+from api.auth import current_tenant, db, json_body, parse_json, require_tenant
 from herald.config import get_settings
-from services.accept import accept_batch, accept_one
+from models import Tenant
+from services.accept import Item, accept_batch, accept_one
 from services.errors import InvalidRequest
 from services.messages import cancel_message, get_message, list_messages
 from services.schemas import load_message_request
 from services.serialize import message_to_dict
 from services.status import OUTBOUND
+from services.tenants import authenticate
 
 bp = Blueprint("messages", __name__, url_prefix="/v1/messages")
 
@@ -37,12 +43,29 @@ def create():  # type: ignore[no-untyped-def]
         422: Refused
         429: RateLimited
     """
-    payload = json_body()
-    data = load_message_request(payload, walked=True)
-    item = accept_one(
-        db(), current_tenant(), payload, data, request.headers.get("Idempotency-Key") or None
-    )
+    key = request.headers.get("Idempotency-Key") or None
+    item = accept_payload(db(), current_tenant(), json_body(), key)
     return jsonify(item.answer()), item.status
+
+
+def accept_payload(session: Session, tenant: Tenant, payload: Any, key: str | None) -> Item:
+    """Validate and store one message request's JSON; the item (202 or a replay), or
+    the request's error raised."""
+    data = load_message_request(payload, walked=True)
+    return accept_one(session, tenant, payload, data, key)
+
+
+def accept_request(
+    session: Session,
+    authorization: str | None,
+    body: bytes,
+    key: str | None,
+    loads: Callable[[bytes], Any],
+) -> Item:
+    """`POST /v1/messages` from its raw parts, in the view's order (the key, then the
+    body): what api/fast.py serves without Flask."""
+    tenant = authenticate(session, authorization)
+    return accept_payload(session, tenant, parse_json(body, loads), key)
 
 
 # A batch of 1,000 messages with long bodies is more than the single-message limit.

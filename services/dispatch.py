@@ -71,10 +71,32 @@ def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
 
     if task in (DELIVER_TASK, BATCH_TASK):  # one task per batch, sent concurrently
         for batch_task, ids, batch_queue in _coalesce([(task, message_ids, queue)]):
-            app.send_task(batch_task, args=[ids], queue=batch_queue, ignore_result=True)
+            app.send_task(
+                batch_task,
+                args=[ids],
+                queue=batch_queue,
+                ignore_result=True,
+                argsrepr=_ids_repr(ids),
+                kwargsrepr="{}",
+            )
         return
     for message_id in message_ids:
-        app.send_task(task, args=[message_id], queue=queue, ignore_result=True)
+        app.send_task(
+            task,
+            args=[message_id],
+            queue=queue,
+            ignore_result=True,
+            argsrepr=f"[{message_id!r}]",
+            kwargsrepr="{}",
+        )
+
+
+def _ids_repr(ids: list[str]) -> str:
+    """What a batch task's arguments look like in the worker's logs and events. Celery's
+    own (saferepr of the list) was a third of a publish's CPU."""
+    if len(ids) <= 2:
+        return repr([ids])
+    return f"[[{ids[0]!r}, ... {ids[-1]!r}]] ({len(ids)} ids)"
 
 
 def dispatch_now(message_ids: list[str], queue: str, task: str = DELIVER_TASK) -> bool:

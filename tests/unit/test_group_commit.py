@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from models import Message, Tenant, new_session, session_scope
@@ -144,32 +144,91 @@ def test_a_database_outage_fails_every_request_of_the_group(dispatched, monkeypa
     assert dispatched == []
 
 
-def test_groups_share_one_session_and_a_failed_group_drops_it(dispatched, monkeypatch) -> None:
-    """Making a Session per group showed in profiles: the committer keeps one, closed
-    after each group; a group that fails leaves it behind, and what an earlier group
-    registered in it is never carried into the next."""
+def _backend_pid(committer: accept.GroupCommit) -> int:
+    assert committer._connection is not None
+    return committer._connection.connection.driver_connection.info.backend_pid
+
+
+def _terminate(pid: int) -> None:
+    with session_scope() as session:
+        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
+def _bodies(tenant: Tenant) -> list[str]:
+    with session_scope() as session:
+        return sorted(session.scalars(select(Message.body).where(Message.tenant_id == tenant.id)))
+
+
+def test_groups_share_one_connection_and_a_failed_group_leaves_nothing(dispatched) -> None:
+    """A pool checkout (with its ping) and a Session per group showed in profiles: the
+    committer keeps one connection and one Session bound to it; what an earlier group
+    registered or loaded in it is never carried into the next, failed or not."""
     tenant = _tenant()
     committer = accept.GroupCommit()
-    made: list[object] = []
-    real = accept.new_session
-
-    def counting():  # type: ignore[no-untyped-def]
-        made.append(real())
-        return made[-1]
-
-    monkeypatch.setattr(accept, "new_session", counting)
     first, second = _item(tenant, "one"), _item(tenant, "two")
     committer.submit([first])
+    pid = _backend_pid(committer)
     committer.submit([second])
-    assert len(made) == 1 and first.status == second.status == 202
+    assert _backend_pid(committer) == pid and first.status == second.status == 202
     assert [i for i, _ in dispatched] == [first.values["id"], second.values["id"]]
-    made[0].info["leftover"] = True  # as if a group had left something behind
+    session = committer._session
+    assert session is not None and not session.identity_map
+    session.info["leftover"] = True  # as if a group had left something behind
     bad = _item(tenant, "bad")
     bad.provider = "x" * 40  # the database refuses it
     with pytest.raises(DBAPIError):
         committer.submit([bad])
-    assert made[0].info == {}  # cleared before the group used it
+    assert session.info == {}  # cleared before the group used it
     third = _item(tenant, "three")
     committer.submit([third])
-    assert len(made) == 2 and third.status == 202  # a new session after the failure
+    assert _backend_pid(committer) == pid and third.status == 202  # the same connection
     assert len(dispatched) == 3
+    assert _bodies(tenant) == ["one", "three", "two"]
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_the_group_stored_once(
+    dispatched,
+) -> None:
+    """PostgreSQL restarted (or ended the idle connection) between two groups: the next
+    group fails before its COMMIT, so nothing of it was stored; it is stored again on a
+    new connection and answered 202, not 503."""
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    committer.submit([_item(tenant, "before")])
+    pid = _backend_pid(committer)
+    _terminate(pid)
+    after = _item(tenant, "after")
+    committer.submit([after])
+    assert after.status == 202
+    assert _backend_pid(committer) != pid
+    assert _bodies(tenant) == ["after", "before"]  # once
+    assert len(dispatched) == 2
+
+
+def test_a_connection_lost_at_commit_is_not_stored_again(dispatched, monkeypatch) -> None:
+    """Lost while committing, a group may or may not be in: it is never run again
+    (that could store it twice); its requests get the error, a 503."""
+    from services.errors import database_unavailable
+
+    tenant = _tenant()
+    committer = accept.GroupCommit()
+    committer.submit([_item(tenant, "warm")])
+    pid = _backend_pid(committer)
+    real, calls = accept.store, []
+
+    def store_then_lose(session, items):  # type: ignore[no-untyped-def]
+        calls.append(len(items))
+        real(session, items)
+        _terminate(pid)  # the COMMIT that follows finds the connection gone
+
+    monkeypatch.setattr(accept, "store", store_then_lose)
+    with pytest.raises(DBAPIError) as raised:
+        committer.submit([_item(tenant, "lost")])
+    assert database_unavailable(raised.value)
+    assert calls == [1]
+    assert _bodies(tenant) == ["warm"]
+    assert len(dispatched) == 1
+    monkeypatch.setattr(accept, "store", real)
+    again = _item(tenant, "again")
+    committer.submit([again])  # a new connection for the next group
+    assert again.status == 202 and _backend_pid(committer) != pid
