@@ -72,7 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     openapi.init_app(app)  # after every route: the document lists them all
     from api import fastpath
 
-    fastpath.install(app)  # the status callback answered in front of Flask
+    fastpath.install(app)  # the hot routes' plain requests answered in front of Flask
     if not app.testing:
         _freeze_startup_objects()
     return app

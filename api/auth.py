@@ -57,10 +57,7 @@ def close_db(_exc: BaseException | None = None) -> None:
 
 
 def init_app(app: Flask) -> None:
-    from api import fast
-
     app.teardown_appcontext(close_db)
-    fast.init_app(app)
 
 
 def current_tenant() -> Tenant:
@@ -89,7 +86,7 @@ def json_body() -> Any:
 
 def parse_json(body: bytes, loads: Callable[[bytes], Any]) -> Any:
     """`body` parsed by `loads` (the app's StrictJSONProvider), or the 400 that says what
-    was wrong with it: the view's and api/fast.py's."""
+    was wrong with it: the view's and api/fastpath.py's."""
     if not body:
         raise InvalidRequest(
             "The request body is empty; send a JSON object.", code="malformed_json"

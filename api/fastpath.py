@@ -1,27 +1,31 @@
-"""`POST /webhooks/twilio/status` answered in front of Flask.
+"""The two busiest routes' plain requests answered in front of Flask, the same way.
 
-Twilio posts two or three status callbacks per message sent, each a small signed form
-answered 204: the busiest route Herald has. Through Flask, a callback paid for a
-request and an app context, URL matching, the before-request input check, a session
-opened and saved, form parsing into MultiDicts and a Response object: about as much
-CPU as verifying and storing it. This WSGI layer does the route's own work
-(`api.webhooks.accept_twilio_status`, the view's) on the raw environ and answers the
-same 204 (same status line, same headers, an empty body).
+`POST /v1/messages` (every message) and `POST /webhooks/twilio/status` (two or three
+per SMS sent) are Herald's hot paths. Through Flask each paid for a request and an app
+context, URL matching, the before-request input check, a cookie session, form or JSON
+parsing into werkzeug's structures and a Response object: about 0.1 ms of CPU, as much
+as verifying and storing a callback, a fifth of accepting a message. None of it does
+anything for their plain case, so a WSGI layer in front of Flask serves that case with
+the views' own work (`api.messages.accept_request`, `api.webhooks.accept_twilio_status`)
+on the raw environ and writes the answer Flask would write (same status line, headers
+and body; tests compare the two byte for byte).
 
-Only the plain case is taken: a urlencoded body with a Content-Length within
-`MAX_CONTENT_LENGTH`, no cookie, an ASCII query string, a body that is UTF-8 with no
-NUL (or lone surrogate) in a field or in the query. Anything else goes to Flask
-unchanged (the body, once read, handed on as it was), which answers it as before: a
-400 for a NUL, a 413 for a body too large, the form rules of werkzeug. An exception
-raised by the route's work (a bad signature, a callback that is not Twilio's, the
-database down) is answered by Flask's own error handlers in a request context
-(api/errors.py): the same 403, 400 or 503 in the same JSON shape.
+What is plain: for messages, a JSON body with a length within `MAX_CONTENT_LENGTH`, no
+query string, no cookie; for status callbacks, a urlencoded body within the limit, no
+cookie, an ASCII query, UTF-8 fields without NUL. Any other request, and any request
+Flask's settings would treat differently (debug, trusted hosts, a server name), goes to
+Flask untouched (a body already read handed on as it was). An exception raised by the
+work (a bad key or signature, invalid input, the database down) is answered by Flask's
+own error handlers in a request context (api/errors.py): the same 4xx or 503, in the
+same JSON shape, with the same headers and logging.
+
+The price: an app-wide Flask hook added later (a request id, a rate limit) does not run
+for these plain requests unless it is added here too.
 """
 
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -29,19 +33,48 @@ from urllib.parse import parse_qsl
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
 from flask import Flask
 from sqlalchemy.orm import Session
+from werkzeug.http import HTTP_STATUS_CODES
 
 from api import auth
+from api.auth import RequestSession
 from api.webhooks import accept_twilio_status
 from herald.config import get_settings
 from services.inputs import text_problem
 
-PATH = "/webhooks/twilio/status"
+MESSAGES_PATH = "/v1/messages"
+STATUS_PATH = "/webhooks/twilio/status"
 FORM = "application/x-www-form-urlencoded"
 _NO_CONTENT = "204 NO CONTENT"
 # What Flask sends with `Response(status=204)`: its default mimetype, no length.
 _NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8")]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_STATUS_LINES = {status: f"{status} {HTTP_STATUS_CODES[status].upper()}" for status in (200, 202)}
+
+
+def flask_would_answer_plainly(app: Flask) -> bool:
+    """False when Flask's settings change how it answers any request (debug pages,
+    trusted hosts, a server name): then Flask answers everything itself."""
+    config = app.config
+    return not (app.debug or config.get("TRUSTED_HOSTS") or config.get("SERVER_NAME"))
+
+
+def answer_as_flask(
+    app: Flask,
+    environ: dict[str, Any],
+    body: bytes,
+    exc: Exception,
+    start_response: Callable[..., Any],
+) -> Any:
+    """The answer Flask gives when the view raises `exc`: its error handlers, then the
+    after-request steps, in a request context for this request."""
+    environ["wsgi.input"] = io.BytesIO(body)
+    with app.request_context(environ):
+        try:
+            response = app.finalize_request(app.handle_user_exception(exc))
+        except Exception as unhandled:
+            response = app.handle_exception(unhandled)
+        return response(environ, start_response)
 
 
 class _OwnSession:
@@ -79,15 +112,19 @@ def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str] | None:
 class TwilioStatusFastPath:
     """WSGI middleware: the plain Twilio status callback answered here, the rest by `app`."""
 
-    __slots__ = ("flask", "next")
+    __slots__ = ("flask", "wsgi_app")
 
     def __init__(self, flask: Flask, next_app: WSGIApp) -> None:
         self.flask = flask
-        self.next = next_app
+        self.wsgi_app = next_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
-            return self.next(environ, start_response)
+        if (
+            environ.get("PATH_INFO") != STATUS_PATH
+            or environ.get("REQUEST_METHOD") != "POST"
+            or not flask_would_answer_plainly(self.flask)
+        ):
+            return self.wsgi_app(environ, start_response)
         content_type = environ.get("CONTENT_TYPE", "")
         length = environ.get("CONTENT_LENGTH", "")
         limit = self.flask.config.get("MAX_CONTENT_LENGTH")
@@ -100,7 +137,7 @@ class TwilioStatusFastPath:
             or "HTTP_COOKIE" in environ
             or not query.isascii()
         ):
-            return self.next(environ, start_response)
+            return self.wsgi_app(environ, start_response)
         size = int(length)
         raw = environ["wsgi.input"].read(size) if size else b""
         form = args = None
@@ -114,41 +151,86 @@ class TwilioStatusFastPath:
                 form = _first_values(_pairs(text)) if args is not None else None
         if form is None or args is None:
             environ["wsgi.input"] = io.BytesIO(raw)  # Flask reads what was sent
-            return self.next(environ, start_response)
-        url = get_settings().public_url + PATH + (f"?{query}" if query else "")
+            return self.wsgi_app(environ, start_response)
+        url = get_settings().public_url + STATUS_PATH + (f"?{query}" if query else "")
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE", "")
         session = _OwnSession()
         try:
             accept_twilio_status(
                 cast(Session, session), url, form, signature, args.get("message_id")
             )
-        except Exception:
-            return self._error(environ, start_response)
+        except Exception as exc:
+            return answer_as_flask(self.flask, environ, b"", exc, start_response)
         finally:
             session.close_if_open()
         start_response(_NO_CONTENT, list(_NO_CONTENT_HEADERS))
         return []
 
-    def _error(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        """The exception being handled, answered as Flask answers it when the view raises
-        it: its error handlers, then the after-request steps, in a request context for
-        this route. Called from an `except` block (Flask re-raises what no handler takes)."""
-        flask = self.flask
-        environ["wsgi.input"] = io.BytesIO()  # read already; no handler reads it
-        ctx = flask.request_context(environ)
-        ctx.push()
-        error: BaseException | None = None
+
+class AcceptFastPath:
+    """WSGI middleware: plain JSON `POST /v1/messages` requests are served here, the
+    rest by `wsgi_app` (Flask)."""
+
+    def __init__(self, app: Flask, wsgi_app: WSGIApp) -> None:
+        self.app = app
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        length = self._length(environ)
+        if length is None:
+            return self.wsgi_app(environ, start_response)
+        body = environ["wsgi.input"].read(length) if length else b""
         try:
-            exc = sys.exc_info()[1]
-            assert isinstance(exc, Exception)
-            try:
-                response = flask.finalize_request(flask.handle_user_exception(exc))
-            except Exception as unhandled:
-                error = unhandled
-                response = flask.handle_exception(unhandled)
-            return response(environ, start_response)
+            status, answer = self._accept(environ, body)
+        except Exception as exc:
+            return answer_as_flask(self.app, environ, body, exc, start_response)
+        data = (self.app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
+        start_response(
+            _STATUS_LINES[status],
+            [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
+    def _length(self, environ: dict[str, Any]) -> int | None:
+        """The body's length when this path may serve the request, else None."""
+        if (
+            environ.get("PATH_INFO") != MESSAGES_PATH
+            or environ.get("REQUEST_METHOD") != "POST"
+            or environ.get("QUERY_STRING")
+            or "HTTP_COOKIE" in environ
+            or "HTTP_TRANSFER_ENCODING" in environ
+            or environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+            != "application/json"
+        ):
+            return None
+        app = self.app
+        config = app.config
+        if not flask_would_answer_plainly(app) or app.json.compact is False:
+            return None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or "")
+        except ValueError:
+            return None
+        limit = config["MAX_CONTENT_LENGTH"]
+        if length < 0 or (limit is not None and length > limit):
+            return None
+        return length
+
+    def _accept(self, environ: dict[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
+        from api.messages import accept_request
+
+        session = RequestSession()
+        try:
+            item = accept_request(
+                session,  # type: ignore[arg-type]
+                environ.get("HTTP_AUTHORIZATION"),
+                body,
+                environ.get("HTTP_IDEMPOTENCY_KEY") or None,
+                self.app.json.loads,
+            )
         finally:
-            ctx.pop(error)
+            session.close()
+        return item.status, item.answer()
 
 
 def _pairs(text: str) -> list[tuple[str, str]]:
@@ -157,5 +239,14 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 
 def install(app: Flask) -> None:
-    """Put the fast path in front of `app` (its test client goes through it too)."""
-    app.wsgi_app = TwilioStatusFastPath(app, app.wsgi_app)  # type: ignore[method-assign]
+    """Put the fast paths in front of `app` (its test client goes through them too)."""
+    inner = AcceptFastPath(app, app.wsgi_app)
+    app.wsgi_app = TwilioStatusFastPath(app, inner)  # type: ignore[method-assign]
+
+
+def flask_of(app: Flask) -> WSGIApp:
+    """Flask's own WSGI callable, under the fast paths (tests compare the two)."""
+    inner: Any = app.wsgi_app
+    while isinstance(inner, AcceptFastPath | TwilioStatusFastPath):
+        inner = inner.wsgi_app
+    return cast(WSGIApp, inner)

@@ -63,7 +63,7 @@ def accept_request(
     loads: Callable[[bytes], Any],
 ) -> Item:
     """`POST /v1/messages` from its raw parts, in the view's order (the key, then the
-    body): what api/fast.py serves without Flask."""
+    body): what api/fastpath.py serves without Flask."""
     tenant = authenticate(session, authorization)
     return accept_payload(session, tenant, parse_json(body, loads), key)
 
