@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ class RunningStack:
             HERALD_SETTLE_SECONDS="3",
             HERALD_SWEEP_AFTER_SECONDS="5",
             PYTHONUNBUFFERED="1",
+            # Stacks of one test run share the machine's Redis: each home gets queues of
+            # its own, so one stack's worker never takes another's doorbells (a worker
+            # sends with its own sandbox, whose callbacks then reach the wrong API).
+            HERALD_QUEUE_PREFIX=f"e2e-{zlib.crc32(str(home).encode()):08x}:",
         )
         env.update(extra_env or {})
         self.env = env
