@@ -123,7 +123,7 @@ class Settings:
     default_hourly_limit: int = 100
     default_daily_limit: int = 1000
     pair_pacing_seconds: float = 6.0
-    publish_interval: float = 0.05
+    publish_interval: float = 0.2
     mps_meta: float = 80.0
     mps_twilio_whatsapp: float = 10.0
     mps_twilio_sms: float = 10.0
@@ -186,7 +186,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         default_hourly_limit=_int(env, "HERALD_DEFAULT_HOURLY_LIMIT", 100),
         default_daily_limit=_int(env, "HERALD_DEFAULT_DAILY_LIMIT", 1000),
         pair_pacing_seconds=_float(env, "HERALD_PAIR_PACING_SECONDS", 6.0),
-        publish_interval=_float(env, "HERALD_PUBLISH_INTERVAL_MS", 50.0) / 1000,
+        publish_interval=_float(env, "HERALD_PUBLISH_INTERVAL_MS", 200.0) / 1000,
         mps_meta=_float(env, "HERALD_MPS_META", 80.0),
         mps_twilio_whatsapp=_float(env, "HERALD_MPS_TWILIO_WHATSAPP", 10.0),
         mps_twilio_sms=_float(env, "HERALD_MPS_TWILIO_SMS", 10.0),

@@ -9,7 +9,7 @@ Doorbells rung after a commit go to a per-process publisher thread, so a request
 never waits on the broker: whatever ids are pending when it wakes go out as one
 `herald.deliver_batch` per queue (a burst of single POSTs costs one publish, and a
 worker moves the batch with a handful of statements). It publishes at most once per
-`HERALD_PUBLISH_INTERVAL_MS` (50 ms): idle, a doorbell leaves at once; under load,
+`HERALD_PUBLISH_INTERVAL_MS` (200 ms): idle, a doorbell leaves at once; under load,
 the doorbells of that interval share one task, so a worker pays its per-task and
 per-batch costs once for many messages. `dispatch_now` publishes in the caller's
 thread and says whether the broker took it.
