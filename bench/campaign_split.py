@@ -18,15 +18,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from bench.chaos import ChaosStack
-from bench.throughput import _raise_sender_budget
+from bench.throughput import campaign_stack, start_clients
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -169,22 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeline", action="store_true", help="print sends per 0.25 s")
     args = parser.parse_args(argv)
 
-    stack = ChaosStack(
-        Path(tempfile.mkdtemp(prefix="herald-split-")), args.workers, args.concurrency
-    )
-    stack.env.update(
-        HERALD_SEND_LEASE_SECONDS="60",
-        HERALD_SETTLE_SECONDS="30",
-        HERALD_SWEEP_AFTER_SECONDS="60",
-        HERALD_HTTP_TIMEOUT="10",
-    )
+    stack = campaign_stack("herald-split-", args.workers, args.concurrency)
     try:
-        tenant = stack.start()
-        _raise_sender_budget(tenant["tenant_id"], args.rate)
-        api = httpx.Client(
-            base_url=stack.api, timeout=60, headers={"Authorization": f"Bearer {tenant['api_key']}"}
-        )
-        control = httpx.Client(base_url=stack.sandbox, timeout=30)
+        api, control = start_clients(stack, args.rate, timeout=60)
         for i in range(20):  # warm the workers' connections and imports
             api.post("/v1/messages", json={"to": "+12025550143", "channel": "sms", "body": f"w{i}"})
         time.sleep(3)

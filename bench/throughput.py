@@ -35,22 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-callbacks", action="store_true")
     args = parser.parse_args(argv)
 
-    stack = ChaosStack(
-        Path(tempfile.mkdtemp(prefix="herald-tput-")), args.workers, args.concurrency
-    )
-    stack.env.update(
-        HERALD_SEND_LEASE_SECONDS="60",
-        HERALD_SETTLE_SECONDS="30",
-        HERALD_SWEEP_AFTER_SECONDS="60",
-        HERALD_HTTP_TIMEOUT="10",
-    )
+    stack = campaign_stack("herald-tput-", args.workers, args.concurrency)
     try:
-        tenant = stack.start()
-        _raise_sender_budget(tenant["tenant_id"], args.rate)
-        api = httpx.Client(
-            base_url=stack.api, timeout=30, headers={"Authorization": f"Bearer {tenant['api_key']}"}
-        )
-        control = httpx.Client(base_url=stack.sandbox, timeout=30)
+        api, control = start_clients(stack, args.rate, timeout=30)
 
         latencies = []
         for i in range(args.messages):
@@ -107,6 +94,31 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         stack.stop()
+
+
+def campaign_stack(prefix: str, workers: int, concurrency: int) -> ChaosStack:
+    """The stack the campaign benchmarks run (bench.chaos's, in a new scratch folder), with
+    production-like leases and settle times: nothing is resent while the run lasts."""
+    stack = ChaosStack(Path(tempfile.mkdtemp(prefix=prefix)), workers, concurrency)
+    stack.env.update(
+        HERALD_SEND_LEASE_SECONDS="60",
+        HERALD_SETTLE_SECONDS="30",
+        HERALD_SWEEP_AFTER_SECONDS="60",
+        HERALD_HTTP_TIMEOUT="10",
+    )
+    return stack
+
+
+def start_clients(
+    stack: ChaosStack, rate: float, timeout: float
+) -> tuple[httpx.Client, httpx.Client]:
+    """Start `stack`, let its tenant send at `rate` without quotas; clients for its API
+    (authenticated) and its sandbox's control routes."""
+    tenant = stack.start()
+    _raise_sender_budget(tenant["tenant_id"], rate)
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+    api = httpx.Client(base_url=stack.api, timeout=timeout, headers=auth)
+    return api, httpx.Client(base_url=stack.sandbox, timeout=30)
 
 
 def _raise_sender_budget(tenant_id: str, rate: float) -> None:
