@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.chaos import ChaosStack
-from bench.throughput import campaign_stack, start_clients
+from bench.throughput import add_campaign_arguments, campaign_stack, start_clients
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -157,11 +157,7 @@ def _spy(stack: ChaosStack, out: Path) -> list[subprocess.Popen]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--campaign", type=int, default=4000)
-    parser.add_argument("--rate", type=float, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--no-callbacks", action="store_true")
+    add_campaign_arguments(parser, campaign=4000)
     parser.add_argument("--profile", help="py-spy the workers and the sandbox into this folder")
     parser.add_argument("--timeline", action="store_true", help="print sends per 0.25 s")
     args = parser.parse_args(argv)

@@ -28,11 +28,7 @@ from bench.chaos import ChaosStack
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--campaign", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=1000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--no-callbacks", action="store_true")
+    add_campaign_arguments(parser, campaign=3000)
     args = parser.parse_args(argv)
 
     stack = campaign_stack("herald-tput-", args.workers, args.concurrency)
@@ -94,6 +90,15 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         stack.stop()
+
+
+def add_campaign_arguments(parser: argparse.ArgumentParser, campaign: int) -> None:
+    """The options both campaign benchmarks take: its size, rate and the stack's shape."""
+    parser.add_argument("--campaign", type=int, default=campaign)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-callbacks", action="store_true")
 
 
 def campaign_stack(prefix: str, workers: int, concurrency: int) -> ChaosStack:
