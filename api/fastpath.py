@@ -35,7 +35,6 @@ from flask import Flask
 from sqlalchemy.orm import Session
 from werkzeug.http import HTTP_STATUS_CODES
 
-from api import auth
 from api.auth import RequestSession
 from api.webhooks import accept_twilio_status
 from herald.config import get_settings
@@ -75,26 +74,6 @@ def answer_as_flask(
         except Exception as unhandled:
             response = app.handle_exception(unhandled)
         return response(environ, start_response)
-
-
-class _OwnSession:
-    """A session opened only if something uses it (a cache miss of the signers:
-    services.tenants), closed by `close_if_open` if it was: as the view's `_LazySession`,
-    without the app context that `api.auth.db` needs."""
-
-    __slots__ = ("_session",)
-
-    def __init__(self) -> None:
-        self._session: Session | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._session is None:
-            self._session = auth.new_session()  # as the view's request session opens
-        return getattr(self._session, name)
-
-    def close_if_open(self) -> None:
-        if self._session is not None:
-            self._session.close()
 
 
 def _first_values(pairs: list[tuple[str, str]]) -> dict[str, str] | None:
@@ -154,7 +133,7 @@ class TwilioStatusFastPath:
             return self.wsgi_app(environ, start_response)
         url = get_settings().public_url + STATUS_PATH + (f"?{query}" if query else "")
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE", "")
-        session = _OwnSession()
+        session = RequestSession()
         try:
             accept_twilio_status(
                 cast(Session, session), url, form, signature, args.get("message_id")
@@ -162,7 +141,7 @@ class TwilioStatusFastPath:
         except Exception as exc:
             return answer_as_flask(self.flask, environ, b"", exc, start_response)
         finally:
-            session.close_if_open()
+            session.close()
         start_response(_NO_CONTENT, list(_NO_CONTENT_HEADERS))
         return []
 

@@ -3,8 +3,6 @@ into the database; a bad one is 403 and changes nothing."""
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.orm import Session
 from twilio.twiml.messaging_response import MessagingResponse
@@ -24,18 +22,6 @@ from services.webhooks import (
 )
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
-
-
-class _LazySession:
-    """The request's session, opened only if something uses it: a status callback
-    whose signers are cached (services.tenants) reads nothing through it, and its row
-    is stored by the inbox's own group commit."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(db(), name)
-
-
-_LAZY_DB = cast(Session, _LazySession())
 
 
 def _public_url() -> str:
@@ -68,7 +54,7 @@ def twilio_status():  # type: ignore[no-untyped-def]
     # api/fastpath.py answers this route before Flask does; this view serves what it
     # hands on (a cookie, another body type, a NUL...), with the same outcome.
     accept_twilio_status(
-        _LAZY_DB,
+        db(),  # made on first use: a callback whose signers are cached reads nothing
         _public_url(),
         request.form.to_dict(),
         request.headers.get("X-Twilio-Signature", ""),
