@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from werkzeug.http import HTTP_STATUS_CODES
 
 from api.auth import RequestSession
+from api.messages import accept_request
 from api.webhooks import accept_twilio_status
 from herald.config import get_settings
 from services.inputs import text_problem
@@ -56,6 +57,23 @@ def flask_would_answer_plainly(app: Flask) -> bool:
     trusted hosts, a server name): then Flask answers everything itself."""
     config = app.config
     return not (app.debug or config.get("TRUSTED_HOSTS") or config.get("SERVER_NAME"))
+
+
+def plain_body_length(app: Flask, environ: dict[str, Any]) -> int | None:
+    """The body's length when a fast path may read it, else None (Flask reads it): a
+    `Content-Length` of digits within `MAX_CONTENT_LENGTH`, no chunked body, no cookie,
+    and no setting that makes Flask answer differently."""
+    length = environ.get("CONTENT_LENGTH", "")
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    if (
+        not (length.isascii() and length.isdigit())
+        or (limit is not None and int(length) > limit)
+        or "HTTP_TRANSFER_ENCODING" in environ
+        or "HTTP_COOKIE" in environ
+        or not flask_would_answer_plainly(app)
+    ):
+        return None
+    return int(length)
 
 
 def answer_as_flask(
@@ -98,26 +116,17 @@ class TwilioStatusFastPath:
         self.wsgi_app = next_app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if (
-            environ.get("PATH_INFO") != STATUS_PATH
-            or environ.get("REQUEST_METHOD") != "POST"
-            or not flask_would_answer_plainly(self.flask)
-        ):
+        if environ.get("PATH_INFO") != STATUS_PATH or environ.get("REQUEST_METHOD") != "POST":
             return self.wsgi_app(environ, start_response)
         content_type = environ.get("CONTENT_TYPE", "")
-        length = environ.get("CONTENT_LENGTH", "")
-        limit = self.flask.config.get("MAX_CONTENT_LENGTH")
         query = environ.get("QUERY_STRING", "")
+        size = plain_body_length(self.flask, environ)
         if (
-            (content_type != FORM and not content_type.startswith(FORM + ";"))
-            or not (length.isascii() and length.isdigit())
-            or (limit is not None and int(length) > limit)
-            or "HTTP_TRANSFER_ENCODING" in environ
-            or "HTTP_COOKIE" in environ
+            size is None
+            or (content_type != FORM and not content_type.startswith(FORM + ";"))
             or not query.isascii()
         ):
             return self.wsgi_app(environ, start_response)
-        size = int(length)
         raw = environ["wsgi.input"].read(size) if size else b""
         form = args = None
         if len(raw) == size or "wsgi.input_terminated" in environ:
@@ -176,28 +185,14 @@ class AcceptFastPath:
             environ.get("PATH_INFO") != MESSAGES_PATH
             or environ.get("REQUEST_METHOD") != "POST"
             or environ.get("QUERY_STRING")
-            or "HTTP_COOKIE" in environ
-            or "HTTP_TRANSFER_ENCODING" in environ
             or environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
             != "application/json"
+            or self.app.json.compact is False
         ):
             return None
-        app = self.app
-        config = app.config
-        if not flask_would_answer_plainly(app) or app.json.compact is False:
-            return None
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or "")
-        except ValueError:
-            return None
-        limit = config["MAX_CONTENT_LENGTH"]
-        if length < 0 or (limit is not None and length > limit):
-            return None
-        return length
+        return plain_body_length(self.app, environ)
 
     def _accept(self, environ: dict[str, Any], body: bytes) -> tuple[int, dict[str, Any]]:
-        from api.messages import accept_request
-
         session = RequestSession()
         try:
             item = accept_request(
