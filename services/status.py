@@ -190,12 +190,16 @@ class StatusChange:
 
 # Fixed statements (models.fast): the applier runs these for every batch, and
 # SQLAlchemy's per-call machinery cost more CPU than PostgreSQL spent on them.
+# The lock names the provider beside its ids: the provider-id index leads with
+# `provider`, and without it the planner read the whole table (tests/unit/
+# test_statement_plans.py reads the plan).
 _LOCK = Statement(
     f"""
     SELECT {", ".join(f'm."{name}"' for name in _READ)},
         coalesce(m.callback_url, t.callback_url) AS _listen_url
     FROM messages AS m JOIN tenants AS t ON t.id = m.tenant_id
-    WHERE m.id = ANY(:ids::text[]) OR m.provider_message_id = ANY(:provider_ids::text[])
+    WHERE m.id = ANY(:ids::text[])
+        OR (m.provider = :provider AND m.provider_message_id = ANY(:provider_ids::text[]))
     ORDER BY m.id
     FOR UPDATE OF m
     """
@@ -240,14 +244,16 @@ _EVENTS = Statement(
 
 
 def lock_messages(
-    session: Session, ids: set[str], provider_ids: set[str]
+    session: Session, ids: set[str], provider: str, provider_ids: set[str]
 ) -> dict[str, dict[str, Any]]:
-    """The messages with these ids or provider ids, locked until commit (in id order, so
+    """The messages with these ids or this provider's ids, locked until commit (in id order, so
     two appliers lock in the same order), as attribute dicts with `_listen_url`: where
     their events go, if anyone listens."""
     if not ids and not provider_ids:
         return {}
-    rows = _LOCK.dicts(session, {"ids": sorted(ids), "provider_ids": sorted(provider_ids)})
+    rows = _LOCK.dicts(
+        session, {"ids": sorted(ids), "provider": provider, "provider_ids": sorted(provider_ids)}
+    )
     for row in rows:
         for name in _TIMES:
             row[name] = aware_utc(row[name])

@@ -331,10 +331,13 @@ def _find_message(
     accounts: list[AccountCredentials] | list[str],
     herald_id: str | None,
     provider_id: str | None,
+    *,
+    provider: str,
 ) -> Message | None:
     """The outbound message a callback is about: by Herald's own id (known before
-    the provider's id is stored), else by the provider's id; only among messages
-    of the accounts (or account ids) that signed the callback."""
+    the provider's id is stored), else by `provider`'s id (named, so the lookup is one
+    entry of the provider-id index, not a scan of it); only among messages of the
+    accounts (or account ids) that signed the callback."""
     query = select(Message).where(
         Message.provider_account_id.in_(_ids(accounts)), Message.direction == "outbound"
     )
@@ -343,7 +346,9 @@ def _find_message(
         if message is not None:
             return message
     if provider_id:
-        return session.scalars(query.where(Message.provider_message_id == provider_id)).first()
+        return session.scalars(
+            query.where(Message.provider == provider, Message.provider_message_id == provider_id)
+        ).first()
     return None
 
 
@@ -648,7 +653,7 @@ def handle_twilio_status(
     or their ids; `at`: when it was received). Returns whether it was new (not a
     duplicate). The applier's path for a row its batch could not apply."""
     form, sid, native = _twilio_status_fields(form)
-    message = _find_message(session, accounts, herald_id, sid)
+    message = _find_message(session, accounts, herald_id, sid, provider="twilio")
     receipt = _record_once(
         session,
         provider="twilio",
@@ -712,6 +717,7 @@ def apply_twilio_statuses(session: Session, rows: list[Any]) -> list[Any]:
     messages = lock_messages(
         session,
         {row.ref for row, *_ in parsed if row.ref},
+        "twilio",
         {sid for _, _, sid, *_ in parsed if sid},
     )
     by_provider_id = {
@@ -1014,7 +1020,7 @@ def _meta_status(
     if wamid is None or not isinstance(native, str) or len(native) > 32:
         return "invalid"
     herald_id = _short(status.get("biz_opaque_callback_data"), 32)
-    message = _find_message(session, accounts, herald_id, wamid)
+    message = _find_message(session, accounts, herald_id, wamid, provider="meta")
     receipt = _record_once(
         session,
         provider="meta",
