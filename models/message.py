@@ -41,6 +41,13 @@ class Message(Base):
             "not_before",
             postgresql_where=text("not_before IS NOT NULL"),
         ),
+        # Rows still waiting with a ttl only: what the expiry sweep reads, not every
+        # message ever sent with one.
+        Index(
+            "ix_messages_expires_waiting",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL AND status IN ('scheduled', 'queued')"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("msg"))
@@ -83,7 +90,7 @@ class Message(Base):
     # `to_number` (Brazil's ninth digit, Mexico's 521, Argentina's 549).
     wa_id: Mapped[str | None] = mapped_column(String(32))
     # ttl: past this, a message still waiting in Herald fails `expired` (services/expiry.py).
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Meta's `pricing.category` and `pricing.billable` from status webhooks (services/usage.py).
     pricing_category: Mapped[str | None] = mapped_column(String(32))
     billable: Mapped[bool | None] = mapped_column(Boolean)

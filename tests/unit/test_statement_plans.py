@@ -1,0 +1,139 @@
+"""Plans, not timings: the status applier's lock and the expiry sweep must touch what
+they change, not the table. Each test fills `messages` with thousands of rows inside a
+transaction it rolls back, runs the statement under EXPLAIN ANALYZE and reads the plan's
+buffer and loop counts, which do not depend on how busy the machine is."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from models import session_scope, utcnow
+
+FILL = 20_000
+
+
+@pytest.fixture
+def filled(tenant: dict[str, str]) -> Iterator[tuple[Session, str]]:
+    """A session whose transaction holds FILL sent Twilio messages of the tenant (and
+    rolls them back): stale statistics, as after a burst."""
+    with session_scope() as session:
+        account = session.execute(
+            text("SELECT id FROM provider_accounts WHERE tenant_id = :t AND provider = 'twilio'"),
+            {"t": tenant["tenant_id"]},
+        ).scalar_one()
+        session.execute(
+            text(
+                """
+                INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                    provider_account_id, to_number, status, provider_message_id, attempts,
+                    metadata, origin, slot_reserved, created_at, updated_at)
+                SELECT 'msg_plan' || g, :t, 'outbound', 'sms', 'twilio', :a, '+12025550143',
+                    'sent', 'SMplan' || g, 1, '{}', 'api', false, now(), now()
+                FROM generate_series(1, :n) AS g
+                """
+            ),
+            {"t": tenant["tenant_id"], "a": account, "n": FILL},
+        )
+        try:
+            yield session, tenant["tenant_id"]
+        finally:
+            session.rollback()
+
+
+def _explain(session: Session, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The executed plan of `sql` (psycopg's %(name)s parameters) as JSON."""
+    cursor = session.connection().connection.dbapi_connection.cursor()
+    cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", params)
+    (plan,) = cursor.fetchone()
+    return (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from _nodes(child)
+
+
+def test_the_appliers_lock_reads_only_the_rows_it_locks(filled) -> None:
+    from services.status import _LOCK
+
+    session, _ = filled
+    plan = _explain(
+        session,
+        _LOCK.sql,
+        {
+            "ids": [f"msg_plan{i}" for i in (1, 500, 9000)],
+            "provider": "twilio",
+            "provider_ids": [f"SMplan{i}" for i in (2, 700, 15000, 19999)],
+        },
+    )
+    assert plan["Actual Rows"] == 7
+    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "messages"]
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), scans
+    # A whole-table (or whole-index) read of 20,000 rows touches hundreds of pages.
+    touched = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert touched < 120, touched
+
+
+def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
+    from services.webhooks import _find_message
+
+    session, tenant_id = filled
+    account = session.execute(
+        text("SELECT id FROM provider_accounts WHERE tenant_id = :t AND provider = 'twilio'"),
+        {"t": tenant_id},
+    ).scalar_one()
+    statements: list[tuple[str, Any]] = []
+
+    from sqlalchemy import event
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append((statement, parameters))
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        found = _find_message(session, [account], None, "SMplan12345", provider="twilio")
+        missing = _find_message(session, [account], None, "SMnowhere", provider="twilio")
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert found is not None and found.id == "msg_plan12345"
+    assert missing is None
+    sql, params = statements[-1]
+    plan = _explain(session, sql, params)
+    touched = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert touched < 20, touched
+
+
+def test_the_expiry_sweep_runs_its_inner_scan_once_for_10000_waiting_rows(filled) -> None:
+    from services import expiry
+
+    session, _ = filled
+    # Statistics that say nothing waits (the state in which the planner chose to run the
+    # inner FOR UPDATE ... LIMIT once per waiting row), then 10,000 waiting rows.
+    session.execute(text("ANALYZE messages"))
+    past = utcnow() - timedelta(minutes=1)
+    session.execute(
+        text(
+            "UPDATE messages SET status = 'queued', provider_message_id = NULL,"
+            " expires_at = :past WHERE id LIKE 'msg_plan%' AND"
+            " substr(id, 9)::int <= 10000"
+        ),
+        {"past": past},
+    )
+    sql, params = expiry.sweep_statement(utcnow(), expiry.SWEEP_LIMIT)
+    plan = _explain(session, sql, params)
+    assert plan["Actual Rows"] == expiry.SWEEP_LIMIT
+    loops = [
+        (n["Node Type"], n["Actual Loops"])
+        for n in _nodes(plan)
+        if n["Node Type"] in ("Limit", "LockRows", "Seq Scan", "Bitmap Heap Scan")
+    ]
+    assert loops and all(count == 1 for _, count in loops), loops
