@@ -1,7 +1,7 @@
 """Celery settings, each chosen on purpose. Read by `workers.celery_app`.
 
 Herald's correctness does not rest on the broker: the database row is the truth
-and every task is idempotent (see services/delivery.py). These settings make the
+and every task is idempotent (see services/messages/delivery.py). These settings make the
 broker as reliable as it can be on top of that.
 """
 
@@ -11,7 +11,7 @@ import os
 
 from kombu import Exchange, Queue
 
-from herald.config import get_settings
+from core.config import get_settings
 
 _settings = get_settings()
 _redis = _settings.redis_url or "redis://127.0.0.1:6379/0"
@@ -62,7 +62,7 @@ worker_prefetch_multiplier = 1
 # and the sweeper re-enqueues it. One immediate retry survives a pooled connection
 # that a Redis restart closed; with the connect timeout above, a publish to an
 # unreachable Redis gives up within 2 x 0.3 s (refused connections: milliseconds).
-# Doorbells are published with ignore_result (services/dispatch.py): subscribing to
+# Doorbells are published with ignore_result (services/messages/dispatch.py): subscribing to
 # the result backend would retry for 20 s on a dead Redis.
 task_publish_retry = True
 task_publish_retry_policy = {
@@ -136,19 +136,20 @@ beat_schedule = {
         "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
         "options": {"queue": "herald.periodic", "expires": 60},
     },
-    # WhatsApp templates from Meta and Twilio Content (services/templates.py).
+    # WhatsApp templates from Meta and Twilio Content (services/content/templates.py).
     "sync-templates": {
         "task": "herald.sync_templates",
         "schedule": float(os.environ.get("HERALD_TEMPLATE_SYNC_INTERVAL", "86400")),
         "options": {"queue": "herald.periodic", "expires": 3600},
     },
-    # Waiting messages whose ttl passed end `failed`/`expired` (services/expiry.py).
+    # Waiting messages whose ttl passed end `failed`/`expired` (services/messages/expiry.py).
     "expire": {
         "task": "herald.expire",
         "schedule": float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")),
         "options": {"queue": "herald.periodic", "expires": 30},
     },
-    # Status callbacks whose receiving process died before applying them (services/inbox.py).
+    # Status callbacks whose receiving process died before applying them
+    # (services/callbacks/inbox.py).
     "apply-inbox": {
         "task": "herald.apply_inbox",
         "schedule": 5.0,

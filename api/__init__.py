@@ -8,8 +8,8 @@ from typing import Any
 from flask import Flask, Request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
-from herald.config import get_settings
-from herald.logs import configure_logging
+from core.config import get_settings
+from core.logs import configure_logging
 
 
 class CookieSessionInterface(SecureCookieSessionInterface):

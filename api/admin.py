@@ -2,7 +2,7 @@
 
 Authenticated by `Authorization: Bearer <HERALD_ADMIN_TOKEN>`, compared in constant time.
 With HERALD_ADMIN_TOKEN unset the whole prefix answers 404, as if it did not exist: an
-admin surface is opt-in. The rules are the CLI's (services/tenant_admin.py); secrets
+admin surface is opt-in. The rules are the CLI's (services/tenancy/admin.py); secrets
 are write-only, and a new API key is shown once, in the answer that creates it.
 """
 
@@ -13,10 +13,9 @@ import hmac
 from flask import Blueprint, jsonify, request
 
 from api.auth import db, json_body
-from herald.config import get_settings
-from services.errors import InvalidRequest, NotFound, Unauthorized
-from services.senders import add_sender, list_senders, remove_sender, sender_to_dict, update_sender
-from services.tenant_admin import (
+from core.config import get_settings
+from core.errors import InvalidRequest, NotFound, Unauthorized
+from services.tenancy.admin import (
     account_to_dict,
     add_account,
     api_key_to_dict,
@@ -33,6 +32,13 @@ from services.tenant_admin import (
     tenant_to_dict,
     update_account,
     update_tenant,
+)
+from services.tenancy.senders import (
+    add_sender,
+    list_senders,
+    remove_sender,
+    sender_to_dict,
+    update_sender,
 )
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
@@ -304,7 +310,7 @@ def keys_revoke(tenant_id: str, key_id: str):  # type: ignore[no-untyped-def]
     return jsonify(api_key_to_dict(row))
 
 
-# ---------------------------------------------------------------- senders (services/senders.py)
+# ------------------------------------------------------ senders (services/tenancy/senders.py)
 
 
 @bp.get("/tenants/<tenant_id>/senders")

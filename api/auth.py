@@ -9,9 +9,9 @@ from typing import Any
 from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
+from core.errors import InvalidRequest
 from models import Tenant, new_session
-from services.errors import InvalidRequest
-from services.tenants import authenticate
+from services.tenancy.tenants import authenticate
 
 
 class RequestSession:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from api.auth import current_tenant, db, json_body, require_tenant
-from services.campaigns import (
+from core.errors import InvalidRequest
+from services.campaigns.campaigns import (
     campaign_to_dict,
     control_campaign,
     create_campaign,
@@ -13,7 +14,6 @@ from services.campaigns import (
     get_campaign,
     load_campaign_request,
 )
-from services.errors import InvalidRequest
 
 bp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns")
 MAX_UPLOAD = 200 * 1024 * 1024  # a CSV of any realistic size; it is streamed, not loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.auth import current_tenant, db, json_body, require_tenant
-from services.contacts import contact_to_dict, get_contact, update_contact, upsert_contact
+from services.policy.contacts import contact_to_dict, get_contact, update_contact, upsert_contact
 
 bp = Blueprint("contacts", __name__, url_prefix="/v1/contacts")
 

@@ -1,14 +1,14 @@
 """`/v1/messages/<id>/read`: read receipts and the typing indicator (WhatsApp, Meta).
-The rules live in services/conversations.py."""
+The rules live in services/content/conversations.py."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_tenant, db, json_body, require_tenant
-from services.conversations import ReadRequestSchema, mark_read
-from services.schemas import load_object
-from services.serialize import message_to_dict
+from services.content.conversations import ReadRequestSchema, mark_read
+from services.content.schemas import load_object
+from services.messages.serialize import message_to_dict
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1/messages")
 _read = ReadRequestSchema()

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from services.errors import RETRY_AFTER_SECONDS, HeraldError, Unavailable, database_unavailable
+from core.errors import RETRY_AFTER_SECONDS, HeraldError, Unavailable, database_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 from api.auth import RequestSession
 from api.messages import accept_request
 from api.webhooks import accept_twilio_status
-from herald.config import get_settings
-from services.inputs import text_problem
+from core.config import get_settings
+from services.content.inputs import text_problem
 
 MESSAGES_PATH = "/v1/messages"
 STATUS_PATH = "/webhooks/twilio/status"

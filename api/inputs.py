@@ -16,8 +16,8 @@ from flask import Flask, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.datastructures import MultiDict
 
-from services.errors import InvalidRequest
-from services.inputs import MAX_DEPTH, text_problem, value_problem
+from core.errors import InvalidRequest
+from services.content.inputs import MAX_DEPTH, text_problem, value_problem
 
 
 def _refuse_constant(name: str) -> Any:

@@ -19,9 +19,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import exc as sa_exc
 
 from api.auth import db
-from herald.config import get_settings
-from models import Message, Tenant
-from services.errors import (
+from core.config import get_settings
+from core.errors import (
     RETRY_AFTER_SECONDS,
     HeraldError,
     InvalidRequest,
@@ -29,9 +28,10 @@ from services.errors import (
     Unauthorized,
     database_unavailable,
 )
-from services.messages import accept_message, get_message
-from services.schemas import load_message_request
-from services.tenants import authenticate
+from models import Message, Tenant
+from services.content.schemas import load_message_request
+from services.messages.service import accept_message, get_message
+from services.tenancy.tenants import authenticate
 
 log = logging.getLogger(__name__)
 bp = Blueprint("legacy", __name__)
@@ -265,7 +265,7 @@ def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
 
 
 def _iso(value: Any) -> str | None:
-    from services.serialize import iso
+    from services.messages.serialize import iso
 
     return iso(value)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from api.auth import current_tenant, db, require_tenant
-from herald.config import get_settings
-from services.errors import InvalidRequest
-from services.inputs import text_problem
-from services.media import (
+from core.config import get_settings
+from core.errors import InvalidRequest
+from services.content.inputs import text_problem
+from services.content.media import (
     delete_media,
     get_media,
     inbound_media_source,

@@ -9,15 +9,15 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy.orm import Session
 
 from api.auth import current_tenant, db, json_body, parse_json, require_tenant
-from herald.config import get_settings
+from core.config import get_settings
+from core.errors import InvalidRequest
 from models import Tenant
-from services.accept import Item, accept_batch, accept_one
-from services.errors import InvalidRequest
-from services.messages import cancel_message, get_message, list_messages
-from services.schemas import load_message_request
-from services.serialize import message_to_dict
-from services.status import OUTBOUND
-from services.tenants import authenticate
+from services.content.schemas import load_message_request
+from services.messages.accept import Item, accept_batch, accept_one
+from services.messages.serialize import message_to_dict
+from services.messages.service import cancel_message, get_message, list_messages
+from services.messages.status import OUTBOUND
+from services.tenancy.tenants import authenticate
 
 bp = Blueprint("messages", __name__, url_prefix="/v1/messages")
 

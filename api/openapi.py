@@ -21,12 +21,12 @@ from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask
 from marshmallow import fields
 
-from services.campaigns import CampaignSchema
-from services.contacts import ContactSchema
-from services.errors import RETRY_AFTER_SECONDS
-from services.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
-from services.senders import SenderSchema, SenderUpdateSchema
-from services.tenant_admin import TenantSchema
+from core.errors import RETRY_AFTER_SECONDS
+from services.campaigns.campaigns import CampaignSchema
+from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
+from services.policy.contacts import ContactSchema
+from services.tenancy.admin import TenantSchema
+from services.tenancy.senders import SenderSchema, SenderUpdateSchema
 
 VERSION = "0.1.0"
 # Endpoints documented by hand (HTML pages, static files) or not part of the API.
@@ -240,7 +240,7 @@ REQUEST_SCHEMAS = {
 
 
 def _media_urls(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
-    """`media_url` is one URL or a list of them (services/schemas.py MediaUrls)."""
+    """`media_url` is one URL or a list of them (services/content/schemas.py MediaUrls)."""
     if not isinstance(field, MediaUrls):
         return {}
     url = {"type": "string", "format": "uri"}

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from swagger_ui_bundle import swagger_ui_path
 
 from api.auth import db
-from herald.config import get_settings
-from services.errors import RETRY_AFTER_SECONDS, NotFound, Unauthorized
-from services.metrics import register as register_metrics
+from core.config import get_settings
+from core.errors import RETRY_AFTER_SECONDS, NotFound, Unauthorized
+from services.reporting.metrics import register as register_metrics
 
 bp = Blueprint("ops", __name__)
 
@@ -79,7 +79,7 @@ def readyz():  # type: ignore[no-untyped-def]
 
 @bp.get("/metrics")
 def metrics():  # type: ignore[no-untyped-def]
-    """The process's own metrics and Herald's gauges (services/metrics.py); with
+    """The process's own metrics and Herald's gauges (services/reporting/metrics.py); with
     HERALD_METRICS_TOKEN set, only for `Authorization: Bearer <that token>`.
     ---
     get:

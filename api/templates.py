@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_tenant, db, require_tenant
-from services.templates import (
+from services.content.templates import (
     list_templates,
     load_template_query,
     sync_tenant,

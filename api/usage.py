@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_tenant, db, require_tenant
-from services.schemas import load_object
-from services.usage import UsageQuerySchema, period, usage
+from services.content.schemas import load_object
+from services.reporting.usage import UsageQuerySchema, period, usage
 
 bp = Blueprint("usage", __name__, url_prefix="/v1/usage")
 _query = UsageQuerySchema()

@@ -8,10 +8,10 @@ from sqlalchemy.orm import Session
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.auth import db
-from herald.config import get_settings
-from services import inbox
-from services.errors import Forbidden, InvalidRequest
-from services.webhooks import (
+from core.config import get_settings
+from core.errors import Forbidden, InvalidRequest
+from services.callbacks import inbox
+from services.callbacks.webhooks import (
     handle_meta_payload,
     handle_twilio_inbound,
     meta_verify_challenge,

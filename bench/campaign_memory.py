@@ -38,8 +38,8 @@ def main() -> None:
 def _measure(home: Path, database: str) -> None:
     from herald import migrate
     from models import session_scope
-    from services.campaigns import create_campaign, csv_recipients, load_campaign_request
-    from services.tenants import add_provider_account, create_tenant
+    from services.campaigns.campaigns import create_campaign, csv_recipients, load_campaign_request
+    from services.tenancy.tenants import add_provider_account, create_tenant
 
     migrate.upgrade()
     with session_scope() as session:

@@ -191,7 +191,7 @@ class ChaosStack:
         self.start_worker(index)
 
     def start(self) -> dict[str, str]:
-        from herald.config import get_settings
+        from core.config import get_settings
         from herald.postgres import embedded
 
         self._database = contextlib.ExitStack()
@@ -244,7 +244,7 @@ class ChaosStack:
         return tenant
 
     def stop(self) -> None:
-        from herald.config import get_settings
+        from core.config import get_settings
 
         for name in list(self.procs)[::-1]:
             self._kill(name, signal.SIGTERM)
@@ -266,7 +266,7 @@ class ChaosStack:
 
 def _make_tenant() -> dict[str, str]:
     from models import Contact, session_scope, utcnow
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     sid, token = SANDBOX_TWILIO
     phone_id, meta_token, secret, waba = SANDBOX_META

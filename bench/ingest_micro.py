@@ -48,7 +48,7 @@ def _setup(base_url: str) -> str:
 def _messages(count: int) -> tuple[list[tuple[str, str]], str]:
     """`count` sent-looking messages of one tenant: (herald id, Twilio sid)."""
     from models import Message, session_scope
-    from services.tenants import add_provider_account, create_tenant
+    from services.tenancy.tenants import add_provider_account, create_tenant
 
     out = []
     with session_scope() as session:
@@ -138,7 +138,7 @@ def main() -> None:
 
         migrate.upgrade()
         from api import create_app
-        from services import inbox
+        from services.callbacks import inbox
 
         app = create_app()
         messages, _ = _messages(args.messages + args.warmup)

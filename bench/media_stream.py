@@ -50,10 +50,10 @@ def _measure(size: int) -> None:
     os.environ["HERALD_MEDIA_MAX_BYTES"] = str(size + 1)
 
     from api import create_app
+    from core.config import get_settings
     from herald import migrate
-    from herald.config import get_settings
     from models import Message, session_scope, utcnow
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     get_settings.cache_clear()
     migrate.upgrade()

@@ -53,9 +53,9 @@ def _count() -> None:
     from api import create_app
     from herald import migrate
     from models import get_engine, session_scope
-    from services import delivery
-    from services.dispatch import set_dispatcher
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.messages import delivery
+    from services.messages.dispatch import set_dispatcher
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     migrate.upgrade()
     with session_scope() as session:

@@ -12,8 +12,8 @@ from herald import migrate
 
 def _tenant_create(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.events import webhook_secret
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.reporting.events import webhook_secret
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     migrate.upgrade()
     with session_scope() as session:
@@ -49,7 +49,7 @@ def _parse_account(spec: list[str]) -> tuple[str, dict[str, str]]:
 
 def _account_add(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.tenants import add_provider_account
+    from services.tenancy.tenants import add_provider_account
 
     migrate.upgrade()
     provider, values = _parse_account([args.provider, *args.fields])
@@ -61,7 +61,7 @@ def _account_add(args: argparse.Namespace) -> int:
 
 def _key_create(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.tenants import create_api_key
+    from services.tenancy.tenants import create_api_key
 
     with session_scope() as session:
         print(
@@ -74,7 +74,7 @@ def _key_create(args: argparse.Namespace) -> int:
 
 def _key_revoke(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.tenants import revoke_api_key
+    from services.tenancy.tenants import revoke_api_key
 
     with session_scope() as session:
         done = revoke_api_key(session, args.key_id)
@@ -84,7 +84,7 @@ def _key_revoke(args: argparse.Namespace) -> int:
 
 def _inbound_unrouted(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.webhooks import unrouted_inbound
+    from services.callbacks.webhooks import unrouted_inbound
 
     with session_scope() as session:
         for row in unrouted_inbound(session, args.limit):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 def _with_embedded_database(args: argparse.Namespace) -> int:
     """Run a command on HERALD_HOME's embedded server: the one `make run` keeps up,
     or one started for this command and stopped after it."""
-    from herald.config import get_settings
+    from core.config import get_settings
     from herald.postgres import embedded
 
     with embedded(get_settings().home) as url:

@@ -151,7 +151,7 @@ def _limit(value: str) -> int | None:
 def _tenant_list(args: argparse.Namespace) -> int:
     from herald import migrate
     from models import session_scope
-    from services.tenant_admin import list_tenants, tenant_to_dict
+    from services.tenancy.admin import list_tenants, tenant_to_dict
 
     migrate.upgrade()
     with session_scope() as session:
@@ -160,10 +160,10 @@ def _tenant_list(args: argparse.Namespace) -> int:
 
 
 def _tenant_update(args: argparse.Namespace) -> int:
+    from core.errors import HeraldError
     from herald import migrate
     from models import session_scope
-    from services.errors import HeraldError
-    from services.tenant_admin import (
+    from services.tenancy.admin import (
         load_tenant_request,
         set_tenant_disabled,
         tenant_to_dict,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from herald.config import get_settings
+from core.config import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_TWILIO = ("AC" + "5a" * 16, "sandbox-twilio-token")
@@ -211,7 +211,7 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
     if path.exists():
         return json.loads(path.read_text())
     from models import session_scope
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     env = os.environ
     with session_scope() as session:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from herald.config import get_settings
+from core.config import get_settings
 
 # Seconds; see _make_engine. libpq's connect_timeout is whole seconds, at least 2.
 DB_CONNECT_ARGS = {"connect_timeout": 2, "tcp_user_timeout": 10_000}

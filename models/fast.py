@@ -60,7 +60,7 @@ def json_rows(rows: list[dict[str, Any]]) -> str:
 def as_sqlalchemy(
     error: psycopg.Error, connection: psycopg.Connection, dialect: Any, sql: str | None = None
 ) -> BaseException:
-    """`error`, raised on a connection SQLAlchemy does not manage (services/inbox.py
+    """`error`, raised on a connection SQLAlchemy does not manage (services/callbacks/inbox.py
     keeps one), as SQLAlchemy raises it: `exc.orig` is the driver's error and
     `connection_invalidated` says whether the connection is gone, so the 503 handler
     and every `except DBAPIError` treat it as any other statement's."""

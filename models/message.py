@@ -89,12 +89,14 @@ class Message(Base):
     # The recipient's WhatsApp id as Meta answered it (E.164 form), when it differs from
     # `to_number` (Brazil's ninth digit, Mexico's 521, Argentina's 549).
     wa_id: Mapped[str | None] = mapped_column(String(32))
-    # ttl: past this, a message still waiting in Herald fails `expired` (services/expiry.py).
+    # ttl: past this, a message still waiting in Herald fails `expired`
+    # (services/messages/expiry.py).
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Meta's `pricing.category` and `pricing.billable` from status webhooks (services/usage.py).
+    # Meta's `pricing.category` and `pricing.billable` from status webhooks
+    # (services/reporting/usage.py).
     pricing_category: Mapped[str | None] = mapped_column(String(32))
     billable: Mapped[bool | None] = mapped_column(Boolean)
-    # A campaign row's time zone key for quiet hours (services/quiet_hours.py).
+    # A campaign row's time zone key for quiet hours (services/policy/quiet_hours.py).
     recipient_zones: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -189,7 +191,7 @@ class EventDelivery(Base):
 
 
 class Campaign(Base):
-    """Many messages released in throttled batches by beat (see services/campaigns.py)."""
+    """Many messages released in throttled batches by beat (see services/campaigns/campaigns.py)."""
 
     __tablename__ = "campaigns"
 

@@ -1,5 +1,5 @@
 """A tenant's senders: the numbers, Messaging Services and WhatsApp phone number ids it
-sends from, several per provider account (see services/senders.py)."""
+sends from, several per provider account (see services/tenancy/senders.py)."""
 
 from __future__ import annotations
 

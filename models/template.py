@@ -47,7 +47,7 @@ class Template(Base):
     status_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     category: Mapped[str | None] = mapped_column(String(32))
     # What a send must fill: {"format": "positional"|"named", "count": n, "components":
-    # {"header": {...}, "body": {...}, "buttons": [...]}} (see services/templates.py).
+    # {"header": {...}, "body": {...}, "buttons": [...]}} (see services/content/templates.py).
     variables: Mapped[dict] = mapped_column(JSON, default=dict)
     variable_count: Mapped[int] = mapped_column(Integer, default=0)
     components: Mapped[dict | list | None] = mapped_column(JSON)

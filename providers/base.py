@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from services.tenants import AccountCredentials
+from services.tenancy.tenants import AccountCredentials
 
 
 class ErrorKind(enum.Enum):
@@ -61,11 +61,11 @@ class OutboundMessage:
     interactive: dict[str, Any] | None = None
     preview_url: bool = False
     status_callback: str | None = None
-    # The sender chosen at accept time (services/senders.py); None: the account's own.
+    # The sender chosen at accept time (services/tenancy/senders.py); None: the account's own.
     from_kind: str | None = None  # number | messaging_service | phone_number_id
     from_address: str | None = None
     from_number: str | None = None
-    # Conversations (Meta; services/conversations.py): the replied-to wamid, and the
+    # Conversations (Meta; services/content/conversations.py): the replied-to wamid, and the
     # reaction, location, contacts, sticker or a document's file name.
     context_message_id: str | None = None
     reaction: dict[str, Any] | None = None

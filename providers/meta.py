@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 
-from herald.config import get_settings
+from core.config import get_settings
 from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
 from providers.retrying import retry_blips
-from services.tenants import AccountCredentials
+from services.tenancy.tenants import AccountCredentials
 
 # The one place Graph / WhatsApp error codes are classified, after Meta's Graph
 # error-handling guide and the Cloud API error-code table.
@@ -54,7 +54,7 @@ NAMES = {
 }
 
 # Meta's supported media: an image is JPEG or PNG only; a WebP goes as a sticker (which
-# takes no caption); a GIF is no type Meta sends (services/schemas.py refuses it).
+# takes no caption); a GIF is no type Meta sends (services/content/schemas.py refuses it).
 MEDIA_TYPES = {
     "image": (".jpg", ".jpeg", ".png"),
     "sticker": (".webp",),
@@ -220,7 +220,7 @@ class MetaProvider:
             provider_message_id=messages[0]["id"],
             native_status=messages[0].get("message_status", "accepted"),
             sender=message.from_number if chosen else account.settings.get("display_phone_number"),
-            # Can differ from the number sent to (see services.phones.whatsapp_forms).
+            # Can differ from the number sent to (see services.content.phones.whatsapp_forms).
             recipient_id=f"+{wa_id.lstrip('+')}"
             if isinstance(wa_id, str) and wa_id.strip("+").isdigit() and len(wa_id) <= 20
             else None,

@@ -16,12 +16,12 @@ import requests
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
-from herald.config import get_settings
+from core.config import get_settings
 from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
 from providers.http import PooledHttpClient
 from providers.retrying import retry_blips
-from services.expiry import validity_period
-from services.tenants import AccountCredentials
+from services.messages.expiry import validity_period
+from services.tenancy.tenants import AccountCredentials
 
 # The one place Twilio error codes are classified. Anything not listed: a 4xx is
 # permanent, a 5xx ambiguous (Twilio documents that a create answered with a 500
@@ -55,7 +55,7 @@ DELIVERY_ERRORS = {
     30007: "carrier_filtered",
     30008: "unknown_error",
     30022: "rate_limited",
-    30036: "expired",  # ValidityPeriod passed while queued at Twilio (services/expiry.py)
+    30036: "expired",  # ValidityPeriod passed while queued at Twilio (services/messages/expiry.py)
     20429: "rate_limited",
     21611: "sender_queue_full",
     63027: "template_not_found",
@@ -118,7 +118,7 @@ class TwilioProvider:
         since `since`, with the same body, newest first: a create whose answer was lost.
         Twilio's Message resource returns no StatusCallback (nothing only one attempt
         carries), so another message's copy looks the same: the caller decides by
-        elimination (services/delivery.py `reconcile`)."""
+        elimination (services/messages/delivery.py `reconcile`)."""
         params = self.build_params(account, message)
         try:
             rows = self.client(account).messages.list(

@@ -64,7 +64,7 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         }
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
-        from herald.config import get_settings
+        from core.config import get_settings
         from models import reset_engine
 
         get_settings.cache_clear()
@@ -72,7 +72,7 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         if not os.environ.get("REDIS_URL"):
             import fakeredis
 
-            from services.limits import set_redis
+            from services.policy.limits import set_redis
 
             set_redis(fakeredis.FakeRedis())  # limits need Redis; CI also runs on a real one
         from herald import migrate
@@ -95,9 +95,9 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 @pytest.fixture(autouse=True)
 def _inbox_inline() -> Iterator[None]:
     """Callbacks are applied in the request that received them, once it committed
-    (services/inbox.py: in production a thread of the process applies them a few ms
+    (services/callbacks/inbox.py: in production a thread of the process applies them a few ms
     later), so a test reads their effect right after the POST."""
-    from services import inbox
+    from services.callbacks import inbox
 
     inbox.set_applier(inbox.apply_inline)
     yield
@@ -107,7 +107,7 @@ def _inbox_inline() -> Iterator[None]:
 @pytest.fixture
 def dispatched() -> Iterator[list]:
     """Capture what would be enqueued instead of publishing to a broker."""
-    from services.dispatch import set_dispatcher
+    from services.messages.dispatch import set_dispatcher
 
     class Dispatched(list):
         """(message id, queue) of each delivery enqueued; `.events`: ids with events
@@ -133,7 +133,7 @@ def dispatched() -> Iterator[list]:
 
 
 # Recipients the tests message on WhatsApp; make_tenant records that each wrote to
-# the tenant within the day, so its 24-hour window is open (see services/policy.py).
+# the tenant within the day, so its 24-hour window is open (see services/policy/consent.py).
 WINDOW_OPEN = ("+12025550143", "+15005550011", "+15005550012", "+15005550013", "+15005550014")
 
 
@@ -151,7 +151,7 @@ def make_tenant(
     """A tenant with Twilio and Meta accounts (test credentials), an API key, and
     open WhatsApp windows with the usual test recipients."""
     from models import session_scope
-    from services.tenants import add_provider_account, create_api_key, create_tenant
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
     suffix = uuid.uuid4().hex[:6]
     twilio = accounts.get(

@@ -11,7 +11,7 @@ import logging
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger
 
-from herald.logs import MaskingFilter
+from core.logs import MaskingFilter
 
 log = logging.getLogger(__name__)
 

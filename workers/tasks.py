@@ -7,12 +7,15 @@ from typing import Any
 
 from celery import shared_task
 
+from core.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from models import Tenant, session_scope
-from services import campaigns, delivery, events, expiry, meta_events, reconcile
-from services.dispatch import dispatch_now
-from services.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
-from services.messages import BULK_QUEUE, SEND_QUEUE, accept_message
-from services.schemas import load_message_request
+from services.callbacks import meta_events
+from services.campaigns import campaigns
+from services.content.schemas import load_message_request
+from services.messages import delivery, expiry, reconcile
+from services.messages.dispatch import dispatch_now
+from services.messages.service import BULK_QUEUE, SEND_QUEUE, accept_message
+from services.reporting import events
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +145,14 @@ def reconcile_statuses() -> dict[str, int]:
 def sync_templates() -> dict[str, int]:
     """Beat, daily: every account's WhatsApp templates from Meta and Twilio Content
     (Twilio sends no status webhook: this is how its approvals arrive)."""
-    from services.templates import sync_all
+    from services.content.templates import sync_all
 
     return sync_all()
 
 
 @shared_task(name="herald.expire", ignore_result=True)
 def expire() -> int:
-    """Beat: fail the waiting messages whose ttl has passed (services/expiry.py)."""
+    """Beat: fail the waiting messages whose ttl has passed (services/messages/expiry.py)."""
     return len(expiry.expire_waiting())
 
 
@@ -157,6 +160,6 @@ def expire() -> int:
 def apply_inbox() -> int:
     """Beat: apply status callbacks left in the webhook inbox (the process that received
     them applies them within ms; this is for one that died first)."""
-    from services import inbox
+    from services.callbacks import inbox
 
     return inbox.apply_all(older_than=inbox.STALE_SECONDS)

@@ -31,8 +31,14 @@ from wtforms.validators import ValidationError
 
 from api.auth import db
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
-from services.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
-from services.console import (
+from core.errors import HeraldError, InvalidRequest, NotFound
+from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
+from services.content.phones import normalize_e164
+from services.messages.service import get_message
+from services.messages.status import OUTBOUND, TERMINAL
+from services.policy.consent import WINDOW, contact_for, window_open
+from services.policy.contacts import update_contact
+from services.reporting.console import (
     MessageFilters,
     campaign_send_rate,
     conversations,
@@ -52,13 +58,7 @@ from services.console import (
     thread,
     usage_report,
 )
-from services.contacts import update_contact
-from services.errors import HeraldError, InvalidRequest, NotFound
-from services.messages import get_message
-from services.phones import normalize_e164
-from services.policy import WINDOW, contact_for, window_open
-from services.secrets import derived_key
-from services.status import OUTBOUND, TERMINAL
+from services.tenancy.secrets import derived_key
 
 bp = Blueprint(
     "console",
@@ -290,7 +290,7 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/usage")
 def usage():  # type: ignore[no-untyped-def]
-    """Counts and cost over a period, as GET /v1/usage gives them (services/usage.py)."""
+    """Counts and cost over a period, as GET /v1/usage gives them (services/reporting/usage.py)."""
     groups = [g for g in request.args.getlist("group_by") if g]
     until = _date("to")
     args = {

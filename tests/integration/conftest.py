@@ -38,7 +38,7 @@ class Live:
 @pytest.fixture(scope="session")
 def live(herald_env: dict[str, str]) -> Iterator[Live]:
     from api import create_app
-    from herald.config import get_settings
+    from core.config import get_settings
     from providers import reset_providers
     from sandbox import MetaAccount, SandboxServer, SandboxState, TwilioAccount
 
@@ -80,7 +80,7 @@ def live(herald_env: dict[str, str]) -> Iterator[Live]:
 
 @pytest.fixture(autouse=True)
 def _reset_sandbox(live: Live) -> None:
-    from services.breaker import clear_holds
+    from services.policy.breaker import clear_holds
 
     live.control.post("/_sandbox/reset").raise_for_status()
     clear_holds()  # a sender held by one test must not hold the next

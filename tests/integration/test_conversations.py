@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from models import Message, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, TWILIO_SID, make_tenant
 from tests.integration.conftest import wait_for
 

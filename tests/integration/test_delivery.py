@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from models import Message, MessageEvent, session_scope, utcnow
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.integration.conftest import wait_for
 
 TO = "+12025550143"
@@ -120,7 +120,7 @@ def test_ambiguous_without_callback_is_resent_after_settling(
 
 
 def test_retries_are_bounded(live, client, auth, dispatched, monkeypatch) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     monkeypatch.setenv("HERALD_MAX_ATTEMPTS", "2")
     get_settings.cache_clear()
@@ -237,7 +237,7 @@ def test_logs_mask_numbers_and_never_show_tokens(live, client, auth, dispatched,
     caplog.set_level(logging.DEBUG)
     for fields in ({}, {"channel": "sms"}, {"to": "+15005550001", "channel": "sms"}):
         deliver(create(client, auth, **fields))
-    from herald.logs import MaskingFilter
+    from core.logs import MaskingFilter
 
     masking = MaskingFilter()
     lines = []
@@ -267,7 +267,7 @@ def bulk_tenant(name: str, sms_from: str) -> tuple[dict[str, str], dict[str, str
 
 
 def test_a_campaign_batch_is_sent_concurrently_in_one_task(live, client, dispatched) -> None:
-    from services.campaigns import release_due_campaigns
+    from services.campaigns.campaigns import release_due_campaigns
     from workers.tasks import deliver_batch
 
     _, auth = bulk_tenant("bulk", "+12025550144")
@@ -303,7 +303,7 @@ def test_a_batch_claims_and_records_in_one_transaction_each(live, client, dispat
 
     from models import Contact, ProviderAccount
     from models.db import get_engine
-    from services.delivery import deliver_many
+    from services.messages.delivery import deliver_many
 
     tenant, auth = bulk_tenant("batchrules", "+12025550145")
     ids = [
@@ -361,7 +361,7 @@ def test_a_batch_starts_each_claimed_send_at_once(live, client, dispatched, monk
     """A batch wider than its threads is claimed a chunk at a time, and each chunk's
     calls all start before the next claim: no claimed row waits for a thread while its
     lease runs out (it would be swept, claimed and sent again elsewhere)."""
-    import services.delivery as delivery
+    import services.messages.delivery as delivery
 
     _, auth = bulk_tenant("chunks", "+12025550146")
     ids = [

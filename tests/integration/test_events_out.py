@@ -15,8 +15,8 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from models import EventDelivery, Tenant, session_scope, utcnow
-from services.delivery import deliver
-from services.events import deliver_pending_events, webhook_secret
+from services.messages.delivery import deliver
+from services.reporting.events import deliver_pending_events, webhook_secret
 from tests.integration.conftest import wait_for
 
 
@@ -147,7 +147,7 @@ def test_a_batch_owes_events_only_for_messages_someone_listens_to(
     live, client, auth, receiver, dispatched
 ) -> None:
     """The batch path asks once who listens; each answer must still land on its message."""
-    from services.delivery import deliver_many
+    from services.messages.delivery import deliver_many
 
     heard = client.post(
         "/v1/messages",
@@ -217,8 +217,8 @@ def test_database_is_free_while_an_event_is_posted(live, client, auth, tenant, d
 def test_callbacks_to_private_addresses_are_refused(
     live, client, auth, receiver, dispatched, monkeypatch
 ) -> None:
-    from herald.config import get_settings
-    from services.events import refusal
+    from core.config import get_settings
+    from services.reporting.events import refusal
 
     monkeypatch.setenv("HERALD_ALLOW_PRIVATE_CALLBACKS", "0")
     get_settings.cache_clear()

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from models import Media, Message, session_scope, utcnow
-from services.campaigns import release_due_campaigns
-from services.delivery import deliver
+from services.campaigns.campaigns import release_due_campaigns
+from services.messages.delivery import deliver
 from tests.conftest import (
     META_PHONE_ID,
     META_SECRET,
@@ -142,7 +142,7 @@ def test_media_is_tenant_scoped_and_indexed(live, client) -> None:
 
 
 def test_media_over_the_cap_is_a_502_before_any_byte(live, client, monkeypatch) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     tenant, phone_id = meta_tenant(live)
     inbound(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Contact, Message, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
 
@@ -187,7 +187,7 @@ def test_async_failure_arrives_by_callback(live, client, auth, dispatched) -> No
 
 
 def test_connection_refused_is_transient(live, client, auth, dispatched, monkeypatch) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
     from herald.stack import free_port
     from providers import reset_providers
 

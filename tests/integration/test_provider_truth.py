@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Contact, Message, MessageEvent, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import (
     META_PHONE_ID,
     META_SECRET,
@@ -33,7 +33,7 @@ def _message(mid: str) -> Message:
 def test_lost_twilio_callbacks_are_reconciled_with_status_and_price(
     live, client, auth, dispatched
 ) -> None:
-    from services.reconcile import reconcile_stale, stale_twilio_messages
+    from services.messages.reconcile import reconcile_stale, stale_twilio_messages
 
     # Twilio does not retry a callback Herald answered with a 5xx: it is simply gone.
     live.config(callbacks={"enabled": False})
@@ -48,7 +48,7 @@ def test_lost_twilio_callbacks_are_reconciled_with_status_and_price(
 
 
 def test_reconciled_failure_keeps_twilio_error_code(live, client, auth, dispatched) -> None:
-    from services.reconcile import reconcile_stale
+    from services.messages.reconcile import reconcile_stale
 
     live.config(callbacks={"enabled": False})
     message, _ = send(client, auth, live, channel="sms", body="hi", to="+12015550107")
@@ -63,7 +63,7 @@ def test_reconciled_failure_keeps_twilio_error_code(live, client, auth, dispatch
 
 
 def test_a_recent_message_is_not_fetched(live, client, auth, dispatched) -> None:
-    from services.reconcile import reconcile_stale
+    from services.messages.reconcile import reconcile_stale
 
     live.config(callbacks={"enabled": False})
     send(client, auth, live, channel="sms", body="hi")
@@ -71,7 +71,7 @@ def test_a_recent_message_is_not_fetched(live, client, auth, dispatched) -> None
 
 
 def test_meta_131050_by_webhook_opts_out_end_to_end(live, client, dispatched) -> None:
-    from services.meta_events import apply_stored_orphans
+    from services.callbacks.meta_events import apply_stored_orphans
 
     to = "+12015550150"
     tenant = make_tenant(windows=(*WINDOW_OPEN, to))
@@ -217,7 +217,7 @@ def test_meta_error_subcode_details_and_trace_id_are_kept(live, client, dispatch
 def test_expired_meta_token_holds_the_sender_until_credentials_change(
     live, client, dispatched
 ) -> None:
-    from services.tenants import encrypt_json, find_account
+    from services.tenancy.tenants import encrypt_json, find_account
 
     meta = {
         "phone_number_id": META_PHONE_ID,

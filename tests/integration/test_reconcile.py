@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from herald.config import get_settings
+from core.config import get_settings
 from models import MessageEvent, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.integration.test_delivery import create, expire_lease, load
 

@@ -9,7 +9,7 @@ from sqlalchemy import update
 
 from models import Contact, Message, session_scope
 from providers import OutboundMessage
-from services.delivery import deliver, reconcile
+from services.messages.delivery import deliver, reconcile
 from tests.integration.test_delivery import create, expire_lease, load
 
 
@@ -65,7 +65,7 @@ def test_redelivered_public_task_creates_one_message(tenant, dispatched) -> None
 
 
 def test_tracebacks_are_masked() -> None:
-    from herald.logs import MaskingFilter
+    from core.logs import MaskingFilter
 
     try:
         raise ValueError("INSERT failed [parameters: ('+12025550143', 'hi')]")

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select
 
 from models import Message, session_scope
-from services import limits
-from services.campaigns import release_due_campaigns
-from services.delivery import deliver, deliver_many
-from services.phones import normalize_e164
-from services.senders import add_sender, assign, remove_sender, set_default, tenant_senders
+from services.campaigns.campaigns import release_due_campaigns
+from services.content.phones import normalize_e164
+from services.messages.delivery import deliver, deliver_many
+from services.policy import limits
+from services.tenancy.senders import add_sender, assign, remove_sender, set_default, tenant_senders
 from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
 
@@ -308,7 +308,7 @@ def test_pool_campaign_spreads_sticky_and_paces_each_sender(
 
 def test_a_full_queue_holds_only_that_sender(live, client, dispatched) -> None:
     """Twilio 21611 (the sender's queue is full) holds the one number it was about
-    (services/breaker.py): the tenant's other senders keep sending."""
+    (services/policy/breaker.py): the tenant's other senders keep sending."""
     busy, free = fresh_number(), fresh_number()
     tenant = twilio_tenant(live, [busy, free])
     add(tenant["tenant_id"], provider="twilio", address=busy)

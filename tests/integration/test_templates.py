@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from models import Message, Template, session_scope
-from services import templates as svc
-from services.delivery import deliver
+from services.content import templates as svc
+from services.messages.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, make_tenant
 
 TWILIO_TOKEN = "tpl-twilio-token"
@@ -403,7 +403,7 @@ def test_checks_can_be_turned_off(live, client, monkeypatch) -> None:
     _meta_template(live, tenant["waba"], "order_ready")
     _sync(client, tenant, provider="meta")
     assert _send(client, tenant, template={"name": "nope"}).status_code == 400
-    from herald.config import get_settings
+    from core.config import get_settings
 
     monkeypatch.setenv("HERALD_TEMPLATE_CHECKS", "false")
     get_settings.cache_clear()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from models import Message, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.integration.conftest import wait_for
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Contact, Message, WebhookEvent, session_scope
-from services.delivery import deliver
+from services.messages.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, make_tenant
 
 # (dialled, the WhatsApp id Meta answers and writes from)
@@ -160,7 +160,7 @@ def test_twilio_price_is_fetched_for_messages_final_by_callback(live, client) ->
     from datetime import timedelta
     from decimal import Decimal
 
-    from services import reconcile
+    from services.messages import reconcile
     from tests.integration.conftest import wait_for
 
     tenant = make_tenant("price")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services import dispatch
+from services.messages import dispatch
 
 
 def test_a_batch_publish_names_its_ids_without_celerys_repr(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +142,7 @@ def test_a_number_seen_before_is_not_parsed_again(monkeypatch) -> None:  # type:
     import phonenumbers
     import pytest
 
-    from services import phones
+    from services.content import phones
 
     parsed: list[str] = []
     real = phonenumbers.parse

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, text, update
 
 from models import ApiKey, get_engine, session_scope
-from services import tenants
-from services.tenants import add_provider_account, hash_key, revoke_api_key
+from services.tenancy import tenants
+from services.tenancy.tenants import add_provider_account, hash_key, revoke_api_key
 from tests.conftest import make_tenant
 
 TO = "+12025550143"
@@ -131,10 +131,10 @@ def test_policy_reads_unflushed_contacts_and_gives_aware_times() -> None:
     """The contacts SELECT runs on psycopg, outside SQLAlchemy's autoflush: a contact
     added in the caller's session still counts (an opt-out is never missed), and its
     times come back aware, as the models give them."""
+    from core.errors import PolicyRefused
     from models import Contact, Tenant, new_session, utcnow
-    from services.accept import accept
-    from services.errors import PolicyRefused
-    from services.policy import policy_contacts
+    from services.messages.accept import accept
+    from services.policy.consent import policy_contacts
 
     made = make_tenant("policy-flush")
     opted, fresh = "+12025550161", "+12025550162"
@@ -247,7 +247,7 @@ def test_the_rows_document_stores_every_value_as_given(dispatched) -> None:
     from datetime import datetime, timezone
 
     from models import Message, Tenant, new_session
-    from services.accept import GroupCommit, prepare
+    from services.messages.accept import GroupCommit, prepare
 
     made = make_tenant("rows-doc")
     session = new_session()

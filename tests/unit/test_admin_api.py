@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from herald.config import get_settings
+from core.config import get_settings
 
 TOKEN = "admin-token-0123456789abcdef"
 TWILIO = {
@@ -58,7 +58,7 @@ def test_a_tenant_api_key_is_not_an_admin_token(client, admin_token, tenant) -> 
 
 
 def test_a_short_admin_token_fails_at_start_up() -> None:
-    from herald.config import ConfigError, load_settings
+    from core.config import ConfigError, load_settings
 
     with pytest.raises(ConfigError, match="HERALD_ADMIN_TOKEN"):
         load_settings({"HERALD_ADMIN_TOKEN": "short"})
@@ -145,7 +145,7 @@ def test_accounts_secrets_are_write_only(client, admin_token) -> None:
     _no_secret(rotated.get_json())
     assert rotated.get_json()["settings"]["display_phone_number"] == "+12025550111"
     from models import ProviderAccount, session_scope
-    from services.tenants import credentials
+    from services.tenancy.tenants import credentials
 
     with session_scope() as session:
         stored = credentials(session.get(ProviderAccount, account["id"]))

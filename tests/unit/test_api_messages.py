@@ -225,8 +225,8 @@ def test_metrics_report_messages_by_status_and_queue_depth(client, auth) -> None
     API process reports the same numbers, whichever process did the work."""
     import re
 
-    from herald.config import get_settings
-    from services.limits import get_redis
+    from core.config import get_settings
+    from services.policy.limits import get_redis
 
     def gauge(text: str, name: str) -> float:
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 
 from models import Message, Tenant, session_scope
-from services import tenants
+from services.tenancy import tenants
 from tests.conftest import make_tenant
 from tests.unit.test_accept_fast_path import statements
 

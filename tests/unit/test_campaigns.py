@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 
 from models import Campaign, Contact, Message, session_scope, utcnow
-from services.campaigns import release_due_campaigns
-from services.delivery import release_scheduled
+from services.campaigns.campaigns import release_due_campaigns
+from services.messages.delivery import release_scheduled
 
 TEMPLATE = {"name": "offer", "language": "es_MX"}
 

@@ -66,7 +66,7 @@ def test_send_needs_a_key(capsys, monkeypatch) -> None:
 def test_tail_prints_new_messages_and_status_changes(
     capsys, over_wsgi, tenant, dispatched, monkeypatch
 ) -> None:
-    from services.status import apply_status
+    from services.messages.status import apply_status
 
     key = ("--key", tenant["api_key"])
     _run(capsys, "send", *key, "--to", "+12025550143", "--channel", "sms", "--body", "one")

@@ -78,7 +78,7 @@ def test_sign_out(console) -> None:
 
 def test_revoking_the_key_signs_the_session_out(console, tenant) -> None:
     from models import ApiKey
-    from services.tenants import hash_key
+    from services.tenancy.tenants import hash_key
 
     with session_scope() as session:
         row = session.query(ApiKey).filter_by(key_hash=hash_key(tenant["api_key"])).one()
@@ -173,6 +173,6 @@ def test_contacts_search_and_opt_out_toggle(console, tenant) -> None:
 
 
 def test_phone_is_hidden_without_a_sandbox(console, monkeypatch) -> None:
-    monkeypatch.setattr("services.console.sandbox_url", lambda: None)
+    monkeypatch.setattr("services.reporting.console.sandbox_url", lambda: None)
     assert "Sandbox phone" not in console.get("/console/").get_data(as_text=True)
     assert console.get("/console/phone").status_code == 404

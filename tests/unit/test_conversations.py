@@ -10,7 +10,7 @@ import pytest
 from models import Message, session_scope, utcnow
 from providers.base import OutboundMessage
 from providers.meta import build_payload, read_payload
-from services.conversations import inbound_extras
+from services.content.conversations import inbound_extras
 from tests.conftest import make_tenant
 
 TO = "+12025550143"
@@ -24,7 +24,7 @@ def _post(client, auth, **fields: Any):  # type: ignore[no-untyped-def]
 def _inbound(tenant_id: str, provider: str = "meta", wamid: str | None = WAMID) -> str:
     """An inbound message of the tenant, stored as a webhook would."""
     with session_scope() as session:
-        from services.tenants import find_account
+        from services.tenancy.tenants import find_account
 
         account = find_account(session, tenant_id, provider)
         message = Message(

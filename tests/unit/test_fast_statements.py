@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import exc as sa
 from sqlalchemy import text
 
+from core.errors import database_unavailable
 from models import get_engine, new_session
 from models.fast import Statement
-from services.errors import database_unavailable
 
 
 def test_a_refused_statement_is_a_dbapi_error_and_not_an_outage() -> None:

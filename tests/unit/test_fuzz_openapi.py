@@ -65,7 +65,7 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 
 @pytest.fixture(scope="module", autouse=True)
 def fresh_app() -> Iterator[None]:
-    from herald.config import get_settings
+    from core.config import get_settings
     from sandbox import MetaAccount, SandboxServer, SandboxState
     from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN
 

@@ -1,4 +1,4 @@
-"""services.accept.GroupCommit: concurrent requests of one process share one store and
+"""services.messages.accept.GroupCommit: concurrent requests of one process share one store and
 one COMMIT; each gets its own outcome; a request whose rows the database refuses
 fails alone; one key in one group is one message."""
 
@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from models import Message, Tenant, new_session, session_scope
-from services import accept
+from services.messages import accept
 from tests.conftest import make_tenant
 
 TO = "+12025550143"
@@ -208,7 +208,7 @@ def test_a_connection_the_server_dropped_is_replaced_and_the_group_stored_once(
 def test_a_connection_lost_at_commit_is_not_stored_again(dispatched, monkeypatch) -> None:
     """Lost while committing, a group may or may not be in: it is never run again
     (that could store it twice); its requests get the error, a 503."""
-    from services.errors import database_unavailable
+    from core.errors import database_unavailable
 
     tenant = _tenant()
     committer = accept.GroupCommit()

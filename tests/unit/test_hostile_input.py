@@ -77,8 +77,8 @@ def test_nul_or_lone_surrogate_in_text_is_a_400(client, auth, tenant, dispatched
 
 
 def test_the_send_message_task_refuses_nul_too(tenant) -> None:
-    from services.errors import InvalidRequest
-    from services.schemas import load_message_request
+    from core.errors import InvalidRequest
+    from services.content.schemas import load_message_request
 
     with pytest.raises(InvalidRequest):
         load_message_request({"to": TO, "body": "a\x00b"})
@@ -196,7 +196,7 @@ def test_jwt_needs_exp_and_a_fresh_iat(client, tenant, dispatched) -> None:
 
 
 def test_jwt_max_age_is_configurable(client, tenant, dispatched, monkeypatch) -> None:
-    from herald.config import ConfigError, get_settings, load_settings
+    from core.config import ConfigError, get_settings, load_settings
 
     now = int(time.time())
     old = _token({"tenant": tenant["tenant_id"], "iat": now - 7200, "exp": now + 60})
@@ -219,7 +219,7 @@ def test_jwt_max_age_is_configurable(client, tenant, dispatched, monkeypatch) ->
 
 
 def test_a_savepoint_rollback_keeps_earlier_enqueues(tenant, dispatched) -> None:
-    from services.dispatch import enqueue_after_commit
+    from services.messages.dispatch import enqueue_after_commit
 
     session = new_session()
     try:
@@ -239,7 +239,7 @@ def test_a_savepoint_rollback_keeps_earlier_enqueues(tenant, dispatched) -> None
 
 
 def test_the_outermost_rollback_still_clears_every_enqueue(tenant, dispatched) -> None:
-    from services.dispatch import enqueue_after_commit
+    from services.messages.dispatch import enqueue_after_commit
 
     session = new_session()
     try:
@@ -256,7 +256,7 @@ def test_the_outermost_rollback_still_clears_every_enqueue(tenant, dispatched) -
 
 
 def test_a_session_closed_without_commit_forgets_its_enqueues(tenant, dispatched) -> None:
-    from services.dispatch import enqueue_after_commit
+    from services.messages.dispatch import enqueue_after_commit
 
     session = new_session()
     session.execute(select(1))
@@ -316,7 +316,7 @@ def test_a_refused_quota_stores_nothing(client, dispatched) -> None:
 
 
 def test_letters_in_a_phone_number_are_refused(client, auth, dispatched) -> None:
-    from services.phones import normalize_e164
+    from services.content.phones import normalize_e164
 
     assert normalize_e164("+1202abc0143") is None
     assert normalize_e164("+1-800-FLOWERS") is None
@@ -349,7 +349,7 @@ def test_an_unassigned_number_is_not_valid_for_its_country(client, auth) -> None
 
 @pytest.fixture
 def legacy_tenant(monkeypatch):  # type: ignore[no-untyped-def]
-    from herald.config import get_settings
+    from core.config import get_settings
 
     tenant = make_tenant("legacy")
     monkeypatch.setenv("HERALD_LEGACY_TENANT", tenant["tenant_id"])
@@ -453,7 +453,7 @@ def test_campaigns_validate_like_messages(client, auth, dispatched, fields, fiel
 
 
 def test_metrics_token(client, monkeypatch) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     assert client.get("/metrics").status_code == 200  # unset: open, as before
     monkeypatch.setenv("HERALD_METRICS_TOKEN", "scrape-me-0123456789")

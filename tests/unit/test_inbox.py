@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from models import Message, MessageEvent, WebhookEvent, WebhookInbox, session_scope
-from services import inbox
-from services.webhooks import TWILIO_STATUS_KIND, dedup_key, handle_twilio_status
+from services.callbacks import inbox
+from services.callbacks.webhooks import TWILIO_STATUS_KIND, dedup_key, handle_twilio_status
 from tests.unit.test_webhooks import events_of, get, new_message, twilio_status
 
 
@@ -233,7 +233,7 @@ def test_a_batch_gives_up_a_lock_wait_rather_than_risk_a_deadlock(
     assert twilio_status(client, mid, "delivered", "SM" + "g" * 32).status_code == 204
     holder = new_session()  # e.g. a worker recording a batch of sends, holding the row
     holder.execute(select(Message.id).where(Message.id == mid).with_for_update())
-    caplog.set_level("WARNING", logger="services.inbox")
+    caplog.set_level("WARNING", logger="services.callbacks.inbox")
     applier = threading.Thread(target=inbox.apply_pending)
     try:
         applier.start()

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
 
+from core.errors import database_unavailable
 from models import EventDelivery, WebhookInbox, new_session, session_scope
-from services import inbox
-from services.errors import database_unavailable
-from services.webhooks import TWILIO_STATUS_KIND
+from services.callbacks import inbox
+from services.callbacks.webhooks import TWILIO_STATUS_KIND
 from tests.unit.test_inbox import applier_off, message, pending  # noqa: F401 (a fixture)
 from tests.unit.test_webhooks import get, new_message, twilio_status
 
@@ -144,7 +144,7 @@ def test_a_connection_the_server_dropped_is_replaced_nothing_lost(committer) -> 
 def test_a_lost_database_is_a_503_even_with_the_signers_cached(
     client, auth, dispatched, monkeypatch
 ) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
     from herald.stack import free_port
     from models import reset_engine
     from tests.unit.test_outage import assert_unavailable
@@ -186,7 +186,7 @@ def test_a_callback_with_cached_signers_opens_no_session(
     client, auth, dispatched, monkeypatch
 ) -> None:
     import api.auth
-    from services.tenants import forget_cached
+    from services.tenancy.tenants import forget_cached
 
     mid = new_message(client, auth, channel="sms")
     opened = []

@@ -13,7 +13,7 @@ TO = "+12025550143"
 @pytest.fixture
 def legacy_tenant(monkeypatch):  # type: ignore[no-untyped-def]
     """A deployment replacing a seed: unauthenticated legacy calls belong to one tenant."""
-    from herald.config import get_settings
+    from core.config import get_settings
 
     tenant = make_tenant("legacy")
     monkeypatch.setenv("HERALD_LEGACY_TENANT", tenant["tenant_id"])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from herald.config import get_settings
+from core.config import get_settings
 from models import Message, Tenant, session_scope
-from services.delivery import deliver, send_gate
+from services.messages.delivery import deliver, send_gate
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
 TO = "+12025550143"
@@ -135,9 +135,9 @@ def tenant_suffix() -> str:
 
 def test_console_shows_a_sender_whose_budget_the_workers_spent_as_held() -> None:
     """The console reads the same budget the send path reserves slots from
-    (services/limits.py reserve_send_slots), not a key nothing writes any more."""
-    from services.console import sender_budgets
-    from services.limits import get_redis, key, reserve_send_slots
+    (services/policy/limits.py reserve_send_slots), not a key nothing writes any more."""
+    from services.policy.limits import get_redis, key, reserve_send_slots
+    from services.reporting.console import sender_budgets
 
     tenant = make_tenant("budget", twilio={**_twilio(), "sms_from": "+12025550177"})
     get_redis().delete(key("slots", "twilio", "+12025550177"))  # type: ignore[union-attr]

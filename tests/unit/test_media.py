@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import InvalidRequest
 from providers.base import OutboundMessage
 from providers.meta import build_payload
-from services.errors import InvalidRequest
-from services.media import BadGateway, MediaSource, check_upload, open_media
-from services.tenants import AccountCredentials
+from services.content.media import BadGateway, MediaSource, check_upload, open_media
+from services.tenancy.tenants import AccountCredentials
 
 TWILIO = AccountCredentials(
     id="acc_1",
@@ -75,7 +75,7 @@ def test_files_meta_would_refuse_are_400s_naming_the_limit(
     ],
 )
 def test_twilio_credentials_go_only_to_the_accounts_own_media(ref: str) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     url = ref.format(base=get_settings().twilio_api_base, sid=TWILIO.external_id)
     with pytest.raises(BadGateway) as refused:
@@ -114,7 +114,7 @@ def test_uploaded_media_is_sent_by_id() -> None:
 def test_a_body_without_a_length_is_cut_at_the_cap() -> None:
     import httpx
 
-    from services.media import _chunks
+    from services.content.media import _chunks
 
     response = httpx.Response(200, content=iter([b"a" * 70_000, b"b" * 70_000]))
     assert "Content-Length" not in response.headers

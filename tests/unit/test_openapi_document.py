@@ -37,10 +37,10 @@ def _keys(schema) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def test_request_bodies_are_the_marshmallow_schemas(client) -> None:
-    from services.campaigns import CampaignSchema
-    from services.contacts import ContactSchema
-    from services.phones import PHONE_PATTERN
-    from services.schemas import MessageRequestSchema
+    from services.campaigns.campaigns import CampaignSchema
+    from services.content.phones import PHONE_PATTERN
+    from services.content.schemas import MessageRequestSchema
+    from services.policy.contacts import ContactSchema
 
     document = _document(client)
     paths = document["paths"]
@@ -68,7 +68,7 @@ def test_request_bodies_are_the_marshmallow_schemas(client) -> None:
 
 def test_a_field_added_to_a_schema_is_in_the_document(app, monkeypatch) -> None:
     from api import openapi
-    from services.schemas import MessageRequestSchema
+    from services.content.schemas import MessageRequestSchema
 
     probe = fields.String(validate=lambda _: True, metadata={"description": "a probe"})
     monkeypatch.setitem(MessageRequestSchema._declared_fields, "probe", probe)
@@ -108,7 +108,7 @@ def _path(rule) -> str:  # type: ignore[no-untyped-def]
 def _check_every_operation(client, auth) -> set[str]:  # type: ignore[no-untyped-def]
     """Call each documented operation once (admin API on); assert each status is
     documented for it; return the operations that answered 503."""
-    from herald.config import get_settings
+    from core.config import get_settings
 
     get_settings.cache_clear()
     document = _document(client)

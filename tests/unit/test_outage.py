@@ -16,7 +16,7 @@ from herald.stack import free_port
 @pytest.fixture
 def database_down(monkeypatch) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """Point the process at a PostgreSQL port nobody listens on, then restore it."""
-    from herald.config import get_settings
+    from core.config import get_settings
     from models import reset_engine
 
     monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://herald@127.0.0.1:{free_port()}/x")
@@ -49,7 +49,7 @@ def test_api_routes_answer_503_with_retry_after(client, auth, database_down) -> 
 
 
 def test_seed_routes_answer_503_in_their_own_shapes(client, monkeypatch, database_down) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     # A deployment replacing a seed: its clients send no key, the tenant is configured.
     monkeypatch.setenv("HERALD_LEGACY_TENANT", "ten_legacy")
@@ -134,7 +134,7 @@ def test_other_database_errors_are_still_500() -> None:
     """Only an unreachable database is a 503: a constraint violation is a bug, not a blip."""
     from sqlalchemy import exc
 
-    from services.errors import database_unavailable
+    from core.errors import database_unavailable
 
     assert not database_unavailable(exc.IntegrityError("INSERT", {}, Exception("dup")))
     assert database_unavailable(exc.OperationalError("SELECT 1", {}, Exception("refused")))
@@ -167,7 +167,7 @@ def broker_down(monkeypatch):  # type: ignore[no-untyped-def]
 def test_publishing_to_a_dead_broker_gives_up_without_waiting_on_results(broker_down) -> None:
     """The API's doorbell never subscribes to the result backend: on a dead Redis that
     subscription alone retried for 20 s inside the request."""
-    from services.dispatch import dispatch_now
+    from services.messages.dispatch import dispatch_now
 
     assert dispatch_now(["msg_x"], "herald.send") is False
     assert dispatch_now(["msg_a", "msg_b"], "herald.bulk", "herald.deliver_batch") is False

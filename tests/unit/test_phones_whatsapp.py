@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sandbox.meta_api import wa_id_for
-from services.phones import whatsapp_forms
+from services.content.phones import whatsapp_forms
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 
 from models import Message, session_scope, utcnow
-from services import dispatch
+from services.messages import dispatch
 
 
 class FakeBroker:
@@ -70,7 +70,7 @@ def test_a_batch_is_split_at_the_batch_limit(broker) -> None:
 
 
 def test_the_request_does_not_publish_and_a_lost_doorbell_is_swept(broker, client, auth) -> None:
-    from services.delivery import due_for_sweep
+    from services.messages.delivery import due_for_sweep
 
     broker.fail = True
     broker.gate.clear()  # a broker that hangs, then fails: the request does not wait
@@ -102,7 +102,7 @@ def test_doorbells_within_the_publish_interval_share_one_task(broker, monkeypatc
     publish wait for it and leave together (one task for the worker, not one each)."""
     import time
 
-    from herald.config import get_settings
+    from core.config import get_settings
 
     monkeypatch.setenv("HERALD_PUBLISH_INTERVAL_MS", "400")
     get_settings.cache_clear()

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from models import Campaign, Message, session_scope
-from services.campaigns import release_due_campaigns
-from services.quiet_hours import allowed, is_quiet, number_zones, zone_key
+from services.campaigns.campaigns import release_due_campaigns
+from services.policy.quiet_hours import allowed, is_quiet, number_zones, zone_key
 
 NEW_YORK = "+12125550123"
 TOKYO = "+81312345678"
@@ -51,7 +51,7 @@ def test_rows_in_their_night_are_parked_and_released_in_their_morning(
     with session_scope() as session:
         campaign = session.get(Campaign, cid)
         assert campaign.status == "running"  # parked rows keep it running
-        from services import quiet_hours
+        from services.policy import quiet_hours
 
         night = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
         assert quiet_hours.view(session, campaign, night)["parked"] == 1
@@ -103,7 +103,7 @@ def test_several_zones_take_the_most_restrictive_reading() -> None:
 def test_zones_with_no_shared_window_fall_back_to_the_default_zone() -> None:
     wide = ("Asia/Kamchatka", "Europe/Kaliningrad")  # ten hours apart
     narrow = {"start": "12:00", "end": "10:00"}  # open only 10:00-12:00
-    from services import quiet_hours
+    from services.policy import quiet_hours
 
     key = " ".join(wide)
     assert not any(allowed(key, narrow, datetime(2026, 6, 1, h, tzinfo=UTC)) for h in range(24))

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select, text, update
 
 from models import EventDelivery, Message, MessageEvent, ProviderAccount, session_scope, utcnow
 from providers import SendResult
-from services.delivery import (
+from services.messages.delivery import (
     claim_for_sending,
     due_for_sweep,
     record_sent_batch,
@@ -20,7 +20,7 @@ from services.delivery import (
     send_gate,
     send_gates,
 )
-from services.events import record_status_event
+from services.reporting.events import record_status_event
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
 TO = "+12025550143"
@@ -242,7 +242,7 @@ def test_a_claimed_message_is_the_row_as_the_orm_loads_it(dispatched) -> None:
 def test_a_batch_owes_the_same_event_as_the_single_path(dispatched) -> None:
     """The batch path's owed event (one read, one INSERT) is the one `apply_status`'s
     `record_status_event` writes for the same row: same URL, same payload."""
-    from services.delivery import _owe_events
+    from services.messages.delivery import _owe_events
 
     tenant = make_tenant("owed")
     mid = _rich_message(
@@ -281,7 +281,7 @@ def test_batch_slots_wake_the_gathering_batch_once_its_chunk_is_free() -> None:
 
     import pytest
 
-    from services.delivery import _Slots
+    from services.messages.delivery import _Slots
 
     slots = _Slots(64)
     slots.take(50)

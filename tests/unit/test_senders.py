@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from herald.config import get_settings
+from core.config import get_settings
 from models import Message, session_scope
 from providers.base import OutboundMessage
 from providers.twilio import TwilioProvider
-from services.senders import assign, outbound_sender, sender_for
-from services.tenants import AccountCredentials
+from services.tenancy.senders import assign, outbound_sender, sender_for
+from services.tenancy.tenants import AccountCredentials
 
 TOKEN = "admin-token-0123456789abcdef"
 
@@ -36,7 +36,7 @@ def number() -> str:
 
 
 def unique_number() -> str:
-    from services.phones import normalize_e164
+    from services.content.phones import normalize_e164
 
     while True:
         candidate = number()
@@ -161,7 +161,7 @@ def test_cli_sender_add_list_default_remove(capsys, tenant) -> None:
 
 
 def test_the_task_takes_from_like_the_api(tenant, dispatched) -> None:
-    from services.senders import add_sender
+    from services.tenancy.senders import add_sender
     from workers.tasks import send_message
 
     address = unique_number()
@@ -195,7 +195,7 @@ def test_rate_bucket_and_request_follow_the_rows_sender() -> None:
 
 
 def test_assignment_is_sticky_and_weighted() -> None:
-    from services.senders import ChosenSender
+    from services.tenancy.senders import ChosenSender
 
     def sender(address: str, mps: float) -> ChosenSender:
         return ChosenSender(
@@ -220,7 +220,7 @@ def test_cli_send_from_a_sender(capsys, app, monkeypatch, tenant, dispatched) ->
 
     from herald import cli_commands
     from herald.cli import main
-    from services.senders import add_sender
+    from services.tenancy.senders import add_sender
 
     monkeypatch.setattr(cli_commands, "transport", httpx.WSGITransport(app=app))
     address = unique_number()

@@ -62,7 +62,7 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_the_appliers_lock_reads_only_the_rows_it_locks(filled) -> None:
-    from services.status import _LOCK
+    from services.messages.status import _LOCK
 
     session, _ = filled
     plan = _explain(
@@ -83,7 +83,7 @@ def test_the_appliers_lock_reads_only_the_rows_it_locks(filled) -> None:
 
 
 def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
-    from services.webhooks import _find_message
+    from services.callbacks.webhooks import _find_message
 
     session, tenant_id = filled
     account = session.execute(
@@ -113,7 +113,7 @@ def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
 
 
 def test_the_expiry_sweep_runs_its_inner_scan_once_for_10000_waiting_rows(filled) -> None:
-    from services import expiry
+    from services.messages import expiry
 
     session, _ = filled
     # Statistics that say nothing waits (the state in which the planner chose to run the

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from flask import Flask, request, request_started
 from twilio.request_validator import RequestValidator
 
-from herald.config import get_settings
+from core.config import get_settings
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN
 from tests.unit.test_webhooks import events_of, get, new_message
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.status import TERMINAL, allowed_from, can_move
+from services.messages.status import TERMINAL, allowed_from, can_move
 
 
 @pytest.mark.parametrize(

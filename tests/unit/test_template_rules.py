@@ -1,9 +1,9 @@
 """What a synced template takes, and how a request's parameters are counted against it
-(services/templates.py), without a provider."""
+(services/content/templates.py), without a provider."""
 
 from __future__ import annotations
 
-from services.templates import (
+from services.content.templates import (
     meta_count_problems,
     meta_variables,
     twilio_count_problems,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from models import get_engine, session_scope
-from services.tenants import revoke_api_key
+from services.tenancy.tenants import revoke_api_key
 from tests.conftest import make_tenant
 
 TO = "+12025550143"
@@ -38,7 +38,7 @@ def test_every_endpoint_hides_other_tenants(client, auth, dispatched) -> None:
 
 def test_revoked_key_is_refused(client, dispatched) -> None:
     from models import ApiKey
-    from services.tenants import hash_key
+    from services.tenancy.tenants import hash_key
 
     tenant = make_tenant("revoke")
     hdr = {"Authorization": f"Bearer {tenant['api_key']}"}

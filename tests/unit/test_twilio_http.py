@@ -20,7 +20,7 @@ from twilio.http.http_client import TwilioHttpClient
 from providers import ErrorKind, OutboundMessage, ProviderError
 from providers.http import PooledHttpClient
 from providers.twilio import TwilioProvider
-from services.tenants import AccountCredentials
+from services.tenancy.tenants import AccountCredentials
 
 SID = "AC" + "b2" * 16
 MESSAGE = {
@@ -100,7 +100,7 @@ def recorder() -> Iterator[Recorder]:
 
 @pytest.fixture
 def provider(recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> Iterator[TwilioProvider]:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     monkeypatch.setenv("TWILIO_API_BASE", recorder.url)
     monkeypatch.setenv("HERALD_HTTP_TIMEOUT", "0.5")

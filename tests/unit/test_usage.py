@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from models import Message, session_scope
-from services.console import id_at
-from services.usage import record_meta_pricing
+from services.reporting.console import id_at
+from services.reporting.usage import record_meta_pricing
 from tests.conftest import make_tenant
 
 DAY = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ def test_usage_is_tenant_scoped(client) -> None:
 
 
 def test_meta_estimate_from_a_price_table(client, monkeypatch) -> None:
-    from herald.config import get_settings
+    from core.config import get_settings
 
     tenant = make_tenant("usage-est")
     add(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.errors import InvalidRequest
-from services.phones import mask, mask_text, normalize_e164
-from services.schemas import load_message_request
+from core.errors import InvalidRequest
+from services.content.phones import mask, mask_text, normalize_e164
+from services.content.schemas import load_message_request
 
 
 def test_valid_request_is_normalized() -> None:

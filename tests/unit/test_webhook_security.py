@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator
 
-from herald.config import get_settings
+from core.config import get_settings
 from models import Message, WebhookEvent, get_engine, session_scope
 from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.unit.test_webhooks import get, meta_change, new_message, status, twilio_status

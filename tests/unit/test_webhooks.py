@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from herald.config import get_settings
+from core.config import get_settings
 from models import Contact, Message, MessageEvent, WebhookEvent, session_scope
 from tests.conftest import META_PHONE_ID, META_SECRET, TWILIO_SID, TWILIO_TOKEN, make_tenant
 

@@ -1,0 +1,215 @@
+"""Configuration, read once from the environment and checked strictly.
+
+A bad value fails at start-up with a message naming the variable, instead of
+surfacing later as a confusing runtime error in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from pathlib import Path
+
+from herald.postgres import default_url
+
+
+class ConfigError(ValueError):
+    """A configuration variable has a value Herald cannot use."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _decimal(env: dict[str, str], name: str, default: str) -> Decimal:
+    raw = env.get(name) or default
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a decimal price like 0.015, got {raw!r}") from None
+
+
+def _price_table(env: dict[str, str], name: str) -> tuple[str, dict[str, Decimal]] | None:
+    """(currency, price per category) from a JSON object such as
+    `{"currency": "USD", "marketing": "0.025", "utility": "0.004"}`."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        table = json.loads(raw)
+        currency = table.pop("currency", "USD")
+        if not isinstance(currency, str) or not 0 < len(currency) <= 8:
+            raise ValueError
+        prices = {str(k): Decimal(str(v)) for k, v in table.items()}
+    except (ValueError, AttributeError, InvalidOperation):
+        raise ConfigError(
+            f'{name} must be a JSON object like {{"currency": "USD", "marketing": "0.025"}}'
+        ) from None
+    return currency.upper(), prices
+
+
+def _url(env: dict[str, str], name: str, default: str) -> str:
+    value = (env.get(name) or default).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting Herald reads; see the README's configuration table."""
+
+    home: Path
+    database_url: str
+    redis_url: str | None
+    secret_key: str | None
+    public_url: str
+    twilio_api_base: str
+    meta_graph_base: str
+    meta_graph_version: str
+    jwt_secret: str | None
+    queue_prefix: str
+    max_body_bytes: int
+    http_timeout: float
+    send_lease_seconds: int
+    settle_seconds: int
+    max_attempts: int
+    sweep_after_seconds: int
+    log_format: str
+    log_level: str
+    meta_app_secret: str | None = None
+    meta_verify_token: str | None = None
+    legacy_tenant: str | None = None
+    allow_private_callbacks: bool = False
+    default_hourly_limit: int = 100
+    default_daily_limit: int = 1000
+    pair_pacing_seconds: float = 6.0
+    publish_interval: float = 0.2
+    mps_meta: float = 80.0
+    mps_twilio_whatsapp: float = 10.0
+    mps_twilio_sms: float = 10.0
+    price_whatsapp: Decimal = Decimal("0.015")
+    price_sms: Decimal = Decimal("0.0079")
+    jwt_max_age_seconds: int = 86400
+    metrics_token: str | None = None
+    reconcile_after_minutes: float = 10.0
+    admin_token: str | None = None
+    sandbox_url: str | None = None
+    template_checks: bool = True
+    twilio_content_base: str | None = None
+    media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
+    # The estimate of services/reporting/usage.py.
+    meta_prices: tuple[str, dict[str, Decimal]] | None = None
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: the process environment)."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("HERALD_HOME") or ".herald").resolve()
+    # Unset: the embedded server of HERALD_HOME, which `herald` commands start (herald.postgres).
+    database_url = env.get("DATABASE_URL") or default_url(home)
+    if database_url.startswith("postgresql://"):
+        # psycopg 3 is the driver Herald ships; plain URLs would pick psycopg2.
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    port = _int(env, "PORT", 8000, minimum=1)
+    log_format = env.get("HERALD_LOG_FORMAT", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"HERALD_LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+    version = env.get("META_GRAPH_VERSION") or "v22.0"
+    if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
+        raise ConfigError(f"META_GRAPH_VERSION must look like 'v22.0', got {version!r}")
+    admin_token = env.get("HERALD_ADMIN_TOKEN") or None
+    if admin_token is not None and len(admin_token) < 16:
+        raise ConfigError("HERALD_ADMIN_TOKEN must be at least 16 characters")
+    sandbox_url = _url(env, "HERALD_SANDBOX_URL", "") if env.get("HERALD_SANDBOX_URL") else None
+    return Settings(
+        home=home,
+        database_url=database_url,
+        redis_url=env.get("REDIS_URL") or None,
+        secret_key=env.get("HERALD_SECRET_KEY") or None,
+        public_url=_url(env, "HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}"),
+        twilio_api_base=_url(env, "TWILIO_API_BASE", "https://api.twilio.com"),
+        meta_graph_base=_url(env, "META_GRAPH_BASE", "https://graph.facebook.com"),
+        meta_graph_version=version,
+        jwt_secret=env.get("HERALD_JWT_SECRET") or None,
+        queue_prefix=env.get("HERALD_QUEUE_PREFIX", ""),
+        max_body_bytes=_int(env, "HERALD_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        http_timeout=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),
+        send_lease_seconds=_int(env, "HERALD_SEND_LEASE_SECONDS", 60, minimum=1),
+        settle_seconds=_int(env, "HERALD_SETTLE_SECONDS", 30, minimum=1),
+        max_attempts=_int(env, "HERALD_MAX_ATTEMPTS", 8, minimum=1),
+        sweep_after_seconds=_int(env, "HERALD_SWEEP_AFTER_SECONDS", 30, minimum=1),
+        log_format=log_format,
+        log_level=env.get("HERALD_LOG_LEVEL", "INFO").upper(),
+        meta_app_secret=env.get("META_APP_SECRET") or None,
+        meta_verify_token=env.get("META_VERIFY_TOKEN") or None,
+        legacy_tenant=env.get("HERALD_LEGACY_TENANT") or None,
+        allow_private_callbacks=_bool(env, "HERALD_ALLOW_PRIVATE_CALLBACKS", False),
+        default_hourly_limit=_int(env, "HERALD_DEFAULT_HOURLY_LIMIT", 100),
+        default_daily_limit=_int(env, "HERALD_DEFAULT_DAILY_LIMIT", 1000),
+        pair_pacing_seconds=_float(env, "HERALD_PAIR_PACING_SECONDS", 6.0),
+        publish_interval=_float(env, "HERALD_PUBLISH_INTERVAL_MS", 200.0) / 1000,
+        mps_meta=_float(env, "HERALD_MPS_META", 80.0),
+        mps_twilio_whatsapp=_float(env, "HERALD_MPS_TWILIO_WHATSAPP", 10.0),
+        mps_twilio_sms=_float(env, "HERALD_MPS_TWILIO_SMS", 10.0),
+        price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
+        price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
+        jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
+        metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
+        reconcile_after_minutes=_positive(
+            _float(env, "HERALD_RECONCILE_AFTER_MINUTES", 10.0), "HERALD_RECONCILE_AFTER_MINUTES"
+        ),
+        admin_token=admin_token,
+        sandbox_url=sandbox_url,
+        template_checks=_bool(env, "HERALD_TEMPLATE_CHECKS", True),
+        twilio_content_base=_url(env, "TWILIO_CONTENT_BASE", "")
+        if env.get("TWILIO_CONTENT_BASE")
+        else None,
+        media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
+        meta_prices=_price_table(env, "HERALD_META_PRICES"),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call `get_settings.cache_clear()` after changing env."""
+    return load_settings()

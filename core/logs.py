@@ -1,0 +1,53 @@
+"""Logging: one format for every process, phone numbers masked in every line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from core.config import Settings
+from services.content.phones import mask_text
+
+
+class MaskingFilter(logging.Filter):
+    """Masks phone numbers in the final message, whoever logged it (our code or a library)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = mask_text(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            # Tracebacks carry SQL parameters (numbers, bodies): mask them too.
+            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = mask_text(self.formatException(record.exc_info))
+        return json.dumps(data)
+
+
+def configure_logging(settings: Settings) -> None:
+    root = logging.getLogger()
+    if any(getattr(h, "_herald", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._herald = True  # type: ignore[attr-defined]
+    handler.addFilter(MaskingFilter())
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # httpx logs every request URL at INFO; keep the noise (and any ids in URLs) out.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("twilio").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Campaigns: one content to many recipients, released in throttled batches."""

@@ -1,0 +1,497 @@
+"""Campaigns: many messages, released by beat in throttled batches.
+
+Creation writes every recipient as a `scheduled` message row, in chunks, with
+batched INSERTs that skip a repeated recipient through the unique (campaign,
+to) constraint, so memory stays flat however long the list or CSV is. Every
+second beat runs `release_due_campaigns`: each running campaign earns `rate`
+messages per second of allowance (at most two seconds' worth banked), moves
+that many rows to `queued`, and enqueues them in batches on the bulk queue,
+where one task sends its batch concurrently. Pause stops the releases, resume
+restarts them, cancel cancels every message not yet being sent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
+from services.content.inputs import text_problem
+from services.content.phones import normalize_e164, whatsapp_forms
+from services.content.schemas import (
+    CHANNELS,
+    PROVIDERS,
+    MediaUrls,
+    TemplateSchema,
+    check_for_provider,
+    variables_problem,
+)
+from services.content.templates import campaign_row_problem, refuse_unusable_template
+from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
+from services.messages.serialize import iso
+from services.messages.service import BULK_QUEUE, choose_provider
+from services.policy import quiet_hours
+from services.reporting.events import record_status_event
+from services.tenancy.senders import (
+    MAX_POOL,
+    ChosenSender,
+    apply_pool,
+    campaign_pool,
+    sender_provider,
+)
+from services.tenancy.tenants import find_account
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 50
+CHUNK = 1000
+MAX_INVALID_ROWS_KEPT = 1000
+FINAL = ("sent", "delivered", "read", "failed", "undelivered", "canceled")
+
+
+class CampaignSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    channel = fields.String(load_default="whatsapp", validate=validate.OneOf(CHANNELS))
+    provider = fields.String(validate=validate.OneOf(PROVIDERS))
+    body = fields.String(validate=validate.Length(min=1, max=4096))
+    media_url = MediaUrls()
+    media_id = fields.String(validate=validate.Length(min=1, max=64))  # a template's header
+    template = fields.Nested(TemplateSchema)
+    recipients = fields.List(fields.Dict())
+    send_at = fields.AwareDateTime()
+    rate = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
+    # senders: one sender, or "pool"; `senders`: the pool to spread over
+    # (services/tenancy/senders.py)
+    from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
+    senders = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        validate=validate.Length(min=1, max=MAX_POOL),
+    )
+    quiet_hours = fields.Nested(quiet_hours.QuietHoursSchema)  # services/policy/quiet_hours.py
+
+    @validates_schema
+    def _content(self, data: dict[str, Any], **_: Any) -> None:
+        if "from_" in data and "senders" in data:  # senders
+            raise ValidationError("Give 'from' or 'senders', not both.", "from")
+        if not any(k in data for k in ("body", "media_url", "template")):
+            raise ValidationError("Give one of 'body', 'media_url' or 'template'.", "body")
+        if data.get("channel") == "sms" and len(data.get("body") or "") > 1600:
+            raise ValidationError("At most 1600 characters on sms.", "body")
+
+
+def load_campaign_request(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The campaign must be a JSON object.")
+    try:
+        return CampaignSchema().load(payload)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The campaign has invalid fields.",
+            code="invalid_fields",
+            fields=exc.normalized_messages(),
+        ) from None
+
+
+def csv_recipients(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[dict[str, Any]]:
+    """Rows of an uploaded CSV, streamed: a `to` or `contact_id` column, and every
+    other column, in order, a template variable. A file that is not UTF-8, has a
+    field over the csv module's limit or a NUL is refused whole (400 invalid_csv)."""
+    reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", newline=""))
+    try:
+        yield from _csv_rows(reader)
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            f"The CSV is not UTF-8 (near line {reader.line_num + 1}).", code="invalid_csv"
+        ) from None
+    except csv.Error as exc:
+        raise InvalidRequest(
+            f"The CSV cannot be read at line {reader.line_num}: {exc}.", code="invalid_csv"
+        ) from None
+
+
+def _csv_rows(reader: Any) -> Iterator[dict[str, Any]]:
+    header = [h.strip().lower() for h in next(reader, [])]
+    if "to" not in header and "contact_id" not in header:
+        raise InvalidRequest("The CSV needs a 'to' or 'contact_id' column.", code="invalid_csv")
+    variable_columns = [i for i, h in enumerate(header) if h not in ("to", "contact_id")]
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if any(text_problem(cell) for cell in row):
+            raise InvalidRequest(
+                f"The CSV has a NUL character at line {reader.line_num}.", code="invalid_csv"
+            )
+        cells = dict(zip(header, row, strict=False))
+        item: dict[str, Any] = {k: cells[k].strip() for k in ("to", "contact_id") if cells.get(k)}
+        item["variables"] = [row[i].strip() for i in variable_columns if i < len(row)]
+        yield item
+
+
+def create_campaign(
+    session: Session, tenant: Tenant, data: dict[str, Any], recipients: Iterable[Any]
+) -> Campaign:
+    channel = data["channel"]
+    pool = campaign_pool(session, tenant, channel, data)  # senders: who sends it
+    provider = (
+        pool[0].provider if pool else sender_provider(session, tenant, channel, data, None)
+    ) or choose_provider(tenant, channel, data.get("provider"))
+    check_for_provider(data, provider)  # the same rules as POST /v1/messages
+    template = data.get("template")
+    if channel == "whatsapp" and not template:
+        raise PolicyRefused(
+            "A WhatsApp campaign must use a template: free text reaches only users who wrote "
+            "in the last 24 hours.",
+            code="window_closed",
+        )
+    account = find_account(session, tenant.id, provider)
+    if account is None:
+        raise PolicyRefused(
+            f"This tenant has no {provider} account.", code="provider_not_configured"
+        )
+    # Name, approval, language now; each recipient's variables per row (_add_chunk).
+    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
+    options = None
+    if data.get("media_id"):  # uploaded media as the template's header (services/content/media.py)
+        from services.content.media import resolve_media_id
+
+        options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+    campaign = Campaign(
+        tenant_id=tenant.id,
+        options=options,
+        name=data["name"],
+        channel=channel,
+        provider=provider,
+        body=data.get("body"),
+        media_urls=data.get("media_url"),
+        template=template,
+        status="running",
+        rate=Decimal(str(data["rate"])),
+        send_at=data.get("send_at"),
+        allowance=Decimal(0),
+        invalid_rows=[],
+        quiet_hours=quiet_hours.option(data),
+    )
+    session.add(campaign)
+    session.flush()
+    invalid_rows: list[dict[str, Any]] = []
+    chunk: list[tuple[int, Any]] = []
+    for number, item in enumerate(recipients, 1):
+        chunk.append((number, item))
+        if len(chunk) >= CHUNK:
+            _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
+            chunk = []
+    if chunk:
+        _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
+    campaign.invalid_rows = invalid_rows
+    inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
+    campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
+    campaign.total = inserted
+    log.info(
+        "campaign created id=%s tenant=%s total=%d skipped=%d invalid=%d duplicates=%d",
+        campaign.id,
+        tenant.id,
+        campaign.total,
+        campaign.skipped,
+        campaign.invalid,
+        campaign.duplicates,
+    )
+    return campaign
+
+
+def _add_chunk(
+    session: Session,
+    campaign: Campaign,
+    account_id: str,
+    chunk: list[tuple[int, Any]],
+    invalid_rows: list[dict[str, Any]],
+    pool: list[ChosenSender] | None = None,
+) -> None:
+    contact_ids = [
+        i.get("contact_id") for _, i in chunk if isinstance(i, dict) and i.get("contact_id")
+    ]
+    by_contact: dict[str, Contact] = {}
+    if contact_ids:
+        for contact in session.scalars(
+            select(Contact).where(
+                Contact.tenant_id == campaign.tenant_id,
+                Contact.external_id.in_(contact_ids) | Contact.id.in_(contact_ids),
+            )
+        ):
+            by_contact[contact.external_id or contact.id] = contact
+            by_contact[contact.id] = contact
+    valid: dict[str, tuple[str | None, list[str]]] = {}
+    for number, item in chunk:
+        error, phone, contact_id, variables = _recipient(item, by_contact)
+        if not error and variables and campaign.template:
+            # Known per recipient only: the row fails here, the campaign goes on.
+            filled = {**campaign.template, "variables": variables}
+            error = variables_problem(campaign.channel, filled)
+        if not error:
+            error = campaign_row_problem(session, campaign, account_id, variables)
+        if error:
+            campaign.invalid += 1
+            if len(invalid_rows) < MAX_INVALID_ROWS_KEPT:
+                invalid_rows.append({"row": number, "error": error})
+            continue
+        if phone in valid:
+            campaign.duplicates += 1
+            continue
+        valid[phone] = (contact_id, variables)
+    if not valid:
+        return
+    forms = {phone: whatsapp_forms(phone) for phone in valid}
+    every = [form for group in forms.values() for form in group]
+    stopped: set[str | None] = set()
+    for row in session.execute(
+        select(Contact.phone, Contact.wa_id).where(
+            Contact.tenant_id == campaign.tenant_id,
+            Contact.phone.in_(every) | Contact.wa_id.in_(every),
+            Contact.opted_out.is_(True),
+        )
+    ):
+        stopped.update(row)
+    # Whichever WhatsApp form of the number the opted-out contact holds.
+    opted_out = {phone for phone, group in forms.items() if stopped.intersection(group)}
+    campaign.skipped += len(opted_out)
+    now = utcnow()
+    rows = []
+    for phone, (contact_id, variables) in valid.items():
+        if phone in opted_out:
+            continue
+        template = campaign.template
+        if template is not None and variables:
+            template = {**template, "variables": variables}
+        rows.append(
+            {
+                "id": new_id("msg"),
+                "tenant_id": campaign.tenant_id,
+                "direction": "outbound",
+                "channel": campaign.channel,
+                "provider": campaign.provider,
+                "provider_account_id": account_id,
+                "to_number": phone,
+                "contact_id": contact_id,
+                "body": campaign.body,
+                "media_urls": campaign.media_urls,
+                "template": template,
+                "options": campaign.options,
+                "status": "scheduled",
+                "attempts": 0,
+                "campaign_id": campaign.id,
+                "metadata": {},
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    quiet_hours.assign_zones(campaign, rows)  # each row's local time zone
+    if rows:
+        apply_pool(rows, pool)  # senders: each recipient's sender, sticky
+        _insert_ignoring_repeats(session, rows)
+        campaign.total += len(rows)  # corrected for repeats across chunks at the end
+
+
+def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Batched INSERTs; a recipient already in the campaign (an earlier chunk) is skipped."""
+    table = Message.__table__
+    # One cached statement with many parameter sets: SQLAlchemy batches it into
+    # multi-row INSERTs ("insertmanyvalues") without recompiling per chunk.
+    statement = pg_insert(table).on_conflict_do_nothing(index_elements=["campaign_id", "to_number"])
+    session.execute(statement, rows)
+
+
+def _recipient(
+    item: Any, by_contact: dict[str, Contact]
+) -> tuple[str | None, str, str | None, list[str]]:
+    """(error, phone, contact id, variables) for one recipient row."""
+    if not isinstance(item, dict):
+        return "not an object", "", None, []
+    unknown = set(item) - {"to", "contact_id", "variables"}
+    if unknown:
+        return f"unknown fields {sorted(unknown)}", "", None, []
+    variables = item.get("variables") or []
+    if not isinstance(variables, list) or not all(
+        isinstance(v, str | int | float) for v in variables
+    ):
+        return "variables must be a list of strings", "", None, []
+    variables = [str(v) for v in variables]
+    if ("to" in item) == ("contact_id" in item):
+        return "give exactly one of 'to' or 'contact_id'", "", None, []
+    if "contact_id" in item:
+        contact = by_contact.get(str(item["contact_id"]))
+        if contact is None:
+            return "contact_not_found", "", None, []
+        return None, contact.phone, contact.external_id or contact.id, variables
+    phone = normalize_e164(str(item["to"]))
+    if phone is None:
+        return f"invalid phone number {str(item['to'])[:3]}…", "", None, []
+    return None, phone, None, variables
+
+
+# ---------------------------------------------------------------- release
+
+
+def release_due_campaigns(now: datetime | None = None) -> int:
+    """Release each running campaign's next batch within its rate; returns how many."""
+    from models import session_scope
+
+    now = now or utcnow()
+    released = 0
+    with session_scope() as session:
+        campaigns = list(
+            session.scalars(
+                select(Campaign)
+                .where(
+                    Campaign.status == "running",
+                    (Campaign.send_at.is_(None)) | (Campaign.send_at <= now),
+                )
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for campaign in campaigns:
+            released += _release(session, campaign, now)
+    return released
+
+
+def _release(session: Session, campaign: Campaign, now: datetime) -> int:
+    rate = Decimal(campaign.rate)
+    if campaign.last_release_at is None:
+        allowance = rate  # one second's worth to start
+    else:
+        elapsed = Decimal(str(max(0.0, (now - campaign.last_release_at).total_seconds())))
+        allowance = min(rate * 2, Decimal(campaign.allowance) + rate * elapsed)
+    count = int(allowance)
+    campaign.last_release_at = now
+    if count <= 0:
+        campaign.allowance = allowance
+        return 0
+    ids = list(
+        session.scalars(
+            select(Message.id)
+            .where(Message.campaign_id == campaign.id, Message.status == "scheduled")
+            .where(*quiet_hours.release_filter(campaign, now))  # parked until their morning
+            .order_by(Message.id)
+            .limit(count)
+        )
+    )
+    if not ids:
+        campaign.allowance = Decimal(0)
+        unfinished = session.scalar(
+            select(func.count()).where(
+                Message.campaign_id == campaign.id,
+                Message.status.in_(("scheduled", "queued", "sending")),  # parked rows too
+            )
+        )
+        if not unfinished:
+            campaign.status = "completed"
+        return 0
+    session.execute(
+        update(Message)
+        .where(Message.id.in_(ids), Message.status == "scheduled")
+        .values(status="queued", updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    campaign.allowance = allowance - len(ids)
+    for start in range(0, len(ids), BATCH_SIZE):
+        enqueue_after_commit(
+            session, [*ids[start : start + BATCH_SIZE]], BULK_QUEUE, task=BATCH_TASK
+        )
+    return len(ids)
+
+
+# ---------------------------------------------------------------- control and progress
+
+
+def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign:
+    campaign = session.scalars(
+        select(Campaign).where(Campaign.id == campaign_id, Campaign.tenant_id == tenant_id)
+    ).first()
+    if campaign is None:
+        raise NotFound(f"No campaign {campaign_id!r}.")
+    return campaign
+
+
+def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:
+    """pause | resume | cancel; effective at the next beat tick (one second)."""
+    campaign = get_campaign(session, tenant_id, campaign_id)
+    allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused")}
+    if campaign.status not in allowed[action]:
+        raise Conflict(f"A {campaign.status} campaign cannot {action}.", code="invalid_state")
+    if action == "pause":
+        campaign.status = "paused"
+    elif action == "resume":
+        campaign.status, campaign.last_release_at, campaign.allowance = "running", None, Decimal(0)
+    else:
+        campaign.status = "canceled"
+        _cancel_unsent(session, campaign)
+    session.flush()
+    return campaign
+
+
+def _cancel_unsent(session: Session, campaign: Campaign) -> None:
+    """Cancel every message not yet being sent (a claimed one is already out), with
+    the history event and the tenant's status event each would get one by one."""
+    now = utcnow()
+    canceled = list(
+        session.scalars(
+            update(Message)
+            .where(Message.campaign_id == campaign.id, Message.status.in_(("scheduled", "queued")))
+            .values(status="canceled", updated_at=now)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for start in range(0, len(canceled), CHUNK):
+        chunk = canceled[start : start + CHUNK]
+        session.execute(
+            insert(MessageEvent),
+            [
+                {"message_id": i, "status": "canceled", "source": "api", "applied": True, "at": now}
+                for i in chunk
+            ],
+        )
+        for message_id in chunk:
+            record_status_event(session, message_id)
+
+
+def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
+    by_status = dict(
+        session.execute(
+            select(Message.status, func.count())
+            .where(Message.campaign_id == campaign.id)
+            .group_by(Message.status)
+        ).all()
+    )
+    counts = {s: by_status.get(s, 0) for s in ("scheduled", "queued", "sending", *FINAL)}
+    counts["skipped"] = campaign.skipped
+    done = sum(by_status.get(s, 0) for s in FINAL)
+    return {
+        "id": campaign.id,
+        "name": campaign.name,
+        "status": campaign.status,
+        "channel": campaign.channel,
+        "provider": campaign.provider,
+        "rate": float(campaign.rate),
+        "send_at": iso(campaign.send_at),
+        "total": campaign.total,
+        "counts": counts,
+        "progress": round(done / campaign.total, 4) if campaign.total else 1.0,
+        "invalid": campaign.invalid,
+        "invalid_rows": (campaign.invalid_rows or [])[:100],
+        "duplicates": campaign.duplicates,
+        "quiet_hours": quiet_hours.view(session, campaign),
+        "created_at": iso(campaign.created_at),
+    }

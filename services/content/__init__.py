@@ -1,0 +1,2 @@
+"""What is sent: request validation, numbers, templates, media, WhatsApp conversation
+features (replies, reactions, typing)."""

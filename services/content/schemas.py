@@ -1,0 +1,310 @@
+"""The message request schema, shared by `POST /v1/messages` and the
+`herald.send_message` Celery task so both validate identically."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from core.errors import InvalidRequest
+from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
+from services.content import conversations
+from services.content.inputs import value_problem
+from services.content.phones import PHONE_FIELD, parse_e164
+
+CHANNELS = ("whatsapp", "sms")
+PROVIDERS = ("twilio", "meta")
+BODY_LIMITS = {"whatsapp": 4096, "sms": 1600}  # before the provider is known: the most either takes
+MAX_MEDIA = 10
+# What each provider takes, from its documentation (see check_for_provider).
+TWILIO_BODY_LIMIT = 1600  # Twilio's Body, SMS and WhatsApp alike (error 21617)
+META_TEXT_LIMIT = 4096  # Meta text.body
+META_CAPTION_LIMIT = 1024  # Meta image/video/document caption
+WHATSAPP_TEMPLATE_LIMIT = 1024  # a WhatsApp template's text with its variables filled in
+
+_url = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+
+class MediaUrls(fields.Field):
+    """`media_url` as one URL or a list of up to 10 (Twilio MMS takes several)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        urls = [value] if isinstance(value, str) else value
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise ValidationError("Must be a URL or a non-empty list of URLs.")
+        if len(urls) > MAX_MEDIA:
+            raise ValidationError(f"At most {MAX_MEDIA} media URLs.")
+        for url in urls:
+            _url(url)
+        return urls
+
+
+class TemplateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(validate=validate.Length(min=1, max=512))
+    language = fields.String(load_default="en_US", validate=validate.Length(min=2, max=16))
+    variables = fields.List(fields.String(validate=validate.Length(max=1024)), load_default=list)
+    components = fields.List(fields.Dict())
+    content_sid = fields.String(validate=validate.Regexp(r"^HX[0-9a-fA-F]{32}$"))
+    content_variables = fields.Dict(keys=fields.String(), values=fields.String())
+
+    @validates_schema
+    def _name_or_sid(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("name") and not data.get("content_sid"):
+            raise ValidationError(
+                "A template needs a name (Meta) or a content_sid (Twilio).", "name"
+            )
+
+
+class MessageRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    to = fields.String(validate=validate.Length(max=64), metadata=PHONE_FIELD)
+    contact_id = fields.String(validate=validate.Length(min=1, max=128))
+    channel = fields.String(load_default="whatsapp", validate=validate.OneOf(CHANNELS))
+    provider = fields.String(validate=validate.OneOf(PROVIDERS))
+    body = fields.String(validate=validate.Length(min=1))
+    media_url = MediaUrls()
+    media_type = fields.String(validate=validate.OneOf(("image", "document", "audio", "video")))
+    media_id = fields.String(validate=validate.Length(min=1, max=64))  # POST /v1/media's med_ id
+    preview_url = fields.Boolean()
+    template = fields.Nested(TemplateSchema)
+    interactive = fields.Dict()
+    send_at = fields.AwareDateTime()
+    # Seconds the message may wait once due; past it, `failed` / `expired`
+    # (services/messages/expiry.py).
+    ttl = fields.Integer(strict=True, validate=validate.Range(min=1, max=14 * 24 * 3600))
+    callback_url = fields.String(validate=[validate.Length(max=2048), _url])
+    metadata = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    # senders: a sender id, number, Messaging Service SID or phone number id
+    # (services/tenancy/senders.py)
+    from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
+    # Conversations (Meta): reply_to, reaction, location, contacts, sticker, filename,
+    # mark_read (services/content/conversations.py).
+    reply_to = fields.String(validate=validate.Length(min=1, max=256))
+    reaction = fields.Nested(conversations.ReactionSchema)
+    location = fields.Nested(conversations.LocationSchema)
+    contacts = conversations.ContactCards()
+    sticker = fields.Nested(conversations.StickerSchema)
+    filename = fields.String(validate=validate.Length(min=1, max=240))
+    mark_read = fields.Boolean()
+
+    @validates_schema
+    def _rules(self, data: dict[str, Any], **_: Any) -> None:
+        errors: dict[str, list[str]] = conversations.request_problems(data)
+        if "from_" in data:  # senders
+            from services.tenancy.senders import from_problem
+
+            if from_problem(data["from_"]):
+                errors.setdefault("from", []).append(str(from_problem(data["from_"])))
+        if ("to" in data) == ("contact_id" in data):
+            errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
+        if "to" in data:
+            try:
+                data["to"] = parse_e164(data["to"])  # normalized here: parsed once
+            except ValueError as exc:
+                errors.setdefault("to", []).append(str(exc))
+        content = ("body", "media_url", "media_id", "template", "interactive")
+        if not any(k in data for k in (*content, *conversations.CONTENT_KINDS)):
+            errors.setdefault("body", []).append(
+                "Give one of 'body', 'media_url', 'media_id', 'template' or 'interactive'."
+            )
+        for other in ("media_url", "media_type", "interactive"):
+            if "media_id" in data and other in data:  # the upload says what the media is
+                errors.setdefault("media_id", []).append(f"Give 'media_id' or '{other}', not both.")
+        channel = data.get("channel", "whatsapp")
+        limit = BODY_LIMITS[channel]
+        if len(data.get("body") or "") > limit:
+            errors.setdefault("body", []).append(f"At most {limit} characters on {channel}.")
+        if data.get("provider") == "meta" and channel != "whatsapp":
+            errors.setdefault("provider", []).append("Meta serves the whatsapp channel only.")
+        if "interactive" in data and channel != "whatsapp":
+            errors.setdefault("interactive", []).append("Interactive messages are WhatsApp only.")
+        if len(str(data.get("metadata", {}))) > 4096:
+            errors.setdefault("metadata", []).append("At most 4 KB of metadata.")
+        if errors:
+            raise ValidationError(errors)
+
+
+_schema = MessageRequestSchema()
+
+
+def twilio_length(text: str) -> int:
+    """A body's length as Twilio counts it against 1,600: in UTF-16 units, so an emoji
+    counts twice (Twilio: "emojis ... will be counted as multiple characters")."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def variables_problem(channel: str, template: dict[str, Any] | None) -> str | None:
+    """Why a WhatsApp template's variables cannot fit, or None. The template's own text
+    lives at the provider, so only a sure overflow is caught here: variables longer
+    together than the whole filled-in text may be (Meta 132005, Twilio 63021)."""
+    if channel != "whatsapp" or not template:
+        return None
+    # What is sent: Twilio takes content_variables over the variables list.
+    values = list((template.get("content_variables") or {}).values()) or list(
+        template.get("variables") or []
+    )
+    total = sum(len(str(v)) for v in values)
+    if total > WHATSAPP_TEMPLATE_LIMIT:
+        return (
+            f"Template variables total {total} characters; a WhatsApp template with its "
+            f"variables is at most {WHATSAPP_TEMPLATE_LIMIT}."
+        )
+    return None
+
+
+def provider_problems(data: dict[str, Any], provider: str) -> dict[str, list[str]]:
+    """Per field, what the chosen provider would refuse (or silently drop) in this
+    content; empty when it suits. See check_for_provider."""
+    errors: dict[str, list[str]] = {}
+    channel = data.get("channel", "whatsapp")
+    body = data.get("body") or ""
+    media = data.get("media_url") or []
+    template = data.get("template")
+    if provider == "meta" and channel != "whatsapp":
+        errors["provider"] = ["Meta serves the whatsapp channel only."]
+    if provider == "meta" and len(media) > 1:
+        errors["media_url"] = ["At most 1 media URL with provider meta."]
+    if template and provider == "twilio" and not template.get("content_sid"):
+        errors["template"] = ["Twilio templates are sent by ContentSid: give template.content_sid."]
+    if template and provider == "meta" and not template.get("name"):
+        errors["template"] = ["Meta templates are sent by name: give template.name."]
+    problem = variables_problem(channel, template)
+    if problem:
+        errors.setdefault("template", []).append(problem)
+    if provider == "twilio" and data.get("media_id"):
+        errors["media_id"] = [
+            "Twilio sends media only from a URL: give media_url (media_id is Meta's upload)."
+        ]
+    if provider == "twilio":
+        if "interactive" in data:
+            errors["interactive"] = [
+                "Twilio sends buttons and lists only as Content templates: "
+                "give template.content_sid instead."
+            ]
+        if template and media:
+            errors.setdefault("media_url", []).append(
+                "Twilio refuses MediaUrl with a ContentSid: put the media in the Content template."
+            )
+        if not template and twilio_length(body) > TWILIO_BODY_LIMIT:
+            errors.setdefault("body", []).append(
+                f"At most {TWILIO_BODY_LIMIT} characters with provider twilio "
+                f"(an emoji counts as 2; this body counts {twilio_length(body)})."
+            )
+    if provider == "meta" and not template and "interactive" not in data:
+        if media:
+            kind = media_type_for(media[0], data.get("media_type"))
+            suffix = media_suffix(media[0])
+            if suffix in UNSENDABLE_SUFFIXES:
+                errors.setdefault("media_url", []).append(
+                    f"Meta cannot send a {suffix} file: images are JPEG or PNG "
+                    "(send an animation as MP4 video)."
+                )
+            elif kind == "image" and suffix == ".webp":
+                errors.setdefault("media_type", []).append(
+                    "Meta images are JPEG or PNG: a .webp goes as a sticker (leave media_type out)."
+                )
+            elif body and kind == "sticker":
+                errors.setdefault("body", []).append("Meta sends a sticker without a caption.")
+            elif body and kind != "audio" and len(body) > META_CAPTION_LIMIT:
+                errors.setdefault("body", []).append(
+                    f"At most {META_CAPTION_LIMIT} characters as a Meta {kind} caption."
+                )
+        elif len(body) > META_TEXT_LIMIT:
+            errors.setdefault("body", []).append(
+                f"At most {META_TEXT_LIMIT} characters in a Meta text message."
+            )
+    kind = media_type_for(media[0], data.get("media_type")) if media else None
+    for field, texts in conversations.provider_problems(data, provider, kind).items():
+        errors.setdefault(field, []).extend(texts)
+    return errors
+
+
+def check_for_provider(data: dict[str, Any], provider: str) -> None:
+    """What the chosen provider takes of validated content, the same for one message
+    and for a campaign (both know the provider only once the tenant's default is
+    applied), so nothing the provider would refuse or drop is answered 202.
+
+    Meta: WhatsApp only, one media, templates by name, text up to 4,096 characters, a
+    caption up to 1,024, images JPEG/PNG (a .webp goes as a sticker, a .gif is refused).
+    Twilio: templates by content_sid, no MediaUrl beside a ContentSid, no interactive
+    (Content templates only), Body up to 1,600 (SMS and WhatsApp). WhatsApp templates:
+    variables together within the 1,024 characters of the filled-in text."""
+    errors = provider_problems(data, provider)
+    if errors:
+        raise InvalidRequest(
+            f"The request does not suit provider {provider}.", code="invalid_fields", fields=errors
+        )
+
+
+def load_message_request(
+    payload: Any, *, walked: bool = False, schema: Schema | None = None
+) -> dict[str, Any]:
+    """Validate a request body; raise InvalidRequest with per-field messages.
+    `walked`: the API's JSON parser (api/inputs.py) already refused what cannot be
+    stored, so the value is not walked twice."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    if not walked:
+        problem = value_problem(payload)  # the task's kwargs never went through api/inputs.py
+        if problem:
+            raise InvalidRequest(f"The request cannot be stored: {problem}.", code="malformed_json")
+    return load_object(schema or _schema, payload)
+
+
+MAX_BATCH = 1000
+
+
+class MessageBatchItemSchema(MessageRequestSchema):
+    """One message of `POST /v1/messages/batch`: the fields of `POST /v1/messages`, and
+    its own idempotency key (the header's role for a single message)."""
+
+    idempotency_key = fields.String(validate=validate.Length(min=1, max=255))
+
+
+class MessageBatchRequestSchema(Schema):
+    """`POST /v1/messages/batch`: up to 1,000 messages, each answered on its own."""
+
+    class Meta:
+        unknown = RAISE
+
+    messages = fields.List(
+        fields.Nested(MessageBatchItemSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_BATCH),
+    )
+
+
+_batch_item_schema = MessageBatchItemSchema()
+
+
+def load_batch_item(item: Any) -> dict[str, Any]:
+    """One batch entry, validated like a single message (its key included)."""
+    return load_message_request(item, walked=True, schema=_batch_item_schema)
+
+
+def load_object(schema: Schema, payload: Any, *, partial: bool = False) -> dict[str, Any]:
+    """`payload` loaded by `schema`, or the API's 400: not an object, or `invalid_fields`
+    with a message per field."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return schema.load(payload, partial=partial)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The request has invalid fields.",
+            code="invalid_fields",
+            fields=exc.normalized_messages(),
+        ) from None

@@ -1,0 +1,765 @@
+"""How messages get in: one code path for `POST /v1/messages`, `POST /v1/messages/batch`,
+the seeds' routes and the `herald.send_message` task.
+
+A message goes in two steps. `prepare` does what needs no database (the tenant, the
+idempotency key, the provider and its cached account) in the caller's thread. `store`
+then takes any number of prepared items, of any tenants, and does the rest with a
+fixed number of statements whatever their count: the contact lookups (opt-out, 24 h
+window) in one SELECT per tenant, the messages and their `queued` events in one
+statement (`INSERT … ON CONFLICT (tenant, origin, key) DO NOTHING RETURNING id`, the
+events made from what it returned), the replays and conflicts in one SELECT, the quota
+in one Redis call per tenant. Every item gets its own outcome (created, replay, or an
+error), so one refused item never sinks another.
+
+`GroupCommit` lets concurrent API requests of one process share that work and its
+COMMIT: the first request to arrive leads, takes every request waiting, stores them
+together on the committer's own connection, commits, and wakes each with its own
+result; meanwhile the next group gathers. Nothing is answered before the COMMIT that
+made it durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, selectinload
+
+from core.config import get_settings
+from core.errors import (
+    Conflict,
+    Forbidden,
+    HeraldError,
+    InvalidRequest,
+    NotFound,
+    PolicyRefused,
+    RateLimited,
+    database_unavailable,
+)
+from models import Message, MessageEvent, Tenant, get_engine, new_id, utcnow
+from models.fast import Statement, json_rows, naive_utc
+from services.content.conversations import accept_options
+from services.content.inputs import text_problem
+from services.content.phones import mask
+from services.content.schemas import provider_problems
+from services.content.templates import refuse_unusable_template
+from services.messages.dispatch import enqueue_after_commit
+from services.messages.expiry import expires_at_for
+from services.messages.grouping import GroupRunner, Ticket
+from services.messages.serialize import message_to_dict, new_message_to_dict
+from services.policy import limits
+from services.policy.consent import policy_contacts, policy_refusal
+from services.policy.contacts import get_contact
+from services.tenancy.senders import pick_sender, sender_provider
+from services.tenancy.tenants import cached_account
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE = "herald.send"
+BULK_QUEUE = "herald.bulk"
+MAX_KEY_LENGTH = 255
+
+
+# The messages of a group as one statement of fixed text, whatever their number (a
+# multi-row VALUES list is a new text for each count, which the driver re-parses each
+# time: 20 % of a 500-message batch's CPU). The rows go as one JSON document, read by
+# json_to_recordset: one parameter to adapt, not an array per column (adapting 21
+# arrays was most of the driver's CPU for a single message). Two requests racing with
+# one key: the second's row is skipped, not an error, and the SELECT that follows
+# finds the first (committed, or ours in this transaction).
+_VARYING = (  # (column, SQL type as read from the JSON document)
+    ("id", "varchar"),
+    ("tenant_id", "varchar"),
+    ("channel", "varchar"),
+    ("provider", "varchar"),
+    ("provider_account_id", "varchar"),
+    ("to_number", "varchar"),
+    ("contact_id", "varchar"),
+    ("body", "text"),
+    ("media_urls", "json"),
+    ("template", "json"),
+    ("options", "json"),
+    ("status", "varchar"),
+    ("campaign_id", "varchar"),
+    ("metadata", "json"),
+    ("callback_url", "text"),
+    ("idempotency_key", "varchar"),
+    ("origin", "varchar"),
+    ("request_hash", "varchar"),
+    ("send_at", "timestamp"),
+    ("from_number", "varchar"),
+    ("expires_at", "timestamp"),
+)
+_NAMES = tuple(name for name, _ in _VARYING)
+# The messages and their `queued`/`scheduled` events in one statement (one round
+# trip): the events are made from the rows the INSERT returns, so a row skipped on a
+# key gets none. PostgreSQL checks the events' foreign key at the end of the
+# statement, when the messages are in.
+_INSERT_MESSAGES = Statement(
+    "WITH m AS (INSERT INTO messages ("
+    + ", ".join(f'"{name}"' for name in _NAMES)
+    + ", direction, attempts, created_at, updated_at) SELECT "
+    + ", ".join(f't."{name}"' for name in _NAMES)
+    + ", 'outbound', 0, CAST(:now AS timestamp), CAST(:now AS timestamp)"
+    + " FROM json_to_recordset(CAST(:rows AS json)) AS t("
+    + ", ".join(f'"{name}" {kind}' for name, kind in _VARYING)
+    + ") ON CONFLICT ON CONSTRAINT uq_messages_idempotency DO NOTHING RETURNING id, status),"
+    + " e AS (INSERT INTO message_events (message_id, status, source, applied, at)"
+    + " SELECT id, status, 'api', true, CAST(:now AS timestamp) FROM m)"
+    + " SELECT id FROM m"
+)
+_DELETE_REFUSED = (
+    Statement("DELETE FROM message_events WHERE message_id = ANY(CAST(:ids AS varchar[]))"),
+    Statement("DELETE FROM messages WHERE id = ANY(CAST(:ids AS varchar[]))"),
+)
+
+
+def _insert_messages(session: Session, rows: list[dict[str, Any]], now: datetime) -> set[str]:
+    """Insert `rows` (messages' values), each with its first event, in one statement;
+    the ids that went in. Run on the session's psycopg connection (models/fast.py):
+    SQLAlchemy's per-statement work cost more CPU than PostgreSQL spent on the insert.
+    Pending ORM changes go first, as SQLAlchemy's autoflush would send them."""
+    session.flush()
+    records = [{name: row[name] for name in _NAMES} for row in rows]
+    params = {"now": naive_utc(now), "rows": json_rows(records)}
+    return set(_INSERT_MESSAGES.scalars(session, params))
+
+
+def request_hash(payload: Any) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_key(key: str) -> None:
+    """An idempotency key Herald can store, else a 400."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest(f"Idempotency-Key is at most {MAX_KEY_LENGTH} characters.")
+    problem = text_problem(key)
+    if problem:
+        raise InvalidRequest(f"Idempotency-Key {problem}.")
+
+
+@dataclass(eq=False)
+class Item:
+    """One message on its way in, and then its outcome."""
+
+    tenant: Tenant
+    data: dict[str, Any]
+    key: str | None
+    digest: str | None
+    origin: str = "api"
+    campaign_id: str | None = None
+    provider: str | None = None
+    account_id: str | None = None
+    refusal: HeraldError | None = None  # known before the database was asked
+    sender: Any = None  # the sender chosen (services/tenancy/senders.py); None: the account's own
+    options: dict[str, Any] = field(default_factory=dict)  # resolved in `prepare` (media)
+    log_each: bool = True  # a line per message; a batch logs one line for all
+    # The outcome, set by `store`:
+    created: bool = False
+    values: dict[str, Any] | None = None  # the inserted row (created)
+    event: dict[str, Any] | None = None
+    found: Message | None = None  # the first message (replay)
+    error: HeraldError | None = None
+    follows: Item | None = field(default=None, repr=False)
+    _answer: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> int:
+        if self.error is not None:
+            return self.error.status
+        return 202 if self.created else 200
+
+    def answer(self) -> dict[str, Any]:
+        """The message as the API shows it (created: from the inserted values)."""
+        if self._answer is None:
+            if self.created:
+                assert self.values is not None and self.event is not None
+                self._answer = new_message_to_dict(self.values, self.event)
+            else:
+                assert self.found is not None
+                self._answer = message_to_dict(self.found)
+        return self._answer
+
+    def message(self) -> Message:
+        """The outcome as a Message (the seeds' routes and the task want one)."""
+        if self.error is not None:
+            raise self.error
+        if self.found is not None:
+            return self.found
+        assert self.values is not None and self.event is not None
+        values = dict(self.values)
+        values["meta"] = values.pop("metadata")
+        message = Message(**values)
+        message.events = [MessageEvent(**self.event)]
+        return message
+
+
+def choose_provider(tenant: Tenant, channel: str, requested: str | None) -> str:
+    if requested:
+        return requested
+    default = (
+        tenant.default_whatsapp_provider if channel == "whatsapp" else tenant.default_sms_provider
+    )
+    if not default:
+        raise PolicyRefused(
+            f"No provider is configured for {channel} on this tenant.",
+            code="provider_not_configured",
+        )
+    return default
+
+
+def prepare(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    digest: str | None = None,
+    campaign_id: str | None = None,
+    origin: str = "api",
+) -> Item:
+    """What can be decided before the database: a disabled tenant or a bad key raise
+    (as before any replay); a provider refusal is kept on the item, since a replay of
+    the key's first message still wins over it. Reads the session only on a cache miss."""
+    if tenant.disabled_at is not None:  # the task and the seeds' routes carry no key to refuse
+        raise Forbidden("This tenant is disabled.", code="tenant_disabled")
+    if idempotency_key:
+        check_key(idempotency_key)
+        if digest is None:
+            digest = request_hash(raw if raw is not None else data)
+    else:
+        idempotency_key, digest = None, None
+    item = Item(tenant, data, idempotency_key, digest, origin, campaign_id)
+    try:
+        channel = data.get("channel", "whatsapp")
+        # `from` (or the tenant's default sender) picks the sender, and so the provider.
+        sender = pick_sender(session, tenant, channel, data)
+        item.provider = provider = sender_provider(
+            session, tenant, channel, data, sender
+        ) or choose_provider(tenant, channel, data.get("provider"))
+        errors = provider_problems(data, provider)
+        if errors:
+            raise InvalidRequest(
+                f"The request does not suit provider {provider}.",
+                code="invalid_fields",
+                fields=errors,
+            )
+        account = cached_account(session, tenant.id, provider)
+        if account is None:
+            raise PolicyRefused(
+                f"This tenant has no {provider} account.", code="provider_not_configured"
+            )
+        item.account_id = sender.account_id if sender is not None else account.id
+        if data.get("template"):  # unknown, unapproved, other language, wrong variables
+            refuse_unusable_template(session, tenant.id, account.id, provider, data)
+        if data.get("media_id"):  # uploaded media: resolved now, refused now
+            from services.content.media import resolve_media_id
+
+            item.options.update(
+                resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+            )
+        if sender is not None:  # kept on the row, so every retry uses the same sender
+            item.sender = sender
+            item.options["sender"] = sender.snapshot()
+    except HeraldError as exc:
+        if not idempotency_key:
+            raise
+        item.refusal = exc
+    return item
+
+
+def store(session: Session, items: list[Item]) -> None:
+    """Check, insert and enqueue `items` in `session`'s transaction (the caller commits;
+    the enqueue happens after that commit). Each item gets its outcome; an exception
+    here is a database fault that concerns the whole transaction."""
+    for item in items:
+        item.created, item.values, item.event, item.found = False, None, None, None
+        item.error, item.follows, item._answer = item.refusal, None, None
+
+    # One key twice in one transaction: the later items follow the first.
+    first: dict[tuple[str, str, str], Item] = {}
+    for item in items:
+        if item.key:
+            first_item = first.setdefault((item.tenant.id, item.origin, item.key), item)
+            if first_item is not item:
+                item.follows = first_item
+    live = [i for i in items if i.error is None and i.follows is None]
+
+    recipients: dict[Item, str] = {}
+    for item in live:
+        if "contact_id" in item.data:
+            try:
+                contact = get_contact(session, item.tenant.id, item.data["contact_id"])
+            except NotFound:
+                item.error = PolicyRefused(
+                    f"No contact with id {item.data['contact_id']!r}.", code="contact_not_found"
+                )
+                continue
+            recipients[item] = contact.phone
+            item.data = {**item.data, "_contact": contact.external_id or contact.id}
+        else:
+            recipients[item] = item.data["to"]
+    live = [i for i in live if i.error is None]
+
+    now = utcnow()
+    contacts = policy_contacts(session, [(i.tenant.id, recipients[i]) for i in live])
+    rows = []
+    for item in live:
+        data = item.data
+        refusal = policy_refusal(
+            contacts[(item.tenant.id, recipients[item])],
+            channel=data.get("channel", "whatsapp"),
+            free_form=not data.get("template"),
+            now=now,
+        )
+        if refusal is not None:
+            item.error = refusal
+            continue
+        try:  # replies and reactions: their target resolved now (services/content/conversations.py)
+            conversation = accept_options(
+                session, item.tenant.id, data, to=recipients[item], account_id=item.account_id
+            )
+        except HeraldError as exc:
+            item.error = exc
+            continue
+        item.values = _row(item, recipients[item], now, conversation)
+        rows.append(item.values)
+
+    inserted: set[str] = set()
+    if rows:
+        inserted = _insert_messages(session, rows, now)
+    for item in live:
+        if item.values is not None:
+            item.created = item.values["id"] in inserted
+
+    _take_quotas(session, [i for i in live if i.created and i.campaign_id is None])
+
+    # Replays and conflicts: a key whose row was not inserted (here), or an item
+    # refused before the insert whose key may name an earlier message.
+    lookups = [i for i in items if i.key and i.follows is None and not i.created and _may_replay(i)]
+    _replay(session, lookups)
+
+    created = [i for i in items if i.created]
+    if created:
+        queues: dict[str, list[str]] = {}
+        logged = []
+        for item in created:
+            values = item.values
+            assert values is not None
+            item.event = {  # inserted with its message
+                "message_id": values["id"],
+                "status": values["status"],
+                "source": "api",
+                "applied": True,
+                "at": now,
+            }
+            if values["status"] == "queued":
+                queue = BULK_QUEUE if item.campaign_id else SEND_QUEUE
+                queues.setdefault(queue, []).append(values["id"])
+            if item.log_each:
+                logged.append(
+                    f"id={values['id']} tenant={item.tenant.id} channel={values['channel']} "
+                    f"provider={values['provider']} to={mask(values['to_number'])} "
+                    f"status={values['status']}"
+                )
+        for queue, ids in queues.items():
+            enqueue_after_commit(session, ids, queue)
+        if logged:  # one line for the messages stored together (a line each cost CPU)
+            log.info("message accepted %s", "; ".join(logged))
+
+    for item in items:
+        if item.follows is not None:
+            _follow(item, item.follows)
+
+
+def _may_replay(item: Item) -> bool:
+    # Not for a quota refusal: its row was inserted and taken back.
+    return not isinstance(item.error, RateLimited)
+
+
+def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> dict[str, Any]:
+    data = item.data
+    send_at = data.get("send_at")
+    status = "scheduled" if send_at is not None and send_at > now else "queued"
+    options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    options.update(item.options)
+    options.update(conversation)
+    return {
+        "id": new_id("msg"),
+        "tenant_id": item.tenant.id,
+        "direction": "outbound",
+        "channel": data.get("channel", "whatsapp"),
+        "provider": item.provider,
+        "provider_account_id": item.account_id,
+        "to_number": to,
+        "contact_id": data.get("_contact"),
+        "body": data.get("body"),
+        "media_urls": data.get("media_url"),
+        "template": data.get("template"),
+        "options": options or None,
+        "status": status,
+        "campaign_id": item.campaign_id,
+        "metadata": data.get("metadata") or {},
+        "callback_url": data.get("callback_url"),
+        "idempotency_key": item.key,
+        "origin": item.origin,
+        "request_hash": item.digest,
+        "send_at": send_at,
+        "from_number": item.sender.number if item.sender is not None else None,
+        "expires_at": expires_at_for(data, now),
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _replay(session: Session, items: list[Item]) -> None:
+    """The first message of each item's key: a replay when the request is the same,
+    a Conflict when it is not; no message (yet) keeps the item's own refusal."""
+    groups: dict[tuple[str, str], list[Item]] = {}
+    for item in items:
+        groups.setdefault((item.tenant.id, item.origin), []).append(item)
+    for (tenant_id, origin), group in groups.items():
+        keys = {"keys": sorted({i.key for i in group})}  # type: ignore[type-var]
+        found = {
+            m.idempotency_key: m
+            for m in session.scalars(
+                select(Message)
+                .options(selectinload(Message.events))
+                .where(
+                    Message.tenant_id == tenant_id,
+                    Message.origin == origin,
+                    Message.idempotency_key == any_(_KEYS),
+                ),
+                keys,
+            )
+        }
+        for item in group:
+            message = found.get(item.key)
+            if message is None:
+                if item.error is None:  # skipped by a row that is gone again: rare
+                    item.error = Conflict(
+                        "A request with this Idempotency-Key is in progress; retry.",
+                        code="idempotency_conflict",
+                    )
+                continue
+            item.values = None
+            if message.request_hash != item.digest:
+                item.error = _key_conflict()
+            else:
+                item.error, item.found = None, message
+
+
+_KEYS = bindparam("keys", type_=ARRAY(String))
+
+
+def _key_conflict() -> Conflict:
+    return Conflict(
+        "This Idempotency-Key was used with a different request.", code="idempotency_conflict"
+    )
+
+
+def _follow(item: Item, leader: Item) -> None:
+    """A second item with the first one's key, in the same transaction."""
+    if item.digest != leader.digest:
+        item.error = _key_conflict()
+    elif leader.error is not None:
+        item.error = leader.error
+    else:  # the same message, answered as a replay
+        item.error, item.found, item.values, item.event = None, leader.found, None, None
+        item._answer = leader.answer()
+
+
+def _take_quotas(session: Session, items: list[Item]) -> None:
+    """Quota for rows that are in (a skipped insert took none); the rows over it are
+    deleted again in this transaction and answered 429."""
+    settings = get_settings()
+    per_tenant: dict[str, list[Item]] = {}
+    for item in items:
+        per_tenant.setdefault(item.tenant.id, []).append(item)
+    refused: list[str] = []
+    for group in per_tenant.values():
+        tenant = group[0].tenant
+        hourly, daily = tenant.hourly_limit, tenant.daily_limit
+        hourly = settings.default_hourly_limit if hourly is None else hourly
+        daily = settings.default_daily_limit if daily is None else daily
+        granted, wait = limits.take_quota(tenant.id, hourly, daily, len(group))
+        for item in group[granted:]:
+            item.created = False
+            refused.append(item.values["id"])  # type: ignore[index]
+            item.values = None
+            item.error = RateLimited(
+                f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
+                headers={"Retry-After": str(wait)},
+            )
+    if refused:  # their events went in with them
+        for statement in _DELETE_REFUSED:
+            statement.execute(session, {"ids": refused})
+
+
+def accept(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    campaign_id: str | None = None,
+    origin: str = "api",
+) -> Item:
+    """One message in the caller's transaction (the caller commits): the seeds' routes
+    and the task. Raises the item's error."""
+    item = prepare(
+        session,
+        tenant,
+        data,
+        idempotency_key=idempotency_key,
+        raw=raw,
+        campaign_id=campaign_id,
+        origin=origin,
+    )
+    store(session, [item])
+    if item.error is not None:
+        raise item.error
+    return item
+
+
+# ------------------------------------------------------------------ group commit
+
+
+class GroupCommit(GroupRunner):
+    """Concurrent requests of one process store their items together, under one COMMIT
+    (services/messages/grouping.py): the leader stores every waiting request's items with its
+    own (at most `max_items`) and commits. A group that fails for a reason other than
+    the database being down is retried one request at a time, so a request's fault
+    stays its own.
+
+    The committer keeps one connection of the engine's pool for itself, and one Session
+    bound to it: one leader at a time uses them (the lead is handed over under the
+    lock). Checking a connection out of the pool for each group cost a ping (a round
+    trip), the pool's checkout and reset, and a Session's set-up: more CPU than the
+    group's own statements. A connection the server dropped (PostgreSQL restarted) is
+    replaced, and the group run again on the new one, when it failed before its COMMIT
+    was sent: nothing of it was committed then. Failing at COMMIT, or on a new
+    connection, the group's requests get the error (a 503)."""
+
+    def __init__(self, max_items: int = 2000) -> None:
+        super().__init__()
+        self.max_items = max_items
+        self._connection: Connection | None = None  # the leader's alone
+        self._engine: Engine | None = None  # the engine it came from
+        self._session: Session | None = None  # bound to _connection
+
+    def submit(self, items: list[Item]) -> None:  # type: ignore[override]
+        """Store `items` (their outcomes set) once committed; raises what the database raised."""
+        super().submit(items)
+
+    def _take(self, queue: list[Ticket]) -> int:
+        taken, count = 0, 0
+        for ticket in queue:
+            if taken and count + len(ticket.payload) > self.max_items:
+                break
+            taken, count = taken + 1, count + len(ticket.payload)
+        return taken
+
+    def _run(self, group: list[Ticket]) -> None:
+        try:
+            self._store([item for ticket in group for item in ticket.payload])
+        except BaseException as exc:
+            if len(group) > 1 and isinstance(exc, Exception) and not database_unavailable(exc):
+                for ticket in group:
+                    self._run([ticket])
+                return
+            for ticket in group:
+                ticket.exc = exc
+
+    def _store(self, items: list[Item]) -> None:
+        """`store` and COMMIT on the committer's connection; a connection found dead
+        before the COMMIT is replaced once, and the items stored on the new one."""
+        retried = False
+        while True:
+            if self._engine is not get_engine():  # reset (another database): follow it
+                self._close()
+            session = self._session or self._open()
+            session.info.clear()  # nothing of an earlier group's
+            if self._connection is not None and self._connection.in_transaction():
+                self._connection.rollback()  # never: the Session would join it, not commit
+            committing = False
+            try:
+                store(session, items)
+                committing = True
+                session.commit()
+            except BaseException as exc:
+                gone = self._failed(session)
+                if not gone or committing or retried or not isinstance(exc, Exception):
+                    raise
+                retried = True
+                log.warning("accept: database connection lost; storing again on a new one")
+                continue
+            session.close()  # the identity map emptied; the connection stays ours
+            return
+
+    def _open(self) -> Session:
+        engine = get_engine()
+        connection = engine.connect()  # the pool's checkout and ping, once
+        self._connection, self._engine = connection, engine
+        self._session = Session(bind=connection, expire_on_commit=False)
+        return self._session
+
+    def _failed(self, session: Session) -> bool:
+        """Roll back after a failed group; whether the connection is gone (then dropped)."""
+        connection = self._connection
+        try:
+            session.rollback()
+            session.expunge_all()
+            session.info.clear()
+        except Exception:  # a connection that cannot even roll back is gone
+            self._close()
+            return True
+        if connection is None or connection.invalidated or connection.closed:
+            self._close()
+            return True
+        return False
+
+    def _close(self) -> None:
+        connection, session = self._connection, self._session
+        self._connection, self._engine, self._session = None, None, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to release
+                connection.close()
+
+
+_committer = GroupCommit()
+
+
+def committer() -> GroupCommit:
+    return _committer
+
+
+_inherited: list[GroupCommit] = []
+
+
+def _after_fork() -> None:
+    """A child starts its own committer. The parent's is kept, never used nor closed:
+    closing its connection would end the parent's session on the shared socket."""
+    global _committer
+    _inherited.append(_committer)
+    _committer = GroupCommit()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+# ------------------------------------------------------------------ batch
+
+
+def batch_entries(payload: Any) -> list[Any]:
+    """The `messages` list of a batch body, or the 400/413 that says what is wrong with
+    the envelope (what is wrong with one message is that message's own answer)."""
+    from services.content.schemas import MAX_BATCH
+
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    unknown = sorted(set(payload) - {"messages"})
+    if unknown:
+        raise InvalidRequest(
+            "The request has invalid fields.",
+            code="invalid_fields",
+            fields={name: ["Unknown field."] for name in unknown},
+        )
+    entries = payload.get("messages")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidRequest(
+            "The request has invalid fields.",
+            code="invalid_fields",
+            fields={"messages": ["A non-empty list of messages is required."]},
+        )
+    if len(entries) > MAX_BATCH:
+        raise HeraldError(
+            f"A batch holds at most {MAX_BATCH} messages; this one has {len(entries)}.",
+            code="batch_too_large",
+            status=413,
+        )
+    return entries
+
+
+def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:
+    """One entry of a batch's answer: its index, its status, its message or its error."""
+    if isinstance(item, HeraldError):
+        error = item
+    elif item.error is not None:
+        error = item.error
+    else:
+        return {"index": index, "status": item.status, "message": item.answer()}
+    body = error.to_dict()["error"]
+    if "Retry-After" in error.headers:
+        body["retry_after"] = int(error.headers["Retry-After"])
+    return {"index": index, "status": error.status, "error": body}
+
+
+def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, Any]:
+    """`POST /v1/messages/batch`: each entry validated and prepared on its own, then all
+    stored by the group commit (one INSERT of the messages, one of their events, one
+    COMMIT, published after it). The answer has one entry per message, in order."""
+    from services.content.schemas import load_batch_item
+
+    entries = batch_entries(payload)
+    prepared: list[Item | HeraldError] = []
+    for entry in entries:
+        try:
+            data = load_batch_item(entry)
+            key = data.pop("idempotency_key", None)
+            digest = None
+            if key:
+                digest = request_hash({k: v for k, v in entry.items() if k != "idempotency_key"})
+            prepared.append(prepare(session, tenant, data, idempotency_key=key, digest=digest))
+        except HeraldError as exc:
+            prepared.append(exc)
+    items = [p for p in prepared if isinstance(p, Item)]
+    if items:
+        session.close()  # the connection goes back to the pool while the group commits
+        committer().submit(items)
+    answers = [item_answer(i, p) for i, p in enumerate(prepared)]
+    counts = {"accepted": 0, "replayed": 0, "failed": 0}
+    for answer in answers:
+        status = answer["status"]
+        counts["accepted" if status == 202 else "replayed" if status == 200 else "failed"] += 1
+    created = [i.values["id"] for i in items if i.created and i.values]
+    log.info(
+        "batch accepted tenant=%s messages=%d accepted=%d replayed=%d failed=%d ids=%s..%s",
+        tenant.id,
+        len(answers),
+        counts["accepted"],
+        counts["replayed"],
+        counts["failed"],
+        min(created, default="-"),
+        max(created, default="-"),
+    )
+    return {"data": answers, **counts}
+
+
+def accept_one(
+    session: Session, tenant: Tenant, payload: Any, data: dict[str, Any], key: str | None
+) -> Item:
+    """`POST /v1/messages`: prepared here, stored by the group commit. Raises the
+    message's error; otherwise the item is created (202) or a replay (200)."""
+    item = prepare(session, tenant, data, idempotency_key=key, raw=payload)
+    if session.in_transaction():  # read on a cache miss: its connection goes back to the
+        session.close()  # pool while the group commits (closing an unused one costs)
+    committer().submit([item])
+    if item.error is not None:
+        raise item.error
+    return item

@@ -1,0 +1,115 @@
+"""Accepting, reading and cancelling messages: the path behind `POST /v1/messages`,
+the seeds' endpoints and the `herald.send_message` task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from core.errors import Conflict, NotFound
+from models import Message, Tenant
+from services.messages.accept import (  # noqa: F401 (the names callers import from here)
+    BULK_QUEUE,
+    SEND_QUEUE,
+    accept,
+    choose_provider,
+    request_hash,
+)
+from services.messages.status import apply_status
+
+log = logging.getLogger(__name__)
+
+
+def accept_message(
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    raw: Any = None,
+    campaign_id: str | None = None,
+    origin: str = "api",
+    own_transaction: bool = True,
+) -> tuple[Message, bool]:
+    """Persist a validated request as a `queued` (or `scheduled`) message in the
+    caller's transaction and enqueue its delivery after its commit: the seeds' routes
+    and the `herald.send_message` task (`POST /v1/messages` goes through
+    services.messages.accept's group commit). Returns (message, created).
+
+    With an idempotency key, a replay returns the first message (created=False) and a
+    different body under the same key is a Conflict; two racing requests with one key
+    create one row (the insert skips a key that is taken). `origin` 'legacy'
+    (unauthenticated seed callers) is a key space of its own. `own_transaction` is
+    kept for callers; no savepoint is needed either way, since a refused or skipped
+    row fails no statement."""
+    del own_transaction
+    item = accept(
+        session,
+        tenant,
+        data,
+        idempotency_key=idempotency_key,
+        raw=raw,
+        campaign_id=campaign_id,
+        origin=origin,
+    )
+    return item.message(), item.created
+
+
+def get_message(
+    session: Session, tenant_id: str, message_id: str, origin: str | None = None
+) -> Message:
+    """A tenant's message with its events; another tenant's id is NotFound, like a
+    missing one. With `origin`, only a message of that origin is found."""
+    query = (
+        select(Message)
+        .options(selectinload(Message.events))
+        .where(Message.id == message_id, Message.tenant_id == tenant_id)
+    )
+    if origin is not None:
+        query = query.where(Message.origin == origin)
+    message = session.scalars(query).first()
+    if message is None:
+        raise NotFound(f"No message {message_id!r}.")
+    return message
+
+
+def list_messages(
+    session: Session,
+    tenant_id: str,
+    *,
+    status: str | None = None,
+    to: str | None = None,
+    campaign_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Message], str | None]:
+    """A page of messages, newest first. Ids are time-ordered, so the cursor is the last id."""
+    query = select(Message).where(Message.tenant_id == tenant_id)
+    if status:
+        query = query.where(Message.status == status)
+    if to:
+        query = query.where(Message.to_number == to)
+    if campaign_id:
+        query = query.where(Message.campaign_id == campaign_id)
+    if cursor:
+        query = query.where(Message.id < cursor)
+    rows = list(session.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_message(session: Session, tenant_id: str, message_id: str) -> Message:
+    message = get_message(session, tenant_id, message_id)
+    status = message.status
+    if not apply_status(session, message.id, "canceled", source="api"):
+        session.rollback()
+        raise Conflict(
+            f"A message in status {status!r} can no longer be canceled.",
+            code="not_cancelable",
+        )
+    session.flush()
+    session.refresh(message)
+    return message

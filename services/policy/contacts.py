@@ -1,0 +1,116 @@
+"""Contacts: a tenant's recipients, with their opt-out flag and 24-hour window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import RAISE, Schema, fields, validate
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict, InvalidRequest, NotFound
+from models import Contact, utcnow
+from services.content.phones import PHONE_FIELD, parse_e164
+from services.content.schemas import load_object
+from services.messages.serialize import iso
+from services.policy.consent import contact_for, window_open
+
+
+class ContactSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(validate=validate.Length(min=1, max=128))  # the tenant's own id
+    phone = fields.String(validate=validate.Length(max=64), metadata=PHONE_FIELD)
+    name = fields.String(validate=validate.Length(max=200), allow_none=True)
+    opted_out = fields.Boolean()
+
+
+def _load(payload: Any, *, partial: bool) -> dict[str, Any]:
+    data = load_object(ContactSchema(), payload, partial=partial)
+    if not partial and "phone" not in data:
+        raise InvalidRequest(
+            "phone is required.",
+            code="invalid_fields",
+            fields={"phone": ["Missing data for required field."]},
+        )
+    if "phone" in data:
+        try:
+            data["phone"] = parse_e164(data["phone"])
+        except ValueError as exc:
+            raise InvalidRequest(
+                "Not a valid phone number.", code="invalid_fields", fields={"phone": [str(exc)]}
+            ) from None
+    return data
+
+
+def contact_to_dict(contact: Contact) -> dict[str, Any]:
+    return {
+        "id": contact.external_id or contact.id,
+        "herald_id": contact.id,
+        "phone": contact.phone,
+        "name": contact.name,
+        "opted_out": contact.opted_out,
+        "opted_out_at": iso(contact.opted_out_at),
+        "last_inbound_at": iso(contact.last_inbound_at),
+        "window_open": window_open(contact),
+        "created_at": iso(contact.created_at),
+        "updated_at": iso(contact.updated_at),
+    }
+
+
+def get_contact(session: Session, tenant_id: str, contact_id: str) -> Contact:
+    contact = session.scalars(
+        select(Contact).where(
+            Contact.tenant_id == tenant_id,
+            (Contact.external_id == contact_id) | (Contact.id == contact_id),
+        )
+    ).first()
+    if contact is None:
+        raise NotFound(f"No contact {contact_id!r}.")
+    return contact
+
+
+def upsert_contact(session: Session, tenant_id: str, payload: Any) -> tuple[Contact, bool]:
+    """Create a contact, or complete the one an inbound message already created for
+    this phone (also when it wrote from another form of the number: its WhatsApp id).
+    Returns (contact, created)."""
+    data = _load(payload, partial=False)
+    contact = contact_for(session, tenant_id, data["phone"])
+    created = contact is None
+    if contact is None:
+        contact = Contact(tenant_id=tenant_id, phone=data["phone"])
+        session.add(contact)
+    elif data.get("id") and contact.external_id not in (None, data["id"]):
+        raise Conflict("This phone already belongs to another contact id.", code="contact_conflict")
+    _apply(contact, data)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict("A contact with this id or phone exists.", code="contact_conflict") from None
+    return contact, created
+
+
+def update_contact(session: Session, tenant_id: str, contact_id: str, payload: Any) -> Contact:
+    contact = get_contact(session, tenant_id, contact_id)
+    _apply(contact, _load(payload, partial=True))
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict("A contact with this id or phone exists.", code="contact_conflict") from None
+    return contact
+
+
+def _apply(contact: Contact, data: dict[str, Any]) -> None:
+    if "id" in data:
+        contact.external_id = data["id"]
+    if "phone" in data:
+        contact.phone = data["phone"]
+    if "name" in data:
+        contact.name = data["name"]
+    if "opted_out" in data and data["opted_out"] != contact.opted_out:
+        contact.opted_out = data["opted_out"]
+        contact.opted_out_at = utcnow() if data["opted_out"] else None

@@ -1,0 +1,184 @@
+"""Limits shared by every API process and worker, kept in Redis.
+
+* Tenant quotas: messages accepted per hour and per day (fixed windows), checked
+  before a message is queued; over it is `429` with `Retry-After`.
+* Sender budgets: messages per second per provider sender (slots reserved for a
+  batch, GCRA), and WhatsApp pair pacing (one message per few seconds to the same
+  user), taken by workers before a batch is claimed.
+
+Each check is one Lua script, so concurrent processes cannot both take the last
+unit. If Redis is unreachable the check lets the message through and logs it: a
+Redis outage must not stop transactional messages, and the row, not Redis, is
+what guarantees delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import redis
+
+from core.config import get_settings
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+
+# KEYS: hour key, day key. ARGV: hour limit, day limit (0 = unlimited), hour ttl, day ttl,
+# n. Grants what is left of n under both limits and counts it; keys expire once, after
+# their window. Returns {granted, full}: full is 0 (none), 1 (the hour) or 2 (the day).
+_QUOTA = """
+local n = tonumber(ARGV[5])
+local h = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+local full = 0
+if tonumber(ARGV[1]) > 0 and h + n > tonumber(ARGV[1]) then
+  n = math.max(0, tonumber(ARGV[1]) - h); full = 1
+end
+if tonumber(ARGV[2]) > 0 and d + n > tonumber(ARGV[2]) then
+  n = math.max(0, tonumber(ARGV[2]) - d); full = 2
+end
+if n > 0 then
+  if redis.call('INCRBY', KEYS[1], n) == n then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+  if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+end
+return {n, full}
+"""
+
+# Slot reservation (GCRA), for a batch of sends on one sender. KEYS: the sender's next
+# free slot (ms). ARGV: spacing ms (1000 / rate), burst ms, now ms, count. Returns, for
+# each send in order, the ms from now at which its slot is: 0 = go now. Every slot
+# returned is taken, so a parked message holds its place and is not counted twice.
+_RESERVE = """
+local t = tonumber(ARGV[1]); local burst = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local out = {}
+for i = 1, tonumber(ARGV[4]) do
+  local at = math.max(now, tat - burst)
+  out[i] = math.ceil(at - now)
+  tat = math.max(tat, at) + t
+end
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now + burst) + 1000)
+return out
+"""
+
+# Pair pacing. KEYS: pair key. ARGV: spacing ms. Returns wait ms (0 = go now).
+_PAIR = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+return redis.call('PTTL', KEYS[1])
+"""
+
+
+def get_redis() -> redis.Redis | None:
+    global _client
+    with _lock:
+        if _client is None and get_settings().redis_url:
+            _client = redis.Redis.from_url(
+                get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1
+            )
+        return _client
+
+
+def set_redis(client: redis.Redis | None) -> None:
+    """Use this client (tests inject fakeredis when no REDIS_URL is configured)."""
+    global _client
+    with _lock:
+        _client = client
+
+
+def key(*parts: str) -> str:
+    return get_settings().queue_prefix + "herald:" + ":".join(parts)
+
+
+def _run(script: str, keys: list[str], args: list[object]) -> object | None:
+    client = get_redis()
+    if client is None:
+        return None
+    try:
+        return client.eval(script, len(keys), *keys, *args)
+    except redis.RedisError as exc:
+        log.warning("limits unavailable, letting the message through: %s", type(exc).__name__)
+        return None
+
+
+def take_quota(tenant_id: str, hourly: int, daily: int, n: int = 1) -> tuple[int, int | None]:
+    """Count up to `n` messages against the tenant's quotas (0 = unlimited): how many
+    were granted, and the seconds until the full window ends for the rest (None: all
+    granted). Redis unreachable lets them all through."""
+    if n <= 0 or (hourly <= 0 and daily <= 0):
+        return n, None
+    now = datetime.now(UTC)
+    hour = key("quota", tenant_id, now.strftime("%Y%m%d%H"))
+    day = key("quota", tenant_id, now.strftime("%Y%m%d"))
+    answer = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000, n])
+    if not isinstance(answer, list):
+        return n, None
+    granted, full = int(answer[0]), int(answer[1])
+    if not full:
+        return granted, None
+    # Seconds until the full window (this UTC hour, or this UTC day) ends.
+    seconds_in = now.minute * 60 + now.second
+    if full == 1:
+        return granted, max(1, 3600 - seconds_in)
+    return granted, max(1, 86400 - (now.hour * 3600 + seconds_in))
+
+
+def _spacing(per_second: float) -> tuple[float, float]:
+    """(ms between slots, burst ms) of a sender's budget: a one-second burst."""
+    spacing = 1000.0 / per_second
+    return spacing, max(0.0, 1000.0 - spacing)
+
+
+def reserve_send_slots(provider: str, sender: str, per_second: float, count: int) -> list[float]:
+    """Seconds from now at which each of `count` sends on this sender may go (0.0: now).
+
+    Every slot returned is taken: a message parked until its slot needs no second look
+    at the budget when it is released (a one-second burst)."""
+    if per_second <= 0 or count <= 0:
+        return [0.0] * count
+    spacing, burst = _spacing(per_second)
+    now_ms = int(time.time() * 1000)
+    waits = _run(_RESERVE, [key("slots", provider, sender)], [spacing, burst, now_ms, count])
+    if not isinstance(waits, list):
+        return [0.0] * count  # Redis away: let them through
+    return [int(w) / 1000 for w in waits]
+
+
+def budget_tokens(provider: str, sender: str, per_second: float) -> float | None:
+    """Sends this sender's budget allows right now (at most `per_second`, a one-second
+    burst; below 1, its next messages wait), read from the slots `reserve_send_slots`
+    takes (a sender with no slot taken has all of it); None when Redis does not answer."""
+    client = get_redis()
+    if client is None or per_second <= 0:
+        return None
+    try:
+        raw = client.get(key("slots", provider, sender))
+    except redis.RedisError:
+        return None
+    spacing, burst = _spacing(per_second)
+    next_free = float(raw) if raw is not None else 0.0
+    free = (time.time() * 1000 - next_free + burst + spacing) / spacing
+    return max(0.0, min(max(1.0, per_second), free))
+
+
+def take_pair_slot(provider: str, sender: str, to: str, spacing: float) -> float:
+    """WhatsApp pair pacing alone: seconds to wait (0.0: go, the pair slot is taken)."""
+    if spacing <= 0:
+        return 0.0
+    wait = _run(_PAIR, [key("pair", provider, sender, to)], [int(spacing * 1000)])
+    return max(0.05, int(wait) / 1000) if wait else 0.0  # type: ignore[arg-type]
+
+
+def give_back_pair_slot(provider: str, sender: str, to: str) -> None:
+    """The send did not happen now (its budget slot is later): free the pair slot."""
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(key("pair", provider, sender, to))
+    except redis.RedisError:
+        log.warning("limits unavailable: pair slot not given back")

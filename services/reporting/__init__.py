@@ -1,0 +1,1 @@
+"""What Herald tells: the console's queries, usage, metrics, events out to tenants."""

@@ -1,0 +1,244 @@
+"""What the tenant's messages cost: the facts per message, and `GET /v1/usage`.
+
+Per message:
+* Meta puts `pricing` (`billable`, `pricing_model`, `category`, `type`) on its `sent`
+  and `delivered` status webhooks (never on `read`); `record_meta_pricing` keeps the
+  category and billable flag in `messages.pricing_category` / `messages.billable`.
+  Meta sends no price: the rate card depends on the recipient's country and the
+  business's volume tier, so a Meta message's cost is not known to Herald unless the
+  operator gives a price per category (HERALD_META_PRICES, an estimate).
+* Twilio's price (`price`, `price_unit`) comes from the Message resource: the create
+  answer, a fetch after the final callback (services/messages/reconcile.py, "unpriced").
+
+`usage` sums them over a period: counts by status, billable count, and the cost as a
+sum of prices per currency (never added across currencies), grouped as asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from core.config import get_settings
+from models import Message, utcnow
+from services.reporting.console import id_at
+
+# The dimensions `group_by` takes, and the column each is read from.
+GROUPS = {
+    "channel": Message.channel,
+    "provider": Message.provider,
+    "category": Message.pricing_category,
+    "campaign": Message.campaign_id,
+    "status": Message.status,
+}
+DEFAULT_PERIOD = timedelta(days=30)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # Herald's ids and dates live in between
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_PERIOD = timedelta(days=366)
+CATEGORY_LIMIT = 32
+
+
+def record_meta_pricing(session: Session, message_id: str, status: dict[str, Any]) -> None:
+    """Keep a Meta status's pricing category and billable flag on its message. A later
+    status that carries pricing again (delivered after sent) overwrites with the same."""
+    pricing = status.get("pricing")
+    if not isinstance(pricing, dict):
+        return
+    values: dict[str, Any] = {}
+    category = pricing.get("category")
+    if isinstance(category, str) and 0 < len(category) <= CATEGORY_LIMIT:
+        values["pricing_category"] = category
+    if isinstance(pricing.get("billable"), bool):
+        values["billable"] = pricing["billable"]
+    if values:
+        session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+class Instant(fields.Field):
+    """A day (`2026-11-01`, its start in UTC) or an ISO 8601 date-time with an offset."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValidationError("Not a date or date-time.")
+        try:
+            if len(value) == 10:
+                return datetime.combine(date.fromisoformat(value), time(), UTC)
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError("Not a date (YYYY-MM-DD) or ISO 8601 date-time.") from None
+        if parsed.tzinfo is None:
+            raise ValidationError("A date-time needs its offset (Z or +hh:mm).")
+        parsed = parsed.astimezone(UTC)
+        if not EARLIEST <= parsed <= LATEST:
+            raise ValidationError("A date from 2000 to 2100.")
+        return parsed
+
+
+class GroupBy(fields.Field):
+    """A comma-separated list of dimensions, each once."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        if not isinstance(value, str):
+            raise ValidationError("A comma-separated list.")
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in GROUPS]
+        if unknown:
+            raise ValidationError(f"Unknown {unknown[:3]}: group by {', '.join(GROUPS)}.")
+        if len(set(names)) != len(names):
+            raise ValidationError("A dimension is named twice.")
+        return names
+
+
+class UsageQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    from_ = Instant(
+        data_key="from", metadata={"description": "start (inclusive), default 30 d ago"}
+    )
+    to = Instant(metadata={"description": "end (exclusive), default now"})
+    group_by = GroupBy(
+        load_default=list,
+        metadata={"description": f"comma-separated: {', '.join(GROUPS)}"},
+    )
+
+    @validates_schema
+    def _period(self, data: dict[str, Any], **_: Any) -> None:
+        start, end = period(data)
+        if start >= end:
+            raise ValidationError("'from' must be before 'to' (now by default).", "from")
+        if end - start > MAX_PERIOD:
+            raise ValidationError("At most 366 days at once.", "from")
+
+
+def period(data: dict[str, Any], now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[from, to): `to` defaults to now, `from` to 30 days before `to`."""
+    end = data.get("to") or (now or utcnow())
+    start = data.get("from_") or (end - DEFAULT_PERIOD)
+    return start, end
+
+
+def _counts() -> list[Any]:
+    def count_if(*statuses: str) -> Any:
+        return func.count(case((Message.status.in_(statuses), 1)))
+
+    return [
+        func.count().label("messages"),
+        count_if("sent", "delivered", "read", "undelivered").label("sent"),
+        count_if("delivered", "read").label("delivered"),
+        count_if("read").label("read"),
+        count_if("failed", "undelivered").label("failed"),
+        func.count(case((Message.billable.is_(True), 1))).label("billable"),
+    ]
+
+
+COUNTS = ("messages", "sent", "delivered", "read", "failed", "billable")
+
+
+def usage(
+    session: Session,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    group_by: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The tenant's outbound messages accepted in [start, end): counts and cost, per
+    group (one row per distinct combination of the `group_by` dimensions), and totals.
+
+    One GROUP BY query: the price's currency is one more grouping column, folded back
+    in here so each group lists its cost per currency."""
+    names = list(group_by)
+    columns = [GROUPS[n].label(n) for n in names]
+    extra = [Message.provider.label("_provider")] if "provider" not in names else []
+    extra += [] if "category" in names else [Message.pricing_category.label("_category")]
+    query = (
+        select(
+            *columns,
+            *extra,
+            Message.price_unit.label("_unit"),
+            func.sum(Message.price).label("_cost"),
+            *_counts(),
+        )
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.direction == "outbound",
+            # Ids are time-ordered (ULIDs): a range on the (tenant_id, id) index, a
+            # second wider than the period, then the exact period on created_at.
+            Message.id >= id_at("msg", start - timedelta(seconds=1)),
+            Message.id < id_at("msg", end + timedelta(seconds=1)),
+            Message.created_at >= start,
+            Message.created_at < end,
+        )
+        .group_by(*columns, *extra, Message.price_unit)
+    )
+    prices = get_settings().meta_prices
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    totals = _empty()
+    for row in session.execute(query):
+        key = tuple(getattr(row, n) for n in names)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {**dict(zip(names, key, strict=True)), **_empty()}
+        provider = row.provider if "provider" in names else row._provider
+        category = row.category if "category" in names else row._category
+        for target in (group, totals):
+            _add(target, row, provider, category, prices)
+    data = [_finish(g) for g in groups.values()]
+    data.sort(key=lambda g: tuple("" if g[n] is None else str(g[n]) for n in names))
+    return {
+        "from": _iso(start),
+        "to": _iso(end),
+        "group_by": names,
+        "data": data,
+        "totals": _finish(totals),
+        "estimated": prices is not None,
+    }
+
+
+def _empty() -> dict[str, Any]:
+    return {**dict.fromkeys(COUNTS, 0), "cost": {}, "estimated_cost": {}}
+
+
+def _add(
+    target: dict[str, Any],
+    row: Any,
+    provider: str,
+    category: str | None,
+    prices: tuple[str, dict[str, Decimal]] | None,
+) -> None:
+    for name in COUNTS:
+        target[name] += getattr(row, name)
+    if row._cost is not None and row._unit and row._unit != "-":
+        unit = row._unit.upper()
+        target["cost"][unit] = target["cost"].get(unit, Decimal(0)) + row._cost
+    if prices is not None and provider == "meta" and category in prices[1] and row.billable:
+        currency, table = prices
+        estimate = table[category] * row.billable
+        target["estimated_cost"][currency] = (
+            target["estimated_cost"].get(currency, Decimal(0)) + estimate
+        )
+
+
+def _finish(group: dict[str, Any]) -> dict[str, Any]:
+    group["cost"] = {k: _money(v) for k, v in sorted(group["cost"].items())}
+    group["estimated_cost"] = {k: _money(v) for k, v in sorted(group["estimated_cost"].items())}
+    return group
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.00001")))
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

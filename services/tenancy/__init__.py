@@ -1,0 +1,1 @@
+"""Who sends: tenants, API keys, provider accounts and their encrypted secrets, senders."""

@@ -1,0 +1,693 @@
+"""Senders: the numbers, Twilio Messaging Services and Meta phone number ids a tenant
+sends from, several per provider account.
+
+A provider account keeps the credentials (one Twilio account owns many numbers and
+services; one Meta token, for a WABA, many phone number ids); a sender row names one
+address of it, the channels it serves, its own messages-per-second and whether it is
+the tenant's default for its provider and channel.
+
+* A message's `from` (id or address) picks a sender; without it, the default sender of
+  the chosen provider and channel; without one, the account's own settings (`sms_from`,
+  `whatsapp_from`, `messaging_service_sid`, the Meta account's phone number id), as
+  before senders existed.
+* The chosen sender is written into the message row at accept time
+  (`options.sender`, and `from_number`), so every retry goes out from the same one,
+  even if the sender is later removed or the default changes.
+* The per-sender rate bucket (services/messages/delivery.py `_slot_wait`) keys on that sender at
+  its own `mps`, so each sender of a campaign's pool is paced on its own.
+* Campaigns may spread over a pool: each recipient is given one sender by weighted
+  rendezvous hashing on the recipient's number (weights: each sender's rate), so a
+  recipient always hears from the same sender, campaign after campaign while the pool
+  stays the same (replies land on the number the person knows: conversation continuity),
+  and a faster sender takes a larger share.
+* An address belongs to one tenant (unique per provider): inbound messages and status
+  callbacks to it route to that tenant (services/callbacks/webhooks.py,
+  services/tenancy/tenants.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.config import get_settings
+from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from models import ProviderAccount, Sender, Tenant
+from services.content.phones import normalize_e164
+from services.content.schemas import load_object
+from services.messages.serialize import iso
+from services.tenancy.admin import get_tenant
+
+KINDS = ("number", "messaging_service", "phone_number_id")
+PROVIDER_KINDS = {"twilio": ("number", "messaging_service"), "meta": ("phone_number_id",)}
+PROVIDER_CHANNELS = {"twilio": ("sms", "whatsapp"), "meta": ("whatsapp",)}
+MESSAGING_SERVICE = re.compile(r"MG[0-9a-f]{32}")
+PHONE_NUMBER_ID = re.compile(r"[0-9]{5,20}")
+SENDER_ID = re.compile(r"snd_[0-9A-Z]{26}")
+POOL = "pool"  # a campaign's `from: "pool"`: every sender of its provider and channel
+MAX_POOL = 100
+
+
+# ---------------------------------------------------------------- the chosen sender
+
+
+@dataclass(frozen=True)
+class ChosenSender:
+    """A sender as a message needs it (detached from any session, cached)."""
+
+    id: str
+    tenant_id: str
+    provider: str
+    account_id: str
+    kind: str
+    address: str
+    number: str | None
+    channels: tuple[str, ...]
+    mps: float | None
+    is_default: bool
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the message row keeps (`options.sender`): enough to send and pace it
+        without reading the senders table again."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "address": self.address,
+            "number": self.number,
+            "mps": self.mps,
+        }
+
+    def names(self) -> set[str]:
+        """The ways `from` may name it: its id, its address, its number (E.164)."""
+        return {n for n in (self.id, self.address, self.number) if n}
+
+
+def _chosen(row: Sender) -> ChosenSender:
+    return ChosenSender(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        provider=row.provider,
+        account_id=row.provider_account_id,
+        kind=row.kind,
+        address=row.address,
+        number=row.number,
+        channels=tuple(row.channels or ()),
+        mps=float(row.mps) if row.mps is not None else None,
+        is_default=bool(row.is_default),
+    )
+
+
+# Tenant -> its senders, per process for a few seconds (the accept path reads them for
+# every message); a change through this process clears it at flush.
+CACHE_SECONDS = 5.0
+_cache: dict[str, tuple[float, tuple[ChosenSender, ...]]] = {}
+_cache_lock = threading.Lock()
+_generation = 0
+
+
+def forget_senders() -> None:
+    global _generation
+    with _cache_lock:
+        _generation += 1
+        _cache.clear()
+
+
+@event.listens_for(Session, "after_flush")
+def _track_changes(session: Session, _context: Any) -> None:
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, Sender | ProviderAccount):
+            forget_senders()
+            return
+
+
+def tenant_senders(session: Session, tenant_id: str) -> tuple[ChosenSender, ...]:
+    """The tenant's senders, oldest first (cached, see CACHE_SECONDS)."""
+    with _cache_lock:
+        entry = _cache.get(tenant_id)
+        generation = _generation
+    if entry is not None and entry[0] > time.monotonic():
+        return entry[1]
+    rows = session.scalars(
+        select(Sender).where(Sender.tenant_id == tenant_id).order_by(Sender.created_at, Sender.id)
+    )
+    found = tuple(_chosen(r) for r in rows)
+    with _cache_lock:
+        if generation == _generation:
+            _cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, found)
+    return found
+
+
+def _canonical(value: str) -> str:
+    """`from` as a sender is stored: `whatsapp:` dropped, numbers in E.164."""
+    text = value.strip().removeprefix("whatsapp:").strip()
+    return normalize_e164(text) or text
+
+
+def from_problem(value: Any) -> str | None:
+    """Why `from` cannot name a sender, or None: a sender id, an E.164 number, a
+    Messaging Service SID (MG + 32 hex) or a Meta phone number id (digits)."""
+    if not isinstance(value, str) or not value.strip():
+        return "Give a sender id, a number, a Messaging Service SID or a phone number id."
+    text = value.strip().removeprefix("whatsapp:").strip()
+    if SENDER_ID.fullmatch(text) or MESSAGING_SERVICE.fullmatch(text):
+        return None
+    if PHONE_NUMBER_ID.fullmatch(text) or normalize_e164(text):
+        return None
+    return (
+        "Not a sender id (snd_…), an E.164 number, a Messaging Service SID (MG + 32 hex) "
+        "or a phone number id."
+    )
+
+
+def _tenant_provider(tenant: Tenant, channel: str) -> str | None:
+    return (
+        tenant.default_whatsapp_provider if channel == "whatsapp" else tenant.default_sms_provider
+    )
+
+
+def _refuse(message: str, code: str) -> PolicyRefused:
+    return PolicyRefused(message, code=code, fields={"from": [message]})
+
+
+def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
+    """Whether `name` is what the tenant's account of `provider` sends from without a
+    sender row (its `sms_from`/`whatsapp_from`/service, or Meta's phone number id)."""
+    from services.tenancy.tenants import cached_account
+
+    account = cached_account(session, tenant_id, provider)
+    if account is None:
+        return False
+    settings = account.settings
+    if provider == "meta":
+        known = {account.external_id, settings.get("display_phone_number")}
+    else:
+        field = "whatsapp_from" if channel == "whatsapp" else "sms_from"
+        known = {settings.get(field), settings.get("messaging_service_sid")}
+    return name in {_canonical(k) for k in known if isinstance(k, str) and k}
+
+
+def resolve_sender(
+    session: Session, tenant: Tenant, channel: str, provider: str | None, wanted: str
+) -> ChosenSender | None:
+    """The tenant's sender `wanted` names, usable for `channel` (and `provider` when
+    given); None when it names the account's own legacy sender. Refused (422, naming
+    `from`) when no sender of this tenant has that name, or it cannot serve the message."""
+    problem = from_problem(wanted)
+    if problem:
+        raise InvalidRequest(problem, code="invalid_fields", fields={"from": [problem]})
+    name = _canonical(wanted)
+    matches = [s for s in tenant_senders(session, tenant.id) if name in s.names()]
+    if provider:
+        matches = [s for s in matches if s.provider == provider]
+    usable = [s for s in matches if channel in s.channels]
+    if len(usable) > 1:  # a number on both providers: the tenant's provider for the channel
+        preferred = _tenant_provider(tenant, channel)
+        usable.sort(key=lambda s: s.provider != preferred)
+    if usable:
+        return usable[0]
+    for legacy in [provider] if provider else PROVIDER_CHANNELS:
+        if channel in PROVIDER_CHANNELS[legacy] and _legacy_match(
+            session, tenant.id, legacy, channel, name
+        ):
+            return None
+    if matches:
+        raise _refuse(
+            f"Sender {wanted!r} does not serve {channel}"
+            + (f" with provider {provider}." if provider else "."),
+            "sender_not_usable",
+        )
+    raise _refuse(f"This tenant has no sender {wanted!r}.", "sender_not_found")
+
+
+def legacy_from(session: Session, tenant: Tenant, channel: str, data: dict[str, Any]) -> str | None:
+    """The provider a `from` naming an account's own legacy sender implies (no sender row)."""
+    wanted = data.get("from_")
+    if not wanted or data.get("provider"):
+        return None
+    name = _canonical(wanted)
+    for provider in PROVIDER_CHANNELS:
+        if channel in PROVIDER_CHANNELS[provider] and _legacy_match(
+            session, tenant.id, provider, channel, name
+        ):
+            return provider
+    return None
+
+
+def default_sender(
+    session: Session, tenant_id: str, provider: str, channel: str
+) -> ChosenSender | None:
+    """The default sender of `provider` for `channel`, or None (the account's settings)."""
+    for sender in tenant_senders(session, tenant_id):
+        if sender.is_default and sender.provider == provider and channel in sender.channels:
+            return sender
+    return None
+
+
+def pick_sender(
+    session: Session, tenant: Tenant, channel: str, data: dict[str, Any]
+) -> ChosenSender | None:
+    """The sender a message request goes out from: its `from`, else the default sender of
+    its provider (given, or the tenant's for the channel); None: the account's own
+    settings, exactly as before senders existed."""
+    wanted = data.get("from_")
+    if wanted:
+        return resolve_sender(session, tenant, channel, data.get("provider"), wanted)
+    provider = data.get("provider") or _tenant_provider(tenant, channel)
+    return default_sender(session, tenant.id, provider, channel) if provider else None
+
+
+def sender_provider(
+    session: Session, tenant: Tenant, channel: str, data: dict[str, Any], sender: Any
+) -> str | None:
+    """The provider `from` implies, when the request names none: the sender's, or that
+    of the account whose legacy sender `from` names. None: choose as before."""
+    if sender is not None:
+        return sender.provider
+    return legacy_from(session, tenant, channel, data)
+
+
+# ---------------------------------------------------------------- delivery
+
+
+def outbound_sender(message: Any) -> dict[str, Any]:
+    """The OutboundMessage fields for the row's chosen sender (empty: the account's own)."""
+    sender = (message.options or {}).get("sender")
+    if not isinstance(sender, dict) or not sender.get("address"):
+        return {}
+    return {
+        "from_kind": sender.get("kind"),
+        "from_address": sender.get("address"),
+        "from_number": sender.get("number"),
+    }
+
+
+def sender_for(row: Any) -> tuple[str, float | None] | None:
+    """The rate bucket's sender and its own rate (None: the account's) for a row whose
+    message names a sender; None otherwise (the account's sender, as before)."""
+    options = getattr(row, "options", None) or {}
+    sender = options.get("sender") if isinstance(options, dict) else None
+    if not isinstance(sender, dict) or not sender.get("address"):
+        return None
+    mps = sender.get("mps")
+    return str(sender["address"]), float(mps) if isinstance(mps, int | float) and mps > 0 else None
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+def campaign_pool(
+    session: Session, tenant: Tenant, channel: str, data: dict[str, Any]
+) -> list[ChosenSender]:
+    """The senders a campaign spreads over: `senders: [...]`, `from: "pool"` (every
+    sender of its provider serving the channel), one `from`, or the default sender;
+    empty: the account's own settings. All of one provider."""
+    listed = data.get("senders")
+    wanted = data.get("from_")
+    provider = data.get("provider")
+    if listed:
+        pool: list[ChosenSender] = []
+        for name in listed:
+            sender = resolve_sender(session, tenant, channel, provider, name)
+            if sender is None:
+                raise _refuse(
+                    f"{name!r} is the account's own sender: add it as a sender to pool it.",
+                    "sender_not_found",
+                )
+            if sender not in pool:
+                pool.append(sender)
+        if len({s.provider for s in pool}) > 1:
+            raise _refuse("A campaign's senders must all be of one provider.", "sender_not_usable")
+        return pool
+    if wanted == POOL:
+        provider = provider or _tenant_provider(tenant, channel)
+        pool = [
+            s
+            for s in tenant_senders(session, tenant.id)
+            if s.provider == provider and channel in s.channels
+        ]
+        if not pool:
+            raise _refuse(f"This tenant has no {provider} senders for {channel}.", "no_senders")
+        return pool
+    sender = pick_sender(session, tenant, channel, data)
+    return [sender] if sender is not None else []
+
+
+def _weight(sender: ChosenSender, channel: str) -> float:
+    if sender.mps:
+        return sender.mps
+    settings = get_settings()
+    if sender.provider == "meta":
+        return float(settings.mps_meta)
+    return float(settings.mps_twilio_whatsapp if channel == "whatsapp" else settings.mps_twilio_sms)
+
+
+def assign(pool: list[ChosenSender], to: str, channel: str) -> ChosenSender:
+    """The recipient's sender from the pool: weighted rendezvous hashing, so the choice is
+    stable for a recipient (the same number each time), proportional to each sender's
+    rate, and adding or removing one sender moves only the recipients it gains or loses."""
+
+    def score(sender: ChosenSender) -> float:
+        # The address, not the row id: a sender removed and added again keeps its people.
+        digest = hashlib.sha256(f"{sender.provider}:{sender.address}:{to}".encode()).digest()
+        unit = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64  # in (0, 1)
+        return -_weight(sender, channel) / math.log(unit)
+
+    return max(pool, key=score)
+
+
+def apply_pool(rows: list[dict[str, Any]], pool: list[ChosenSender] | None) -> None:
+    """Give each campaign row its sender (in place), before the batched insert."""
+    if not pool:
+        return
+    for row in rows:
+        sender = assign(pool, row["to_number"], row["channel"])
+        row["provider"] = sender.provider
+        row["provider_account_id"] = sender.account_id
+        row["from_number"] = sender.number
+        row["options"] = {**(row.get("options") or {}), "sender": sender.snapshot()}
+
+
+# ---------------------------------------------------------------- administration
+
+
+class SenderUpdateSchema(Schema):
+    """What a sender's update may change."""
+
+    class Meta:
+        unknown = RAISE
+
+    channels = fields.List(
+        fields.String(validate=validate.OneOf(("sms", "whatsapp"))),
+        validate=validate.Length(min=1, max=2),
+    )
+    mps = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=10000))
+    is_default = fields.Boolean()
+    label = fields.String(allow_none=True, validate=validate.Length(max=200))
+
+
+class SenderSchema(SenderUpdateSchema):
+    """A sender to add (`account_id` may be left out when the tenant has one account of
+    the provider). `address`: an E.164 number, a Messaging Service SID, a phone number id."""
+
+    provider = fields.String(required=True, validate=validate.OneOf(tuple(PROVIDER_KINDS)))
+    kind = fields.String(validate=validate.OneOf(KINDS))
+    address = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    account_id = fields.String(validate=validate.Length(min=1, max=32))
+    number = fields.String(validate=validate.Length(min=1, max=32))
+
+    @validates_schema
+    def _address(self, data: dict[str, Any], partial: Any = None, **_: Any) -> None:
+        if partial:
+            return
+        provider = data.get("provider")
+        address = str(data.get("address", "")).strip()
+        kind = data.get("kind") or _guess_kind(provider, address)
+        errors: dict[str, list[str]] = {}
+        if kind not in PROVIDER_KINDS.get(provider or "", ()):
+            errors["kind"] = [f"{provider} senders are {' or '.join(PROVIDER_KINDS[provider])}."]
+        elif kind == "number" and normalize_e164(address.removeprefix("whatsapp:")) is None:
+            errors["address"] = ["Not a valid E.164 number."]
+        elif kind == "messaging_service" and not MESSAGING_SERVICE.fullmatch(address):
+            errors["address"] = ["A Messaging Service SID is MG followed by 32 hex digits."]
+        elif kind == "phone_number_id" and not PHONE_NUMBER_ID.fullmatch(address):
+            errors["address"] = ["A Meta phone number id is 5 to 20 digits."]
+        if data.get("number") is not None and normalize_e164(data["number"]) is None:
+            errors["number"] = ["Not a valid E.164 number."]
+        for channel in data.get("channels") or ():
+            if channel not in PROVIDER_CHANNELS.get(provider or "", ()):
+                errors["channels"] = [f"{provider} does not serve {channel}."]
+        if errors:
+            raise ValidationError(errors)
+
+
+def _guess_kind(provider: str | None, address: str) -> str | None:
+    if provider == "meta":
+        return "phone_number_id"
+    if provider == "twilio":
+        return "messaging_service" if address.startswith("MG") else "number"
+    return None
+
+
+def sender_to_dict(sender: Sender) -> dict[str, Any]:
+    return {
+        "id": sender.id,
+        "tenant_id": sender.tenant_id,
+        "account_id": sender.provider_account_id,
+        "provider": sender.provider,
+        "kind": sender.kind,
+        "address": sender.address,
+        "number": sender.number,
+        "channels": list(sender.channels or []),
+        "mps": float(sender.mps) if sender.mps is not None else None,
+        "is_default": bool(sender.is_default),
+        "label": sender.label,
+        "created_at": iso(sender.created_at),
+    }
+
+
+def list_senders(session: Session, tenant_id: str) -> list[Sender]:
+    get_tenant(session, tenant_id)
+    return list(
+        session.scalars(
+            select(Sender)
+            .where(Sender.tenant_id == tenant_id)
+            .order_by(Sender.created_at, Sender.id)
+        )
+    )
+
+
+def get_sender(session: Session, tenant_id: str, sender_id: str) -> Sender:
+    sender = session.scalars(
+        select(Sender).where(Sender.tenant_id == tenant_id, Sender.id == sender_id)
+    ).first()
+    if sender is None:
+        raise NotFound(f"No sender {sender_id!r} on this tenant.")
+    return sender
+
+
+def _account_for(
+    session: Session, tenant_id: str, provider: str, account_id: str | None
+) -> ProviderAccount:
+    query = select(ProviderAccount).where(
+        ProviderAccount.tenant_id == tenant_id, ProviderAccount.provider == provider
+    )
+    if account_id:
+        query = query.where(ProviderAccount.id == account_id)
+    accounts = list(session.scalars(query.order_by(ProviderAccount.created_at)))
+    if not accounts:
+        name = f"account {account_id!r}" if account_id else "account"
+        raise InvalidRequest(
+            f"This tenant has no {provider} {name}.",
+            code="invalid_fields",
+            fields={"account_id": [f"No {provider} {name} on this tenant."]},
+        )
+    if len(accounts) > 1:
+        raise InvalidRequest(
+            f"This tenant has several {provider} accounts: give account_id.",
+            code="invalid_fields",
+            fields={"account_id": ["Required when the tenant has several accounts."]},
+        )
+    return accounts[0]
+
+
+def _clear_other_defaults(session: Session, sender: Sender) -> None:
+    """One default per tenant, provider and channel: the new default takes its channels."""
+    for other in session.scalars(
+        select(Sender).where(
+            Sender.tenant_id == sender.tenant_id,
+            Sender.provider == sender.provider,
+            Sender.id != sender.id,
+            Sender.is_default.is_(True),
+        )
+    ):
+        if set(other.channels or ()) & set(sender.channels or ()):
+            other.is_default = False
+
+
+def add_sender(session: Session, tenant_id: str, payload: Any) -> Sender:
+    """Add a validated sender to one of the tenant's provider accounts. An address
+    another sender already holds (this tenant's or another's) is a 409: inbound to it
+    must route to one tenant."""
+    get_tenant(session, tenant_id)
+    data = load_object(SenderSchema(), payload)
+    provider = data["provider"]
+    account = _account_for(session, tenant_id, provider, data.get("account_id"))
+    address = data["address"].strip()
+    kind = data.get("kind") or _guess_kind(provider, address)
+    number = data.get("number")
+    if kind == "number":
+        address = normalize_e164(address.removeprefix("whatsapp:")) or address
+        number = address
+    elif kind == "phone_number_id" and not number:
+        display = (account.settings or {}).get("display_phone_number")
+        same = address == account.external_id
+        number = normalize_e164(display) if same and isinstance(display, str) else None
+    number = normalize_e164(number) if number else None
+    channels = data.get("channels") or list(PROVIDER_CHANNELS[provider])
+    if kind == "number" and "channels" not in data:
+        channels = ["sms"]  # a number is on WhatsApp only once registered there: say so
+    taken = session.scalar(
+        select(Sender.tenant_id).where(Sender.provider == provider, Sender.address == address)
+    )
+    if taken is not None:
+        raise Conflict(
+            f"The {provider} sender {address} is already registered"
+            + (" on this tenant." if taken == tenant_id else " on another tenant."),
+            code="sender_exists",
+        )
+    sender = Sender(
+        tenant_id=tenant_id,
+        provider_account_id=account.id,
+        provider=provider,
+        kind=kind,
+        address=address,
+        number=number,
+        channels=channels,
+        mps=Decimal(str(data["mps"])) if data.get("mps") else None,
+        is_default=bool(data.get("is_default")),
+        label=data.get("label"),
+    )
+    try:
+        with session.begin_nested():
+            session.add(sender)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"The {provider} sender {address} is already registered.", code="sender_exists"
+        ) from None
+    if sender.is_default:
+        _clear_other_defaults(session, sender)
+    session.flush()
+    return sender
+
+
+def update_sender(session: Session, tenant_id: str, sender_id: str, payload: Any) -> Sender:
+    """Change channels, rate, label or default (the address is the sender: add another)."""
+    sender = get_sender(session, tenant_id, sender_id)
+    data = load_object(SenderUpdateSchema(), payload)
+    if "channels" in data:
+        wrong = [c for c in data["channels"] if c not in PROVIDER_CHANNELS[sender.provider]]
+        if wrong:
+            raise InvalidRequest(
+                f"{sender.provider} does not serve {wrong[0]}.",
+                code="invalid_fields",
+                fields={"channels": [f"{sender.provider} does not serve {wrong[0]}."]},
+            )
+        sender.channels = list(dict.fromkeys(data["channels"]))
+    if "mps" in data:
+        sender.mps = Decimal(str(data["mps"])) if data["mps"] else None
+    if "label" in data:
+        sender.label = data["label"]
+    if "is_default" in data:
+        sender.is_default = data["is_default"]
+    session.flush()
+    if sender.is_default:
+        _clear_other_defaults(session, sender)
+        session.flush()
+    return sender
+
+
+def remove_sender(session: Session, tenant_id: str, sender_id: str) -> None:
+    """Remove a sender. Messages already accepted from it keep it (their row holds the
+    address) and still go out from it; new messages can no longer name it."""
+    sender = get_sender(session, tenant_id, sender_id)
+    session.delete(sender)
+    session.flush()
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def accounts_for_addresses(session: Session, provider: str, addresses: list[str]) -> set[str]:
+    """Ids of the accounts whose senders hold these addresses (Meta phone number ids a
+    webhook names, beyond each account's own)."""
+    if not addresses:
+        return set()
+    return set(
+        session.scalars(
+            select(Sender.provider_account_id).where(
+                Sender.provider == provider, Sender.address.in_(addresses)
+            )
+        )
+    )
+
+
+def as_phone_number(session: Session, accounts: list[Any], phone_id: str) -> list[Any]:
+    """The accounts a Meta change names, each seen as the phone number it is about: a
+    sender's phone number id (and its display number) in place of the account's own, so
+    an inbound message records the number it was written to."""
+    numbers = dict(
+        session.execute(
+            select(Sender.provider_account_id, Sender.number).where(
+                Sender.provider == "meta", Sender.address == phone_id
+            )
+        ).all()
+    )
+    seen = []
+    for account in accounts:
+        if account.external_id != phone_id and account.id in numbers:
+            settings = {**account.settings, "display_phone_number": numbers[account.id]}
+            account = dataclasses.replace(account, external_id=phone_id, settings=settings)
+        seen.append(account)
+    return seen
+
+
+def route_to_sender(
+    session: Session, accounts: list[Any], form: dict[str, str]
+) -> tuple[Any | None, str]:
+    """The account (among those that signed a Twilio inbound) whose sender is the `To`
+    number or the `MessagingServiceSid`; (None, "no_tenant") when no sender is."""
+    by_id = {a.id: a for a in accounts}
+    to = _canonical(form.get("To") or "")
+    service = form.get("MessagingServiceSid") or ""
+    wanted = [a for a in (to, service) if a]
+    if not by_id or not wanted:
+        return None, "no_tenant"
+    owners = session.execute(
+        select(Sender.provider_account_id, Sender.address).where(
+            Sender.provider == "twilio",
+            Sender.address.in_(wanted),
+            Sender.provider_account_id.in_(list(by_id)),
+        )
+    ).all()
+    # The number itself first: a service's number may belong to a sender of its own.
+    owners.sort(key=lambda r: r.address != to)
+    if not owners:
+        return None, "no_tenant"
+    return by_id[owners[0].provider_account_id], ""
+
+
+def set_default(session: Session, tenant_id: str, sender_id: str) -> Sender:
+    return update_sender(session, tenant_id, sender_id, {"is_default": True})
+
+
+__all__ = [
+    "ChosenSender",
+    "SenderSchema",
+    "add_sender",
+    "apply_pool",
+    "assign",
+    "campaign_pool",
+    "default_sender",
+    "list_senders",
+    "outbound_sender",
+    "pick_sender",
+    "remove_sender",
+    "route_to_sender",
+    "sender_for",
+    "sender_to_dict",
+    "set_default",
+    "update_sender",
+]
