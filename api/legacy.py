@@ -265,7 +265,7 @@ def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
 
 
 def _iso(value: Any) -> str | None:
-    from services.messages.serialize import iso
+    from core.ids import iso
 
     return iso(value)
 

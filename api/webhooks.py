@@ -10,16 +10,15 @@ from twilio.twiml.messaging_response import MessagingResponse
 from api.auth import db
 from core.config import get_settings
 from core.errors import Forbidden, InvalidRequest
-from services.callbacks import inbox
-from services.callbacks.webhooks import (
-    handle_meta_payload,
-    handle_twilio_inbound,
+from services.callbacks import applier
+from services.callbacks.meta import handle_meta_payload
+from services.callbacks.signatures import (
     meta_verify_challenge,
     parse_meta_body,
-    receive_twilio_status,
     verify_meta,
     verify_twilio,
 )
+from services.callbacks.twilio import handle_twilio_inbound, receive_twilio_status
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -71,7 +70,7 @@ def accept_twilio_status(
     return (durable: the 204 is true even if no applier runs yet)."""
     accounts = verify_twilio(session, url, form, signature)
     if receive_twilio_status(accounts, form, herald_id):
-        inbox.ring()
+        applier.ring()
 
 
 @bp.post("/twilio/inbound")

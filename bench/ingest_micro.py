@@ -1,5 +1,5 @@
 """CPU of one Twilio status callback in one process, without gunicorn: the request
-(`app(environ, start_response)`, the applier off) and its applying (`inbox.apply_all`)
+(`app(environ, start_response)`, the applier off) and its applying (`applier.apply_all`)
 measured apart, in ms of process time per callback.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
@@ -138,14 +138,14 @@ def main() -> None:
 
         migrate.upgrade()
         from api import create_app
-        from services.callbacks import inbox
+        from services.callbacks import applier
 
         app = create_app()
         messages, _ = _messages(args.messages + args.warmup)
         calls = _callbacks(messages)
         warm = [c for i, c in enumerate(calls) if i % len(messages) < args.warmup]
         timed = [c for i, c in enumerate(calls) if i % len(messages) >= args.warmup]
-        inbox.set_applier(lambda: None)
+        applier.set_applier(lambda: None)
         statuses: dict[str, int] = {}
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> None:
@@ -164,13 +164,13 @@ def main() -> None:
             return time.process_time() - t0
 
         run(warm)
-        inbox.apply_all()
+        applier.apply_all()
         statuses.clear()
         request_s = run(timed)
         t0 = time.process_time()
         applied = 0
         while True:
-            taken = inbox.apply_pending(args.batch)
+            taken = applier.apply_pending(args.batch)
             applied += taken
             if not taken:
                 break

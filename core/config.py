@@ -13,7 +13,16 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 
-from herald.postgres import default_url
+
+def embedded_data_dir(home: Path) -> Path:
+    """Where the embedded PostgreSQL of `home` keeps its data (herald/postgres.py runs it)."""
+    return home / "postgres"
+
+
+def default_url(home: Path) -> str:
+    """The URL of `home`'s embedded server (socket in its data directory): the database
+    when DATABASE_URL is unset."""
+    return f"postgresql+psycopg://postgres@/postgres?host={embedded_data_dir(home)}"
 
 
 class ConfigError(ValueError):

@@ -84,7 +84,7 @@ def _key_revoke(args: argparse.Namespace) -> int:
 
 def _inbound_unrouted(args: argparse.Namespace) -> int:
     from models import session_scope
-    from services.callbacks.webhooks import unrouted_inbound
+    from services.callbacks.inbound import unrouted_inbound
 
     with session_scope() as session:
         for row in unrouted_inbound(session, args.limit):

@@ -26,19 +26,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.config import default_url
+from core.config import embedded_data_dir as data_dir
+
+__all__ = ["data_dir", "default_url", "embedded", "running"]
+
 # Server settings written once, after initdb. Each stack process keeps a pool of
 # up to 40 connections; PostgreSQL's default of 100 is too tight for a stack plus
 # a benchmark or the e2e tests' second stack.
 SERVER_SETTINGS = {"max_connections": "300"}
-
-
-def data_dir(home: Path) -> Path:
-    return home / "postgres"
-
-
-def default_url(home: Path) -> str:
-    """The URL of `home`'s embedded server (socket in its data directory)."""
-    return f"postgresql+psycopg://postgres@/postgres?host={data_dir(home)}"
 
 
 @contextmanager

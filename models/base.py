@@ -1,31 +1,16 @@
-"""Declarative base, id generation and a UTC-always datetime column type."""
+"""Declarative base and a UTC-always datetime column type (ids and now: core/ids.py)."""
 
 from __future__ import annotations
 
-import os
-import time
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, MetaData
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+from core.ids import new_id, utcnow
 
-
-def new_id(prefix: str) -> str:
-    """A ULID with a type prefix (`msg_01J…`): sortable by creation time, so
-    newest-first pages can be keyed on the id alone."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+__all__ = ["Base", "UTCDateTime", "new_id", "utcnow"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):

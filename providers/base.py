@@ -12,8 +12,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from services.tenancy.tenants import AccountCredentials
-
 
 class ErrorKind(enum.Enum):
     PERMANENT = "permanent"  # will never succeed as sent: fail now, keep the code
@@ -44,6 +42,18 @@ class ProviderError(Exception):
         # What the provider said beyond the code, kept on the message's event for
         # support (Meta's error_subcode, error_data.details, fbtrace_id).
         self.details = details
+
+
+@dataclass(frozen=True)
+class AccountCredentials:
+    """A provider account with its secrets decrypted, for one send or one verification."""
+
+    id: str
+    tenant_id: str
+    provider: str
+    external_id: str
+    settings: dict[str, Any]
+    secrets: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 
 from core.config import get_settings
-from providers.base import ErrorKind, OutboundMessage, ProviderError, SendResult
+from providers.base import AccountCredentials, ErrorKind, OutboundMessage, ProviderError, SendResult
 from providers.retrying import retry_blips
-from services.tenancy.tenants import AccountCredentials
 
 # The one place Graph / WhatsApp error codes are classified, after Meta's Graph
 # error-handling guide and the Cloud API error-code table.

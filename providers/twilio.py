@@ -7,6 +7,7 @@ at TWILIO_API_BASE so the same code talks to Twilio or to the bundled sandbox.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -17,11 +18,17 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
 from core.config import get_settings
-from providers.base import ErrorKind, OutboundMessage, ProviderError, ProviderStatus, SendResult
+from core.ids import utcnow
+from providers.base import (
+    AccountCredentials,
+    ErrorKind,
+    OutboundMessage,
+    ProviderError,
+    ProviderStatus,
+    SendResult,
+)
 from providers.http import PooledHttpClient
 from providers.retrying import retry_blips
-from services.messages.expiry import validity_period
-from services.tenancy.tenants import AccountCredentials
 
 # The one place Twilio error codes are classified. Anything not listed: a 4xx is
 # permanent, a 5xx ambiguous (Twilio documents that a create answered with a 500
@@ -75,6 +82,19 @@ def classify(status: int | None, code: int | None) -> ErrorKind:
     return ErrorKind.PERMANENT
 
 
+# Twilio's ValidityPeriod takes whole seconds from 1 to 36,000 (error 21624 otherwise).
+TWILIO_MAX_VALIDITY = 36_000
+
+
+def validity_period(expires_at: datetime | None, now: datetime | None = None) -> int | None:
+    """Twilio's `ValidityPeriod` for a message expiring at `expires_at`: the remaining
+    whole seconds, at least 1 and at most Twilio's 36,000; None without a ttl."""
+    if expires_at is None:
+        return None
+    remaining = (expires_at - (now or utcnow())).total_seconds()
+    return max(1, min(TWILIO_MAX_VALIDITY, math.floor(remaining)))
+
+
 class TwilioProvider:
     name = "twilio"
 
@@ -118,7 +138,7 @@ class TwilioProvider:
         since `since`, with the same body, newest first: a create whose answer was lost.
         Twilio's Message resource returns no StatusCallback (nothing only one attempt
         carries), so another message's copy looks the same: the caller decides by
-        elimination (services/messages/delivery.py `reconcile`)."""
+        elimination (services/messages/record.py `reconcile`)."""
         params = self.build_params(account, message)
         try:
             rows = self.client(account).messages.list(

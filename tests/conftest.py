@@ -97,11 +97,11 @@ def _inbox_inline() -> Iterator[None]:
     """Callbacks are applied in the request that received them, once it committed
     (services/callbacks/inbox.py: in production a thread of the process applies them a few ms
     later), so a test reads their effect right after the POST."""
-    from services.callbacks import inbox
+    from services.callbacks import applier
 
-    inbox.set_applier(inbox.apply_inline)
+    applier.set_applier(applier.apply_inline)
     yield
-    inbox.set_applier(None)
+    applier.set_applier(None)
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from celery import shared_task
 
 from core.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from models import Tenant, session_scope
-from services.callbacks import meta_events
+from services.callbacks import meta_orphans
 from services.campaigns import campaigns
 from services.content.schemas import load_message_request
-from services.messages import delivery, expiry, reconcile
+from services.messages import delivery, expiry, gate, reconcile
+from services.messages import sweep as sweeps
 from services.messages.dispatch import dispatch_now
 from services.messages.service import BULK_QUEUE, SEND_QUEUE, accept_message
 from services.reporting import events
@@ -64,10 +65,10 @@ def release_due() -> int:
     """Beat, every second: due scheduled messages, parked messages whose due time came
     (sender budget, hold), and each running campaign's next batch within its rate.
     (No Celery ETA or countdown for waits: the rows wait, not tasks.)"""
-    released = delivery.release_scheduled()
+    released = sweeps.release_scheduled()
     if released:
         dispatch_now(released, SEND_QUEUE)
-    parked = delivery.release_parked()
+    parked = gate.release_parked()
     for queue in (SEND_QUEUE, BULK_QUEUE):
         ids = [mid for mid, campaign in parked if (campaign is None) == (queue == SEND_QUEUE)]
         if ids:
@@ -119,7 +120,7 @@ def send_message(  # type: ignore[no-untyped-def]
 def sweep() -> dict[str, int]:
     """Ring the doorbell again for rows (and owed events) the broker may have lost.
     Re-enqueueing is harmless: the claim dedups."""
-    due = delivery.due_for_sweep()
+    due = sweeps.due_for_sweep()
     for queue in (SEND_QUEUE, BULK_QUEUE):
         ids = [mid for mid, campaign in due if (campaign is None) == (queue == SEND_QUEUE)]
         if ids:
@@ -137,7 +138,7 @@ def reconcile_statuses() -> dict[str, int]:
     """Beat, every minute: ask Twilio about messages whose callbacks never came (bounded
     per run), and apply Meta statuses that arrived before their wamid was recorded."""
     counts = reconcile.reconcile_stale()
-    counts["orphans"] = meta_events.apply_stored_orphans()
+    counts["orphans"] = meta_orphans.apply_stored_orphans()
     return counts
 
 
@@ -160,6 +161,6 @@ def expire() -> int:
 def apply_inbox() -> int:
     """Beat: apply status callbacks left in the webhook inbox (the process that received
     them applies them within ms; this is for one that died first)."""
-    from services.callbacks import inbox
+    from services.callbacks import applier, inbox
 
-    return inbox.apply_all(older_than=inbox.STALE_SECONDS)
+    return applier.apply_all(older_than=inbox.STALE_SECONDS)

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.ids import iso
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
@@ -39,7 +40,6 @@ from services.content.schemas import (
 )
 from services.content.templates import campaign_row_problem, refuse_unusable_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
-from services.messages.serialize import iso
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import quiet_hours
 from services.reporting.events import record_status_event

@@ -30,8 +30,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.logs import mask
 from models import Message, MessageEvent, session_scope, utcnow
-from services.content.phones import mask, whatsapp_forms
+from services.content.phones import whatsapp_forms
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def target_wamid(message: Message) -> str | None:
 
 def outbound_fields(message: Message) -> dict[str, Any]:
     """OutboundMessage's conversation fields for a stored row (the hook in
-    delivery.outbound_for); empty, with no query, for a row without them."""
+    claim.outbound_for); empty, with no query, for a row without them."""
     options = message.options or {}
     if message.provider != "meta" or not any(k in options for k in FIELDS):
         return {}

@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session
 from core.config import get_settings
 from core.errors import HeraldError, InvalidRequest, NotFound, PolicyRefused
 from models import Media, Message, ProviderAccount, Tenant, utcnow
-from services.tenancy.tenants import AccountCredentials, credentials
+from providers.base import AccountCredentials
+from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ def _get(
 
 
 def media_to_dict(media: Media) -> dict[str, Any]:
-    from services.messages.serialize import iso
+    from core.ids import iso
 
     return {
         "id": media.id,
@@ -566,7 +567,7 @@ def resolve_media_id(
             f"Media {media_id!r} was uploaded through another Meta account than this message's.",
             code="media_account_mismatch",
         )
-    from services.messages.serialize import iso
+    from core.ids import iso
 
     when = max(at, utcnow()) if at else utcnow()
     if media.expires_at <= when:

@@ -1,4 +1,5 @@
-"""Phone numbers: strict E.164 validation and masking for logs."""
+"""Phone numbers: strict E.164 validation and WhatsApp id forms (masking for logs is
+core/logs.py)."""
 
 from __future__ import annotations
 
@@ -77,27 +78,6 @@ def normalize_e164(raw: str) -> str | None:
         return parse_e164(raw)
     except ValueError:
         return None
-
-
-def mask(number: str | None) -> str:
-    """`+15551234567` → `+1******4567`: enough to correlate, not enough to dial."""
-    if not number:
-        return ""
-    prefix = "whatsapp:" if number.startswith("whatsapp:") else ""
-    digits = number[len(prefix) :]
-    if len(digits) <= 6:
-        return prefix + "*" * len(digits)
-    return f"{prefix}{digits[:2]}{'*' * (len(digits) - 6)}{digits[-4:]}"
-
-
-# An international number (`+` then 7-15 digits, maybe spaced) or a bare WhatsApp id
-# (11-15 digits, country code included); not IP addresses, versions or timestamps.
-_PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d[\d -]{5,17}\d|\d{11,15})(?!\w|\.\d)")
-
-
-def mask_text(text: str) -> str:
-    """Mask every phone-number-like run in free text (log lines, error messages)."""
-    return _PHONE_RE.sub(lambda m: mask(re.sub(r"[\s-]", "", m.group(0))), text)
 
 
 # WhatsApp ids (`wa_id`) that differ from the number dialled, for the same person: Meta's

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import (
@@ -18,7 +19,7 @@ from core.errors import InvalidRequest
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.content import conversations
 from services.content.inputs import value_problem
-from services.content.phones import PHONE_FIELD, parse_e164
+from services.content.phones import PHONE_FIELD, normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -31,6 +32,28 @@ META_CAPTION_LIMIT = 1024  # Meta image/video/document caption
 WHATSAPP_TEMPLATE_LIMIT = 1024  # a WhatsApp template's text with its variables filled in
 
 _url = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+
+# What `from` may name (services/tenancy/senders.py resolves it).
+MESSAGING_SERVICE = re.compile(r"MG[0-9a-f]{32}")
+PHONE_NUMBER_ID = re.compile(r"[0-9]{5,20}")
+SENDER_ID = re.compile(r"snd_[0-9A-Z]{26}")
+
+
+def from_problem(value: Any) -> str | None:
+    """Why `from` cannot name a sender, or None: a sender id, an E.164 number, a
+    Messaging Service SID (MG + 32 hex) or a Meta phone number id (digits)."""
+    if not isinstance(value, str) or not value.strip():
+        return "Give a sender id, a number, a Messaging Service SID or a phone number id."
+    text = value.strip().removeprefix("whatsapp:").strip()
+    if SENDER_ID.fullmatch(text) or MESSAGING_SERVICE.fullmatch(text):
+        return None
+    if PHONE_NUMBER_ID.fullmatch(text) or normalize_e164(text):
+        return None
+    return (
+        "Not a sender id (snd_…), an E.164 number, a Messaging Service SID (MG + 32 hex) "
+        "or a phone number id."
+    )
 
 
 class MediaUrls(fields.Field):
@@ -103,11 +126,8 @@ class MessageRequestSchema(Schema):
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = conversations.request_problems(data)
-        if "from_" in data:  # senders
-            from services.tenancy.senders import from_problem
-
-            if from_problem(data["from_"]):
-                errors.setdefault("from", []).append(str(from_problem(data["from_"])))
+        if "from_" in data and (problem := from_problem(data["from_"])):  # senders
+            errors.setdefault("from", []).append(problem)
         if ("to" in data) == ("contact_id" in data):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
         if "to" in data:

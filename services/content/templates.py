@@ -27,9 +27,10 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import InvalidRequest
+from core.ids import iso
 from models import ProviderAccount, Template, utcnow
-from services.messages.serialize import iso
-from services.tenancy.tenants import AccountCredentials, credentials
+from providers.base import AccountCredentials
+from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ from core.errors import (
     RateLimited,
     database_unavailable,
 )
+from core.logs import mask
 from models import Message, MessageEvent, Tenant, get_engine, new_id, utcnow
 from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
 from services.content.inputs import text_problem
-from services.content.phones import mask
 from services.content.schemas import provider_problems
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit

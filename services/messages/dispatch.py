@@ -67,7 +67,7 @@ def _coalesce(work: list[tuple[str, list[str], str]]) -> list[tuple[str, list[st
 
 
 def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
-    from workers.celery_app import app
+    from core.queue import app
 
     if task in (DELIVER_TASK, BATCH_TASK):  # one task per batch, sent concurrently
         for batch_task, ids, batch_queue in _coalesce([(task, message_ids, queue)]):

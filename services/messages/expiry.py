@@ -5,15 +5,16 @@ acceptance. It is stored as `messages.expires_at`. While the message waits in He
 (scheduled, queued, throttled, held by the breaker, held for a retry) and the time
 passes, it ends `failed` with error code `expired` instead of being sent late:
 
-* at claim (`expired_refusal`, called by services/messages/delivery.py `claim_many`), so no
+* at claim (`expired_refusal`, called by services/messages/claim.py `claim_many`), so no
   worker sends it, whichever path brought it there;
 * by the beat sweep `herald.expire` (`expire_waiting`), one set-based UPDATE over the
   waiting rows nobody is going to claim soon (a scheduled row, a queued row whose
   doorbell is lost or parked behind a long hold).
 
 A message the provider already has is not Herald's to expire: Twilio gets the
-remaining time as `ValidityPeriod` (`validity_period`, capped at Twilio's 36,000 s)
-and reports error 30036 when it passes, which Herald names `expired` too. Meta's
+remaining time as `ValidityPeriod` (providers/twilio.py `validity_period`, capped at
+Twilio's 36,000 s) and reports error 30036 when it passes, which Herald names `expired`
+too. Meta's
 Cloud API has no per-message expiry (a template's message validity period is set in
 WhatsApp Manager), so a Meta message is only expired while it waits in Herald.
 """
@@ -21,7 +22,6 @@ WhatsApp Manager), so a Meta message is only expired while it waits in Herald.
 from __future__ import annotations
 
 import logging
-import math
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,13 +36,11 @@ log = logging.getLogger(__name__)
 EXPIRED = "expired"
 # Herald holds a message at most this long: two weeks is past any use of a deadline.
 MAX_TTL = 14 * 24 * 3600
-# Twilio's ValidityPeriod takes whole seconds from 1 to 36,000 (error 21624 otherwise).
-TWILIO_MAX_VALIDITY = 36_000
 # The states in which a message is Herald's alone to expire.
 WAITING = ("scheduled", "queued")
 SWEEP_LIMIT = 1000
 _WHY = "the message's ttl passed before it could be sent"
-# Earlier attempts that certainly never reached the provider (services/messages/delivery.py).
+# Earlier attempts that certainly never reached the provider (services/messages/record.py).
 _NOT_TAKEN = frozenset({"transient", "rate_limited"})
 
 
@@ -88,15 +86,6 @@ def _never_taken(message_id: str, attempts: int) -> bool:
         ).all()
     refused = sum(1 for d in details if isinstance(d, dict) and d.get("kind") in _NOT_TAKEN)
     return refused >= attempts - 1
-
-
-def validity_period(expires_at: datetime | None, now: datetime | None = None) -> int | None:
-    """Twilio's `ValidityPeriod` for a message expiring at `expires_at`: the remaining
-    whole seconds, at least 1 and at most Twilio's 36,000; None without a ttl."""
-    if expires_at is None:
-        return None
-    remaining = (expires_at - (now or utcnow())).total_seconds()
-    return max(1, min(TWILIO_MAX_VALIDITY, math.floor(remaining)))
 
 
 # The waiting rows to fail, chosen once: a MATERIALIZED CTE is computed a single time

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from core.config import get_settings
 from models import Message, ProviderAccount, session_scope, utcnow
 from providers import ProviderError, error_name, get_provider
-from services.callbacks.webhooks import TWILIO_STATUS
+from services.callbacks.twilio import TWILIO_STATUS
 from services.messages.status import apply_status
 from services.tenancy.tenants import credentials
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
+from core.ids import iso
 from models import Message, MessageEvent
 from services.content.conversations import options_fields, public_fields
-
-
-def iso(value: datetime | None) -> str | None:
-    return (
-        None if value is None else value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def event_to_dict(event: MessageEvent) -> dict[str, Any]:

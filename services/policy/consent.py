@@ -142,3 +142,13 @@ def apply_keyword(contact: Contact, body: str | None, at: datetime) -> str | Non
         contact.opted_out, contact.opted_out_at = False, None
         return "opted_in"
     return None
+
+
+def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore[no-untyped-def]
+    """The provider says this recipient opted out: remember it on the contact."""
+    contact = contact_for(session, tenant_id, phone)  # also its other WhatsApp form
+    if contact is None:
+        contact = Contact(tenant_id=tenant_id, phone=phone)
+        session.add(contact)
+    contact.opted_out = True
+    contact.opted_out_at = utcnow()

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound
-from models import Contact, utcnow
+from core.ids import iso
+from models import Contact, Message, utcnow
 from services.content.phones import PHONE_FIELD, parse_e164
 from services.content.schemas import load_object
-from services.messages.serialize import iso
 from services.policy.consent import contact_for, window_open
 
 
@@ -114,3 +114,18 @@ def _apply(contact: Contact, data: dict[str, Any]) -> None:
     if "opted_out" in data and data["opted_out"] != contact.opted_out:
         contact.opted_out = data["opted_out"]
         contact.opted_out_at = utcnow() if data["opted_out"] else None
+
+
+def remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: ignore[no-untyped-def]
+    """Meta reported another WhatsApp id than the number dialled (its send answer, or a
+    status's `recipient_id`): keep it on the message and the contact, so a reply from it
+    (its `from`) finds this contact."""
+    session.execute(
+        update(Message)
+        .where(Message.id == message.id)
+        .values(wa_id=wa_id)
+        .execution_options(synchronize_session=False)
+    )
+    contact = contact_for(session, message.tenant_id, message.to_number)
+    if contact is not None and contact.wa_id != wa_id:
+        contact.wa_id = wa_id

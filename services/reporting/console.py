@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import InvalidRequest, Unauthorized
+from core.ids import id_at
 from models import ApiKey, Campaign, Contact, Message, ProviderAccount, Tenant, utcnow
 from services.content.phones import normalize_e164
 from services.policy.limits import budget_tokens, get_redis, key
@@ -27,7 +28,6 @@ from services.tenancy.tenants import KEY_PREFIX, hash_key
 
 log = logging.getLogger(__name__)
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAILED = ("failed", "undelivered")
 CHART_STATUSES = (
     "scheduled",
@@ -41,16 +41,6 @@ CHART_STATUSES = (
     "canceled",
     "received",
 )
-
-
-def id_at(prefix: str, when: datetime) -> str:
-    """The smallest id `new_id(prefix)` can produce at `when`: a bound for id ranges."""
-    value = int(when.timestamp() * 1000) << 80
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
 
 
 # ---------------------------------------------------------------- sign-in

@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from core.config import get_settings
 from models import EventDelivery, Message, session_scope, utcnow
-from services.callbacks.webhooks import count_unrouted, count_webhook_errors
+from services.callbacks.inbound import count_unrouted
+from services.callbacks.meta import count_webhook_errors
 from services.policy.limits import get_redis
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.ids import id_at
 from models import Message, utcnow
-from services.reporting.console import id_at
 
 # The dimensions `group_by` takes, and the column each is read from.
 GROUPS = {

@@ -15,9 +15,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound
+from core.ids import iso
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
-from services.messages.serialize import iso
 from services.reporting.events import webhook_secret
 from services.tenancy.secrets import decrypt_json, encrypt_json
 from services.tenancy.tenants import (

@@ -13,7 +13,7 @@ the tenant's default for its provider and channel.
 * The chosen sender is written into the message row at accept time
   (`options.sender`, and `from_number`), so every retry goes out from the same one,
   even if the sender is later removed or the default changes.
-* The per-sender rate bucket (services/messages/delivery.py `_slot_wait`) keys on that sender at
+* The per-sender rate bucket (services/messages/gate.py) keys on that sender at
   its own `mps`, so each sender of a campaign's pool is paced on its own.
 * Campaigns may spread over a pool: each recipient is given one sender by weighted
   rendezvous hashing on the recipient's number (weights: each sender's rate), so a
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -44,18 +43,20 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.ids import iso
 from models import ProviderAccount, Sender, Tenant
 from services.content.phones import normalize_e164
-from services.content.schemas import load_object
-from services.messages.serialize import iso
+from services.content.schemas import (
+    MESSAGING_SERVICE,
+    PHONE_NUMBER_ID,
+    from_problem,
+    load_object,
+)
 from services.tenancy.admin import get_tenant
 
 KINDS = ("number", "messaging_service", "phone_number_id")
 PROVIDER_KINDS = {"twilio": ("number", "messaging_service"), "meta": ("phone_number_id",)}
 PROVIDER_CHANNELS = {"twilio": ("sms", "whatsapp"), "meta": ("whatsapp",)}
-MESSAGING_SERVICE = re.compile(r"MG[0-9a-f]{32}")
-PHONE_NUMBER_ID = re.compile(r"[0-9]{5,20}")
-SENDER_ID = re.compile(r"snd_[0-9A-Z]{26}")
 POOL = "pool"  # a campaign's `from: "pool"`: every sender of its provider and channel
 MAX_POOL = 100
 
@@ -153,22 +154,6 @@ def _canonical(value: str) -> str:
     """`from` as a sender is stored: `whatsapp:` dropped, numbers in E.164."""
     text = value.strip().removeprefix("whatsapp:").strip()
     return normalize_e164(text) or text
-
-
-def from_problem(value: Any) -> str | None:
-    """Why `from` cannot name a sender, or None: a sender id, an E.164 number, a
-    Messaging Service SID (MG + 32 hex) or a Meta phone number id (digits)."""
-    if not isinstance(value, str) or not value.strip():
-        return "Give a sender id, a number, a Messaging Service SID or a phone number id."
-    text = value.strip().removeprefix("whatsapp:").strip()
-    if SENDER_ID.fullmatch(text) or MESSAGING_SERVICE.fullmatch(text):
-        return None
-    if PHONE_NUMBER_ID.fullmatch(text) or normalize_e164(text):
-        return None
-    return (
-        "Not a sender id (snd_…), an E.164 number, a Messaging Service SID (MG + 32 hex) "
-        "or a phone number id."
-    )
 
 
 def _tenant_provider(tenant: Tenant, channel: str) -> str | None:
@@ -608,20 +593,6 @@ def remove_sender(session: Session, tenant_id: str, sender_id: str) -> None:
 
 
 # ---------------------------------------------------------------- webhooks
-
-
-def accounts_for_addresses(session: Session, provider: str, addresses: list[str]) -> set[str]:
-    """Ids of the accounts whose senders hold these addresses (Meta phone number ids a
-    webhook names, beyond each account's own)."""
-    if not addresses:
-        return set()
-    return set(
-        session.scalars(
-            select(Sender.provider_account_id).where(
-                Sender.provider == provider, Sender.address.in_(addresses)
-            )
-        )
-    )
 
 
 def as_phone_number(session: Session, accounts: list[Any], phone_id: str) -> list[Any]:

@@ -8,7 +8,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -17,7 +16,8 @@ from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 
 from core.config import get_settings
 from core.errors import InvalidRequest, Unauthorized
-from models import ApiKey, ProviderAccount, Tenant, utcnow
+from models import ApiKey, ProviderAccount, Sender, Tenant, utcnow
+from providers.base import AccountCredentials
 from services.content.inputs import text_problem
 from services.tenancy.secrets import decrypt_json, encrypt_json
 
@@ -222,18 +222,6 @@ def _jwt_tenant(token: str) -> str | None:
     return tenant_id
 
 
-@dataclass(frozen=True)
-class AccountCredentials:
-    """A provider account with its secrets decrypted, for one send or one verification."""
-
-    id: str
-    tenant_id: str
-    provider: str
-    external_id: str
-    settings: dict[str, Any]
-    secrets: dict[str, Any]
-
-
 def add_provider_account(
     session: Session, tenant_id: str, provider: str, **values: Any
 ) -> ProviderAccount:
@@ -329,6 +317,20 @@ def cached_accounts_by_external_id(
     return found
 
 
+def accounts_for_addresses(session: Session, provider: str, addresses: list[str]) -> set[str]:
+    """Ids of the accounts whose senders hold these addresses (Meta phone number ids a
+    webhook names, beyond each account's own)."""
+    if not addresses:
+        return set()
+    return set(
+        session.scalars(
+            select(Sender.provider_account_id).where(
+                Sender.provider == provider, Sender.address.in_(addresses)
+            )
+        )
+    )
+
+
 def accounts_by_external_ids(
     session: Session, provider: str, external_ids: Iterable[str]
 ) -> list[ProviderAccount]:
@@ -338,8 +340,6 @@ def accounts_by_external_ids(
         return []
     named = ProviderAccount.external_id.in_(wanted)
     if provider == "meta":  # senders: a phone number id of the account's senders names it too
-        from services.tenancy.senders import accounts_for_addresses
-
         owners = accounts_for_addresses(session, provider, wanted)
         named = named | ProviderAccount.id.in_(owners) if owners else named
     return list(

@@ -9,9 +9,8 @@ from sqlalchemy import select
 
 from models import Message, MessageEvent, session_scope
 from providers import ProviderError, get_provider
-from providers.base import OutboundMessage
+from providers.base import AccountCredentials, OutboundMessage
 from services.messages.delivery import deliver
-from services.tenancy.tenants import AccountCredentials
 from tests.conftest import META_PHONE_ID, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
 

@@ -71,7 +71,7 @@ def test_a_recent_message_is_not_fetched(live, client, auth, dispatched) -> None
 
 
 def test_meta_131050_by_webhook_opts_out_end_to_end(live, client, dispatched) -> None:
-    from services.callbacks.meta_events import apply_stored_orphans
+    from services.callbacks.meta_orphans import apply_stored_orphans
 
     to = "+12015550150"
     tenant = make_tenant(windows=(*WINDOW_OPEN, to))

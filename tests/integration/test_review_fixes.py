@@ -9,7 +9,8 @@ from sqlalchemy import update
 
 from models import Contact, Message, session_scope
 from providers import OutboundMessage
-from services.messages.delivery import deliver, reconcile
+from services.messages.delivery import deliver
+from services.messages.record import reconcile
 from tests.integration.test_delivery import create, expire_lease, load
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from models import Campaign, Contact, Message, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
-from services.messages.delivery import release_scheduled
+from services.messages.sweep import release_scheduled
 
 TEMPLATE = {"name": "offer", "language": "es_MX"}
 

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 
 from models import EventDelivery, Message, MessageEvent, session_scope, utcnow
-from services.messages.delivery import claim_for_sending
-from services.messages.expiry import expire_waiting, validity_period
+from providers.twilio import validity_period
+from services.messages.claim import claim_for_sending
+from services.messages.expiry import expire_waiting
 
 TO = "+12025550143"
 
@@ -145,9 +146,8 @@ def test_validity_period_is_the_remaining_ttl_within_twilios_range() -> None:
 
 
 def test_twilio_params_carry_the_validity_period() -> None:
-    from providers.base import OutboundMessage
+    from providers.base import AccountCredentials, OutboundMessage
     from providers.twilio import TwilioProvider
-    from services.tenancy.tenants import AccountCredentials
 
     account = AccountCredentials(
         id="pa",

@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from models import Message, MessageEvent, WebhookEvent, WebhookInbox, session_scope
-from services.callbacks import inbox
-from services.callbacks.webhooks import TWILIO_STATUS_KIND, dedup_key, handle_twilio_status
+from services.callbacks import applier, inbox
+from services.callbacks.receipts import dedup_key
+from services.callbacks.twilio import TWILIO_STATUS_KIND, handle_twilio_status
 from tests.unit.test_webhooks import events_of, get, new_message, twilio_status
 
 
@@ -25,7 +26,7 @@ def applier_off() -> Iterator[None]:
 
     with session_scope() as session:
         session.execute(delete(WebhookInbox))
-    inbox.set_applier(lambda: None)
+    applier.set_applier(lambda: None)
     yield
 
 
@@ -118,7 +119,7 @@ def test_one_batch_of_shuffled_callbacks_moves_each_message_forward_only(
         cursor[i] += 1
         extra = {"ErrorCode": "30003"} if status in ("undelivered", "failed") else {}
         assert twilio_status(client, mid, status, sid, Price="-0.0075", **extra).status_code == 204
-    assert inbox.apply_pending() == len(order)  # one batch
+    assert applier.apply_pending() == len(order)  # one batch
     # The same callbacks, each applied on its own by the one-at-a-time path.
     accounts = [message(alone[0]).provider_account_id]
     for i, calls in enumerate(posted):
@@ -158,11 +159,11 @@ def test_duplicate_callbacks_in_one_batch_give_one_event(
             ref=mid,
             payload=row.payload,
         )
-    assert inbox.apply_pending() == 2
+    assert applier.apply_pending() == 2
     assert events_of(mid)[1:] == [("delivered", "delivered", True)]
     # And once more after it was applied: a duplicate, no event.
     assert twilio_status(client, mid, "delivered", sid).status_code == 204
-    assert inbox.apply_pending() == 1
+    assert applier.apply_pending() == 1
     assert events_of(mid)[1:] == [("delivered", "delivered", True)]
     with session_scope() as session:
         receipts = session.scalars(
@@ -189,24 +190,24 @@ def test_a_poison_row_holds_back_no_other(client, auth, dispatched, applier_off)
             payload={"MessageSid": 12, "MessageStatus": ["not", "a", "status"]},
         )
     assert twilio_status(client, second, "delivered", "SM" + "e" * 32).status_code == 204
-    inbox.apply_all()
+    applier.apply_all()
     assert message(first).status == "delivered"
     assert message(second).status == "delivered"
     (kept,) = pending()
     assert kept.dedup_key == "twilio:poison"
     assert kept.attempts == 1 and kept.last_error
     assert kept.next_attempt_at > kept.received_at  # waits before its next try
-    assert inbox.apply_all() == 0  # not due: not retried at once
+    assert applier.apply_all() == 0  # not due: not retried at once
     with session_scope() as session:
         row = session.get(WebhookInbox, kept.id)
         assert row is not None
         row.attempts, row.next_attempt_at = inbox.MAX_ATTEMPTS, row.received_at
-    assert inbox.apply_all() == 0  # kept for operators, never tried again
+    assert applier.apply_all() == 0  # kept for operators, never tried again
     assert pending()[0].last_error == kept.last_error
 
 
 def test_the_receiving_process_applies_callbacks_by_itself(client, auth, dispatched) -> None:
-    inbox.set_applier(None)  # production: the process's applier thread
+    applier.set_applier(None)  # production: the process's applier thread
     mid = new_message(client, auth, channel="sms")
     assert twilio_status(client, mid, "delivered", "SM" + "f" * 32).status_code == 204
     deadline = time.monotonic() + 30
@@ -233,10 +234,10 @@ def test_a_batch_gives_up_a_lock_wait_rather_than_risk_a_deadlock(
     assert twilio_status(client, mid, "delivered", "SM" + "g" * 32).status_code == 204
     holder = new_session()  # e.g. a worker recording a batch of sends, holding the row
     holder.execute(select(Message.id).where(Message.id == mid).with_for_update())
-    caplog.set_level("WARNING", logger="services.callbacks.inbox")
-    applier = threading.Thread(target=inbox.apply_pending)
+    caplog.set_level("WARNING", logger="services.callbacks.applier")
+    worker = threading.Thread(target=applier.apply_pending)
     try:
-        applier.start()
+        worker.start()
         deadline = time.monotonic() + 30
         while "applying alone" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -247,6 +248,6 @@ def test_a_batch_gives_up_a_lock_wait_rather_than_risk_a_deadlock(
     finally:
         holder.rollback()
         holder.close()
-        applier.join(timeout=60)
+        worker.join(timeout=60)
     assert message(mid).status == "delivered"
     assert events_of(mid)[1:] == [("delivered", "delivered", True)]

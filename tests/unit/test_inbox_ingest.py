@@ -18,8 +18,8 @@ from sqlalchemy import select, text
 
 from core.errors import database_unavailable
 from models import EventDelivery, WebhookInbox, new_session, session_scope
-from services.callbacks import inbox
-from services.callbacks.webhooks import TWILIO_STATUS_KIND
+from services.callbacks import applier, inbox
+from services.callbacks.twilio import TWILIO_STATUS_KIND
 from tests.unit.test_inbox import applier_off, message, pending  # noqa: F401 (a fixture)
 from tests.unit.test_webhooks import get, new_message, twilio_status
 
@@ -207,7 +207,7 @@ def test_a_batch_applies_the_callbacks_times_exactly(client, auth, dispatched) -
     sid = "SM" + uuid.uuid4().hex
     assert twilio_status(client, mid, "delivered", sid, Price="-0.00750").status_code == 204
     (received,) = [r.received_at for r in pending() if r.ref == mid]
-    assert inbox.apply_pending() == 1
+    assert applier.apply_pending() == 1
     msg = message(mid)
     assert msg.delivered_at == msg.sent_at == received  # the callback's own time, to the µs
     assert str(msg.price) == "0.00750"

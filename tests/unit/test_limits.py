@@ -8,7 +8,8 @@ from sqlalchemy import update
 
 from core.config import get_settings
 from models import Message, Tenant, session_scope
-from services.messages.delivery import deliver, send_gate
+from services.messages.delivery import deliver
+from services.messages.gate import send_gate
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
 TO = "+12025550143"

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InvalidRequest
-from providers.base import OutboundMessage
+from providers.base import AccountCredentials, OutboundMessage
 from providers.meta import build_payload
 from services.content.media import BadGateway, MediaSource, check_upload, open_media
-from services.tenancy.tenants import AccountCredentials
 
 TWILIO = AccountCredentials(
     id="acc_1",

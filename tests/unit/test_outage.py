@@ -151,7 +151,7 @@ def broker_down(monkeypatch):  # type: ignore[no-untyped-def]
     from celery import Celery
 
     import celeryconfig
-    import workers.celery_app
+    import core.queue
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     app = Celery("herald-broker-down")
@@ -159,7 +159,7 @@ def broker_down(monkeypatch):  # type: ignore[no-untyped-def]
     app.conf.broker_url = app.conf.result_backend = dead
     subscribed: list[str] = []
     monkeypatch.setattr(app.backend, "on_task_call", lambda _p, task_id: subscribed.append(task_id))
-    monkeypatch.setattr(workers.celery_app, "app", app)
+    monkeypatch.setattr(core.queue, "app", app)
     yield subscribed
     app.close()
 
@@ -198,7 +198,7 @@ def test_a_worker_survives_its_broker_connection_closing_under_it() -> None:
     import redis
     from kombu import Connection
 
-    import workers.celery_app  # noqa: F401  (installs the guard)
+    import core.queue  # noqa: F401  (installs the guard)
 
     url = os.environ.get("REDIS_URL")
     if not url:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from models import Contact, Message, MessageEvent, WebhookEvent, session_scope
 from providers import SendResult
-from services.messages.delivery import _record_sent
+from services.messages.record import record_sent as _record_sent
 from tests.unit.test_webhooks import TO, get, meta_change, meta_post, new_message, status
 
 
@@ -43,7 +43,7 @@ def test_failed_status_before_the_wamid_is_recorded_is_applied_then(
 
 
 def test_stored_orphans_are_applied_by_the_periodic_pass(client, auth, dispatched) -> None:
-    from services.callbacks.meta_events import apply_stored_orphans
+    from services.callbacks.meta_orphans import apply_stored_orphans
     from services.messages.status import apply_status
 
     mid = new_message(client, auth)

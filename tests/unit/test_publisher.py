@@ -33,10 +33,10 @@ class FakeBroker:
 
 @pytest.fixture
 def broker(monkeypatch):  # type: ignore[no-untyped-def]
-    import workers.celery_app
+    import core.queue
 
     fake = FakeBroker()
-    monkeypatch.setattr(workers.celery_app.app, "send_task", fake.send_task)
+    monkeypatch.setattr(core.queue.app, "send_task", fake.send_task)
     dispatch.set_dispatcher(None)
     yield fake
     fake.gate.set()
@@ -70,7 +70,7 @@ def test_a_batch_is_split_at_the_batch_limit(broker) -> None:
 
 
 def test_the_request_does_not_publish_and_a_lost_doorbell_is_swept(broker, client, auth) -> None:
-    from services.messages.delivery import due_for_sweep
+    from services.messages.sweep import due_for_sweep
 
     broker.fail = True
     broker.gate.clear()  # a broker that hangs, then fails: the request does not wait

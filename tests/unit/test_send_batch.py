@@ -12,14 +12,10 @@ from sqlalchemy import inspect, select, text, update
 
 from models import EventDelivery, Message, MessageEvent, ProviderAccount, session_scope, utcnow
 from providers import SendResult
-from services.messages.delivery import (
-    claim_for_sending,
-    due_for_sweep,
-    record_sent_batch,
-    release_parked,
-    send_gate,
-    send_gates,
-)
+from services.messages.claim import claim_for_sending
+from services.messages.gate import release_parked, send_gate, send_gates
+from services.messages.record import record_sent_batch
+from services.messages.sweep import due_for_sweep
 from services.reporting.events import record_status_event
 from tests.conftest import TWILIO_SID, TWILIO_TOKEN, make_tenant
 
@@ -242,7 +238,7 @@ def test_a_claimed_message_is_the_row_as_the_orm_loads_it(dispatched) -> None:
 def test_a_batch_owes_the_same_event_as_the_single_path(dispatched) -> None:
     """The batch path's owed event (one read, one INSERT) is the one `apply_status`'s
     `record_status_event` writes for the same row: same URL, same payload."""
-    from services.messages.delivery import _owe_events
+    from services.messages.claim import owe_events as _owe_events
 
     tenant = make_tenant("owed")
     mid = _rich_message(

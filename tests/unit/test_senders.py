@@ -13,10 +13,9 @@ import pytest
 
 from core.config import get_settings
 from models import Message, session_scope
-from providers.base import OutboundMessage
+from providers.base import AccountCredentials, OutboundMessage
 from providers.twilio import TwilioProvider
 from services.tenancy.senders import assign, outbound_sender, sender_for
-from services.tenancy.tenants import AccountCredentials
 
 TOKEN = "admin-token-0123456789abcdef"
 

@@ -83,7 +83,7 @@ def test_the_appliers_lock_reads_only_the_rows_it_locks(filled) -> None:
 
 
 def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
-    from services.callbacks.webhooks import _find_message
+    from services.callbacks.receipts import find_message
 
     session, tenant_id = filled
     account = session.execute(
@@ -100,8 +100,8 @@ def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
     engine = session.get_bind()
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        found = _find_message(session, [account], None, "SMplan12345", provider="twilio")
-        missing = _find_message(session, [account], None, "SMnowhere", provider="twilio")
+        found = find_message(session, [account], None, "SMplan12345", provider="twilio")
+        missing = find_message(session, [account], None, "SMnowhere", provider="twilio")
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     assert found is not None and found.id == "msg_plan12345"

@@ -18,9 +18,9 @@ import urllib3
 from twilio.http.http_client import TwilioHttpClient
 
 from providers import ErrorKind, OutboundMessage, ProviderError
+from providers.base import AccountCredentials
 from providers.http import PooledHttpClient
 from providers.twilio import TwilioProvider
-from services.tenancy.tenants import AccountCredentials
 
 SID = "AC" + "b2" * 16
 MESSAGE = {

@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from core.ids import id_at
 from models import Message, session_scope
-from services.reporting.console import id_at
 from services.reporting.usage import record_meta_pricing
 from tests.conftest import make_tenant
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.errors import InvalidRequest
-from services.content.phones import mask, mask_text, normalize_e164
+from core.logs import mask, mask_text
+from services.content.phones import normalize_e164
 from services.content.schemas import load_message_request
 
 
