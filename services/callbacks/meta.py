@@ -185,7 +185,7 @@ def _meta_status(
             native,
         ),
         message_id=message.id if message else None,
-        # Kept without a message: applied when its wamid is recorded (meta_events).
+        # Kept without a message: applied when its wamid is recorded (meta_orphans.py).
         tenant_id=message.tenant_id if message else _only_tenant(accounts),
         provider_message_id=wamid,
         payload=status,

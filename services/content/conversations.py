@@ -6,7 +6,7 @@ Kept apart from the accept, send and webhook paths (owned elsewhere): those call
 here through small hooks — `request_problems` and `provider_problems` from
 services/content/schemas.py, `accept_options` from services/messages/service.py, `outbound_fields`
 and `after_send` from services/messages/delivery.py, `inbound_extras` / `link_inbound` from
-services/callbacks/webhooks.py. Everything travels in `messages.options` (no migration).
+services/callbacks/meta.py. Everything travels in `messages.options` (no migration).
 
 Meta's rules, from the Cloud API messages reference: a reply is any message with
 `context.message_id` (a `wamid`); a reaction names the `wamid` it reacts to and one

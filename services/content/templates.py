@@ -742,7 +742,7 @@ def apply_status_update(
 def handle_account_change(
     session: Session, entry: dict[str, Any], change: dict[str, Any], signer: Any
 ) -> None:
-    """services/callbacks/webhooks.py's hook for WABA-level changes: the ones about templates."""
+    """services/callbacks/meta.py's hook for WABA-level changes: the ones about templates."""
     if change.get("field") == "message_template_status_update":
         apply_status_update(session, entry, change, signer)
 

@@ -21,7 +21,7 @@ the tenant's default for its provider and channel.
   stays the same (replies land on the number the person knows: conversation continuity),
   and a faster sender takes a larger share.
 * An address belongs to one tenant (unique per provider): inbound messages and status
-  callbacks to it route to that tenant (services/callbacks/webhooks.py,
+  callbacks to it route to that tenant (services/callbacks/signatures.py,
   services/tenancy/tenants.py).
 """
 
