@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.errors import Conflict, InvalidRequest, PolicyRefused
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
@@ -43,6 +43,7 @@ from services.messages.serialize import iso
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import quiet_hours
 from services.reporting.events import record_status_event
+from services.tenancy.owned import get_owned
 from services.tenancy.senders import (
     MAX_POOL,
     ChosenSender,
@@ -416,12 +417,7 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
 
 
 def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign:
-    campaign = session.scalars(
-        select(Campaign).where(Campaign.id == campaign_id, Campaign.tenant_id == tenant_id)
-    ).first()
-    if campaign is None:
-        raise NotFound(f"No campaign {campaign_id!r}.")
-    return campaign
+    return get_owned(session, Campaign, tenant_id, campaign_id, f"No campaign {campaign_id!r}.")
 
 
 def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:

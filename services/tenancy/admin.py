@@ -19,6 +19,7 @@ from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
 from services.messages.serialize import iso
 from services.reporting.events import webhook_secret
+from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
 from services.tenancy.tenants import (
     PROVIDER_FIELDS,
@@ -192,24 +193,12 @@ def set_tenant_disabled(session: Session, tenant_id: str, disabled: bool) -> Ten
 
 def list_accounts(session: Session, tenant_id: str) -> list[ProviderAccount]:
     get_tenant(session, tenant_id)
-    return list(
-        session.scalars(
-            select(ProviderAccount)
-            .where(ProviderAccount.tenant_id == tenant_id)
-            .order_by(ProviderAccount.created_at, ProviderAccount.id)
-        )
-    )
+    return list_owned(session, ProviderAccount, tenant_id)
 
 
 def get_account(session: Session, tenant_id: str, account_id: str) -> ProviderAccount:
-    account = session.scalars(
-        select(ProviderAccount).where(
-            ProviderAccount.id == account_id, ProviderAccount.tenant_id == tenant_id
-        )
-    ).first()
-    if account is None:
-        raise NotFound(f"No account {account_id!r} on this tenant.")
-    return account
+    missing = f"No account {account_id!r} on this tenant."
+    return get_owned(session, ProviderAccount, tenant_id, account_id, missing)
 
 
 def add_account(session: Session, tenant_id: str, payload: Any) -> ProviderAccount:
@@ -328,11 +317,7 @@ def create_tenant_key(session: Session, tenant_id: str, name: str | None = None)
 
 def revoke_tenant_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
     """Revoke one of the tenant's keys; revoking twice keeps the first time."""
-    row = session.scalars(
-        select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound(f"No key {key_id!r} on this tenant.")
+    row = get_owned(session, ApiKey, tenant_id, key_id, f"No key {key_id!r} on this tenant.")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     session.flush()

@@ -43,12 +43,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.errors import Conflict, InvalidRequest, PolicyRefused
 from models import ProviderAccount, Sender, Tenant
 from services.content.phones import normalize_e164
 from services.content.schemas import load_object
 from services.messages.serialize import iso
 from services.tenancy.admin import get_tenant
+from services.tenancy.owned import get_owned, list_owned
 
 KINDS = ("number", "messaging_service", "phone_number_id")
 PROVIDER_KINDS = {"twilio": ("number", "messaging_service"), "meta": ("phone_number_id",)}
@@ -459,22 +460,13 @@ def sender_to_dict(sender: Sender) -> dict[str, Any]:
 
 def list_senders(session: Session, tenant_id: str) -> list[Sender]:
     get_tenant(session, tenant_id)
-    return list(
-        session.scalars(
-            select(Sender)
-            .where(Sender.tenant_id == tenant_id)
-            .order_by(Sender.created_at, Sender.id)
-        )
-    )
+    return list_owned(session, Sender, tenant_id)
 
 
 def get_sender(session: Session, tenant_id: str, sender_id: str) -> Sender:
-    sender = session.scalars(
-        select(Sender).where(Sender.tenant_id == tenant_id, Sender.id == sender_id)
-    ).first()
-    if sender is None:
-        raise NotFound(f"No sender {sender_id!r} on this tenant.")
-    return sender
+    return get_owned(
+        session, Sender, tenant_id, sender_id, f"No sender {sender_id!r} on this tenant."
+    )
 
 
 def _account_for(
