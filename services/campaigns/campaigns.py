@@ -35,6 +35,7 @@ from services.content.schemas import (
     MediaUrls,
     TemplateSchema,
     check_for_provider,
+    load_object,
     variables_problem,
 )
 from services.content.templates import campaign_row_problem, refuse_unusable_template
@@ -95,16 +96,7 @@ class CampaignSchema(Schema):
 
 
 def load_campaign_request(payload: Any) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The campaign must be a JSON object.")
-    try:
-        return CampaignSchema().load(payload)
-    except ValidationError as exc:
-        raise InvalidRequest(
-            "The campaign has invalid fields.",
-            code="invalid_fields",
-            fields=exc.normalized_messages(),
-        ) from None
+    return load_object(CampaignSchema(), payload, what="campaign")
 
 
 def csv_recipients(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[dict[str, Any]]:
