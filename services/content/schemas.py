@@ -300,18 +300,27 @@ def load_object(
     payload: Any,
     *,
     partial: bool = False,
+    required: str | None = None,
     what: str | None = None,
 ) -> dict[str, Any]:
     """`payload` loaded by `schema`, or the API's 400: not an object, or `invalid_fields`
-    with a message per field. `what` names the payload in the messages ("campaign");
+    with a message per field. `required`: a field a create must give and an update
+    (`partial`) may leave out. `what` names the payload in the messages ("campaign");
     by default they speak of the request."""
     if not isinstance(payload, dict):
         raise InvalidRequest(f"The {what or 'request body'} must be a JSON object.")
     try:
-        return schema.load(payload, partial=partial)
+        data = schema.load(payload, partial=partial)
     except ValidationError as exc:
         raise InvalidRequest(
             f"The {what or 'request'} has invalid fields.",
             code="invalid_fields",
             fields=exc.normalized_messages(),
         ) from None
+    if required and not partial and required not in data:
+        raise InvalidRequest(
+            f"{required} is required.",
+            code="invalid_fields",
+            fields={required: ["Missing data for required field."]},
+        )
+    return data

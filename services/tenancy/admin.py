@@ -53,13 +53,7 @@ class TenantSchema(_Strict):
 
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
     """A validated tenant create (name required) or update (every field optional)."""
-    data = load_object(TenantSchema(), payload, partial=partial)
-    if not partial and "name" not in data:
-        raise InvalidRequest(
-            "name is required.",
-            code="invalid_fields",
-            fields={"name": ["Missing data for required field."]},
-        )
+    data = load_object(TenantSchema(), payload, partial=partial, required="name")
     if partial and "accounts" in data:
         raise InvalidRequest(
             "Accounts are managed under /accounts.",
