@@ -105,9 +105,7 @@ def send_message(  # type: ignore[no-untyped-def]
             # (late ack after a worker died) returns the first message, not a second.
             task_id = self.request.id
             key = idempotency_key or (f"celery:{task_id}" if task_id else None)
-            message, _ = accept_message(
-                session, tenant, data, idempotency_key=key, raw=fields, own_transaction=True
-            )
+            message, _ = accept_message(session, tenant, data, idempotency_key=key, raw=fields)
             result = {"id": message.id, "status": message.status}
         return result
     except HeraldError as exc:
