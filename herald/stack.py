@@ -38,16 +38,16 @@ SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
 QUEUES = "herald,herald.send,herald.bulk,herald.events,herald.periodic"
 
 
+def _celery(*args: str) -> list[str]:
+    """Herald's Celery app under this interpreter, with `args` (worker, beat)."""
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+
+
 def worker_argv(
     concurrency: int | str, hostname: str, loglevel: str = "INFO", *extra: str
 ) -> list[str]:
     """A Celery worker on every queue, threads pool: sends are I/O-bound."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
+    return _celery(
         "worker",
         "--pool",
         "threads",
@@ -60,22 +60,11 @@ def worker_argv(
         "--hostname",
         hostname,
         *extra,
-    ]
+    )
 
 
 def beat_argv(schedule: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "beat",
-        "--loglevel",
-        "WARNING",
-        "--schedule",
-        str(schedule),
-    ]
+    return _celery("beat", "--loglevel", "WARNING", "--schedule", str(schedule))
 
 
 def api_argv(port: int, workers: int | str) -> list[str]:
