@@ -52,6 +52,7 @@ from herald.stack import (
     beat_argv,
     free_port,
     redis_server_argv,
+    sandbox_argv,
     wait_until,
     worker_argv,
 )
@@ -212,26 +213,17 @@ class ChaosStack:
         migrate.upgrade()
         tenant = _make_tenant()
         self.start_redis()
-        sid, token = SANDBOX_TWILIO
         self._start(
             "sandbox",
-            [
-                sys.executable,
-                "-m",
-                "sandbox",
-                "--port",
-                str(self.sandbox_port),
-                "--twilio-account",
-                f"{sid}:{token}",
-                "--meta-account",
-                ":".join(SANDBOX_META),
+            sandbox_argv(
+                self.sandbox_port,
                 "--meta-webhook-url",
                 f"{self.api}/webhooks/meta",
                 "--callback-delay",
                 "0.2",
                 "--receipts-file",
                 str(self.home / "receipts.jsonl"),
-            ],
+            ),
         )
         self._start("api", api_argv(self.api_port, 2))
         for i in range(self.n_workers):

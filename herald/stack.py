@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,25 @@ def api_argv(port: int, workers: int | str) -> list[str]:
         "--graceful-timeout",
         "10",
         "api:create_app()",
+    ]
+
+
+def sandbox_argv(port: int, *extra: str, meta_account: Sequence[str] = SANDBOX_META) -> list[str]:
+    """The provider sandbox on loopback, holding the sandbox Twilio account and
+    `meta_account` (phone number id, token, app secret, WABA id), with `extra` options."""
+    return [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--twilio-account",
+        ":".join(SANDBOX_TWILIO),
+        "--meta-account",
+        ":".join(meta_account),
+        *extra,
     ]
 
 
@@ -324,25 +344,16 @@ def _run_stack(home: Path, embedded_db: bool) -> int:
             public = os.environ["HERALD_PUBLIC_URL"]
             stack.start(
                 "sandbox",
-                [
-                    sys.executable,
-                    "-m",
-                    "sandbox",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(sandbox_port),
-                    "--twilio-account",
-                    ":".join(SANDBOX_TWILIO),
-                    "--meta-account",
-                    ":".join(sandbox_meta_account(home)),
+                sandbox_argv(
+                    sandbox_port,
                     "--meta-webhook-url",
                     f"{public}/webhooks/meta",
                     "--twilio-inbound-url",
                     f"{public}/webhooks/twilio/inbound",
                     "--receipts-file",
                     str(home / "sandbox-sends.jsonl"),
-                ],
+                    meta_account=sandbox_meta_account(home),
+                ),
             )
             if use_sandbox["twilio"]:
                 os.environ["TWILIO_API_BASE"] = sandbox_url
