@@ -47,7 +47,7 @@ from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import (
     ROOT,
     SANDBOX_META,
-    SANDBOX_TWILIO,
+    add_sandbox_twilio_account,
     api_argv,
     beat_argv,
     free_port,
@@ -260,19 +260,10 @@ def _make_tenant() -> dict[str, str]:
     from models import Contact, session_scope, utcnow
     from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
-    sid, token = SANDBOX_TWILIO
     phone_id, meta_token, secret, waba = SANDBOX_META
     with session_scope() as session:
         tenant = create_tenant(session, "chaos")
-        add_provider_account(
-            session,
-            tenant.id,
-            "twilio",
-            account_sid=sid,
-            auth_token=token,
-            sms_from="+12025550100",
-            whatsapp_from="+14155238886",
-        )
+        add_sandbox_twilio_account(session, tenant.id)
         add_provider_account(
             session,
             tenant.id,

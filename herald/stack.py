@@ -22,10 +22,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from core.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_TWILIO = ("AC" + "5a" * 16, "sandbox-twilio-token")
@@ -214,6 +218,23 @@ def sandbox_meta_account(home: Path) -> tuple[str, str, str, str]:
     return path.read_text().strip(), token, secret, waba
 
 
+def add_sandbox_twilio_account(session: Session, tenant_id: str) -> None:
+    """The sandbox's Twilio account for `tenant_id`, sending from the sandbox's SMS and
+    WhatsApp numbers."""
+    from services.tenancy.tenants import add_provider_account
+
+    sid, token = SANDBOX_TWILIO
+    add_provider_account(
+        session,
+        tenant_id,
+        "twilio",
+        account_sid=sid,
+        auth_token=token,
+        sms_from="+12025550100",
+        whatsapp_from="+14155238886",
+    )
+
+
 def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str, str]:
     """Create the `dev` tenant once; its key stays in HERALD_HOME (dev only) to print each run."""
     path = home / "dev-tenant.json"
@@ -226,16 +247,7 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
     with session_scope() as session:
         tenant = create_tenant(session, "dev")
         if use_sandbox["twilio"]:
-            sid, token = SANDBOX_TWILIO
-            add_provider_account(
-                session,
-                tenant.id,
-                "twilio",
-                account_sid=sid,
-                auth_token=token,
-                sms_from="+12025550100",
-                whatsapp_from="+14155238886",
-            )
+            add_sandbox_twilio_account(session, tenant.id)
         else:
             add_provider_account(
                 session,
