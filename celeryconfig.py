@@ -8,6 +8,7 @@ broker as reliable as it can be on top of that.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from kombu import Exchange, Queue
 
@@ -118,41 +119,38 @@ task_routes = {
     "herald.apply_inbox": {"queue": "herald.periodic"},
 }
 
+
+def _periodic(task: str, seconds: float, expires: int) -> dict[str, Any]:
+    """A beat entry on herald.periodic. A tick still queued after `expires` seconds is
+    dropped: a later tick does the same work, so a stalled worker does not pile them up."""
+    return {
+        "task": task,
+        "schedule": seconds,
+        "options": {"queue": "herald.periodic", "expires": expires},
+    }
+
+
 beat_schedule = {
     # Due scheduled messages and campaign batches; pause/resume/cancel act within a tick.
-    "release-due": {
-        "task": "herald.release_due",
-        "schedule": 1.0,
-        "options": {"queue": "herald.periodic", "expires": 5},
-    },
-    "sweep": {
-        "task": "herald.sweep",
-        "schedule": float(os.environ.get("HERALD_SWEEP_INTERVAL", "5")),
-        "options": {"queue": "herald.periodic", "expires": 30},
-    },
+    "release-due": _periodic("herald.release_due", 1.0, expires=5),
+    "sweep": _periodic(
+        "herald.sweep", float(os.environ.get("HERALD_SWEEP_INTERVAL", "5")), expires=30
+    ),
     # Twilio statuses whose callbacks were lost (Twilio never retries after a 5xx).
-    "reconcile": {
-        "task": "herald.reconcile",
-        "schedule": float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")),
-        "options": {"queue": "herald.periodic", "expires": 60},
-    },
+    "reconcile": _periodic(
+        "herald.reconcile", float(os.environ.get("HERALD_RECONCILE_INTERVAL", "60")), expires=60
+    ),
     # WhatsApp templates from Meta and Twilio Content (services/content/templates.py).
-    "sync-templates": {
-        "task": "herald.sync_templates",
-        "schedule": float(os.environ.get("HERALD_TEMPLATE_SYNC_INTERVAL", "86400")),
-        "options": {"queue": "herald.periodic", "expires": 3600},
-    },
+    "sync-templates": _periodic(
+        "herald.sync_templates",
+        float(os.environ.get("HERALD_TEMPLATE_SYNC_INTERVAL", "86400")),
+        expires=3600,
+    ),
     # Waiting messages whose ttl passed end `failed`/`expired` (services/messages/expiry.py).
-    "expire": {
-        "task": "herald.expire",
-        "schedule": float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")),
-        "options": {"queue": "herald.periodic", "expires": 30},
-    },
+    "expire": _periodic(
+        "herald.expire", float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")), expires=30
+    ),
     # Status callbacks whose receiving process died before applying them
     # (services/callbacks/inbox.py).
-    "apply-inbox": {
-        "task": "herald.apply_inbox",
-        "schedule": 5.0,
-        "options": {"queue": "herald.periodic", "expires": 30},
-    },
+    "apply-inbox": _periodic("herald.apply_inbox", 5.0, expires=30),
 }

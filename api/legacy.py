@@ -60,7 +60,6 @@ def _accept(fields: dict[str, Any]) -> Message:
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         raw=fields,
         origin=origin,
-        own_transaction=True,
     )
     session.commit()
     g.tenant = tenant

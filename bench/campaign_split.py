@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 
 from bench.chaos import ChaosStack
-from bench.throughput import add_campaign_arguments, campaign_stack, start_clients
+from bench.throughput import (
+    add_campaign_arguments,
+    campaign_recipients,
+    campaign_stack,
+    post_campaign,
+    reset_sandbox,
+    start_clients,
+    wait_until_sent,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -168,33 +176,15 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(20):  # warm the workers' connections and imports
             api.post("/v1/messages", json={"to": "+12025550143", "channel": "sms", "body": f"w{i}"})
         time.sleep(3)
-        control.post("/_sandbox/reset")
-        if args.no_callbacks:
-            control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
+        reset_sandbox(control, callbacks=not args.no_callbacks)
         spies = _spy(stack, Path(args.profile)) if args.profile else []
-        recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
+        recipients = campaign_recipients(args.campaign)
         sampler = Sampler(stack.home, stack.redis_port)
         sampler.start()
         started = time.perf_counter()
-        resp = api.post(
-            "/v1/campaigns",
-            json={
-                "name": "split",
-                "channel": "sms",
-                "body": "Offer",
-                "rate": args.rate,
-                "recipients": recipients,
-            },
-        )
-        assert resp.status_code == 201, resp.text
+        campaign_id = post_campaign(api, "split", recipients, args.rate)
         created = time.perf_counter() - started
-        campaign_id = resp.json()["id"]
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            counts = api.get(f"/v1/campaigns/{campaign_id}").json()["counts"]
-            if counts["scheduled"] + counts["queued"] + counts["sending"] == 0:
-                break
-            time.sleep(0.5)
+        counts = wait_until_sent(api, campaign_id, poll=0.5)
         # The callbacks for the last sends land shortly after: count them too.
         for _ in range(60):
             if not control.get("/_sandbox/callbacks").json().get("pending", 0):

@@ -47,11 +47,12 @@ from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import (
     ROOT,
     SANDBOX_META,
-    SANDBOX_TWILIO,
+    add_sandbox_twilio_account,
     api_argv,
     beat_argv,
     free_port,
     redis_server_argv,
+    sandbox_argv,
     wait_until,
     worker_argv,
 )
@@ -212,26 +213,17 @@ class ChaosStack:
         migrate.upgrade()
         tenant = _make_tenant()
         self.start_redis()
-        sid, token = SANDBOX_TWILIO
         self._start(
             "sandbox",
-            [
-                sys.executable,
-                "-m",
-                "sandbox",
-                "--port",
-                str(self.sandbox_port),
-                "--twilio-account",
-                f"{sid}:{token}",
-                "--meta-account",
-                ":".join(SANDBOX_META),
+            sandbox_argv(
+                self.sandbox_port,
                 "--meta-webhook-url",
                 f"{self.api}/webhooks/meta",
                 "--callback-delay",
                 "0.2",
                 "--receipts-file",
                 str(self.home / "receipts.jsonl"),
-            ],
+            ),
         )
         self._start("api", api_argv(self.api_port, 2))
         for i in range(self.n_workers):
@@ -268,19 +260,10 @@ def _make_tenant() -> dict[str, str]:
     from models import Contact, session_scope, utcnow
     from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
-    sid, token = SANDBOX_TWILIO
     phone_id, meta_token, secret, waba = SANDBOX_META
     with session_scope() as session:
         tenant = create_tenant(session, "chaos")
-        add_provider_account(
-            session,
-            tenant.id,
-            "twilio",
-            account_sid=sid,
-            auth_token=token,
-            sms_from="+12025550100",
-            whatsapp_from="+14155238886",
-        )
+        add_sandbox_twilio_account(session, tenant.id)
         add_provider_account(
             session,
             tenant.id,

@@ -58,6 +58,7 @@ from herald.stack import (
     api_argv,
     free_port,
     redis_server_argv,
+    sandbox_argv,
     wait_until,
 )
 
@@ -267,23 +268,8 @@ class Sandbox:
     def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        sid, token = SANDBOX_TWILIO
         self.proc = _start(
-            [
-                sys.executable,
-                "-m",
-                "sandbox",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--twilio-account",
-                f"{sid}:{token}",
-                "--meta-account",
-                ":".join(SANDBOX_META),
-                "--callback-delay",
-                "0.2",
-            ],
+            sandbox_argv(self.port, "--callback-delay", "0.2"),
             _clean_env(),
             home / "sandbox.log",
         )

@@ -51,34 +51,13 @@ def main(argv: list[str] | None = None) -> None:
             f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.1f} ms"
         )
         time.sleep(3)
-        control.post("/_sandbox/reset")
-        if args.no_callbacks:
-            control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
+        reset_sandbox(control, callbacks=not args.no_callbacks)
 
-        recipients = [{"to": f"+1202{3000000 + n:07d}"} for n in range(args.campaign)]
+        recipients = campaign_recipients(args.campaign)
         created_at = time.perf_counter()
-        resp = api.post(
-            "/v1/campaigns",
-            json={
-                "name": "throughput",
-                "channel": "sms",
-                "body": "Offer",
-                "rate": args.rate,
-                "recipients": recipients,
-            },
-        )
-        assert resp.status_code == 201, resp.text
+        campaign_id = post_campaign(api, "throughput", recipients, args.rate)
         print(f"campaign of {args.campaign} created in {time.perf_counter() - created_at:.1f} s")
-        campaign_id = resp.json()["id"]
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            body = api.get(f"/v1/campaigns/{campaign_id}").json()
-            if (
-                body["counts"]["scheduled"] + body["counts"]["queued"] + body["counts"]["sending"]
-                == 0
-            ):
-                break
-            time.sleep(1)
+        counts = wait_until_sent(api, campaign_id, poll=1.0)
         done = time.perf_counter() - created_at
         sends = control.get("/_sandbox/sends", params={"accepted": "true"}).json()["sends"]
         times = sorted(s["received_at"] for s in sends)
@@ -86,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"campaign: {len(times)} sends reached the sandbox in {span:.1f} s = "
             f"{len(times) / span if span else 0:.0f} msg/s (target rate {args.rate:.0f}); "
-            f"all sent {done:.1f} s after creation; counts {body['counts']}"
+            f"all sent {done:.1f} s after creation; counts {counts}"
         )
     finally:
         stack.stop()
@@ -124,6 +103,46 @@ def start_clients(
     auth = {"Authorization": f"Bearer {tenant['api_key']}"}
     api = httpx.Client(base_url=stack.api, timeout=timeout, headers=auth)
     return api, httpx.Client(base_url=stack.sandbox, timeout=30)
+
+
+def reset_sandbox(control: httpx.Client, callbacks: bool) -> None:
+    """Forget the warm-up's sends; status callbacks off when the run measures sends alone."""
+    control.post("/_sandbox/reset")
+    if not callbacks:
+        control.post("/_sandbox/config", json={"callbacks": {"enabled": False}})
+
+
+def campaign_recipients(size: int) -> list[dict[str, str]]:
+    return [{"to": f"+1202{3000000 + n:07d}"} for n in range(size)]
+
+
+def post_campaign(
+    api: httpx.Client, name: str, recipients: list[dict[str, str]], rate: float
+) -> str:
+    """Create the benchmarks' SMS campaign; its id."""
+    resp = api.post(
+        "/v1/campaigns",
+        json={
+            "name": name,
+            "channel": "sms",
+            "body": "Offer",
+            "rate": rate,
+            "recipients": recipients,
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
+def wait_until_sent(api: httpx.Client, campaign_id: str, poll: float) -> dict[str, int]:
+    """Poll until no row of the campaign waits or is sending (at most 15 minutes); its counts."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        counts = api.get(f"/v1/campaigns/{campaign_id}").json()["counts"]
+        if counts["scheduled"] + counts["queued"] + counts["sending"] == 0:
+            break
+        time.sleep(poll)
+    return counts
 
 
 def _raise_sender_budget(tenant_id: str, rate: float) -> None:

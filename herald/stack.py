@@ -20,11 +20,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from core.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_TWILIO = ("AC" + "5a" * 16, "sandbox-twilio-token")
@@ -38,16 +43,16 @@ SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
 QUEUES = "herald,herald.send,herald.bulk,herald.events,herald.periodic"
 
 
+def _celery(*args: str) -> list[str]:
+    """Herald's Celery app under this interpreter, with `args` (worker, beat)."""
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+
+
 def worker_argv(
     concurrency: int | str, hostname: str, loglevel: str = "INFO", *extra: str
 ) -> list[str]:
     """A Celery worker on every queue, threads pool: sends are I/O-bound."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
+    return _celery(
         "worker",
         "--pool",
         "threads",
@@ -60,22 +65,11 @@ def worker_argv(
         "--hostname",
         hostname,
         *extra,
-    ]
+    )
 
 
 def beat_argv(schedule: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "beat",
-        "--loglevel",
-        "WARNING",
-        "--schedule",
-        str(schedule),
-    ]
+    return _celery("beat", "--loglevel", "WARNING", "--schedule", str(schedule))
 
 
 def api_argv(port: int, workers: int | str) -> list[str]:
@@ -92,6 +86,25 @@ def api_argv(port: int, workers: int | str) -> list[str]:
         "--graceful-timeout",
         "10",
         "api:create_app()",
+    ]
+
+
+def sandbox_argv(port: int, *extra: str, meta_account: Sequence[str] = SANDBOX_META) -> list[str]:
+    """The provider sandbox on loopback, holding the sandbox Twilio account and
+    `meta_account` (phone number id, token, app secret, WABA id), with `extra` options."""
+    return [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--twilio-account",
+        ":".join(SANDBOX_TWILIO),
+        "--meta-account",
+        ":".join(meta_account),
+        *extra,
     ]
 
 
@@ -205,6 +218,23 @@ def sandbox_meta_account(home: Path) -> tuple[str, str, str, str]:
     return path.read_text().strip(), token, secret, waba
 
 
+def add_sandbox_twilio_account(session: Session, tenant_id: str) -> None:
+    """The sandbox's Twilio account for `tenant_id`, sending from the sandbox's SMS and
+    WhatsApp numbers."""
+    from services.tenancy.tenants import add_provider_account
+
+    sid, token = SANDBOX_TWILIO
+    add_provider_account(
+        session,
+        tenant_id,
+        "twilio",
+        account_sid=sid,
+        auth_token=token,
+        sms_from="+12025550100",
+        whatsapp_from="+14155238886",
+    )
+
+
 def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str, str]:
     """Create the `dev` tenant once; its key stays in HERALD_HOME (dev only) to print each run."""
     path = home / "dev-tenant.json"
@@ -217,16 +247,7 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
     with session_scope() as session:
         tenant = create_tenant(session, "dev")
         if use_sandbox["twilio"]:
-            sid, token = SANDBOX_TWILIO
-            add_provider_account(
-                session,
-                tenant.id,
-                "twilio",
-                account_sid=sid,
-                auth_token=token,
-                sms_from="+12025550100",
-                whatsapp_from="+14155238886",
-            )
+            add_sandbox_twilio_account(session, tenant.id)
         else:
             add_provider_account(
                 session,
@@ -335,25 +356,16 @@ def _run_stack(home: Path, embedded_db: bool) -> int:
             public = os.environ["HERALD_PUBLIC_URL"]
             stack.start(
                 "sandbox",
-                [
-                    sys.executable,
-                    "-m",
-                    "sandbox",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(sandbox_port),
-                    "--twilio-account",
-                    ":".join(SANDBOX_TWILIO),
-                    "--meta-account",
-                    ":".join(sandbox_meta_account(home)),
+                sandbox_argv(
+                    sandbox_port,
                     "--meta-webhook-url",
                     f"{public}/webhooks/meta",
                     "--twilio-inbound-url",
                     f"{public}/webhooks/twilio/inbound",
                     "--receipts-file",
                     str(home / "sandbox-sends.jsonl"),
-                ],
+                    meta_account=sandbox_meta_account(home),
+                ),
             )
             if use_sandbox["twilio"]:
                 os.environ["TWILIO_API_BASE"] = sandbox_url

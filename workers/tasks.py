@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from core.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
 from models import Tenant, session_scope
@@ -21,6 +21,13 @@ from services.reporting import events
 log = logging.getLogger(__name__)
 
 
+def _retry_if_database_down(task: Task, exc: Exception, max_retries: int | None = None) -> None:
+    """Retry `task` shortly when `exc` is the database being unreachable (the attempt did
+    nothing); any other error is the caller's to re-raise."""
+    if database_unavailable(exc):
+        raise task.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=max_retries) from exc
+
+
 @shared_task(name="herald.deliver", bind=True, ignore_result=True)
 def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-def]
     """One delivery attempt (tasks queued before batches, and retries); a retry is
@@ -31,8 +38,7 @@ def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-de
     try:
         outcome = delivery.deliver(message_id)
     except Exception as exc:
-        if database_unavailable(exc):
-            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=None) from exc
+        _retry_if_database_down(self, exc)
         raise
     if outcome.action == "retry" and outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
@@ -47,8 +53,7 @@ def deliver_batch(self, message_ids: list[str]) -> dict[str, int]:  # type: igno
     try:
         outcomes = delivery.deliver_many(message_ids)
     except Exception as exc:
-        if database_unavailable(exc):
-            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=None) from exc
+        _retry_if_database_down(self, exc)
         raise
     queue = (self.request.delivery_info or {}).get("routing_key") or BULK_QUEUE
     for message_id, outcome in zip(message_ids, outcomes, strict=True):
@@ -101,9 +106,7 @@ def send_message(  # type: ignore[no-untyped-def]
             # (late ack after a worker died) returns the first message, not a second.
             task_id = self.request.id
             key = idempotency_key or (f"celery:{task_id}" if task_id else None)
-            message, _ = accept_message(
-                session, tenant, data, idempotency_key=key, raw=fields, own_transaction=True
-            )
+            message, _ = accept_message(session, tenant, data, idempotency_key=key, raw=fields)
             result = {"id": message.id, "status": message.status}
         return result
     except HeraldError as exc:
@@ -111,8 +114,7 @@ def send_message(  # type: ignore[no-untyped-def]
     except Exception as exc:
         # Nothing was stored: try again once the database is back (same task id, so the
         # same idempotency key: never two messages), rather than fail the caller's task.
-        if database_unavailable(exc):
-            raise self.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=60) from exc
+        _retry_if_database_down(self, exc, max_retries=60)
         raise
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.errors import Conflict, InvalidRequest, PolicyRefused
 from core.ids import iso
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import text_problem
@@ -36,6 +36,7 @@ from services.content.schemas import (
     MediaUrls,
     TemplateSchema,
     check_for_provider,
+    load_object,
     variables_problem,
 )
 from services.content.templates import campaign_row_problem, refuse_unusable_template
@@ -43,6 +44,7 @@ from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import quiet_hours
 from services.reporting.events import record_status_event
+from services.tenancy.owned import get_owned
 from services.tenancy.senders import (
     MAX_POOL,
     ChosenSender,
@@ -94,16 +96,7 @@ class CampaignSchema(Schema):
 
 
 def load_campaign_request(payload: Any) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The campaign must be a JSON object.")
-    try:
-        return CampaignSchema().load(payload)
-    except ValidationError as exc:
-        raise InvalidRequest(
-            "The campaign has invalid fields.",
-            code="invalid_fields",
-            fields=exc.normalized_messages(),
-        ) from None
+    return load_object(CampaignSchema(), payload, what="campaign")
 
 
 def csv_recipients(stream: io.RawIOBase | io.BufferedIOBase) -> Iterator[dict[str, Any]]:
@@ -416,12 +409,7 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
 
 
 def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign:
-    campaign = session.scalars(
-        select(Campaign).where(Campaign.id == campaign_id, Campaign.tenant_id == tenant_id)
-    ).first()
-    if campaign is None:
-        raise NotFound(f"No campaign {campaign_id!r}.")
-    return campaign
+    return get_owned(session, Campaign, tenant_id, campaign_id, f"No campaign {campaign_id!r}.")
 
 
 def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:

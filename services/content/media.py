@@ -34,6 +34,7 @@ from core.config import get_settings
 from core.errors import HeraldError, InvalidRequest, NotFound, PolicyRefused
 from models import Media, Message, ProviderAccount, Tenant, utcnow
 from providers.base import AccountCredentials
+from services.tenancy.owned import get_owned
 from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,7 @@ def inbound_media_options(content_types: list[Any]) -> dict[str, Any] | None:
 def inbound_media_source(session: Session, tenant_id: str, message_id: str, n: int) -> MediaSource:
     """The n-th media item of a tenant's inbound message; 404 for another tenant's
     message, an outbound one, or an index it does not have."""
-    message = session.scalars(
-        select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id)
-    ).first()
-    if message is None:
-        raise NotFound(f"No message {message_id!r}.")
+    message = get_owned(session, Message, tenant_id, message_id, f"No message {message_id!r}.")
     urls = message.media_urls or []
     if message.direction != "inbound" or not 0 <= n < len(urls) or not isinstance(urls[n], str):
         raise NotFound(f"Message {message_id!r} has no inbound media {n}.")
@@ -495,12 +492,7 @@ def upload_media(
 
 
 def get_media(session: Session, tenant_id: str, media_id: str) -> Media:
-    media = session.scalars(
-        select(Media).where(Media.id == media_id, Media.tenant_id == tenant_id)
-    ).first()
-    if media is None:
-        raise NotFound(f"No media {media_id!r}.")
-    return media
+    return get_owned(session, Media, tenant_id, media_id, f"No media {media_id!r}.")
 
 
 def delete_media(session: Session, tenant_id: str, media_id: str) -> None:

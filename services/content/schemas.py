@@ -315,16 +315,32 @@ def load_batch_item(item: Any) -> dict[str, Any]:
     return load_message_request(item, walked=True, schema=_batch_item_schema)
 
 
-def load_object(schema: Schema, payload: Any, *, partial: bool = False) -> dict[str, Any]:
+def load_object(
+    schema: Schema,
+    payload: Any,
+    *,
+    partial: bool = False,
+    required: str | None = None,
+    what: str | None = None,
+) -> dict[str, Any]:
     """`payload` loaded by `schema`, or the API's 400: not an object, or `invalid_fields`
-    with a message per field."""
+    with a message per field. `required`: a field a create must give and an update
+    (`partial`) may leave out. `what` names the payload in the messages ("campaign");
+    by default they speak of the request."""
     if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
+        raise InvalidRequest(f"The {what or 'request body'} must be a JSON object.")
     try:
-        return schema.load(payload, partial=partial)
+        data = schema.load(payload, partial=partial)
     except ValidationError as exc:
         raise InvalidRequest(
-            "The request has invalid fields.",
+            f"The {what or 'request'} has invalid fields.",
             code="invalid_fields",
             fields=exc.normalized_messages(),
         ) from None
+    if required and not partial and required not in data:
+        raise InvalidRequest(
+            f"{required} is required.",
+            code="invalid_fields",
+            fields={required: ["Missing data for required field."]},
+        )
+    return data

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +22,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from core.cache import ReadCache
 from core.config import get_settings
 from core.errors import InvalidRequest
 from core.ids import iso
@@ -203,19 +201,14 @@ def twilio_count_problems(spec: dict[str, Any], template: dict[str, Any]) -> lis
 
 CACHE_SECONDS = 5.0
 CACHE_SIZE = 4096
-_cache_lock = threading.Lock()
-_cache: OrderedDict[tuple[str, str], tuple[float, tuple[bool, list[dict[str, Any]]]]] = (
-    OrderedDict()
+_cache: ReadCache[tuple[str, str], tuple[bool, list[dict[str, Any]]]] = ReadCache(
+    CACHE_SECONDS, CACHE_SIZE
 )
-_generation = 0
 
 
 def forget_cached() -> None:
     """Drop what the accept path cached (after a sync or a status webhook)."""
-    global _generation
-    with _cache_lock:
-        _generation += 1
-        _cache.clear()
+    _cache.forget()
 
 
 @event.listens_for(Session, "after_commit")
@@ -234,12 +227,12 @@ def _rows_for(
 ) -> tuple[bool, list[dict[str, Any]]]:
     """(the account has synced templates, the live rows this name / Content SID names),
     cached per process for CACHE_SECONDS: the accept path reads them on every template."""
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get((account_id, key))
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        generation = _generation
+    return _cache.get((account_id, key), lambda: _read_rows(session, account_id, provider, key))
+
+
+def _read_rows(
+    session: Session, account_id: str, provider: str, key: str
+) -> tuple[bool, list[dict[str, Any]]]:
     column = Template.content_sid if provider == "twilio" else Template.name
     rows = [
         {
@@ -261,14 +254,7 @@ def _rows_for(
         )
         is not None
     )
-    value = (synced, rows)
-    with _cache_lock:
-        if generation == _generation:
-            _cache[(account_id, key)] = (now + CACHE_SECONDS, value)
-            _cache.move_to_end((account_id, key))
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
-    return value
+    return synced, rows
 
 
 def check_template(

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection, Engine, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -215,6 +215,16 @@ def choose_provider(tenant: Tenant, channel: str, requested: str | None) -> str:
             code="provider_not_configured",
         )
     return default
+
+
+class AcceptOptions(TypedDict, total=False):
+    """What a caller may say of one message besides its request: `prepare`'s keywords
+    (their defaults are there)."""
+
+    idempotency_key: str | None
+    raw: Any
+    campaign_id: str | None
+    origin: str
 
 
 def prepare(
@@ -508,26 +518,11 @@ def _take_quotas(session: Session, items: list[Item]) -> None:
 
 
 def accept(
-    session: Session,
-    tenant: Tenant,
-    data: dict[str, Any],
-    *,
-    idempotency_key: str | None = None,
-    raw: Any = None,
-    campaign_id: str | None = None,
-    origin: str = "api",
+    session: Session, tenant: Tenant, data: dict[str, Any], **options: Unpack[AcceptOptions]
 ) -> Item:
     """One message in the caller's transaction (the caller commits): the seeds' routes
     and the task. Raises the item's error."""
-    item = prepare(
-        session,
-        tenant,
-        data,
-        idempotency_key=idempotency_key,
-        raw=raw,
-        campaign_id=campaign_id,
-        origin=origin,
-    )
+    item = prepare(session, tenant, data, **options)
     store(session, [item])
     if item.error is not None:
         raise item.error

@@ -4,7 +4,7 @@ the seeds' endpoints and the `herald.send_message` task."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Unpack
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -14,6 +14,7 @@ from models import Message, Tenant
 from services.messages.accept import (  # noqa: F401 (the names callers import from here)
     BULK_QUEUE,
     SEND_QUEUE,
+    AcceptOptions,
     accept,
     choose_provider,
     request_hash,
@@ -24,15 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def accept_message(
-    session: Session,
-    tenant: Tenant,
-    data: dict[str, Any],
-    *,
-    idempotency_key: str | None = None,
-    raw: Any = None,
-    campaign_id: str | None = None,
-    origin: str = "api",
-    own_transaction: bool = True,
+    session: Session, tenant: Tenant, data: dict[str, Any], **options: Unpack[AcceptOptions]
 ) -> tuple[Message, bool]:
     """Persist a validated request as a `queued` (or `scheduled`) message in the
     caller's transaction and enqueue its delivery after its commit: the seeds' routes
@@ -42,19 +35,9 @@ def accept_message(
     With an idempotency key, a replay returns the first message (created=False) and a
     different body under the same key is a Conflict; two racing requests with one key
     create one row (the insert skips a key that is taken). `origin` 'legacy'
-    (unauthenticated seed callers) is a key space of its own. `own_transaction` is
-    kept for callers; no savepoint is needed either way, since a refused or skipped
-    row fails no statement."""
-    del own_transaction
-    item = accept(
-        session,
-        tenant,
-        data,
-        idempotency_key=idempotency_key,
-        raw=raw,
-        campaign_id=campaign_id,
-        origin=origin,
-    )
+    (unauthenticated seed callers) is a key space of its own. No savepoint is needed:
+    a refused or skipped row fails no statement."""
+    item = accept(session, tenant, data, **options)
     return item.message(), item.created
 
 

@@ -28,13 +28,7 @@ class ContactSchema(Schema):
 
 
 def _load(payload: Any, *, partial: bool) -> dict[str, Any]:
-    data = load_object(ContactSchema(), payload, partial=partial)
-    if not partial and "phone" not in data:
-        raise InvalidRequest(
-            "phone is required.",
-            code="invalid_fields",
-            fields={"phone": ["Missing data for required field."]},
-        )
+    data = load_object(ContactSchema(), payload, partial=partial, required="phone")
     if "phone" in data:
         try:
             data["phone"] = parse_e164(data["phone"])

@@ -19,6 +19,7 @@ from core.ids import iso
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
 from services.reporting.events import webhook_secret
+from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
 from services.tenancy.tenants import (
     PROVIDER_FIELDS,
@@ -52,13 +53,7 @@ class TenantSchema(_Strict):
 
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
     """A validated tenant create (name required) or update (every field optional)."""
-    data = load_object(TenantSchema(), payload, partial=partial)
-    if not partial and "name" not in data:
-        raise InvalidRequest(
-            "name is required.",
-            code="invalid_fields",
-            fields={"name": ["Missing data for required field."]},
-        )
+    data = load_object(TenantSchema(), payload, partial=partial, required="name")
     if partial and "accounts" in data:
         raise InvalidRequest(
             "Accounts are managed under /accounts.",
@@ -192,24 +187,12 @@ def set_tenant_disabled(session: Session, tenant_id: str, disabled: bool) -> Ten
 
 def list_accounts(session: Session, tenant_id: str) -> list[ProviderAccount]:
     get_tenant(session, tenant_id)
-    return list(
-        session.scalars(
-            select(ProviderAccount)
-            .where(ProviderAccount.tenant_id == tenant_id)
-            .order_by(ProviderAccount.created_at, ProviderAccount.id)
-        )
-    )
+    return list_owned(session, ProviderAccount, tenant_id)
 
 
 def get_account(session: Session, tenant_id: str, account_id: str) -> ProviderAccount:
-    account = session.scalars(
-        select(ProviderAccount).where(
-            ProviderAccount.id == account_id, ProviderAccount.tenant_id == tenant_id
-        )
-    ).first()
-    if account is None:
-        raise NotFound(f"No account {account_id!r} on this tenant.")
-    return account
+    missing = f"No account {account_id!r} on this tenant."
+    return get_owned(session, ProviderAccount, tenant_id, account_id, missing)
 
 
 def add_account(session: Session, tenant_id: str, payload: Any) -> ProviderAccount:
@@ -328,11 +311,7 @@ def create_tenant_key(session: Session, tenant_id: str, name: str | None = None)
 
 def revoke_tenant_key(session: Session, tenant_id: str, key_id: str) -> ApiKey:
     """Revoke one of the tenant's keys; revoking twice keeps the first time."""
-    row = session.scalars(
-        select(ApiKey).where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id)
-    ).first()
-    if row is None:
-        raise NotFound(f"No key {key_id!r} on this tenant.")
+    row = get_owned(session, ApiKey, tenant_id, key_id, f"No key {key_id!r} on this tenant.")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     session.flush()

@@ -30,8 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import threading
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -41,8 +39,9 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.cache import ReadCache
 from core.config import get_settings
-from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.errors import Conflict, InvalidRequest, PolicyRefused
 from core.ids import iso
 from models import ProviderAccount, Sender, Tenant
 from services.content.phones import normalize_e164
@@ -53,6 +52,7 @@ from services.content.schemas import (
     load_object,
 )
 from services.tenancy.admin import get_tenant
+from services.tenancy.owned import get_owned, list_owned
 
 KINDS = ("number", "messaging_service", "phone_number_id")
 PROVIDER_KINDS = {"twilio": ("number", "messaging_service"), "meta": ("phone_number_id",)}
@@ -113,16 +113,11 @@ def _chosen(row: Sender) -> ChosenSender:
 # Tenant -> its senders, per process for a few seconds (the accept path reads them for
 # every message); a change through this process clears it at flush.
 CACHE_SECONDS = 5.0
-_cache: dict[str, tuple[float, tuple[ChosenSender, ...]]] = {}
-_cache_lock = threading.Lock()
-_generation = 0
+_cache: ReadCache[str, tuple[ChosenSender, ...]] = ReadCache(CACHE_SECONDS)
 
 
 def forget_senders() -> None:
-    global _generation
-    with _cache_lock:
-        _generation += 1
-        _cache.clear()
+    _cache.forget()
 
 
 @event.listens_for(Session, "after_flush")
@@ -135,19 +130,9 @@ def _track_changes(session: Session, _context: Any) -> None:
 
 def tenant_senders(session: Session, tenant_id: str) -> tuple[ChosenSender, ...]:
     """The tenant's senders, oldest first (cached, see CACHE_SECONDS)."""
-    with _cache_lock:
-        entry = _cache.get(tenant_id)
-        generation = _generation
-    if entry is not None and entry[0] > time.monotonic():
-        return entry[1]
-    rows = session.scalars(
-        select(Sender).where(Sender.tenant_id == tenant_id).order_by(Sender.created_at, Sender.id)
+    return _cache.get(
+        tenant_id, lambda: tuple(_chosen(r) for r in list_owned(session, Sender, tenant_id))
     )
-    found = tuple(_chosen(r) for r in rows)
-    with _cache_lock:
-        if generation == _generation:
-            _cache[tenant_id] = (time.monotonic() + CACHE_SECONDS, found)
-    return found
 
 
 def _canonical(value: str) -> str:
@@ -444,22 +429,13 @@ def sender_to_dict(sender: Sender) -> dict[str, Any]:
 
 def list_senders(session: Session, tenant_id: str) -> list[Sender]:
     get_tenant(session, tenant_id)
-    return list(
-        session.scalars(
-            select(Sender)
-            .where(Sender.tenant_id == tenant_id)
-            .order_by(Sender.created_at, Sender.id)
-        )
-    )
+    return list_owned(session, Sender, tenant_id)
 
 
 def get_sender(session: Session, tenant_id: str, sender_id: str) -> Sender:
-    sender = session.scalars(
-        select(Sender).where(Sender.tenant_id == tenant_id, Sender.id == sender_id)
-    ).first()
-    if sender is None:
-        raise NotFound(f"No sender {sender_id!r} on this tenant.")
-    return sender
+    return get_owned(
+        session, Sender, tenant_id, sender_id, f"No sender {sender_id!r} on this tenant."
+    )
 
 
 def _account_for(
