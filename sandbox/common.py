@@ -16,15 +16,6 @@ from sandbox.state import Fault, SandboxState
 LONG_TIMEOUT = 30.0  # a `timeout` fault without latency_ms hangs this long, then drops
 
 
-def graph_token() -> str:
-    """The access token of a Graph API request, as Meta reads it: an `Authorization:
-    Bearer` header, else an `access_token` query parameter."""
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.args.get("access_token", "")
-
-
 def json_response(
     body: Any,
     status: int,

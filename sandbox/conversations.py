@@ -23,6 +23,8 @@ from typing import Any
 
 import emoji as emoji_lib
 
+from sandbox.graph import graph_error
+
 MAX_CONTACTS = 257
 LOCATION_KEYS = ("latitude", "longitude", "name", "address", "url")
 
@@ -127,8 +129,6 @@ def read_receipt(state: Any, phone_number_id: str, payload: dict[str, Any]) -> t
     """`{"messaging_product": "whatsapp", "status": "read", "message_id": <wamid>,
     "typing_indicator"?: {"type": "text"}}`: `{"success": true}`, or Meta's error
     (code, message) for a bad shape or a wamid this number never received."""
-    from sandbox.meta_api import graph_error
-
     problem: tuple[int, str] | None = None
     if payload.get("messaging_product") != "whatsapp":
         problem = 100, "(#100) Param messaging_product must be one of {WHATSAPP}."

@@ -30,7 +30,9 @@ from typing import Any
 
 from flask import Blueprint, Response, has_request_context, jsonify, request
 
-from sandbox.common import graph_token
+from sandbox import graph, twilio_rest
+from sandbox.common import json_response
+from sandbox.graph import graph_token
 from sandbox.state import SandboxState
 
 KB = 1024
@@ -231,20 +233,18 @@ def _is_animated_webp(head: bytes) -> bool:
 def blueprint(state: SandboxState) -> Blueprint:
     """Graph media routes, Twilio's Media resource, their download URLs and
     `/_sandbox/media` (list or add stored media)."""
-    from sandbox import meta_api, twilio_api
-
     bp = Blueprint("sandbox_media", __name__)
     media = store(state)
 
     def graph_fail(code: int, status: int | None = None, **kw: Any) -> Response:
-        body, status = meta_api.graph_error(code, status=status, **kw)
+        body, status = graph.graph_error(code, status=status, **kw)
         headers = None
         if status == 401:
             headers = {
                 "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
                 f'"{body["error"]["message"]}"'
             }
-        return meta_api._json(body, status, headers)
+        return graph.graph_json(body, status, headers)
 
     def no_object(media_id: str, verb: str) -> Response:
         return graph_fail(
@@ -267,12 +267,12 @@ def blueprint(state: SandboxState) -> Blueprint:
             }
 
     def meta_item(version: str, media_id: str, verb: str) -> StoredMedia | Response:
-        if not meta_api.GRAPH_VERSION.fullmatch(version):
+        if not graph.GRAPH_VERSION.fullmatch(version):
             return graph_fail(2500, 400, message=f"Unknown path components: /{version}/{media_id}")
         token = graph_token()
         allowed = token_accounts(token) if token else set()
         if not allowed:
-            return graph_fail(190, message=meta_api.ERRORS[190][1])
+            return graph_fail(190, message=graph.ERRORS[190][1])
         item = media.get(media_id)
         wanted = request.args.get("phone_number_id")
         if (
@@ -286,12 +286,12 @@ def blueprint(state: SandboxState) -> Blueprint:
 
     @bp.post("/<version>/<phone_number_id>/media")
     def upload(version: str, phone_number_id: str) -> Response:
-        if not meta_api.GRAPH_VERSION.fullmatch(version):
+        if not graph.GRAPH_VERSION.fullmatch(version):
             return graph_fail(2500, 400, message=f"Unknown path components: /{version}")
         token = graph_token()
         allowed = token_accounts(token) if token else set()
         if not allowed:
-            return graph_fail(190, message=meta_api.ERRORS[190][1])
+            return graph_fail(190, message=graph.ERRORS[190][1])
         if phone_number_id not in allowed:
             return no_object(phone_number_id, "post")
         form = request.form
@@ -340,7 +340,7 @@ def blueprint(state: SandboxState) -> Blueprint:
                 uploaded=True,
             )
         )
-        return meta_api._json({"id": item.id}, 200)
+        return graph.graph_json({"id": item.id}, 200)
 
     @bp.get("/<version>/<media_id>")
     def retrieve(version: str, media_id: str) -> Response:
@@ -354,7 +354,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             f"{_base_url()}whatsapp_business/attachments/?mid={item.id}&ext={expires}"
             f"&hash={media.sign(item.id, expires)}"
         )
-        return meta_api._json(
+        return graph.graph_json(
             {
                 "messaging_product": "whatsapp",
                 "url": url,
@@ -373,7 +373,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             return item
         with media.lock:
             item.deleted = True
-        return meta_api._json({"success": True}, 200)
+        return graph.graph_json({"success": True}, 200)
 
     @bp.get("/whatsapp_business/attachments/")
     def download() -> Response:
@@ -395,7 +395,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             item.downloads += 1
         return Response(item.data, 200, content_type=item.mime_type)
 
-    base = f"/{twilio_api.API_VERSION}/Accounts"
+    base = f"/{twilio_rest.API_VERSION}/Accounts"
 
     @bp.get(f"{base}/<account_sid>/Messages/<message_sid>/Media/<media_sid>")
     def twilio_media(account_sid: str, message_sid: str, media_sid: str) -> Response:
@@ -409,13 +409,13 @@ def blueprint(state: SandboxState) -> Blueprint:
             or account is None
             or account.auth_token != auth.password
         ):
-            body, status = twilio_api.error_body(20003)
+            body, status = twilio_rest.error_body(20003)
             body["detail"] = "Your AccountSid or AuthToken was incorrect."
-            return twilio_api._json(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+            return json_response(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
         item = media.get(media_sid)
         if item is None or item.provider != "twilio" or item.owner != account_sid:
-            body, status = twilio_api.error_body(20404, path=request.path)
-            return twilio_api._json(body, status)
+            body, status = twilio_rest.error_body(20404, path=request.path)
+            return json_response(body, status)
         with media.lock:
             item.retrievals += 1
         expires = int(time.time() + TWILIO_URL_TTL)

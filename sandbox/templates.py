@@ -26,7 +26,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from sandbox.callbacks import meta_callback
-from sandbox.common import graph_token, json_response
+from sandbox.common import json_response
+from sandbox.graph import graph_token
 from sandbox.state import ConfigError, SandboxState, new_fbtrace_id
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
