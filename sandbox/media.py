@@ -127,17 +127,9 @@ class MediaStore:
         return hmac.new(self.key, f"{media_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-_stores_lock = threading.Lock()
-
-
 def store(state: SandboxState) -> MediaStore:
-    """The media of one sandbox (kept beside its state, across resets like accounts)."""
-    with _stores_lock:
-        found = getattr(state, "media_store", None)
-        if found is None:
-            found = MediaStore()
-            state.media_store = found  # type: ignore[attr-defined]
-        return found
+    """The media of one sandbox (kept across resets, like accounts)."""
+    return state.part("media", MediaStore)
 
 
 def new_meta_media_id() -> str:

@@ -77,16 +77,9 @@ class TemplateStore:
             self.twilio.clear()
 
 
-_stores_lock = threading.Lock()
-
-
 def store(state: SandboxState) -> TemplateStore:
-    """The state's template store, made on first use (SandboxState knows nothing of it)."""
-    with _stores_lock:
-        found = state.__dict__.get("_templates")
-        if found is None:
-            found = state.__dict__["_templates"] = TemplateStore()
-        return found
+    """The state's templates (kept across resets, like accounts)."""
+    return state.part("templates", TemplateStore)
 
 
 def _placeholders(text: Any) -> list[str]:
