@@ -36,6 +36,12 @@ def drop_connection() -> Response:
     return Response("", 504)
 
 
+def refuse(state: SandboxState, receipt: dict[str, Any], response: Response, code: int) -> Response:
+    """Record a refused send with the HTTP status and error code it is answered with."""
+    state.record_send(**receipt, status_code=response.status_code, error_code=code)
+    return response
+
+
 def answer_fault(
     state: SandboxState,
     fault: Fault,
@@ -53,7 +59,39 @@ def answer_fault(
         return drop_connection()
     state.sleep(fault.latency_ms / 1000.0)
     response, code = error(fault)
-    state.record_send(**receipt, status_code=response.status_code, error_code=code)
+    refuse(state, receipt, response, code)
     if fault.retry_after is not None:
         response.headers["Retry-After"] = str(max(0, math.ceil(float(fault.retry_after))))
     return response
+
+
+def fault_first(
+    state: SandboxState,
+    fault: Fault | None,
+    receipt: dict[str, Any],
+    error: Callable[[Fault], tuple[Response, int]],
+) -> Response | None:
+    """The answer of a fault that comes instead of the provider's (`error`, `timeout`); None
+    when there is no fault or it lets the send through first. The receipt names the fault."""
+    if fault is None:
+        return None
+    receipt["fault_id"] = fault.id
+    if fault.mode in ("error", "timeout"):
+        return answer_fault(state, fault, receipt, error)
+    return None
+
+
+def accept(
+    state: SandboxState,
+    fault: Fault | None,
+    receipt: dict[str, Any],
+    error: Callable[[Fault], tuple[Response, int]],
+    answer: Response,
+) -> Response:
+    """Record an accepted send and give its answer; under an `accept_then_*` fault the send
+    is accepted all the same, but the fault answers."""
+    if fault is not None:
+        receipt["accepted"] = True
+        return answer_fault(state, fault, receipt, error)
+    state.record_send(**receipt, accepted=True, status_code=answer.status_code)
+    return answer

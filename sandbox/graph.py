@@ -11,12 +11,12 @@ answer in the same shapes without importing it back.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Response, request
 
 from sandbox.common import json_response
-from sandbox.state import new_fbtrace_id
+from sandbox.state import MetaAccount, SandboxState, new_fbtrace_id
 
 GRAPH_VERSION = re.compile(r"v\d+\.\d+")
 ERROR_DOCS = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
@@ -126,3 +126,68 @@ def graph_error(
 
 def graph_json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
     return json_response(body, status, headers, "application/json; charset=UTF-8")
+
+
+def graph_fail(code: int, status: int | None = None, **kw: Any) -> Response:
+    """Meta's error answer; a 401 also names the refused token in `WWW-Authenticate`."""
+    body, status = graph_error(code, status=status, **kw)
+    headers = None
+    if status == 401:
+        headers = {
+            "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
+            f'"{body["error"]["message"]}"'
+        }
+    return graph_json(body, status, headers)
+
+
+def no_object(object_id: str, verb: str) -> Response:
+    """100/33: what Meta answers for an object the token cannot see, or that does not exist."""
+    return graph_fail(
+        100,
+        subcode=33,
+        etype="GraphMethodException",
+        message=(
+            f"Unsupported {verb} request. Object with ID '{object_id}' does not exist, "
+            "cannot be loaded due to missing permissions, or does not support this "
+            "operation. Please read the Graph API documentation at "
+            "https://developers.facebook.com/docs/graph-api"
+        ),
+    )
+
+
+class Refusal(NamedTuple):
+    """An error answer and the code it carries (a refused send is recorded with the code)."""
+
+    response: Response
+    code: int
+
+
+def caller(state: SandboxState, version: str, path: str) -> dict[str, MetaAccount] | Refusal:
+    """The numbers a Graph request may act for; or Meta's refusal of a path without a
+    version (2500) or of a token that is no one's (190)."""
+    if not GRAPH_VERSION.fullmatch(version):
+        return Refusal(graph_fail(2500, 400, message=f"Unknown path components: {path}"), 2500)
+    accounts = token_accounts(state, graph_token())
+    if not accounts:
+        return Refusal(graph_fail(190, message=ERRORS[190][1]), 190)
+    return accounts
+
+
+def token_accounts(state: SandboxState, token: str) -> dict[str, MetaAccount]:
+    """The numbers (by phone number id) a token may act for; empty: not a token at all."""
+    if not token:
+        return {}
+    with state.lock:
+        return {p: a for p, a in state.meta_accounts.items() if a.access_token == token}
+
+
+def webhook_error(code: int) -> dict[str, Any]:
+    """An `errors[]` item as Meta writes it into a webhook (a failed status, a change)."""
+    _, title, details = ERRORS[code]
+    return {
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": {"details": details},
+        "href": ERROR_DOCS,
+    }

@@ -12,8 +12,17 @@ from flask import Blueprint, Response, request
 
 from sandbox import conversations, templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
-from sandbox.common import answer_fault
-from sandbox.graph import ERROR_DOCS, ERRORS, GRAPH_VERSION, graph_error, graph_json, graph_token
+from sandbox.common import accept, fault_first, refuse
+from sandbox.graph import (
+    ERRORS,
+    Refusal,
+    caller,
+    graph_error,
+    graph_fail,
+    graph_json,
+    no_object,
+    webhook_error,
+)
 from sandbox.media import inbound_meta_media, send_problem
 from sandbox.state import (
     Fault,
@@ -265,16 +274,7 @@ def status_payload(
             "category": category,
         }
     if status == "failed":
-        _, title, details = ERRORS[error_code]
-        entry["errors"] = [
-            {
-                "code": error_code,
-                "title": title,
-                "message": title,
-                "error_data": {"details": details},
-                "href": ERROR_DOCS,
-            }
-        ]
+        entry["errors"] = [webhook_error(error_code)]
     return _envelope(account, {"statuses": [entry]})
 
 
@@ -350,16 +350,9 @@ def _change_error_callback(account: MetaAccount, code: Any, url: str) -> Callbac
     """A change that carries only `value.errors` (an account or app problem Meta reports
     outside any message status)."""
     try:
-        _, title, details = ERRORS[int(code)]
+        error = webhook_error(int(code))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"change_error must be one of {sorted(ERRORS)}") from None
-    error = {
-        "code": int(code),
-        "title": title,
-        "message": title,
-        "error_data": {"details": details},
-        "href": ERROR_DOCS,
-    }
     return meta_callback(
         url,
         _envelope(account, {"errors": [error]}),
@@ -394,38 +387,14 @@ def blueprint(state: SandboxState) -> Blueprint:
         }
 
         def fail(code: int, status: int | None = None, **kw: Any) -> Response:
-            body, status = graph_error(code, status=status, **kw)
-            state.record_send(**receipt, status_code=status, error_code=code)
-            headers = None
-            if status == 401:
-                headers = {
-                    "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
-                    f'"{body["error"]["message"]}"'
-                }
-            return graph_json(body, status, headers)
+            return refuse(state, receipt, graph_fail(code, status, **kw), code)
 
-        if not GRAPH_VERSION.fullmatch(version):
-            return fail(
-                2500, 400, message=f"Unknown path components: /{version}/{phone_number_id}/messages"
-            )
-        token = graph_token()
-        with state.lock:
-            known_token = any(a.access_token == token for a in state.meta_accounts.values())
-            account = state.meta_accounts.get(phone_number_id)
-        if not token or not known_token:
-            return fail(190, message=ERRORS[190][1])
-        if account is None or account.access_token != token:
-            return fail(
-                100,
-                subcode=33,
-                etype="GraphMethodException",
-                message=(
-                    f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, "
-                    "cannot be loaded due to missing permissions, or does not support this "
-                    "operation. Please read the Graph API documentation at "
-                    "https://developers.facebook.com/docs/graph-api"
-                ),
-            )
+        accounts = caller(state, version, f"/{version}/{phone_number_id}/messages")
+        if isinstance(accounts, Refusal):
+            return refuse(state, receipt, *accounts)
+        account = accounts.get(phone_number_id)
+        if account is None:
+            return refuse(state, receipt, no_object(phone_number_id, "post"), 100)
 
         if isinstance(payload, dict) and "status" in payload:  # a read receipt
             body, status = conversations.read_receipt(state, phone_number_id, payload)
@@ -436,10 +405,9 @@ def blueprint(state: SandboxState) -> Blueprint:
         if gate.retry_after is not None:
             return fail(130429)
         fault = gate.fault
-        if fault is not None:
-            receipt["fault_id"] = fault.id
-            if fault.mode in ("error", "timeout"):
-                return answer_fault(state, fault, receipt, _fault_error)
+        faulted = fault_first(state, fault, receipt, _fault_error)
+        if faulted is not None:
+            return faulted
 
         problem = validate(payload)
         if problem is not None:
@@ -475,12 +443,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             "messages": [message],
         }
         _schedule_statuses(state, account, payload, wamid, wa_id, time.time())
-
-        if fault is not None:  # accept_then_error / accept_then_timeout
-            receipt["accepted"] = True
-            return answer_fault(state, fault, receipt, _fault_error)
-        state.record_send(**receipt, accepted=True, status_code=200)
-        return graph_json(answer, 200)
+        return accept(state, fault, receipt, _fault_error, graph_json(answer, 200))
 
     return bp
 

@@ -22,13 +22,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request
 
 from sandbox.callbacks import meta_callback
 from sandbox.common import json_response
-from sandbox.graph import graph_token
-from sandbox.state import ConfigError, SandboxState, new_fbtrace_id
+from sandbox.graph import ERRORS, graph_error, graph_json, graph_token, token_accounts
+from sandbox.state import ConfigError, SandboxState
+from sandbox.twilio_rest import BASIC_CHALLENGE, basic_account, error_response
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 META_STATUSES = (
@@ -269,22 +271,9 @@ def _approval(content: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _twilio_error(code: int, message: str, status: int) -> Response:
-    body = {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-    return json_response(body, status)
-
-
 def _graph_error(code: int, message: str, status: int, subcode: int | None = None) -> Response:
-    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
-    if subcode is not None:
-        error["error_subcode"] = subcode
-    error["fbtrace_id"] = new_fbtrace_id()
-    return json_response({"error": error}, status, None, "application/json; charset=UTF-8")
+    """Meta's error JSON; unlike the messages endpoint, this one sends no `WWW-Authenticate`."""
+    return graph_json(*graph_error(code, message, status, subcode))
 
 
 def _cursor(index: int) -> str:
@@ -315,13 +304,10 @@ def blueprint(state: SandboxState) -> Blueprint:
 
     @bp.get("/<version>/<waba_id>/message_templates")
     def meta_list(version: str, waba_id: str) -> Response:
-        token = graph_token()
-        with state.lock:
-            tokens = {a.access_token for a in state.meta_accounts.values()}
-            allowed = {a.access_token for a in state.meta_accounts.values() if a.waba_id == waba_id}
-        if not token or token not in tokens:
-            return _graph_error(190, "Invalid OAuth access token - Cannot parse access token", 401)
-        if token not in allowed:
+        accounts = token_accounts(state, graph_token())
+        if not accounts:
+            return _graph_error(190, ERRORS[190][1], 401)
+        if not any(a.waba_id == waba_id for a in accounts.values()):
             return _graph_error(
                 100,
                 f"Unsupported get request. Object with ID '{waba_id}' does not exist, cannot "
@@ -359,25 +345,18 @@ def blueprint(state: SandboxState) -> Blueprint:
             if start + limit < len(rows):
                 query = {k: v for k, v in args.items() if k not in ("after", "before")}
                 query["after"] = body["paging"]["cursors"]["after"]
-                from urllib.parse import urlencode
-
                 body["paging"]["next"] = f"{request.base_url}?{urlencode(query)}"
         return json_response(body, 200, None, "application/json; charset=UTF-8")
 
     # -- Twilio Content API
 
     def twilio_account() -> str | None:
-        auth = request.authorization
-        if auth is None or auth.type != "basic":
-            return None
-        with state.lock:
-            account = state.twilio_accounts.get(auth.username or "")
-        return account.account_sid if account and account.auth_token == auth.password else None
+        account = basic_account(state)
+        return None if account is None else account.account_sid
 
     def unauthorized() -> Response:
-        response = _twilio_error(20003, "Authenticate", 401)
-        response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-        return response
+        """20003 as the Content API answers it: the challenge, but no `detail`."""
+        return error_response(20003, headers=BASIC_CHALLENGE)
 
     def content_page(key_approvals: bool) -> Response:
         sid = twilio_account()
@@ -387,14 +366,14 @@ def blueprint(state: SandboxState) -> Blueprint:
             size = max(1, min(int(request.args.get("PageSize", 50)), 1000))
             page = max(0, int(request.args.get("Page", 0)))
         except ValueError:
-            return _twilio_error(20001, "Invalid paging parameters", 400)
+            return error_response(20001, "Invalid paging parameters", 400)
         with templates.lock:
             rows = copy.deepcopy(templates.twilio.get(sid, []))
         start = page * size
         if request.args.get("PageToken"):
             index = _index(request.args["PageToken"])
             if index is None:
-                return _twilio_error(20001, "Invalid PageToken", 400)
+                return error_response(20001, "Invalid PageToken", 400)
             start = index
         chunk = rows[start : start + size]
         base = request.host_url.rstrip("/")
@@ -430,30 +409,32 @@ def blueprint(state: SandboxState) -> Blueprint:
     def content_and_approvals() -> Response:
         return content_page(True)
 
-    def find_content(sid: str) -> tuple[str | None, dict[str, Any] | None]:
+    def find_content(sid: str) -> tuple[str, dict[str, Any]] | Response:
+        """The caller's account and its Content `sid`; or Twilio's 401 or 404."""
         account = twilio_account()
         if account is None:
-            return None, None
+            return unauthorized()
         with templates.lock:
             found = next((c for c in templates.twilio.get(account, []) if c["sid"] == sid), None)
-            return account, copy.deepcopy(found)
+            found = copy.deepcopy(found)
+        if found is None:
+            return error_response(20404, path=request.path)
+        return account, found
 
     @bp.get("/v1/Content/<sid>")
     def content_fetch(sid: str) -> Response:
-        account, found = find_content(sid)
-        if account is None:
-            return unauthorized()
-        if found is None:
-            return _twilio_error(20404, f"The requested resource {request.path} was not found", 404)
+        content = find_content(sid)
+        if isinstance(content, Response):
+            return content
+        _, found = content
         return json_response(_content_view(found, request.host_url.rstrip("/"), False), 200)
 
     @bp.get("/v1/Content/<sid>/ApprovalRequests")
     def content_approval(sid: str) -> Response:
-        account, found = find_content(sid)
-        if account is None:
-            return unauthorized()
-        if found is None:
-            return _twilio_error(20404, f"The requested resource {request.path} was not found", 404)
+        content = find_content(sid)
+        if isinstance(content, Response):
+            return content
+        account, found = content
         return json_response(
             {
                 "account_sid": account,

@@ -15,10 +15,17 @@ from flask import Blueprint, Response, request
 
 from sandbox import templates
 from sandbox.callbacks import plan_statuses, twilio_callback
-from sandbox.common import answer_fault, json_response
+from sandbox.common import accept, fault_first, json_response, refuse
 from sandbox.media import inbound_twilio_media
 from sandbox.state import E164, Fault, SandboxState, TwilioAccount, digits, new_twilio_sid
-from sandbox.twilio_rest import API_VERSION, BASE, error_body
+from sandbox.twilio_rest import (
+    API_VERSION,
+    BASE,
+    basic_account,
+    error_body,
+    error_response,
+    unauthorized,
+)
 
 # Asynchronous failures that only show up in status callbacks / fetched resources.
 # WhatsApp's closed 24-hour window is one: the create is accepted, the callback fails.
@@ -139,17 +146,9 @@ def blueprint(state: SandboxState) -> Blueprint:
     bp = Blueprint("twilio", __name__)
 
     def authenticate(account_sid: str) -> TwilioAccount | None:
-        auth = request.authorization
-        if auth is None or auth.type != "basic" or auth.username != account_sid:
-            return None
-        with state.lock:
-            account = state.twilio_accounts.get(account_sid)
-        return account if account and account.auth_token == auth.password else None
-
-    def unauthorized() -> Response:
-        body, status = error_body(20003)
-        body["detail"] = "Your AccountSid or AuthToken was incorrect."
-        return json_response(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        """The account of the path, when the request's basic auth is its own."""
+        account = basic_account(state)
+        return account if account is not None and account.account_sid == account_sid else None
 
     @bp.post(f"{BASE}/<account_sid>/Messages.json")
     def create_message(account_sid: str) -> Response:
@@ -178,28 +177,21 @@ def blueprint(state: SandboxState) -> Blueprint:
         }
 
         def reject(code: int) -> Response:
-            err, status = error_body(code, to=to, from_=from_, mg=mg)
-            state.record_send(**receipt, status_code=status, error_code=code)
-            return json_response(err, status)
+            return refuse(state, receipt, error_response(code, to=to, from_=from_, mg=mg), code)
 
         account = authenticate(account_sid)
         if account is None:
-            state.record_send(**receipt, status_code=401, error_code=20003)
-            return unauthorized()
+            return refuse(state, receipt, unauthorized(), 20003)
 
         gate = state.admit("twilio", from_ or mg or "-")
         state.sleep(gate.latency)
         if gate.retry_after is not None:
-            err, status = error_body(20429)
-            state.record_send(**receipt, status_code=status, error_code=20429)
-            return json_response(
-                err, status, {"Retry-After": str(max(1, math.ceil(gate.retry_after)))}
-            )
+            retry = {"Retry-After": str(max(1, math.ceil(gate.retry_after)))}
+            return refuse(state, receipt, error_response(20429, headers=retry), 20429)
         fault = gate.fault
-        if fault is not None:
-            receipt["fault_id"] = fault.id
-            if fault.mode in ("error", "timeout"):
-                return answer_fault(state, fault, receipt, _fault_error)
+        faulted = fault_first(state, fault, receipt, _fault_error)
+        if faulted is not None:
+            return faulted
 
         # Validation, in roughly Twilio's order.
         code = None
@@ -285,12 +277,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         receipt["provider_message_id"] = sid
         if callback_url:
             _schedule_callbacks(state, account, msg, callback_url, timeline, whatsapp)
-
-        if fault is not None:  # accept_then_error / accept_then_timeout
-            receipt["accepted"] = True
-            return answer_fault(state, fault, receipt, _fault_error)
-        state.record_send(**receipt, accepted=True, status_code=201)
-        return json_response(resource, 201)
+        return accept(state, fault, receipt, _fault_error, json_response(resource, 201))
 
     @bp.get(f"{BASE}/<account_sid>/Messages/<sid>.json")
     def fetch_message(account_sid: str, sid: str) -> Response:
@@ -299,8 +286,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         with state.lock:
             msg = state.twilio_messages.get(sid)
         if msg is None or msg["account_sid"] != account_sid:
-            err, status = error_body(20404, path=request.path)
-            return json_response(err, status)
+            return error_response(20404, path=request.path)
         return json_response(render(msg), 200)
 
     @bp.get(f"{BASE}/<account_sid>/Messages.json")
@@ -313,8 +299,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             page_size = max(1, min(1000, int(args.get("PageSize", 50))))
             page = max(0, int(args.get("Page", 0)))
         except ValueError:
-            err, status = error_body(20001, "Invalid paging parameters", 400)
-            return json_response(err, status)
+            return error_response(20001, "Invalid paging parameters", 400)
         with state.lock:
             msgs = [
                 m

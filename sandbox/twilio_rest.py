@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response, request
+
+from sandbox.common import json_response
+from sandbox.state import SandboxState, TwilioAccount
+
 API_VERSION = "2010-04-01"
 BASE = f"/{API_VERSION}/Accounts"
 
@@ -79,3 +84,34 @@ class _Blank(dict):
 
     def __missing__(self, key: str) -> str:
         return "?"
+
+
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Twilio API"'}
+
+
+def error_response(
+    code: int,
+    message: str | None = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    **fmt: Any,
+) -> Response:
+    body, status = error_body(code, message, status, **fmt)
+    return json_response(body, status, headers)
+
+
+def unauthorized() -> Response:
+    """20003 as the Messages API answers it: with a `detail` and the basic-auth challenge."""
+    body, status = error_body(20003)
+    body["detail"] = "Your AccountSid or AuthToken was incorrect."
+    return json_response(body, status, BASIC_CHALLENGE)
+
+
+def basic_account(state: SandboxState) -> TwilioAccount | None:
+    """The account whose SID and auth token the request's HTTP basic auth carries, or None."""
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return None
+    with state.lock:
+        account = state.twilio_accounts.get(auth.username or "")
+    return account if account and account.auth_token == auth.password else None
