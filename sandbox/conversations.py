@@ -23,7 +23,7 @@ from typing import Any
 import emoji as emoji_lib
 
 from sandbox.graph import graph_error
-from sandbox.state import SandboxState
+from sandbox.state import SandboxState, new_graph_id
 
 MAX_CONTACTS = 257
 LOCATION_KEYS = ("latitude", "longitude", "name", "address", "url")
@@ -196,7 +196,7 @@ def inbound_message(data: dict[str, Any], message: dict[str, Any]) -> bool:
                 "sha256": base64.b64encode(
                     hashlib.sha256(secrets.token_bytes(8)).digest()
                 ).decode(),
-                "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+                "id": new_graph_id(),
                 "animated": animated,
             },
         )

@@ -60,6 +60,11 @@ def new_wamid(wa_id: str) -> str:
     return "wamid." + base64.b64encode(blob).decode()
 
 
+def new_graph_id() -> str:
+    """A Graph object id (media, template): 16 digits, like Meta's."""
+    return str(10**15 + secrets.randbelow(9 * 10**15))
+
+
 def new_fbtrace_id() -> str:
     """Meta's per-request trace id (opaque; starts with a letter)."""
     return "A" + secrets.token_urlsafe(16)[:22]

@@ -16,7 +16,6 @@ import base64
 import copy
 import json
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from flask import Blueprint, Response, jsonify, request
 from sandbox.callbacks import meta_callback
 from sandbox.common import json_response
 from sandbox.graph import ERRORS, graph_error, graph_json, graph_token, token_accounts
-from sandbox.state import ConfigError, SandboxState
+from sandbox.state import ConfigError, SandboxState, new_graph_id
 from sandbox.twilio_rest import BASIC_CHALLENGE, basic_account, error_response
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
@@ -509,7 +508,7 @@ def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, 
         "language": str(language),
         "status": status,
         "category": str(data.get("category") or "UTILITY").upper(),
-        "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+        "id": new_graph_id(),
     }
     if status == "REJECTED":
         template["rejected_reason"] = str(data.get("reason") or "INVALID_FORMAT")
