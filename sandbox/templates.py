@@ -61,7 +61,6 @@ META_ERRORS = {
     132015: (400, "Template is Paused"),
     132016: (400, "Template is disabled"),
 }
-TWILIO_CONTENT = "https://content.twilio.com"
 
 
 class TemplateStore:
@@ -464,9 +463,9 @@ def blueprint(state: SandboxState) -> Blueprint:
         if not isinstance(data, dict):
             raise ConfigError("expected a JSON object body")
         if data.get("provider") == "meta":
-            return jsonify(_create_meta(state, templates, data)), 201
+            return jsonify(create_meta(state, templates, data)), 201
         if data.get("provider") == "twilio":
-            return jsonify(_create_twilio(state, templates, data)), 201
+            return jsonify(create_twilio(state, templates, data)), 201
         raise ConfigError("provider must be 'twilio' or 'meta'")
 
     @bp.post("/_sandbox/templates/<template_id>/status")
@@ -474,7 +473,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         data = request.get_json(silent=True)
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             raise ConfigError('expected {"status": ..., "reason"?: ...}')
-        return jsonify(_set_status(state, templates, template_id, data))
+        return jsonify(set_status(state, templates, template_id, data))
 
     @bp.delete("/_sandbox/templates/<template_id>")
     def control_delete(template_id: str) -> Response:
@@ -489,7 +488,8 @@ def blueprint(state: SandboxState) -> Blueprint:
     return bp
 
 
-def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+def create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+    """Register a Meta template (`POST /_sandbox/templates`); the answer carries its id."""
     name, language = data.get("name"), data.get("language", "en_US")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]{1,512}", name):
         raise ConfigError("name must be lower-case letters, digits and underscores")
@@ -520,7 +520,8 @@ def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, 
     return {"provider": "meta", "waba_id": waba, **copy.deepcopy(template)}
 
 
-def _create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+def create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+    """Register Twilio Content (`POST /_sandbox/templates`); the answer carries its HX sid."""
     with state.lock:
         account = str(data.get("account_sid") or next(iter(state.twilio_accounts)))
         if account not in state.twilio_accounts:
@@ -553,9 +554,10 @@ def _create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str
     return {"provider": "twilio", **copy.deepcopy(content)}
 
 
-def _set_status(
+def set_status(
     state: SandboxState, templates: TemplateStore, template_id: str, data: dict[str, Any]
 ) -> dict[str, Any]:
+    """Change a template's status; a Meta one posts at once the webhook Meta would send."""
     with templates.lock:
         for account, bucket in templates.twilio.items():
             for content in bucket:
