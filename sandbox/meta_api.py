@@ -12,7 +12,7 @@ from flask import Blueprint, Response, request
 
 from sandbox import conversations, templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
-from sandbox.common import accept, fault_first, refuse
+from sandbox.common import Send
 from sandbox.graph import (
     ERRORS,
     Refusal,
@@ -386,15 +386,17 @@ def blueprint(state: SandboxState) -> Blueprint:
             "request": payload,
         }
 
+        send = Send(state, receipt, _fault_error)
+
         def fail(code: int, status: int | None = None, **kw: Any) -> Response:
-            return refuse(state, receipt, graph_fail(code, status, **kw), code)
+            return send.refuse(graph_fail(code, status, **kw), code)
 
         accounts = caller(state, version, f"/{version}/{phone_number_id}/messages")
         if isinstance(accounts, Refusal):
-            return refuse(state, receipt, *accounts)
+            return send.refuse(*accounts)
         account = accounts.get(phone_number_id)
         if account is None:
-            return refuse(state, receipt, no_object(phone_number_id, "post"), 100)
+            return send.refuse(no_object(phone_number_id, "post"), 100)
 
         if isinstance(payload, dict) and "status" in payload:  # a read receipt
             body, status = conversations.read_receipt(state, phone_number_id, payload)
@@ -404,8 +406,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         state.sleep(gate.latency)
         if gate.retry_after is not None:
             return fail(130429)
-        fault = gate.fault
-        faulted = fault_first(state, fault, receipt, _fault_error)
+        faulted = send.fault_first(gate.fault)
         if faulted is not None:
             return faulted
 
@@ -443,7 +444,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             "messages": [message],
         }
         _schedule_statuses(state, account, payload, wamid, wa_id, time.time())
-        return accept(state, fault, receipt, _fault_error, graph_json(answer, 200))
+        return send.accept(graph_json(answer, 200))
 
     return bp
 

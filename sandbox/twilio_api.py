@@ -15,7 +15,7 @@ from flask import Blueprint, Response, request
 
 from sandbox import templates
 from sandbox.callbacks import plan_statuses, twilio_callback
-from sandbox.common import accept, fault_first, json_response, refuse
+from sandbox.common import Send, json_response
 from sandbox.media import inbound_twilio_media
 from sandbox.state import E164, Fault, SandboxState, TwilioAccount, digits, new_twilio_sid
 from sandbox.twilio_rest import (
@@ -176,20 +176,21 @@ def blueprint(state: SandboxState) -> Blueprint:
             "request": _form_dict(form),
         }
 
+        send = Send(state, receipt, _fault_error)
+
         def reject(code: int) -> Response:
-            return refuse(state, receipt, error_response(code, to=to, from_=from_, mg=mg), code)
+            return send.refuse(error_response(code, to=to, from_=from_, mg=mg), code)
 
         account = authenticate(account_sid)
         if account is None:
-            return refuse(state, receipt, unauthorized(), 20003)
+            return send.refuse(unauthorized(), 20003)
 
         gate = state.admit("twilio", from_ or mg or "-")
         state.sleep(gate.latency)
         if gate.retry_after is not None:
             retry = {"Retry-After": str(max(1, math.ceil(gate.retry_after)))}
-            return refuse(state, receipt, error_response(20429, headers=retry), 20429)
-        fault = gate.fault
-        faulted = fault_first(state, fault, receipt, _fault_error)
+            return send.refuse(error_response(20429, headers=retry), 20429)
+        faulted = send.fault_first(gate.fault)
         if faulted is not None:
             return faulted
 
@@ -277,7 +278,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         receipt["provider_message_id"] = sid
         if callback_url:
             _schedule_callbacks(state, account, msg, callback_url, timeline, whatsapp)
-        return accept(state, fault, receipt, _fault_error, json_response(resource, 201))
+        return send.accept(json_response(resource, 201))
 
     @bp.get(f"{BASE}/<account_sid>/Messages/<sid>.json")
     def fetch_message(account_sid: str, sid: str) -> Response:
