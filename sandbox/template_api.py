@@ -208,8 +208,9 @@ def blueprint(state: SandboxState) -> Blueprint:
     def content_and_approvals() -> Response:
         return content_page(True)
 
-    def find_content(sid: str) -> tuple[str, dict[str, Any]] | Response:
-        """The caller's account and its Content `sid`; or Twilio's 401 or 404."""
+    def content_resource(sid: str, approval: bool) -> Response:
+        """One Content resource of the caller's account: as itself, or its WhatsApp approval
+        request; Twilio's 401 or 404 otherwise."""
         account = twilio_account()
         if account is None:
             return unauthorized()
@@ -218,22 +219,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             found = copy.deepcopy(found)
         if found is None:
             return error_response(20404, path=request.path)
-        return account, found
-
-    @bp.get("/v1/Content/<sid>")
-    def content_fetch(sid: str) -> Response:
-        content = find_content(sid)
-        if isinstance(content, Response):
-            return content
-        _, found = content
-        return json_response(_content_view(found, request.host_url.rstrip("/"), False), 200)
-
-    @bp.get("/v1/Content/<sid>/ApprovalRequests")
-    def content_approval(sid: str) -> Response:
-        content = find_content(sid)
-        if isinstance(content, Response):
-            return content
-        account, found = content
+        if not approval:
+            return json_response(_content_view(found, request.host_url.rstrip("/"), False), 200)
         return json_response(
             {
                 "account_sid": account,
@@ -243,6 +230,14 @@ def blueprint(state: SandboxState) -> Blueprint:
             },
             200,
         )
+
+    @bp.get("/v1/Content/<sid>")
+    def content_fetch(sid: str) -> Response:
+        return content_resource(sid, False)
+
+    @bp.get("/v1/Content/<sid>/ApprovalRequests")
+    def content_approval(sid: str) -> Response:
+        return content_resource(sid, True)
 
     # -- control: /_sandbox/templates
 
