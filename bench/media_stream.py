@@ -42,7 +42,8 @@ def _measure(size: int) -> None:
     import httpx
     from werkzeug.serving import make_server
 
-    from sandbox import MetaAccount, SandboxServer, SandboxState
+    from sandbox.app import SandboxServer
+    from sandbox.state import MetaAccount, SandboxState
 
     phone, token = "100000000000077", "bench-token"
     sandbox = SandboxServer(SandboxState(meta_accounts=[MetaAccount(phone, token, "s")])).start()

@@ -1,18 +1,6 @@
 """Herald's provider sandbox: a local stand-in for Twilio's and Meta's messaging APIs.
 
-Start it in-process with `serve(SandboxState(...))` or as `python -m sandbox`.
+Start it in-process with `sandbox.app.serve(SandboxState(...))` or as `python -m sandbox`.
+This file imports nothing, so that importing any one module of the sandbox does not load
+the whole app and no module's import runs back through here.
 """
-
-from __future__ import annotations
-
-from sandbox.app import SandboxServer, create_sandbox_app, serve
-from sandbox.state import MetaAccount, SandboxState, TwilioAccount
-
-__all__ = [
-    "MetaAccount",
-    "SandboxServer",
-    "SandboxState",
-    "TwilioAccount",
-    "create_sandbox_app",
-    "serve",
-]

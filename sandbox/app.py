@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from sandbox import control, media, meta_api, templates, twilio_api
+from sandbox import control, media, meta_api, template_api, twilio_api
 from sandbox.state import SandboxState
 
 
@@ -21,7 +21,7 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     app.register_blueprint(control.blueprint(state))
     app.register_blueprint(twilio_api.blueprint(state))
     app.register_blueprint(meta_api.blueprint(state))
-    app.register_blueprint(templates.blueprint(state))
+    app.register_blueprint(template_api.blueprint(state))
     app.register_blueprint(media.blueprint(state))
 
     @app.errorhandler(HTTPException)

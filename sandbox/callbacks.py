@@ -209,20 +209,16 @@ class CallbackScheduler:
         return entry
 
     def _deliver(self, callback: Callback) -> None:
-        try:
-            entry = self.send_now(callback)
-            failed = entry["error"] is not None if callback.retry_on == "connection" else True
-            if not entry["ok"] and failed and callback.attempt <= callback.max_retries:
-                delay = min(BACKOFF_CAP, callback.backoff * 2 ** (callback.attempt - 1))
-                with self._cv:
-                    if callback.generation != self._generation or self._stopped:
-                        return
-                    when = time.monotonic() + delay
-                    heapq.heappush(self._heap, (when, next(self._seq), callback))
-                    self._cv.notify()
-        finally:
+        entry = self.send_now(callback)
+        failed = entry["error"] is not None if callback.retry_on == "connection" else True
+        if not entry["ok"] and failed and callback.attempt <= callback.max_retries:
+            delay = min(BACKOFF_CAP, callback.backoff * 2 ** (callback.attempt - 1))
             with self._cv:
-                self._inflight -= 1
+                if callback.generation != self._generation or self._stopped:
+                    return
+                when = time.monotonic() + delay
+                heapq.heappush(self._heap, (when, next(self._seq), callback))
+                self._cv.notify()
 
     def _run(self) -> None:
         with self._cv:
@@ -238,14 +234,15 @@ class CallbackScheduler:
                 if item.generation != self._generation:
                     continue
                 self._inflight += 1
-                if isinstance(item, _Call):
-                    self._pool.submit(self._call, item)
-                else:
-                    self._pool.submit(self._deliver, item)
+                self._pool.submit(self._work, item)
 
-    def _call(self, item: _Call) -> None:
+    def _work(self, item: Callback | _Call) -> None:
+        """Deliver a callback or run a call on the pool; either way it is no longer pending."""
         try:
-            item.fn()
+            if isinstance(item, _Call):
+                item.fn()
+            else:
+                self._deliver(item)
         finally:
             with self._cv:
                 self._inflight -= 1

@@ -1,4 +1,5 @@
-"""HTTP helpers shared by the Twilio and Meta fakes: JSON answers and injected faults."""
+"""HTTP helpers shared by the Twilio and Meta fakes: JSON answers, and a send's one record
+whether it is refused, hit by an injected fault or accepted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import math
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, request
@@ -14,15 +16,6 @@ from flask import Response, request
 from sandbox.state import Fault, SandboxState
 
 LONG_TIMEOUT = 30.0  # a `timeout` fault without latency_ms hangs this long, then drops
-
-
-def graph_token() -> str:
-    """The access token of a Graph API request, as Meta reads it: an `Authorization:
-    Bearer` header, else an `access_token` query parameter."""
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.args.get("access_token", "")
 
 
 def json_response(
@@ -45,24 +38,54 @@ def drop_connection() -> Response:
     return Response("", 504)
 
 
-def answer_fault(
-    state: SandboxState,
-    fault: Fault,
-    receipt: dict[str, Any],
-    error: Callable[[Fault], tuple[Response, int]],
-) -> Response:
-    """Answer a send that hit a fault, and record it.
+@dataclass
+class Send:
+    """One send request on its way to an answer, recorded once: refused, faulted or accepted.
+    `error` builds the provider's answer to an injected fault: (response, error code)."""
 
-    Timeouts are recorded before the wait, so a harness sees them as soon as the client gives
-    up; errors are recorded with the status and code actually returned.
-    """
-    if fault.mode in ("timeout", "accept_then_timeout"):
-        state.record_send(**receipt, status_code=None, answered=False)
-        state.sleep(fault.latency_ms / 1000.0 if fault.latency_ms else LONG_TIMEOUT)
-        return drop_connection()
-    state.sleep(fault.latency_ms / 1000.0)
-    response, code = error(fault)
-    state.record_send(**receipt, status_code=response.status_code, error_code=code)
-    if fault.retry_after is not None:
-        response.headers["Retry-After"] = str(max(0, math.ceil(float(fault.retry_after))))
-    return response
+    state: SandboxState
+    receipt: dict[str, Any]
+    error: Callable[[Fault], tuple[Response, int]]
+    fault: Fault | None = None
+
+    def refuse(self, response: Response, code: int) -> Response:
+        """Record the send refused with the HTTP status and error code it is answered with."""
+        self.state.record_send(**self.receipt, status_code=response.status_code, error_code=code)
+        return response
+
+    def fault_first(self, fault: Fault | None) -> Response | None:
+        """Take the send's fault: its answer when it comes instead of the provider's
+        (`error`, `timeout`); None when there is none or it lets the send through first."""
+        self.fault = fault
+        if fault is None:
+            return None
+        self.receipt["fault_id"] = fault.id
+        if fault.mode in ("error", "timeout"):
+            return self._answer_fault(fault)
+        return None
+
+    def accept(self, answer: Response) -> Response:
+        """Record the send accepted and give its answer; under an `accept_then_*` fault it
+        is accepted all the same, but the fault answers."""
+        if self.fault is not None:
+            self.receipt["accepted"] = True
+            return self._answer_fault(self.fault)
+        self.state.record_send(**self.receipt, accepted=True, status_code=answer.status_code)
+        return answer
+
+    def _answer_fault(self, fault: Fault) -> Response:
+        """Answer a send that hit a fault, and record it.
+
+        Timeouts are recorded before the wait, so a harness sees them as soon as the client
+        gives up; errors are recorded with the status and code actually returned.
+        """
+        if fault.mode in ("timeout", "accept_then_timeout"):
+            self.state.record_send(**self.receipt, status_code=None, answered=False)
+            self.state.sleep(fault.latency_ms / 1000.0 if fault.latency_ms else LONG_TIMEOUT)
+            return drop_connection()
+        self.state.sleep(fault.latency_ms / 1000.0)
+        response, code = self.error(fault)
+        self.refuse(response, code)
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = str(max(0, math.ceil(float(fault.retry_after))))
+        return response

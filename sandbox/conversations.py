@@ -18,10 +18,12 @@ import hashlib
 import secrets
 import threading
 import time
-import weakref
 from typing import Any
 
 import emoji as emoji_lib
+
+from sandbox.graph import graph_error
+from sandbox.state import SandboxState, new_graph_id
 
 MAX_CONTACTS = 257
 LOCATION_KEYS = ("latitude", "longitude", "name", "address", "url")
@@ -37,25 +39,17 @@ class Book:
         self.reads: list[dict[str, Any]] = []
 
 
-_books: weakref.WeakKeyDictionary[Any, Book] = weakref.WeakKeyDictionary()
-_books_lock = threading.Lock()
+def book(state: SandboxState) -> Book:
+    return state.part("conversations", Book)
 
 
-def book(state: Any) -> Book:
-    with _books_lock:
-        found = _books.get(state)
-        if found is None:
-            found = _books[state] = Book()
-        return found
-
-
-def remember_inbound(state: Any, phone_number_id: str, wamid: str) -> None:
+def remember_inbound(state: SandboxState, phone_number_id: str, wamid: str) -> None:
     b = book(state)
     with b.lock:
         b.inbound.setdefault(phone_number_id, set()).add(wamid)
 
 
-def received(state: Any, phone_number_id: str, wamid: Any) -> bool:
+def received(state: SandboxState, phone_number_id: str, wamid: Any) -> bool:
     b = book(state)
     with b.lock:
         return isinstance(wamid, str) and wamid in b.inbound.get(phone_number_id, set())
@@ -111,7 +105,11 @@ def payload_problem(payload: dict[str, Any]) -> tuple[int, str] | None:
 
 
 def plan(
-    state: Any, phone_number_id: str, payload: dict[str, Any], statuses: list[str], code: int
+    state: SandboxState,
+    phone_number_id: str,
+    payload: dict[str, Any],
+    statuses: list[str],
+    code: int,
 ) -> tuple[list[str], int]:
     """The statuses a message of these kinds gets: a reaction only `sent`, or `failed`
     with 131009 when it reacts to a message this number never received."""
@@ -123,12 +121,12 @@ def plan(
     return ["sent"], code
 
 
-def read_receipt(state: Any, phone_number_id: str, payload: dict[str, Any]) -> tuple[dict, int]:
+def read_receipt(
+    state: SandboxState, phone_number_id: str, payload: dict[str, Any]
+) -> tuple[dict, int]:
     """`{"messaging_product": "whatsapp", "status": "read", "message_id": <wamid>,
     "typing_indicator"?: {"type": "text"}}`: `{"success": true}`, or Meta's error
     (code, message) for a bad shape or a wamid this number never received."""
-    from sandbox.meta_api import graph_error
-
     problem: tuple[int, str] | None = None
     if payload.get("messaging_product") != "whatsapp":
         problem = 100, "(#100) Param messaging_product must be one of {WHATSAPP}."
@@ -160,14 +158,14 @@ def read_receipt(state: Any, phone_number_id: str, payload: dict[str, Any]) -> t
     return {"success": True}, 200
 
 
-def clear_reads(state: Any) -> None:
+def clear_reads(state: SandboxState) -> None:
     """On reset: forget the read receipts (the numbers keep what they received)."""
     b = book(state)
     with b.lock:
         b.reads.clear()
 
 
-def reads(state: Any, message_id: str | None = None) -> list[dict[str, Any]]:
+def reads(state: SandboxState, message_id: str | None = None) -> list[dict[str, Any]]:
     b = book(state)
     with b.lock:
         return [r for r in b.reads if message_id is None or r["message_id"] == message_id]
@@ -198,7 +196,7 @@ def inbound_message(data: dict[str, Any], message: dict[str, Any]) -> bool:
                 "sha256": base64.b64encode(
                     hashlib.sha256(secrets.token_bytes(8)).digest()
                 ).decode(),
-                "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+                "id": new_graph_id(),
                 "animated": animated,
             },
         )

@@ -24,14 +24,23 @@ import random
 import secrets
 import threading
 import time
-import uuid
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Response, has_request_context, jsonify, request
 
-from sandbox.common import graph_token
-from sandbox.state import SandboxState
+from sandbox.graph import (
+    Refusal,
+    caller,
+    graph_fail,
+    graph_json,
+    graph_token,
+    no_object,
+    token_accounts,
+)
+from sandbox.state import SandboxState, new_graph_id, new_twilio_sid
+from sandbox.twilio_rest import BASE, basic_account, error_response, unauthorized
 
 KB = 1024
 MB = 1024 * 1024
@@ -121,25 +130,46 @@ class MediaStore:
             item = self.items.get(media_id)
         return item if item is not None and not item.deleted else None
 
+    def owned(self, media_id: str, provider: str, owners: Container[str]) -> StoredMedia | None:
+        """The media `media_id` if it is `provider`'s and one of `owners` owns it."""
+        item = self.get(media_id)
+        if item is None or item.provider != provider or item.owner not in owners:
+            return None
+        return item
+
     def sign(self, media_id: str, expires: int) -> str:
         return hmac.new(self.key, f"{media_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
+    def hand_out(self, item: StoredMedia, ttl: float) -> tuple[int, str]:
+        """Count a retrieval of `item`; the expiry and signature of a download URL good for
+        `ttl` seconds."""
+        with self.lock:
+            item.retrievals += 1
+        expires = int(time.time() + ttl)
+        return expires, self.sign(item.id, expires)
 
-_stores_lock = threading.Lock()
+    def signed(self, media_id: str, expires: str, signature: str) -> StoredMedia | None:
+        """The media a download URL names, unless it is unknown, its signature is not ours
+        or it has expired."""
+        item = self.get(media_id)
+        if (
+            item is None
+            or not expires.isdigit()
+            or not hmac.compare_digest(signature, self.sign(media_id, int(expires)))
+            or int(expires) < time.time()
+        ):
+            return None
+        return item
+
+    def download(self, item: StoredMedia) -> Response:
+        with self.lock:
+            item.downloads += 1
+        return Response(item.data, 200, content_type=item.mime_type)
 
 
 def store(state: SandboxState) -> MediaStore:
-    """The media of one sandbox (kept beside its state, across resets like accounts)."""
-    with _stores_lock:
-        found = getattr(state, "media_store", None)
-        if found is None:
-            found = MediaStore()
-            state.media_store = found  # type: ignore[attr-defined]
-        return found
-
-
-def new_meta_media_id() -> str:
-    return str(10**15 + secrets.randbelow(9 * 10**15))
+    """The media of one sandbox (kept across resets, like accounts)."""
+    return state.part("media", MediaStore)
 
 
 def _base_url() -> str:
@@ -159,38 +189,37 @@ def injected_bytes(data: dict[str, Any], seed: str) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def inject(
+    state: SandboxState, provider: str, owner: str, data: dict[str, Any], filename: str | None
+) -> StoredMedia:
+    """Store media injected through the control API (`media_type`, and `media_base64` or
+    `media_size`), with an id of the provider's kind."""
+    media_id = new_graph_id() if provider == "meta" else new_twilio_sid("ME")
+    return store(state).add(
+        StoredMedia(
+            id=media_id,
+            provider=provider,
+            owner=owner,
+            mime_type=str(data.get("media_type") or "image/jpeg"),
+            data=injected_bytes(data, media_id),
+            filename=filename,
+        )
+    )
+
+
 def inbound_meta_media(state: SandboxState, phone_number_id: str, data: dict[str, Any]) -> dict:
     """Store the media of an injected inbound Meta message; its webhook object."""
-    mime = str(data.get("media_type") or "image/jpeg")
-    media_id = new_meta_media_id()
-    item = StoredMedia(
-        id=media_id,
-        provider="meta",
-        owner=phone_number_id,
-        mime_type=mime,
-        data=injected_bytes(data, media_id),
-        filename=data.get("filename"),
-    )
-    store(state).add(item)
+    item = inject(state, "meta", phone_number_id, data, data.get("filename"))
     # The webhook's checksum is base64 of the SHA-256; GET /<media_id> answers it in hex.
     digest = base64.b64encode(hashlib.sha256(item.data).digest()).decode()
-    return {"mime_type": mime, "sha256": digest, "id": media_id}
+    return {"mime_type": item.mime_type, "sha256": digest, "id": item.id}
 
 
 def inbound_twilio_media(
     state: SandboxState, account_sid: str, message_sid: str, data: dict[str, Any]
 ) -> str:
     """Store the media of an injected inbound Twilio message; its `MediaUrl0`."""
-    media_sid = "ME" + uuid.uuid4().hex
-    store(state).add(
-        StoredMedia(
-            id=media_sid,
-            provider="twilio",
-            owner=account_sid,
-            mime_type=str(data.get("media_type") or "image/jpeg"),
-            data=injected_bytes(data, media_sid),
-        )
-    )
+    media_sid = inject(state, "twilio", account_sid, data, None).id
     return (
         f"{_base_url()}2010-04-01/Accounts/{account_sid}/Messages/{message_sid}/Media/{media_sid}"
     )
@@ -216,8 +245,7 @@ def send_problem(state: SandboxState, payload: Any, phone_number_id: str) -> str
                     ids.append((f"{parameter.get('type')}['id']", inner["id"]))
     media = store(state)
     for name, media_id in ids:
-        item = media.get(str(media_id))
-        if item is None or item.provider != "meta" or item.owner != phone_number_id:
+        if media.owned(str(media_id), "meta", (phone_number_id,)) is None:
             return (
                 f"(#100) Param {name} is not a valid whatsapp business account media attachment ID"
             )
@@ -231,68 +259,25 @@ def _is_animated_webp(head: bytes) -> bool:
 def blueprint(state: SandboxState) -> Blueprint:
     """Graph media routes, Twilio's Media resource, their download URLs and
     `/_sandbox/media` (list or add stored media)."""
-    from sandbox import meta_api, twilio_api
-
     bp = Blueprint("sandbox_media", __name__)
     media = store(state)
 
-    def graph_fail(code: int, status: int | None = None, **kw: Any) -> Response:
-        body, status = meta_api.graph_error(code, status=status, **kw)
-        headers = None
-        if status == 401:
-            headers = {
-                "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
-                f'"{body["error"]["message"]}"'
-            }
-        return meta_api._json(body, status, headers)
-
-    def no_object(media_id: str, verb: str) -> Response:
-        return graph_fail(
-            100,
-            subcode=33,
-            etype="GraphMethodException",
-            message=(
-                f"Unsupported {verb} request. Object with ID '{media_id}' does not exist, "
-                "cannot be loaded due to missing permissions, or does not support this "
-                "operation. Please read the Graph API documentation at "
-                "https://developers.facebook.com/docs/graph-api"
-            ),
-        )
-
-    def token_accounts(token: str) -> set[str]:
-        """The phone number ids this token may act for (empty: not a token at all)."""
-        with state.lock:
-            return {
-                a.phone_number_id for a in state.meta_accounts.values() if a.access_token == token
-            }
-
     def meta_item(version: str, media_id: str, verb: str) -> StoredMedia | Response:
-        if not meta_api.GRAPH_VERSION.fullmatch(version):
-            return graph_fail(2500, 400, message=f"Unknown path components: /{version}/{media_id}")
-        token = graph_token()
-        allowed = token_accounts(token) if token else set()
-        if not allowed:
-            return graph_fail(190, message=meta_api.ERRORS[190][1])
-        item = media.get(media_id)
+        accounts = caller(state, version, f"/{version}/{media_id}")
+        if isinstance(accounts, Refusal):
+            return accounts.response
+        item = media.owned(media_id, "meta", accounts)
         wanted = request.args.get("phone_number_id")
-        if (
-            item is None
-            or item.provider != "meta"
-            or item.owner not in allowed
-            or (wanted and wanted != item.owner)
-        ):
+        if item is None or (wanted and wanted != item.owner):
             return no_object(media_id, verb)
         return item
 
     @bp.post("/<version>/<phone_number_id>/media")
     def upload(version: str, phone_number_id: str) -> Response:
-        if not meta_api.GRAPH_VERSION.fullmatch(version):
-            return graph_fail(2500, 400, message=f"Unknown path components: /{version}")
-        token = graph_token()
-        allowed = token_accounts(token) if token else set()
-        if not allowed:
-            return graph_fail(190, message=meta_api.ERRORS[190][1])
-        if phone_number_id not in allowed:
+        accounts = caller(state, version, f"/{version}")
+        if isinstance(accounts, Refusal):
+            return accounts.response
+        if phone_number_id not in accounts:
             return no_object(phone_number_id, "post")
         form = request.form
         product = form.get("messaging_product")
@@ -331,7 +316,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             )
         item = media.add(
             StoredMedia(
-                id=new_meta_media_id(),
+                id=new_graph_id(),
                 provider="meta",
                 owner=phone_number_id,
                 mime_type=mime,
@@ -340,21 +325,19 @@ def blueprint(state: SandboxState) -> Blueprint:
                 uploaded=True,
             )
         )
-        return meta_api._json({"id": item.id}, 200)
+        return graph_json({"id": item.id}, 200)
 
     @bp.get("/<version>/<media_id>")
     def retrieve(version: str, media_id: str) -> Response:
         item = meta_item(version, media_id, "get")
         if isinstance(item, Response):
             return item
-        with media.lock:
-            item.retrievals += 1
-        expires = int(time.time() + URL_TTL)
+        expires, signature = media.hand_out(item, URL_TTL)
         url = (
             f"{_base_url()}whatsapp_business/attachments/?mid={item.id}&ext={expires}"
-            f"&hash={media.sign(item.id, expires)}"
+            f"&hash={signature}"
         )
-        return meta_api._json(
+        return graph_json(
             {
                 "messaging_product": "whatsapp",
                 "url": url,
@@ -373,56 +356,29 @@ def blueprint(state: SandboxState) -> Blueprint:
             return item
         with media.lock:
             item.deleted = True
-        return meta_api._json({"success": True}, 200)
+        return graph_json({"success": True}, 200)
 
     @bp.get("/whatsapp_business/attachments/")
     def download() -> Response:
-        media_id = request.args.get("mid", "")
-        ext = request.args.get("ext", "")
-        signature = request.args.get("hash", "")
-        item = media.get(media_id)
-        if (
-            item is None
-            or not ext.isdigit()
-            or not hmac.compare_digest(signature, media.sign(media_id, int(ext)))
-            or int(ext) < time.time()
-        ):
+        args = request.args
+        item = media.signed(args.get("mid", ""), args.get("ext", ""), args.get("hash", ""))
+        if item is None:
             return Response("Not Found", 404, content_type="text/plain")
         # Like Meta's: the URL alone is not enough, the owning account's token must come too.
-        if item.owner not in token_accounts(graph_token()):
+        if item.owner not in token_accounts(state, graph_token()):
             return Response("Unauthorized", 401, content_type="text/plain")
-        with media.lock:
-            item.downloads += 1
-        return Response(item.data, 200, content_type=item.mime_type)
+        return media.download(item)
 
-    base = f"/{twilio_api.API_VERSION}/Accounts"
-
-    @bp.get(f"{base}/<account_sid>/Messages/<message_sid>/Media/<media_sid>")
+    @bp.get(f"{BASE}/<account_sid>/Messages/<message_sid>/Media/<media_sid>")
     def twilio_media(account_sid: str, message_sid: str, media_sid: str) -> Response:
-        auth = request.authorization
-        with state.lock:
-            account = state.twilio_accounts.get(account_sid)
-        if (
-            auth is None
-            or auth.type != "basic"
-            or auth.username != account_sid
-            or account is None
-            or account.auth_token != auth.password
-        ):
-            body, status = twilio_api.error_body(20003)
-            body["detail"] = "Your AccountSid or AuthToken was incorrect."
-            return twilio_api._json(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
-        item = media.get(media_sid)
-        if item is None or item.provider != "twilio" or item.owner != account_sid:
-            body, status = twilio_api.error_body(20404, path=request.path)
-            return twilio_api._json(body, status)
-        with media.lock:
-            item.retrievals += 1
-        expires = int(time.time() + TWILIO_URL_TTL)
-        location = (
-            f"{_base_url()}_storage/twilio/{item.id}?Expires={expires}"
-            f"&Signature={media.sign(item.id, expires)}"
-        )
+        account = basic_account(state)
+        if account is None or account.account_sid != account_sid:
+            return unauthorized()
+        item = media.owned(media_sid, "twilio", (account_sid,))
+        if item is None:
+            return error_response(20404, path=request.path)
+        expires, signature = media.hand_out(item, TWILIO_URL_TTL)
+        location = f"{_base_url()}_storage/twilio/{item.id}?Expires={expires}&Signature={signature}"
         return Response("", 307, headers={"Location": location})
 
     @bp.get("/_storage/twilio/<media_sid>")
@@ -436,23 +392,15 @@ def blueprint(state: SandboxState) -> Blueprint:
                 400,
                 content_type="application/xml",
             )
-        item = media.get(media_sid)
-        expires = request.args.get("Expires", "")
-        signature = request.args.get("Signature", "")
-        if (
-            item is None
-            or not expires.isdigit()
-            or not hmac.compare_digest(signature, media.sign(media_sid, int(expires)))
-            or int(expires) < time.time()
-        ):
+        args = request.args
+        item = media.signed(media_sid, args.get("Expires", ""), args.get("Signature", ""))
+        if item is None:
             return Response(
                 "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
                 403,
                 content_type="application/xml",
             )
-        with media.lock:
-            item.downloads += 1
-        return Response(item.data, 200, content_type=item.mime_type)
+        return media.download(item)
 
     @bp.get("/_sandbox/media")
     def list_media() -> Response:
@@ -468,25 +416,15 @@ def blueprint(state: SandboxState) -> Blueprint:
         provider = data.get("provider", "meta")
         if provider not in ("meta", "twilio"):
             return jsonify(error="provider must be 'twilio' or 'meta'"), 400
-        media_id = new_meta_media_id() if provider == "meta" else "ME" + uuid.uuid4().hex
-        try:
-            body = injected_bytes(data, media_id)
-        except ValueError as exc:
-            return jsonify(error=str(exc)), 400
         with state.lock:
             default = next(
                 iter(state.meta_accounts if provider == "meta" else state.twilio_accounts), ""
             )
-        item = media.add(
-            StoredMedia(
-                id=media_id,
-                provider=provider,
-                owner=str(data.get("account") or default),
-                mime_type=str(data.get("media_type") or "image/jpeg"),
-                data=body,
-                filename=data.get("filename"),
-            )
-        )
+        owner = str(data.get("account") or default)
+        try:
+            item = inject(state, provider, owner, data, data.get("filename"))
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 400
         return jsonify(item.to_dict()), 201
 
     return bp

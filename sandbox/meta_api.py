@@ -1,9 +1,5 @@
-"""The subset of Meta's WhatsApp Cloud API (Graph API) that Herald uses, with Graph error shapes.
-
-HTTP statuses follow Meta's Cloud API error-code table: almost everything is 400, including
-throttling (130429, 131048, 131056, 80007, 4); only auth (190 -> 401), permission
-(10, 200, 368, 131005 -> 403) and server-side trouble (131000 -> 500, 131016/2 -> 503) differ.
-"""
+"""The subset of Meta's WhatsApp Cloud API (Graph API) that Herald uses: sends, read
+receipts, and the webhooks they and inbound messages cause (error shapes: sandbox/graph.py)."""
 
 from __future__ import annotations
 
@@ -16,92 +12,25 @@ from flask import Blueprint, Response, request
 
 from sandbox import conversations, templates
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
-from sandbox.common import answer_fault, graph_token, json_response
+from sandbox.common import Send
+from sandbox.graph import (
+    ERRORS,
+    Refusal,
+    caller,
+    graph_error,
+    graph_fail,
+    graph_json,
+    no_object,
+    webhook_error,
+)
+from sandbox.media import inbound_meta_media, send_problem
 from sandbox.state import (
     Fault,
     MetaAccount,
     SandboxState,
     digits,
-    new_fbtrace_id,
     new_wamid,
 )
-
-GRAPH_VERSION = re.compile(r"v\d+\.\d+")
-ERROR_DOCS = "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"
-
-# code -> (HTTP status, title, details)
-ERRORS: dict[int, tuple[int, str, str]] = {
-    2: (503, "Service temporarily unavailable", "Temporary due to downtime or overload."),
-    4: (400, "Application request limit reached", "The app has reached its API call rate limit."),
-    10: (
-        403,
-        "Application does not have permission for this action",
-        "Permission is either not granted or has been removed.",
-    ),
-    100: (400, "Invalid parameter", "Invalid parameter"),
-    190: (
-        401,
-        "Invalid OAuth access token - Cannot parse access token",
-        "The access token is invalid or has expired.",
-    ),
-    200: (403, "Permissions error", "Permission is either not granted or has been removed."),
-    368: (
-        403,
-        "Temporarily blocked for policies violations",
-        "The WhatsApp Business Account has been restricted for a policy violation.",
-    ),
-    80007: (400, "Rate limit issues", "The WhatsApp Business Account has reached its rate limit."),
-    130429: (400, "Rate limit hit", "Cloud API message throughput has been reached."),
-    131000: (500, "Something went wrong", "Message failed to send due to an unknown error."),
-    131005: (403, "Access denied", "Permission is either not granted or has been removed."),
-    131008: (400, "Required parameter is missing", "A required parameter is missing."),
-    131009: (400, "Parameter value is not valid", "One or more parameter values are invalid."),
-    131016: (503, "Service unavailable", "A service is temporarily unavailable."),
-    131026: (
-        400,
-        "Message undeliverable",
-        "Unable to deliver message. The recipient may not be a WhatsApp user, or has not "
-        "accepted the latest Terms of Service.",
-    ),
-    131042: (
-        400,
-        "Business eligibility payment issue",
-        "Message failed to send because there were one or more errors related to your "
-        "payment method.",
-    ),
-    131047: (
-        400,
-        "Re-engagement message",
-        "Message failed to send because more than 24 hours have passed since the customer "
-        "last replied to this number.",
-    ),
-    131048: (
-        400,
-        "Spam rate limit hit",
-        "Message failed to send because there are restrictions on how many messages can be "
-        "sent from this phone number.",
-    ),
-    131049: (
-        400,
-        "This message was not delivered to maintain healthy ecosystem engagement.",
-        "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
-    ),
-    131050: (
-        400,
-        "Unable to deliver the message. This recipient has chosen to stop receiving "
-        "marketing messages on WhatsApp from your business",
-        "This recipient has chosen to stop receiving marketing messages from your business.",
-    ),
-    131051: (400, "Unsupported message type", "Message type is not currently supported."),
-    131053: (400, "Media upload error", "Unable to upload the media used in the message."),
-    131056: (
-        400,
-        "(Business Account, Consumer Account) pair rate limit hit",
-        "Too many messages sent from this phone number to the same recipient phone number "
-        "in a short period of time.",
-    ),
-    131057: (500, "Account in maintenance mode", "Business Account is in maintenance mode."),
-}
 
 MESSAGE_TYPES = (
     "audio",
@@ -133,29 +62,6 @@ MAGIC_FAILED = "15005550011"  # accepted, then a `failed` status with 131026
 # asynchronously). A range of the sandbox's own, apart from Twilio's test numbers.
 MAGIC_ASYNC = {"12015550147": 131047, "12015550149": 131049, "12015550150": 131050}
 MAGIC_SYNC = {"15005550012": 131047, "15005550013": 131050, "15005550014": 131051}
-
-
-def graph_error(
-    code: int,
-    message: str | None = None,
-    status: int | None = None,
-    subcode: int | None = None,
-    etype: str = "OAuthException",
-    details: str | None = None,
-) -> tuple[dict[str, Any], int]:
-    """Graph API error JSON. WhatsApp codes carry error_data.details; generic ones don't."""
-    default_status, title, default_details = ERRORS.get(code, (500, "Unknown error", ""))
-    err: dict[str, Any] = {"message": message or f"(#{code}) {title}", "type": etype, "code": code}
-    if subcode is not None:
-        err["error_subcode"] = subcode
-    if code >= 130000 or details:
-        err["error_data"] = {"messaging_product": "whatsapp", "details": details or default_details}
-    err["fbtrace_id"] = new_fbtrace_id()
-    return {"error": err}, status or default_status
-
-
-def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return json_response(body, status, headers, "application/json; charset=UTF-8")
 
 
 def _missing(name: str) -> str:
@@ -368,16 +274,7 @@ def status_payload(
             "category": category,
         }
     if status == "failed":
-        _, title, details = ERRORS[error_code]
-        entry["errors"] = [
-            {
-                "code": error_code,
-                "title": title,
-                "message": title,
-                "error_data": {"details": details},
-                "href": ERROR_DOCS,
-            }
-        ]
+        entry["errors"] = [webhook_error(error_code)]
     return _envelope(account, {"statuses": [entry]})
 
 
@@ -425,8 +322,6 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
     elif data.get("button"):
         message.update(type="button", button=data["button"])
     elif data.get("media_url") or data.get("media_type"):
-        from sandbox.media import inbound_meta_media
-
         mime = data.get("media_type") or "image/jpeg"
         major = mime.split("/")[0]
         kind = major if major in ("image", "video", "audio") else "document"
@@ -455,16 +350,9 @@ def _change_error_callback(account: MetaAccount, code: Any, url: str) -> Callbac
     """A change that carries only `value.errors` (an account or app problem Meta reports
     outside any message status)."""
     try:
-        _, title, details = ERRORS[int(code)]
+        error = webhook_error(int(code))
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"change_error must be one of {sorted(ERRORS)}") from None
-    error = {
-        "code": int(code),
-        "title": title,
-        "message": title,
-        "error_data": {"details": details},
-        "href": ERROR_DOCS,
-    }
     return meta_callback(
         url,
         _envelope(account, {"errors": [error]}),
@@ -498,53 +386,29 @@ def blueprint(state: SandboxState) -> Blueprint:
             "request": payload,
         }
 
-        def fail(code: int, status: int | None = None, **kw: Any) -> Response:
-            body, status = graph_error(code, status=status, **kw)
-            state.record_send(**receipt, status_code=status, error_code=code)
-            headers = None
-            if status == 401:
-                headers = {
-                    "WWW-Authenticate": f'OAuth "Facebook Platform" "invalid_token" '
-                    f'"{body["error"]["message"]}"'
-                }
-            return _json(body, status, headers)
+        send = Send(state, receipt, _fault_error)
 
-        if not GRAPH_VERSION.fullmatch(version):
-            return fail(
-                2500, 400, message=f"Unknown path components: /{version}/{phone_number_id}/messages"
-            )
-        token = graph_token()
-        with state.lock:
-            known_token = any(a.access_token == token for a in state.meta_accounts.values())
-            account = state.meta_accounts.get(phone_number_id)
-        if not token or not known_token:
-            return fail(190, message=ERRORS[190][1])
-        if account is None or account.access_token != token:
-            return fail(
-                100,
-                subcode=33,
-                etype="GraphMethodException",
-                message=(
-                    f"Unsupported post request. Object with ID '{phone_number_id}' does not exist, "
-                    "cannot be loaded due to missing permissions, or does not support this "
-                    "operation. Please read the Graph API documentation at "
-                    "https://developers.facebook.com/docs/graph-api"
-                ),
-            )
+        def fail(code: int, status: int | None = None, **kw: Any) -> Response:
+            return send.refuse(graph_fail(code, status, **kw), code)
+
+        accounts = caller(state, version, f"/{version}/{phone_number_id}/messages")
+        if isinstance(accounts, Refusal):
+            return send.refuse(*accounts)
+        account = accounts.get(phone_number_id)
+        if account is None:
+            return send.refuse(no_object(phone_number_id, "post"), 100)
 
         if isinstance(payload, dict) and "status" in payload:  # a read receipt
             body, status = conversations.read_receipt(state, phone_number_id, payload)
-            return _json(body, status)
+            return graph_json(body, status)
 
         gate = state.admit("meta", phone_number_id)
         state.sleep(gate.latency)
         if gate.retry_after is not None:
             return fail(130429)
-        fault = gate.fault
-        if fault is not None:
-            receipt["fault_id"] = fault.id
-            if fault.mode in ("error", "timeout"):
-                return answer_fault(state, fault, receipt, _fault_error)
+        faulted = send.fault_first(gate.fault)
+        if faulted is not None:
+            return faulted
 
         problem = validate(payload)
         if problem is not None:
@@ -556,8 +420,6 @@ def blueprint(state: SandboxState) -> Blueprint:
         if template_error is not None:  # only for a WABA with templates registered
             code, status, text, details = template_error
             return fail(code, status, message=text, details=details)
-        from sandbox.media import send_problem
-
         unknown_media = send_problem(state, payload, phone_number_id)  # a media id it lacks
         if unknown_media is not None:
             return fail(100, message=unknown_media)
@@ -582,12 +444,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             "messages": [message],
         }
         _schedule_statuses(state, account, payload, wamid, wa_id, time.time())
-
-        if fault is not None:  # accept_then_error / accept_then_timeout
-            receipt["accepted"] = True
-            return answer_fault(state, fault, receipt, _fault_error)
-        state.record_send(**receipt, accepted=True, status_code=200)
-        return _json(answer, 200)
+        return send.accept(graph_json(answer, 200))
 
     return bp
 
@@ -595,7 +452,7 @@ def blueprint(state: SandboxState) -> Blueprint:
 def _fault_error(fault: Fault) -> tuple[Response, int]:
     code = fault.code or {429: 130429, 503: 131016}.get(fault.status or 500, 131000)
     body, status = graph_error(code, status=fault.status, details=fault.message)
-    return _json(body, status), code
+    return graph_json(body, status), code
 
 
 def _schedule_statuses(

@@ -15,10 +15,13 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox.callbacks import CallbackScheduler, MetaStatusBatcher
+
+_Part = TypeVar("_Part")
 
 PROVIDERS = ("twilio", "meta")
 FAULT_MODES = ("error", "timeout", "accept_then_error", "accept_then_timeout")
@@ -55,6 +58,11 @@ def new_wamid(wa_id: str) -> str:
     """WhatsApp message id: `wamid.` + base64 of an opaque, unique blob (like Meta's)."""
     blob = f"{wa_id}_{uuid.uuid4().hex[:20].upper()}".encode()
     return "wamid." + base64.b64encode(blob).decode()
+
+
+def new_graph_id() -> str:
+    """A Graph object id (media, template): 16 digits, like Meta's."""
+    return str(10**15 + secrets.randbelow(9 * 10**15))
 
 
 def new_fbtrace_id() -> str:
@@ -267,6 +275,17 @@ class SandboxState:
         self.scheduler = CallbackScheduler(self._log_callback, timeout=callback_timeout)
         self.meta_batcher = MetaStatusBatcher(self.scheduler)
         self.rng = random.Random(self.config["callbacks"]["seed"])
+        self._parts: dict[str, Any] = {}
+        self._parts_lock = threading.Lock()
+
+    def part(self, name: str, make: Callable[[], _Part]) -> _Part:
+        """The store `name` that a feature module keeps beside this state (media, templates,
+        conversations), made on first use; what a reset does to it is that module's call."""
+        with self._parts_lock:
+            found = self._parts.get(name)
+            if found is None:
+                found = self._parts[name] = make()
+            return found
 
     # -- config ---------------------------------------------------------------------------
 

@@ -1,8 +1,7 @@
-"""WhatsApp templates in the sandbox: Meta's `GET /{waba_id}/message_templates`, Twilio's
-Content API (`/v1/Content`, `/v1/ContentAndApprovals`, `/v1/Content/{sid}/ApprovalRequests`),
-a control API to create them and change their status (a Meta change posts the signed
-`message_template_status_update` webhook, as Meta does), and the checks a send of a
-template meets at the provider.
+"""WhatsApp templates in the sandbox: what they are (Meta's by WABA, Twilio's Content by
+account), how the control API creates them and changes their status (a Meta change posts
+the signed `message_template_status_update` webhook, as Meta does), and the checks a send
+of a template meets at the provider. Their HTTP routes are in sandbox/template_api.py.
 
 The checks apply only to a WABA (Meta) or Twilio account that has templates registered
 here: a test sending a template the sandbox was never told about is answered as before.
@@ -12,22 +11,16 @@ Templates are provider-side resources, like accounts: `POST /_sandbox/reset` kee
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
-import secrets
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
-
 from sandbox.callbacks import meta_callback
-from sandbox.common import graph_token, json_response
-from sandbox.state import ConfigError, SandboxState, new_fbtrace_id
+from sandbox.state import ConfigError, SandboxState, new_graph_id
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 META_STATUSES = (
@@ -59,7 +52,6 @@ META_ERRORS = {
     132015: (400, "Template is Paused"),
     132016: (400, "Template is disabled"),
 }
-TWILIO_CONTENT = "https://content.twilio.com"
 
 
 class TemplateStore:
@@ -76,16 +68,9 @@ class TemplateStore:
             self.twilio.clear()
 
 
-_stores_lock = threading.Lock()
-
-
 def store(state: SandboxState) -> TemplateStore:
-    """The state's template store, made on first use (SandboxState knows nothing of it)."""
-    with _stores_lock:
-        found = state.__dict__.get("_templates")
-        if found is None:
-            found = state.__dict__["_templates"] = TemplateStore()
-        return found
+    """The state's templates (kept across resets, like accounts)."""
+    return state.part("templates", TemplateStore)
 
 
 def _placeholders(text: Any) -> list[str]:
@@ -225,297 +210,8 @@ def _twilio_names(content: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-# ---------------------------------------------------------------- shapes
-
-
-def _meta_view(template: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
-    view = {k: template[k] for k in wanted if k in template and k != "id"}
-    view["id"] = template["id"]
-    return view
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _content_view(content: dict[str, Any], base: str, approvals: bool) -> dict[str, Any]:
-    url = f"{base}/v1/Content/{content['sid']}"
-    view = {
-        "date_updated": _iso(content["date_updated"]),
-        "account_sid": content["account_sid"],
-        "url": url,
-        "types": content["types"],
-        "sid": content["sid"],
-        "language": content["language"],
-        "date_created": _iso(content["date_created"]),
-        "friendly_name": content["friendly_name"],
-        "variables": content["variables"],
-        "links": {
-            "approval_fetch": f"{url}/ApprovalRequests",
-            "approval_create": f"{url}/ApprovalRequests/whatsapp",
-        },
-    }
-    if approvals:
-        view.pop("url")
-        view.pop("links")
-        view["approval_requests"] = _approval(content)
-    return view
-
-
-def _approval(content: dict[str, Any]) -> dict[str, Any]:
-    approval = content["approval"]
-    return {
-        "name": content["friendly_name"],
-        "category": approval.get("category") or "UTILITY",
-        "content_type": next(iter(content["types"] or {"twilio/text": {}})),
-        "status": approval["status"],
-        "rejection_reason": approval.get("rejection_reason") or "",
-        "allow_category_change": True,
-        "type": "whatsapp",
-    }
-
-
-def _twilio_error(code: int, message: str, status: int) -> Response:
-    body = {
-        "code": code,
-        "message": message,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-    return json_response(body, status)
-
-
-def _graph_error(code: int, message: str, status: int, subcode: int | None = None) -> Response:
-    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
-    if subcode is not None:
-        error["error_subcode"] = subcode
-    error["fbtrace_id"] = new_fbtrace_id()
-    return json_response({"error": error}, status, None, "application/json; charset=UTF-8")
-
-
-def _cursor(index: int) -> str:
-    return base64.urlsafe_b64encode(f"i:{index}".encode()).decode().rstrip("=")
-
-
-def _index(cursor: str) -> int | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        return int(raw[2:]) if raw.startswith("i:") else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-# ---------------------------------------------------------------- routes
-
-
-def blueprint(state: SandboxState) -> Blueprint:
-    """Meta's template listing, Twilio's Content API and `/_sandbox/templates`."""
-    bp = Blueprint("templates", __name__)
-    templates = store(state)
-
-    @bp.errorhandler(ConfigError)
-    def bad_request(exc: ConfigError) -> tuple[Response, int]:
-        return jsonify(error=str(exc)), 400
-
-    # -- Meta: GET /<version>/<waba_id>/message_templates
-
-    @bp.get("/<version>/<waba_id>/message_templates")
-    def meta_list(version: str, waba_id: str) -> Response:
-        token = graph_token()
-        with state.lock:
-            tokens = {a.access_token for a in state.meta_accounts.values()}
-            allowed = {a.access_token for a in state.meta_accounts.values() if a.waba_id == waba_id}
-        if not token or token not in tokens:
-            return _graph_error(190, "Invalid OAuth access token - Cannot parse access token", 401)
-        if token not in allowed:
-            return _graph_error(
-                100,
-                f"Unsupported get request. Object with ID '{waba_id}' does not exist, cannot "
-                "be loaded due to missing permissions, or does not support this operation.",
-                400,
-                subcode=33,
-            )
-        args = request.args
-        try:
-            limit = max(1, min(int(args.get("limit", 25)), 1000))
-        except ValueError:
-            return _graph_error(100, "(#100) Param limit must be an integer", 400)
-        wanted = [f for f in (args.get("fields") or "name,status,id").split(",") if f]
-        with templates.lock:
-            rows = [
-                t
-                for t in templates.meta.get(waba_id, [])
-                if (not args.get("name") or args["name"] in t["name"])
-                and (not args.get("status") or t["status"] == args["status"].upper())
-                and (not args.get("language") or t["language"] == args["language"])
-            ]
-            rows = copy.deepcopy(rows)
-        start = 0
-        if args.get("after"):
-            index = _index(args["after"])
-            if index is None:
-                return _graph_error(100, "(#100) Invalid cursor", 400)
-            start = index + 1
-        chunk = rows[start : start + limit]
-        body: dict[str, Any] = {"data": [_meta_view(t, wanted) for t in chunk]}
-        if chunk:
-            body["paging"] = {
-                "cursors": {"before": _cursor(start), "after": _cursor(start + len(chunk) - 1)}
-            }
-            if start + limit < len(rows):
-                query = {k: v for k, v in args.items() if k not in ("after", "before")}
-                query["after"] = body["paging"]["cursors"]["after"]
-                from urllib.parse import urlencode
-
-                body["paging"]["next"] = f"{request.base_url}?{urlencode(query)}"
-        return json_response(body, 200, None, "application/json; charset=UTF-8")
-
-    # -- Twilio Content API
-
-    def twilio_account() -> str | None:
-        auth = request.authorization
-        if auth is None or auth.type != "basic":
-            return None
-        with state.lock:
-            account = state.twilio_accounts.get(auth.username or "")
-        return account.account_sid if account and account.auth_token == auth.password else None
-
-    def unauthorized() -> Response:
-        response = _twilio_error(20003, "Authenticate", 401)
-        response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-        return response
-
-    def content_page(key_approvals: bool) -> Response:
-        sid = twilio_account()
-        if sid is None:
-            return unauthorized()
-        try:
-            size = max(1, min(int(request.args.get("PageSize", 50)), 1000))
-            page = max(0, int(request.args.get("Page", 0)))
-        except ValueError:
-            return _twilio_error(20001, "Invalid paging parameters", 400)
-        with templates.lock:
-            rows = copy.deepcopy(templates.twilio.get(sid, []))
-        start = page * size
-        if request.args.get("PageToken"):
-            index = _index(request.args["PageToken"])
-            if index is None:
-                return _twilio_error(20001, "Invalid PageToken", 400)
-            start = index
-        chunk = rows[start : start + size]
-        base = request.host_url.rstrip("/")
-        path = f"{base}{request.path}"
-
-        def url(n: int, token: int | None = None) -> str:
-            tail = f"&PageToken={_cursor(token)}" if token is not None else ""
-            return f"{path}?PageSize={size}&Page={n}{tail}"
-
-        return json_response(
-            {
-                "contents": [_content_view(c, base, key_approvals) for c in chunk],
-                "meta": {
-                    "page": page,
-                    "page_size": size,
-                    "first_page_url": url(0),
-                    "previous_page_url": url(page - 1) if page > 0 else None,
-                    "url": url(page),
-                    "next_page_url": url(page + 1, start + size)
-                    if start + size < len(rows)
-                    else None,
-                    "key": "contents",
-                },
-            },
-            200,
-        )
-
-    @bp.get("/v1/Content")
-    def content_list() -> Response:
-        return content_page(False)
-
-    @bp.get("/v1/ContentAndApprovals")
-    def content_and_approvals() -> Response:
-        return content_page(True)
-
-    def find_content(sid: str) -> tuple[str | None, dict[str, Any] | None]:
-        account = twilio_account()
-        if account is None:
-            return None, None
-        with templates.lock:
-            found = next((c for c in templates.twilio.get(account, []) if c["sid"] == sid), None)
-            return account, copy.deepcopy(found)
-
-    @bp.get("/v1/Content/<sid>")
-    def content_fetch(sid: str) -> Response:
-        account, found = find_content(sid)
-        if account is None:
-            return unauthorized()
-        if found is None:
-            return _twilio_error(20404, f"The requested resource {request.path} was not found", 404)
-        return json_response(_content_view(found, request.host_url.rstrip("/"), False), 200)
-
-    @bp.get("/v1/Content/<sid>/ApprovalRequests")
-    def content_approval(sid: str) -> Response:
-        account, found = find_content(sid)
-        if account is None:
-            return unauthorized()
-        if found is None:
-            return _twilio_error(20404, f"The requested resource {request.path} was not found", 404)
-        return json_response(
-            {
-                "account_sid": account,
-                "sid": sid,
-                "url": f"{request.host_url.rstrip('/')}/v1/Content/{sid}/ApprovalRequests",
-                "whatsapp": _approval(found),
-            },
-            200,
-        )
-
-    # -- control: /_sandbox/templates
-
-    @bp.get("/_sandbox/templates")
-    def control_list() -> Response:
-        with templates.lock:
-            return jsonify(
-                meta=copy.deepcopy(templates.meta), twilio=copy.deepcopy(templates.twilio)
-            )
-
-    @bp.delete("/_sandbox/templates")
-    def control_clear() -> Response:
-        templates.clear()
-        return jsonify(ok=True)
-
-    @bp.post("/_sandbox/templates")
-    def control_create() -> tuple[Response, int]:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise ConfigError("expected a JSON object body")
-        if data.get("provider") == "meta":
-            return jsonify(_create_meta(state, templates, data)), 201
-        if data.get("provider") == "twilio":
-            return jsonify(_create_twilio(state, templates, data)), 201
-        raise ConfigError("provider must be 'twilio' or 'meta'")
-
-    @bp.post("/_sandbox/templates/<template_id>/status")
-    def control_status(template_id: str) -> Response:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-            raise ConfigError('expected {"status": ..., "reason"?: ...}')
-        return jsonify(_set_status(state, templates, template_id, data))
-
-    @bp.delete("/_sandbox/templates/<template_id>")
-    def control_delete(template_id: str) -> Response:
-        with templates.lock:
-            for bucket in (*templates.meta.values(), *templates.twilio.values()):
-                for item in list(bucket):
-                    if item.get("id") == template_id or item.get("sid") == template_id:
-                        bucket.remove(item)
-                        return jsonify(ok=True)
-        raise ConfigError(f"no template {template_id!r}")
-
-    return bp
-
-
-def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+def create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+    """Register a Meta template (`POST /_sandbox/templates`); the answer carries its id."""
     name, language = data.get("name"), data.get("language", "en_US")
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]{1,512}", name):
         raise ConfigError("name must be lower-case letters, digits and underscores")
@@ -534,7 +230,7 @@ def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, 
         "language": str(language),
         "status": status,
         "category": str(data.get("category") or "UTILITY").upper(),
-        "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+        "id": new_graph_id(),
     }
     if status == "REJECTED":
         template["rejected_reason"] = str(data.get("reason") or "INVALID_FORMAT")
@@ -546,7 +242,8 @@ def _create_meta(state: SandboxState, templates: TemplateStore, data: dict[str, 
     return {"provider": "meta", "waba_id": waba, **copy.deepcopy(template)}
 
 
-def _create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+def create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str, Any]) -> dict:
+    """Register Twilio Content (`POST /_sandbox/templates`); the answer carries its HX sid."""
     with state.lock:
         account = str(data.get("account_sid") or next(iter(state.twilio_accounts)))
         if account not in state.twilio_accounts:
@@ -579,9 +276,10 @@ def _create_twilio(state: SandboxState, templates: TemplateStore, data: dict[str
     return {"provider": "twilio", **copy.deepcopy(content)}
 
 
-def _set_status(
+def set_status(
     state: SandboxState, templates: TemplateStore, template_id: str, data: dict[str, Any]
 ) -> dict[str, Any]:
+    """Change a template's status; a Meta one posts at once the webhook Meta would send."""
     with templates.lock:
         for account, bucket in templates.twilio.items():
             for content in bucket:

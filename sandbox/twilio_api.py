@@ -15,56 +15,17 @@ from flask import Blueprint, Response, request
 
 from sandbox import templates
 from sandbox.callbacks import plan_statuses, twilio_callback
-from sandbox.common import answer_fault, json_response
+from sandbox.common import Send, json_response
+from sandbox.media import inbound_twilio_media
 from sandbox.state import E164, Fault, SandboxState, TwilioAccount, digits, new_twilio_sid
-
-API_VERSION = "2010-04-01"
-BASE = f"/{API_VERSION}/Accounts"
-
-# code -> (HTTP status, message template); messages follow Twilio's wording.
-ERRORS: dict[int, tuple[int, str]] = {
-    20003: (401, "Authenticate"),
-    20404: (404, "The requested resource {path} was not found"),
-    20429: (429, "Too Many Requests"),
-    20500: (500, "Internal Server Error"),
-    20503: (503, "Service Unavailable"),
-    21211: (400, "The 'To' number {to} is not a valid phone number."),
-    21212: (
-        400,
-        "The 'From' number {from_} is not a valid phone number, shortcode, "
-        "or alphanumeric sender ID.",
-    ),
-    21408: (
-        400,
-        "Permission to send an SMS has not been enabled for the region indicated by "
-        "the 'To' number: {to}.",
-    ),
-    21603: (400, "A 'From' phone number is required."),
-    21606: (
-        400,
-        "The From phone number {from_} is not a valid, message-capable Twilio phone number.",
-    ),
-    21611: (
-        400,
-        "This 'From' number has exceeded the maximum number of queued messages",
-    ),
-    21612: (400, "The 'To' phone number: {to}, is not currently reachable using the 'From'."),
-    21604: (400, "A 'To' phone number is required."),
-    21609: (400, "Invalid StatusCallback url"),
-    21610: (400, "Attempt to send to unsubscribed recipient"),
-    21614: (400, "'To' number is not a valid mobile number"),
-    21617: (400, "The concatenated message body exceeds the 1600 character limit."),
-    21619: (400, "A text message body or media urls must be specified."),
-    21623: (400, "Number of media files exceeds allowed limit"),
-    21624: (400, "Validity period can only be set to integers between 1 and 36,000 seconds."),
-    21655: (400, "The ContentSid is Invalid."),
-    21656: (400, "The ContentVariables Parameter is invalid."),
-    21701: (400, "The Messaging Service Sid {mg} is invalid."),
-    21910: (400, "Invalid From and To pair. From and To should be of the same channel"),
-    # Twilio names no code of its own for MediaUrl beside a ContentSid (the media belongs
-    # in the Content template); this is its code for content the channel will not take.
-    63021: (400, "Channel invalid content error"),
-}
+from sandbox.twilio_rest import (
+    API_VERSION,
+    BASE,
+    basic_account,
+    error_body,
+    error_response,
+    unauthorized,
+)
 
 # Asynchronous failures that only show up in status callbacks / fetched resources.
 # WhatsApp's closed 24-hour window is one: the create is accepted, the callback fails.
@@ -99,33 +60,6 @@ SLOW_QUEUE_SECONDS = 600
 
 PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
 MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}
-
-
-def error_body(
-    code: int, message: str | None = None, status: int | None = None, **fmt: Any
-) -> tuple[dict[str, Any], int]:
-    """Twilio's REST error JSON: code, message, more_info, status."""
-    default_status, template = ERRORS.get(code, (500, "Error"))
-    status = status or default_status
-    text = message or template.format_map(_Blank(fmt))
-    body = {
-        "code": code,
-        "message": text,
-        "more_info": f"https://www.twilio.com/docs/errors/{code}",
-        "status": status,
-    }
-    return body, status
-
-
-class _Blank(dict):
-    """Format values; a placeholder the caller could not fill reads as `?`, not a KeyError."""
-
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
-def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    return json_response(body, status, headers)
 
 
 def _rfc2822(ts: float | None) -> str | None:
@@ -212,17 +146,9 @@ def blueprint(state: SandboxState) -> Blueprint:
     bp = Blueprint("twilio", __name__)
 
     def authenticate(account_sid: str) -> TwilioAccount | None:
-        auth = request.authorization
-        if auth is None or auth.type != "basic" or auth.username != account_sid:
-            return None
-        with state.lock:
-            account = state.twilio_accounts.get(account_sid)
-        return account if account and account.auth_token == auth.password else None
-
-    def unauthorized() -> Response:
-        body, status = error_body(20003)
-        body["detail"] = "Your AccountSid or AuthToken was incorrect."
-        return _json(body, status, {"WWW-Authenticate": 'Basic realm="Twilio API"'})
+        """The account of the path, when the request's basic auth is its own."""
+        account = basic_account(state)
+        return account if account is not None and account.account_sid == account_sid else None
 
     @bp.post(f"{BASE}/<account_sid>/Messages.json")
     def create_message(account_sid: str) -> Response:
@@ -250,27 +176,23 @@ def blueprint(state: SandboxState) -> Blueprint:
             "request": _form_dict(form),
         }
 
+        send = Send(state, receipt, _fault_error)
+
         def reject(code: int) -> Response:
-            err, status = error_body(code, to=to, from_=from_, mg=mg)
-            state.record_send(**receipt, status_code=status, error_code=code)
-            return _json(err, status)
+            return send.refuse(error_response(code, to=to, from_=from_, mg=mg), code)
 
         account = authenticate(account_sid)
         if account is None:
-            state.record_send(**receipt, status_code=401, error_code=20003)
-            return unauthorized()
+            return send.refuse(unauthorized(), 20003)
 
         gate = state.admit("twilio", from_ or mg or "-")
         state.sleep(gate.latency)
         if gate.retry_after is not None:
-            err, status = error_body(20429)
-            state.record_send(**receipt, status_code=status, error_code=20429)
-            return _json(err, status, {"Retry-After": str(max(1, math.ceil(gate.retry_after)))})
-        fault = gate.fault
-        if fault is not None:
-            receipt["fault_id"] = fault.id
-            if fault.mode in ("error", "timeout"):
-                return answer_fault(state, fault, receipt, _fault_error)
+            retry = {"Retry-After": str(max(1, math.ceil(gate.retry_after)))}
+            return send.refuse(error_response(20429, headers=retry), 20429)
+        faulted = send.fault_first(gate.fault)
+        if faulted is not None:
+            return faulted
 
         # Validation, in roughly Twilio's order.
         code = None
@@ -356,12 +278,7 @@ def blueprint(state: SandboxState) -> Blueprint:
         receipt["provider_message_id"] = sid
         if callback_url:
             _schedule_callbacks(state, account, msg, callback_url, timeline, whatsapp)
-
-        if fault is not None:  # accept_then_error / accept_then_timeout
-            receipt["accepted"] = True
-            return answer_fault(state, fault, receipt, _fault_error)
-        state.record_send(**receipt, accepted=True, status_code=201)
-        return _json(resource, 201)
+        return send.accept(json_response(resource, 201))
 
     @bp.get(f"{BASE}/<account_sid>/Messages/<sid>.json")
     def fetch_message(account_sid: str, sid: str) -> Response:
@@ -370,9 +287,8 @@ def blueprint(state: SandboxState) -> Blueprint:
         with state.lock:
             msg = state.twilio_messages.get(sid)
         if msg is None or msg["account_sid"] != account_sid:
-            err, status = error_body(20404, path=request.path)
-            return _json(err, status)
-        return _json(render(msg), 200)
+            return error_response(20404, path=request.path)
+        return json_response(render(msg), 200)
 
     @bp.get(f"{BASE}/<account_sid>/Messages.json")
     def list_messages(account_sid: str) -> Response:
@@ -384,8 +300,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             page_size = max(1, min(1000, int(args.get("PageSize", 50))))
             page = max(0, int(args.get("Page", 0)))
         except ValueError:
-            err, status = error_body(20001, "Invalid paging parameters", 400)
-            return _json(err, status)
+            return error_response(20001, "Invalid paging parameters", 400)
         with state.lock:
             msgs = [
                 m
@@ -403,7 +318,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             query = {k: v for k, v in (("To", to), ("From", from_)) if v}
             return f"{path}?{urlencode({**query, 'PageSize': page_size, 'Page': n})}"
 
-        return _json(
+        return json_response(
             {
                 "end": start + max(len(chunk) - 1, 0),
                 "first_page_uri": page_uri(0),
@@ -467,7 +382,7 @@ def _fault_error(fault: Fault) -> tuple[Response, int]:
         }
         response = json_response(problem, status, None, "application/problem+json")
         return response, code
-    return _json(err, status), code
+    return json_response(err, status), code
 
 
 def _schedule_callbacks(
@@ -538,8 +453,6 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Any
     )
     msg_sid = new_twilio_sid("MM" if media_url or hosted else "SM")
     if hosted:
-        from sandbox.media import inbound_twilio_media
-
         media_url = inbound_twilio_media(state, account.account_sid, msg_sid, data)
     params = {
         "SmsMessageSid": msg_sid,

@@ -40,7 +40,8 @@ def live(herald_env: dict[str, str]) -> Iterator[Live]:
     from api import create_app
     from core.config import get_settings
     from providers import reset_providers
-    from sandbox import MetaAccount, SandboxServer, SandboxState, TwilioAccount
+    from sandbox.app import SandboxServer
+    from sandbox.state import MetaAccount, SandboxState, TwilioAccount
 
     server = make_server("127.0.0.1", 0, create_app(), threaded=True)
     api_url = f"http://127.0.0.1:{server.server_port}"

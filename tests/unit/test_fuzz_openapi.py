@@ -66,7 +66,8 @@ ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 @pytest.fixture(scope="module", autouse=True)
 def fresh_app() -> Iterator[None]:
     from core.config import get_settings
-    from sandbox import MetaAccount, SandboxServer, SandboxState
+    from sandbox.app import SandboxServer
+    from sandbox.state import MetaAccount, SandboxState
     from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN
 
     # POST /v1/media uploads what it accepts, and POST /v1/templates/sync lists templates:

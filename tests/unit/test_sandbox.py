@@ -24,13 +24,14 @@ from twilio.rest import Client
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from sandbox import SandboxServer, SandboxState, serve
+from sandbox.app import SandboxServer, serve
 from sandbox.state import (
     DEFAULT_META_PHONE_ID,
     DEFAULT_META_SECRET,
     DEFAULT_META_TOKEN,
     DEFAULT_TWILIO_SID,
     DEFAULT_TWILIO_TOKEN,
+    SandboxState,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
