@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -29,7 +28,7 @@ from sqlalchemy.orm import Session
 from core.errors import database_unavailable
 from models import WebhookInbox, get_engine, utcnow
 from models.fast import Statement, as_sqlalchemy, naive_utc
-from services.messages.grouping import GroupRunner, Ticket
+from services.messages.grouping import GroupRunner, PerProcess, Ticket
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -209,27 +208,13 @@ class GroupCommit(GroupRunner):
                 connection.close()
 
 
-_committer = GroupCommit()
+_committer = PerProcess(GroupCommit)
 
 
 def store(row: dict[str, Any]) -> bool:
     """Store one callback durably (committed on return), grouped with those this
     process receives at the same time; whether it was new (see `insert_rows`)."""
-    return _committer.submit(row)
-
-
-_inherited: list[GroupCommit] = []
-
-
-def _after_fork() -> None:
-    """A child starts its own committer. The parent's is kept, never used nor closed:
-    closing its connection would end the parent's session on the shared socket."""
-    global _committer
-    _inherited.append(_committer)
-    _committer = GroupCommit()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+    return _committer.get().submit(row)
 
 
 def pending_count(session: Session) -> int:

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
@@ -53,7 +52,7 @@ from services.content.schemas import provider_problems
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
-from services.messages.grouping import GroupRunner, Ticket
+from services.messages.grouping import GroupRunner, PerProcess, Ticket
 from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
@@ -637,25 +636,11 @@ class GroupCommit(GroupRunner):
                 connection.close()
 
 
-_committer = GroupCommit()
+_committer = PerProcess(GroupCommit)
 
 
 def committer() -> GroupCommit:
-    return _committer
-
-
-_inherited: list[GroupCommit] = []
-
-
-def _after_fork() -> None:
-    """A child starts its own committer. The parent's is kept, never used nor closed:
-    closing its connection would end the parent's session on the shared socket."""
-    global _committer
-    _inherited.append(_committer)
-    _committer = GroupCommit()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+    return _committer.get()
 
 
 # ------------------------------------------------------------------ batch

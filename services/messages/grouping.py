@@ -11,8 +11,12 @@ its group ran.
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class Ticket:
@@ -80,3 +84,22 @@ class GroupRunner:
                     ticket.wake.release()
             if nxt is not None:
                 nxt.wake.release()  # not done: it leads the next group
+
+
+class PerProcess(Generic[T]):
+    """One instance per process (a group committer holding its own connection): a forked
+    child builds its own. The parent's is kept, never used nor closed: closing its
+    connection would end the parent's session on the shared socket."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._instance = factory()
+        self._inherited: list[T] = []
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._inherited.append(self._instance)
+        self._instance = self._factory()
+
+    def get(self) -> T:
+        return self._instance
