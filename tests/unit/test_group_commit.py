@@ -232,3 +232,25 @@ def test_a_connection_lost_at_commit_is_not_stored_again(dispatched, monkeypatch
     again = _item(tenant, "again")
     committer.submit([again])  # a new connection for the next group
     assert again.status == 202 and _backend_pid(committer) != pid
+
+
+def test_a_forked_child_gets_its_own_committer() -> None:
+    """A committer holds a connection: a child sharing its parent's would interleave
+    both processes' statements on one socket."""
+    import os
+
+    from services.messages.grouping import PerProcess
+
+    made: list[object] = []
+    holder = PerProcess(lambda: made.append(object()) or made[-1])
+    parent = holder.get()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it has a committer of its own
+        os.write(write, b"own" if holder.get() is not parent else b"shared")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.waitpid(pid, 0)
+    assert answer == b"own"
+    assert holder.get() is parent
