@@ -19,11 +19,11 @@ from services.callbacks.inbound import keep_unrouted, store_inbound
 from services.callbacks.receipts import (
     apply_callback_status,
     dedup_key,
-    find_message,
     record_once,
     sender_phone,
     short_text,
     signer_scope,
+    status_receipt,
 )
 from services.callbacks.signatures import (
     MAX_ID_LENGTH,
@@ -173,24 +173,18 @@ def _meta_status(
     if wamid is None or not isinstance(native, str) or len(native) > 32:
         return "invalid"
     herald_id = short_text(status.get("biz_opaque_callback_data"), 32)
-    message = find_message(session, accounts, herald_id, wamid, provider="meta")
-    receipt = record_once(
+    message, new = status_receipt(
         session,
-        provider="meta",
-        kind="status",
-        dedup_key=dedup_key(
-            "meta",
-            message.provider_account_id if message else signer_scope(accounts),
-            wamid,
-            native,
-        ),
-        message_id=message.id if message else None,
+        "meta",
+        accounts,
+        herald_id,
+        wamid,
+        native,
+        status,
         # Kept without a message: applied when its wamid is recorded (meta_orphans.py).
-        tenant_id=message.tenant_id if message else _only_tenant(accounts),
-        provider_message_id=wamid,
-        payload=status,
+        tenant_id=_only_tenant(accounts),
     )
-    if receipt is None:
+    if not new:
         return "duplicates"
     if message is None:
         return "statuses"

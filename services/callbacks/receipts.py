@@ -11,6 +11,7 @@ cannot pre-record another's callback. Nothing a provider (or anyone) posts answe
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -191,3 +192,38 @@ def record_receipts(session: Session, receipts: list[dict[str, Any]]) -> set[str
     if not receipts:
         return set()
     return set(_RECEIPTS.scalars(session, {"rows": json_rows(receipts)}))
+
+
+def status_receipt(
+    session: Session,
+    provider: str,
+    accounts: list[AccountCredentials] | list[str],
+    herald_id: str | None,
+    provider_id: str,
+    native: str,
+    payload: dict[str, Any],
+    *,
+    tenant_id: str | None = None,
+    at: datetime | None = None,
+) -> tuple[Message | None, bool]:
+    """The message a status callback is about (or None) and whether its receipt is new
+    (False: a duplicate, changing nothing). The receipt's key is scoped to the message's
+    account, else to the signers; kept without a message under `tenant_id` if given."""
+    message = find_message(session, accounts, herald_id, provider_id, provider=provider)
+    receipt = record_once(
+        session,
+        provider=provider,
+        kind="status",
+        dedup_key=dedup_key(
+            provider,
+            message.provider_account_id if message else signer_scope(accounts),
+            provider_id,
+            native,
+        ),
+        message_id=message.id if message else None,
+        tenant_id=message.tenant_id if message else tenant_id,
+        provider_message_id=provider_id,
+        payload=payload,
+        **({"received_at": at} if at else {}),
+    )
+    return message, receipt is not None

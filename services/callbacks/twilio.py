@@ -16,14 +16,13 @@ from services.callbacks.inbound import keep_unrouted, store_inbound
 from services.callbacks.receipts import (
     apply_callback_status,
     dedup_key,
-    find_message,
     parse_price,
-    record_once,
     record_receipts,
     reported_sender,
     sender_phone,
     short_text,
     signer_scope,
+    status_receipt,
 )
 from services.callbacks.signatures import MAX_ID_LENGTH, clean_text
 from services.content.media import inbound_media_options
@@ -103,24 +102,8 @@ def handle_twilio_status(
     or their ids; `at`: when it was received). Returns whether it was new (not a
     duplicate). The applier's path for a row its batch could not apply."""
     form, sid, native = _twilio_status_fields(form)
-    message = find_message(session, accounts, herald_id, sid, provider="twilio")
-    receipt = record_once(
-        session,
-        provider="twilio",
-        kind="status",
-        dedup_key=dedup_key(
-            "twilio",
-            message.provider_account_id if message else signer_scope(accounts),
-            sid,
-            native,
-        ),
-        message_id=message.id if message else None,
-        tenant_id=message.tenant_id if message else None,
-        provider_message_id=sid,
-        payload=form,
-        **({"received_at": at} if at else {}),
-    )
-    if receipt is None:
+    message, new = status_receipt(session, "twilio", accounts, herald_id, sid, native, form, at=at)
+    if not new:
         return False
     mapped = TWILIO_STATUS.get(native)
     if message is None or mapped is None:
