@@ -13,7 +13,9 @@ from core.config import get_settings
 from core.errors import InvalidRequest
 from models import Tenant
 from services.content.schemas import load_message_request
-from services.messages.accept import Item, accept_batch, accept_one
+from services.messages.accept import Item
+from services.messages.batch import accept_batch
+from services.messages.group_commit import accept_one
 from services.messages.serialize import message_to_dict
 from services.messages.service import cancel_message, get_message, list_messages
 from services.messages.status import OUTBOUND

@@ -5,12 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_tenant, db, require_tenant
-from services.content.templates import (
-    list_templates,
-    load_template_query,
-    sync_tenant,
-    template_to_dict,
-)
+from services.content.template_sync import sync_tenant
+from services.content.templates import list_templates, load_template_query, template_to_dict
 
 bp = Blueprint("templates", __name__, url_prefix="/v1/templates")
 

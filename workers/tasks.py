@@ -148,7 +148,7 @@ def reconcile_statuses() -> dict[str, int]:
 def sync_templates() -> dict[str, int]:
     """Beat, daily: every account's WhatsApp templates from Meta and Twilio Content
     (Twilio sends no status webhook: this is how its approvals arrive)."""
-    from services.content.templates import sync_all
+    from services.content.template_sync import sync_all
 
     return sync_all()
 

@@ -11,16 +11,12 @@ events made from what it returned), the replays and conflicts in one SELECT, the
 in one Redis call per tenant. Every item gets its own outcome (created, replay, or an
 error), so one refused item never sinks another.
 
-`GroupCommit` lets concurrent API requests of one process share that work and its
-COMMIT: the first request to arrive leads, takes every request waiting, stores them
-together on the committer's own connection, commits, and wakes each with its own
-result; meanwhile the next group gathers. Nothing is answered before the COMMIT that
-made it durable.
+Concurrent requests share that work and its COMMIT through group_commit.py; a batch
+request goes through batch.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import Connection, Engine, String, any_, bindparam, select
+from sqlalchemy import String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, selectinload
 
@@ -41,10 +37,9 @@ from core.errors import (
     NotFound,
     PolicyRefused,
     RateLimited,
-    database_unavailable,
 )
 from core.logs import mask
-from models import Message, MessageEvent, Tenant, get_engine, new_id, utcnow
+from models import Message, MessageEvent, Tenant, new_id, utcnow
 from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
 from services.content.inputs import text_problem
@@ -52,7 +47,6 @@ from services.content.schemas import provider_problems
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
-from services.messages.grouping import GroupRunner, PerProcess, Ticket
 from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
@@ -61,7 +55,6 @@ from services.tenancy.senders import pick_sender, sender_provider
 from services.tenancy.tenants import cached_account
 
 log = logging.getLogger(__name__)
-
 SEND_QUEUE = "herald.send"
 BULK_QUEUE = "herald.bulk"
 MAX_KEY_LENGTH = 255
@@ -523,223 +516,6 @@ def accept(
     and the task. Raises the item's error."""
     item = prepare(session, tenant, data, **options)
     store(session, [item])
-    if item.error is not None:
-        raise item.error
-    return item
-
-
-# ------------------------------------------------------------------ group commit
-
-
-class GroupCommit(GroupRunner):
-    """Concurrent requests of one process store their items together, under one COMMIT
-    (services/messages/grouping.py): the leader stores every waiting request's items with its
-    own (at most `max_items`) and commits. A group that fails for a reason other than
-    the database being down is retried one request at a time, so a request's fault
-    stays its own.
-
-    The committer keeps one connection of the engine's pool for itself, and one Session
-    bound to it: one leader at a time uses them (the lead is handed over under the
-    lock). Checking a connection out of the pool for each group cost a ping (a round
-    trip), the pool's checkout and reset, and a Session's set-up: more CPU than the
-    group's own statements. A connection the server dropped (PostgreSQL restarted) is
-    replaced, and the group run again on the new one, when it failed before its COMMIT
-    was sent: nothing of it was committed then. Failing at COMMIT, or on a new
-    connection, the group's requests get the error (a 503)."""
-
-    def __init__(self, max_items: int = 2000) -> None:
-        super().__init__()
-        self.max_items = max_items
-        self._connection: Connection | None = None  # the leader's alone
-        self._engine: Engine | None = None  # the engine it came from
-        self._session: Session | None = None  # bound to _connection
-
-    def submit(self, items: list[Item]) -> None:  # type: ignore[override]
-        """Store `items` (their outcomes set) once committed; raises what the database raised."""
-        super().submit(items)
-
-    def _take(self, queue: list[Ticket]) -> int:
-        taken, count = 0, 0
-        for ticket in queue:
-            if taken and count + len(ticket.payload) > self.max_items:
-                break
-            taken, count = taken + 1, count + len(ticket.payload)
-        return taken
-
-    def _run(self, group: list[Ticket]) -> None:
-        try:
-            self._store([item for ticket in group for item in ticket.payload])
-        except BaseException as exc:
-            if len(group) > 1 and isinstance(exc, Exception) and not database_unavailable(exc):
-                for ticket in group:
-                    self._run([ticket])
-                return
-            for ticket in group:
-                ticket.exc = exc
-
-    def _store(self, items: list[Item]) -> None:
-        """`store` and COMMIT on the committer's connection; a connection found dead
-        before the COMMIT is replaced once, and the items stored on the new one."""
-        retried = False
-        while True:
-            if self._engine is not get_engine():  # reset (another database): follow it
-                self._close()
-            session = self._session or self._open()
-            session.info.clear()  # nothing of an earlier group's
-            if self._connection is not None and self._connection.in_transaction():
-                self._connection.rollback()  # never: the Session would join it, not commit
-            committing = False
-            try:
-                store(session, items)
-                committing = True
-                session.commit()
-            except BaseException as exc:
-                gone = self._failed(session)
-                if not gone or committing or retried or not isinstance(exc, Exception):
-                    raise
-                retried = True
-                log.warning("accept: database connection lost; storing again on a new one")
-                continue
-            session.close()  # the identity map emptied; the connection stays ours
-            return
-
-    def _open(self) -> Session:
-        engine = get_engine()
-        connection = engine.connect()  # the pool's checkout and ping, once
-        self._connection, self._engine = connection, engine
-        self._session = Session(bind=connection, expire_on_commit=False)
-        return self._session
-
-    def _failed(self, session: Session) -> bool:
-        """Roll back after a failed group; whether the connection is gone (then dropped)."""
-        connection = self._connection
-        try:
-            session.rollback()
-            session.expunge_all()
-            session.info.clear()
-        except Exception:  # a connection that cannot even roll back is gone
-            self._close()
-            return True
-        if connection is None or connection.invalidated or connection.closed:
-            self._close()
-            return True
-        return False
-
-    def _close(self) -> None:
-        connection, session = self._connection, self._session
-        self._connection, self._engine, self._session = None, None, None
-        if session is not None:
-            with contextlib.suppress(Exception):
-                session.close()
-        if connection is not None:
-            with contextlib.suppress(Exception):  # already gone: nothing to release
-                connection.close()
-
-
-_committer = PerProcess(GroupCommit)
-
-
-def committer() -> GroupCommit:
-    return _committer.get()
-
-
-# ------------------------------------------------------------------ batch
-
-
-def batch_entries(payload: Any) -> list[Any]:
-    """The `messages` list of a batch body, or the 400/413 that says what is wrong with
-    the envelope (what is wrong with one message is that message's own answer)."""
-    from services.content.schemas import MAX_BATCH
-
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    unknown = sorted(set(payload) - {"messages"})
-    if unknown:
-        raise InvalidRequest(
-            "The request has invalid fields.",
-            code="invalid_fields",
-            fields={name: ["Unknown field."] for name in unknown},
-        )
-    entries = payload.get("messages")
-    if not isinstance(entries, list) or not entries:
-        raise InvalidRequest(
-            "The request has invalid fields.",
-            code="invalid_fields",
-            fields={"messages": ["A non-empty list of messages is required."]},
-        )
-    if len(entries) > MAX_BATCH:
-        raise HeraldError(
-            f"A batch holds at most {MAX_BATCH} messages; this one has {len(entries)}.",
-            code="batch_too_large",
-            status=413,
-        )
-    return entries
-
-
-def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:
-    """One entry of a batch's answer: its index, its status, its message or its error."""
-    if isinstance(item, HeraldError):
-        error = item
-    elif item.error is not None:
-        error = item.error
-    else:
-        return {"index": index, "status": item.status, "message": item.answer()}
-    body = error.to_dict()["error"]
-    if "Retry-After" in error.headers:
-        body["retry_after"] = int(error.headers["Retry-After"])
-    return {"index": index, "status": error.status, "error": body}
-
-
-def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, Any]:
-    """`POST /v1/messages/batch`: each entry validated and prepared on its own, then all
-    stored by the group commit (one INSERT of the messages, one of their events, one
-    COMMIT, published after it). The answer has one entry per message, in order."""
-    from services.content.schemas import load_batch_item
-
-    entries = batch_entries(payload)
-    prepared: list[Item | HeraldError] = []
-    for entry in entries:
-        try:
-            data = load_batch_item(entry)
-            key = data.pop("idempotency_key", None)
-            digest = None
-            if key:
-                digest = request_hash({k: v for k, v in entry.items() if k != "idempotency_key"})
-            prepared.append(prepare(session, tenant, data, idempotency_key=key, digest=digest))
-        except HeraldError as exc:
-            prepared.append(exc)
-    items = [p for p in prepared if isinstance(p, Item)]
-    if items:
-        session.close()  # the connection goes back to the pool while the group commits
-        committer().submit(items)
-    answers = [item_answer(i, p) for i, p in enumerate(prepared)]
-    counts = {"accepted": 0, "replayed": 0, "failed": 0}
-    for answer in answers:
-        status = answer["status"]
-        counts["accepted" if status == 202 else "replayed" if status == 200 else "failed"] += 1
-    created = [i.values["id"] for i in items if i.created and i.values]
-    log.info(
-        "batch accepted tenant=%s messages=%d accepted=%d replayed=%d failed=%d ids=%s..%s",
-        tenant.id,
-        len(answers),
-        counts["accepted"],
-        counts["replayed"],
-        counts["failed"],
-        min(created, default="-"),
-        max(created, default="-"),
-    )
-    return {"data": answers, **counts}
-
-
-def accept_one(
-    session: Session, tenant: Tenant, payload: Any, data: dict[str, Any], key: str | None
-) -> Item:
-    """`POST /v1/messages`: prepared here, stored by the group commit. Raises the
-    message's error; otherwise the item is created (202) or a replay (200)."""
-    item = prepare(session, tenant, data, idempotency_key=key, raw=payload)
-    if session.in_transaction():  # read on a cache miss: its connection goes back to the
-        session.close()  # pool while the group commits (closing an unused one costs)
-    committer().submit([item])
     if item.error is not None:
         raise item.error
     return item

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from models import Message, Template, session_scope
+from services.content import template_sync
 from services.content import templates as svc
 from services.messages.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, make_tenant
@@ -94,7 +95,7 @@ def _send(client: Any, tenant: dict[str, Any], **fields: Any) -> Any:
 
 
 def test_meta_sync_follows_pages_and_keeps_deleted_templates(live, client, monkeypatch) -> None:
-    monkeypatch.setattr(svc, "META_PAGE_SIZE", 2)
+    monkeypatch.setattr(template_sync, "META_PAGE_SIZE", 2)
     tenant = _tenant(live)
     _meta_template(live, tenant["waba"], "order_ready", components=ORDER, category="UTILITY")
     _meta_template(live, tenant["waba"], "order_ready", language="es", status="PENDING")
@@ -141,7 +142,7 @@ def test_meta_sync_follows_pages_and_keeps_deleted_templates(live, client, monke
 
 
 def test_twilio_sync_follows_pages_with_approval_status(live, client, monkeypatch) -> None:
-    monkeypatch.setattr(svc, "TWILIO_PAGE_SIZE", 2)
+    monkeypatch.setattr(template_sync, "TWILIO_PAGE_SIZE", 2)
     tenant = _tenant(live)
     approved = _content(
         live,

@@ -247,7 +247,8 @@ def test_the_rows_document_stores_every_value_as_given(dispatched) -> None:
     from datetime import datetime, timezone
 
     from models import Message, Tenant, new_session
-    from services.messages.accept import GroupCommit, prepare
+    from services.messages.accept import prepare
+    from services.messages.group_commit import GroupCommit
 
     made = make_tenant("rows-doc")
     session = new_session()

@@ -1,5 +1,5 @@
-"""services.messages.accept.GroupCommit: concurrent requests of one process share one store and
-one COMMIT; each gets its own outcome; a request whose rows the database refuses
+"""services.messages.group_commit.GroupCommit: concurrent requests of one process share one
+store and one COMMIT; each gets its own outcome; a request whose rows the database refuses
 fails alone; one key in one group is one message."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from models import Message, Tenant, new_session, session_scope
-from services.messages import accept
+from services.messages import accept, group_commit
 from tests.conftest import make_tenant
 
 TO = "+12025550143"
@@ -39,7 +39,7 @@ class Held:
     """Holds the first group in `store` until `count` more requests wait behind it, so
     the next group is made of them all (what concurrent requests do under load)."""
 
-    def __init__(self, committer: accept.GroupCommit, count: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, committer: group_commit.GroupCommit, count: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
         self.committer, self.count = committer, count
         self.calls: list[int] = []
         real = accept.store
@@ -52,10 +52,10 @@ class Held:
                     time.sleep(0.01)
             return real(session, items)
 
-        monkeypatch.setattr(accept, "store", store)
+        monkeypatch.setattr(group_commit, "store", store)
 
 
-def _submit_all(committer: accept.GroupCommit, batches: list[list[accept.Item]]) -> list:
+def _submit_all(committer: group_commit.GroupCommit, batches: list[list[accept.Item]]) -> list:
     """Submit each batch from its own thread, the first one first; each thread's error."""
     errors: list[BaseException | None] = [None] * len(batches)
 
@@ -78,7 +78,7 @@ def _submit_all(committer: accept.GroupCommit, batches: list[list[accept.Item]])
 
 def test_waiting_requests_are_stored_together(dispatched, monkeypatch) -> None:
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     held = Held(committer, 3, monkeypatch)
     batches = [[_item(tenant, f"m{i}")] for i in range(4)]
     errors = _submit_all(committer, batches)
@@ -91,7 +91,7 @@ def test_waiting_requests_are_stored_together(dispatched, monkeypatch) -> None:
 
 def test_one_key_in_one_group_is_one_message(dispatched, monkeypatch) -> None:
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     Held(committer, 3, monkeypatch)
     batches = [[_item(tenant, "first")]] + [[_item(tenant, "once", key="g1")] for _ in range(3)]
     assert _submit_all(committer, batches) == [None] * 4
@@ -109,7 +109,7 @@ def test_one_key_in_one_group_is_one_message(dispatched, monkeypatch) -> None:
 
 def test_a_request_the_database_refuses_fails_alone(dispatched, monkeypatch) -> None:
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     held = Held(committer, 3, monkeypatch)
     bad = _item(tenant, "bad")
     bad.provider = "x" * 40  # longer than the column: the database refuses the INSERT
@@ -130,21 +130,21 @@ def test_a_database_outage_fails_every_request_of_the_group(dispatched, monkeypa
     from sqlalchemy.exc import OperationalError
 
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     calls: list[int] = []
 
     def down(session, items):  # type: ignore[no-untyped-def]
         calls.append(len(items))
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(accept, "store", down)
+    monkeypatch.setattr(group_commit, "store", down)
     with pytest.raises(OperationalError):
         committer.submit([_item(tenant, "a"), _item(tenant, "b")])
     assert calls == [2]  # not retried item by item: the database is down for all
     assert dispatched == []
 
 
-def _backend_pid(committer: accept.GroupCommit) -> int:
+def _backend_pid(committer: group_commit.GroupCommit) -> int:
     assert committer._connection is not None
     return committer._connection.connection.driver_connection.info.backend_pid
 
@@ -164,7 +164,7 @@ def test_groups_share_one_connection_and_a_failed_group_leaves_nothing(dispatche
     committer keeps one connection and one Session bound to it; what an earlier group
     registered or loaded in it is never carried into the next, failed or not."""
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     first, second = _item(tenant, "one"), _item(tenant, "two")
     committer.submit([first])
     pid = _backend_pid(committer)
@@ -193,7 +193,7 @@ def test_a_connection_the_server_dropped_is_replaced_and_the_group_stored_once(
     group fails before its COMMIT, so nothing of it was stored; it is stored again on a
     new connection and answered 202, not 503."""
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     committer.submit([_item(tenant, "before")])
     pid = _backend_pid(committer)
     _terminate(pid)
@@ -211,7 +211,7 @@ def test_a_connection_lost_at_commit_is_not_stored_again(dispatched, monkeypatch
     from core.errors import database_unavailable
 
     tenant = _tenant()
-    committer = accept.GroupCommit()
+    committer = group_commit.GroupCommit()
     committer.submit([_item(tenant, "warm")])
     pid = _backend_pid(committer)
     real, calls = accept.store, []
@@ -221,14 +221,14 @@ def test_a_connection_lost_at_commit_is_not_stored_again(dispatched, monkeypatch
         real(session, items)
         _terminate(pid)  # the COMMIT that follows finds the connection gone
 
-    monkeypatch.setattr(accept, "store", store_then_lose)
+    monkeypatch.setattr(group_commit, "store", store_then_lose)
     with pytest.raises(DBAPIError) as raised:
         committer.submit([_item(tenant, "lost")])
     assert database_unavailable(raised.value)
     assert calls == [1]
     assert _bodies(tenant) == ["warm"]
     assert len(dispatched) == 1
-    monkeypatch.setattr(accept, "store", real)
+    monkeypatch.setattr(group_commit, "store", real)
     again = _item(tenant, "again")
     committer.submit([again])  # a new connection for the next group
     assert again.status == 202 and _backend_pid(committer) != pid
