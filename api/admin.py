@@ -33,7 +33,7 @@ from services.tenancy.admin import (
     update_account,
     update_tenant,
 )
-from services.tenancy.senders import (
+from services.tenancy.sender_admin import (
     add_sender,
     list_senders,
     remove_sender,

@@ -26,7 +26,7 @@ from services.campaigns.campaigns import CampaignSchema
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
 from services.policy.contacts import ContactSchema
 from services.tenancy.admin import TenantSchema
-from services.tenancy.senders import SenderSchema, SenderUpdateSchema
+from services.tenancy.sender_admin import SenderSchema, SenderUpdateSchema
 
 VERSION = "0.1.0"
 # Endpoints documented by hand (HTML pages, static files) or not part of the API.

@@ -28,7 +28,7 @@ def _run(work: Callable[[Any], Any]) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from services.tenancy.senders import add_sender, sender_to_dict
+    from services.tenancy.sender_admin import add_sender, sender_to_dict
 
     payload: dict[str, Any] = {"provider": args.provider, "address": args.address}
     for field in ("kind", "account_id", "number", "mps", "label"):
@@ -42,13 +42,13 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from services.tenancy.senders import list_senders, sender_to_dict
+    from services.tenancy.sender_admin import list_senders, sender_to_dict
 
     return _run(lambda s: [sender_to_dict(x) for x in list_senders(s, args.tenant_id)])
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from services.tenancy.senders import remove_sender
+    from services.tenancy.sender_admin import remove_sender
 
     def work(session: Any) -> dict[str, Any]:
         remove_sender(session, args.tenant_id, args.sender_id)
@@ -58,7 +58,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _default(args: argparse.Namespace) -> int:
-    from services.tenancy.senders import sender_to_dict, set_default
+    from services.tenancy.sender_admin import sender_to_dict, set_default
 
     return _run(lambda s: sender_to_dict(set_default(s, args.tenant_id, args.sender_id)))
 

@@ -18,7 +18,8 @@ from services.campaigns.campaigns import release_due_campaigns
 from services.content.phones import normalize_e164
 from services.messages.delivery import deliver, deliver_many
 from services.policy import limits
-from services.tenancy.senders import add_sender, assign, remove_sender, set_default, tenant_senders
+from services.tenancy.sender_admin import add_sender, remove_sender, set_default
+from services.tenancy.senders import assign, tenant_senders
 from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
 

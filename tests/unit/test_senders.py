@@ -160,7 +160,7 @@ def test_cli_sender_add_list_default_remove(capsys, tenant) -> None:
 
 
 def test_the_task_takes_from_like_the_api(tenant, dispatched) -> None:
-    from services.tenancy.senders import add_sender
+    from services.tenancy.sender_admin import add_sender
     from workers.tasks import send_message
 
     address = unique_number()
@@ -219,7 +219,7 @@ def test_cli_send_from_a_sender(capsys, app, monkeypatch, tenant, dispatched) ->
 
     from herald import cli_commands
     from herald.cli import main
-    from services.tenancy.senders import add_sender
+    from services.tenancy.sender_admin import add_sender
 
     monkeypatch.setattr(cli_commands, "transport", httpx.WSGITransport(app=app))
     address = unique_number()
