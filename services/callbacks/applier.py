@@ -35,7 +35,6 @@ from services.callbacks.inbox import (
 )
 
 log = logging.getLogger(__name__)
-# ---------------------------------------------------------------- applying
 
 
 def _handlers() -> dict[str, tuple[Callable[..., list[Any]], Callable[..., Any]]]:

@@ -31,6 +31,7 @@ from models.fast import Statement, as_sqlalchemy, naive_utc
 from services.messages.grouping import GroupRunner, PerProcess, Ticket
 
 log = logging.getLogger(__name__)
+
 BATCH = 500
 MAX_ATTEMPTS = 8
 # Beat's pass leaves younger rows to the live process that is applying them.

@@ -45,6 +45,7 @@ from services.tenancy.tenants import (
 )
 
 log = logging.getLogger(__name__)
+
 META_STATUS = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed"}
 
 

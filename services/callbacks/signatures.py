@@ -26,6 +26,7 @@ from services.tenancy.tenants import (
 from services.tenancy.tenants import credentials as _credentials
 
 log = logging.getLogger(__name__)
+
 # Before a Meta signature is checked, the body may only name the secrets to try: at
 # most this many distinct phone number ids are looked up (one query), so an unsigned
 # body costs the same whatever it lists. A real delivery names its own number first.

@@ -32,6 +32,7 @@ from services.tenancy.tenants import (
 )
 
 log = logging.getLogger(__name__)
+
 # Twilio's statuses onto Herald's. `canceled` at Twilio means it will never be
 # delivered, which for Herald's caller is a failure; the native value is kept.
 TWILIO_STATUS = {

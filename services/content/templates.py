@@ -29,6 +29,7 @@ from models import ProviderAccount, Template, utcnow
 from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
+
 PROVIDERS = ("meta", "twilio")
 SENDABLE = frozenset({"approved"})
 # Twilio Content needs WhatsApp approval only outside the 24-hour window: content not

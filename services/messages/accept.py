@@ -55,6 +55,7 @@ from services.tenancy.senders import pick_sender, sender_provider
 from services.tenancy.tenants import cached_account
 
 log = logging.getLogger(__name__)
+
 SEND_QUEUE = "herald.send"
 BULK_QUEUE = "herald.bulk"
 MAX_KEY_LENGTH = 255

@@ -17,7 +17,6 @@ from services.messages.accept import Item, prepare, request_hash
 from services.messages.group_commit import committer
 
 log = logging.getLogger(__name__)
-# ------------------------------------------------------------------ batch
 
 
 def batch_entries(payload: Any) -> list[Any]:

@@ -25,6 +25,7 @@ from services.tenancy.secrets import decrypt_json
 from services.tenancy.senders import sender_for
 
 log = logging.getLogger(__name__)
+
 # The batch's rows still to send, their accounts, and whether anyone listens for
 # their events (the message's callback URL, else its tenant's).
 _GATE = Statement(

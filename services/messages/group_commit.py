@@ -22,7 +22,6 @@ from services.messages.accept import Item, prepare, store
 from services.messages.grouping import GroupRunner, PerProcess, Ticket
 
 log = logging.getLogger(__name__)
-# ------------------------------------------------------------------ group commit
 
 
 class GroupCommit(GroupRunner):

@@ -45,6 +45,7 @@ from services.policy.contacts import remember_wa_id
 from services.reporting.events import listening
 
 log = logging.getLogger(__name__)
+
 # `apply_status(..., "sent")` for a batch, in one statement: forward only (`moved`:
 # from the states `sent` may follow), the provider's facts filled in where still
 # empty and the price when given; a row a callback moved past `sent` first keeps its
