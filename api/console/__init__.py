@@ -45,7 +45,6 @@ from services.reporting.console import (
     failure_reasons,
     list_campaigns,
     message_request,
-    queue_depths,
     quota_usage,
     sandbox_running,
     search_contacts,
@@ -69,6 +68,7 @@ bp = Blueprint(
 )
 
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
+WAITING = ("scheduled", "queued", "sending")
 SESSION_HOURS = 12
 TICKS = {
     "scheduled": ("…", "scheduled"),
@@ -219,7 +219,8 @@ def overview():  # type: ignore[no-untyped-def]
         hour_total=sum(sum(c.values()) for c in hour_counts),
         day_total=sum(sum(c.values()) for c in day_counts),
         reasons=failure_reasons(session_db, _tenant_id(), since=now - timedelta(days=1)),
-        queues=queue_depths(),
+        # Only this tenant's waiting messages: Celery's queues are every tenant's traffic.
+        waiting={s: sum(c.get(s, 0) for c in day_counts) for s in WAITING},
         senders=sender_budgets(session_db, _tenant_id()),
         quota=quota_usage(g.tenant),
     )
