@@ -14,5 +14,7 @@ COPY sandbox sandbox
 COPY bench bench
 RUN pip install --no-cache-dir . && useradd --create-home herald
 USER herald
+# gunicorn must not face clients directly (slow clients hold its threads): publish the
+# buffering proxy of deploy/nginx.conf instead, as docker-compose.yml does.
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "8", "api:create_app()"]

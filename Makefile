@@ -27,12 +27,14 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.compare $(BENCH_ARGS)
 
 # Tools some tests need from Debian: Chromium for the console's browser tests (Playwright
-# cannot download its own here) and docker-compose to validate docker-compose.yml.
+# cannot download its own here), docker-compose to validate docker-compose.yml and nginx
+# to run deploy/nginx.conf in front of gunicorn (tests/e2e/test_proxy.py).
 # Installed when missing and we are root with apt; otherwise those tests skip.
 test-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing="$$missing nginx"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing$$missing for the tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from flask import Flask, Request
+from flask import Flask, Request, Response
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from core.config import get_settings
@@ -35,6 +35,13 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def _nosniff(response: Response) -> Response:
+    """Every answer's type is the one it declares: a browser never sniffs a JSON error or
+    an echoed challenge into HTML that runs (api/fastpath.py sends the same header)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = get_settings()
     configure_logging(settings)
@@ -47,6 +54,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import auth, campaigns, contacts, errors, inputs, legacy, messages, ops, webhooks
 
     errors.register(app)
+    app.after_request(_nosniff)
     inputs.init_app(app)
     auth.init_app(app)
     app.register_blueprint(messages.bp)

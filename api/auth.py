@@ -1,7 +1,8 @@
-"""Per-request database session and the calling tenant."""
+"""Per-request database session, the calling tenant, and its read rate."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
-from core.errors import InvalidRequest
+from core.config import get_settings
+from core.errors import InvalidRequest, RateLimited
 from models import Tenant, new_session
+from services.policy.limits import take_read
 from services.tenancy.tenants import authenticate
 
 
@@ -68,6 +71,31 @@ def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         g.tenant = authenticate(db(), request.headers.get("Authorization"))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def limit_reads(tenant_id: str) -> None:
+    """Take a token from the tenant's read bucket (HERALD_READ_RATE per second), or a 429
+    with Retry-After: one tenant's loop over expensive queries cannot take the database
+    from the others."""
+    wait = take_read(tenant_id, get_settings().read_rate)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(
+            f"Too many reads for this tenant; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+def read_limited(view: Callable[..., Any]) -> Callable[..., Any]:
+    """For an expensive read (a list, usage, progress): under `require_tenant` (the API)
+    or behind the console's sign-in, both of which set `g.tenant`."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        limit_reads(g.tenant.id)
         return view(*args, **kwargs)
 
     return wrapper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from api.auth import current_tenant, db, json_body, require_tenant
+from api.auth import current_tenant, db, json_body, read_limited, require_tenant
 from core.errors import InvalidRequest
 from services.campaigns.campaigns import (
     campaign_to_dict,
@@ -69,6 +69,7 @@ def create():  # type: ignore[no-untyped-def]
 
 @bp.get("/<campaign_id>")
 @require_tenant
+@read_limited
 def show(campaign_id: str):  # type: ignore[no-untyped-def]
     """A campaign's progress.
     ---
@@ -78,6 +79,7 @@ def show(campaign_id: str):  # type: ignore[no-untyped-def]
         200: {description: Progress, content: {application/json: {schema: Campaign}}}
         401: Unauthorized
         404: NotFound
+        429: RateLimited
     """
     session = db()
     return jsonify(

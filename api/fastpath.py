@@ -45,8 +45,10 @@ MESSAGES_PATH = "/v1/messages"
 STATUS_PATH = "/webhooks/twilio/status"
 FORM = "application/x-www-form-urlencoded"
 _NO_CONTENT = "204 NO CONTENT"
+# Sent with every answer by api/__init__.py's after-request step; so here too.
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
 # What Flask sends with `Response(status=204)`: its default mimetype, no length.
-_NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8")]
+_NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8"), _NOSNIFF]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _STATUS_LINES = {status: f"{status} {HTTP_STATUS_CODES[status].upper()}" for status in (200, 202)}
@@ -175,7 +177,11 @@ class AcceptFastPath:
         data = (self.app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
         start_response(
             _STATUS_LINES[status],
-            [("Content-Type", self.app.json.mimetype), ("Content-Length", str(len(data)))],
+            [
+                ("Content-Type", self.app.json.mimetype),
+                ("Content-Length", str(len(data))),
+                _NOSNIFF,
+            ],
         )
         return [data]
 

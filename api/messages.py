@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from sqlalchemy.orm import Session
 
-from api.auth import current_tenant, db, json_body, parse_json, require_tenant
+from api.auth import current_tenant, db, json_body, parse_json, read_limited, require_tenant
 from core.config import get_settings
 from core.errors import InvalidRequest
 from models import Tenant
@@ -143,6 +143,7 @@ def show(message_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("")
 @require_tenant
+@read_limited
 def index():  # type: ignore[no-untyped-def]
     """A page of the tenant's messages.
     ---
@@ -157,6 +158,7 @@ def index():  # type: ignore[no-untyped-def]
       responses:
         200: {description: A page, content: {application/json: {schema: MessagePage}}}
         401: Unauthorized
+        429: RateLimited
     """
     args = request.args
     status = args.get("status")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current_tenant, db, require_tenant
+from api.auth import current_tenant, db, read_limited, require_tenant
 from services.content.schemas import load_object
 from services.reporting.usage import UsageQuerySchema, period, usage
 
@@ -14,6 +14,7 @@ _query = UsageQuerySchema()
 
 @bp.get("")
 @require_tenant
+@read_limited
 def show():  # type: ignore[no-untyped-def]
     """Counts and cost of the tenant's outbound messages, grouped.
     ---
@@ -41,6 +42,7 @@ def show():  # type: ignore[no-untyped-def]
       responses:
         200: {description: Usage, content: {application/json: {schema: Usage}}}
         401: Unauthorized
+        429: RateLimited
     """
     data = load_object(_query, request.args.to_dict())
     start, end = period(data)

@@ -48,6 +48,12 @@ def _positive(value: float, name: str) -> float:
     return value
 
 
+def _non_negative(value: float, name: str) -> float:
+    if not value >= 0 or value == float("inf"):  # NaN and inf too
+        raise ConfigError(f"{name} must be a number of at least 0, got {value}")
+    return value
+
+
 def _float(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -148,6 +154,8 @@ class Settings:
     media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
     # The estimate of services/reporting/usage.py.
     meta_prices: tuple[str, dict[str, Decimal]] | None = None
+    # A tenant's expensive reads (lists, usage, the console's pages) per second; 0 = no limit.
+    read_rate: float = 10.0
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -215,6 +223,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         else None,
         media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
         meta_prices=_price_table(env, "HERALD_META_PRICES"),
+        read_rate=_non_negative(_float(env, "HERALD_READ_RATE", 10.0), "HERALD_READ_RATE"),
     )
 
 

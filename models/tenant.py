@@ -52,7 +52,10 @@ class ProviderAccount(Base):
     """
 
     __tablename__ = "provider_accounts"
-    __table_args__ = (Index("ix_provider_accounts_lookup", "provider", "external_id"),)
+    __table_args__ = (
+        Index("ix_provider_accounts_lookup", "provider", "external_id"),
+        Index("ix_provider_accounts_verify_token", "verify_token_hash"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("acc"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -60,6 +63,10 @@ class ProviderAccount(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     settings: Mapped[dict] = mapped_column(JSON, default=dict)
     secrets_enc: Mapped[str] = mapped_column(Text)
+    # HMAC of the Meta verify token in `secrets_enc` ('' if none; NULL: not computed yet),
+    # so Meta's unauthenticated subscription check finds its account without decrypting
+    # every account (kept in step by services/tenancy/tenants.py).
+    verify_token_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     tenant: Mapped[Tenant] = relationship(back_populates="accounts")

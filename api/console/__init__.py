@@ -29,7 +29,7 @@ from flask import (
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from wtforms.validators import ValidationError
 
-from api.auth import db
+from api.auth import db, read_limited
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
 from core.errors import HeraldError, InvalidRequest, NotFound
 from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
@@ -45,7 +45,6 @@ from services.reporting.console import (
     failure_reasons,
     list_campaigns,
     message_request,
-    queue_depths,
     quota_usage,
     sandbox_running,
     search_contacts,
@@ -69,6 +68,7 @@ bp = Blueprint(
 )
 
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
+WAITING = ("scheduled", "queued", "sending")
 SESSION_HOURS = 12
 TICKS = {
     "scheduled": ("…", "scheduled"),
@@ -129,14 +129,16 @@ def _headers(response: Response) -> Response:
     response.headers.setdefault(
         "Content-Security-Policy",
         "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-        "script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+        "object-src 'none'",
     )
     return response
 
 
 @bp.errorhandler(HeraldError)
 def _herald_error(exc: HeraldError):  # type: ignore[no-untyped-def]
-    return _page("error.html", exc.status, title="Not possible", message=exc.message)
+    page, status = _page("error.html", exc.status, title="Not possible", message=exc.message)
+    return page, status, exc.headers  # a 429's Retry-After
 
 
 @bp.context_processor
@@ -202,6 +204,7 @@ def logout():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/")
+@read_limited
 def overview():  # type: ignore[no-untyped-def]
     session_db = db()
     now = datetime.now(UTC)
@@ -218,7 +221,8 @@ def overview():  # type: ignore[no-untyped-def]
         hour_total=sum(sum(c.values()) for c in hour_counts),
         day_total=sum(sum(c.values()) for c in day_counts),
         reasons=failure_reasons(session_db, _tenant_id(), since=now - timedelta(days=1)),
-        queues=queue_depths(),
+        # Only this tenant's waiting messages: Celery's queues are every tenant's traffic.
+        waiting={s: sum(c.get(s, 0) for c in day_counts) for s in WAITING},
         senders=sender_budgets(session_db, _tenant_id()),
         quota=quota_usage(g.tenant),
     )
@@ -245,6 +249,7 @@ def _choice(name: str, allowed: set[str] | frozenset[str]) -> str | None:
 
 
 @bp.get("/messages")
+@read_limited
 def messages():  # type: ignore[no-untyped-def]
     until = _date("until")
     filters = MessageFilters(
@@ -289,6 +294,7 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/usage")
+@read_limited
 def usage():  # type: ignore[no-untyped-def]
     """Counts and cost over a period, as GET /v1/usage gives them (services/reporting/usage.py)."""
     groups = [g for g in request.args.getlist("group_by") if g]
@@ -306,6 +312,7 @@ def usage():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/campaigns")
+@read_limited
 def campaigns():  # type: ignore[no-untyped-def]
     session_db = db()
     rows = [campaign_to_dict(session_db, c) for c in list_campaigns(session_db, _tenant_id())]
@@ -327,11 +334,13 @@ def _campaign_context(campaign_id: str) -> dict[str, Any]:
 
 
 @bp.get("/campaigns/<campaign_id>")
+@read_limited
 def campaign(campaign_id: str):  # type: ignore[no-untyped-def]
     return _page("campaign.html", **_campaign_context(campaign_id))
 
 
 @bp.get("/campaigns/<campaign_id>/live")
+@read_limited
 def campaign_live(campaign_id: str):  # type: ignore[no-untyped-def]
     return _page("_campaign_live.html", **_campaign_context(campaign_id))
 
@@ -350,6 +359,7 @@ def campaign_action(campaign_id: str, action: str):  # type: ignore[no-untyped-d
 
 
 @bp.get("/contacts")
+@read_limited
 def contacts():  # type: ignore[no-untyped-def]
     query = request.args.get("q") or ""
     rows = search_contacts(db(), _tenant_id(), query)
@@ -381,6 +391,7 @@ def _number(raw: str) -> str:
 
 
 @bp.get("/phone")
+@read_limited
 def phone():  # type: ignore[no-untyped-def]
     _require_sandbox()
     wanted = (request.args.get("number") or "").strip()
@@ -404,6 +415,7 @@ def _thread_context(number: str) -> dict[str, Any]:
 
 
 @bp.get("/phone/<number>")
+@read_limited
 def phone_thread(number: str):  # type: ignore[no-untyped-def]
     _require_sandbox()
     return _page(
@@ -414,6 +426,7 @@ def phone_thread(number: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/phone/<number>/thread")
+@read_limited
 def phone_thread_live(number: str):  # type: ignore[no-untyped-def]
     _require_sandbox()
     return _page("_thread.html", **_thread_context(_number(number)))

@@ -22,6 +22,7 @@ from services.tenancy.tenants import (
     AccountCredentials,
     accounts_by_external_ids,
     cached_accounts_by_external_id,
+    meta_verify_token_held,
 )
 from services.tenancy.tenants import credentials as _credentials
 
@@ -163,14 +164,7 @@ def meta_verify_challenge(session: Session, mode: str | None, token: str | None)
         return False
     if get_settings().meta_verify_token and same_text(token, get_settings().meta_verify_token):
         return True
-    for account in session.scalars(
-        select(ProviderAccount).where(ProviderAccount.provider == "meta")
-    ):
-        creds = credentials(account)
-        stored = creds.secrets.get("verify_token") if creds else None
-        if isinstance(stored, str) and stored and same_text(token, stored):
-            return True
-    return False
+    return meta_verify_token_held(session, token)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

@@ -2,6 +2,8 @@
 
 * Tenant quotas: messages accepted per hour and per day (fixed windows), checked
   before a message is queued; over it is `429` with `Retry-After`.
+* Reads: a tenant's expensive reads (message lists, usage, campaign progress, the
+  console's pages) per second, a token bucket; over it is `429` with `Retry-After`.
 * Sender budgets: messages per second per provider sender (slots reserved for a
   batch, GCRA), and WhatsApp pair pacing (one message per few seconds to the same
   user), taken by workers before a batch is claimed.
@@ -66,6 +68,19 @@ redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now + burst) + 1
 return out
 """
 
+# A tenant's read bucket (GCRA). KEYS: the bucket's theoretical arrival time (ms). ARGV:
+# ms per token, burst tolerance ms, now ms. Returns 0 (a token taken) or the ms to wait.
+_READ = """
+local t = tonumber(ARGV[1]); local tolerance = tonumber(ARGV[2]); local now = tonumber(ARGV[3])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if tat - now > tolerance then return math.ceil(tat - now - tolerance) end
+tat = tat + t
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+return 0
+"""
+# A tenant may spend this many seconds' worth of reads at once.
+READ_BURST_SECONDS = 5
+
 # Pair pacing. KEYS: pair key. ARGV: spacing ms. Returns wait ms (0 = go now).
 _PAIR = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
@@ -125,6 +140,19 @@ def take_quota(tenant_id: str, hourly: int, daily: int, n: int = 1) -> tuple[int
     if full == 1:
         return granted, max(1, 3600 - seconds_in)
     return granted, max(1, 86400 - (now.hour * 3600 + seconds_in))
+
+
+def take_read(tenant_id: str, per_second: float) -> float | None:
+    """Take one of the tenant's read tokens: None when taken, else the seconds until one
+    is free. The bucket holds READ_BURST_SECONDS' worth; 0 = no limit; Redis unreachable
+    lets the read through (a read changes nothing)."""
+    if per_second <= 0:
+        return None
+    spacing = 1000.0 / per_second
+    tolerance = spacing * (max(1, round(per_second * READ_BURST_SECONDS)) - 1)
+    now_ms = int(time.time() * 1000)
+    wait = _run(_READ, [key("reads", tenant_id)], [spacing, tolerance, now_ms])
+    return int(wait) / 1000 if isinstance(wait, int) and wait > 0 else None
 
 
 def _spacing(per_second: float) -> tuple[float, float]:

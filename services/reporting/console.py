@@ -198,26 +198,6 @@ def failure_reasons(
     ]
 
 
-def queue_depths() -> dict[str, int] | None:
-    """Tasks waiting in each Celery queue (shared by every tenant), or None without Redis."""
-    from celeryconfig import task_queues
-
-    client = get_redis()
-    if client is None:
-        return None
-    names = [queue.name for queue in task_queues]
-    prefix = get_settings().queue_prefix or ""
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.llen(prefix + name)
-            lengths = pipe.execute()
-    except Exception:
-        log.warning("console: Redis did not answer for queue depths")
-        return None
-    return dict(zip(names, (int(n) for n in lengths), strict=True))
-
-
 def _senders(account: ProviderAccount) -> list[tuple[str, float]]:
     settings = get_settings()
     values = account.settings or {}

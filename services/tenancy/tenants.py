@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import logging
 import secrets
 import threading
 import time
@@ -11,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jwt
-from sqlalchemy import event, select
+from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 
 from core.config import get_settings
@@ -19,7 +21,9 @@ from core.errors import InvalidRequest, Unauthorized
 from models import ApiKey, ProviderAccount, Sender, Tenant, utcnow
 from providers.base import AccountCredentials
 from services.content.inputs import text_problem
-from services.tenancy.secrets import decrypt_json, encrypt_json
+from services.tenancy.secrets import decrypt_json, derived_key, encrypt_json
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "hk_"
 PROVIDER_FIELDS = {
@@ -265,6 +269,61 @@ def credentials(account: ProviderAccount) -> AccountCredentials:
         settings=dict(account.settings or {}),
         secrets=decrypt_json(account.secrets_enc),
     )
+
+
+# ---------------------------------------------------------------- Meta verify tokens
+
+
+def verify_token_hash(token: str) -> str:
+    """The keyed hash a Meta verify token is looked up by (`verify_token_hash`): no
+    account is decrypted to answer Meta's unauthenticated subscription check, and the
+    column alone neither reveals a token nor lets a guess be tested."""
+    key = derived_key("meta-verify-token")
+    return hmac.new(key, token.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def _hash_of_secrets(secrets_enc: str) -> str | None:
+    """`verify_token_hash` for an account's encrypted secrets: '' without a verify
+    token, None when this process cannot decrypt them (tried again next time)."""
+    try:
+        token = decrypt_json(secrets_enc).get("verify_token")
+    except RuntimeError:
+        return None
+    return verify_token_hash(token) if isinstance(token, str) and token else ""
+
+
+@event.listens_for(ProviderAccount, "before_insert")
+@event.listens_for(ProviderAccount, "before_update")
+def _keep_verify_token_hash(_mapper: Any, _connection: Any, account: ProviderAccount) -> None:
+    """Whoever writes an account's secrets (creation, the admin API, the CLI), the hash
+    follows them in the same statement."""
+    if account.verify_token_hash is None or inspect(account).attrs.secrets_enc.history.added:
+        account.verify_token_hash = _hash_of_secrets(account.secrets_enc)
+
+
+def meta_verify_token_held(session: Session, token: str) -> bool:
+    """Whether a Meta account holds this verify token: one indexed lookup. Accounts
+    stored before the column existed (NULL) are hashed first, each once; the caller
+    commits."""
+    query = select(ProviderAccount.id).where(
+        ProviderAccount.provider == "meta",
+        ProviderAccount.verify_token_hash == verify_token_hash(token),
+    )
+    if session.scalar(query.limit(1)) is not None:
+        return True
+    unhashed = session.scalars(
+        select(ProviderAccount).where(
+            ProviderAccount.provider == "meta", ProviderAccount.verify_token_hash.is_(None)
+        )
+    ).all()
+    for account in unhashed:
+        account.verify_token_hash = _hash_of_secrets(account.secrets_enc)
+        if account.verify_token_hash is None:
+            log.error("provider account %s: cannot decrypt its secrets", account.id)
+    if not unhashed:
+        return False
+    session.flush()
+    return session.scalar(query.limit(1)) is not None
 
 
 def find_account(session: Session, tenant_id: str, provider: str) -> ProviderAccount | None:

@@ -20,7 +20,17 @@ from herald.stack import free_port, redis_server_argv
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"migrate", "api", "worker", "worker-bulk", "periodic", "beat", "redis", "postgres"}
+SERVICES = {
+    "migrate",
+    "api",
+    "proxy",
+    "worker",
+    "worker-bulk",
+    "periodic",
+    "beat",
+    "redis",
+    "postgres",
+}
 
 
 def _tool(name: str) -> str:

@@ -156,7 +156,7 @@ def test_campaign_page_controls_and_live_fragment(console, client, auth, dispatc
 def test_overview_draws_charts(console, client, auth, dispatched) -> None:
     _send(client, auth, channel="sms")
     html = console.get("/console/").get_data(as_text=True)
-    assert html.count("<svg") >= 2 and "Failure reasons" in html and "herald.send" in html
+    assert html.count("<svg") >= 2 and "Failure reasons" in html and "Waiting" in html
 
 
 def test_contacts_search_and_opt_out_toggle(console, tenant) -> None:
