@@ -78,9 +78,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import openapi
 
     openapi.init_app(app)  # after every route: the document lists them all
-    from api import fastpath
+    if settings.fast_path:  # HERALD_FAST_PATH=0: Flask answers these routes too
+        from api import fastpath
 
-    fastpath.install(app)  # the hot routes' plain requests answered in front of Flask
+        fastpath.install(app)  # the hot routes' plain requests answered in front of Flask
     if not app.testing:
         _freeze_startup_objects()
     return app

@@ -20,7 +20,10 @@ own error handlers in a request context (api/errors.py): the same 4xx or 503, in
 same JSON shape, with the same headers and logging.
 
 The price: an app-wide Flask hook added later (a request id, a rate limit) does not run
-for these plain requests unless it is added here too.
+for these plain requests unless it is added here too. `HOOKS_DONE_HERE` names the hooks
+whose work is done here; tests/unit/test_fast_path_hooks.py fails when the app, or the
+two routes' blueprints, has any other. `HERALD_FAST_PATH=0` leaves both routes to Flask
+(bench/README.md: what the fast path saves).
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ _NO_CONTENT = "204 NO CONTENT"
 _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 # What Flask sends with `Response(status=204)`: its default mimetype, no length.
 _NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8"), _NOSNIFF]
+
+# Flask's hooks (attributes of the app: per-request functions by blueprint, None for the
+# app; app context teardowns; Flask's request signals as "signal <name>") whose work the
+# fast path does itself, by `module.qualname`. Any other hook on the app or on the two
+# routes' blueprints would be skipped for the plain requests answered here.
+HOOKS_DONE_HERE: dict[str, frozenset[str]] = {
+    # A NUL in the path, the query or a form field: the request goes to Flask, whose hook
+    # answers it (`_first_values`; `/v1/messages` has no query and a JSON body).
+    "before_request_funcs": frozenset({"api.inputs.refuse_unstorable_text"}),
+    # The request's session is closed in `finally`.
+    "teardown_appcontext_funcs": frozenset({"api.auth.close_db"}),
+    # `X-Content-Type-Options: nosniff` is in the fast path's own answers (`_NOSNIFF`).
+    "after_request_funcs": frozenset({"api._nosniff"}),
+}
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _STATUS_LINES = {status: f"{status} {HTTP_STATUS_CODES[status].upper()}" for status in (200, 202)}

@@ -15,7 +15,9 @@ the ratios Herald/naive. The sandbox and the load generator are never counted.
 Optional modes, Herald only: `--ingest` replays two signed Twilio status callbacks
 per sent message at the API (callbacks/s, p99, CPU per callback); `--backlog N`
 queues N messages behind a sender allowed `--backlog-rate` msg/s and measures
-what the waiting costs for `--backlog-window` s.
+what the waiting costs for `--backlog-window` s. `--fast-path both` runs Herald
+with api/fastpath.py on and off (HERALD_FAST_PATH), side by side in one run;
+`--rounds N` repeats that pair N times, alternating which goes first.
 
 DATABASE_URL / REDIS_URL come from the environment: a PostgreSQL URL gets a
 schema of its own (dropped at the end) and an application_name that attributes
@@ -38,6 +40,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -403,7 +406,15 @@ class NaiveApp:
 class HeraldApp:
     name = "herald"
 
-    def __init__(self, ctx: Context, callbacks: bool, mps: float = 100_000) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        callbacks: bool,
+        mps: float = 100_000,
+        name: str = "herald",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
         self.ctx, self.port = ctx, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = Path(tempfile.mkdtemp(prefix="herald-", dir=ctx.home))
@@ -437,8 +448,9 @@ class HeraldApp:
         if ctx.db_url:
             self.env["DATABASE_URL"] = ctx.db_url
         for setting in getattr(ctx.args, "herald_env", None) or []:  # --herald-env
-            name, _, value = setting.partition("=")
-            self.env[name] = value
+            key, _, value = setting.partition("=")
+            self.env[key] = value
+        self.env.update(env or {})  # this run's own settings (--fast-path)
         self.proc: subprocess.Popen | None = None
         self.pg = PgBackends(ctx.pg_dsn, ctx.pg_app) if ctx.pg_dsn else None
         self.key = ""
@@ -621,18 +633,21 @@ def _app_roots(app: NaiveApp | HeraldApp) -> list[int]:
     return [p.pid for p in app.procs] if isinstance(app, NaiveApp) else [app.proc.pid]
 
 
-def accept_phase(ctx: Context, app: NaiveApp | HeraldApp) -> dict[str, Any]:
-    """Warm up, then N messages from C clients; CPU until the last send reached the sandbox."""
+def accept_phase(ctx: Context, app: NaiveApp | HeraldApp, run: int = 0) -> dict[str, Any]:
+    """Warm up, then N messages from C clients; CPU until the last send reached the sandbox.
+    `run`: the how-manieth Herald of this run (each writes to recipients of its own, so
+    none finds the contacts an earlier one made)."""
     args, sandbox = ctx.args, ctx.sandbox
+    base, warm_base = 3_000_000 + run * args.messages, 2_000_000 + run * args.warmup
     app.start()
-    warm = [app.request(_recipient(i, 2_000_000), i) for i in range(args.warmup)]
+    warm = [app.request(_recipient(i, warm_base), i) for i in range(args.warmup)]
     warmed = drive(ctx, app.url, warm, 120)["statuses"].get("202", 0)
-    warm_to = {_recipient(i, 2_000_000) for i in range(args.warmup)}
+    warm_to = {_recipient(i, warm_base) for i in range(args.warmup)}
     if sandbox.wait_sent(warm_to, warmed, 60, app.alive)["reached"] == 0:
         raise RuntimeError(f"{app.name}: no warm-up message reached the sandbox; see {ctx.home}")
     time.sleep(0.5)
     sandbox.reset(args.callbacks)
-    requests = [app.request(_recipient(i), i) for i in range(args.messages)]
+    requests = [app.request(_recipient(i, base), i) for i in range(args.messages)]
     meter = CpuMeter({"app": _app_roots(app), "sandbox": [sandbox.proc.pid]}, app.pg, ctx.redis_url)
     targets = [p for p in descendants(_app_roots(app)) if classify(_cmdline(p)) != "other"]
     targets = [p for p in targets if "gunicorn" not in _cmdline(p) or _is_master(p, targets)]
@@ -641,7 +656,10 @@ def accept_phase(ctx: Context, app: NaiveApp | HeraldApp) -> dict[str, Any]:
         load = drive(ctx, app.url, requests, args.load_timeout)
         accepted = load["statuses"].get("202", 0)
         summary = sandbox.wait_sent(
-            {_recipient(i) for i in range(args.messages)}, accepted, args.send_timeout, app.alive
+            {_recipient(i, base) for i in range(args.messages)},
+            accepted,
+            args.send_timeout,
+            app.alive,
         )
         sent_at = time.monotonic()
         if args.callbacks:
@@ -702,7 +720,8 @@ def ingest_phase(ctx: Context, app: HeraldApp) -> dict[str, Any]:
     meter = CpuMeter({"app": _app_roots(app)}, app.pg, ctx.redis_url)
     targets = [p for p in descendants(_app_roots(app)) if classify(_cmdline(p)) != "other"]
     targets = [p for p in targets if "gunicorn" not in _cmdline(p) or _is_master(p, targets)]
-    with profiling(ctx, targets, "ingest"):  # --profile DIR: DIR/ingest-api.txt
+    tag = "ingest" if app.name == "herald" else f"ingest-{app.name}"
+    with profiling(ctx, targets, tag):  # --profile DIR: DIR/ingest-api.txt
         meter.start()
         load = drive(ctx, app.url, requests, ctx.args.load_timeout)
     # Callbacks are applied from the inbox a few ms after their answer: the CPU window
@@ -788,7 +807,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def report_accept(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
-    names = [n for n in ("naive", "herald") if n in results]
+    names = list(results)  # naive first, then each Herald in the order it ran
     rows: list[tuple[str, dict[str, float | None], int]] = []
 
     def per_msg(name: str, groups: tuple[str, ...]) -> float | None:
@@ -822,10 +841,11 @@ def report_accept(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
     add("(sandbox, not counted)", lambda n: per_msg(n, ("sandbox",)), 2)
     width = 24
     header = f"{'':{width}}" + "".join(f"{n:>12}" for n in names)
-    lines = [header + ("  herald/naive" if len(names) == 2 else "")]
+    ratio = names == ["naive", "herald"]
+    lines = [header + ("  herald/naive" if ratio else "")]
     for label, values, digits in rows:
         line = f"{label:{width}}" + "".join(f"{_fmt(values[n], digits):>12}" for n in names)
-        if len(names) == 2:
+        if ratio:
             line += f"  {_ratio(values['herald'], values['naive']):>12}"
         lines.append(line)
     return "\n".join(lines)
@@ -852,6 +872,19 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         metavar="NAME=VALUE",
         help="a setting for Herald's processes (repeatable), e.g. HERALD_PUBLISH_INTERVAL_MS=50",
+    )
+    parser.add_argument(
+        "--fast-path",
+        choices=("on", "off", "both"),
+        default="on",
+        help="Herald's api/fastpath.py (HERALD_FAST_PATH): on (the default), off, or both: "
+        "Herald once each way, side by side in one run (columns fp-on-R, fp-off-R)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --fast-path both: this many on/off pairs, alternating which goes first",
     )
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw profiles of the load phase")
     parser.add_argument("--load-timeout", type=float, default=300.0)
@@ -883,18 +916,27 @@ def main(argv: list[str] | None = None) -> int:
             f"; scratch {ctx.home}",
             flush=True,
         )
-        for name in ("naive", "herald"):
-            if args.only and args.only != name:
-                continue
-            app: NaiveApp | HeraldApp = (
-                NaiveApp(ctx, args.callbacks) if name == "naive" else HeraldApp(ctx, args.callbacks)
-            )
+        apps: list[Callable[[], NaiveApp | HeraldApp]] = []
+        if args.only != "herald":
+            apps.append(lambda: NaiveApp(ctx, args.callbacks))
+        if args.only != "naive":
+            for name, env in herald_runs(args):
+                apps.append(
+                    lambda name=name, env=env: HeraldApp(ctx, args.callbacks, name=name, env=env)
+                )
+        herald_run = 0
+        for make in apps:
+            app = make()
             try:
-                print(f"-- {name}: starting", flush=True)
-                results[name] = accept_phase(ctx, app)
-                print(f"-- {name}: {json.dumps(_short(results[name]))}", flush=True)
-                if name == "herald" and args.ingest:
-                    extra["ingest"] = ingest_phase(ctx, app)
+                print(f"-- {app.name}: starting", flush=True)
+                if isinstance(app, HeraldApp):
+                    results[app.name] = accept_phase(ctx, app, herald_run)
+                    herald_run += 1
+                else:
+                    results[app.name] = accept_phase(ctx, app)
+                print(f"-- {app.name}: {json.dumps(_short(results[app.name]))}", flush=True)
+                if isinstance(app, HeraldApp) and args.ingest:
+                    extra.setdefault("ingest", {})[app.name] = ingest_phase(ctx, app)
             finally:
                 app.stop()
         if args.backlog:
@@ -905,13 +947,13 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     print()
     print(report_accept(ctx, results))
-    if "ingest" in extra:
-        r = extra["ingest"]
-        ok = sum(v for k, v in r["load"]["statuses"].items() if k.startswith("2"))
+    for name, r in extra.get("ingest", {}).items():
+        ok = _answered(r)
         cpu = sum(r["cpu"].get(g, 0.0) for g in GROUPS)
         stores = sum(r["cpu"].get(g, 0.0) for g in ("postgres", "redis"))
         print(
-            f"\ncallback ingest (Herald): {ok}/{r['callbacks']} answered 2xx, "
+            f"\ncallback ingest ({'Herald' if name == 'herald' else name}): "
+            f"{ok}/{r['callbacks']} answered 2xx, "
             f"{ok / r['load']['elapsed_s']:,.0f} callbacks/s, p50 {r['load']['p50_ms']:.1f} ms, "
             f"p99 {r['load']['p99_ms']:.1f} ms, CPU {cpu * 1000 / max(1, ok):.2f} ms/callback "
             f"(+{stores * 1000 / max(1, ok):.2f} in PostgreSQL/Redis); of which "
@@ -924,6 +966,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['load']['elapsed_s']:.1f} s); {r['delivered']} of {r['messages']} "
                 "messages delivered"
             )
+    if args.fast_path == "both":
+        print("\n" + report_fast_path(results, extra.get("ingest", {})))
     if "backlog" in extra:
         r = extra["backlog"]
         groups = (*GROUPS, "postgres", "redis")
@@ -942,6 +986,56 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"accept": results, **extra}, indent=2))
     return 0
+
+
+def herald_runs(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """(column, settings) of each Herald this run starts: one, as configured, or with
+    `--fast-path both` an on/off pair per round, the first of each pair alternating."""
+    if args.fast_path == "on":
+        return [("herald", {})]
+    if args.fast_path == "off":
+        return [("herald", {"HERALD_FAST_PATH": "0"})]
+    runs = []
+    for r in range(1, max(1, args.rounds) + 1):
+        pair = [("on", "1"), ("off", "0")]
+        for side, value in pair if r % 2 else pair[::-1]:
+            runs.append((f"fp-{side}-{r}", {"HERALD_FAST_PATH": value}))
+    return runs
+
+
+def _answered(r: dict[str, Any]) -> int:
+    return sum(v for k, v in r["load"]["statuses"].items() if k.startswith("2"))
+
+
+def report_fast_path(results: dict[str, dict[str, Any]], ingest: dict[str, dict[str, Any]]) -> str:
+    """API CPU per message and per callback, fast path on against off: each run, the
+    medians, and the share of the API's CPU the fast path saves."""
+
+    def api_ms(r: dict[str, Any], count: int) -> float | None:
+        return r["cpu"].get("api", 0.0) * 1000 / count if count else None
+
+    table: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
+    lines = ["fast path, API CPU ms: per accepted message / per callback answered 2xx"]
+    for name, r in results.items():
+        if not name.startswith("fp-"):
+            continue
+        side = name.split("-")[1]
+        accept = api_ms(r, r["accepted"])
+        callback = api_ms(ingest[name], _answered(ingest[name])) if name in ingest else None
+        for route, value in (("accept", accept), ("callback", callback)):
+            if value is not None:
+                table[side].setdefault(route, []).append(value)
+        lines.append(f"  {name:10} {_fmt(accept, 3):>8} / {_fmt(callback, 3):>8}")
+    for route in ("accept", "callback"):
+        on, off = table["on"].get(route), table["off"].get(route)
+        if on and off:
+            med_on, med_off = statistics.median(on), statistics.median(off)
+            lines.append(
+                f"  {route}: median on {med_on:.3f}, off {med_off:.3f} ms "
+                f"({len(on)}/{len(off)} runs): the fast path saves "
+                f"{(med_off - med_on) / med_off * 100:.1f} % of the API's CPU"
+            )
+    return "\n".join(lines)
 
 
 def _short(r: dict[str, Any]) -> dict[str, Any]:

@@ -150,6 +150,8 @@ class Settings:
     admin_token: str | None = None
     sandbox_url: str | None = None
     template_checks: bool = True
+    # api/fastpath.py in front of Flask for the two hot routes; HERALD_FAST_PATH=0: Flask alone.
+    fast_path: bool = True
     twilio_content_base: str | None = None
     media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
     # The estimate of services/reporting/usage.py.
@@ -218,6 +220,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         admin_token=admin_token,
         sandbox_url=sandbox_url,
         template_checks=_bool(env, "HERALD_TEMPLATE_CHECKS", True),
+        fast_path=_bool(env, "HERALD_FAST_PATH", True),
         twilio_content_base=_url(env, "TWILIO_CONTENT_BASE", "")
         if env.get("TWILIO_CONTENT_BASE")
         else None,

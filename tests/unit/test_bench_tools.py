@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
-from bench.compare import classify, descendants
+from bench.compare import classify, descendants, herald_runs, report_fast_path
 from bench.load import percentile
 from bench.profile_summary import summarize
 
@@ -64,3 +65,29 @@ def test_gunicorns_http_parser_is_gunicorn_not_the_http_client(tmp_path: Path) -
     text = summarize(raw)
     assert " 50.0%  gunicorn" in text
     assert " 50.0%  twilio client/requests" in text
+
+
+def test_fast_path_both_alternates_which_side_goes_first() -> None:
+    runs = herald_runs(Namespace(fast_path="both", rounds=3))
+    assert [name for name, _ in runs] == [
+        "fp-on-1", "fp-off-1", "fp-off-2", "fp-on-2", "fp-on-3", "fp-off-3"
+    ]  # fmt: skip
+    assert {name: env["HERALD_FAST_PATH"] for name, env in runs}["fp-off-2"] == "0"
+    assert herald_runs(Namespace(fast_path="on", rounds=3)) == [("herald", {})]
+    assert herald_runs(Namespace(fast_path="off", rounds=1)) == [
+        ("herald", {"HERALD_FAST_PATH": "0"})
+    ]
+
+
+def test_the_fast_path_report_compares_the_apis_cpu_per_message() -> None:
+    def run(api_s: float, count: int) -> dict:
+        return {"cpu": {"api": api_s, "worker": 9.0}, "accepted": count,
+                "load": {"statuses": {"204": count, "500": 3}}}  # fmt: skip
+
+    results = {"fp-on-1": run(1.0, 1000), "fp-off-1": run(1.25, 1000), "fp-on-2": run(3.0, 1000)}
+    ingest = {"fp-on-1": run(0.4, 2000), "fp-off-1": run(1.0, 2000)}
+    report = report_fast_path(results, ingest)
+    assert "accept: median on 2.000, off 1.250 ms (2/1 runs)" in report
+    assert "saves -60.0 %" in report  # the median of on is worse here
+    assert "callback: median on 0.200, off 0.500 ms (1/1 runs)" in report
+    assert "saves 60.0 %" in report
