@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from marshmallow import fields
 from sqlalchemy import Connection, Engine, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, selectinload
@@ -44,6 +45,7 @@ from core.errors import (
     RateLimited,
     database_unavailable,
 )
+from core.shapes import ErrorBodyView, Shape
 from models import Message, MessageEvent, Tenant, get_engine, new_id, utcnow
 from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
@@ -54,7 +56,7 @@ from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
 from services.messages.grouping import GroupRunner, Ticket
-from services.messages.serialize import message_to_dict, new_message_to_dict
+from services.messages.serialize import MessageView, message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
 from services.policy.contacts import get_contact
@@ -694,6 +696,36 @@ def batch_entries(payload: Any) -> list[Any]:
             status=413,
         )
     return entries
+
+
+class BatchErrorView(ErrorBodyView):
+    class Meta:
+        optional = ("fields", "retry_after")
+
+    retry_after = fields.Integer(metadata={"description": "over quota: seconds to wait"})
+
+
+class BatchEntryView(Shape):
+    """One entry of a batch's answer (`item_answer`): its message, or its error."""
+
+    class Meta:
+        optional = ("message", "error")
+
+    index = fields.Integer()
+    status = fields.Integer(
+        metadata={"description": "202 accepted, 200 replayed, else the error's"}
+    )
+    message = fields.Nested(MessageView)
+    error = fields.Nested(BatchErrorView)
+
+
+class BatchAnswerView(Shape):
+    """`POST /v1/messages/batch` (`accept_batch`)."""
+
+    data = fields.List(fields.Nested(BatchEntryView))
+    accepted = fields.Integer()
+    replayed = fields.Integer()
+    failed = fields.Integer()
 
 
 def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
+from core.shapes import Shape
 from models import ProviderAccount, Sender, Tenant
 from services.content.phones import normalize_e164
 from services.content.schemas import load_object
@@ -440,6 +441,23 @@ def _guess_kind(provider: str | None, address: str) -> str | None:
     return None
 
 
+class SenderView(Shape):
+    """A sender (`sender_to_dict`)."""
+
+    id = fields.String()
+    tenant_id = fields.String()
+    account_id = fields.String()
+    provider = fields.String()
+    kind = fields.String(metadata={"description": "number, messaging_service, phone_number_id"})
+    address = fields.String()
+    number = fields.String(allow_none=True)
+    channels = fields.List(fields.String())
+    mps = fields.Float(allow_none=True, metadata={"description": "messages per second"})
+    is_default = fields.Boolean()
+    label = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
 def sender_to_dict(sender: Sender) -> dict[str, Any]:
     return {
         "id": sender.id,
@@ -676,6 +694,7 @@ def set_default(session: Session, tenant_id: str, sender_id: str) -> Sender:
 __all__ = [
     "ChosenSender",
     "SenderSchema",
+    "SenderView",
     "add_sender",
     "apply_pool",
     "assign",
