@@ -5,7 +5,8 @@ rule added there is in the document. Response bodies come from the response sche
 beside the serializers that build them (core/shapes.py: tests hold each serializer to
 its schema), registered below under their component names. Each view's operation
 (summary, parameters, the statuses it answers) is the YAML section of its docstring,
-read by apispec's FlaskPlugin.
+read by apispec's FlaskPlugin, or, for views documented from their schemas alone
+(`answers`, the admin API), made from the decorator's arguments.
 What app-wide hooks answer is added here, once, rather than repeated in every docstring:
 a 400 for a NUL in the URL (api/inputs.py), a 413 for a body over the size limit, a 503
 (`unavailable`) where the view uses the database (api/errors.py), and the admin prefix's
@@ -14,8 +15,11 @@ a 400 for a NUL in the URL (api/inputs.py), a 413 for a body over the size limit
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Any
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -24,7 +28,7 @@ from flask import Flask
 from marshmallow import Schema, fields, validate
 
 from core.errors import RETRY_AFTER_SECONDS
-from core.shapes import ErrorBodyView, ErrorView, Shape, shape
+from core.shapes import ErrorBodyView, ErrorView, Shape, listing, shape
 from services.campaigns.campaigns import CampaignSchema, CampaignView
 from services.content.media import MediaView
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
@@ -264,6 +268,41 @@ REQUEST_SCHEMAS = {
     "SenderUpdate": SenderUpdateSchema,
 }
 
+# Where `answers` keeps a view's operation.
+OPERATION = "openapi_operation"
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def answers(
+    schema: type[Schema] | None,
+    status: int = 200,
+    *,
+    many: bool = False,
+    body: type[Schema] | dict[str, Any] | None = None,
+    errors: dict[int, str] | None = None,
+) -> Callable[[View], View]:
+    """Document a view from its schemas rather than a YAML docstring: the summary is the
+    docstring's first line; it answers `status` with `schema` (`{"data": [schema…]}`
+    with `many`; no body when None), reads `body`, and may answer `errors` (names of
+    RESPONSES by status) beyond those every view of its blueprint may (see
+    `_app_wide_answers`)."""
+
+    def document(view: View) -> View:
+        summary = (view.__doc__ or "").strip().split("\n", 1)[0].rstrip(".")
+        answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+        if schema is not None:
+            name = schema.__name__.removesuffix("View") + "List"
+            answered = listing(schema, name) if many else schema
+            answer["content"] = {"application/json": {"schema": answered}}
+        operation: dict[str, Any] = {"summary": summary, "responses": {status: answer}}
+        operation["responses"].update(errors or {})
+        if body is not None:
+            operation["requestBody"] = {"content": {"application/json": {"schema": body}}}
+        setattr(view, OPERATION, operation)
+        return view
+
+    return document
+
 
 def _media_urls(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
     """`media_url` is one URL or a list of them (services/content/schemas.py MediaUrls)."""
@@ -336,10 +375,19 @@ def build(app: Flask) -> dict[str, Any]:
         if rule.endpoint.startswith(UNDOCUMENTED):
             continue
         view = app.view_functions[rule.endpoint]
-        spec.path(view=view, app=app)
+        spec.path(view=view, app=app, operations=_declared(view, rule.methods or set()))
     document = spec.to_dict()
     _complete(app, document)
     return document
+
+
+def _declared(view: Callable[..., Any], methods: set[str]) -> dict[str, Any]:
+    """The operations `answers` made for the view, one per method of its rule (a
+    docstring's YAML, read after, would replace them)."""
+    operation = getattr(view, OPERATION, None)
+    if operation is None:
+        return {}
+    return {m.lower(): copy.deepcopy(operation) for m in methods - {"HEAD", "OPTIONS"}}
 
 
 def _complete(app: Flask, document: dict[str, Any]) -> None:
