@@ -475,6 +475,7 @@ def test_every_answer_is_declared_in_the_document(
 ) -> None:
     from twilio.request_validator import RequestValidator
 
+    from core.config import get_settings
     from sandbox.conversations import remember_inbound
 
     call = Recorder(client)
@@ -617,7 +618,7 @@ def test_every_answer_is_declared_in_the_document(
     call("get", "/v1/usage", 200, headers=auth)
 
     # Webhooks: a Twilio status applied (an event out), a Meta status
-    url = "http://herald.test/webhooks/twilio/status"
+    url = get_settings().public_url + "/webhooks/twilio/status"  # what Twilio signs
     form = {"MessageSid": ids["sms_sid"], "MessageStatus": "delivered", "AccountSid": TWILIO_SID}
     signature = RequestValidator(TWILIO_TOKEN).compute_signature(url, form)
     call(
