@@ -9,13 +9,22 @@ are write-only, and a new API key is shown once, in the answer that creates it.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, jsonify, request
 
 from api.auth import db, json_body
+from api.openapi import answers
 from core.config import get_settings
 from core.errors import InvalidRequest, NotFound, Unauthorized
 from services.tenancy.admin import (
+    AccountView,
+    ApiKeyView,
+    NewApiKeyView,
+    NewTenantView,
+    TenantSchema,
+    TenantView,
     account_to_dict,
     add_account,
     api_key_to_dict,
@@ -34,6 +43,9 @@ from services.tenancy.admin import (
     update_tenant,
 )
 from services.tenancy.sender_admin import (
+    SenderSchema,
+    SenderUpdateSchema,
+    SenderView,
     add_sender,
     list_senders,
     remove_sender,
@@ -42,6 +54,7 @@ from services.tenancy.sender_admin import (
 )
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
+T = TypeVar("T")
 
 
 @bp.before_request
@@ -55,337 +68,155 @@ def _require_admin() -> None:
         raise Unauthorized("Send 'Authorization: Bearer <admin token>'.")
 
 
+def _committed(change: Callable[..., T], *args: Any) -> T:
+    """`change(session, *args)` in the request's session, committed: what every view
+    that changes something does."""
+    session = db()
+    result = change(session, *args)
+    session.commit()
+    return result
+
+
+# Each view is documented from its schemas (api/openapi.py `answers`): the summary is
+# its docstring's first line; every admin operation may also answer 400, 401, 404 (the
+# API off, or an unknown id) and 503, added once for the whole prefix.
+_ACCOUNT_FIELDS = {
+    "type": "object",
+    "description": "the provider's id, secrets and settings (services/tenancy/tenants.py)",
+    "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+}
+_KEY_NAME = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 200}},
+    "additionalProperties": False,
+}
+
+
 @bp.get("/tenants")
+@answers(TenantView, many=True)
 def tenants_index():  # type: ignore[no-untyped-def]
-    """List tenants.
-    ---
-    get:
-      summary: List tenants
-      responses:
-        200: {description: "List tenants", content: {application/json: {schema: {type: object}}}}
-    """
+    """List tenants."""
     return jsonify({"data": [tenant_to_dict(t) for t in list_tenants(db())]})
 
 
 @bp.post("/tenants")
+@answers(NewTenantView, 201, body=TenantSchema)
 def tenants_create():  # type: ignore[no-untyped-def]
-    """Create a tenant (and accounts); answers its first API key and webhook secret.
-    ---
-    post:
-      summary: Create a tenant (and accounts); answers its first API key and webhook secret
-      requestBody:
-        content: {application/json: {schema: TenantSchema}}
-      responses:
-        201:
-          description: Create a tenant (and accounts); answers its first API key and webhook secret
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-    """
-    session = db()
-    created = create_tenant_with_key(session, load_tenant_request(json_body()))
-    session.commit()
-    return jsonify(created), 201
+    """Create a tenant (and accounts); answers its first API key and webhook secret."""
+    return jsonify(_committed(create_tenant_with_key, load_tenant_request(json_body()))), 201
 
 
 @bp.get("/tenants/<tenant_id>")
+@answers(TenantView)
 def tenants_show(tenant_id: str):  # type: ignore[no-untyped-def]
-    """A tenant.
-    ---
-    get:
-      summary: A tenant
-      responses:
-        200: {description: "A tenant", content: {application/json: {schema: {type: object}}}}
-        404: NotFound
-    """
+    """A tenant."""
     return jsonify(tenant_to_dict(get_tenant(db(), tenant_id)))
 
 
 @bp.patch("/tenants/<tenant_id>")
+@answers(TenantView, body=TenantSchema)
 def tenants_update(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Change name, limits or callback URL.
-    ---
-    patch:
-      summary: Change name, limits or callback URL
-      requestBody:
-        content: {application/json: {schema: TenantSchema}}
-      responses:
-        200:
-          description: Change name, limits or callback URL
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-    """
-    session = db()
-    tenant = update_tenant(session, tenant_id, load_tenant_request(json_body(), partial=True))
-    session.commit()
-    return jsonify(tenant_to_dict(tenant))
+    """Change name, limits or callback URL."""
+    data = load_tenant_request(json_body(), partial=True)
+    return jsonify(tenant_to_dict(_committed(update_tenant, tenant_id, data)))
 
 
 @bp.post("/tenants/<tenant_id>/disable")
+@answers(TenantView)
 def tenants_disable(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Refuse the tenant's keys.
-    ---
-    post:
-      summary: Refuse the tenant's keys
-      responses:
-        200:
-          description: Refuse the tenant's keys
-          content:
-            application/json:
-              schema: {type: object}
-        404: NotFound
-    """
-    session = db()
-    tenant = set_tenant_disabled(session, tenant_id, True)
-    session.commit()
-    return jsonify(tenant_to_dict(tenant))
+    """Refuse the tenant's keys."""
+    return jsonify(tenant_to_dict(_committed(set_tenant_disabled, tenant_id, True)))
 
 
 @bp.post("/tenants/<tenant_id>/enable")
+@answers(TenantView)
 def tenants_enable(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Accept the tenant's keys again.
-    ---
-    post:
-      summary: Accept the tenant's keys again
-      responses:
-        200:
-          description: Accept the tenant's keys again
-          content:
-            application/json:
-              schema: {type: object}
-        404: NotFound
-    """
-    session = db()
-    tenant = set_tenant_disabled(session, tenant_id, False)
-    session.commit()
-    return jsonify(tenant_to_dict(tenant))
+    """Accept the tenant's keys again."""
+    return jsonify(tenant_to_dict(_committed(set_tenant_disabled, tenant_id, False)))
 
 
 @bp.get("/tenants/<tenant_id>/accounts")
+@answers(AccountView, many=True)
 def accounts_index(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Provider accounts (no secrets).
-    ---
-    get:
-      summary: Provider accounts (no secrets)
-      responses:
-        200:
-          description: Provider accounts (no secrets)
-          content:
-            application/json:
-              schema: {type: object}
-        404: NotFound
-    """
+    """Provider accounts (no secrets)."""
     return jsonify({"data": [account_to_dict(a) for a in list_accounts(db(), tenant_id)]})
 
 
 @bp.post("/tenants/<tenant_id>/accounts")
+@answers(AccountView, 201, body=_ACCOUNT_FIELDS)
 def accounts_create(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Add a provider account (secrets are write-only).
-    ---
-    post:
-      summary: Add a provider account (secrets are write-only)
-      requestBody:
-        content: {application/json: {schema: {type: object}}}
-      responses:
-        201:
-          description: Add a provider account (secrets are write-only)
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-    """
-    session = db()
-    account = add_account(session, tenant_id, json_body())
-    session.commit()
-    return jsonify(account_to_dict(account)), 201
+    """Add a provider account (secrets are write-only)."""
+    return jsonify(account_to_dict(_committed(add_account, tenant_id, json_body()))), 201
 
 
 @bp.patch("/tenants/<tenant_id>/accounts/<account_id>")
+@answers(AccountView, body=_ACCOUNT_FIELDS)
 def accounts_update(tenant_id: str, account_id: str):  # type: ignore[no-untyped-def]
-    """Rotate secrets, change settings.
-    ---
-    patch:
-      summary: Rotate secrets, change settings
-      requestBody:
-        content: {application/json: {schema: {type: object}}}
-      responses:
-        200:
-          description: Rotate secrets, change settings
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-    """
-    session = db()
-    account = update_account(session, tenant_id, account_id, json_body())
-    session.commit()
+    """Rotate secrets, change settings."""
+    account = _committed(update_account, tenant_id, account_id, json_body())
     return jsonify(account_to_dict(account))
 
 
 @bp.delete("/tenants/<tenant_id>/accounts/<account_id>")
+@answers(None, 204, errors={409: "Conflict"})
 def accounts_delete(tenant_id: str, account_id: str):  # type: ignore[no-untyped-def]
-    """Remove an account.
-    ---
-    delete:
-      summary: Remove an account
-      responses:
-        204: {description: Remove an account}
-        404: NotFound
-        409: Conflict
-    """
-    session = db()
-    remove_account(session, tenant_id, account_id)
-    session.commit()
+    """Remove an account."""
+    _committed(remove_account, tenant_id, account_id)
     return "", 204
 
 
 @bp.get("/tenants/<tenant_id>/keys")
+@answers(ApiKeyView, many=True)
 def keys_index(tenant_id: str):  # type: ignore[no-untyped-def]
-    """API keys (prefixes only).
-    ---
-    get:
-      summary: API keys (prefixes only)
-      responses:
-        200:
-          description: API keys (prefixes only)
-          content:
-            application/json:
-              schema: {type: object}
-        404: NotFound
-    """
+    """API keys (prefixes only)."""
     return jsonify({"data": [api_key_to_dict(k) for k in list_api_keys(db(), tenant_id)]})
 
 
 @bp.post("/tenants/<tenant_id>/keys")
+@answers(NewApiKeyView, 201, body=_KEY_NAME)
 def keys_create(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Create a key (shown once).
-    ---
-    post:
-      summary: Create a key (shown once)
-      requestBody:
-        content:
-          application/json:
-            schema:
-              type: object
-              properties:
-                name: {type: string}
-              additionalProperties: false
-      responses:
-        201:
-          description: Create a key (shown once)
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-    """
-    session = db()
+    """Create a key (shown once)."""
     payload = json_body() if request.data else {}
     if not isinstance(payload, dict) or set(payload) - {"name"}:
         raise InvalidRequest("The body is an optional JSON object with a 'name'.")
-    created = create_tenant_key(session, tenant_id, payload.get("name"))
-    session.commit()
-    return jsonify(created), 201
+    return jsonify(_committed(create_tenant_key, tenant_id, payload.get("name"))), 201
 
 
 @bp.delete("/tenants/<tenant_id>/keys/<key_id>")
+@answers(ApiKeyView)
 def keys_revoke(tenant_id: str, key_id: str):  # type: ignore[no-untyped-def]
-    """Revoke a key.
-    ---
-    delete:
-      summary: Revoke a key
-      responses:
-        200: {description: "Revoke a key", content: {application/json: {schema: {type: object}}}}
-        404: NotFound
-    """
-    session = db()
-    row = revoke_tenant_key(session, tenant_id, key_id)
-    session.commit()
-    return jsonify(api_key_to_dict(row))
+    """Revoke a key."""
+    return jsonify(api_key_to_dict(_committed(revoke_tenant_key, tenant_id, key_id)))
 
 
 # ------------------------------------------------------ senders (services/tenancy/senders.py)
 
 
 @bp.get("/tenants/<tenant_id>/senders")
+@answers(SenderView, many=True)
 def senders_index(tenant_id: str):  # type: ignore[no-untyped-def]
-    """The tenant's senders: numbers, Messaging Services, Meta phone number ids.
-    ---
-    get:
-      summary: The tenant's senders
-      responses:
-        200:
-          description: The tenant's senders
-          content: {application/json: {schema: {type: object}}}
-        404: NotFound
-    """
+    """The tenant's senders: numbers, Messaging Services, Meta phone number ids."""
     return jsonify({"data": [sender_to_dict(s) for s in list_senders(db(), tenant_id)]})
 
 
 @bp.post("/tenants/<tenant_id>/senders")
+@answers(SenderView, 201, body=SenderSchema, errors={409: "Conflict"})
 def senders_create(tenant_id: str):  # type: ignore[no-untyped-def]
-    """Add a sender to one of the tenant's provider accounts.
-    ---
-    post:
-      summary: Add a sender to one of the tenant's provider accounts
-      requestBody:
-        content: {application/json: {schema: SenderSchema}}
-      responses:
-        201:
-          description: Add a sender
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-        409: Conflict
-    """
-    session = db()
-    sender = add_sender(session, tenant_id, json_body())
-    session.commit()
-    return jsonify(sender_to_dict(sender)), 201
+    """Add a sender to one of the tenant's provider accounts."""
+    return jsonify(sender_to_dict(_committed(add_sender, tenant_id, json_body()))), 201
 
 
 @bp.patch("/tenants/<tenant_id>/senders/<sender_id>")
+@answers(SenderView, body=SenderUpdateSchema)
 def senders_update(tenant_id: str, sender_id: str):  # type: ignore[no-untyped-def]
-    """Change a sender's channels, rate, label, or make it the default.
-    ---
-    patch:
-      summary: Change a sender's channels, rate, label, or make it the default
-      requestBody:
-        content: {application/json: {schema: SenderUpdateSchema}}
-      responses:
-        200:
-          description: The sender
-          content:
-            application/json:
-              schema: {type: object}
-        400: Invalid
-        404: NotFound
-    """
-    session = db()
-    sender = update_sender(session, tenant_id, sender_id, json_body())
-    session.commit()
+    """Change a sender's channels, rate, label, or make it the default."""
+    sender = _committed(update_sender, tenant_id, sender_id, json_body())
     return jsonify(sender_to_dict(sender))
 
 
 @bp.delete("/tenants/<tenant_id>/senders/<sender_id>")
+@answers(None, 204)
 def senders_delete(tenant_id: str, sender_id: str):  # type: ignore[no-untyped-def]
-    """Remove a sender (messages already accepted from it still go out from it).
-    ---
-    delete:
-      summary: Remove a sender
-      responses:
-        204: {description: Removed}
-        404: NotFound
-    """
-    session = db()
-    remove_sender(session, tenant_id, sender_id)
-    session.commit()
+    """Remove a sender (messages already accepted from it still go out from it)."""
+    _committed(remove_sender, tenant_id, sender_id)
     return "", 204

@@ -132,11 +132,11 @@ def twilio_message():  # type: ignore[no-untyped-def]
                 to: {type: string}
                 message: {type: string}
       responses:
-        200: {description: "{message: 'Message sent', id}"}
+        200: {description: Sent, content: {application/json: {schema: SeedSent}}}
         400: SeedError
         401: SeedError
         404: SeedError
-        405: {description: "{message: 'Wrong request method'}"}
+        405: {description: Not POST, content: {application/json: {schema: SeedMethod}}}
         409: SeedError
         413: TooLarge
         422: SeedError
@@ -188,7 +188,7 @@ def whatsapp_send():  # type: ignore[no-untyped-def]
                 messageBody: {type: string}
                 imageUrl: {type: string}
       responses:
-        200: {description: "{success: true, messageId, cost}"}
+        200: {description: Sent, content: {application/json: {schema: WhatsAppSent}}}
         400: SeedError
         401: SeedError
         413: TooLarge
@@ -221,7 +221,9 @@ def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
       summary: "Seed 002: a message's status, SID and cost"
       security: [{bearer: []}, {}]
       responses:
-        200: {description: "Status, SID and cost"}
+        200:
+          description: Status, SID and cost
+          content: {application/json: {schema: WhatsAppStatus}}
         400: SeedError
         401: SeedError
         404: SeedError
@@ -311,7 +313,7 @@ def meta_send_message():  # type: ignore[no-untyped-def]
                 text: {type: string}
                 previewUrl: {type: boolean}
       responses:
-        200: {description: "{type: '1', message, data}"}
+        200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
         400: Envelope
         401: Envelope
         413: TooLarge
@@ -366,7 +368,7 @@ def meta_send_template():  # type: ignore[no-untyped-def]
                 parameters: {type: array, items: {type: string}}
                 components: {type: array, items: {type: object}}
       responses:
-        200: {description: "{type: '1', message, data}"}
+        200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
         400: Envelope
         401: Envelope
         413: TooLarge

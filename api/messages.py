@@ -44,6 +44,15 @@ def create():  # type: ignore[no-untyped-def]
         409: Conflict
         422: Refused
         429: RateLimited
+      callbacks:
+        messageStatus:
+          '{$request.body#/callback_url}':
+            post:
+              summary: A status change, POSTed to the message's callback URL (else the tenant's)
+              requestBody:
+                content: {application/json: {schema: MessageStatusEvent}}
+              responses:
+                2XX: {description: Received; any other answer is retried}
     """
     key = request.headers.get("Idempotency-Key") or None
     item = accept_payload(db(), current_tenant(), json_body(), key)
@@ -97,24 +106,7 @@ def create_batch():  # type: ignore[no-untyped-def]
       responses:
         200:
           description: One result per entry
-          content:
-            application/json:
-              schema:
-                type: object
-                properties:
-                  accepted: {type: integer}
-                  replayed: {type: integer}
-                  failed: {type: integer}
-                  data:
-                    type: array
-                    items:
-                      type: object
-                      required: [index, status]
-                      properties:
-                        index: {type: integer}
-                        status: {type: integer}
-                        message: {$ref: '#/components/schemas/Message'}
-                        error: {type: object}
+          content: {application/json: {schema: MessageBatch}}
         401: Unauthorized
         413: TooLarge
     """

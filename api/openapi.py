@@ -1,30 +1,42 @@
 """The OpenAPI document at /openapi.json, generated from the code at app start.
 
 Request bodies come from the marshmallow schemas the views load with (services/), so a
-rule added there is in the document; each view's operation (summary, parameters, the
-statuses it answers) is the YAML section of its docstring, read by apispec's FlaskPlugin.
+rule added there is in the document. Response bodies come from the response schemas
+beside the serializers that build them (core/shapes.py: tests hold each serializer to
+its schema), registered below under their component names. Each view's operation
+(summary, parameters, the statuses it answers) is the YAML section of its docstring,
+read by apispec's FlaskPlugin, or, for views documented from their schemas alone
+(`answers`, the admin API), made from the decorator's arguments.
 What app-wide hooks answer is added here, once, rather than repeated in every docstring:
 a 400 for a NUL in the URL (api/inputs.py), a 413 for a body over the size limit, a 503
 (`unavailable`) where the view uses the database (api/errors.py), and the admin prefix's
-401/404 (api/admin.py). Only response bodies are described by hand (they are built by
-dict serializers, not schemas).
+401/404 (api/admin.py).
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Any
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec_webframeworks.flask import FlaskPlugin
 from flask import Flask
-from marshmallow import fields
+from marshmallow import Schema, fields, validate
 
 from core.errors import RETRY_AFTER_SECONDS
-from services.campaigns.campaigns import CampaignSchema
+from core.shapes import ErrorBodyView, ErrorView, Shape, listing, shape
+from services.campaigns.campaigns import CampaignSchema, CampaignView
+from services.content.media import MediaView
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
-from services.policy.contacts import ContactSchema
+from services.messages.batch import BatchAnswerView
+from services.messages.serialize import MessagePageView, MessageView
+from services.policy.contacts import ContactSchema, ContactView
+from services.reporting.events import MessageStatusEventView
+from services.reporting.usage import UsageView
 from services.tenancy.admin import TenantSchema
 from services.tenancy.sender_admin import SenderSchema, SenderUpdateSchema
 
@@ -43,7 +55,6 @@ WITHOUT_DATABASE = {
 # Operations are grouped by blueprint in /docs.
 TAGS = {"legacy": "seed routes", "ops": "operations"}
 
-_error = {"$ref": "#/components/schemas/Error"}
 _retry_after = {
     "Retry-After": {
         "description": f"Seconds to wait before retrying (Herald answers {RETRY_AFTER_SECONDS})",
@@ -52,21 +63,150 @@ _retry_after = {
 }
 
 
-def _answer(description: str, schema: dict[str, Any] | None = _error, **extra: Any) -> dict:
+def _answer(description: str, schema: str = "Error", **extra: Any) -> dict:
     body: dict[str, Any] = {"description": description, **extra}
-    if schema is not None:
-        body["content"] = {"application/json": {"schema": schema}}
+    body["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
     return body
 
 
-_seed = {"type": "object", "properties": {"error": {"type": "string"}}}
-_envelope = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": ["3"]},
-        "message": {"type": "string"},
-        "data": {"nullable": True},
-    },
+# ---------------------------------------------------------------- shapes built in api/
+
+
+class SeedErrorView(Shape):
+    """The seeds' error shape (api/legacy.py)."""
+
+    error = fields.String()
+
+
+class EnvelopeErrorView(Shape):
+    """Seed 003's error envelope (api/legacy.py `_envelope_error`)."""
+
+    type = fields.String(validate=validate.OneOf(["3"]))
+    message = fields.String()
+    data = fields.Raw(allow_none=True, metadata={"description": "null"})
+
+
+class SeedSentView(Shape):
+    """Seed 000's answer to a send (api/legacy.py `twilio_message`)."""
+
+    message = fields.String(validate=validate.OneOf(["Message sent"]))
+    id = fields.String()
+
+
+class SeedMethodView(Shape):
+    """Seed 000's answer to a method other than POST."""
+
+    message = fields.String(validate=validate.OneOf(["Wrong request method"]))
+
+
+class WhatsAppSentView(Shape):
+    """Seed 002's answer to a send (api/legacy.py `whatsapp_send`)."""
+
+    success = fields.Boolean()
+    messageId = fields.String()
+    cost = fields.Float()
+
+
+class WhatsAppStatusView(Shape):
+    """Seed 002's status (api/legacy.py `whatsapp_status`)."""
+
+    success = fields.Boolean()
+    messageId = fields.String()
+    status = fields.String()
+    twilioMessageSid = fields.String(allow_none=True)
+    toPhoneNumber = fields.String()
+    cost = fields.Float()
+    errorMessage = fields.String(allow_none=True)
+    attemptCount = fields.Integer()
+    createdAt = fields.DateTime()
+    sentAt = fields.DateTime(allow_none=True)
+    deliveredAt = fields.DateTime(allow_none=True)
+
+
+class EnvelopeSentView(Shape):
+    """Seed 003's answer to a send, in Meta's shape (api/legacy.py `_envelope_ok`)."""
+
+    type = fields.String(validate=validate.OneOf(["1"]))
+    message = fields.String()
+    data = fields.Nested(
+        shape(
+            "EnvelopeData",
+            {
+                "messaging_product": fields.String(),
+                "contacts": fields.List(
+                    fields.Nested(
+                        shape(
+                            "EnvelopeContact", {"input": fields.String(), "wa_id": fields.String()}
+                        )
+                    )
+                ),
+                "messages": fields.List(
+                    fields.Nested(
+                        shape(
+                            "EnvelopeMessage",
+                            {"id": fields.String(), "message_status": fields.String()},
+                        )
+                    )
+                ),
+            },
+        )
+    )
+
+
+class HealthView(Shape):
+    """api/ops.py `healthz`."""
+
+    ok = fields.Boolean()
+
+
+class ReadinessView(Shape):
+    """api/ops.py `readyz`: `down` and `error` only when not ready."""
+
+    class Meta:
+        optional = ("down", "error")
+
+    ready = fields.Boolean()
+    checks = fields.Nested(
+        shape(
+            "ReadinessChecks",
+            {
+                "database": fields.Boolean(),
+                "redis": fields.Boolean(allow_none=True, metadata={"description": "null: none"}),
+            },
+        )
+    )
+    down = fields.List(fields.String())
+    error = fields.Nested(ErrorBodyView)
+
+
+class MetaReceivedView(Shape):
+    """api/webhooks.py `meta_events`: how many items had each outcome."""
+
+    received = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+
+# Response bodies by component name, as the docstrings name them. A schema is listed
+# before those that nest it, so they refer to it by this name.
+RESPONSE_SCHEMAS: dict[str, type[Schema]] = {
+    "Error": ErrorView,
+    "Message": MessageView,
+    "MessagePage": MessagePageView,
+    "MessageBatch": BatchAnswerView,
+    "MessageStatusEvent": MessageStatusEventView,
+    "ContactView": ContactView,
+    "Campaign": CampaignView,
+    "MediaView": MediaView,
+    "Usage": UsageView,
+    "SeedError": SeedErrorView,
+    "SeedEnvelopeError": EnvelopeErrorView,
+    "SeedSent": SeedSentView,
+    "SeedMethod": SeedMethodView,
+    "WhatsAppSent": WhatsAppSentView,
+    "WhatsAppStatus": WhatsAppStatusView,
+    "SeedEnvelopeSent": EnvelopeSentView,
+    "Health": HealthView,
+    "Readiness": ReadinessView,
+    "MetaReceived": MetaReceivedView,
 }
 
 # Referenced from the docstrings by name, e.g. `401: Unauthorized`.
@@ -83,128 +223,18 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "The database is unreachable (`unavailable`); nothing was done", headers=_retry_after
     ),
     "AdminOff": _answer("The admin API is off (HERALD_ADMIN_TOKEN unset), or an unknown id"),
-    "SeedError": _answer("The seed's error shape: `{error}`", _seed),
+    "SeedError": _answer("The seed's error shape: `{error}`", "SeedError"),
     "SeedUnavailable": _answer(
-        "The database is unreachable, in the seed's shape", _seed, headers=_retry_after
+        "The database is unreachable, in the seed's shape", "SeedError", headers=_retry_after
     ),
-    "Envelope": _answer("The seed's error envelope: `{type: '3', message, data: null}`", _envelope),
+    "Envelope": _answer(
+        "The seed's error envelope: `{type: '3', message, data: null}`", "SeedEnvelopeError"
+    ),
     "EnvelopeUnavailable": _answer(
-        "The database is unreachable, in the seed's envelope", _envelope, headers=_retry_after
+        "The database is unreachable, in the seed's envelope",
+        "SeedEnvelopeError",
+        headers=_retry_after,
     ),
-}
-
-# Response bodies (the views build them with dict serializers).
-RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "fields": {"type": "object", "description": "per field, what is wrong"},
-                },
-            }
-        },
-    },
-    "Message": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string"},
-            "channel": {"type": "string"},
-            "provider": {"type": "string"},
-            "to": {"type": "string"},
-            "from": {"type": "string", "nullable": True},
-            "sender_id": {"type": "string", "nullable": True},  # senders
-            "provider_message_id": {"type": "string", "nullable": True},
-            "error": {"type": "object", "nullable": True},
-            "attempts": {"type": "integer"},
-            "campaign_id": {"type": "string", "nullable": True},
-            "metadata": {"type": "object"},
-            "created_at": {"type": "string"},
-            "updated_at": {"type": "string"},
-            "events": {"type": "array", "items": {"type": "object"}},
-            "media": {
-                "type": "array",
-                "nullable": True,
-                "description": "inbound media: Herald's URL and the content type of each",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "url": {"type": "string"},
-                        "content_type": {"type": "string", "nullable": True},
-                    },
-                },
-            },
-        },
-    },
-    "MediaView": {
-        "type": "object",
-        "properties": {
-            name: {"type": "string", "nullable": name == "filename"}
-            for name in (
-                "id",
-                "provider",
-                "provider_media_id",
-                "type",
-                "mime_type",
-                "filename",
-                "sha256",
-                "created_at",
-                "expires_at",
-            )
-        }
-        | {"size": {"type": "integer"}},
-    },
-    "MessagePage": {
-        "type": "object",
-        "properties": {
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
-            "next_cursor": {"type": "string", "nullable": True},
-        },
-    },
-    "ContactView": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "phone": {"type": "string"},
-            "name": {"type": "string", "nullable": True},
-            "opted_out": {"type": "boolean"},
-            "window_open": {"type": "boolean"},
-            "last_inbound_at": {"type": "string", "nullable": True},
-        },
-    },
-    "Campaign": {
-        "type": "object",
-        "properties": {
-            "id": {"type": "string"},
-            "status": {"type": "string"},
-            "total": {"type": "integer"},
-            "counts": {"type": "object"},
-            "progress": {"type": "number"},
-            "invalid": {"type": "integer"},
-            "invalid_rows": {"type": "array", "items": {"type": "object"}},
-            "duplicates": {"type": "integer"},
-        },
-    },
-    "Usage": {
-        "type": "object",
-        "properties": {
-            "from": {"type": "string"},
-            "to": {"type": "string"},
-            "group_by": {"type": "array", "items": {"type": "string"}},
-            "data": {
-                "type": "array",
-                "items": {"type": "object", "description": "the group's keys, counts and cost"},
-            },
-            "totals": {"type": "object"},
-            "estimated": {"type": "boolean"},
-        },
-    },
 }
 
 # Twilio's form, as both Twilio webhooks receive it.
@@ -238,6 +268,41 @@ REQUEST_SCHEMAS = {
     "SenderUpdate": SenderUpdateSchema,
 }
 
+# Where `answers` keeps a view's operation.
+OPERATION = "openapi_operation"
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def answers(
+    schema: type[Schema] | None,
+    status: int = 200,
+    *,
+    many: bool = False,
+    body: type[Schema] | dict[str, Any] | None = None,
+    errors: dict[int, str] | None = None,
+) -> Callable[[View], View]:
+    """Document a view from its schemas rather than a YAML docstring: the summary is the
+    docstring's first line; it answers `status` with `schema` (`{"data": [schema…]}`
+    with `many`; no body when None), reads `body`, and may answer `errors` (names of
+    RESPONSES by status) beyond those every view of its blueprint may (see
+    `_app_wide_answers`)."""
+
+    def document(view: View) -> View:
+        summary = (view.__doc__ or "").strip().split("\n", 1)[0].rstrip(".")
+        answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+        if schema is not None:
+            name = schema.__name__.removesuffix("View") + "List"
+            answered = listing(schema, name) if many else schema
+            answer["content"] = {"application/json": {"schema": answered}}
+        operation: dict[str, Any] = {"summary": summary, "responses": {status: answer}}
+        operation["responses"].update(errors or {})
+        if body is not None:
+            operation["requestBody"] = {"content": {"application/json": {"schema": body}}}
+        setattr(view, OPERATION, operation)
+        return view
+
+    return document
+
 
 def _media_urls(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
     """`media_url` is one URL or a list of them (services/content/schemas.py MediaUrls)."""
@@ -246,6 +311,16 @@ def _media_urls(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
     url = {"type": "string", "format": "uri"}
     many = {"type": "array", "items": url, "minItems": 1, "maxItems": MAX_MEDIA}
     return {"oneOf": [url, many]}
+
+
+def _null_only(self: Any, field: fields.Field, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """A nullable nested schema is `anyOf: [$ref, {type: object, nullable: true}]` in
+    apispec's OpenAPI 3.0; that second branch would take any object, so it is narrowed
+    to null alone (`enum: [null]`, the 3.0 way) and only the $ref describes the object."""
+    for branch in ret.get("anyOf", ()):
+        if branch == {"type": "object", "nullable": True}:
+            branch["enum"] = [None]
+    return {}
 
 
 def _path_parameters(rule_arguments: set[str], operation: dict[str, Any]) -> None:
@@ -285,12 +360,13 @@ def build(app: Flask) -> dict[str, Any]:
         security=[{"bearer": []}],
     )
     marshmallow.converter.add_attribute_function(_media_urls)
+    marshmallow.converter.add_attribute_function(_null_only)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer"})
-    for name, schema in {**RESPONSE_SCHEMAS, **FORM_SCHEMAS}.items():
-        spec.components.schema(name, schema)
-    for name, schema in REQUEST_SCHEMAS.items():
+    for name, form in FORM_SCHEMAS.items():
+        spec.components.schema(name, form)
+    for name, schema in {**RESPONSE_SCHEMAS, **REQUEST_SCHEMAS}.items():
         spec.components.schema(name, schema=schema)
     for name, response in RESPONSES.items():
         spec.components.response(name, response)
@@ -299,10 +375,19 @@ def build(app: Flask) -> dict[str, Any]:
         if rule.endpoint.startswith(UNDOCUMENTED):
             continue
         view = app.view_functions[rule.endpoint]
-        spec.path(view=view, app=app)
+        spec.path(view=view, app=app, operations=_declared(view, rule.methods or set()))
     document = spec.to_dict()
     _complete(app, document)
     return document
+
+
+def _declared(view: Callable[..., Any], methods: set[str]) -> dict[str, Any]:
+    """The operations `answers` made for the view, one per method of its rule (a
+    docstring's YAML, read after, would replace them)."""
+    operation = getattr(view, OPERATION, None)
+    if operation is None:
+        return {}
+    return {m.lower(): copy.deepcopy(operation) for m in methods - {"HEAD", "OPTIONS"}}
 
 
 def _complete(app: Flask, document: dict[str, Any]) -> None:

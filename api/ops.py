@@ -25,7 +25,7 @@ def healthz():  # type: ignore[no-untyped-def]
       summary: Liveness
       security: []
       responses:
-        200: {description: Alive}
+        200: {description: Alive, content: {application/json: {schema: Health}}}
     """
     return jsonify({"ok": True})
 
@@ -39,12 +39,13 @@ def readyz():  # type: ignore[no-untyped-def]
       summary: Readiness (database and broker)
       security: []
       responses:
-        200: {description: Ready}
+        200: {description: Ready, content: {application/json: {schema: Readiness}}}
         503:
           description: 'Not ready: `down` names what is unreachable'
           headers:
             Retry-After:
               schema: {type: integer}
+          content: {application/json: {schema: Readiness}}
     """
     checks = {"database": False, "redis": None}
     try:
@@ -116,7 +117,7 @@ def openapi():  # type: ignore[no-untyped-def]
           description: The OpenAPI document
           content:
             application/json:
-              schema: {type: object}
+              schema: {type: object, additionalProperties: true}
     """
     return jsonify(current_app.extensions["herald.openapi"])
 

@@ -150,7 +150,9 @@ def meta_events():  # type: ignore[no-untyped-def]
                 object: {type: string}
                 entry: {type: array, items: {type: object}}
       responses:
-        200: {description: "Recorded: counts per outcome"}
+        200:
+          description: "Recorded: counts per outcome"
+          content: {application/json: {schema: MetaReceived}}
         400:
           description: Signed, but not a JSON object
           content:

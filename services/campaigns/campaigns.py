@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, PolicyRefused
 from core.ids import iso
+from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
@@ -60,6 +61,7 @@ BATCH_SIZE = 50
 CHUNK = 1000
 MAX_INVALID_ROWS_KEPT = 1000
 FINAL = ("sent", "delivered", "read", "failed", "undelivered", "canceled")
+COUNTED = ("scheduled", "queued", "sending", *FINAL)  # a campaign's `counts`, with skipped
 
 
 class CampaignSchema(Schema):
@@ -455,6 +457,34 @@ def _cancel_unsent(session: Session, campaign: Campaign) -> None:
             record_status_event(session, message_id)
 
 
+class InvalidRowView(Shape):
+    row = fields.Integer(metadata={"description": "its line in the list or the CSV, from 1"})
+    error = fields.String()
+
+
+class CampaignView(Shape):
+    """A campaign and its progress (`campaign_to_dict`)."""
+
+    id = fields.String()
+    name = fields.String()
+    status = fields.String()
+    channel = fields.String()
+    provider = fields.String()
+    rate = fields.Float(metadata={"description": "messages per second"})
+    send_at = fields.DateTime(allow_none=True)
+    total = fields.Integer()
+    counts = fields.Nested(
+        shape("CampaignCounts", {name: fields.Integer() for name in (*COUNTED, "skipped")}),
+        metadata={"description": "messages per status; skipped: never made a message"},
+    )
+    progress = fields.Float(metadata={"description": "the share in a final status, 0 to 1"})
+    invalid = fields.Integer()
+    invalid_rows = fields.List(fields.Nested(InvalidRowView), metadata={"description": "100 first"})
+    duplicates = fields.Integer()
+    quiet_hours = fields.Nested(quiet_hours.QuietHoursView, allow_none=True)
+    created_at = fields.DateTime()
+
+
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
     by_status = dict(
         session.execute(
@@ -463,7 +493,7 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
             .group_by(Message.status)
         ).all()
     )
-    counts = {s: by_status.get(s, 0) for s in ("scheduled", "queued", "sending", *FINAL)}
+    counts = {s: by_status.get(s, 0) for s in COUNTED}
     counts["skipped"] = campaign.skipped
     done = sum(by_status.get(s, 0) for s in FINAL)
     return {

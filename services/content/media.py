@@ -27,11 +27,13 @@ from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+from marshmallow import fields
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import HeraldError, InvalidRequest, NotFound, PolicyRefused
+from core.shapes import Shape
 from models import Media, Message, ProviderAccount, Tenant, utcnow
 from providers.base import AccountCredentials
 from services.tenancy.owned import get_owned
@@ -324,6 +326,21 @@ def _get(
 
 
 # ---------------------------------------------------------------- upload
+
+
+class MediaView(Shape):
+    """An upload (`media_to_dict`), sent many times as `media_id`."""
+
+    id = fields.String()
+    provider = fields.String()
+    provider_media_id = fields.String()
+    type = fields.String(metadata={"description": "what Meta sends it as: image, document…"})
+    mime_type = fields.String()
+    size = fields.Integer(metadata={"description": "bytes"})
+    filename = fields.String(allow_none=True)
+    sha256 = fields.String()
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime(metadata={"description": "Meta keeps uploads 30 days"})
 
 
 def media_to_dict(media: Media) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from core.cache import ReadCache
 from core.config import get_settings
 from core.errors import InvalidRequest
 from core.ids import iso
+from core.shapes import Shape
 from models import ProviderAccount, Template, utcnow
 from services.tenancy.tenants import credentials
 
@@ -481,8 +482,8 @@ class TemplateQuerySchema(Schema):
     cursor = fields.String(validate=validate.Length(min=1, max=32))
 
 
-class TemplateViewSchema(Schema):
-    """One template as `GET /v1/templates` shows it."""
+class TemplateViewSchema(Shape):
+    """One template as `GET /v1/templates` shows it (`template_to_dict`)."""
 
     id = fields.String()
     provider = fields.String()
@@ -493,23 +494,30 @@ class TemplateViewSchema(Schema):
     provider_status = fields.String(allow_none=True)
     status_reason = fields.String(allow_none=True)
     category = fields.String(allow_none=True)
-    variables = fields.Dict()
+    variables = fields.Dict(
+        metadata={"description": "what a send fills: format, count, per component"}
+    )
     variable_count = fields.Integer()
-    components = fields.Raw(allow_none=True)
+    components = fields.Raw(allow_none=True, metadata={"description": "the provider's own"})
     content_sid = fields.String(allow_none=True)
     provider_template_id = fields.String(allow_none=True)
     deleted = fields.Boolean()
-    status_at = fields.String(allow_none=True)
-    synced_at = fields.String(allow_none=True)
-    updated_at = fields.String()
+    status_at = fields.DateTime(allow_none=True)
+    synced_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime()
 
 
-class TemplatePageSchema(Schema):
+class TemplatePageSchema(Shape):
     data = fields.List(fields.Nested(TemplateViewSchema))
     next_cursor = fields.String(allow_none=True)
 
 
-class SyncResultSchema(Schema):
+class SyncResultSchema(Shape):
+    """One account's sync (`sync_account`): its counts, or the provider's `error`."""
+
+    class Meta:
+        optional = ("error", "fetched", "created", "updated", "unchanged", "deleted")
+
     account_id = fields.String()
     provider = fields.String()
     ok = fields.Boolean()
@@ -521,7 +529,7 @@ class SyncResultSchema(Schema):
     deleted = fields.Integer()
 
 
-class SyncAnswerSchema(Schema):
+class SyncAnswerSchema(Shape):
     accounts = fields.List(fields.Nested(SyncResultSchema))
 
 

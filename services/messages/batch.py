@@ -6,15 +6,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from marshmallow import fields
 from sqlalchemy.orm import Session
 
 from core.errors import (
     HeraldError,
     InvalidRequest,
 )
+from core.shapes import ErrorBodyView, Shape
 from models import Tenant
 from services.messages.accept import Item, prepare, request_hash
 from services.messages.group_commit import committer
+from services.messages.serialize import MessageView
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,36 @@ def batch_entries(payload: Any) -> list[Any]:
             status=413,
         )
     return entries
+
+
+class BatchErrorView(ErrorBodyView):
+    class Meta:
+        optional = ("fields", "retry_after")
+
+    retry_after = fields.Integer(metadata={"description": "over quota: seconds to wait"})
+
+
+class BatchEntryView(Shape):
+    """One entry of a batch's answer (`item_answer`): its message, or its error."""
+
+    class Meta:
+        optional = ("message", "error")
+
+    index = fields.Integer()
+    status = fields.Integer(
+        metadata={"description": "202 accepted, 200 replayed, else the error's"}
+    )
+    message = fields.Nested(MessageView)
+    error = fields.Nested(BatchErrorView)
+
+
+class BatchAnswerView(Shape):
+    """`POST /v1/messages/batch` (`accept_batch`)."""
+
+    data = fields.List(fields.Nested(BatchEntryView))
+    accepted = fields.Integer()
+    replayed = fields.Integer()
+    failed = fields.Integer()
 
 
 def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:

@@ -1,12 +1,165 @@
-"""The public JSON shapes of Herald's rows."""
+"""The public JSON shapes of Herald's rows: each serializer, and beside it the response
+schema that documents it (core/shapes.py says how the two are held together)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import fields
+
 from core.ids import iso
+from core.shapes import Shape, listing
 from models import Message, MessageEvent
 from services.content.conversations import options_fields, public_fields
+from services.content.schemas import TemplateSchema
+
+
+class EventView(Shape):
+    """One step of a message's timeline (`event_to_dict`)."""
+
+    class Meta:
+        optional = ("error_code",)
+
+    status = fields.String()
+    native_status = fields.String(allow_none=True, metadata={"description": "the provider's"})
+    at = fields.DateTime()
+    source = fields.String(metadata={"description": "api, worker, twilio, meta…"})
+    applied = fields.Boolean(metadata={"description": "false: arrived late, status unchanged"})
+    error_code = fields.String()
+
+
+class MessageErrorView(Shape):
+    """Why a message failed."""
+
+    code = fields.String()
+    message = fields.String(allow_none=True)
+    provider_code = fields.String(allow_none=True)
+
+
+class MediaLinkView(Shape):
+    """An inbound message's media as Herald serves it (services/content/media.py
+    `media_links`; declared here, since that module imports this one)."""
+
+    url = fields.String()
+    content_type = fields.String(allow_none=True)
+
+
+# The conversation fields (services/content/conversations.py `options_fields`), each
+# only on a message that has it: as the request gave it (outbound) or Meta sent it.
+class ContextView(Shape):
+    """The message an inbound one answers or forwards, as Meta sent it."""
+
+    class Meta:
+        optional = ("id", "from_", "forwarded", "frequently_forwarded")
+
+    id = fields.String(metadata={"description": "its wamid"})
+    from_ = fields.String(data_key="from")
+    forwarded = fields.Boolean()
+    frequently_forwarded = fields.Boolean()
+
+
+class ReactionView(Shape):
+    class Meta:
+        optional = ("target",)
+
+    message_id = fields.String(
+        allow_none=True, metadata={"description": "what it reacts to: a Herald id or a wamid"}
+    )
+    emoji = fields.String(metadata={"description": '"" removes the reaction'})
+    target = fields.String(metadata={"description": "inbound: the Herald id reacted to"})
+
+
+class LocationView(Shape):
+    class Meta:
+        optional = ("name", "address", "url")
+
+    latitude = fields.Float()
+    longitude = fields.Float()
+    name = fields.String()
+    address = fields.String()
+    url = fields.String()
+
+
+class StickerView(Shape):
+    """Outbound: `link` or `id`; inbound: Meta's `id`, `mime_type`, `sha256`, `animated`."""
+
+    class Meta:
+        optional = ("link", "id", "mime_type", "sha256", "animated")
+
+    link = fields.String()
+    id = fields.String()
+    mime_type = fields.String()
+    sha256 = fields.String()
+    animated = fields.Boolean()
+
+
+_DATE = {"description": "ISO 8601, UTC"}
+
+
+class MessageView(Shape):
+    """A message (`message_to_dict`, `new_message_to_dict`): what `/v1/messages` answers
+    and what events out carry (services/reporting/events.py)."""
+
+    class Meta:
+        optional = (
+            "reply_to",
+            "context",
+            "reaction",
+            "location",
+            "contacts",
+            "sticker",
+            "filename",
+            "events",
+        )
+
+    id = fields.String()
+    status = fields.String()
+    direction = fields.String(metadata={"description": "outbound, or inbound (received)"})
+    channel = fields.String()
+    provider = fields.String()
+    to = fields.String()
+    from_ = fields.String(data_key="from", allow_none=True)
+    sender_id = fields.String(allow_none=True)
+    contact_id = fields.String(allow_none=True)
+    body = fields.String(allow_none=True)
+    media_url = fields.List(fields.String(), allow_none=True)
+    template = fields.Nested(TemplateSchema, allow_none=True)
+    provider_message_id = fields.String(allow_none=True)
+    error = fields.Nested(MessageErrorView, allow_none=True)
+    attempts = fields.Integer()
+    campaign_id = fields.String(allow_none=True)
+    metadata = fields.Dict(metadata={"description": "the request's own, as given"})
+    callback_url = fields.String(allow_none=True)
+    send_at = fields.DateTime(allow_none=True, metadata=_DATE)
+    price = fields.String(allow_none=True, metadata={"description": "a decimal, as text"})
+    price_unit = fields.String(allow_none=True)
+    pricing_category = fields.String(allow_none=True)
+    billable = fields.Boolean(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True, metadata=_DATE)
+    created_at = fields.DateTime(metadata=_DATE)
+    updated_at = fields.DateTime(metadata=_DATE)
+    sent_at = fields.DateTime(allow_none=True, metadata=_DATE)
+    delivered_at = fields.DateTime(allow_none=True, metadata=_DATE)
+    read_at = fields.DateTime(allow_none=True, metadata=_DATE)
+    media = fields.List(
+        fields.Nested(MediaLinkView),
+        allow_none=True,
+        metadata={"description": "inbound media: Herald's URL and the content type of each"},
+    )
+    reply_to = fields.String(metadata={"description": "the Herald id (else wamid) it answers"})
+    context = fields.Nested(ContextView)
+    reaction = fields.Nested(ReactionView)
+    location = fields.Nested(LocationView)
+    contacts = fields.List(fields.Dict(), metadata={"description": "Meta's contact cards"})
+    sticker = fields.Nested(StickerView)
+    filename = fields.String()
+    events = fields.List(
+        fields.Nested(EventView),
+        metadata={"description": "the timeline: in the answers about one message only"},
+    )
+
+
+MessagePageView = listing(MessageView, "MessagePage", page=True)
 
 
 def event_to_dict(event: MessageEvent) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
+from core.shapes import Shape
 from models import Contact, Message, utcnow
 from services.content.phones import PHONE_FIELD, parse_e164
 from services.content.schemas import load_object
@@ -37,6 +38,21 @@ def _load(payload: Any, *, partial: bool) -> dict[str, Any]:
                 "Not a valid phone number.", code="invalid_fields", fields={"phone": [str(exc)]}
             ) from None
     return data
+
+
+class ContactView(Shape):
+    """A contact as `/v1/contacts` answers it (`contact_to_dict`)."""
+
+    id = fields.String(metadata={"description": "the tenant's own id, else Herald's"})
+    herald_id = fields.String()
+    phone = fields.String()
+    name = fields.String(allow_none=True)
+    opted_out = fields.Boolean()
+    opted_out_at = fields.DateTime(allow_none=True)
+    last_inbound_at = fields.DateTime(allow_none=True)
+    window_open = fields.Boolean(metadata={"description": "WhatsApp's 24-hour window"})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
 
 
 def contact_to_dict(contact: Contact) -> dict[str, Any]:

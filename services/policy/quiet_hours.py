@@ -37,6 +37,7 @@ from phonenumbers import timezone as phone_timezones
 from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
+from core.shapes import Shape
 from models import Campaign, Message, utcnow
 
 _HHMM = validate.Regexp(r"^([01]\d|2[0-3]):[0-5]\d$", error="A time of day as HH:MM (00:00-23:59).")
@@ -185,6 +186,15 @@ def release_filter(campaign: Campaign, now: datetime) -> list[Any]:
         return []
     keys = open_zones(campaign, now)
     return [Message.recipient_zones.in_(keys)] if keys else [false()]
+
+
+class QuietHoursView(Shape):
+    """A campaign's quiet hours as the API shows them (`view`)."""
+
+    start = fields.String()
+    end = fields.String()
+    default_timezone = fields.String()
+    parked = fields.Integer(metadata={"description": "rows waiting for their local window"})
 
 
 def view(

@@ -24,13 +24,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from marshmallow import fields, validate
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.shapes import Shape
 from models import EventDelivery, Message, Tenant, session_scope, utcnow
 from services.messages.dispatch import enqueue_after_commit
-from services.messages.serialize import message_to_dict
+from services.messages.serialize import MessageView, message_to_dict
 from services.policy.limits import get_redis, key
 from services.tenancy.secrets import decrypt_json
 
@@ -41,6 +43,16 @@ EVENTS_TASK = "herald.deliver_events"
 MAX_ATTEMPTS = 10
 _http_lock = threading.Lock()
 _http: httpx.Client | None = None
+
+
+class MessageStatusEventView(Shape):
+    """What Herald POSTs to the callback URL when a message's status changes, signed in
+    `X-Herald-Signature` (`sign`); the payload is stored with the event and `_post`
+    adds its id."""
+
+    id = fields.String(metadata={"description": "evt_…: the same on every retry, to dedupe"})
+    type = fields.String(validate=validate.OneOf(["message.status"]))
+    message = fields.Nested(MessageView, metadata={"description": "without its events"})
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:

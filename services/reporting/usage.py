@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.ids import id_at
+from core.shapes import Shape, shape
 from models import Message, utcnow
 
 # The dimensions `group_by` takes, and the column each is read from.
@@ -204,6 +205,40 @@ def usage(
         "totals": _finish(totals),
         "estimated": prices is not None,
     }
+
+
+def _totals_fields() -> dict[str, fields.Field]:
+    """A group's counts and cost, as `_empty` and `_finish` make them."""
+
+    def money(description: str) -> fields.Dict:
+        text = fields.String(metadata={"description": "a decimal, as text"})
+        return fields.Dict(keys=fields.String(), values=text, metadata={"description": description})
+
+    return {
+        **{name: fields.Integer() for name in COUNTS},
+        "cost": money("the providers' prices, per currency"),
+        "estimated_cost": money("Meta's billable messages at HERALD_META_PRICES, per currency"),
+    }
+
+
+UsageTotalsView = shape("UsageTotals", _totals_fields())
+# A group: the values of its `group_by` dimensions (only those asked), then its totals.
+UsageRowView = shape(
+    "UsageRow",
+    {**{name: fields.String(allow_none=True) for name in GROUPS}, **_totals_fields()},
+    optional=GROUPS,
+)
+
+
+class UsageView(Shape):
+    """`GET /v1/usage` (`usage`)."""
+
+    from_ = fields.DateTime(data_key="from")
+    to = fields.DateTime()
+    group_by = fields.List(fields.String())
+    data = fields.List(fields.Nested(UsageRowView))
+    totals = fields.Nested(UsageTotalsView)
+    estimated = fields.Boolean(metadata={"description": "HERALD_META_PRICES is set"})
 
 
 def _empty() -> dict[str, Any]:

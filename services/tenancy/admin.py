@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
+from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
 from services.reporting.events import webhook_secret
@@ -77,6 +78,70 @@ def _account_values(payload: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- shapes (no secrets)
+
+
+class TenantView(Shape):
+    """A tenant (`tenant_to_dict`)."""
+
+    id = fields.String()
+    name = fields.String()
+    callback_url = fields.String(allow_none=True)
+    hourly_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
+    daily_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
+    default_whatsapp_provider = fields.String(allow_none=True)
+    default_sms_provider = fields.String(allow_none=True)
+    disabled = fields.Boolean()
+    disabled_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class NewTenantView(Shape):
+    """A tenant just created (`create_tenant_with_key`): its key and webhook secret are
+    shown this once."""
+
+    tenant = fields.Nested(TenantView)
+    api_key = fields.String()
+    webhook_secret = fields.String(metadata={"description": "signs the events out"})
+
+
+_SETTINGS = sorted({name for _, _, names in PROVIDER_FIELDS.values() for name in names})
+
+
+class AccountView(Shape):
+    """A provider account without its secrets (`account_to_dict`): its provider's own id
+    under that provider's name for it."""
+
+    class Meta:
+        optional = tuple(id_field for id_field, _, _ in PROVIDER_FIELDS.values())
+
+    id = fields.String()
+    tenant_id = fields.String()
+    provider = fields.String()
+    account_sid = fields.String(metadata={"description": "twilio"})
+    phone_number_id = fields.String(metadata={"description": "meta"})
+    settings = fields.Nested(
+        shape("AccountSettings", {name: fields.String() for name in _SETTINGS}, optional=_SETTINGS),
+        metadata={"description": "those set"},
+    )
+    secrets_set = fields.List(fields.String(), metadata={"description": "names only"})
+    created_at = fields.DateTime()
+
+
+class ApiKeyView(Shape):
+    """An API key: its prefix, never the key (`api_key_to_dict`)."""
+
+    id = fields.String()
+    tenant_id = fields.String()
+    prefix = fields.String()
+    name = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    revoked_at = fields.DateTime(allow_none=True)
+
+
+class NewApiKeyView(ApiKeyView):
+    """A key just created (`create_tenant_key`): the key is shown this once."""
+
+    api_key = fields.String()
 
 
 def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:

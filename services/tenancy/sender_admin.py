@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest
 from core.ids import iso
+from core.shapes import Shape
 from models import ProviderAccount, Sender
 from services.content.phones import normalize_e164
 from services.content.schemas import (
@@ -83,6 +84,23 @@ def _guess_kind(provider: str | None, address: str) -> str | None:
     if provider == "twilio":
         return "messaging_service" if address.startswith("MG") else "number"
     return None
+
+
+class SenderView(Shape):
+    """A sender (`sender_to_dict`)."""
+
+    id = fields.String()
+    tenant_id = fields.String()
+    account_id = fields.String()
+    provider = fields.String()
+    kind = fields.String(metadata={"description": "number, messaging_service, phone_number_id"})
+    address = fields.String()
+    number = fields.String(allow_none=True)
+    channels = fields.List(fields.String())
+    mps = fields.Float(allow_none=True, metadata={"description": "messages per second"})
+    is_default = fields.Boolean()
+    label = fields.String(allow_none=True)
+    created_at = fields.DateTime()
 
 
 def sender_to_dict(sender: Sender) -> dict[str, Any]:
