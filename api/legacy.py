@@ -120,17 +120,7 @@ def twilio_message():  # type: ignore[no-untyped-def]
     ---
     post:
       summary: "Seed 000: {to, message}; to = contact id or number"
-      security: [{bearer: []}, {}]
-      parameters:
-      - {name: Idempotency-Key, in: header, schema: {type: string}}
-      requestBody:
-        content:
-          application/json:
-            schema:
-              type: object
-              properties:
-                to: {type: string}
-                message: {type: string}
+      requestBody: {content: {application/json: {schema: Seed000Request}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: SeedSent}}}
         400: SeedError
@@ -175,18 +165,7 @@ def whatsapp_send():  # type: ignore[no-untyped-def]
     ---
     post:
       summary: "Seed 002: {toPhoneNumber, messageBody, imageUrl?}"
-      security: [{bearer: []}, {}]
-      parameters:
-      - {name: Idempotency-Key, in: header, schema: {type: string}}
-      requestBody:
-        content:
-          application/json:
-            schema:
-              type: object
-              properties:
-                toPhoneNumber: {type: string}
-                messageBody: {type: string}
-                imageUrl: {type: string}
+      requestBody: {content: {application/json: {schema: Seed002Request}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: WhatsAppSent}}}
         400: SeedError
@@ -300,18 +279,7 @@ def meta_send_message():  # type: ignore[no-untyped-def]
     ---
     post:
       summary: "Seed 003: {to, text, previewUrl?}"
-      security: [{bearer: []}, {}]
-      parameters:
-      - {name: Idempotency-Key, in: header, schema: {type: string}}
-      requestBody:
-        content:
-          application/json:
-            schema:
-              type: object
-              properties:
-                to: {type: string}
-                text: {type: string}
-                previewUrl: {type: boolean}
+      requestBody: {content: {application/json: {schema: Seed003TextRequest}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
         400: Envelope
@@ -320,31 +288,12 @@ def meta_send_message():  # type: ignore[no-untyped-def]
         503: EnvelopeUnavailable
     """
     body = _body()
-    if not body.get("to") or not body.get("text"):
-        return jsonify(
-            {"type": "3", "message": "Missing required fields: to, text", "data": None}
-        ), 400
-    fields: dict[str, Any] = {
-        "channel": "whatsapp",
-        "provider": "meta",
-        "to": body["to"],
-        "body": body["text"],
-    }
+    if missing := _envelope_missing(body, "to", "text"):
+        return missing
+    fields: dict[str, Any] = {"body": body["text"]}
     if "previewUrl" in body:
         fields["preview_url"] = body["previewUrl"]
-    try:
-        message = _accept(fields)
-    except HeraldError as exc:
-        if exc.fields and "to" in exc.fields:
-            return jsonify(
-                {
-                    "type": "3",
-                    "data": None,
-                    "message": "Phone number must be in E.164 format (e.g., +1234567890)",
-                }
-            ), 400
-        return _envelope_error(exc)
-    return _envelope_ok(message, body["to"])
+    return _envelope_send(body["to"], fields, number_error=True)
 
 
 @bp.post("/api/v1/whatsapp/send-template")
@@ -353,20 +302,7 @@ def meta_send_template():  # type: ignore[no-untyped-def]
     ---
     post:
       summary: "Seed 003 templates: {to, templateName, languageCode?, parameters?, components?}"
-      security: [{bearer: []}, {}]
-      parameters:
-      - {name: Idempotency-Key, in: header, schema: {type: string}}
-      requestBody:
-        content:
-          application/json:
-            schema:
-              type: object
-              properties:
-                to: {type: string}
-                templateName: {type: string}
-                languageCode: {type: string}
-                parameters: {type: array, items: {type: string}}
-                components: {type: array, items: {type: object}}
+      requestBody: {content: {application/json: {schema: Seed003TemplateRequest}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
         400: Envelope
@@ -375,10 +311,8 @@ def meta_send_template():  # type: ignore[no-untyped-def]
         503: EnvelopeUnavailable
     """
     body = _body()
-    if not body.get("to") or not body.get("templateName"):
-        return jsonify(
-            {"type": "3", "message": "Missing required fields: to, templateName", "data": None}
-        ), 400
+    if missing := _envelope_missing(body, "to", "templateName"):
+        return missing
     template: dict[str, Any] = {
         "name": body["templateName"],
         "language": body.get("languageCode") or "en_US",
@@ -387,12 +321,28 @@ def meta_send_template():  # type: ignore[no-untyped-def]
         template["variables"] = body["parameters"]
     if body.get("components") is not None:
         template["components"] = body["components"]
-    fields = {"channel": "whatsapp", "provider": "meta", "to": body["to"], "template": template}
+    return _envelope_send(body["to"], {"template": template})
+
+
+def _envelope_missing(body: dict[str, Any], *names: str):  # type: ignore[no-untyped-def]
+    """Seed 003's 400 when a required field is empty or absent, else None."""
+    if all(body.get(name) for name in names):
+        return None
+    text = f"Missing required fields: {', '.join(names)}"
+    return jsonify({"type": "3", "message": text, "data": None}), 400
+
+
+def _envelope_send(to: Any, fields: dict[str, Any], *, number_error: bool = False):  # type: ignore[no-untyped-def]
+    """Accept a Seed 003 send to `to` through Meta, answered in its envelope; with
+    `number_error`, a refused number is the seed's own E.164 message."""
     try:
-        message = _accept(fields)
+        message = _accept({"channel": "whatsapp", "provider": "meta", "to": to, **fields})
     except HeraldError as exc:
+        if number_error and exc.fields and "to" in exc.fields:
+            text = "Phone number must be in E.164 format (e.g., +1234567890)"
+            return jsonify({"type": "3", "data": None, "message": text}), 400
         return _envelope_error(exc)
-    return _envelope_ok(message, body["to"])
+    return _envelope_ok(message, to)
 
 
 # ---------------------------------------------------------------- the database unreachable

@@ -259,6 +259,27 @@ FORM_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 # Request bodies: the marshmallow schemas the views validate with.
+# The seeds' request bodies (api/legacy.py reads them by hand, as their clients send them).
+_string = {"type": "string"}
+SEED_REQUESTS: dict[str, dict[str, Any]] = {
+    name: {"type": "object", "properties": properties}
+    for name, properties in {
+        "Seed000Request": {"to": _string, "message": _string},
+        "Seed002Request": {"toPhoneNumber": _string, "messageBody": _string, "imageUrl": _string},
+        "Seed003TextRequest": {"to": _string, "text": _string, "previewUrl": {"type": "boolean"}},
+        "Seed003TemplateRequest": {
+            "to": _string,
+            "templateName": _string,
+            "languageCode": _string,
+            "parameters": {"type": "array", "items": _string},
+            "components": {"type": "array", "items": {"type": "object"}},
+        },
+    }.items()
+}
+# A seed route's POST: an API key or none (HERALD_LEGACY_TENANT), and an idempotency key.
+_SEED_SECURITY = [{"bearer": []}, {}]
+_IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+
 REQUEST_SCHEMAS = {
     "MessageRequest": MessageRequestSchema,
     "ContactRequest": ContactSchema,
@@ -341,6 +362,9 @@ def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
         responses.setdefault("503", "Unavailable")
     blueprint = endpoint.split(".", 1)[0]
     operation.setdefault("tags", [TAGS.get(blueprint, blueprint)])
+    if blueprint == "legacy" and "requestBody" in operation:
+        operation.setdefault("security", _SEED_SECURITY)
+        operation.setdefault("parameters", []).append(_IDEMPOTENCY_KEY)
     if blueprint == "admin":
         operation.setdefault("security", [{"adminToken": []}])
         responses.setdefault("401", "Unauthorized")
@@ -364,7 +388,7 @@ def build(app: Flask) -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("adminToken", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer"})
-    for name, form in FORM_SCHEMAS.items():
+    for name, form in {**FORM_SCHEMAS, **SEED_REQUESTS}.items():
         spec.components.schema(name, form)
     for name, schema in {**RESPONSE_SCHEMAS, **REQUEST_SCHEMAS}.items():
         spec.components.schema(name, schema=schema)
