@@ -37,21 +37,15 @@ def main() -> None:
 
 def _measure(home: Path, database: str) -> None:
     from herald import migrate
+    from herald.stack import add_sandbox_twilio_account
     from models import session_scope
     from services.campaigns.campaigns import create_campaign, csv_recipients, load_campaign_request
-    from services.tenancy.tenants import add_provider_account, create_tenant
+    from services.tenancy.tenants import create_tenant
 
     migrate.upgrade()
     with session_scope() as session:
         tenant = create_tenant(session, "bench")
-        add_provider_account(
-            session,
-            tenant.id,
-            "twilio",
-            account_sid="AC" + "b" * 32,
-            auth_token="t",
-            sms_from="+12025550100",
-        )
+        add_sandbox_twilio_account(session, tenant.id)
         tenant_id = tenant.id
     print(f"database: {database}")
     for size in (10_000, 100_000):

@@ -52,23 +52,16 @@ def _count() -> None:
 
     from api import create_app
     from herald import migrate
+    from herald.stack import add_sandbox_twilio_account
     from models import get_engine, session_scope
     from services.messages import delivery
     from services.messages.dispatch import set_dispatcher
-    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
+    from services.tenancy.tenants import create_api_key, create_tenant
 
     migrate.upgrade()
     with session_scope() as session:
         tenant = create_tenant(session, "stmt")
-        add_provider_account(
-            session,
-            tenant.id,
-            "twilio",
-            account_sid="AC" + "c" * 32,
-            auth_token="t",
-            sms_from="+12025550100",
-            mps=1000,
-        )
+        add_sandbox_twilio_account(session, tenant.id, mps=1000)
         key = create_api_key(session, tenant.id)
     queued: list[str] = []
     set_dispatcher(lambda task, ids, queue: queued.extend(ids))

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -218,9 +218,9 @@ def sandbox_meta_account(home: Path) -> tuple[str, str, str, str]:
     return path.read_text().strip(), token, secret, waba
 
 
-def add_sandbox_twilio_account(session: Session, tenant_id: str) -> None:
+def add_sandbox_twilio_account(session: Session, tenant_id: str, **settings: Any) -> None:
     """The sandbox's Twilio account for `tenant_id`, sending from the sandbox's SMS and
-    WhatsApp numbers."""
+    WhatsApp numbers (`settings`: more of the account's, such as its `mps`)."""
     from services.tenancy.tenants import add_provider_account
 
     sid, token = SANDBOX_TWILIO
@@ -232,6 +232,7 @@ def add_sandbox_twilio_account(session: Session, tenant_id: str) -> None:
         auth_token=token,
         sms_from="+12025550100",
         whatsapp_from="+14155238886",
+        **settings,
     )
 
 
@@ -261,28 +262,22 @@ def _bootstrap_dev_tenant(home: Path, use_sandbox: dict[str, bool]) -> dict[str,
             )
         if use_sandbox["meta"]:
             phone_id, token, secret, waba = sandbox_meta_account(home)
-            add_provider_account(
-                session,
-                tenant.id,
-                "meta",
-                phone_number_id=phone_id,
-                access_token=token,
-                app_secret=secret,
-                waba_id=waba,
-                verify_token=SANDBOX_VERIFY_TOKEN,
-                display_phone_number="+15550100001",
-            )
+            verify, display = SANDBOX_VERIFY_TOKEN, "+15550100001"
         else:
-            add_provider_account(
-                session,
-                tenant.id,
-                "meta",
-                phone_number_id=env["META_PHONE_NUMBER_ID"],
-                access_token=env["META_ACCESS_TOKEN"],
-                app_secret=env["META_APP_SECRET"],
-                verify_token=env.get("META_VERIFY_TOKEN"),
-                waba_id=env.get("META_WABA_ID"),
-            )
+            phone_id, token = env["META_PHONE_NUMBER_ID"], env["META_ACCESS_TOKEN"]
+            secret, waba = env["META_APP_SECRET"], env.get("META_WABA_ID")
+            verify, display = env.get("META_VERIFY_TOKEN"), None
+        add_provider_account(
+            session,
+            tenant.id,
+            "meta",
+            phone_number_id=phone_id,
+            access_token=token,
+            app_secret=secret,
+            waba_id=waba,
+            verify_token=verify,
+            display_phone_number=display,
+        )
         info = {"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id, "dev")}
     path.write_text(json.dumps(info))
     path.chmod(0o600)
