@@ -17,11 +17,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     os.environ.setdefault("HERALD_HOME", str(home))
-    os.environ.setdefault("HERALD_SECRET_KEY", "bench")
+    os.environ.setdefault("HERALD_SECRET_KEY", Fernet.generate_key().decode())
     if os.environ.get("DATABASE_URL"):
         _measure(home, os.environ["DATABASE_URL"])
         return

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.fernet import Fernet
 
 from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import (
@@ -107,7 +108,7 @@ class ChaosStack:
             HERALD_PUBLIC_URL=self.api,
             TWILIO_API_BASE=self.sandbox,
             META_GRAPH_BASE=self.sandbox,
-            HERALD_SECRET_KEY=self.env.get("HERALD_SECRET_KEY") or "chaos-secret",
+            HERALD_SECRET_KEY=self.env.get("HERALD_SECRET_KEY") or Fernet.generate_key().decode(),
             # Short bounds so a trial recovers in seconds; production uses the defaults.
             HERALD_HTTP_TIMEOUT="2",
             HERALD_SEND_LEASE_SECONDS="3",

@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography.fernet import Fernet
 
 from herald.stack import (
     ROOT,
@@ -427,7 +428,7 @@ class HeraldApp:
             "PORT": str(self.port),
             "REDIS_URL": ctx.redis_url,
             "HERALD_QUEUE_PREFIX": self.prefix,
-            "HERALD_SECRET_KEY": f"bench-secret-{RUN}",
+            "HERALD_SECRET_KEY": Fernet.generate_key().decode(),
             # Credentials given: `herald run` starts no sandbox of its own and uses ours.
             "TWILIO_ACCOUNT_SID": sid,
             "TWILIO_AUTH_TOKEN": token,

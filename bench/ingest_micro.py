@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 SID = "AC" + "b2" * 16
@@ -37,7 +38,7 @@ def _setup(base_url: str) -> str:
     os.environ.update(
         {
             "DATABASE_URL": f"{base_url}{sep}options=-csearch_path%3D{schema}",
-            "HERALD_SECRET_KEY": "micro-secret-key-" + schema,
+            "HERALD_SECRET_KEY": Fernet.generate_key().decode(),
             "HERALD_PUBLIC_URL": PUBLIC,
             "HERALD_LOG_LEVEL": "WARNING",
         }

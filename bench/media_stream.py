@@ -19,12 +19,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 
 def main() -> None:
     size = int(sys.argv[1]) * 1024 * 1024 if len(sys.argv) > 1 else 50 * 1024 * 1024
     home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     os.environ.setdefault("HERALD_HOME", str(home))
-    os.environ.setdefault("HERALD_SECRET_KEY", "bench")
+    os.environ.setdefault("HERALD_SECRET_KEY", Fernet.generate_key().decode())
     if os.environ.get("DATABASE_URL"):
         _measure(size)
         return

@@ -16,6 +16,8 @@ import tempfile
 import uuid
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 
 def main() -> None:
     run = uuid.uuid4().hex[:8]
@@ -31,7 +33,7 @@ def main() -> None:
         os.environ["DATABASE_URL"] = f"{base}{sep}options=-csearch_path%3D{schema}"
     os.environ.update(
         HERALD_HOME=tempfile.mkdtemp(prefix="herald-stmt-"),
-        HERALD_SECRET_KEY="bench-" + run,
+        HERALD_SECRET_KEY=Fernet.generate_key().decode(),
         HERALD_QUEUE_PREFIX=f"bench-stmt-{run}:",
         HERALD_DEFAULT_HOURLY_LIMIT="0",
         HERALD_DEFAULT_DAILY_LIMIT="0",

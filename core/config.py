@@ -6,8 +6,11 @@ surfacing later as a confusing runtime error in a worker thread.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -109,6 +112,55 @@ def _url(env: dict[str, str], name: str, default: str) -> str:
     return value
 
 
+SECRET_KEY_BYTES = 32
+JWT_SECRET_MIN = 32
+METRICS_TOKEN_MIN = 16
+ADMIN_TOKEN_MIN = 16
+GENERATE_KEY = (
+    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+
+
+def key_bytes(text: str) -> bytes | None:
+    """The bytes a key written in hex or base64 (either alphabet, padding optional) holds."""
+    text = text.strip()
+    if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text):
+        return bytes.fromhex(text)
+    text = text.replace("-", "+").replace("_", "/")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def check_secret_key(value: str, name: str = "HERALD_SECRET_KEY") -> str:
+    """`value` when it is a random key of SECRET_KEY_BYTES or more, else ConfigError.
+
+    A key signs the console's cookies, which anyone can get: a passphrase behind them is
+    guessed offline (a dictionary word fell in 0.4 s), so only a key of full strength is
+    taken. Half its bytes distinct at least: a repeated pattern is no random key."""
+    raw = key_bytes(value)
+    if raw is None or len(raw) < SECRET_KEY_BYTES or len(set(raw)) < SECRET_KEY_BYTES // 2:
+        raise ConfigError(
+            f"{name} must be a random key of at least {SECRET_KEY_BYTES} bytes in base64 or "
+            f"hex, such as a Fernet key ({GENERATE_KEY}); a passphrase is not accepted: to "
+            "read secrets stored under one, set it as HERALD_SECRET_KEY_PREVIOUS "
+            "(docs/operations.md)"
+        )
+    return value
+
+
+def _token(env: dict[str, str], name: str, minimum: int) -> str | None:
+    """A shared secret (unset: None) of at least `minimum` characters, 8 of them distinct."""
+    value = env.get(name) or None
+    if value is not None and (len(value) < minimum or len(set(value)) < 8):
+        raise ConfigError(
+            f"{name} must be at least {minimum} characters, not a repetition "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting Herald reads; see the README's configuration table."""
@@ -148,6 +200,8 @@ class Settings:
     metrics_token: str | None = None
     reconcile_after_minutes: float = 10.0
     admin_token: str | None = None
+    # Decrypts what was stored under a former HERALD_SECRET_KEY; never encrypts or signs.
+    previous_secret_key: str | None = None
     sandbox_url: str | None = None
     template_checks: bool = True
     # api/fastpath.py in front of Flask for the two hot routes; HERALD_FAST_PATH=0: Flask alone.
@@ -177,19 +231,22 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if not (version.startswith("v") and version[1:].replace(".", "").isdigit()):
         raise ConfigError(f"META_GRAPH_VERSION must look like 'v22.0', got {version!r}")
     admin_token = env.get("HERALD_ADMIN_TOKEN") or None
-    if admin_token is not None and len(admin_token) < 16:
-        raise ConfigError("HERALD_ADMIN_TOKEN must be at least 16 characters")
+    if admin_token is not None and len(admin_token) < ADMIN_TOKEN_MIN:
+        raise ConfigError(f"HERALD_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters")
+    secret_key = env.get("HERALD_SECRET_KEY") or None
+    if secret_key is not None:
+        check_secret_key(secret_key)
     sandbox_url = _url(env, "HERALD_SANDBOX_URL", "") if env.get("HERALD_SANDBOX_URL") else None
     return Settings(
         home=home,
         database_url=database_url,
         redis_url=env.get("REDIS_URL") or None,
-        secret_key=env.get("HERALD_SECRET_KEY") or None,
+        secret_key=secret_key,
         public_url=_url(env, "HERALD_PUBLIC_URL", f"http://127.0.0.1:{port}"),
         twilio_api_base=_url(env, "TWILIO_API_BASE", "https://api.twilio.com"),
         meta_graph_base=_url(env, "META_GRAPH_BASE", "https://graph.facebook.com"),
         meta_graph_version=version,
-        jwt_secret=env.get("HERALD_JWT_SECRET") or None,
+        jwt_secret=_token(env, "HERALD_JWT_SECRET", JWT_SECRET_MIN),
         queue_prefix=env.get("HERALD_QUEUE_PREFIX", ""),
         max_body_bytes=_int(env, "HERALD_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         http_timeout=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),
@@ -213,11 +270,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         price_whatsapp=_decimal(env, "HERALD_PRICE_WHATSAPP", "0.015"),
         price_sms=_decimal(env, "HERALD_PRICE_SMS", "0.0079"),
         jwt_max_age_seconds=_int(env, "HERALD_JWT_MAX_AGE_SECONDS", 86400, minimum=1),
-        metrics_token=env.get("HERALD_METRICS_TOKEN") or None,
+        metrics_token=_token(env, "HERALD_METRICS_TOKEN", METRICS_TOKEN_MIN),
         reconcile_after_minutes=_positive(
             _float(env, "HERALD_RECONCILE_AFTER_MINUTES", 10.0), "HERALD_RECONCILE_AFTER_MINUTES"
         ),
         admin_token=admin_token,
+        previous_secret_key=env.get("HERALD_SECRET_KEY_PREVIOUS") or None,
         sandbox_url=sandbox_url,
         template_checks=_bool(env, "HERALD_TEMPLATE_CHECKS", True),
         fast_path=_bool(env, "HERALD_FAST_PATH", True),

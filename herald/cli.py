@@ -8,6 +8,14 @@ import os
 import sys
 
 from herald import migrate
+from herald.cli_secrets import (
+    CliError,
+    account_fields,
+    add_secret_options,
+    fail,
+    given_secrets,
+    unused_secrets,
+)
 
 
 def _tenant_create(args: argparse.Namespace) -> int:
@@ -15,6 +23,10 @@ def _tenant_create(args: argparse.Namespace) -> int:
     from services.reporting.events import webhook_secret
     from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
 
+    accounts = args.account or []
+    secrets = given_secrets(args)
+    specs = [(spec[0], account_fields(spec[0], spec[1:], secrets)) for spec in accounts]
+    unused_secrets(secrets, [provider for provider, _ in specs])
     migrate.upgrade()
     with session_scope() as session:
         tenant = create_tenant(
@@ -24,8 +36,7 @@ def _tenant_create(args: argparse.Namespace) -> int:
             hourly_limit=args.hourly_limit,
             daily_limit=args.daily_limit,
         )
-        for spec in args.account or []:
-            provider, values = _parse_account(spec)
+        for provider, values in specs:
             add_provider_account(session, tenant.id, provider, **values)
         key = create_api_key(session, tenant.id, name="cli")
         print(
@@ -36,23 +47,15 @@ def _tenant_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_account(spec: list[str]) -> tuple[str, dict[str, str]]:
-    provider, *pairs = spec
-    values = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"account fields are key=value, got {pair!r}")
-        values[key] = value
-    return provider, values
-
-
 def _account_add(args: argparse.Namespace) -> int:
     from models import session_scope
     from services.tenancy.tenants import add_provider_account
 
+    provider = args.provider
+    secrets = given_secrets(args)
+    values = account_fields(provider, args.fields, secrets)
+    unused_secrets(secrets, [provider])
     migrate.upgrade()
-    provider, values = _parse_account([args.provider, *args.fields])
     with session_scope() as session:
         account = add_provider_account(session, args.tenant_id, provider, **values)
         print(json.dumps({"account_id": account.id, "provider": provider}))
@@ -60,10 +63,12 @@ def _account_add(args: argparse.Namespace) -> int:
 
 
 def _key_create(args: argparse.Namespace) -> int:
-    from models import session_scope
+    from models import Tenant, session_scope
     from services.tenancy.tenants import create_api_key
 
     with session_scope() as session:
+        if session.get(Tenant, args.tenant_id) is None:
+            raise CliError(f"no tenant {args.tenant_id}")
         print(
             json.dumps(
                 {"tenant_id": args.tenant_id, "api_key": create_api_key(session, args.tenant_id)}
@@ -78,8 +83,10 @@ def _key_revoke(args: argparse.Namespace) -> int:
 
     with session_scope() as session:
         done = revoke_api_key(session, args.key_id)
+    if not done:
+        raise CliError(f"no active API key {args.key_id}")
     print(json.dumps({"revoked": done}))
-    return 0 if done else 1
+    return 0
 
 
 def _inbound_unrouted(args: argparse.Namespace) -> int:
@@ -99,6 +106,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a failure is one line on stderr and exit code 2 (argparse's own
+    usage errors included), never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return fail(exc)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="herald", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -120,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         action="append",
         metavar="FIELD",
-        help="PROVIDER key=value...: e.g. twilio account_sid=AC… auth_token=… sms_from=+1…",
+        help="PROVIDER key=value... without secrets: e.g. twilio account_sid=AC… "
+        "sms_from=+1… (repeatable; secrets by --secrets-file or --<field>-env)",
     )
+    add_secret_options(create)
     create.set_defaults(func=_tenant_create)
 
     from herald.cli_commands import register
@@ -132,13 +152,23 @@ def main(argv: list[str] | None = None) -> int:
 
     register_senders(sub)  # herald sender add|list|remove|default
 
+    from herald.cli_secrets import register as register_secrets
+
+    register_secrets(sub)  # herald secrets rotate
+
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True
     )
     add = account.add_parser("add", help="attach provider credentials to a tenant")
     add.add_argument("tenant_id")
     add.add_argument("provider", choices=["twilio", "meta"])
-    add.add_argument("fields", nargs="+", help="key=value (secrets are encrypted at rest)")
+    add.add_argument(
+        "fields",
+        nargs="+",
+        help="key=value, secrets excepted: those come from --secrets-file or --<field>-env "
+        "(encrypted at rest)",
+    )
+    add_secret_options(add)
     add.set_defaults(func=_account_add)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)

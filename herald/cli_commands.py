@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from herald.cli_secrets import EXIT_ERROR, CliError
+
 _UNSET = object()  # an option not given (None means "the deployment's default")
 
 # Tests route the client to an in-process app (httpx.WSGITransport); None = the network.
@@ -26,7 +28,7 @@ transport: httpx.BaseTransport | None = None
 def _client(args: argparse.Namespace) -> httpx.Client:
     key = args.key or os.environ.get("HERALD_API_KEY")
     if not key:
-        raise SystemExit("herald: give --key or set HERALD_API_KEY (a tenant's API key)")
+        raise CliError("give --key or set HERALD_API_KEY (a tenant's API key)")
     url = args.url or os.environ.get("HERALD_API_URL")
     url = url or f"http://127.0.0.1:{os.environ.get('PORT') or 8000}"
     return httpx.Client(
@@ -41,11 +43,12 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.
     try:
         return client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        raise SystemExit(f"herald: cannot reach {client.base_url}: {type(exc).__name__}") from None
+        raise CliError(f"cannot reach {client.base_url}: {type(exc).__name__}") from None
 
 
 def _print_answer(response: httpx.Response) -> int:
-    """The answer's JSON on stdout when it succeeded, on stderr otherwise (exit 1)."""
+    """The answer's JSON on stdout when it succeeded, on one line of stderr otherwise
+    (exit 2, as every failed command)."""
     try:
         body: Any = response.json()
     except ValueError:
@@ -54,7 +57,7 @@ def _print_answer(response: httpx.Response) -> int:
         print(json.dumps(body, indent=2))
         return 0
     print(json.dumps(body), file=sys.stderr)
-    return 1
+    return EXIT_ERROR
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -160,7 +163,6 @@ def _tenant_list(args: argparse.Namespace) -> int:
 
 
 def _tenant_update(args: argparse.Namespace) -> int:
-    from core.errors import HeraldError
     from herald import migrate
     from models import session_scope
     from services.tenancy.admin import (
@@ -179,17 +181,11 @@ def _tenant_update(args: argparse.Namespace) -> int:
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
     migrate.upgrade()
-    try:
-        with session_scope() as session:
-            tenant = update_tenant(
-                session, args.tenant_id, load_tenant_request(changes, partial=True)
-            )
-            if args.disabled is not None:
-                tenant = set_tenant_disabled(session, args.tenant_id, args.disabled)
-            print(json.dumps(tenant_to_dict(tenant), indent=2))
-    except HeraldError as exc:
-        print(json.dumps(exc.to_dict()), file=sys.stderr)
-        return 1
+    with session_scope() as session:  # a refusal: its JSON on one line, exit 2 (herald.cli)
+        tenant = update_tenant(session, args.tenant_id, load_tenant_request(changes, partial=True))
+        if args.disabled is not None:
+            tenant = set_tenant_disabled(session, args.tenant_id, args.disabled)
+        print(json.dumps(tenant_to_dict(tenant), indent=2))
     return 0
 
 

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 
 def _run(work: Callable[[Any], Any]) -> int:
-    """Run `work(session)` in one transaction; print its JSON answer, or the error (exit 1)."""
-    from core.errors import HeraldError
+    """Run `work(session)` in one transaction and print its JSON answer; a refusal is
+    printed by herald.cli (its JSON on one line, exit 2)."""
     from herald import migrate
     from models import session_scope
 
     migrate.upgrade()
-    try:
-        with session_scope() as session:
-            answer = work(session)
-            print(json.dumps(answer, indent=2))
-    except HeraldError as exc:
-        print(json.dumps(exc.to_dict()), file=sys.stderr)
-        return 1
+    with session_scope() as session:
+        answer = work(session)
+        print(json.dumps(answer, indent=2))
     return 0
 
 

@@ -292,6 +292,10 @@ def run_stack() -> int:
     home = Path(os.environ.get("HERALD_HOME") or ".herald").resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["HERALD_HOME"] = str(home)
+    # A bad setting (a weak HERALD_SECRET_KEY…) stops us before anything starts. Without
+    # HERALD_SECRET_KEY the key is HERALD_HOME's secret.key, random, made on first use.
+    get_settings.cache_clear()
+    get_settings()
     if os.environ.get("DATABASE_URL"):
         return _run_stack(home, embedded_db=False)
     from herald.postgres import embedded

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 RUN_ID = uuid.uuid4().hex[:8]
+SECRET_KEY = Fernet.generate_key().decode()  # a real key: core/config.py refuses weak ones
 
 TWILIO_SID = "AC" + "a1" * 16
 TWILIO_TOKEN = "test-twilio-token"
@@ -53,7 +55,7 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         env = {
             "HERALD_HOME": str(home),
             "DATABASE_URL": f"{base_url}{sep}options=-csearch_path%3D{schema}",
-            "HERALD_SECRET_KEY": "test-secret-key-" + RUN_ID,
+            "HERALD_SECRET_KEY": SECRET_KEY,
             "HERALD_PUBLIC_URL": "http://herald.test",
             "HERALD_QUEUE_PREFIX": f"herald-test-{RUN_ID}:",
             "HERALD_JWT_SECRET": "test-jwt-secret-0123456789abcdef0123",

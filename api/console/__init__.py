@@ -1,8 +1,9 @@
 """The Herald console at `/console`: server-rendered pages over the same services as the API.
 
-Sign-in takes an API key and keeps only that key's id in a signed, HTTP-only,
-Secure, SameSite=Lax session cookie (path `/console`); each request re-reads the key,
-so revoking it or disabling the tenant signs the session out. Every POST carries a
+Sign-in takes an API key and starts a server-side session (services/tenancy/sessions.py)
+whose random id is all the signed, HTTP-only, Secure, SameSite=Lax cookie (path
+`/console`) holds: sign-out ends it for every copy of the cookie. Each request re-reads
+the key, so revoking it or disabling the tenant signs the session out. Every POST carries a
 CSRF token (Flask-WTF's signed token, checked before any view runs). Each view reads
 and writes through services/ with the signed-in tenant's id, so a tenant sees only
 its own rows; a foreign id is a 404 like a missing one. Live parts poll with htmx,
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import (
     Blueprint,
@@ -58,6 +60,12 @@ from services.reporting.console import (
     usage_report,
 )
 from services.tenancy.secrets import derived_key
+from services.tenancy.sessions import (
+    LIFETIME_SECONDS,
+    end_session,
+    session_key_id,
+    start_session,
+)
 
 bp = Blueprint(
     "console",
@@ -69,7 +77,7 @@ bp = Blueprint(
 
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
 WAITING = ("scheduled", "queued", "sending")
-SESSION_HOURS = 12
+NEXT_MAX_LENGTH = 2048
 TICKS = {
     "scheduled": ("…", "scheduled"),
     "queued": ("…", "queued"),
@@ -93,7 +101,9 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SECURE=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_PATH="/console",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+        # The browser may drop the cookie then; the server ends the session itself
+        # (services/tenancy/sessions.py: sign-out, idle, absolute lifetime).
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=LIFETIME_SECONDS),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
     )
     app.register_blueprint(bp)
@@ -111,9 +121,10 @@ def _guard() -> Response | None:
             return _page("error.html", 400, title="Form expired", message=str(exc))
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    g.tenant = tenant_for_key(db(), session.get("key_id"))
+    key_id = session_key_id(session.get("sid"))
+    g.tenant = tenant_for_key(db(), key_id) if key_id else None
     if g.tenant is None:
-        session.pop("key_id", None)
+        session.pop("sid", None)
         target = url_for("console.login", next=request.full_path.rstrip("?"))
         if request.headers.get("HX-Request"):
             return Response(status=204, headers={"HX-Redirect": target})
@@ -183,20 +194,38 @@ def login():  # type: ignore[no-untyped-def]
         except HeraldError as exc:
             error = exc.message
         else:
+            end_session(session.get("sid"))  # a session id planted before sign-in dies
             session.clear()
             session.permanent = True
-            session["key_id"] = row.id
-            target = request.args.get("next") or ""
-            # Only a path inside the console: never an open redirect.
-            if not target.startswith("/console") or target.startswith("//"):
-                target = url_for("console.overview")
-            return redirect(target)
+            session["sid"] = start_session(row.id)
+            return redirect(_console_path(request.args.get("next")) or url_for("console.overview"))
     return _page("login.html", 401 if error else 200, error=error)
+
+
+def _console_path(target: str | None) -> str | None:
+    """`target` when it is a path of this console, else None: never an open redirect
+    (`//host`, `/\\host`, a scheme), nor a header a CR/LF would split, in any percent-encoding."""
+    if not target or len(target) > NEXT_MAX_LENGTH:
+        return None
+    decoded, previous = target, None
+    while decoded != previous:  # each layer of percent-encoding, until none is left
+        if any(not ch.isprintable() or ch == "\\" for ch in decoded):
+            return None
+        parts = urlsplit(decoded)
+        path = parts.path
+        if parts.scheme or parts.netloc or not (path == "/console" or path.startswith("/console/")):
+            return None
+        if "//" in path or any(segment in (".", "..") for segment in path.split("/")):
+            return None
+        previous, decoded = decoded, unquote(decoded)
+    return target
 
 
 @bp.post("/logout")
 def logout():  # type: ignore[no-untyped-def]
-    session.clear()
+    sid = session.get("sid")
+    session.clear()  # this browser is signed out even when the server cannot be reached
+    end_session(sid)  # and every copy of its cookie with it
     return redirect(url_for("console.login"))
 
 

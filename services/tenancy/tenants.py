@@ -17,7 +17,7 @@ from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 
 from core.config import get_settings
-from core.errors import InvalidRequest, Unauthorized
+from core.errors import InvalidRequest, NotFound, Unauthorized
 from models import ApiKey, ProviderAccount, Sender, Tenant, utcnow
 from providers.base import AccountCredentials
 from services.content.inputs import text_problem
@@ -238,6 +238,9 @@ def add_provider_account(
     unknown = set(values) - {id_field, *secret_fields, *setting_fields}
     if unknown:
         raise InvalidRequest(f"Unknown {provider} account fields: {sorted(unknown)}.")
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:  # said before the INSERT, whose error would carry the secrets
+        raise NotFound(f"No tenant {tenant_id!r}.")
     account = ProviderAccount(
         tenant_id=tenant_id,
         provider=provider,
@@ -247,15 +250,13 @@ def add_provider_account(
     )
     session.add(account)
     forget_cached()
-    tenant = session.get(Tenant, tenant_id)
-    if tenant is not None:
-        # Meta's Cloud API is the direct route for WhatsApp: preferred when present.
-        if provider == "meta":
-            tenant.default_whatsapp_provider = "meta"
-        if provider == "twilio":
-            tenant.default_sms_provider = tenant.default_sms_provider or "twilio"
-            if not tenant.default_whatsapp_provider and values.get("whatsapp_from"):
-                tenant.default_whatsapp_provider = "twilio"
+    # Meta's Cloud API is the direct route for WhatsApp: preferred when present.
+    if provider == "meta":
+        tenant.default_whatsapp_provider = "meta"
+    if provider == "twilio":
+        tenant.default_sms_provider = tenant.default_sms_provider or "twilio"
+        if not tenant.default_whatsapp_provider and values.get("whatsapp_from"):
+            tenant.default_whatsapp_provider = "twilio"
     session.flush()
     return account
 

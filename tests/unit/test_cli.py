@@ -7,9 +7,10 @@ import json
 from models import Tenant, session_scope
 
 
-def test_tenant_create_prints_one_json_object(capsys, client, dispatched) -> None:
+def test_tenant_create_prints_one_json_object(capsys, client, dispatched, monkeypatch) -> None:
     from herald.cli import main
 
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
     code = main(
         [
             "tenant",
@@ -22,8 +23,9 @@ def test_tenant_create_prints_one_json_object(capsys, client, dispatched) -> Non
             "--account",
             "twilio",
             "account_sid=AC" + "c" * 32,
-            "auth_token=tok",
             "sms_from=+12025550100",
+            "--auth-token-env",
+            "TWILIO_AUTH_TOKEN",
         ]
     )
     assert code == 0

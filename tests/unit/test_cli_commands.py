@@ -41,7 +41,7 @@ def test_send_reports_the_api_error_and_fails(capsys, over_wsgi, tenant) -> None
     code, out, err = _run(
         capsys, "send", "--key", tenant["api_key"], "--to", "+1555", "--body", "x"
     )
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert json.loads(err)["error"]["code"] == "invalid_fields"
 
 
@@ -54,13 +54,13 @@ def test_status_of_another_tenants_message_is_not_found(capsys, over_wsgi, tenan
     )
     theirs = json.loads(out)["id"]
     code, _, err = _run(capsys, "status", "--key", tenant["api_key"], theirs)
-    assert code == 1 and json.loads(err)["error"]["code"] == "not_found"
+    assert code == 2 and json.loads(err)["error"]["code"] == "not_found"
 
 
 def test_send_needs_a_key(capsys, monkeypatch) -> None:
     monkeypatch.delenv("HERALD_API_KEY", raising=False)
-    with pytest.raises(SystemExit, match="HERALD_API_KEY"):
-        main(["send", "--to", "+12025550143", "--body", "x"])
+    code, out, err = _run(capsys, "send", "--to", "+12025550143", "--body", "x")
+    assert code == 2 and out == "" and "HERALD_API_KEY" in err
 
 
 def test_tail_prints_new_messages_and_status_changes(
@@ -126,8 +126,8 @@ def test_tenant_update_refuses_what_the_admin_api_refuses(capsys, tenant) -> Non
     code, _, err = _run(
         capsys, "tenant", "update", tenant["tenant_id"], "--callback-url", "ftp://nope"
     )
-    assert code == 1 and "callback_url" in json.loads(err)["error"]["fields"]
+    assert code == 2 and "callback_url" in json.loads(err)["error"]["fields"]
     code, _, err = _run(capsys, "tenant", "update", "ten_missing", "--name", "x")
-    assert code == 1 and json.loads(err)["error"]["code"] == "not_found"
+    assert code == 2 and json.loads(err)["error"]["code"] == "not_found"
     with pytest.raises(SystemExit):
         main(["tenant", "update", tenant["tenant_id"], "--hourly-limit", "-3"])

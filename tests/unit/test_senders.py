@@ -155,7 +155,7 @@ def test_cli_sender_add_list_default_remove(capsys, tenant) -> None:
     ]
     assert main(["sender", "remove", tid, other["id"]]) == 0
     capsys.readouterr()
-    assert main(["sender", "add", tid, "twilio", "12345"]) == 1  # not a number
+    assert main(["sender", "add", tid, "twilio", "12345"]) == 2  # not a number
     assert "address" in json.loads(capsys.readouterr().err)["error"]["fields"]
 
 

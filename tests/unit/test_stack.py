@@ -37,3 +37,24 @@ def test_children_stop_one_after_another_newest_first(tmp_path: Path) -> None:
         for what in ("asked", "gone")
     ]
     assert all(proc.returncode == 0 for _, proc in stack.children)  # asked, not killed
+
+
+def test_a_weak_secret_key_stops_the_stack_before_anything_starts(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from core.config import get_settings
+    from herald import stack
+    from herald.cli import main
+
+    monkeypatch.setenv("HERALD_HOME", str(tmp_path))
+    monkeypatch.setenv("HERALD_SECRET_KEY", "my-dog's-name")
+    started: list[object] = []
+    monkeypatch.setattr(stack.Stack, "start", lambda *a: started.append(a))
+    try:
+        assert main(["run"]) == 2
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("herald: HERALD_SECRET_KEY must be")
+    assert started == []
