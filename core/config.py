@@ -148,6 +148,8 @@ class Settings:
     media_max_bytes: int = 100 * 1024 * 1024  # Meta's largest type (documents, 100 MB)
     # The estimate of services/reporting/usage.py.
     meta_prices: tuple[str, dict[str, Decimal]] | None = None
+    # Recipients one campaign may list (JSON or CSV rows): services/campaigns/campaigns.py.
+    campaign_max_recipients: int = 100_000
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -215,6 +217,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         else None,
         media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
         meta_prices=_price_table(env, "HERALD_META_PRICES"),
+        campaign_max_recipients=_int(env, "HERALD_CAMPAIGN_MAX_RECIPIENTS", 100_000, minimum=1),
     )
 
 
