@@ -1,7 +1,8 @@
 """Limits shared by every API process and worker, kept in Redis.
 
 * Tenant quotas: messages accepted per hour and per day (fixed windows), checked
-  before a message is queued; over it is `429` with `Retry-After`.
+  before a message is queued; over it is `429` with `Retry-After`. A campaign's
+  messages count against the day's (`take_daily_quota`) as they are released.
 * Sender budgets: messages per second per provider sender (slots reserved for a
   batch, GCRA), and WhatsApp pair pacing (one message per few seconds to the same
   user), taken by workers before a batch is claimed.
