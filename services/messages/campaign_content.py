@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -92,6 +92,16 @@ def campaign_contents(
         for missing in wanted - cache.keys():
             cache[missing] = None
     return cache
+
+
+def same_body(body: str | None) -> ColumnElement[bool]:
+    """Messages whose body, as sent, is `body`: their own, or their shared-content
+    campaign's (their own column is NULL)."""
+    shared = select(Campaign.id).where(Campaign.shared_content.is_(True), Campaign.body == body)
+    return or_(
+        Message.body == body,
+        and_(Message.body.is_(None), Message.campaign_id.in_(shared)),
+    )
 
 
 def fill_campaign_content(
