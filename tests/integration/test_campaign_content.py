@@ -51,7 +51,9 @@ def single(client, tenant, **fields: Any) -> str:  # type: ignore[no-untyped-def
     return sent.get_json()["id"]
 
 
-def test_a_campaign_template_message_is_the_request_a_single_message_makes(live, client) -> None:
+def test_a_campaign_template_message_is_the_request_a_single_message_makes(
+    live, client, dispatched
+) -> None:
     tenant = make_tenant("same-meta")
     template = {
         "name": "order_ready",
@@ -110,7 +112,7 @@ def test_a_campaign_template_message_is_the_request_a_single_message_makes(live,
     assert content_of(live, other)["template"]["components"] == template["components"]
 
 
-def test_a_campaign_sms_is_the_request_a_single_sms_makes(live, client) -> None:
+def test_a_campaign_sms_is_the_request_a_single_sms_makes(live, client, dispatched) -> None:
     tenant = make_tenant("same-sms")
     row = campaign_row(
         client,
@@ -136,7 +138,7 @@ def test_a_campaign_sms_is_the_request_a_single_sms_makes(live, client) -> None:
     assert content_of(live, one)["Body"] == "Your table is ready"
 
 
-def test_rows_written_before_0015_are_sent_from_their_own_copy(live, client) -> None:
+def test_rows_written_before_0015_are_sent_from_their_own_copy(live, client, dispatched) -> None:
     tenant = make_tenant("legacy-rows")
     template = {"name": "offer", "language": "es_MX"}
     with session_scope() as session:
