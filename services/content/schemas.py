@@ -34,12 +34,14 @@ WHATSAPP_TEMPLATE_LIMIT = 1024  # a WhatsApp template's text with its variables 
 
 _url = validate.URL(schemes={"http", "https"}, require_tld=False)
 
-# A template's parts, capped as Meta caps them (developers.facebook.com/documentation/
-# business-messaging/whatsapp/templates/components): a text header is at most 60
-# characters, the body 1,024, the footer 60, and a template has at most 10 buttons
-# (a URL button's URL at most 2,000 characters; a carousel at most 10 cards). Applied to
-# the `components` a send request gives, on every path that takes a template (message,
-# batch, campaign, the Celery task): Meta would refuse more, and no more is stored.
+# A template's parts, capped as Meta caps them: a text header is at most 60 characters
+# (developers.facebook.com/documentation/business-messaging/whatsapp/templates/components),
+# the body 1,024, the footer 60, and a template has at most 10 buttons (the same page, as
+# summarised by docs.ycloud.com "Template components and formats" and Gupshup's "Template
+# Button List"). The 2,000 characters of a button's parameter (Meta's URL button limit)
+# and the 10 cards of a carousel are Meta's as we know them, not confirmed by those pages.
+# Applied to the `components` a send request gives, on every path that takes a template
+# (message, batch, campaign, the Celery task): Meta would refuse more, and no more is stored.
 TEMPLATE_TEXT_LIMITS = {"header": 60, "body": WHATSAPP_TEMPLATE_LIMIT, "footer": 60}
 TEMPLATE_BUTTONS = 10
 TEMPLATE_BUTTON_TEXT = 2000  # a button's parameter (a URL's variable part, a payload)
