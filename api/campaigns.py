@@ -8,6 +8,7 @@ from api.auth import current_tenant, db, json_body, read_limited, require_tenant
 from core.errors import InvalidRequest
 from services.campaigns.campaigns import (
     campaign_to_dict,
+    check_recipient_count,
     control_campaign,
     create_campaign,
     csv_recipients,
@@ -41,9 +42,11 @@ def create():  # type: ignore[no-untyped-def]
                 file: {type: string, format: binary}
       responses:
         201: {description: Created, content: {application/json: {schema: Campaign}}}
+        400: Invalid
         401: Unauthorized
         404: NotFound
         422: Refused
+        429: RateLimited
     """
     session = db()
     if request.mimetype == "multipart/form-data":
@@ -61,7 +64,9 @@ def create():  # type: ignore[no-untyped-def]
         recipients = csv_recipients(upload.stream)
     else:
         data = load_campaign_request(json_body())
-        recipients = iter(data.pop("recipients", None) or [])
+        listed = data.pop("recipients", None) or []
+        check_recipient_count(len(listed))  # over the cap: refused before anything is written
+        recipients = iter(listed)
     campaign = create_campaign(session, current_tenant(), data, recipients)
     session.commit()
     return jsonify(campaign_to_dict(session, campaign)), 201

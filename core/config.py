@@ -212,6 +212,8 @@ class Settings:
     meta_prices: tuple[str, dict[str, Decimal]] | None = None
     # A tenant's expensive reads (lists, usage, the console's pages) per second; 0 = no limit.
     read_rate: float = 10.0
+    # Recipients one campaign may list (JSON or CSV rows): services/campaigns/campaigns.py.
+    campaign_max_recipients: int = 100_000
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -285,6 +287,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         media_max_bytes=_int(env, "HERALD_MEDIA_MAX_BYTES", 100 * 1024 * 1024, minimum=1),
         meta_prices=_price_table(env, "HERALD_META_PRICES"),
         read_rate=_non_negative(_float(env, "HERALD_READ_RATE", 10.0), "HERALD_READ_RATE"),
+        campaign_max_recipients=_int(env, "HERALD_CAMPAIGN_MAX_RECIPIENTS", 100_000, minimum=1),
     )
 
 

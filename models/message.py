@@ -213,10 +213,21 @@ class Campaign(Base):
     invalid: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     invalid_rows: Mapped[list | None] = mapped_column(JSON)
-    # Copied to each message's `options` (a `media_id` resolved at creation).
+    # The content's `options` (a `media_id` resolved at creation): copied to each row
+    # of a campaign written before 0015, read from here for the others.
     options: Mapped[dict | None] = mapped_column(JSON)
     # {"start": "21:00", "end": "08:00", "default_timezone": "UTC", "zones": [...]}
     quiet_hours: Mapped[dict | None] = mapped_column(JSON)
+    # The content (body, media_urls, template, options) is stored here once; each row
+    # carries only what differs per recipient (services/messages/campaign_content.py).
+    # False: a campaign written before 0015, whose rows carry their own copy.
+    shared_content: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=text("false")
+    )
+    # Why a paused campaign is paused ('daily_quota': by itself, until `resume_at`;
+    # None: by the tenant).
+    pause_reason: Mapped[str | None] = mapped_column(String(32))
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

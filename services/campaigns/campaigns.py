@@ -2,8 +2,19 @@
 
 Creation writes every recipient as a `scheduled` message row, in chunks, with
 batched INSERTs that skip a repeated recipient through the unique (campaign,
-to) constraint, so memory stays flat however long the list or CSV is. Every
-second beat runs `release_due_campaigns`: each running campaign earns `rate`
+to) constraint, so memory stays flat however long the list or CSV is. The content
+(body, media, template) is stored once, on the campaign; a row carries only what
+differs per recipient (services/messages/campaign_content.py), so a large template
+costs the database its size once, not once per recipient. At most
+`HERALD_CAMPAIGN_MAX_RECIPIENTS` rows are read.
+
+Campaign messages count against the tenant's daily quota (the one its API messages
+count against): a campaign with more recipients than the day has left is refused at
+creation, and each release takes its batch from the quota; a release the quota cannot
+cover whole sends what it covers and pauses the campaign (`pause_reason`
+'daily_quota') until the UTC day is over, when it resumes by itself.
+
+Every second beat runs `release_due_campaigns`: each running campaign earns `rate`
 messages per second of allowance (at most two seconds' worth banked), moves
 that many rows to `queued`, and enqueues them in batches on the bulk queue,
 where one task sends its batch concurrently. Pause stops the releases, resume
@@ -16,7 +27,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +36,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from core.errors import Conflict, InvalidRequest, PolicyRefused
+from core.config import get_settings
+from core.errors import Conflict, InvalidRequest, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
@@ -34,6 +46,7 @@ from services.content.phones import normalize_e164, whatsapp_forms
 from services.content.schemas import (
     CHANNELS,
     PROVIDERS,
+    TEMPLATE_VARIABLES,
     MediaUrls,
     TemplateSchema,
     check_for_provider,
@@ -41,9 +54,10 @@ from services.content.schemas import (
     variables_problem,
 )
 from services.content.templates import campaign_row_problem, refuse_unusable_template
+from services.messages.campaign_content import recipient_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
-from services.policy import quiet_hours
+from services.policy import limits, quiet_hours
 from services.reporting.events import record_status_event
 from services.tenancy.owned import get_owned
 from services.tenancy.senders import (
@@ -62,6 +76,7 @@ CHUNK = 1000
 MAX_INVALID_ROWS_KEPT = 1000
 FINAL = ("sent", "delivered", "read", "failed", "undelivered", "canceled")
 COUNTED = ("scheduled", "queued", "sending", *FINAL)  # a campaign's `counts`, with skipped
+QUOTA_PAUSE = "daily_quota"  # a campaign's pause_reason when the day's quota ran out
 
 
 class CampaignSchema(Schema):
@@ -136,9 +151,67 @@ def _csv_rows(reader: Any) -> Iterator[dict[str, Any]]:
         yield item
 
 
+def too_many_recipients(count: int | None = None) -> InvalidRequest:
+    """The 400 for a campaign over `HERALD_CAMPAIGN_MAX_RECIPIENTS` (its count, when known)."""
+    cap = get_settings().campaign_max_recipients
+    given = f"; this one has {count:,}" if count is not None else ""
+    text = f"A campaign lists at most {cap:,} recipients{given}."
+    return InvalidRequest(
+        text + " Split it into several campaigns.",
+        code="too_many_recipients",
+        fields={"recipients": [text]},
+    )
+
+
+def check_recipient_count(count: int) -> None:
+    """Refuse a recipient list over the cap before any of it is written."""
+    if count > get_settings().campaign_max_recipients:
+        raise too_many_recipients(count)
+
+
+def daily_limit(tenant: Tenant) -> int:
+    """The tenant's daily quota (0: unlimited), the setting's default when it sets none."""
+    if tenant.daily_limit is not None:
+        return tenant.daily_limit
+    return get_settings().default_daily_limit
+
+
+def _check_quota(tenant: Tenant, campaign: Campaign) -> None:
+    """Refuse a campaign with more messages than its day's quota has left: 422 when
+    it exceeds the daily quota itself, 429 (Retry-After: the day's end) when only
+    what is used today is in the way. A campaign sending on a later UTC day has the
+    whole of that day's quota. Nothing is taken here: releases take it."""
+    daily = daily_limit(tenant)
+    if daily <= 0 or not campaign.total:
+        return
+    later = campaign.send_at is not None and campaign.send_at.date() > utcnow().date()
+    left = daily if later else limits.daily_quota_left(tenant.id, daily)
+    if left is None or campaign.total <= left:
+        return
+    text = (
+        f"This campaign has {campaign.total:,} messages to send; the tenant's daily quota "
+        f"({daily:,} a day) has {left:,} left {'that day' if later else 'today'}."
+    )
+    if campaign.total > daily:
+        raise PolicyRefused(
+            text + " Split it over several days.",
+            code="quota_exceeded",
+            fields={"recipients": [text]},
+        )
+    wait = limits.seconds_to_day_end()
+    raise RateLimited(
+        text + f" Retry in {wait} s, when the day's quota starts again.",
+        code="quota_exceeded",
+        fields={"recipients": [text]},
+        headers={"Retry-After": str(wait)},
+    )
+
+
 def create_campaign(
     session: Session, tenant: Tenant, data: dict[str, Any], recipients: Iterable[Any]
 ) -> Campaign:
+    """Write the campaign and a `scheduled` row per recipient in the caller's
+    transaction; raises (the caller rolls back) over the recipient cap or the quota."""
     channel = data["channel"]
     pool = campaign_pool(session, tenant, channel, data)  # senders: who sends it
     provider = (
@@ -179,12 +252,16 @@ def create_campaign(
         allowance=Decimal(0),
         invalid_rows=[],
         quiet_hours=quiet_hours.option(data),
+        shared_content=True,  # its rows carry only what differs per recipient
     )
     session.add(campaign)
     session.flush()
     invalid_rows: list[dict[str, Any]] = []
     chunk: list[tuple[int, Any]] = []
+    cap = get_settings().campaign_max_recipients
     for number, item in enumerate(recipients, 1):
+        if number > cap:  # a CSV is streamed: its length is known only by reading it
+            raise too_many_recipients()
         chunk.append((number, item))
         if len(chunk) >= CHUNK:
             _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
@@ -195,6 +272,7 @@ def create_campaign(
     inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
     campaign.total = inserted
+    _check_quota(tenant, campaign)
     log.info(
         "campaign created id=%s tenant=%s total=%d skipped=%d invalid=%d duplicates=%d",
         campaign.id,
@@ -235,6 +313,8 @@ def _add_chunk(
             # Known per recipient only: the row fails here, the campaign goes on.
             filled = {**campaign.template, "variables": variables}
             error = variables_problem(campaign.channel, filled)
+            if not error and any(len(v) > 1024 for v in variables):  # as TemplateSchema's
+                error = "a variable is at most 1024 characters"
         if not error:
             error = campaign_row_problem(session, campaign, account_id, variables)
         if error:
@@ -267,9 +347,6 @@ def _add_chunk(
     for phone, (contact_id, variables) in valid.items():
         if phone in opted_out:
             continue
-        template = campaign.template
-        if template is not None and variables:
-            template = {**template, "variables": variables}
         rows.append(
             {
                 "id": new_id("msg"),
@@ -280,10 +357,11 @@ def _add_chunk(
                 "provider_account_id": account_id,
                 "to_number": phone,
                 "contact_id": contact_id,
-                "body": campaign.body,
-                "media_urls": campaign.media_urls,
-                "template": template,
-                "options": campaign.options,
+                # The content is the campaign's (services/messages/campaign_content.py).
+                "body": None,
+                "media_urls": None,
+                "template": recipient_template(variables) if campaign.template else None,
+                "options": None,
                 "status": "scheduled",
                 "attempts": 0,
                 "campaign_id": campaign.id,
@@ -323,6 +401,8 @@ def _recipient(
     ):
         return "variables must be a list of strings", "", None, []
     variables = [str(v) for v in variables]
+    if len(variables) > TEMPLATE_VARIABLES:
+        return f"at most {TEMPLATE_VARIABLES} variables", "", None, []
     if ("to" in item) == ("contact_id" in item):
         return "give exactly one of 'to' or 'contact_id'", "", None, []
     if "contact_id" in item:
@@ -346,6 +426,23 @@ def release_due_campaigns(now: datetime | None = None) -> int:
     now = now or utcnow()
     released = 0
     with session_scope() as session:
+        # Paused for the quota and its day is over: running again from this tick.
+        session.execute(
+            update(Campaign)
+            .where(
+                Campaign.status == "paused",
+                Campaign.pause_reason == QUOTA_PAUSE,
+                Campaign.resume_at <= now,
+            )
+            .values(
+                status="running",
+                pause_reason=None,
+                resume_at=None,
+                last_release_at=None,
+                allowance=Decimal(0),
+            )
+            .execution_options(synchronize_session=False)
+        )
         campaigns = list(
             session.scalars(
                 select(Campaign)
@@ -393,6 +490,13 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
         if not unfinished:
             campaign.status = "completed"
         return 0
+    tenant = session.get(Tenant, campaign.tenant_id)  # one read per tenant per tick
+    granted = limits.take_daily_quota(campaign.tenant_id, daily_limit(tenant), len(ids))  # type: ignore[arg-type]
+    if granted < len(ids):  # the day's quota is used up: send what it covers, then wait
+        ids = ids[:granted]
+        _pause_for_quota(campaign, now)
+        if not ids:
+            return 0
     session.execute(
         update(Message)
         .where(Message.id.in_(ids), Message.status == "scheduled")
@@ -405,6 +509,20 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
             session, [*ids[start : start + BATCH_SIZE]], BULK_QUEUE, task=BATCH_TASK
         )
     return len(ids)
+
+
+def _pause_for_quota(campaign: Campaign, now: datetime) -> None:
+    """Pause a campaign the day's quota cannot cover, visibly (`pause_reason`), until
+    the UTC day ends; its remaining rows stay `scheduled`, nothing is sent over quota."""
+    campaign.status, campaign.pause_reason = "paused", QUOTA_PAUSE
+    campaign.resume_at = now + timedelta(seconds=limits.seconds_to_day_end())
+    campaign.allowance = Decimal(0)
+    log.warning(
+        "campaign paused: daily quota reached id=%s tenant=%s resume_at=%s",
+        campaign.id,
+        campaign.tenant_id,
+        iso(campaign.resume_at),
+    )
 
 
 # ---------------------------------------------------------------- control and progress
@@ -424,8 +542,10 @@ def control_campaign(session: Session, tenant_id: str, campaign_id: str, action:
         campaign.status = "paused"
     elif action == "resume":
         campaign.status, campaign.last_release_at, campaign.allowance = "running", None, Decimal(0)
+        campaign.pause_reason = campaign.resume_at = None  # over quota still: paused again
     else:
         campaign.status = "canceled"
+        campaign.pause_reason = campaign.resume_at = None
         _cancel_unsent(session, campaign)
     session.flush()
     return campaign
@@ -468,6 +588,11 @@ class CampaignView(Shape):
     id = fields.String()
     name = fields.String()
     status = fields.String()
+    pause_reason = fields.String(
+        allow_none=True,
+        metadata={"description": "daily_quota: paused by the quota until resume_at"},
+    )
+    resume_at = fields.DateTime(allow_none=True)
     channel = fields.String()
     provider = fields.String()
     rate = fields.Float(metadata={"description": "messages per second"})
@@ -500,6 +625,10 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
+        # 'daily_quota': paused by the quota until `resume_at` (then running again by
+        # itself); null: not paused, or paused by the tenant.
+        "pause_reason": campaign.pause_reason,
+        "resume_at": iso(campaign.resume_at),
         "channel": campaign.channel,
         "provider": campaign.provider,
         "rate": float(campaign.rate),

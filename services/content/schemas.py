@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -32,6 +33,26 @@ META_CAPTION_LIMIT = 1024  # Meta image/video/document caption
 WHATSAPP_TEMPLATE_LIMIT = 1024  # a WhatsApp template's text with its variables filled in
 
 _url = validate.URL(schemes={"http", "https"}, require_tld=False)
+
+# A template's parts, capped as Meta caps them: a text header is at most 60 characters
+# (developers.facebook.com/documentation/business-messaging/whatsapp/templates/components),
+# the body 1,024, the footer 60, and a template has at most 10 buttons (the same page, as
+# summarised by docs.ycloud.com "Template components and formats" and Gupshup's "Template
+# Button List"). The 2,000 characters of a button's parameter (Meta's URL button limit)
+# and the 10 cards of a carousel are Meta's as we know them, not confirmed by those pages.
+# Applied to the `components` a send request gives, on every path that takes a template
+# (message, batch, campaign, the Celery task): Meta would refuse more, and no more is stored.
+TEMPLATE_TEXT_LIMITS = {"header": 60, "body": WHATSAPP_TEMPLATE_LIMIT, "footer": 60}
+TEMPLATE_BUTTONS = 10
+TEMPLATE_BUTTON_TEXT = 2000  # a button's parameter (a URL's variable part, a payload)
+TEMPLATE_CAROUSEL_CARDS = 10
+# One header, one body, one footer and the buttons (a carousel counts as the body's peer).
+TEMPLATE_COMPONENTS = 3 + TEMPLATE_BUTTONS
+# Herald's own bounds, far above any template Meta approves: any one string in the
+# components (a media link, say), the components as JSON, and the variables' count.
+TEMPLATE_STRING = 2048
+TEMPLATE_COMPONENTS_BYTES = 32 * 1024
+TEMPLATE_VARIABLES = 100
 
 
 # What `from` may name (services/tenancy/senders.py resolves it).
@@ -76,10 +97,18 @@ class TemplateSchema(Schema):
 
     name = fields.String(validate=validate.Length(min=1, max=512))
     language = fields.String(load_default="en_US", validate=validate.Length(min=2, max=16))
-    variables = fields.List(fields.String(validate=validate.Length(max=1024)), load_default=list)
+    variables = fields.List(
+        fields.String(validate=validate.Length(max=1024)),
+        load_default=list,
+        validate=validate.Length(max=TEMPLATE_VARIABLES),
+    )
     components = fields.List(fields.Dict())
     content_sid = fields.String(validate=validate.Regexp(r"^HX[0-9a-fA-F]{32}$"))
-    content_variables = fields.Dict(keys=fields.String(), values=fields.String())
+    content_variables = fields.Dict(
+        keys=fields.String(validate=validate.Length(max=64)),
+        values=fields.String(validate=validate.Length(max=1024)),
+        validate=validate.Length(max=TEMPLATE_VARIABLES),
+    )
 
     @validates_schema
     def _name_or_sid(self, data: dict[str, Any], **_: Any) -> None:
@@ -87,6 +116,80 @@ class TemplateSchema(Schema):
             raise ValidationError(
                 "A template needs a name (Meta) or a content_sid (Twilio).", "name"
             )
+        problems = components_problems(data.get("components"))
+        if problems:
+            raise ValidationError(problems, "components")
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string inside a JSON value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _texts(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return []
+
+
+def components_problems(components: Any) -> list[str]:
+    """Why a template's `components` exceed Meta's caps (TEMPLATE_TEXT_LIMITS and the
+    rest, above), or nothing: the number of each kind of component, each kind's text,
+    a button's parameter, a carousel's cards, and the whole as JSON."""
+    if not isinstance(components, list):
+        return []
+    problems: list[str] = []
+    if len(components) > TEMPLATE_COMPONENTS:
+        problems.append(
+            f"At most {TEMPLATE_COMPONENTS} components (a header, a body, a footer and "
+            f"{TEMPLATE_BUTTONS} buttons); got {len(components)}."
+        )
+    counts: dict[str, int] = {}
+    for component in components:
+        kind = str(component.get("type") or "").lower()
+        counts[kind] = counts.get(kind, 0) + 1
+        params = component.get("parameters")
+        texts = [
+            str(p.get("text"))
+            for p in (params if isinstance(params, list) else [])
+            if isinstance(p, dict) and p.get("text") is not None
+        ]
+        if kind in TEMPLATE_TEXT_LIMITS:
+            own = component.get("text")
+            total = sum(map(len, texts)) + (len(own) if isinstance(own, str) else 0)
+            if total > TEMPLATE_TEXT_LIMITS[kind]:
+                problems.append(
+                    f"The {kind}'s text is at most {TEMPLATE_TEXT_LIMITS[kind]:,} "
+                    f"characters; got {total:,}."
+                )
+        elif kind == "button":
+            longest = max(map(len, _texts(params)), default=0)
+            if longest > TEMPLATE_BUTTON_TEXT:
+                problems.append(
+                    f"A button's parameter is at most {TEMPLATE_BUTTON_TEXT:,} characters; "
+                    f"got {longest:,}."
+                )
+        elif kind == "carousel":
+            cards = component.get("cards")
+            if isinstance(cards, list) and len(cards) > TEMPLATE_CAROUSEL_CARDS:
+                problems.append(
+                    f"A carousel has at most {TEMPLATE_CAROUSEL_CARDS} cards; got {len(cards)}."
+                )
+    for kind in ("header", "body", "footer", "carousel"):
+        if counts.get(kind, 0) > 1:
+            problems.append(f"At most one {kind} component; got {counts[kind]}.")
+    if counts.get("button", 0) > TEMPLATE_BUTTONS:
+        problems.append(f"At most {TEMPLATE_BUTTONS} buttons; got {counts['button']}.")
+    longest = max(map(len, _texts(components)), default=0)
+    if longest > TEMPLATE_STRING:
+        problems.append(f"A value is at most {TEMPLATE_STRING:,} characters; got {longest:,}.")
+    size = len(json.dumps(components, ensure_ascii=False).encode())
+    if size > TEMPLATE_COMPONENTS_BYTES:
+        problems.append(
+            f"The components are at most {TEMPLATE_COMPONENTS_BYTES // 1024} KB as JSON; "
+            f"got {size // 1024:,} KB."
+        )
+    return problems
 
 
 class MessageRequestSchema(Schema):

@@ -36,6 +36,7 @@ from providers.base import AccountCredentials
 from services.content import conversations
 from services.content.phones import whatsapp_forms
 from services.content.schemas import provider_problems
+from services.messages.campaign_content import fill_campaign_content
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expired_refusal
 from services.messages.gate import Gate
@@ -178,6 +179,8 @@ def _claim(  # type: ignore[no-untyped-def]
     messages = {m.id: m for m in map(message_from_row, rows)}
     if not messages:
         return []
+    # A campaign's rows carry only what differs per recipient: the rest from its campaign.
+    fill_campaign_content(session, messages.values(), known.contents if known else None)
     opted_out = _opted_out(session, list(messages.values()))
     if known is not None:
         accounts = known.accounts

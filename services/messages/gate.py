@@ -5,7 +5,7 @@ reserved) for the beat's `release_parked`, not re-queued as a task."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -19,6 +19,7 @@ from models import (
 )
 from models.fast import Statement, naive_utc
 from providers.base import AccountCredentials
+from services.messages.campaign_content import ContentCache
 from services.policy import breaker
 from services.policy.limits import give_back_pair_slot, reserve_send_slots, take_pair_slot
 from services.tenancy.secrets import decrypt_json
@@ -73,6 +74,8 @@ class Gate:
     accounts: dict[str, AccountCredentials]
     # The gate's open transaction, while the batch's first chunk is claimed in it.
     session: Session | None = None
+    # The batch's campaigns' content, read once for all its chunks (campaign_content.py).
+    contents: ContentCache = field(default_factory=dict)
 
 
 def send_gates(message_ids: list[str]) -> dict[str, float]:

@@ -37,6 +37,7 @@ from providers import (
     error_name,
 )
 from providers.base import AccountCredentials
+from services.messages.campaign_content import same_body
 from services.messages.claim import DeliveryOutcome, owe_events
 from services.messages.status import allowed_from, apply_status
 from services.policy import breaker
@@ -224,7 +225,7 @@ def reconcile(
                 Message.provider == message.provider,
                 Message.channel == message.channel,
                 Message.to_number == message.to_number,
-                Message.body == message.body,
+                same_body(message.body),  # a campaign's row: its campaign's body
                 Message.provider_message_id.is_(None),
                 Message.attempts > 0,
                 Message.updated_at >= since,

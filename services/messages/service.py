@@ -19,6 +19,7 @@ from services.messages.accept import (  # noqa: F401 (the names callers import f
     choose_provider,
     request_hash,
 )
+from services.messages.campaign_content import fill_campaign_content
 from services.messages.status import apply_status
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def get_message(
     message = session.scalars(query).first()
     if message is None:
         raise NotFound(f"No message {message_id!r}.")
+    fill_campaign_content(session, [message])  # a campaign's row: its campaign's content too
     return message
 
 
@@ -81,6 +83,7 @@ def list_messages(
         query = query.where(Message.id < cursor)
     rows = list(session.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    fill_campaign_content(session, rows[:limit])  # one query for the page's campaigns
     return rows[:limit], next_cursor
 
 
@@ -95,4 +98,5 @@ def cancel_message(session: Session, tenant_id: str, message_id: str) -> Message
         )
     session.flush()
     session.refresh(message)
+    fill_campaign_content(session, [message])
     return message

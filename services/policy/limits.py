@@ -1,7 +1,8 @@
 """Limits shared by every API process and worker, kept in Redis.
 
 * Tenant quotas: messages accepted per hour and per day (fixed windows), checked
-  before a message is queued; over it is `429` with `Retry-After`.
+  before a message is queued; over it is `429` with `Retry-After`. A campaign's
+  messages count against the day's (`take_daily_quota`) as they are released.
 * Reads: a tenant's expensive reads (message lists, usage, campaign progress, the
   console's pages) per second, a token bucket; over it is `429` with `Retry-After`.
 * Sender budgets: messages per second per provider sender (slots reserved for a
@@ -49,6 +50,16 @@ if n > 0 then
   if redis.call('INCRBY', KEYS[2], n) == n then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 end
 return {n, full}
+"""
+
+# A campaign's share of the day. KEYS: day key. ARGV: day limit, day ttl, n. Grants what
+# is left of n under the day's limit and counts it on the day alone: a campaign, paced by
+# its own rate, leaves the hour's quota to the API's messages. Returns the count granted.
+_DAY_QUOTA = """
+local n = math.max(0, math.min(tonumber(ARGV[3]),
+  tonumber(ARGV[1]) - tonumber(redis.call('GET', KEYS[1]) or '0')))
+if n > 0 and redis.call('INCRBY', KEYS[1], n) == n then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return n
 """
 
 # Slot reservation (GCRA), for a batch of sends on one sender. KEYS: the sender's next
@@ -128,7 +139,7 @@ def take_quota(tenant_id: str, hourly: int, daily: int, n: int = 1) -> tuple[int
         return n, None
     now = datetime.now(UTC)
     hour = key("quota", tenant_id, now.strftime("%Y%m%d%H"))
-    day = key("quota", tenant_id, now.strftime("%Y%m%d"))
+    day = _day_key(tenant_id, now)
     answer = _run(_QUOTA, [hour, day], [hourly, daily, 3700, 90000, n])
     if not isinstance(answer, list):
         return n, None
@@ -153,6 +164,42 @@ def take_read(tenant_id: str, per_second: float) -> float | None:
     now_ms = int(time.time() * 1000)
     wait = _run(_READ, [key("reads", tenant_id)], [spacing, tolerance, now_ms])
     return int(wait) / 1000 if isinstance(wait, int) and wait > 0 else None
+
+
+def _day_key(tenant_id: str, now: datetime) -> str:
+    """The counter of the tenant's messages on `now`'s UTC day (API and campaigns)."""
+    return key("quota", tenant_id, now.strftime("%Y%m%d"))
+
+
+def seconds_to_day_end(now: datetime | None = None) -> int:
+    """Seconds until the daily quota's window (the UTC day) ends."""
+    now = now or datetime.now(UTC)
+    return max(1, 86400 - (now.hour * 3600 + now.minute * 60 + now.second))
+
+
+def take_daily_quota(tenant_id: str, daily: int, n: int) -> int:
+    """Count up to `n` campaign messages against the tenant's daily quota (0 =
+    unlimited), the one the API's messages count against too; how many were granted.
+    The hourly quota is left alone: a campaign's `rate` paces it. Redis unreachable
+    lets them all through, as for the API."""
+    if n <= 0 or daily <= 0:
+        return max(0, n)
+    answer = _run(_DAY_QUOTA, [_day_key(tenant_id, datetime.now(UTC))], [daily, 90000, n])
+    return n if answer is None else int(answer)  # type: ignore[call-overload]
+
+
+def daily_quota_left(tenant_id: str, daily: int) -> int | None:
+    """What is left of the tenant's daily quota today; None when it is unlimited or
+    Redis does not answer (then nothing is refused)."""
+    client = get_redis()
+    if daily <= 0 or client is None:
+        return None
+    try:
+        used = client.get(_day_key(tenant_id, datetime.now(UTC)))
+    except redis.RedisError as exc:
+        log.warning("limits unavailable, not checking the quota: %s", type(exc).__name__)
+        return None
+    return max(0, daily - int(used or 0))
 
 
 def _spacing(per_second: float) -> tuple[float, float]:

@@ -61,7 +61,9 @@ def test_whatsapp_free_text_campaign_is_refused(client, auth) -> None:
         message = session.scalars(
             select(Message).where(Message.campaign_id == ok.get_json()["id"])
         ).one()
-        assert message.template == {**TEMPLATE, "variables": ["Ana", "20%"]}
+        assert message.template == {"variables": ["Ana", "20%"]}  # the rest: the campaign's
+    shown = client.get(f"/v1/messages/{message.id}", headers=auth).get_json()
+    assert shown["template"] == {**TEMPLATE, "variables": ["Ana", "20%"]}
 
 
 def test_csv_upload_with_bad_rows(client, auth, dispatched) -> None:

@@ -1,7 +1,7 @@
 """a keyed hash of each account's Meta verify token, looked up by index
 
-Revision ID: 0018_verify_token_hash
-Revises: 0014_expiry_waiting_index
+Revision ID: 0016_verify_token_hash
+Revises: 0015_campaign_content
 
 `GET /webhooks/meta` (Meta's subscription check, unauthenticated) decrypted every Meta
 account per request to compare verify tokens: 53 ms with 1,002 accounts, for anyone.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018_verify_token_hash"
-down_revision = "0014_expiry_waiting_index"
+revision = "0016_verify_token_hash"
+down_revision = "0015_campaign_content"
 branch_labels = None
 depends_on = None
 
