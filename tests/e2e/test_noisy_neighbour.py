@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from bench.trickle import TrickleReceiver
 from tests.e2e.stack import RunningStack
-from tests.trickle import TrickleReceiver
 
 pytestmark = pytest.mark.e2e
 

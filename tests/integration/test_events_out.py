@@ -324,8 +324,8 @@ def test_a_hanging_receiver_takes_only_its_tenants_share(
     """While one delivery of tenant A hangs on a trickling receiver, A's next delivery is
     deferred (not attempted, not counted) and tenant B's goes at once; the hanging one
     ends at the deadline."""
+    from bench.trickle import TrickleReceiver
     from tests.conftest import make_tenant
-    from tests.trickle import TrickleReceiver
 
     events_settings(HERALD_EVENTS_PER_TENANT="1", HERALD_EVENTS_DEADLINE_SECONDS="8")
     trickle = TrickleReceiver(interval=0.5)
@@ -359,8 +359,8 @@ def test_a_hanging_receiver_takes_only_its_tenants_share(
 def test_a_host_whose_breaker_is_open_is_not_attempted(
     live, client, auth, dispatched, events_settings
 ) -> None:
+    from bench.trickle import TrickleReceiver
     from services.reporting import fairness
-    from tests.trickle import TrickleReceiver
 
     events_settings(
         HERALD_EVENTS_BREAKER_FAILURES="1",

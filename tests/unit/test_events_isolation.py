@@ -13,7 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from tests.trickle import TrickleReceiver
+from bench.trickle import TrickleReceiver
 
 
 @pytest.fixture
