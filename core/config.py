@@ -105,6 +105,13 @@ def _price_table(env: dict[str, str], name: str) -> tuple[str, dict[str, Decimal
     return currency.upper(), prices
 
 
+def _bounded(value: float, name: str, low: float, high: float) -> float:
+    """`value` if low < value <= high: a setting that only makes sense in a range."""
+    if not low < value <= high:
+        raise ConfigError(f"{name} must be greater than {low:g} and at most {high:g}, got {value}")
+    return value
+
+
 def _url(env: dict[str, str], name: str, default: str) -> str:
     value = (env.get(name) or default).rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -214,6 +221,13 @@ class Settings:
     read_rate: float = 10.0
     # Recipients one campaign may list (JSON or CSV rows): services/campaigns/campaigns.py.
     campaign_max_recipients: int = 100_000
+    # Events out (services/reporting/events.py, outbound.py, fairness.py).
+    events_deadline_seconds: float = 10.0
+    events_concurrency: int = 8
+    events_per_tenant: int = 4
+    events_per_host: int = 4
+    events_breaker_failures: int = 5
+    events_breaker_seconds: int = 60
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -288,6 +302,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         meta_prices=_price_table(env, "HERALD_META_PRICES"),
         read_rate=_non_negative(_float(env, "HERALD_READ_RATE", 10.0), "HERALD_READ_RATE"),
         campaign_max_recipients=_int(env, "HERALD_CAMPAIGN_MAX_RECIPIENTS", 100_000, minimum=1),
+        # Below the 60 s lock a message's event delivery holds (services/reporting/events.py).
+        events_deadline_seconds=_bounded(
+            _float(env, "HERALD_EVENTS_DEADLINE_SECONDS", 10.0),
+            "HERALD_EVENTS_DEADLINE_SECONDS",
+            0,
+            30,
+        ),
+        events_concurrency=_int(env, "HERALD_EVENTS_CONCURRENCY", 8, minimum=1),
+        events_per_tenant=_int(env, "HERALD_EVENTS_PER_TENANT", 4, minimum=1),
+        events_per_host=_int(env, "HERALD_EVENTS_PER_HOST", 4, minimum=1),
+        events_breaker_failures=_int(env, "HERALD_EVENTS_BREAKER_FAILURES", 5, minimum=1),
+        events_breaker_seconds=_int(env, "HERALD_EVENTS_BREAKER_SECONDS", 60, minimum=1),
     )
 
 

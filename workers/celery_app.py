@@ -1,7 +1,10 @@
-"""The Celery application. Start a worker with a threads pool: sends are I/O-bound.
+"""The Celery application. Start workers with a threads pool (sends are I/O-bound), and
+events out to tenants' callback URLs on a worker of their own, so that a slow receiver
+never holds a thread a send needs:
 
     celery -A workers.celery_app worker --pool threads --concurrency 32 \
-        -Q herald,herald.send,herald.bulk,herald.events,herald.periodic
+        -Q herald,herald.send,herald.bulk,herald.periodic
+    celery -A workers.celery_app worker --pool threads --concurrency 8 -Q herald.events
 """
 
 from __future__ import annotations

@@ -28,7 +28,11 @@ def _retry_if_database_down(task: Task, exc: Exception, max_retries: int | None 
         raise task.retry(exc=exc, countdown=RETRY_AFTER_SECONDS, max_retries=max_retries) from exc
 
 
-@shared_task(name="herald.deliver", bind=True, ignore_result=True)
+# Celery reads `retry(max_retries=None)` as "the task's default", 3: the fourth retry
+# raised MaxRetriesExceededError and the row waited for the sweeper. The tasks whose
+# retries the domain counts (HERALD_MAX_ATTEMPTS in a message's row, MAX_ATTEMPTS and
+# the backoff in an event's) say `max_retries=None` where Celery reads it: on the task.
+@shared_task(name="herald.deliver", bind=True, ignore_result=True, max_retries=None)
 def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-def]
     """One delivery attempt (tasks queued before batches, and retries); a retry is
     rescheduled with the countdown the domain chose. A throttled or held message is
@@ -41,7 +45,7 @@ def deliver_message(self, message_id: str) -> str:  # type: ignore[no-untyped-de
         _retry_if_database_down(self, exc)
         raise
     if outcome.action == "retry" and outcome.retry_in is not None:
-        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        raise self.retry(countdown=outcome.retry_in)
     return outcome.action
 
 
@@ -81,12 +85,14 @@ def release_due() -> int:
     return len(released) + len(parked) + campaigns.release_due_campaigns()
 
 
-@shared_task(name="herald.deliver_events", bind=True, ignore_result=True)
+@shared_task(name="herald.deliver_events", bind=True, ignore_result=True, max_retries=None)
 def deliver_events(self, message_id: str) -> None:  # type: ignore[no-untyped-def]
-    """POST the message's owed events to the tenant, in order; retry the stuck one later."""
+    """POST the message's owed events to the tenant, in order; retry the stuck one later
+    (the rows count the attempts and give up after events.MAX_ATTEMPTS, so the task
+    retries for as long as they say)."""
     wait = events.deliver_pending_events(message_id)
     if wait is not None:
-        raise self.retry(countdown=wait, max_retries=None)
+        raise self.retry(countdown=wait)
 
 
 @shared_task(name="herald.send_message", bind=True, ignore_result=False)

@@ -5,6 +5,12 @@ commit a task delivers the message's pending events strictly in order. One event
 failing holds back the later ones of the same message (ordering per message is
 the promise) until it succeeds or is given up after MAX_ATTEMPTS; events of other
 messages are independent.
+
+Deliveries run on their own worker (the `herald.events` queue, never consumed by the
+workers that send), each bounded by a wall-clock deadline and pinned to the address
+its SSRF check judged (outbound.py), and each takes a slot under its tenant's and its
+host's caps behind its host's breaker (fairness.py): a tenant's slow or dead receiver
+costs that tenant's events time, not other tenants' sends or events.
 """
 
 from __future__ import annotations
@@ -12,20 +18,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import random
-import socket
-import threading
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from marshmallow import fields, validate
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
@@ -34,6 +35,7 @@ from models import EventDelivery, Message, Tenant, session_scope, utcnow
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.serialize import MessageView, message_to_dict
 from services.policy.limits import get_redis, key
+from services.reporting import fairness, outbound
 from services.tenancy.secrets import decrypt_json
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ log = logging.getLogger(__name__)
 EVENTS_QUEUE = "herald.events"
 EVENTS_TASK = "herald.deliver_events"
 MAX_ATTEMPTS = 10
-_http_lock = threading.Lock()
-_http: httpx.Client | None = None
+# How long one task may own a message's events (the Redis lock). A task stops taking
+# the next event once a whole delivery deadline would no longer fit in it.
+LOCK_SECONDS = 60
 
 
 class MessageStatusEventView(Shape):
@@ -109,20 +112,12 @@ def record_status_event(session: Session, message_id: str) -> None:
     enqueue_after_commit(session, [message.id], EVENTS_QUEUE, task=EVENTS_TASK)
 
 
-def _client() -> httpx.Client:
-    global _http
-    with _http_lock:
-        if _http is None:
-            _http = httpx.Client(timeout=10, headers={"User-Agent": "Herald-Events/1"})
-        return _http
-
-
 def deliver_pending_events(message_id: str) -> float | None:
     """Send the message's due events in order. Returns seconds until a retry is due, or None."""
     lock = None
     redis = get_redis()
     if redis is not None:
-        lock = redis.lock(key("events", message_id), timeout=60, blocking_timeout=0)
+        lock = redis.lock(key("events", message_id), timeout=LOCK_SECONDS, blocking_timeout=0)
         try:
             if not lock.acquire():
                 return 2.0  # another worker is delivering this message's events
@@ -139,6 +134,8 @@ def deliver_pending_events(message_id: str) -> float | None:
 def _deliver_in_order(message_id: str) -> float | None:
     # Read in one short transaction and POST outside any: a slow tenant URL must not
     # hold a database connection and its row locks for the length of a timeout.
+    started = time.monotonic()
+    budget = LOCK_SECONDS - get_settings().events_deadline_seconds - 5
     with session_scope() as session:
         pending = [
             (e.id, e.url, e.payload, e.next_attempt_at, e.tenant_id)
@@ -156,7 +153,21 @@ def _deliver_in_order(message_id: str) -> float | None:
         now = utcnow()
         if next_attempt_at > now:
             return (next_attempt_at - now).total_seconds()
-        error = _post(event_id, url, payload, secrets[tenant_id])
+        if time.monotonic() - started > budget:
+            return 0.1  # the lock would lapse mid-delivery: go on in a fresh task
+        admission = fairness.admit(tenant_id, url)
+        if admission.wait is not None:
+            # Not attempted, so not counted; the row says when, so the sweeper waits too.
+            _defer(event_id, admission.wait)
+            log.debug("event %s deferred %.1fs: %s", event_id, admission.wait, admission.reason)
+            return admission.wait
+        assert admission.slot is not None
+        try:
+            error = _post(event_id, url, payload, secrets[tenant_id])
+        finally:
+            admission.slot.release()
+        if error is None or not error.startswith(("refused", "not an http")):
+            fairness.record(url, ok=error is None)
         with session_scope() as session:
             event = session.get(EventDelivery, event_id)
             assert event is not None
@@ -173,50 +184,70 @@ def _deliver_in_order(message_id: str) -> float | None:
                 continue
             # Capped below the broker visibility timeout, as every countdown is (celeryconfig).
             wait = min(900.0, random.uniform(1, 2 ** min(event.attempts, 12)))
-            event.next_attempt_at = now + timedelta(seconds=wait)
+            event.next_attempt_at = utcnow() + timedelta(seconds=wait)
             return wait
     return None
 
 
+def _defer(event_id: int, seconds: float) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(EventDelivery)
+            .where(EventDelivery.id == event_id)
+            .values(next_attempt_at=utcnow() + timedelta(seconds=seconds))
+        )
+
+
 def refusal(url: str) -> str | None:
     """Why Herald will not POST to `url`, if it will not: tenants choose callback URLs,
-    and a worker must not be made to call into Herald's own network (SSRF)."""
-    if get_settings().allow_private_callbacks:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "not an http(s) URL"
+    and a worker must not be made to call into Herald's own network (SSRF). Deliveries
+    judge the addresses they connect to themselves (outbound.post); this is the same
+    judgement for a URL alone."""
+    settings = get_settings()
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        return "host does not resolve"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            return f"refused: {parts.hostname} resolves to a non-public address"
+        outbound.resolve_target(
+            url,
+            allow_private=settings.allow_private_callbacks,
+            timeout=settings.events_deadline_seconds,
+        )
+    except outbound.Refused as exc:
+        return str(exc)
+    except outbound.DeliveryFailed as exc:
+        return str(exc)
     return None
 
 
 def _post(event_id: int, url: str, payload: dict[str, Any], secret: str) -> str | None:
-    refused = refusal(url)
-    if refused:
-        return refused
+    """POST one event; None when the receiver took it, else the error kept on its row."""
+    settings = get_settings()
     body = json.dumps({"id": f"evt_{event_id}", **payload}, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "X-Herald-Signature": sign(secret, body)}
     try:
-        response = _client().post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        return type(exc).__name__
-    return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+        status = outbound.post(
+            url,
+            body,
+            headers,
+            deadline_seconds=settings.events_deadline_seconds,
+            allow_private=settings.allow_private_callbacks,
+        )
+    except (outbound.Refused, outbound.DeliveryFailed) as exc:
+        return str(exc)
+    return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 def overdue_event_messages(limit: int = 500) -> list[str]:
-    """Messages with events due (their task may have been lost): for the sweeper."""
+    """Messages with events due a while ago (their task may have been lost): for the
+    sweeper. Events just due belong to the task already scheduled for them; ringing
+    again at once would start a second chain of retries for the same message."""
+    grace = timedelta(seconds=get_settings().sweep_after_seconds)
     with session_scope() as session:
         return list(
             session.scalars(
                 select(EventDelivery.message_id)
-                .where(EventDelivery.status == "pending", EventDelivery.next_attempt_at < utcnow())
+                .where(
+                    EventDelivery.status == "pending",
+                    EventDelivery.next_attempt_at < utcnow() - grace,
+                )
                 .group_by(EventDelivery.message_id)
                 .limit(limit)
             )

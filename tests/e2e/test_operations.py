@@ -26,6 +26,7 @@ SERVICES = {
     "proxy",
     "worker",
     "worker-bulk",
+    "events",
     "periodic",
     "beat",
     "redis",
@@ -117,7 +118,7 @@ def _run_procfile(honcho: str, env: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "honcho.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [honcho, "-f", "Procfile", "start", "web", "worker", "beat"],
+            [honcho, "-f", "Procfile", "start", "web", "worker", "events", "beat"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -138,14 +139,15 @@ def _run_procfile(honcho: str, env: dict[str, str], tmp_path: Path) -> None:
             time.sleep(0.5)
         assert ready is not None and ready.status_code == 200, log.read_text()[-3000:]
         assert ready.json()["checks"] == {"database": True, "redis": True}
-        deadline = time.monotonic() + 60  # the worker and beat came up too
+        deadline = time.monotonic() + 60  # both workers and beat came up too
         while time.monotonic() < deadline and not (
-            "[queues]" in log.read_text() and "celery beat v" in log.read_text()
+            log.read_text().count("[queues]") >= 2 and "celery beat v" in log.read_text()
         ):
             time.sleep(0.5)
         time.sleep(2)
         text = log.read_text()
-        assert "[queues]" in text and "herald.bulk" in text, text[-3000:]
+        assert text.count("[queues]") >= 2 and "herald.bulk" in text, text[-3000:]
+        assert "herald.events" in text, text[-3000:]  # the events worker's queue
         assert "celery beat v" in text and proc.poll() is None, text[-3000:]
     finally:
         with contextlib.suppress(ProcessLookupError):

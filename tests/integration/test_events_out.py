@@ -262,3 +262,120 @@ def test_callbacks_to_private_addresses_are_refused(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- one tenant's receiver
+
+
+@pytest.fixture
+def events_settings(monkeypatch):  # type: ignore[no-untyped-def]
+    """Event settings for one test, and no cap or breaker left over from another."""
+    from core.config import get_settings
+    from services.policy.limits import get_redis, key
+
+    def clear() -> None:
+        client = get_redis()
+        if client is not None:
+            for name in client.scan_iter(match=key("events", "*")):
+                client.delete(name)
+
+    def apply(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    clear()
+    yield apply
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    clear()
+
+
+def _owed(client, auth, url: str) -> str:  # type: ignore[no-untyped-def]
+    """A message sent with events owed to `url` (sending, sent)."""
+    mid = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={"to": "+12025550143", "body": "x", "channel": "sms", "callback_url": url},
+    ).get_json()["id"]
+    assert deliver(mid).action == "sent"
+    return mid
+
+
+def _rows(mid: str) -> list[EventDelivery]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(EventDelivery).where(EventDelivery.message_id == mid).order_by(EventDelivery.id)
+        ).all()
+        session.expunge_all()
+        return list(rows)
+
+
+def _in_thread(fn):  # type: ignore[no-untyped-def]
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(value=fn()), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_a_hanging_receiver_takes_only_its_tenants_share(
+    live, client, auth, receiver, dispatched, events_settings
+) -> None:
+    """While one delivery of tenant A hangs on a trickling receiver, A's next delivery is
+    deferred (not attempted, not counted) and tenant B's goes at once; the hanging one
+    ends at the deadline."""
+    from bench.trickle import TrickleReceiver
+    from tests.conftest import make_tenant
+
+    events_settings(HERALD_EVENTS_PER_TENANT="1", HERALD_EVENTS_DEADLINE_SECONDS="8")
+    trickle = TrickleReceiver(interval=0.5)
+    try:
+        first, second = _owed(client, auth, trickle.url), _owed(client, auth, trickle.url)
+        hanging, outcome = _in_thread(lambda: deliver_pending_events(first))
+        wait_for(lambda: trickle.open_connections(), what="the first delivery to hang")
+        wait = deliver_pending_events(second)  # same tenant, while the first hangs
+        assert wait is not None and wait > 0
+        assert len(trickle.snapshot()) == 1  # never connected
+        row = _rows(second)[0]
+        assert (row.status, row.attempts) == ("pending", 0)
+        assert row.next_attempt_at > utcnow()  # the sweeper waits too
+
+        other = make_tenant("other")
+        other_auth = {"Authorization": f"Bearer {other['api_key']}"}
+        theirs = _owed(client, other_auth, receiver.url)
+        assert deliver_pending_events(theirs) is None  # B is not behind A
+        assert trickle.open_connections()  # and A's delivery was still hanging meanwhile
+        assert {r.status for r in _rows(theirs)} == {"delivered"}
+
+        hanging.join(30)
+        assert not hanging.is_alive(), "the hanging delivery outlived its deadline"
+        assert outcome["value"] is not None  # retried later
+        row = _rows(first)[0]
+        assert (row.status, row.attempts, row.last_error) == ("pending", 1, "DeadlineExceeded")
+    finally:
+        trickle.stop()
+
+
+def test_a_host_whose_breaker_is_open_is_not_attempted(
+    live, client, auth, dispatched, events_settings
+) -> None:
+    from bench.trickle import TrickleReceiver
+    from services.reporting import fairness
+
+    events_settings(
+        HERALD_EVENTS_BREAKER_FAILURES="1",
+        HERALD_EVENTS_BREAKER_SECONDS="600",
+        HERALD_EVENTS_DEADLINE_SECONDS="1",
+    )
+    trickle = TrickleReceiver(interval=0.2)
+    try:
+        first, second = _owed(client, auth, trickle.url), _owed(client, auth, trickle.url)
+        assert deliver_pending_events(first) is not None  # cut at the deadline: one failure
+        assert _rows(first)[0].last_error == "DeadlineExceeded"
+        assert fairness.breaker_wait(trickle.url) > 0
+        wait = deliver_pending_events(second)
+        assert wait is not None and wait > 500  # the cool-down, not a quick retry
+        assert len(trickle.snapshot()) == 1  # the second was never attempted
+        assert _rows(second)[0].attempts == 0
+    finally:
+        trickle.stop()
