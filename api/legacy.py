@@ -282,10 +282,6 @@ def meta_send_message():  # type: ignore[no-untyped-def]
       requestBody: {content: {application/json: {schema: Seed003TextRequest}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
-        400: Envelope
-        401: Envelope
-        413: TooLarge
-        503: EnvelopeUnavailable
     """
     body = _body()
     if missing := _envelope_missing(body, "to", "text"):
@@ -305,10 +301,6 @@ def meta_send_template():  # type: ignore[no-untyped-def]
       requestBody: {content: {application/json: {schema: Seed003TemplateRequest}}}
       responses:
         200: {description: Sent, content: {application/json: {schema: SeedEnvelopeSent}}}
-        400: Envelope
-        401: Envelope
-        413: TooLarge
-        503: EnvelopeUnavailable
     """
     body = _body()
     if missing := _envelope_missing(body, "to", "templateName"):

@@ -276,6 +276,8 @@ SEED_REQUESTS: dict[str, dict[str, Any]] = {
         },
     }.items()
 }
+# Seed 003's two send routes, whose errors come in its envelope.
+SEED_003_SENDS = ("legacy.meta_send_message", "legacy.meta_send_template")
 # A seed route's POST: an API key or none (HERALD_LEGACY_TENANT), and an idempotency key.
 _SEED_SECURITY = [{"bearer": []}, {}]
 _IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
@@ -355,6 +357,10 @@ def _path_parameters(rule_arguments: set[str], operation: dict[str, Any]) -> Non
 def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
     """The statuses that hooks around every view can answer (see the module docstring)."""
     responses = operation.setdefault("responses", {})
+    if endpoint in SEED_003_SENDS:  # Seed 003 answers its errors in Meta's envelope
+        for status in ("400", "401"):
+            responses.setdefault(status, "Envelope")
+        responses.setdefault("503", "EnvelopeUnavailable")
     responses.setdefault("400", "Invalid")
     if "requestBody" in operation:
         responses.setdefault("413", "TooLarge")
@@ -365,6 +371,7 @@ def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
     if blueprint == "legacy" and "requestBody" in operation:
         operation.setdefault("security", _SEED_SECURITY)
         operation.setdefault("parameters", []).append(_IDEMPOTENCY_KEY)
+
     if blueprint == "admin":
         operation.setdefault("security", [{"adminToken": []}])
         responses.setdefault("401", "Unauthorized")
