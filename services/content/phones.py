@@ -86,29 +86,22 @@ def normalize_e164(raw: str) -> str | None:
 # 8-digit id (mostly outside area codes 11-19, 21, 22, 24, 27, 28). Mexico: the mobile
 # prefix 1 after 52 was dropped from dialling in 2019, old ids keep it (521...).
 # Argentina: mobiles are dialled 54 9 <area> <number>; the id always has the 9.
-_BR_LONG = re.compile(r"\+55(\d{2})9([6-9]\d{7})")
-_BR_SHORT = re.compile(r"\+55(\d{2})([6-9]\d{7})")
-_MX_LONG = re.compile(r"\+521([2-9]\d{9})")
-_MX_SHORT = re.compile(r"\+52([2-9]\d{9})")
-_AR_LONG = re.compile(r"\+549([1-3]\d{9})")
-_AR_SHORT = re.compile(r"\+54([1-3]\d{9})")
+# Each form and the other form of the same user: (its pattern, the other's format).
+_OTHER_FORM = (
+    (re.compile(r"\+55(\d{2})9([6-9]\d{7})"), "+55{0}{1}"),  # Brazil, with the ninth digit
+    (re.compile(r"\+55(\d{2})([6-9]\d{7})"), "+55{0}9{1}"),  # Brazil, without it
+    (re.compile(r"\+521([2-9]\d{9})"), "+52{0}"),  # Mexico, with the 1
+    (re.compile(r"\+52([2-9]\d{9})"), "+521{0}"),  # Mexico, without it
+    (re.compile(r"\+549([1-3]\d{9})"), "+54{0}"),  # Argentina, with the 9
+    (re.compile(r"\+54([1-3]\d{9})"), "+549{0}"),  # Argentina, without it
+)
 
 
 def whatsapp_forms(e164: str) -> list[str]:
     """The number and the other form the same WhatsApp user can have (with or without
     Brazil's ninth digit, Mexico's 1, Argentina's 9): a contact is the same person
     whichever form Herald dialled or the provider reports."""
-    forms = [e164]
-    if m := _BR_LONG.fullmatch(e164):
-        forms.append(f"+55{m[1]}{m[2]}")
-    elif m := _BR_SHORT.fullmatch(e164):
-        forms.append(f"+55{m[1]}9{m[2]}")
-    elif m := _MX_LONG.fullmatch(e164):
-        forms.append(f"+52{m[1]}")
-    elif m := _MX_SHORT.fullmatch(e164):
-        forms.append(f"+521{m[1]}")
-    elif m := _AR_LONG.fullmatch(e164):
-        forms.append(f"+54{m[1]}")
-    elif m := _AR_SHORT.fullmatch(e164):
-        forms.append(f"+549{m[1]}")
-    return forms
+    for pattern, other in _OTHER_FORM:
+        if m := pattern.fullmatch(e164):
+            return [e164, other.format(*m.groups())]
+    return [e164]
