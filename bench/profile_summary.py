@@ -15,7 +15,7 @@ from pathlib import Path
 
 # Layer of a sample: the first of these a frame's file path matches, leaf first.
 LAYERS = [
-    ("logging", re.compile(r"(^|/)logging/|(^|/)traceback\.py|(^|/)herald/logs\.py")),
+    ("logging", re.compile(r"(^|/)logging/|(^|/)traceback\.py|(^|/)core/logs\.py")),
     ("psycopg (driver, wire)", re.compile(r"(^|/)psycopg")),
     ("SQLAlchemy", re.compile(r"(^|/)sqlalchemy/")),
     ("celery/kombu/redis (broker)", re.compile(r"(^|/)(kombu|celery|billiard|redis|vine)/")),
@@ -27,7 +27,7 @@ LAYERS = [
     ("json", re.compile(r"(^|/)json/")),
     ("flask/werkzeug", re.compile(r"(^|/)(flask|werkzeug|jinja2)/")),
     ("cryptography/hmac", re.compile(r"(^|/)cryptography/|(^|/)(hmac|hashlib|secrets)\.py")),
-    ("herald code", re.compile(r"(^|/)(api|services|models|workers|providers|herald)/")),
+    ("herald code", re.compile(r"(^|/)(api|core|services|models|workers|providers|herald)/")),
 ]
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
