@@ -11,6 +11,7 @@ from models.message import (
     MessageEvent,
     WebhookEvent,
     WebhookInbox,
+    update_message,
 )
 from models.sender import Sender
 from models.template import Template
@@ -36,5 +37,6 @@ __all__ = [
     "new_session",
     "reset_engine",
     "session_scope",
+    "update_message",
     "utcnow",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -17,8 +18,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    update,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, new_id, utcnow
 
@@ -107,6 +109,17 @@ class Message(Base):
     events: Mapped[list[MessageEvent]] = relationship(
         back_populates="message", order_by="MessageEvent.id"
     )
+
+
+def update_message(session: Session, message_id: str, *where: Any, **values: Any) -> int:
+    """UPDATE one message by id (and `where`), leaving the session's loaded objects as
+    they are (the caller holds what it needs); how many rows it changed (0 or 1)."""
+    return session.execute(
+        update(Message)
+        .where(Message.id == message_id, *where)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 class MessageEvent(Base):

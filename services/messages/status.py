@@ -12,11 +12,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import func, inspect, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from models import EventDelivery, Message, MessageEvent, utcnow
+from models import EventDelivery, Message, MessageEvent, update_message, utcnow
 from models.base import UTCDateTime
 from models.fast import Statement, aware_utc, json_rows
 from services.messages.dispatch import enqueue_after_commit
@@ -99,23 +99,13 @@ def apply_status(
     if from_number:
         extra["from_number"] = func.coalesce(Message.from_number, from_number)
     # One round trip when the move applies (the usual case): the facts ride along.
-    result = session.execute(
-        update(Message)
-        .where(Message.id == message_id, Message.status.in_(allowed_from(new)))
-        .values(**values, **extra)
-        .execution_options(synchronize_session=False)
-    )
-    applied = result.rowcount == 1
+    moved = Message.status.in_(allowed_from(new))
+    applied = update_message(session, message_id, moved, **values, **extra) == 1
     if applied:
         if listening is None or listening:
             record_status_event(session, message_id)
     elif extra:
-        session.execute(
-            update(Message)
-            .where(Message.id == message_id)
-            .values(**extra)
-            .execution_options(synchronize_session=False)
-        )
+        update_message(session, message_id, **extra)
     session.add(
         MessageEvent(
             message_id=message_id,

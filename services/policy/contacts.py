@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
 from core.shapes import Shape
-from models import Contact, Message, utcnow
+from models import Contact, Message, update_message, utcnow
 from services.content.phones import PHONE_FIELD, parse_e164
 from services.content.schemas import load_object
 from services.policy.consent import contact_for, window_open
@@ -130,12 +130,7 @@ def remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: igno
     """Meta reported another WhatsApp id than the number dialled (its send answer, or a
     status's `recipient_id`): keep it on the message and the contact, so a reply from it
     (its `from`) finds this contact."""
-    session.execute(
-        update(Message)
-        .where(Message.id == message.id)
-        .values(wa_id=wa_id)
-        .execution_options(synchronize_session=False)
-    )
+    update_message(session, message.id, wa_id=wa_id)
     contact = contact_for(session, message.tenant_id, message.to_number)
     if contact is not None and contact.wa_id != wa_id:
         contact.wa_id = wa_id

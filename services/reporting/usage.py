@@ -22,13 +22,13 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.ids import id_at
 from core.shapes import Shape, shape
-from models import Message, utcnow
+from models import Message, update_message, utcnow
 
 # The dimensions `group_by` takes, and the column each is read from.
 GROUPS = {
@@ -58,12 +58,7 @@ def record_meta_pricing(session: Session, message_id: str, status: dict[str, Any
     if isinstance(pricing.get("billable"), bool):
         values["billable"] = pricing["billable"]
     if values:
-        session.execute(
-            update(Message)
-            .where(Message.id == message_id)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+        update_message(session, message_id, **values)
 
 
 class Instant(fields.Field):
