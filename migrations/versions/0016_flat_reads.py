@@ -9,9 +9,9 @@ pagination newest first); small partial indexes for what the periodic passes rea
 messages still to reconcile or price). `ix_messages_campaign_id` goes: the unique
 (campaign_id, to_number) index already leads with campaign_id.
 
-Rollups: `message_counts` (per tenant, clock hour and every dimension `GET /v1/usage`
-groups by) and `message_status_totals` (per direction and status), so usage, campaign
-progress and /metrics sum a few rollup rows, not the messages. A statement-level
+Rollups: `message_counts` (per tenant, clock hour and day, and every dimension
+`GET /v1/usage` groups by) and `message_status_totals` (per direction and status), so
+usage, campaign progress and /metrics sum a few rollup rows, not the messages. A statement-level
 trigger on `messages` appends one grouped delta per statement to
 `message_count_deltas` (append-only: concurrent writers never wait on a counter row);
 `services/reporting/rollups.py` folds the deltas in, and readers add the deltas not
@@ -60,6 +60,11 @@ INDEXES: list[tuple[str, str, str | None]] = [
 ]
 
 KEY = "tenant_id, hour, direction, channel, provider, category, campaign_id, status, price_unit"
+# The rollup's key: each delta counted in its clock hour and in its day (`span`).
+COUNTS_KEY = (
+    "tenant_id, span, start, direction, channel, provider, category, campaign_id, status,"
+    " price_unit"
+)
 # The rollup key of a message row (NULLs as '' so the key is unique and groupable).
 ROW_KEY = (
     "tenant_id, date_trunc('hour', created_at), direction, channel, provider,"
@@ -155,17 +160,20 @@ def _sums() -> list[sa.Column]:
 
 
 def upgrade() -> None:
+    columns = _key_columns()
+    columns[1] = sa.Column("start", sa.DateTime(), nullable=False)
     op.create_table(
         "message_counts",
-        *_key_columns(),
+        sa.Column("span", sa.String(4), nullable=False),  # 'hour' | 'day'
+        *columns,
         *_sums(),
-        sa.PrimaryKeyConstraint(*KEY.split(", "), name="pk_message_counts"),
+        sa.PrimaryKeyConstraint(*COUNTS_KEY.split(", "), name="pk_message_counts"),
     )
     op.create_index(
         "ix_message_counts_campaign",
         "message_counts",
         ["campaign_id", "status"],
-        postgresql_where=sa.text("campaign_id <> ''"),
+        postgresql_where=sa.text("campaign_id <> '' AND span = 'day'"),
     )
     op.create_table(
         "message_status_totals",
@@ -187,13 +195,21 @@ def upgrade() -> None:
     for statement in TRIGGERS:
         op.execute(statement)
     op.execute(
-        f"INSERT INTO message_counts ({KEY}, messages, billable, cost)"
-        f" SELECT {ROW_KEY}, count(*), count(*) FILTER (WHERE billable),"
-        " coalesce(sum(price), 0) FROM messages GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9"
+        f"INSERT INTO message_counts ({COUNTS_KEY}, messages, billable, cost)"
+        f" SELECT tenant_id, 'hour', {ROW_KEY.split(', ', 1)[1]}, count(*),"
+        " count(*) FILTER (WHERE billable), coalesce(sum(price), 0)"
+        " FROM messages GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    )
+    rest = "direction, channel, provider, category, campaign_id, status, price_unit"
+    op.execute(
+        f"INSERT INTO message_counts ({COUNTS_KEY}, messages, billable, cost)"
+        f" SELECT tenant_id, 'day', date_trunc('day', start), {rest}, sum(messages),"
+        " sum(billable), sum(cost) FROM message_counts WHERE span = 'hour'"
+        f" GROUP BY tenant_id, date_trunc('day', start), {rest}"
     )
     op.execute(
         "INSERT INTO message_status_totals (direction, status, messages)"
-        " SELECT direction, status, sum(messages) FROM message_counts"
+        " SELECT direction, status, sum(messages) FROM message_counts WHERE span = 'day'"
         " GROUP BY direction, status"
     )
     _create_indexes()

@@ -5,7 +5,7 @@ A statement-level trigger on `messages` (migration 0016_flat_reads) appends one 
 delta row per statement and rollup key to `message_count_deltas`: one extra insert per
 statement, whatever the batch size, and no shared counter row for concurrent writers
 to queue on. `fold` (beat, every few seconds) moves the deltas into `message_counts`
-(tenant, clock hour, direction, channel, provider, pricing category, campaign, status,
+(tenant, clock hour and day, direction, channel, provider, pricing category, campaign, status,
 price unit: messages, billable, cost) and `message_status_totals`. Readers add the
 deltas not folded yet, so a read is exact whenever it runs.
 """
@@ -36,6 +36,9 @@ KEY = (
     "price_unit",
 )
 _KEY = ", ".join(KEY)
+_REST = ", ".join(KEY[2:])
+# message_counts: each delta is counted in its clock hour and in its day (`span`).
+_COUNTS_KEY = f"tenant_id, span, start, {_REST}"
 FOLD_BATCH = 50_000
 FOLD_LOCK = 0x6865_7261_6C64  # pg advisory lock key: one fold at a time
 
@@ -49,14 +52,21 @@ _FOLD = text(
         SELECT {_KEY}, sum(messages) AS messages, sum(billable) AS billable,
             sum(cost) AS cost
         FROM moved GROUP BY {_KEY}
+    ), spans AS (
+        SELECT tenant_id, 'hour' AS span, hour AS start, {_REST}, messages, billable, cost
+        FROM grouped
+        UNION ALL
+        SELECT tenant_id, 'day', date_trunc('day', hour), {_REST}, sum(messages),
+            sum(billable), sum(cost)
+        FROM grouped GROUP BY tenant_id, date_trunc('day', hour), {_REST}
     ), counted AS (
-        INSERT INTO message_counts ({_KEY}, messages, billable, cost)
-        SELECT {_KEY}, messages, billable, cost FROM grouped ORDER BY {_KEY}
-        ON CONFLICT ({_KEY}) DO UPDATE SET
+        INSERT INTO message_counts ({_COUNTS_KEY}, messages, billable, cost)
+        SELECT {_COUNTS_KEY}, messages, billable, cost FROM spans ORDER BY {_COUNTS_KEY}
+        ON CONFLICT ({_COUNTS_KEY}) DO UPDATE SET
             messages = message_counts.messages + excluded.messages,
             billable = message_counts.billable + excluded.billable,
             cost = message_counts.cost + excluded.cost
-        RETURNING {_KEY}, messages, billable, cost
+        RETURNING {_COUNTS_KEY}, messages, billable, cost
     ), totals AS (
         INSERT INTO message_status_totals (direction, status, messages)
         SELECT direction, status, sum(messages) FROM grouped
@@ -65,7 +75,7 @@ _FOLD = text(
             messages = message_status_totals.messages + excluded.messages
     )
     SELECT (SELECT count(*) FROM moved) AS moved,
-        (SELECT json_agg(json_build_array({_KEY})) FROM counted
+        (SELECT json_agg(json_build_array({_COUNTS_KEY})) FROM counted
          WHERE messages = 0 AND billable = 0 AND cost = 0) AS emptied
     """
 )
@@ -73,8 +83,8 @@ _DROP_EMPTY = text(
     f"""
     DELETE FROM message_counts c
     USING json_array_elements(CAST(:keys AS json)) AS k
-    WHERE ({_KEY}) = (k->>0, CAST(k->>1 AS timestamp), k->>2, k->>3, k->>4, k->>5,
-        k->>6, k->>7, k->>8)
+    WHERE ({_COUNTS_KEY}) = (k->>0, k->>1, CAST(k->>2 AS timestamp), k->>3, k->>4,
+        k->>5, k->>6, k->>7, k->>8, k->>9)
       AND c.messages = 0 AND c.billable = 0 AND c.cost = 0
     """
 )
@@ -143,7 +153,7 @@ _TENANT_HOURS = text(
         sum(cost) AS cost
     FROM (
         SELECT {_GROUP}, messages, billable, cost FROM message_counts
-        WHERE tenant_id = :tenant AND hour >= :start AND hour < :end
+        WHERE tenant_id = :tenant AND span = :span AND start >= :start AND start < :end
           AND direction = 'outbound'
         UNION ALL
         SELECT {_GROUP}, messages, billable, cost FROM message_count_deltas
@@ -157,10 +167,11 @@ _TENANT_HOURS = text(
 
 
 def outbound_counts(
-    session: Session, tenant_id: str, start: datetime, end: datetime
+    session: Session, tenant_id: str, start: datetime, end: datetime, span: str = "hour"
 ) -> list[CountRow]:
-    """The tenant's outbound message groups created in the whole clock hours [start, end)."""
-    params = {"tenant": tenant_id, "start": _naive(start), "end": _naive(end)}
+    """The tenant's outbound message groups created in [start, end), whole hours (or
+    whole days with span 'day')."""
+    params = {"tenant": tenant_id, "start": _naive(start), "end": _naive(end), "span": span}
     return [_row(r) for r in session.execute(_TENANT_HOURS, params)]
 
 
@@ -168,7 +179,8 @@ _CAMPAIGN = text(
     """
     SELECT status, sum(messages) FROM (
         SELECT status, messages FROM message_counts
-        WHERE campaign_id = :campaign AND campaign_id <> '' AND tenant_id = :tenant
+        WHERE campaign_id = :campaign AND campaign_id <> '' AND span = 'day'
+          AND tenant_id = :tenant
         UNION ALL
         SELECT status, messages FROM message_count_deltas
         WHERE tenant_id = :tenant AND campaign_id = :campaign
@@ -209,8 +221,8 @@ def _naive(value: datetime) -> datetime:
 _HOURLY = text(
     """
     SELECT hour, status, sum(messages) FROM (
-        SELECT hour, status, messages FROM message_counts
-        WHERE tenant_id = :tenant AND hour >= :start AND hour < :end
+        SELECT start AS hour, status, messages FROM message_counts
+        WHERE tenant_id = :tenant AND span = 'hour' AND start >= :start AND start < :end
         UNION ALL
         SELECT hour, status, messages FROM message_count_deltas
         WHERE tenant_id = :tenant AND hour >= :start AND hour < :end

@@ -209,9 +209,27 @@ def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -
 def counted_rows(
     session: Session, tenant_id: str, start: datetime, end: datetime
 ) -> list[CountRow]:
-    """Every group of the period: whole clock hours from the rollup
+    """Every group of the period: whole days, then whole clock hours, from the rollup
     (services/reporting/rollups.py), the partial hours at each end from the messages, so
     the cost is the same for a day or a year of history."""
+    first_day = datetime.combine(start.date(), time(), UTC)
+    first_day += timedelta(days=0 if first_day == start else 1)
+    last_day = datetime.combine(end.date(), time(), UTC)
+    if first_day >= last_day:
+        return _hourly_rows(session, tenant_id, start, end)
+    return [
+        *_hourly_rows(session, tenant_id, start, first_day),
+        *outbound_counts(session, tenant_id, first_day, last_day, span="day"),
+        *_hourly_rows(session, tenant_id, last_day, end),
+    ]
+
+
+def _hourly_rows(
+    session: Session, tenant_id: str, start: datetime, end: datetime
+) -> list[CountRow]:
+    """Whole clock hours from the rollup, the partial hours at each end scanned."""
+    if start >= end:
+        return []
     first, last = _hour_ceil(start), _hour_floor(end)
     if first >= last:
         return _scanned(session, tenant_id, start, end)
