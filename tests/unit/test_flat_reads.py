@@ -3,8 +3,8 @@ overview and number filter, reconcile's selection and the releases read what the
 return (an index range or a rollup), not the tenant's whole history or the table.
 
 Each test fills `messages` in a transaction it rolls back: another tenant's 14,000
-rows, and 6,000 of the tenant's own spread over 30 days (delivered, priced, from one
-campaign), with a few rows each filter looks for. Every statement the operation runs is
+rows, and 6,000 of the tenant's own spread over 30 days (delivered, priced, the older
+half from one campaign), with a few rows each filter looks for. Every statement the operation runs is
 replayed under EXPLAIN (ANALYZE, BUFFERS) and its buffer accesses summed; a read of the
 tenant's history alone is thousands."""
 
@@ -82,7 +82,8 @@ def crowd(tenant: dict[str, str]) -> Iterator[tuple[Session, str]]:
                             'delivered', 'scheduled', 'read'])[1 + r.n % 7]
                         ELSE r.kind END,
                     'SMflat' || r.n, 1, '{}', 'api', false,
-                    CASE WHEN r.kind IN ('own', 'waiting') THEN 'cmp_flat_big'
+                    CASE WHEN r.kind = 'waiting' OR (r.kind = 'own' AND r.n % 2 = 0)
+                        THEN 'cmp_flat_big'
                         WHEN r.kind = 'other' AND r.n % 7 = 5 THEN 'cmp_flat_wait' END,
                     CASE WHEN r.kind = 'own' THEN 0.0079 WHEN r.kind = 'other' THEN 0.0083 END,
                     CASE WHEN r.kind IN ('own', 'other') THEN 'USD' END,
@@ -281,7 +282,7 @@ def test_campaign_progress_and_live_view_read_counters(crowd) -> None:
     session.add(campaign)
     session.flush()
     data = _bounded(session, lambda: campaign_to_dict(session, campaign))
-    assert data["counts"]["delivered"] == OWN and data["counts"]["scheduled"] == 3
+    assert data["counts"]["delivered"] == OWN // 2 and data["counts"]["scheduled"] == 3
     _bounded(session, lambda: campaign_send_rate(session, campaign))
 
 
