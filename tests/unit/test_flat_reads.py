@@ -4,9 +4,9 @@ return (an index range or a rollup), not the tenant's whole history or the table
 
 Each test fills `messages` in a transaction it rolls back: another tenant's 14,000
 rows, and 6,000 of the tenant's own spread over 30 days (delivered, priced, the older
-half from one campaign), with a few rows each filter looks for. Every statement the operation runs is
-replayed under EXPLAIN (ANALYZE, BUFFERS) and its buffer accesses summed; a read of the
-tenant's history alone is thousands."""
+half from one campaign), with a few rows each filter looks for. Every statement the
+operation runs is replayed under EXPLAIN (ANALYZE, BUFFERS) and its buffer accesses summed;
+a read of the tenant's history alone is thousands."""
 
 from __future__ import annotations
 
