@@ -116,6 +116,7 @@ task_routes = {
     "herald.reconcile": {"queue": "herald.periodic"},
     "herald.sync_templates": {"queue": "herald.periodic"},
     "herald.expire": {"queue": "herald.periodic"},
+    "herald.fold_counts": {"queue": "herald.periodic"},
     "herald.apply_inbox": {"queue": "herald.periodic"},
 }
 
@@ -153,4 +154,7 @@ beat_schedule = {
     # Status callbacks whose receiving process died before applying them
     # (services/callbacks/inbox.py).
     "apply-inbox": _periodic("herald.apply_inbox", 5.0, expires=30),
+    # Message count deltas into the rollups usage and /metrics read
+    # (services/reporting/rollups.py).
+    "fold-counts": _periodic("herald.fold_counts", 5.0, expires=30),
 }

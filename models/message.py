@@ -36,6 +36,61 @@ class Message(Base):
         # A campaign sends once per recipient; NULL campaign ids are not constrained.
         UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+        # Each list filter, newest first per tenant (migration 0017_flat_reads).
+        Index("ix_messages_tenant_status_id", "tenant_id", "status", "id"),
+        Index("ix_messages_tenant_to_id", "tenant_id", "to_number", "id"),
+        Index(
+            "ix_messages_tenant_from_id",
+            "tenant_id",
+            "from_number",
+            "id",
+            postgresql_where=text("from_number IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_tenant_campaign_id",
+            "tenant_id",
+            "campaign_id",
+            "id",
+            postgresql_where=text("campaign_id IS NOT NULL"),
+        ),
+        # What the periodic passes read: each as small as what waits.
+        Index(
+            "ix_messages_campaign_waiting",
+            "campaign_id",
+            "id",
+            postgresql_where=text("status = 'scheduled'"),
+        ),
+        Index(
+            "ix_messages_campaign_sent_at",
+            "campaign_id",
+            "sent_at",
+            postgresql_where=text("campaign_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_scheduled_due",
+            "send_at",
+            postgresql_where=text("status = 'scheduled' AND send_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_queued_updated", "updated_at", postgresql_where=text("status = 'queued'")
+        ),
+        Index(
+            "ix_messages_twilio_unsettled",
+            "created_at",
+            postgresql_where=text(
+                "provider = 'twilio' AND direction = 'outbound' AND provider_message_id IS NOT NULL"
+                " AND status IN ('sending', 'sent')"
+            ),
+        ),
+        Index(
+            "ix_messages_twilio_unpriced",
+            "created_at",
+            postgresql_where=text(
+                "provider = 'twilio' AND direction = 'outbound' AND provider_message_id IS NOT NULL"
+                " AND status IN ('delivered', 'read', 'undelivered')"
+                " AND price IS NULL AND price_unit IS NULL"
+            ),
+        ),
         Index("ix_messages_status_lease", "status", "lease_until"),
         # Parked rows only (throttled or held): the release each second reads this.
         Index(
@@ -78,7 +133,7 @@ class Message(Base):
     slot_reserved: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
-    campaign_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(32))
     meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))

@@ -16,7 +16,7 @@ from services.messages import delivery, expiry, gate, reconcile
 from services.messages import sweep as sweeps
 from services.messages.dispatch import dispatch_now
 from services.messages.service import BULK_QUEUE, SEND_QUEUE, accept_message
-from services.reporting import events
+from services.reporting import events, rollups
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,13 @@ def reconcile_statuses() -> dict[str, int]:
     counts = reconcile.reconcile_stale()
     counts["orphans"] = meta_orphans.apply_stored_orphans()
     return counts
+
+
+@shared_task(name="herald.fold_counts", ignore_result=True)
+def fold_counts() -> int:
+    """Beat, every few seconds: move the message count deltas into the rollups that
+    usage, campaign progress and /metrics read (services/reporting/rollups.py)."""
+    return rollups.fold_all()
 
 
 @shared_task(name="herald.sync_templates", ignore_result=True)

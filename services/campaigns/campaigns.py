@@ -59,6 +59,7 @@ from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import limits, quiet_hours
 from services.reporting.events import record_status_event
+from services.reporting.rollups import campaign_status_counts
 from services.tenancy.owned import get_owned
 from services.tenancy.senders import (
     MAX_POOL,
@@ -481,12 +482,8 @@ def _release(session: Session, campaign: Campaign, now: datetime) -> int:
     )
     if not ids:
         campaign.allowance = Decimal(0)
-        unfinished = session.scalar(
-            select(func.count()).where(
-                Message.campaign_id == campaign.id,
-                Message.status.in_(("scheduled", "queued", "sending")),  # parked rows too
-            )
-        )
+        counts = campaign_status_counts(session, campaign.tenant_id, campaign.id)
+        unfinished = sum(counts.get(s, 0) for s in ("scheduled", "queued", "sending"))
         if not unfinished:
             campaign.status = "completed"
         return 0
@@ -611,13 +608,8 @@ class CampaignView(Shape):
 
 
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
-    by_status = dict(
-        session.execute(
-            select(Message.status, func.count())
-            .where(Message.campaign_id == campaign.id)
-            .group_by(Message.status)
-        ).all()
-    )
+    # From the rollup kept as statuses change: a few rows, however big the campaign.
+    by_status = campaign_status_counts(session, campaign.tenant_id, campaign.id)
     counts = {s: by_status.get(s, 0) for s in COUNTED}
     counts["skipped"] = campaign.skipped
     done = sum(by_status.get(s, 0) for s in FINAL)

@@ -12,6 +12,7 @@ price alone.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +27,12 @@ from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # messages fetched per run, so one beat tick stays short
+BATCH = 100  # messages selected per query
+# A run keeps taking batches while the backlog fills them, up to this many fetches or
+# this long (under the beat's 60 s interval), so reconcile and pricing keep pace with
+# the traffic instead of a fixed 100 a minute.
+MAX_PER_RUN = 3000
+RUN_SECONDS = 45.0
 MAX_AGE = timedelta(hours=72)  # past this, Twilio's answer will not change any more
 # Twilio bills these final statuses (`failed` never left Twilio and costs nothing).
 BILLED = ("delivered", "read", "undelivered")
@@ -68,6 +74,8 @@ def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str
                     Message.created_at > now - MAX_AGE,
                     *conditions,
                 )
+                # Oldest touched first among the candidates the partial indexes
+                # (ix_messages_twilio_unsettled / _unpriced) hold for the last MAX_AGE.
                 .order_by(Message.updated_at)
                 .limit(limit)
             )
@@ -102,34 +110,58 @@ def fetch_price(message_id: str) -> bool:
     return fetched.price is not None
 
 
-def reconcile_stale(older_than: timedelta | None = None, limit: int = BATCH) -> dict[str, int]:
-    """One bounded pass: fetch the price of messages that became final by callback, and
-    each stale message from Twilio and apply what it says."""
+def reconcile_stale(
+    older_than: timedelta | None = None,
+    limit: int = BATCH,
+    max_per_run: int = MAX_PER_RUN,
+    seconds: float = RUN_SECONDS,
+) -> dict[str, int]:
+    """One bounded pass: batches of `limit` while the backlog fills them, until
+    `max_per_run` fetches or `seconds` have gone (each touched message leaves the
+    selection until the interval passes again, so no batch repeats one)."""
     if older_than is None:
         older_than = timedelta(minutes=get_settings().reconcile_after_minutes)
     counts = {"fetched": 0, "changed": 0, "errors": 0, "priced": 0}
-    for message_id in unpriced_twilio_messages(older_than, limit):
-        try:
-            counts["priced"] += int(fetch_price(message_id))
-        except ProviderError as exc:
-            counts["errors"] += 1
-            log.warning("price fetch failed id=%s: %s", message_id, exc.message)
-            _touch(message_id)
-            continue
-        counts["fetched"] += 1
-    for message_id in stale_twilio_messages(older_than, limit):
-        try:
-            changed = reconcile_message(message_id)
-        except ProviderError as exc:
-            counts["errors"] += 1
-            log.warning("reconcile fetch failed id=%s: %s", message_id, exc.message)
-            _touch(message_id)  # asked again after the interval, not every tick
-            continue
-        counts["fetched"] += 1
-        counts["changed"] += int(changed)
+    deadline = time.monotonic() + seconds
+    for select_batch, handle in (
+        (unpriced_twilio_messages, _price_one),
+        (stale_twilio_messages, _reconcile_one),
+    ):
+        seen: set[str] = set()
+        while len(seen) < max_per_run and time.monotonic() < deadline:
+            ids = select_batch(older_than, min(limit, max_per_run - len(seen)))
+            fresh = [i for i in ids if i not in seen]  # a zero interval re-selects them
+            for message_id in fresh:
+                handle(message_id, counts)
+            seen.update(fresh)
+            if len(ids) < limit or not fresh:
+                break
     if counts["fetched"] or counts["errors"]:
         log.info("reconciled twilio statuses %s", counts)
     return counts
+
+
+def _price_one(message_id: str, counts: dict[str, int]) -> None:
+    try:
+        counts["priced"] += int(fetch_price(message_id))
+    except ProviderError as exc:
+        counts["errors"] += 1
+        log.warning("price fetch failed id=%s: %s", message_id, exc.message)
+        _touch(message_id)
+        return
+    counts["fetched"] += 1
+
+
+def _reconcile_one(message_id: str, counts: dict[str, int]) -> None:
+    try:
+        changed = reconcile_message(message_id)
+    except ProviderError as exc:
+        counts["errors"] += 1
+        log.warning("reconcile fetch failed id=%s: %s", message_id, exc.message)
+        _touch(message_id)  # asked again after the interval, not every tick
+        return
+    counts["fetched"] += 1
+    counts["changed"] += int(changed)
 
 
 def reconcile_message(message_id: str) -> bool:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, or_, select, union
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
@@ -24,6 +24,7 @@ from core.ids import id_at
 from models import ApiKey, Campaign, Contact, Message, ProviderAccount, Tenant, utcnow
 from services.content.phones import normalize_e164
 from services.policy.limits import budget_tokens, get_redis, key
+from services.reporting.rollups import hourly_status_counts
 from services.tenancy.tenants import KEY_PREFIX, hash_key
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,6 @@ def search_messages(
         query = query.where(Message.channel == filters.channel)
     if filters.provider:
         query = query.where(Message.provider == filters.provider)
-    if filters.number:
-        number = normalize_e164(filters.number) or filters.number.strip()
-        query = query.where(or_(Message.to_number == number, Message.from_number == number))
     if filters.campaign_id:
         query = query.where(Message.campaign_id == filters.campaign_id)
     if filters.since:
@@ -115,6 +113,20 @@ def search_messages(
         query = query.where(Message.id < id_at("msg", filters.until))
     if cursor:
         query = query.where(Message.id < cursor)
+    if filters.number:
+        # A page of each side on its own (tenant, number, id) index, then merged: an OR
+        # of the two would read every message of the number to sort them.
+        number = normalize_e164(filters.number) or filters.number.strip()
+        sides = [
+            query.with_only_columns(Message.id)
+            .where(column == number)
+            .order_by(Message.id.desc())
+            .limit(limit + 1)
+            .subquery()
+            for column in (Message.to_number, Message.from_number)
+        ]
+        found = union(*(select(side.c.id) for side in sides)).subquery()
+        query = select(Message).where(Message.id.in_(select(found.c.id)))
     rows = list(session.scalars(query.order_by(Message.id.desc()).limit(limit + 1)))
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], next_cursor
@@ -151,6 +163,8 @@ def status_buckets(
     current status: one grouped query."""
     now = now or utcnow()
     step = span / buckets
+    if step == timedelta(hours=1):
+        return _hourly_status_buckets(session, tenant_id, buckets, now)
     starts = [now - span + step * i for i in range(buckets)]
     bounds = [id_at("msg", s) for s in starts]
     bucket = case(*[(Message.id < bounds[i + 1], i) for i in range(buckets - 1)], else_=buckets - 1)
@@ -162,6 +176,26 @@ def status_buckets(
     counts: list[dict[str, int]] = [{} for _ in range(buckets)]
     for index, status, count in rows:
         counts[int(index)][status] = int(count)
+    return starts, counts
+
+
+def _hourly_status_buckets(
+    session: Session, tenant_id: str, buckets: int, now: datetime
+) -> tuple[list[datetime], list[dict[str, int]]]:
+    """Hour buckets on clock hours, the last one the current hour: whole hours from the
+    rollup (services/reporting/rollups.py), the current one from its messages."""
+    current = now.replace(minute=0, second=0, microsecond=0)
+    starts = [current - timedelta(hours=buckets - 1 - i) for i in range(buckets)]
+    counts: list[dict[str, int]] = [{} for _ in range(buckets)]
+    for hour, status, count in hourly_status_counts(session, tenant_id, starts[0], current):
+        index = starts.index(hour)
+        counts[index][status] = counts[index].get(status, 0) + count
+    for status, count in session.execute(
+        select(Message.status, func.count())
+        .where(Message.tenant_id == tenant_id, Message.id >= id_at("msg", current))
+        .group_by(Message.status)
+    ):
+        counts[-1][status] = int(count)
     return starts, counts
 
 
@@ -284,7 +318,9 @@ def campaign_send_rate(
     `seconds` of its sending (ending now while it runs, else at its last send)."""
     now = now or utcnow()
     last = session.scalar(
-        select(func.max(Message.sent_at)).where(Message.campaign_id == campaign.id)
+        select(func.max(Message.sent_at)).where(
+            Message.campaign_id == campaign.id, Message.sent_at.is_not(None)
+        )
     )
     end = now if campaign.status == "running" or last is None else min(now, last)
     end = end.replace(microsecond=0) + timedelta(seconds=1)

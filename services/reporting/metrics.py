@@ -5,7 +5,8 @@ mode across gunicorn and every Celery worker, and would restart at zero with
 them. The database already holds the truth, so a scrape asks it: messages per
 status, how long the oldest queued message has waited (the sign of a lost
 doorbell or too few workers), events owed to tenants, and the tasks waiting in
-each Redis queue. Each is one indexed query or one LLEN.
+each Redis queue. Each is one indexed query, a read of the rollups kept as statuses
+change, or one LLEN: a scrape costs the same at any table size.
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ from models import EventDelivery, Message, session_scope, utcnow
 from services.callbacks.inbound import count_unrouted
 from services.callbacks.meta import count_webhook_errors
 from services.policy.limits import get_redis
+from services.reporting.rollups import status_totals
 
 log = logging.getLogger(__name__)
 
 
 class HeraldCollector(Collector):
-    """Herald's own gauges; a source that is down is left out of the scrape, not fatal."""
+    """Herald's own gauges; a source that is down is left out of the scrape, not fatal.
+    Tenant identifiers (account SIDs, sender numbers) appear in labels only when a
+    token guards /metrics (`identify`): an open scrape would otherwise list them."""
+
+    def __init__(self, identify: bool | None = None) -> None:
+        self._identify = identify
+
+    @property
+    def identify(self) -> bool:
+        if self._identify is not None:
+            return self._identify
+        return bool(get_settings().metrics_token)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -43,21 +56,37 @@ class HeraldCollector(Collector):
     def _holds(self) -> Metric:
         from services.policy.breaker import open_holds
 
+        if self.identify:
+            held = GaugeMetricFamily(
+                "herald_sender_hold_seconds",
+                "Senders held by an account-wide provider signal, and the seconds left.",
+                labels=["provider", "account", "sender", "reason"],
+            )
+            for hold in open_holds():
+                labels = [hold["provider"], hold["account"], hold["sender"], hold["reason"]]
+                held.add_metric(labels, round(hold["seconds"], 1))
+            return held
+        # No token guards the scrape: no account SID or sender number in a label, only
+        # the longest hold left per provider and reason.
+        longest: dict[tuple[str, str], float] = {}
+        for hold in open_holds():
+            name = (hold["provider"], hold["reason"])
+            longest[name] = max(longest.get(name, 0.0), hold["seconds"])
         held = GaugeMetricFamily(
             "herald_sender_hold_seconds",
-            "Senders held by an account-wide provider signal, and the seconds left.",
-            labels=["provider", "account", "sender", "reason"],
+            "The longest sender hold left per provider and reason (set HERALD_METRICS_TOKEN "
+            "for each account and sender).",
+            labels=["provider", "reason"],
         )
-        for hold in open_holds():
-            labels = [hold["provider"], hold["account"], hold["sender"], hold["reason"]]
-            held.add_metric(labels, round(hold["seconds"], 1))
+        for (provider, reason), seconds in sorted(longest.items()):
+            held.add_metric([provider, reason], round(seconds, 1))
         return held
 
     def _database(self) -> Iterator[Metric]:
         with session_scope() as session:
-            counts = session.execute(
-                select(Message.status, func.count()).group_by(Message.status)
-            ).all()
+            # Kept by the rollup as statuses change (services/reporting/rollups.py).
+            counts = list(status_totals(session).items())
+            # The partial index of queued rows by age: as small as what is queued.
             oldest = session.scalar(
                 select(func.min(Message.updated_at)).where(Message.status == "queued")
             )

@@ -29,6 +29,7 @@ from core.config import get_settings
 from core.ids import id_at
 from core.shapes import Shape, shape
 from models import Message, update_message, utcnow
+from services.reporting.rollups import CountRow, outbound_counts
 
 # The dimensions `group_by` takes, and the column each is read from.
 GROUPS = {
@@ -125,21 +126,114 @@ def period(data: dict[str, Any], now: datetime | None = None) -> tuple[datetime,
     return start, end
 
 
-def _counts() -> list[Any]:
-    def count_if(*statuses: str) -> Any:
-        return func.count(case((Message.status.in_(statuses), 1)))
+COUNTS = ("messages", "sent", "delivered", "read", "failed", "billable")
+# Which counts a message in each status adds to (every one adds to `messages`).
+COUNTED_AS = {
+    "sent": ("sent",),
+    "delivered": ("sent", "delivered"),
+    "read": ("sent", "delivered", "read"),
+    "undelivered": ("sent", "failed"),
+    "failed": ("failed",),
+}
+# The CountRow attribute each group_by dimension is read from.
+ROW_FIELD = {
+    "channel": "channel",
+    "provider": "provider",
+    "category": "category",
+    "campaign": "campaign",
+    "status": "status",
+}
 
+
+def _hour_floor(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _hour_ceil(value: datetime) -> datetime:
+    floor = _hour_floor(value)
+    return floor if floor == value else floor + timedelta(hours=1)
+
+
+def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -> list[CountRow]:
+    """The groups of the tenant's outbound messages created in [start, end), read from
+    the messages: only for the partial hours at a period's ends (the rest is rolled up)."""
+    if start >= end:
+        return []
+    dimensions = (
+        Message.channel,
+        Message.provider,
+        Message.pricing_category,
+        Message.campaign_id,
+        Message.status,
+        Message.price_unit,
+    )
+    query = (
+        select(
+            *dimensions,
+            func.count(),
+            func.count(case((Message.billable.is_(True), 1))),
+            func.coalesce(func.sum(Message.price), 0),
+        )
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.direction == "outbound",
+            # Ids are time-ordered (ULIDs): a range on the (tenant_id, id) index, a
+            # second wider than the period, then the exact period on created_at.
+            Message.id >= id_at("msg", start - timedelta(seconds=1)),
+            Message.id < id_at("msg", end + timedelta(seconds=1)),
+            Message.created_at >= start,
+            Message.created_at < end,
+        )
+        .group_by(*dimensions)
+    )
     return [
-        func.count().label("messages"),
-        count_if("sent", "delivered", "read", "undelivered").label("sent"),
-        count_if("delivered", "read").label("delivered"),
-        count_if("read").label("read"),
-        count_if("failed", "undelivered").label("failed"),
-        func.count(case((Message.billable.is_(True), 1))).label("billable"),
+        CountRow(
+            channel=r[0],
+            provider=r[1],
+            category=r[2],
+            campaign=r[3],
+            status=r[4],
+            price_unit=r[5],
+            messages=int(r[6]),
+            billable=int(r[7]),
+            cost=Decimal(r[8]),
+        )
+        for r in session.execute(query)
     ]
 
 
-COUNTS = ("messages", "sent", "delivered", "read", "failed", "billable")
+def counted_rows(
+    session: Session, tenant_id: str, start: datetime, end: datetime
+) -> list[CountRow]:
+    """Every group of the period: whole days, then whole clock hours, from the rollup
+    (services/reporting/rollups.py), the partial hours at each end from the messages, so
+    the cost is the same for a day or a year of history."""
+    first_day = datetime.combine(start.date(), time(), UTC)
+    first_day += timedelta(days=0 if first_day == start else 1)
+    last_day = datetime.combine(end.date(), time(), UTC)
+    if first_day >= last_day:
+        return _hourly_rows(session, tenant_id, start, end)
+    return [
+        *_hourly_rows(session, tenant_id, start, first_day),
+        *outbound_counts(session, tenant_id, first_day, last_day, span="day"),
+        *_hourly_rows(session, tenant_id, last_day, end),
+    ]
+
+
+def _hourly_rows(
+    session: Session, tenant_id: str, start: datetime, end: datetime
+) -> list[CountRow]:
+    """Whole clock hours from the rollup, the partial hours at each end scanned."""
+    if start >= end:
+        return []
+    first, last = _hour_ceil(start), _hour_floor(end)
+    if first >= last:
+        return _scanned(session, tenant_id, start, end)
+    return [
+        *_scanned(session, tenant_id, start, first),
+        *outbound_counts(session, tenant_id, first, last),
+        *_scanned(session, tenant_id, last, end),
+    ]
 
 
 def usage(
@@ -152,44 +246,19 @@ def usage(
     """The tenant's outbound messages accepted in [start, end): counts and cost, per
     group (one row per distinct combination of the `group_by` dimensions), and totals.
 
-    One GROUP BY query: the price's currency is one more grouping column, folded back
-    in here so each group lists its cost per currency."""
+    The period's groups (counted_rows) are folded here, so each group lists its cost
+    per currency."""
     names = list(group_by)
-    columns = [GROUPS[n].label(n) for n in names]
-    extra = [Message.provider.label("_provider")] if "provider" not in names else []
-    extra += [] if "category" in names else [Message.pricing_category.label("_category")]
-    query = (
-        select(
-            *columns,
-            *extra,
-            Message.price_unit.label("_unit"),
-            func.sum(Message.price).label("_cost"),
-            *_counts(),
-        )
-        .where(
-            Message.tenant_id == tenant_id,
-            Message.direction == "outbound",
-            # Ids are time-ordered (ULIDs): a range on the (tenant_id, id) index, a
-            # second wider than the period, then the exact period on created_at.
-            Message.id >= id_at("msg", start - timedelta(seconds=1)),
-            Message.id < id_at("msg", end + timedelta(seconds=1)),
-            Message.created_at >= start,
-            Message.created_at < end,
-        )
-        .group_by(*columns, *extra, Message.price_unit)
-    )
     prices = get_settings().meta_prices
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     totals = _empty()
-    for row in session.execute(query):
-        key = tuple(getattr(row, n) for n in names)
+    for row in counted_rows(session, tenant_id, start, end):
+        key = tuple(getattr(row, ROW_FIELD[n]) for n in names)
         group = groups.get(key)
         if group is None:
             group = groups[key] = {**dict(zip(names, key, strict=True)), **_empty()}
-        provider = row.provider if "provider" in names else row._provider
-        category = row.category if "category" in names else row._category
         for target in (group, totals):
-            _add(target, row, provider, category, prices)
+            _add(target, row, prices)
     data = [_finish(g) for g in groups.values()]
     data.sort(key=lambda g: tuple("" if g[n] is None else str(g[n]) for n in names))
     return {
@@ -241,20 +310,19 @@ def _empty() -> dict[str, Any]:
 
 
 def _add(
-    target: dict[str, Any],
-    row: Any,
-    provider: str,
-    category: str | None,
-    prices: tuple[str, dict[str, Decimal]] | None,
+    target: dict[str, Any], row: CountRow, prices: tuple[str, dict[str, Decimal]] | None
 ) -> None:
-    for name in COUNTS:
-        target[name] += getattr(row, name)
-    if row._cost is not None and row._unit and row._unit != "-":
-        unit = row._unit.upper()
-        target["cost"][unit] = target["cost"].get(unit, Decimal(0)) + row._cost
-    if prices is not None and provider == "meta" and category in prices[1] and row.billable:
+    target["messages"] += row.messages
+    target["billable"] += row.billable
+    for name in COUNTED_AS.get(row.status, ()):
+        target[name] += row.messages
+    if row.price_unit and row.price_unit != "-":
+        unit = row.price_unit.upper()
+        target["cost"][unit] = target["cost"].get(unit, Decimal(0)) + row.cost
+    meta = prices is not None and row.provider == "meta"
+    if meta and prices is not None and row.category in prices[1] and row.billable:
         currency, table = prices
-        estimate = table[category] * row.billable
+        estimate = table[row.category] * row.billable
         target["estimated_cost"][currency] = (
             target["estimated_cost"].get(currency, Decimal(0)) + estimate
         )

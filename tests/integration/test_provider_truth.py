@@ -215,8 +215,9 @@ def test_meta_error_subcode_details_and_trace_id_are_kept(live, client, dispatch
 
 
 def test_expired_meta_token_holds_the_sender_until_credentials_change(
-    live, client, dispatched
+    live, client, dispatched, monkeypatch
 ) -> None:
+    from core.config import get_settings
     from services.tenancy.tenants import encrypt_json, find_account
 
     meta = {
@@ -243,7 +244,18 @@ def test_expired_meta_token_holds_the_sender_until_credentials_change(
             )
         ).all()
     assert len(held_events) == 1
-    metrics = client.get("/metrics").get_data(as_text=True)
+    metrics = client.get("/metrics").get_data(as_text=True)  # open: no tenant identifiers
+    assert META_PHONE_ID not in metrics
+    assert 'herald_sender_hold_seconds{provider="meta",reason="credentials"}' in metrics
+    monkeypatch.setenv("HERALD_METRICS_TOKEN", "scrape-me-0123456789")
+    get_settings.cache_clear()
+    try:
+        metrics = client.get(
+            "/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"}
+        ).get_data(as_text=True)
+    finally:
+        monkeypatch.delenv("HERALD_METRICS_TOKEN")
+        get_settings.cache_clear()
     assert 'herald_sender_hold_seconds{account="' + META_PHONE_ID in metrics
     assert 'reason="credentials"' in metrics
 

@@ -1,0 +1,337 @@
+"""Every read and periodic pass on an empty database and on one holding N messages.
+
+Creates the database `herald_growth` on DATABASE_URL's server, migrates it, measures
+each operation (median of several calls, through the Flask app or the service
+functions the workers and console call), fills it in the shape Herald writes (SQL
+`INSERT ... SELECT generate_series`: 20 tenants, statuses, channels, 50 campaigns with
+one big waiting campaign, ~3 events and ~2 provider callbacks per message, contacts),
+measures again, prints the table with the ratios and the bytes per message, and drops
+the database.
+
+    DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
+        python -m bench.growth --messages 1000000
+
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+DATABASE = "herald_growth"
+TENANTS = 20
+NUMBER = "+12025550199"
+
+
+def _urls(base: str) -> tuple[str, str]:
+    """(SQLAlchemy URL, libpq URL) of the growth database on `base`'s server."""
+    head, _, _ = base.rpartition("/")
+    url = f"{head}/{DATABASE}"
+    return url, url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def _admin(base: str, sql: str) -> None:
+    with psycopg.connect(
+        base.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    ) as conn:
+        conn.execute(sql)
+
+
+def _setup() -> tuple[list[dict[str, str]], Any]:
+    from api import create_app
+    from herald import migrate
+    from models import session_scope
+    from services.tenancy.tenants import add_provider_account, create_api_key, create_tenant
+
+    migrate.upgrade()
+    tenants = []
+    with session_scope() as session:
+        for n in range(TENANTS):
+            tenant = create_tenant(session, f"growth-{n}")
+            add_provider_account(
+                session,
+                tenant.id,
+                "twilio",
+                account_sid="AC" + f"{n:02d}" * 16,
+                auth_token="token",
+                sms_from=f"+120255501{n:02d}",
+                whatsapp_from=f"+141552388{n:02d}",
+            )
+            tenants.append({"tenant_id": tenant.id, "api_key": create_api_key(session, tenant.id)})
+    return tenants, create_app({"TESTING": True}).test_client()
+
+
+# One ULID time part (10 Crockford characters) per created_at, as core/ids.py writes it.
+ULID_TIME = """
+CREATE OR REPLACE FUNCTION pg_temp.ulid_time(at timestamp) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT string_agg(substr('0123456789ABCDEFGHJKMNPQRSTVWXYZ',
+      (((extract(epoch FROM at) * 1000)::bigint >> (45 - 5 * k)) & 31)::int + 1, 1), ''
+      ORDER BY k)
+  FROM generate_series(0, 9) AS k
+$$
+"""
+
+
+def fill(dsn: str, messages: int, big: int) -> None:
+    """N messages over 60 days in Herald's shape (one big campaign of `big` rows waiting)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ULID_TIME)
+        tenants = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
+        accounts = [
+            r[0] for r in conn.execute("SELECT id FROM provider_accounts ORDER BY tenant_id")
+        ]
+        conn.execute(
+            "CREATE TEMP TABLE who AS SELECT * FROM unnest(%s::text[], %s::text[])"
+            " WITH ORDINALITY AS w(tenant, account, n)",
+            (tenants, accounts),
+        )
+        conn.execute(
+            """
+            INSERT INTO campaigns (id, tenant_id, name, channel, provider, status, rate,
+                allowance, total, skipped, invalid, duplicates, created_at, updated_at)
+            SELECT 'cmp_growth' || lpad(c::text, 3, '0'), w.tenant, 'c' || c, 'sms',
+                'twilio', CASE WHEN c = 1 THEN 'paused' ELSE 'completed' END, 10, 0,
+                0, 0, 0, 0, now() - interval '1 day' * c, now()
+            FROM generate_series(1, 50) AS c JOIN who w ON w.n = 1 + c % 20
+            """
+        )
+        started = time.monotonic()
+        step = 200_000
+        for first in range(0, messages, step):
+            conn.execute(
+                """
+                INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                    provider_account_id, to_number, from_number, status,
+                    provider_message_id, attempts, metadata, origin, slot_reserved,
+                    campaign_id, price, price_unit, pricing_category, billable, body,
+                    created_at, updated_at, sent_at, delivered_at)
+                SELECT 'msg_' || pg_temp.ulid_time(at) || lpad(to_hex(g), 16, '0'),
+                    w.tenant, CASE WHEN g % 20 = 0 THEN 'inbound' ELSE 'outbound' END,
+                    CASE WHEN g % 3 = 0 THEN 'whatsapp' ELSE 'sms' END, 'twilio', w.account,
+                    CASE WHEN g % 5000 = 7 THEN %(number)s
+                        ELSE '+1303' || lpad((g % 9000000)::text, 7, '0') END,
+                    '+120255501' || lpad((w.n - 1)::text, 2, '0'),
+                    CASE WHEN g % 20 = 0 THEN 'received'
+                        WHEN g % 1000 = 3 THEN 'canceled'
+                        WHEN g % 50 = 1 THEN 'failed'
+                        WHEN g % 40 = 2 THEN 'undelivered'
+                        WHEN g % 10 = 4 THEN 'sent'
+                        WHEN g % 2 = 0 THEN 'read' ELSE 'delivered' END,
+                    'SM' || lpad(to_hex(g), 32, '0'), 1, '{}', 'api', false,
+                    CASE WHEN g % 97 = 0 THEN 'cmp_growth' || lpad((2 + g % 49)::text, 3, '0')
+                    END,
+                    CASE WHEN g % 3 <> 0 AND g % 20 <> 0 THEN 0.0079 END,
+                    CASE WHEN g % 3 <> 0 AND g % 20 <> 0 THEN 'USD' END,
+                    CASE WHEN g % 3 = 0 THEN 'marketing' END,
+                    CASE WHEN g % 3 = 0 THEN true END,
+                    'Your code is ' || g, at, at + interval '3 seconds', at + interval '1 second',
+                    at + interval '3 seconds'
+                FROM (
+                    SELECT g, (now() AT TIME ZONE 'UTC') - interval '2 hours'
+                        - interval '60 days' * (1 - g::float8 / %(n)s) AS at
+                    FROM generate_series(%(first)s, %(last)s) AS g
+                ) AS m JOIN who w ON w.n = 1 + m.g % 20
+                """.replace("%(number)s", f"'{NUMBER}'")
+                .replace("%(n)s", str(messages))
+                .replace("%(first)s", str(first + 1))
+                .replace("%(last)s", str(min(messages, first + step)))
+            )
+            print(
+                f"  messages {min(messages, first + step):,} ({time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+            )
+        conn.execute(
+            """
+            INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                provider_account_id, to_number, status, attempts, metadata, origin,
+                slot_reserved, campaign_id, created_at, updated_at)
+            SELECT 'msg_' || pg_temp.ulid_time((now() AT TIME ZONE 'UTC') - interval '1 day')
+                    || 'W' || lpad(to_hex(g), 15, '0'),
+                w.tenant, 'outbound', 'sms', 'twilio', w.account,
+                '+1404' || lpad(g::text, 7, '0'), 'scheduled', 0, '{}', 'api', false,
+                'cmp_growth001', (now() AT TIME ZONE 'UTC') - interval '1 day',
+                (now() AT TIME ZONE 'UTC') - interval '1 day'
+            FROM generate_series(1, %(big)s) AS g JOIN who w ON w.n = 1 + 1 % 20
+            """.replace("%(big)s", str(big))
+        )
+        conn.execute(
+            """
+            INSERT INTO message_events (message_id, status, native_status, source, applied, at)
+            SELECT id, s.status, s.status, 'callback', true, created_at + s.d
+            FROM messages CROSS JOIN (VALUES ('queued', interval '0'),
+                ('sent', interval '1 second'), ('delivered', interval '3 seconds')) AS s(status, d)
+            WHERE direction = 'outbound' AND messages.status <> 'scheduled'
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id, message_id,
+                provider_message_id, payload, received_at)
+            SELECT 'twilio', 'status', 'twilio:' || provider_account_id || ':'
+                    || provider_message_id || ':' || s.status,
+                tenant_id, id, provider_message_id,
+                json_build_object('MessageStatus', s.status), created_at
+            FROM messages CROSS JOIN (VALUES ('sent'), ('delivered')) AS s(status)
+            WHERE direction = 'outbound' AND provider_message_id IS NOT NULL
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO contacts (id, tenant_id, phone, opted_out, created_at, updated_at)
+            SELECT 'con_' || lpad(g::text, 26, '0'), w.tenant,
+                '+1303' || lpad(g::text, 7, '0'), g % 100 = 0, now(), now()
+            FROM generate_series(1, %(n)s) AS g JOIN who w ON w.n = 1 + g % 20
+            """.replace("%(n)s", str(max(1000, messages // 25)))
+        )
+        from services.reporting.rollups import fold_all
+
+        fold_all(max_batches=10_000)
+        conn.execute("VACUUM ANALYZE")
+        print(f"  filled in {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+def _median_ms(operation: Callable[[], Any], calls: int) -> float:
+    operation()  # warm: caches, prepared plans
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        operation()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def operations(tenants: list[dict[str, str]], client: Any) -> dict[str, Callable[[], Any]]:
+    from models import Campaign, session_scope, utcnow
+    from services.campaigns.campaigns import campaign_to_dict, release_due_campaigns
+    from services.messages import gate, reconcile, sweep
+    from services.reporting import console
+    from services.reporting.rollups import fold_all
+
+    big_tenant = tenants[1 % TENANTS]  # cmp_growth001's tenant (the fill's `1 + 1 % 20`)
+    auth = {"Authorization": f"Bearer {big_tenant['api_key']}"}
+
+    def get(path: str) -> Callable[[], Any]:
+        def call() -> Any:
+            response = client.get(path, headers=auth)
+            assert response.status_code == 200, (path, response.status_code)
+
+        return call
+
+    def with_session(work: Callable[[Any, str], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            with session_scope() as session:
+                return work(session, big_tenant["tenant_id"])
+
+        return call
+
+    def overview(session: Any, tenant_id: str) -> None:
+        now = utcnow()
+        console.status_buckets(session, tenant_id, span=timedelta(hours=1), buckets=12, now=now)
+        console.status_buckets(session, tenant_id, span=timedelta(days=1), buckets=24, now=now)
+        console.failure_reasons(session, tenant_id, since=now - timedelta(days=1))
+
+    def campaigns_list(session: Any, tenant_id: str) -> None:
+        for campaign in console.list_campaigns(session, tenant_id):
+            campaign_to_dict(session, campaign)
+
+    def live_view(session: Any, tenant_id: str) -> None:
+        campaign = session.get(Campaign, "cmp_growth001")
+        if campaign is not None:
+            campaign_to_dict(session, campaign)
+            console.campaign_send_rate(session, campaign)
+
+    def reconcile_pass() -> None:
+        after = timedelta(minutes=10)
+        reconcile.unpriced_twilio_messages(after)
+        reconcile.stale_twilio_messages(after)
+
+    def release() -> None:
+        sweep.release_scheduled()
+        gate.release_parked()
+        release_due_campaigns()
+
+    return {
+        "GET /v1/messages?status=canceled": get("/v1/messages?status=canceled"),
+        "GET /v1/messages?campaign_id=<big>": get("/v1/messages?campaign_id=cmp_growth001"),
+        "GET /v1/messages?to=<number>": get(f"/v1/messages?to=%2B{NUMBER[1:]}"),
+        "GET /v1/usage (30 days)": get("/v1/usage"),
+        "GET /v1/usage?group_by=status,channel": get("/v1/usage?group_by=status,channel"),
+        "/metrics": get("/metrics"),
+        "console overview": with_session(overview),
+        "console usage": with_session(
+            lambda s, t: console.usage_report(s, t, {"group_by": "channel"})
+        ),
+        "console campaigns list": with_session(campaigns_list),
+        "console number filter": with_session(
+            lambda s, t: console.search_messages(s, t, console.MessageFilters(number=NUMBER))
+        ),
+        "console campaign live view": with_session(live_view),
+        "reconcile selection (every 60 s)": reconcile_pass,
+        "release (every 1 s, 100k waiting)": release,
+        "fold (every 5 s)": fold_all,
+    }
+
+
+def _bytes(dsn: str) -> dict[str, int]:
+    tables = ("messages", "message_events", "webhook_events", "message_counts")
+    with psycopg.connect(dsn) as conn:
+        return {
+            t: int(conn.execute("SELECT pg_total_relation_size(%s)", (t,)).fetchone()[0])
+            for t in tables
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--big-campaign", type=int, default=None, help="default N/10, max 100k")
+    parser.add_argument("--calls", type=int, default=7)
+    args = parser.parse_args()
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith("postgresql"):
+        sys.exit("DATABASE_URL must name a PostgreSQL server")
+    url, dsn = _urls(base)
+    big = args.big_campaign or min(100_000, max(1000, args.messages // 10))
+    _admin(base, f"DROP DATABASE IF EXISTS {DATABASE}")
+    _admin(base, f"CREATE DATABASE {DATABASE}")
+    try:
+        os.environ["DATABASE_URL"] = url
+        os.environ.setdefault("HERALD_SECRET_KEY", "growth-bench-secret")
+        from core.config import get_settings
+        from models import reset_engine
+
+        get_settings.cache_clear()
+        reset_engine()
+        tenants, client = _setup()
+        ops = operations(tenants, client)
+        empty = {name: _median_ms(op, args.calls) for name, op in ops.items()}
+        print(f"filling {args.messages:,} messages (+{big:,} waiting)...", file=sys.stderr)
+        fill(dsn, args.messages, big)
+        full = {name: _median_ms(op, args.calls) for name, op in ops.items()}
+        sizes = _bytes(dsn)
+    finally:
+        reset_engine()
+        _admin(base, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    total = args.messages + big
+    print(f"\n{'operation':<40} {'empty ms':>9} {f'{total:,} ms':>12} {'x':>6}")
+    for name in ops:
+        ratio = full[name] / empty[name] if empty[name] else float("nan")
+        print(f"{name:<40} {empty[name]:>9.1f} {full[name]:>12.1f} {ratio:>6.1f}")
+    print("\nbytes per message (pg_total_relation_size / messages):")
+    for table, size in sizes.items():
+        print(f"  {table:<16} {size / total:>8.0f}")
+    print(f"  {'all four':<16} {sum(sizes.values()) / total:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
