@@ -281,7 +281,7 @@ def _open_meta(source: MediaSource, cap: int) -> httpx.Response:
     if size.isdigit() and int(size) > cap:
         raise _too_large(int(size), cap)
     # The token goes to Graph itself and to Meta's media CDN, the host Meta names.
-    response = _get(url, bearer, to={_origin(_provider_base("meta")), META_CDN})
+    response = _get(url, bearer, to={_origin(get_settings().meta_graph_base), META_CDN})
     if response.status_code != 200:
         response.close()
         raise BadGateway(f"Meta's media URL answered {response.status_code}.")
@@ -327,11 +327,6 @@ def _origin(url: str) -> Origin:
     except ValueError:
         port = None
     return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
-
-
-def _provider_base(provider: str) -> str:
-    settings = get_settings()
-    return settings.meta_graph_base if provider == "meta" else settings.twilio_api_base
 
 
 def _configured_origins() -> set[Origin]:
@@ -392,7 +387,11 @@ def _get(
                 "Connection": "close",  # nothing pooled outlives the lookup it was judged by
             },
         )
-        response = client.send(request, auth=auth if credentials_here else None, stream=True)
+        try:
+            response = client.send(request, auth=auth if credentials_here else None, stream=True)
+        except httpx.HTTPError:
+            client.close()
+            raise
         location = response.headers.get("Location")
         if response.status_code not in (301, 302, 303, 307, 308) or not location:
             return response
