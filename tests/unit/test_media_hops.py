@@ -348,3 +348,14 @@ def test_meta_sync_refuses_a_next_page_on_another_host(settings: Any, listeners:
     with pytest.raises(TemplateSyncError, match="another host"):
         fetch_meta_templates(account)
     assert len(graph.requests) == 1
+
+
+def test_a_media_url_on_another_host_gets_no_token_even_with_private_allowed(
+    settings: Any, listeners: Any
+) -> None:
+    """The Graph answer names where the bytes are, not who may have the token."""
+    files = listeners(lambda request: Response(b"bytes", 200, content_type="image/png"))
+    graph = listeners(graph_naming(f"{files.url}/m"))
+    settings(META_GRAPH_BASE=graph.url, HERALD_ALLOW_PRIVATE_CALLBACKS="1")
+    assert b"".join(media.open_media(meta_source()).chunks) == b"bytes"
+    assert files.authorizations() == [None]
