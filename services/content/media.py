@@ -36,6 +36,12 @@ from core.errors import HeraldError, InvalidRequest, NotFound, PolicyRefused
 from core.shapes import Shape
 from models import Media, Message, ProviderAccount, Tenant, utcnow
 from providers.base import AccountCredentials
+from services.reporting.outbound import (
+    DeliveryFailed,
+    PinnedTransport,
+    Refused,
+    resolve_target,
+)
 from services.tenancy.owned import get_owned
 from services.tenancy.tenants import credentials
 
@@ -274,7 +280,8 @@ def _open_meta(source: MediaSource, cap: int) -> httpx.Response:
     size = str(info.get("file_size") or "")
     if size.isdigit() and int(size) > cap:
         raise _too_large(int(size), cap)
-    response = _get(url, bearer)
+    # The token goes to Graph itself and to Meta's media CDN, the host Meta names.
+    response = _get(url, bearer, to={_origin(get_settings().meta_graph_base), META_CDN})
     if response.status_code != 200:
         response.close()
         raise BadGateway(f"Meta's media URL answered {response.status_code}.")
@@ -298,29 +305,98 @@ def _open_twilio(source: MediaSource) -> httpx.Response:
             code="media_unavailable",
         )
     auth = httpx.BasicAuth(source.account.external_id, source.account.secrets.get("auth_token", ""))
-    response = _get(source.ref, auth=auth)
+    response = _get(source.ref, auth=auth, to={_origin(get_settings().twilio_api_base)})
     if response.status_code != 200:
         response.close()
         raise BadGateway(f"Twilio's media answered {response.status_code}.")
     return response
 
 
+Origin = tuple[str, str, int]
+# Meta's media download URLs are on its CDN ("lookaside"), which takes the bearer token.
+META_CDN: Origin = ("https", "lookaside.fbsbx.com", 443)
+MAX_HOPS = 4  # the first URL and up to 3 redirects
+
+
+def _origin(url: str) -> Origin:
+    """(scheme, host, port) of a URL: what "the same host" means for credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _configured_origins() -> set[Origin]:
+    """The provider bases the operator configured (the sandbox's on loopback, in
+    development and tests): trusted as they are, over http and on private addresses."""
+    settings = get_settings()
+    bases = [settings.meta_graph_base, settings.twilio_api_base, settings.sandbox_url]
+    return {_origin(base) for base in bases if base}
+
+
+def _pinned(url: str) -> httpx.Client:
+    """A client for one hop: `url` is https (or a configured base), its name resolved
+    once, every address judged, and the connection pinned to a judged address, so a
+    Graph answer or a redirect cannot reach Herald's own network."""
+    settings = get_settings()
+    configured = _origin(url) in _configured_origins()
+    loose = configured or settings.allow_private_callbacks
+    if not loose and urlsplit(url).scheme.lower() != "https":
+        raise BadGateway("The provider named a media URL that is not https.", code="media_refused")
+    try:
+        target = resolve_target(url, allow_private=loose, timeout=settings.http_timeout)
+    except Refused as exc:
+        raise BadGateway(f"The provider's media URL is {exc}.", code="media_refused") from None
+    except DeliveryFailed as exc:
+        raise BadGateway(f"The media host: {exc}.", code="provider_unreachable") from None
+    return httpx.Client(
+        transport=PinnedTransport(target),
+        timeout=httpx.Timeout(settings.http_timeout),
+        follow_redirects=False,
+        trust_env=False,  # an environment proxy would connect to the name itself
+    )
+
+
 def _get(
-    url: str, headers: dict[str, str] | None = None, auth: httpx.Auth | None = None
+    url: str,
+    headers: dict[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+    *,
+    to: set[Origin],
 ) -> httpx.Response:
-    """GET and follow up to 3 redirects, sending the credentials with the first request
-    only: a redirect leads to a signed storage URL (Twilio's) that must not get them."""
-    for hop in range(4):
-        request = http().build_request(
+    """GET and follow up to 3 redirects, every hop checked and pinned (`_pinned`). The
+    credentials go with the first request only, and only when its host is in `to` over
+    https (or a configured base): a redirect leads to a signed storage URL (Twilio's
+    S3) or somewhere else that must not get them."""
+    configured = _configured_origins()
+    for hop in range(MAX_HOPS):
+        origin = _origin(url)
+        credentials_here = (
+            hop == 0 and origin in to and (origin[0] == "https" or origin in configured)
+        )
+        client = _pinned(url)
+        request = client.build_request(
             "GET",
             url,
-            headers={**((headers or {}) if hop == 0 else {}), "Accept-Encoding": "identity"},
+            headers={
+                **((headers or {}) if credentials_here else {}),
+                "Accept-Encoding": "identity",
+                "Connection": "close",  # nothing pooled outlives the lookup it was judged by
+            },
         )
-        response = http().send(request, auth=auth if hop == 0 else None, stream=True)
+        try:
+            response = client.send(request, auth=auth if credentials_here else None, stream=True)
+        except httpx.HTTPError:
+            client.close()
+            raise
         location = response.headers.get("Location")
         if response.status_code not in (301, 302, 303, 307, 308) or not location:
             return response
         response.close()
+        client.close()
         url = urljoin(url, location)
     raise BadGateway("The provider redirected the media too many times.")
 

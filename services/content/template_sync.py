@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
@@ -31,6 +32,25 @@ TWILIO_PAGE_SIZE = 50
 MAX_PAGES = 500  # 50,000 templates: far past Meta's per-WABA limit; stops a looping cursor
 
 # ---------------------------------------------------------------- sync
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # no URL at all: never the base's
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _same_host(next_url: Any, base: str, provider: str) -> None:
+    """Refuse a next-page URL on another scheme or host than the configured base: the
+    account's credentials would go wherever an answer names."""
+    if not isinstance(next_url, str) or _origin(next_url) != _origin(base):
+        raise TemplateSyncError(
+            f"{provider} named a next page on another host than {base}; not followed."
+        )
 
 
 def _graph_error(response: httpx.Response) -> str:
@@ -78,6 +98,7 @@ def fetch_meta_templates(account: AccountCredentials) -> list[dict[str, Any]]:
         after = cursors.get("after")
         if not paging.get("next") or not after:
             return items
+        _same_host(paging["next"], url, "Graph API")
         params = {**params, "after": after}
     raise TemplateSyncError(f"More than {MAX_PAGES} pages of templates.")
 
@@ -93,28 +114,36 @@ def _content_base() -> str:
 
 def fetch_twilio_contents(account: AccountCredentials) -> list[dict[str, Any]]:
     """Every Content of the account with its WhatsApp approval, through the twilio
-    client's `content.v1.content_and_approvals` (it follows `meta.next_page_url`)."""
+    client's `content.v1.content_and_approvals`, page by page: `meta.next_page_url` is
+    followed only on the configured Content base."""
     from twilio.base.exceptions import TwilioException
 
     from providers import get_provider
 
+    base = _content_base()
     client = get_provider("twilio").client(account)  # type: ignore[attr-defined]
-    client.content.base_url = _content_base()
+    client.content.base_url = base
     items = []
     try:
-        for record in client.content.v1.content_and_approvals.stream(
-            page_size=TWILIO_PAGE_SIZE, limit=MAX_PAGES * TWILIO_PAGE_SIZE
-        ):
-            items.append(
-                {
-                    "sid": record.sid,
-                    "friendly_name": record.friendly_name,
-                    "language": record.language,
-                    "variables": record.variables,
-                    "types": record.types,
-                    "approval_requests": record.approval_requests,
-                }
-            )
+        page = client.content.v1.content_and_approvals.page(page_size=TWILIO_PAGE_SIZE)
+        for _ in range(MAX_PAGES):
+            for record in page:
+                items.append(
+                    {
+                        "sid": record.sid,
+                        "friendly_name": record.friendly_name,
+                        "language": record.language,
+                        "variables": record.variables,
+                        "types": record.types,
+                        "approval_requests": record.approval_requests,
+                    }
+                )
+            if not page.next_page_url:
+                return items
+            # The client would send the Basic credentials to whatever host it names.
+            _same_host(page.next_page_url, base, "Twilio Content API")
+            page = page.next_page()
+        raise TemplateSyncError(f"More than {MAX_PAGES} pages of templates.")
     except TwilioException as exc:
         raise TemplateSyncError(f"Twilio Content API: {exc}") from None
     except Exception as exc:  # requests' connection errors
@@ -123,7 +152,6 @@ def fetch_twilio_contents(account: AccountCredentials) -> list[dict[str, Any]]:
                 f"Twilio Content API unreachable: {type(exc).__name__}"
             ) from None
         raise
-    return items
 
 
 def _meta_values(item: dict[str, Any]) -> dict[str, Any] | None:

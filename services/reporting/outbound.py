@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpcore
+import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -262,10 +263,13 @@ class _DeadlineStream(httpcore.NetworkStream):
 class _PinnedBackend(httpcore.NetworkBackend):
     """Connects to the judged addresses whatever host httpcore asks for."""
 
-    def __init__(self, addresses: Iterable[str], deadline: Deadline) -> None:
+    def __init__(self, addresses: Iterable[str], deadline: Deadline | None) -> None:
         self._addresses = tuple(addresses)
         self._deadline = deadline
         self._inner = httpcore.SyncBackend()
+
+    def _cap(self, timeout: float | None, error: type[Exception]) -> float | None:
+        return timeout if self._deadline is None else self._deadline.cap(timeout, error)
 
     def connect_tcp(
         self,
@@ -281,13 +285,15 @@ class _PinnedBackend(httpcore.NetworkBackend):
                 stream = self._inner.connect_tcp(
                     address,  # an IP literal: no second lookup
                     port,
-                    timeout=self._deadline.cap(timeout, httpcore.ConnectTimeout),
+                    timeout=self._cap(timeout, httpcore.ConnectTimeout),
                     local_address=local_address,
                     socket_options=socket_options,
                 )
             except httpcore.ConnectError as exc:
                 error = exc
                 continue
+            if self._deadline is None:
+                return stream
             return _DeadlineStream(stream, self._deadline)
         raise error
 
@@ -295,7 +301,9 @@ class _PinnedBackend(httpcore.NetworkBackend):
         raise httpcore.ConnectError("callbacks go over TCP only")
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self._deadline.left(httpcore.PoolTimeout)))
+        if self._deadline is not None:
+            seconds = min(seconds, self._deadline.left(httpcore.PoolTimeout))
+        time.sleep(seconds)
 
 
 _ssl_lock = threading.Lock()
@@ -308,6 +316,24 @@ def _ssl() -> ssl.SSLContext:
         if _ssl_context is None:
             _ssl_context = httpcore.default_ssl_context()
         return _ssl_context
+
+
+class PinnedTransport(httpx.HTTPTransport):
+    """An httpx transport that connects only to a target's judged addresses.
+
+    For callers that stream a body for longer than one deadline would allow (inbound
+    media): httpx's per-operation timeouts apply, the pinning is the same as `post`'s,
+    so the name is never looked up a second time."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(retries=0)
+        # httpx keeps its httpcore pool here; ours differs only in the network backend.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=_ssl(),
+            network_backend=_PinnedBackend(target.addresses, None),
+            max_connections=1,
+            retries=0,
+        )
 
 
 def post(
