@@ -180,16 +180,25 @@ class StatusChange:
 
 # Fixed statements (models.fast): the applier runs these for every batch, and
 # SQLAlchemy's per-call machinery cost more CPU than PostgreSQL spent on them.
-# The lock names the provider beside its ids: the provider-id index leads with
-# `provider`, and without it the planner read the whole table (tests/unit/
-# test_statement_plans.py reads the plan).
+# The lock is one condition on the primary key: the ids given plus those the
+# provider-id index resolves (it leads with `provider`). An OR of the two let the
+# planner walk the whole primary key in id order with a filter, to save the sort;
+# the tenant's URL is a lookup by its key, never a join that may scan `tenants`
+# (tests/unit/test_statement_plans.py reads the plan).
 _LOCK = Statement(
     f"""
     SELECT {", ".join(f'm."{name}"' for name in _READ)},
-        coalesce(m.callback_url, t.callback_url) AS _listen_url
-    FROM messages AS m JOIN tenants AS t ON t.id = m.tenant_id
-    WHERE m.id = ANY(:ids::text[])
-        OR (m.provider = :provider AND m.provider_message_id = ANY(:provider_ids::text[]))
+        coalesce(
+            m.callback_url,
+            (SELECT t.callback_url FROM tenants AS t WHERE t.id = m.tenant_id)
+        ) AS _listen_url
+    FROM messages AS m
+    WHERE m.id = ANY(
+        :ids::text[] || ARRAY(
+            SELECT p.id FROM messages AS p
+            WHERE p.provider = :provider AND p.provider_message_id = ANY(:provider_ids::text[])
+        )
+    )
     ORDER BY m.id
     FOR UPDATE OF m
     """
