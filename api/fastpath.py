@@ -52,6 +52,8 @@ _NO_CONTENT = "204 NO CONTENT"
 _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 # What Flask sends with `Response(status=204)`: its default mimetype, no length.
 _NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8"), _NOSNIFF]
+# And with an empty body of another status: its length too.
+_EMPTY_HEADERS = [*_NO_CONTENT_HEADERS, ("Content-Length", "0")]
 
 # Flask's hooks (attributes of the app: per-request functions by blueprint, None for the
 # app; app context teardowns; Flask's request signals as "signal <name>") whose work the
@@ -163,14 +165,17 @@ class TwilioStatusFastPath:
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE", "")
         session = RequestSession()
         try:
-            accept_twilio_status(
+            status = accept_twilio_status(
                 cast(Session, session), url, form, signature, args.get("message_id")
             )
         except Exception as exc:
             return answer_as_flask(self.flask, environ, b"", exc, start_response)
         finally:
             session.close()
-        start_response(_NO_CONTENT, list(_NO_CONTENT_HEADERS))
+        if status == 204:
+            start_response(_NO_CONTENT, list(_NO_CONTENT_HEADERS))
+        else:  # 202: spooled while the database is unreachable (services/callbacks/spool.py)
+            start_response(_STATUS_LINES[status], list(_EMPTY_HEADERS))
         return []
 
 

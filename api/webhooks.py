@@ -9,8 +9,8 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from api.auth import db
 from core.config import get_settings
-from core.errors import Forbidden, InvalidRequest
-from services.callbacks import applier
+from core.errors import Forbidden, InvalidRequest, database_unavailable
+from services.callbacks import applier, spool
 from services.callbacks.meta import handle_meta_payload
 from services.callbacks.signatures import (
     meta_verify_challenge,
@@ -18,7 +18,11 @@ from services.callbacks.signatures import (
     verify_meta,
     verify_twilio,
 )
-from services.callbacks.twilio import handle_twilio_inbound, receive_twilio_status
+from services.callbacks.twilio import (
+    handle_twilio_inbound,
+    receive_twilio_status,
+    twilio_status_fields,
+)
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
@@ -44,6 +48,7 @@ def twilio_status():  # type: ignore[no-untyped-def]
           application/x-www-form-urlencoded: {schema: TwilioForm}
       responses:
         204: {description: "Recorded (durably); applied a few ms later"}
+        202: {description: "The database unreachable: kept in the spool, recorded once it is back"}
         400:
           description: A NUL in the URL, or signed but not a Twilio callback
           content:
@@ -52,25 +57,36 @@ def twilio_status():  # type: ignore[no-untyped-def]
     """
     # api/fastpath.py answers this route before Flask does; this view serves what it
     # hands on (a cookie, another body type, a NUL...), with the same outcome.
-    accept_twilio_status(
+    status = accept_twilio_status(
         db(),  # made on first use: a callback whose signers are cached reads nothing
         _public_url(),
         request.form.to_dict(),
         request.headers.get("X-Twilio-Signature", ""),
         request.args.get("message_id"),
     )
-    return Response(status=204)
+    return Response(status=status)
 
 
 def accept_twilio_status(
     session: Session, url: str, form: dict[str, str], signature: str, herald_id: str | None
-) -> None:
+) -> int:
     """A status callback's work, shared by the view and api/fastpath.py: the signature
     checked first (Forbidden, nothing else done), then the callback stored, committed on
-    return (durable: the 204 is true even if no applier runs yet)."""
-    accounts = verify_twilio(session, url, form, signature)
-    if receive_twilio_status(accounts, form, herald_id):
+    return (durable: the 204 is true even if no applier runs yet). The database
+    unreachable: kept in Redis's spool (202: stored once it is back, Twilio would not
+    send it again after a 5xx), or its error raised (503) when it may not be kept."""
+    try:
+        accounts = verify_twilio(session, url, form, signature)
+        new = receive_twilio_status(accounts, form, herald_id)
+    except Exception as exc:
+        if database_unavailable(exc):
+            twilio_status_fields(form)  # a form no callback can be stays a 400
+            if spool.keep(spool.STATUS, url, form, signature, herald_id):
+                return 202
+        raise
+    if new:
         applier.ring()
+    return 204
 
 
 @bp.post("/twilio/inbound")
@@ -98,12 +114,17 @@ def twilio_inbound():  # type: ignore[no-untyped-def]
         403: Forbidden
     """
     session = db()
-    form = request.form.to_dict()
-    accounts = verify_twilio(
-        session, _public_url(), form, request.headers.get("X-Twilio-Signature", "")
-    )
-    handle_twilio_inbound(session, accounts, form)
-    session.commit()
+    form, url = request.form.to_dict(), _public_url()
+    signature = request.headers.get("X-Twilio-Signature", "")
+    try:
+        accounts = verify_twilio(session, url, form, signature)
+        handle_twilio_inbound(session, accounts, form)
+        session.commit()
+    except Exception as exc:
+        # The database unreachable: Twilio would not send it again after a 5xx.
+        kept = database_unavailable(exc) and spool.keep(spool.INBOUND, url, form, signature, None)
+        if not kept:
+            raise
     return Response(str(MessagingResponse()), mimetype="text/xml")
 
 

@@ -174,8 +174,10 @@ def expire() -> int:
 
 @shared_task(name="herald.apply_inbox", ignore_result=True)
 def apply_inbox() -> int:
-    """Beat: apply status callbacks left in the webhook inbox (the process that received
-    them applies them within ms; this is for one that died first)."""
-    from services.callbacks import applier, inbox
+    """Beat: store the callbacks spooled in Redis while the database was unreachable
+    (the process that spooled them does within a second of its return; this is for one
+    that died first), then apply status callbacks left in the webhook inbox (likewise)."""
+    from services.callbacks import applier, inbox, spool
 
+    spool.drain_all()
     return applier.apply_all(older_than=inbox.STALE_SECONDS)

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +81,10 @@ def verify_twilio(
     if signature:
         sid = form.get("AccountSid", "")
         params = _SignedParams(form)
-        for creds in cached_accounts_by_external_id(session, "twilio", sid, credentials):
+        found = cached_accounts_by_external_id(session, "twilio", sid, credentials)
+        if found and _kept_signers.get(sid) is not found:  # a cache miss: a new list
+            _keep_signers(sid, found)
+        for creds in found:
             token = creds.secrets.get("auth_token", "")
             if not token:
                 continue
@@ -90,6 +95,33 @@ def verify_twilio(
     if not matched:
         raise Forbidden("Invalid or missing X-Twilio-Signature.")
     return matched
+
+
+# The signers last read for each Twilio account SID, kept past the cache's seconds and
+# whatever the database does: while it is unreachable they decide whether a callback may
+# be spooled (services/callbacks/spool.py; the drain checks it again against the database).
+KEPT_SIGNERS = 4096
+_kept_signers: OrderedDict[str, list[AccountCredentials]] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def _keep_signers(sid: str, found: list[AccountCredentials]) -> None:
+    with _kept_lock:
+        _kept_signers[sid] = found
+        _kept_signers.move_to_end(sid)
+        while len(_kept_signers) > KEPT_SIGNERS:
+            _kept_signers.popitem(last=False)
+
+
+def twilio_signed_by_kept(url: str, form: dict[str, str], signature: str) -> bool | None:
+    """Whether a signer this process last saw for the callback's AccountSid signed it,
+    without the database; None when it saw none (a process started during an outage)."""
+    found = _kept_signers.get(form.get("AccountSid", ""))
+    if not found:
+        return None
+    params = _SignedParams(form)
+    tokens = {c.secrets.get("auth_token", "") for c in found}
+    return any(_twilio_signed(t, url, params, signature) for t in tokens if t)
 
 
 def _twilio_signed(token: str, url: str, form: dict[str, str], signature: str) -> bool:

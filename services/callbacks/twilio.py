@@ -51,7 +51,7 @@ TWILIO_STATUS = {
 TWILIO_STATUS_KIND = "twilio_status"  # its rows in the inbox (services/callbacks/inbox.py)
 
 
-def _twilio_status_fields(form: dict[str, str]) -> tuple[dict[str, str], str, str]:
+def twilio_status_fields(form: dict[str, str]) -> tuple[dict[str, str], str, str]:
     """The callback's form made storable, its MessageSid and its (lower-case) status."""
     form = {k: clean_text(v) for k, v in form.items()}
     sid = form.get("MessageSid") or form.get("SmsSid") or ""
@@ -78,17 +78,23 @@ def receive_twilio_status(
     waiting in the inbox is not)."""
     from services.callbacks import inbox
 
-    form, sid, native = _twilio_status_fields(form)
-    return inbox.store(
-        {
-            "provider": "twilio",
-            "kind": TWILIO_STATUS_KIND,
-            "dedup_key": dedup_key("twilio", signer_scope(accounts), sid, native),
-            "accounts": sorted(a.id for a in accounts),
-            "ref": _herald_ref(herald_id),
-            "payload": form,
-        }
-    )
+    return inbox.store(twilio_status_row(accounts, form, herald_id))
+
+
+def twilio_status_row(
+    accounts: list[AccountCredentials], form: dict[str, str], herald_id: str | None
+) -> dict[str, Any]:
+    """A signed status callback as its inbox row (`inbox.insert_rows`); InvalidRequest
+    for one no Twilio callback can be."""
+    form, sid, native = twilio_status_fields(form)
+    return {
+        "provider": "twilio",
+        "kind": TWILIO_STATUS_KIND,
+        "dedup_key": dedup_key("twilio", signer_scope(accounts), sid, native),
+        "accounts": sorted(a.id for a in accounts),
+        "ref": _herald_ref(herald_id),
+        "payload": form,
+    }
 
 
 def handle_twilio_status(
@@ -102,7 +108,7 @@ def handle_twilio_status(
     """Apply one Twilio status callback now, on its own (accounts: those that signed it,
     or their ids; `at`: when it was received). Returns whether it was new (not a
     duplicate). The applier's path for a row its batch could not apply."""
-    form, sid, native = _twilio_status_fields(form)
+    form, sid, native = twilio_status_fields(form)
     message, new = status_receipt(session, "twilio", accounts, herald_id, sid, native, form, at=at)
     if not new:
         return False
@@ -142,7 +148,7 @@ def apply_twilio_statuses(session: Session, rows: list[Any]) -> list[Any]:
     parsed, leftover = [], []
     for row in rows:
         try:
-            form, sid, native = _twilio_status_fields(row.payload)
+            form, sid, native = twilio_status_fields(row.payload)
             accounts = set(row.accounts)
         except (AttributeError, TypeError, InvalidRequest):
             leftover.append(row)
