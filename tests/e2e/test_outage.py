@@ -169,3 +169,51 @@ def test_broker_outage_accepts_at_once_and_delivers_when_redis_is_back(outage: O
     assert set(statuses.values()) <= {"delivered", "read"}, statuses
     assert sends_of(outage, ids) == dict.fromkeys(ids, 1)
     no_restarts(outage)
+
+
+def twilio_callbacks(outage: Outage, ids: list[str]) -> list[dict]:
+    rows = httpx.get(
+        f"{outage.stack.info['sandbox']}/_sandbox/callbacks", params={"provider": "twilio"}
+    ).json()["callbacks"]
+    return [row for row in rows if row.get("herald_id") in ids]
+
+
+def test_twilio_callbacks_during_a_database_outage_are_applied_when_it_is_back(
+    outage: Outage,
+) -> None:
+    """Twilio never sends a status callback again after a 5xx: those that arrive while
+    PostgreSQL is away are spooled (2xx) and applied once it is back, long before the
+    reconcile pass (HERALD_RECONCILE_AFTER_MINUTES) would ask Twilio."""
+    sandbox = outage.stack.info["sandbox"]
+    before = httpx.get(f"{sandbox}/_sandbox/config").json()["callback_delay"]
+    key = uuid.uuid4().hex[:8]
+    httpx.post(f"{sandbox}/_sandbox/config", json={"callback_delay": 2.0}).raise_for_status()
+    try:
+        ids = [send(outage, key, i).json()["id"] for i in range(5)]
+
+        def recorded() -> bool:
+            found = [outage.api.get(f"/v1/messages/{mid}").json() for mid in ids]
+            return all(m.get("provider_message_id") for m in found)
+
+        wait_until(recorded, "the sends recorded")
+        outage.database.cut()
+        try:
+            # `sent` comes 2 s after each send, `delivered` 4 s after: in the outage.
+            def delivered_callbacks_answered() -> bool:
+                rows = twilio_callbacks(outage, ids)
+                return {r["herald_id"] for r in rows if r["event"] == "delivered"} == set(ids)
+
+            wait_until(delivered_callbacks_answered, "the delivered callbacks", timeout=60)
+        finally:
+            outage.database.restore()
+    finally:
+        httpx.post(f"{sandbox}/_sandbox/config", json={"callback_delay": before})
+    answers = [(r["event"], r["status_code"]) for r in twilio_callbacks(outage, ids)]
+    assert answers and all(200 <= code < 300 for _, code in answers), answers
+    statuses = wait_final(outage, ids, timeout=120)
+    assert set(statuses.values()) == {"delivered"}, statuses
+    for mid in ids:
+        events = outage.api.get(f"/v1/messages/{mid}").json()["events"]
+        assert [e["status"] for e in events].count("delivered") == 1, events
+    assert sends_of(outage, ids) == dict.fromkeys(ids, 1)  # none sent twice
+    no_restarts(outage)
