@@ -12,27 +12,38 @@ price alone.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from core.config import get_settings
 from models import Message, ProviderAccount, session_scope, utcnow
-from providers import ProviderError, error_name, get_provider
+from providers import ErrorKind, ProviderError, error_name, get_provider
 from services.callbacks.twilio import TWILIO_STATUS
 from services.messages.status import apply_status
 from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # messages selected per query
-# A run keeps taking batches while the backlog fills them, up to this many fetches or
-# this long (under the beat's 60 s interval), so reconcile and pricing keep pace with
-# the traffic instead of a fixed 100 a minute.
-MAX_PER_RUN = 3000
+BATCH = 100  # messages selected per query, at least
+# A pass (beat, every HERALD_RECONCILE_INTERVAL, 60 s) plans as many fetches as the
+# backlog holds (`pass_budget`), bounded by what the rate allows in RUN_SECONDS, and
+# spreads them over as many threads as the budget needs (`workers_for`): a fetch takes
+# ~0.1-0.5 s at Twilio, so one thread alone made ~100-400 a pass, and a tenant sending
+# more than ~144k SMS a day (100 a minute) built a backlog of unpriced messages that
+# only grew. Twilio limits an account's concurrent REST requests (error 20429, ~100 by
+# default, shared with sends): reconcile keeps to MAX_WORKERS of them and RATE a second,
+# and a 429 ends the pass (the rest waits for the next one).
 RUN_SECONDS = 45.0
+RATE = 20.0  # fetches a second at most (HERALD_RECONCILE_RATE)
+MAX_WORKERS = 8
+PER_WORKER = 100  # fetches one thread makes in a pass, planned (0.45 s each)
+MAX_PER_RUN = int(RATE * RUN_SECONDS)  # the default budget's ceiling
 MAX_AGE = timedelta(hours=72)  # past this, Twilio's answer will not change any more
 # Twilio bills these final statuses (`failed` never left Twilio and costs nothing).
 BILLED = ("delivered", "read", "undelivered")
@@ -56,6 +67,41 @@ def unpriced_twilio_messages(older_than: timedelta, limit: int = BATCH) -> list[
         Message.price.is_(None),
         Message.price_unit.is_(None),
     )
+
+
+def count_stale(older_than: timedelta, cap: int) -> int:
+    """How many `stale_twilio_messages` wait, counted up to `cap`."""
+    return _twilio_count(older_than, cap, Message.status.in_(("sending", "sent")))
+
+
+def count_unpriced(older_than: timedelta, cap: int) -> int:
+    """How many `unpriced_twilio_messages` wait, counted up to `cap`."""
+    return _twilio_count(
+        older_than,
+        cap,
+        Message.status.in_(BILLED),
+        Message.price.is_(None),
+        Message.price_unit.is_(None),
+    )
+
+
+def _twilio_count(older_than: timedelta, cap: int, *conditions: Any) -> int:
+    now = utcnow()
+    inner = (
+        select(Message.id)
+        .where(
+            Message.provider == "twilio",
+            Message.direction == "outbound",
+            Message.provider_message_id.is_not(None),
+            Message.updated_at < now - older_than,
+            Message.created_at > now - MAX_AGE,
+            *conditions,
+        )
+        .limit(cap)
+        .subquery()
+    )
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(inner)) or 0
 
 
 def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str]:
@@ -110,58 +156,133 @@ def fetch_price(message_id: str) -> bool:
     return fetched.price is not None
 
 
+def reconcile_rate() -> float:
+    """Fetches a second a pass may make (HERALD_RECONCILE_RATE; default RATE)."""
+    try:
+        rate = float(os.environ.get("HERALD_RECONCILE_RATE", RATE))
+    except ValueError:
+        return RATE
+    return rate if rate > 0 else RATE
+
+
+def pass_budget(backlog: int, rate: float = RATE, seconds: float = RUN_SECONDS) -> int:
+    """How many fetches a pass plans: the whole backlog (at least a batch), at most what
+    `rate` allows in `seconds`. It grows with the backlog, so throughput follows the load
+    up to the provider's limit instead of a fixed number a minute."""
+    return max(BATCH, min(backlog, int(rate * seconds)))
+
+
+def workers_for(budget: int) -> int:
+    """Threads a pass of `budget` fetches uses: one per PER_WORKER, at most MAX_WORKERS."""
+    return max(1, min(MAX_WORKERS, -(-budget // PER_WORKER)))
+
+
+class _Pacer:
+    """At most `rate` starts a second across the pass's threads."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
 def reconcile_stale(
     older_than: timedelta | None = None,
     limit: int = BATCH,
-    max_per_run: int = MAX_PER_RUN,
+    max_per_run: int | None = None,
     seconds: float = RUN_SECONDS,
 ) -> dict[str, int]:
-    """One bounded pass: batches of `limit` while the backlog fills them, until
-    `max_per_run` fetches or `seconds` have gone (each touched message leaves the
-    selection until the interval passes again, so no batch repeats one)."""
+    """One bounded pass: messages whose callbacks never came first, then final ones not
+    yet priced; each planned from its backlog (`pass_budget`, or `max_per_run`) and
+    fetched by `workers_for` threads at `reconcile_rate()`, until the budget is spent,
+    `seconds` have gone or Twilio answers 429 (each touched message leaves the selection
+    until the interval passes again, so no batch repeats one)."""
     if older_than is None:
         older_than = timedelta(minutes=get_settings().reconcile_after_minutes)
+    rate = reconcile_rate()
     counts = {"fetched": 0, "changed": 0, "errors": 0, "priced": 0}
     deadline = time.monotonic() + seconds
-    for select_batch, handle in (
-        (unpriced_twilio_messages, _price_one),
-        (stale_twilio_messages, _reconcile_one),
+    pacer = _Pacer(rate)
+    throttled = threading.Event()
+    for select_batch, count_waiting, handle in (
+        (stale_twilio_messages, count_stale, _reconcile_one),
+        (unpriced_twilio_messages, count_unpriced, _price_one),
     ):
+        if throttled.is_set():
+            break
+        ceiling = int(rate * seconds) if max_per_run is None else max_per_run
+        waiting = count_waiting(older_than, max(ceiling, limit) + 1)
+        budget = pass_budget(waiting, rate, seconds) if max_per_run is None else max_per_run
+        workers = workers_for(budget)
+        size = max(limit, workers * 25)
+
+        def one(message_id: str, handle: Any = handle) -> dict[str, int]:
+            local = dict.fromkeys(counts, 0)
+            if throttled.is_set() or time.monotonic() >= deadline:
+                return local
+            pacer.wait()
+            handle(message_id, local, throttled)
+            return local
+
         seen: set[str] = set()
-        while len(seen) < max_per_run and time.monotonic() < deadline:
-            ids = select_batch(older_than, min(limit, max_per_run - len(seen)))
-            fresh = [i for i in ids if i not in seen]  # a zero interval re-selects them
-            for message_id in fresh:
-                handle(message_id, counts)
-            seen.update(fresh)
-            if len(ids) < limit or not fresh:
-                break
+        with ThreadPoolExecutor(workers, thread_name_prefix="herald-reconcile") as pool:
+            while len(seen) < budget and time.monotonic() < deadline:
+                want = min(size, budget - len(seen))
+                ids = select_batch(older_than, want)
+                fresh = [i for i in ids if i not in seen]  # a zero interval re-selects them
+                for local in pool.map(one, fresh):
+                    for name, value in local.items():
+                        counts[name] += value
+                seen.update(fresh)
+                if len(ids) < want or not fresh or throttled.is_set():
+                    break
     if counts["fetched"] or counts["errors"]:
         log.info("reconciled twilio statuses %s", counts)
     return counts
 
 
-def _price_one(message_id: str, counts: dict[str, int]) -> None:
+def _price_one(
+    message_id: str, counts: dict[str, int], throttled: threading.Event | None = None
+) -> None:
     try:
         counts["priced"] += int(fetch_price(message_id))
     except ProviderError as exc:
         counts["errors"] += 1
+        if throttled is not None and _rate_limited(exc):
+            throttled.set()
         log.warning("price fetch failed id=%s: %s", message_id, exc.message)
         _touch(message_id)
         return
     counts["fetched"] += 1
 
 
-def _reconcile_one(message_id: str, counts: dict[str, int]) -> None:
+def _reconcile_one(
+    message_id: str, counts: dict[str, int], throttled: threading.Event | None = None
+) -> None:
     try:
         changed = reconcile_message(message_id)
     except ProviderError as exc:
         counts["errors"] += 1
+        if throttled is not None and _rate_limited(exc):
+            throttled.set()
         log.warning("reconcile fetch failed id=%s: %s", message_id, exc.message)
         _touch(message_id)  # asked again after the interval, not every tick
         return
     counts["fetched"] += 1
     counts["changed"] += int(changed)
+
+
+def _rate_limited(exc: ProviderError) -> bool:
+    """Twilio's 429 (20429: too many concurrent requests): the pass stops there."""
+    return exc.kind is ErrorKind.RATE_LIMITED or exc.http_status == 429
 
 
 def reconcile_message(message_id: str) -> bool:

@@ -331,7 +331,9 @@ def test_the_overview_reads_the_rollup_and_the_days_failures(crowd) -> None:
     _bounded(session, lambda: failure_reasons(session, tenant_id, since=now - timedelta(days=1)))
 
 
-@pytest.mark.parametrize("selection", ["unpriced", "stale", "scheduled"])
+@pytest.mark.parametrize(
+    "selection", ["unpriced", "stale", "scheduled", "unpriced_backlog", "stale_backlog"]
+)
 def test_reconcile_and_the_scheduled_release_select_through_small_indexes(
     crowd, selection: str
 ) -> None:
@@ -342,6 +344,9 @@ def test_reconcile_and_the_scheduled_release_select_through_small_indexes(
         "unpriced": lambda: reconcile.unpriced_twilio_messages(timedelta(minutes=10)),
         "stale": lambda: reconcile.stale_twilio_messages(timedelta(minutes=10)),
         "scheduled": lambda: sweep.release_scheduled(),
+        # What sizes a pass (services/messages/reconcile.py: pass_budget).
+        "unpriced_backlog": lambda: reconcile.count_unpriced(timedelta(minutes=10), 901),
+        "stale_backlog": lambda: reconcile.count_stale(timedelta(minutes=10), 901),
     }
     with _borrowed(reconcile, session), _borrowed(sweep, session):
         _bounded(session, operations[selection])
