@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 
 from core.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
@@ -179,5 +180,8 @@ def apply_inbox() -> int:
     that died first), then apply status callbacks left in the webhook inbox (likewise)."""
     from services.callbacks import applier, inbox, spool
 
-    spool.drain_all()
+    try:
+        spool.drain_all()
+    except redis.RedisError as exc:  # the inbox still gets its pass
+        log.warning("callback spool not drained: %s", exc)
     return applier.apply_all(older_than=inbox.STALE_SECONDS)

@@ -141,18 +141,21 @@ def test_a_connection_the_server_dropped_is_replaced_nothing_lost(committer) -> 
     assert committer._connection is not connection
 
 
-def test_a_lost_database_is_a_503_even_with_the_signers_cached(
+def test_a_lost_database_is_a_503_even_with_the_signers_cached_unless_spooled(
     client, auth, dispatched, monkeypatch
 ) -> None:
     from core.config import get_settings
     from herald.stack import free_port
     from models import reset_engine
+    from services.callbacks import spool
     from tests.unit.test_outage import assert_unavailable
 
     mid = new_message(client, auth, channel="sms")
     assert twilio_status(client, mid, "sent", "SM" + uuid.uuid4().hex).status_code == 204
     # The signers are cached now and the inbox holds a connection: the database going
-    # away must still be a 503 (Twilio retries), never a 204 for a row not stored.
+    # away is never a 204 for a row not stored: a 202 when the callback is spooled in
+    # Redis (services/callbacks/spool.py), else a 503 (here: Redis unusable too).
+    monkeypatch.setattr(spool, "keep", lambda *_: False)
     monkeypatch.setenv("DATABASE_URL", f"postgresql+psycopg://herald@127.0.0.1:{free_port()}/x")
     get_settings.cache_clear()
     reset_engine()
