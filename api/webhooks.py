@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api.auth import db
+from api.errors import unavailable
 from core.config import get_settings
 from core.errors import Forbidden, InvalidRequest, database_unavailable
 from services.callbacks import applier, spool
@@ -75,18 +76,26 @@ def accept_twilio_status(
     return (durable: the 204 is true even if no applier runs yet). The database
     unreachable: kept in Redis's spool (202: stored once it is back, Twilio would not
     send it again after a 5xx), or its error raised (503) when it may not be kept."""
-    try:
-        accounts = verify_twilio(session, url, form, signature)
-        new = receive_twilio_status(accounts, form, herald_id)
-    except Exception as exc:
-        if database_unavailable(exc):
-            twilio_status_fields(form)  # a form no callback can be stays a 400
-            if spool.keep(spool.STATUS, url, form, signature, herald_id):
-                return 202
-        raise
-    if new:
-        applier.ring()
-    return 204
+    error = spool.known_down()  # found unreachable under a second ago: not tried again
+    if error is not None and not signature:
+        verify_twilio(session, url, form, signature)  # Forbidden, with no database read
+    if error is None:
+        try:
+            accounts = verify_twilio(session, url, form, signature)
+            new = receive_twilio_status(accounts, form, herald_id)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            spool.note_down(exc)
+            error = exc
+        else:
+            if new:
+                applier.ring()
+            return 204
+    twilio_status_fields(form)  # a form no callback can be stays a 400
+    if spool.keep(spool.STATUS, url, form, signature, herald_id):
+        return 202
+    raise unavailable(error) from error
 
 
 @bp.post("/twilio/inbound")

@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.errors import Forbidden, InvalidRequest, database_unavailable
-from models import WebhookInbox, new_session, utcnow
+from models import WebhookInbox, get_engine, new_session, utcnow
 from services.callbacks.signatures import twilio_signed_by_kept, verify_twilio
 from services.policy.limits import get_redis, key
 
@@ -64,6 +64,33 @@ DRAIN_RETRY_SECONDS = 0.5
 # Twilio: "AC" + 32 hex digits; a signature is base64 of a 20-byte HMAC-SHA1.
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}\Z")
 _SIGNATURE = re.compile(r"[A-Za-z0-9+/]{27}=\Z")
+
+
+# After the database was found unreachable, a process sends status callbacks straight to
+# the spool for this long: no connection attempt (and its failure) per callback, for the
+# CPU and for a database that is coming back; one attempt a second at most.
+DOWN_SECONDS = 1.0
+_down: tuple[float, BaseException, Any] | None = None
+
+
+def note_down(exc: BaseException) -> None:
+    """The database was just found unreachable (`exc` says how)."""
+    global _down
+    _down = (time.monotonic() + DOWN_SECONDS, exc, get_engine())
+
+
+def known_down() -> BaseException | None:
+    """The error that found the database unreachable under DOWN_SECONDS ago (through
+    the engine still in use), else None."""
+    down = _down
+    if down is None or time.monotonic() >= down[0] or get_engine() is not down[2]:
+        return None
+    return down[1]
+
+
+def _up() -> None:
+    global _down
+    _down = None
 
 
 def spool_key() -> str:
@@ -179,36 +206,54 @@ def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
 
 
 def _store(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, Any, str]]:
-    """Store the entries in one transaction, each in a savepoint; returns the ones that
-    failed for a reason other than the database (with the reason)."""
+    """Store the entries in one transaction: status callbacks by one INSERT, an inbound
+    message in a savepoint of its own; returns the entries that failed for a reason other
+    than the database (with the reason), which are not stored."""
     from services.callbacks import applier
 
     dead: list[tuple[bytes, Any, str]] = []
-    statuses = 0
+    rows: list[tuple[bytes, Any, dict[str, Any]]] = []
     session = new_session()
     try:
         for entry_id, fields in entries:
             try:
-                with session.begin_nested():
-                    statuses += _store_one(session, fields)
+                row = _checked(session, fields)
             except Exception as exc:
                 if database_unavailable(exc):
                     raise
                 dead.append((entry_id, fields, f"{type(exc).__name__}: {exc}"))
+                continue
+            if row is not None:
+                rows.append((entry_id, fields, row))
+        try:
+            with session.begin_nested():
+                _insert(session, [row for _, _, row in rows])
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            for entry_id, fields, row in rows:  # one by one: a row's fault stays its own
+                try:
+                    with session.begin_nested():
+                        _insert(session, [row])
+                except Exception as one:
+                    if database_unavailable(one):
+                        raise
+                    dead.append((entry_id, fields, f"{type(one).__name__}: {one}"))
         session.commit()
     except Exception:
         session.rollback()
         raise
     finally:
         session.close()
-    if statuses:
+    _up()  # the database answers: callbacks try it again
+    if rows:
         applier.ring()
     return dead
 
 
-def _store_one(session: Session, fields: dict[bytes, bytes]) -> int:
-    """Check one entry's signature against the database and store it; 1 for a status
-    callback put in the inbox, else 0 (an inbound message, or dropped)."""
+def _checked(session: Session, fields: dict[bytes, bytes]) -> dict[str, Any] | None:
+    """One entry with its signature checked against the database: a status callback's
+    inbox row, or None (an inbound message, stored here in a savepoint; or dropped)."""
     from services.callbacks.twilio import handle_twilio_inbound, twilio_status_row
 
     entry = {k.decode(): v.decode() for k, v in fields.items()}
@@ -217,22 +262,28 @@ def _store_one(session: Session, fields: dict[bytes, bytes]) -> int:
         accounts = verify_twilio(session, entry["url"], form, entry["signature"])
     except Forbidden:
         log.warning("spooled %s callback not signed by any account: dropped", entry["kind"])
-        return 0
+        return None
     if entry["kind"] == INBOUND:
-        handle_twilio_inbound(session, accounts, form)
-        return 0
+        with session.begin_nested():
+            handle_twilio_inbound(session, accounts, form)
+        return None
     try:
         row = twilio_status_row(accounts, form, entry["ref"] or None)
     except InvalidRequest as exc:
         log.warning("spooled status callback dropped: %s", exc)
-        return 0
-    at = datetime.fromisoformat(entry["at"])
-    session.execute(
-        insert(WebhookInbox.__table__)
-        .values(**row, received_at=at, next_attempt_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["dedup_key"])
-    )
-    return 1
+        return None
+    return {**row, "received_at": datetime.fromisoformat(entry["at"])}
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Inbox rows with the time each was received (a key already waiting: nothing)."""
+    if rows:
+        now = utcnow()
+        session.execute(
+            insert(WebhookInbox.__table__)
+            .values([{**row, "next_attempt_at": now} for row in rows])
+            .on_conflict_do_nothing(index_elements=["dedup_key"])
+        )
 
 
 # ---------------------------------------------------------------- the process's drainer
