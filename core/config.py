@@ -206,6 +206,7 @@ class Settings:
     jwt_max_age_seconds: int = 86400
     metrics_token: str | None = None
     reconcile_after_minutes: float = 10.0
+    reconcile_rate: float = 20.0  # Twilio fetches a second a reconcile run may make
     admin_token: str | None = None
     # Decrypts what was stored under a former HERALD_SECRET_KEY; never encrypts or signs.
     previous_secret_key: str | None = None
@@ -289,6 +290,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         metrics_token=_token(env, "HERALD_METRICS_TOKEN", METRICS_TOKEN_MIN),
         reconcile_after_minutes=_positive(
             _float(env, "HERALD_RECONCILE_AFTER_MINUTES", 10.0), "HERALD_RECONCILE_AFTER_MINUTES"
+        ),
+        reconcile_rate=_positive(
+            _float(env, "HERALD_RECONCILE_RATE", 20.0), "HERALD_RECONCILE_RATE"
         ),
         admin_token=admin_token,
         previous_secret_key=env.get("HERALD_SECRET_KEY_PREVIOUS") or None,

@@ -12,7 +12,6 @@ price alone.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -158,11 +157,7 @@ def fetch_price(message_id: str) -> bool:
 
 def reconcile_rate() -> float:
     """Fetches a second a pass may make (HERALD_RECONCILE_RATE; default RATE)."""
-    try:
-        rate = float(os.environ.get("HERALD_RECONCILE_RATE", RATE))
-    except ValueError:
-        return RATE
-    return rate if rate > 0 else RATE
+    return get_settings().reconcile_rate
 
 
 def pass_budget(backlog: int, rate: float = RATE, seconds: float = RUN_SECONDS) -> int:

@@ -22,6 +22,7 @@ from core.config import get_settings
 from models import EventDelivery, Message, session_scope, utcnow
 from services.callbacks.inbound import count_unrouted
 from services.callbacks.meta import count_webhook_errors
+from services.callbacks.spool import spool_key
 from services.policy.limits import get_redis
 from services.reporting.rollups import status_totals
 
@@ -138,10 +139,16 @@ class HeraldCollector(Collector):
         with redis.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.llen(prefix + name)
-            lengths = pipe.execute()
+            pipe.xlen(spool_key())
+            *lengths, spooled = pipe.execute()
         for name, length in zip(names, lengths, strict=True):
             depth.add_metric([name], length)
         yield depth
+        yield GaugeMetricFamily(
+            "herald_callbacks_spooled",
+            "Twilio callbacks kept in Redis while the database was unreachable, not yet stored.",
+            value=spooled,
+        )
 
 
 _registered = False

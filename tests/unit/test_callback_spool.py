@@ -77,6 +77,7 @@ def test_a_status_callback_during_an_outage_is_spooled_and_applied_once_when_it_
     # Not signed by the token last seen: not kept (503); no signature at all: 403, as ever.
     assert (forged.status_code, unsigned.status_code) == (503, 403)
     assert spool.waiting() == 2
+    assert "herald_callbacks_spooled 2.0" in client.get("/metrics").get_data(as_text=True)
     assert get(client, auth, mid)["status"] == "sent"
     assert spool.drain_all() == 2
     assert spool.waiting() == 0

@@ -62,7 +62,7 @@ class FakeBacklog:
 def backlog(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     def make(n: int, fail: ProviderError | None = None) -> FakeBacklog:
         fake = FakeBacklog(n, fail)
-        monkeypatch.setenv("HERALD_RECONCILE_RATE", "100000")  # no pacing in the test
+        monkeypatch.setattr(reconcile, "reconcile_rate", lambda: 100_000.0)  # no pacing here
         monkeypatch.setattr(reconcile, "count_stale", fake.count)
         monkeypatch.setattr(reconcile, "stale_twilio_messages", fake.select)
         monkeypatch.setattr(reconcile, "_reconcile_one", fake.handle)
