@@ -17,7 +17,9 @@ Flask's settings would treat differently (debug, trusted hosts, a server name), 
 Flask untouched (a body already read handed on as it was). An exception raised by the
 work (a bad key or signature, invalid input, the database down) is answered by Flask's
 own error handlers in a request context (api/errors.py): the same 4xx or 503, in the
-same JSON shape, with the same headers and logging.
+same JSON shape, with the same headers and logging. A status callback spooled while the
+database is unreachable (services/callbacks/spool.py) is a 202 with an empty body, as
+Flask writes it.
 
 The price: an app-wide Flask hook added later (a request id, a rate limit) does not run
 for these plain requests unless it is added here too. `HOOKS_DONE_HERE` names the hooks
