@@ -204,6 +204,11 @@ def test_twilio_callbacks_during_a_database_outage_are_applied_when_it_is_back(
                 return {r["herald_id"] for r in rows if r["event"] == "delivered"} == set(ids)
 
             wait_until(delivered_callbacks_answered, "the delivered callbacks", timeout=60)
+            inbound = httpx.post(
+                f"{sandbox}/_sandbox/inbound",
+                json={"provider": "twilio", "from": "+12025550188", "to": "+12025550100"},
+            ).json()
+            assert inbound["status_code"] == 200, inbound  # kept: Twilio would not retry
         finally:
             outage.database.restore()
     finally:
@@ -216,4 +221,10 @@ def test_twilio_callbacks_during_a_database_outage_are_applied_when_it_is_back(
         events = outage.api.get(f"/v1/messages/{mid}").json()["events"]
         assert [e["status"] for e in events].count("delivered") == 1, events
     assert sends_of(outage, ids) == dict.fromkeys(ids, 1)  # none sent twice
+
+    def inbound_stored() -> bool:
+        page = outage.api.get("/v1/messages", params={"limit": 100}).json()["data"]
+        return any(m["provider_message_id"] == inbound["message_id"] for m in page)
+
+    wait_until(inbound_stored, "the inbound message stored", timeout=60)
     no_restarts(outage)
