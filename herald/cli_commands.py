@@ -139,6 +139,19 @@ def _tail(args: argparse.Namespace) -> int:
             return 0
 
 
+def _segments_cap(value: str) -> int | None:
+    """`--sms-max-segments`: a count of at least 1, or 'none' (no cap)."""
+    if value == "none":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of segments or 'none'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1, or 'none'")
+    return count
+
+
 def _limit(value: str) -> int | None:
     if value == "default":
         return None
@@ -177,9 +190,11 @@ def _tenant_update(args: argparse.Namespace) -> int:
         changes["name"] = args.name
     if args.callback_url is not None:
         changes["callback_url"] = args.callback_url or None
-    for field in ("hourly_limit", "daily_limit"):
+    for field in ("hourly_limit", "daily_limit", "sms_max_segments"):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
+    if args.smart_encoding is not None:
+        changes["smart_encoding"] = args.smart_encoding
     migrate.upgrade()
     with session_scope() as session:  # a refusal: its JSON on one line, exit 2 (herald.cli)
         tenant = update_tenant(session, args.tenant_id, load_tenant_request(changes, partial=True))
@@ -255,6 +270,23 @@ def register(sub: Any, tenant: Any) -> None:
         update.add_argument(
             flag, type=_limit, default=_UNSET, help="N (0 = unlimited) or 'default'"
         )
+    update.add_argument(
+        "--sms-max-segments",
+        type=_segments_cap,
+        default=_UNSET,
+        help="the most segments one SMS may take, or 'none'",
+    )
+    encoding = update.add_mutually_exclusive_group()
+    encoding.add_argument(
+        "--smart-encoding",
+        dest="smart_encoding",
+        action="store_true",
+        default=None,
+        help="swap SMS look-alike characters for GSM-7 ones (the default)",
+    )
+    encoding.add_argument(
+        "--no-smart-encoding", dest="smart_encoding", action="store_false", default=None
+    )
     state = update.add_mutually_exclusive_group()
     state.add_argument(
         "--disable",

@@ -53,6 +53,7 @@ from services.content.schemas import (
     load_object,
     variables_problem,
 )
+from services.content.segments import fit, measure
 from services.content.templates import campaign_row_problem, refuse_unusable_template
 from services.messages.campaign_content import recipient_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
@@ -238,6 +239,12 @@ def create_campaign(
         from services.content.media import resolve_media_id
 
         options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+    if channel == "sms" and data.get("body"):  # smart encoding, the segment cap: once for all
+        data["body"], swapped = fit(
+            data["body"], smart=tenant.smart_encoding is not False, cap=tenant.sms_max_segments
+        )
+        if swapped:  # carried to each message with the content
+            options = {**(options or {}), "smart_encoded": swapped}
     campaign = Campaign(
         tenant_id=tenant.id,
         options=options,
@@ -582,6 +589,9 @@ class InvalidRowView(Shape):
 class CampaignView(Shape):
     """A campaign and its progress (`campaign_to_dict`)."""
 
+    class Meta:
+        optional = ("encoding", "segments", "segments_total", "smart_encoded")
+
     id = fields.String()
     name = fields.String()
     status = fields.String()
@@ -605,6 +615,14 @@ class CampaignView(Shape):
     duplicates = fields.Integer()
     quiet_hours = fields.Nested(quiet_hours.QuietHoursView, allow_none=True)
     created_at = fields.DateTime()
+    encoding = fields.String(metadata={"description": "SMS: GSM-7 or UCS-2"})
+    segments = fields.Integer(metadata={"description": "SMS: the segments of one message"})
+    segments_total = fields.Integer(
+        metadata={"description": "SMS: segments of every message, before skips and failures"}
+    )
+    smart_encoded = fields.Integer(
+        metadata={"description": "SMS: look-alike characters smart encoding replaced"}
+    )
 
 
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
@@ -633,4 +651,19 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "duplicates": campaign.duplicates,
         "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
+        **_sms_estimate(campaign),
+    }
+
+
+def _sms_estimate(campaign: Campaign) -> dict[str, Any]:
+    """What an SMS campaign will be billed as: its body's encoding and segments, and
+    the segments of all its messages (before a recipient is skipped or fails)."""
+    if campaign.channel != "sms" or not campaign.body:
+        return {}
+    size = measure(campaign.body)
+    return {
+        "encoding": size.encoding,
+        "segments": size.segments,
+        "segments_total": size.segments * campaign.total,
+        "smart_encoded": (campaign.options or {}).get("smart_encoded", 0),
     }

@@ -44,6 +44,7 @@ from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
 from services.content.inputs import text_problem
 from services.content.schemas import provider_problems
+from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
@@ -257,6 +258,12 @@ def prepare(
                 code="invalid_fields",
                 fields=errors,
             )
+        if channel == "sms" and data.get("body"):  # smart encoding, the segment cap
+            data["body"], swapped = fit(
+                data["body"], smart=tenant.smart_encoding is not False, cap=tenant.sms_max_segments
+            )
+            if swapped:
+                item.options["smart_encoded"] = swapped
         account = cached_account(session, tenant.id, provider)
         if account is None:
             raise PolicyRefused(

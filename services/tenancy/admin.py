@@ -49,6 +49,8 @@ class TenantSchema(_Strict):
     )
     hourly_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
     daily_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    smart_encoding = fields.Boolean(truthy={True}, falsy={False})  # "no" is not false
+    sms_max_segments = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
@@ -88,6 +90,12 @@ class TenantView(Shape):
     callback_url = fields.String(allow_none=True)
     hourly_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
     daily_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
+    smart_encoding = fields.Boolean(
+        metadata={"description": "SMS look-alike characters swapped for GSM-7 ones"}
+    )
+    sms_max_segments = fields.Integer(
+        allow_none=True, metadata={"description": "the most segments an SMS may take; null: no cap"}
+    )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
     disabled = fields.Boolean()
@@ -151,6 +159,8 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "callback_url": tenant.callback_url,
         "hourly_limit": tenant.hourly_limit,
         "daily_limit": tenant.daily_limit,
+        "smart_encoding": tenant.smart_encoding is not False,
+        "sms_max_segments": tenant.sms_max_segments,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
         "disabled": tenant.disabled_at is not None,
@@ -210,6 +220,7 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
         callback_url=data.get("callback_url"),
         hourly_limit=data.get("hourly_limit"),
         daily_limit=data.get("daily_limit"),
+        **{k: data[k] for k in ("smart_encoding", "sms_max_segments") if k in data},
     )
     for spec in data.get("accounts") or []:
         values = _account_values(spec)
@@ -228,7 +239,14 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
 def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Tenant:
     """Change name, limits (None = the deployment's default) or callback URL (None = none)."""
     tenant = get_tenant(session, tenant_id)
-    for field in ("name", "callback_url", "hourly_limit", "daily_limit"):
+    for field in (
+        "name",
+        "callback_url",
+        "hourly_limit",
+        "daily_limit",
+        "smart_encoding",
+        "sms_max_segments",
+    ):
         if field in data:
             setattr(tenant, field, data[field])
     session.flush()

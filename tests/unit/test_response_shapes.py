@@ -225,6 +225,7 @@ def _fill(tenant_id: str) -> dict[str, str]:
             provider_account_id=twilio.id,
             to_number=TO,
             body="priced",
+            options={"smart_encoded": 2},
             status="sent",
             provider_message_id="SM" + run,
             price=Decimal("0.00790"),
@@ -324,6 +325,7 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
             message_to_dict(out),
             message_to_dict(inbound, events=False),
             new_message_to_dict(_values(out), event),
+            message_to_dict(session.get(Message, ids["sms"])),  # segments, smart encoding
         ]
         campaign = Campaign(
             tenant_id=tenant_id,
