@@ -11,7 +11,7 @@ from models import Message, Tenant, session_scope
 from services.content.segments import GSM7, UCS2, measure, smart_encode
 
 TO = "+12025550143"
-CURLY = "“Your order” is ready — it’s at the counter…"  # five look-alikes
+CURLY = "\u201cYour order\u201d is ready \u2014 it\u2019s at the counter\u2026"  # 5 look-alikes
 PLAIN = '"Your order" is ready - it\'s at the counter...'
 
 
@@ -60,7 +60,9 @@ def _count(tenant_id: str) -> int:
 
 
 def test_an_sms_accept_says_its_segments_and_smart_encodes_by_default(client, auth) -> None:
-    resp = client.post("/v1/messages", headers=auth, json={"to": TO, "channel": "sms", "body": CURLY})
+    resp = client.post(
+        "/v1/messages", headers=auth, json={"to": TO, "channel": "sms", "body": CURLY}
+    )
     assert resp.status_code == 202, resp.get_json()
     answer = resp.get_json()
     assert answer["body"] == PLAIN
@@ -121,7 +123,9 @@ def test_a_body_over_the_tenants_segment_cap_is_refused_and_stores_nothing(
         headers=auth,
         json={"name": "long", "channel": "sms", "body": "a" * 161, "recipients": [{"to": TO}]},
     )
-    assert campaign.status_code == 422 and campaign.get_json()["error"]["code"] == "too_many_segments"
+    assert (
+        campaign.status_code == 422 and campaign.get_json()["error"]["code"] == "too_many_segments"
+    )
     assert _count(tenant["tenant_id"]) == before
     # Smart encoding counts first: curly quotes that would make it UCS-2 (2 segments)
     # fit in one once swapped.
