@@ -139,6 +139,14 @@ def _tail(args: argparse.Namespace) -> int:
             return 0
 
 
+def _countries(value: str) -> list[str] | None:
+    """`--sms-countries`: comma-separated ISO codes (checked by the tenant schema), or
+    'default'."""
+    if value == "default":
+        return None
+    return [code.strip().upper() for code in value.split(",") if code.strip()]
+
+
 def _segments_cap(value: str) -> int | None:
     """`--sms-max-segments`: a count of at least 1, or 'none' (no cap)."""
     if value == "none":
@@ -190,7 +198,13 @@ def _tenant_update(args: argparse.Namespace) -> int:
         changes["name"] = args.name
     if args.callback_url is not None:
         changes["callback_url"] = args.callback_url or None
-    for field in ("hourly_limit", "daily_limit", "sms_max_segments"):
+    for field in (
+        "hourly_limit",
+        "daily_limit",
+        "sms_max_segments",
+        "sms_countries",
+        "international_daily_limit",
+    ):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
     if args.smart_encoding is not None:
@@ -275,6 +289,18 @@ def register(sub: Any, tenant: Any) -> None:
         type=_segments_cap,
         default=_UNSET,
         help="the most segments one SMS may take, or 'none'",
+    )
+    update.add_argument(
+        "--sms-countries",
+        type=_countries,
+        default=_UNSET,
+        help="ISO codes it may text, e.g. US,CA ('default': its own numbers' countries)",
+    )
+    update.add_argument(
+        "--international-daily-limit",
+        type=_limit,
+        default=_UNSET,
+        help="international SMS a day: N (0 = unlimited) or 'default'",
     )
     encoding = update.add_mutually_exclusive_group()
     encoding.add_argument(

@@ -25,6 +25,10 @@ class Tenant(Base):
     # and a cap on the segments one message may be billed as (None: none).
     smart_encoding: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     sms_max_segments: Mapped[int | None] = mapped_column(Integer)
+    # The SMS pumping guard (services/policy/destinations.py): the ISO countries it may
+    # text (None: those of its own numbers) and international SMS a day (None: default).
+    sms_countries: Mapped[list | None] = mapped_column(JSON)
+    international_daily_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A disabled tenant's keys and tokens are refused; its rows are kept.
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

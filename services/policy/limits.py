@@ -188,6 +188,17 @@ def take_daily_quota(tenant_id: str, daily: int, n: int) -> int:
     return n if answer is None else int(answer)  # type: ignore[call-overload]
 
 
+def take_international(tenant_id: str, daily: int, n: int) -> int:
+    """Count up to `n` international SMS against the tenant's own daily cap (0 =
+    unlimited; services/policy/destinations.py): how many were granted. Redis
+    unreachable lets them through, as for the other quotas."""
+    if n <= 0 or daily <= 0:
+        return max(0, n)
+    day = key("intl", tenant_id, datetime.now(UTC).strftime("%Y%m%d"))
+    answer = _run(_DAY_QUOTA, [day], [daily, 90000, n])
+    return n if answer is None else int(answer)  # type: ignore[call-overload]
+
+
 def daily_quota_left(tenant_id: str, daily: int) -> int | None:
     """What is left of the tenant's daily quota today; None when it is unlimited or
     Redis does not answer (then nothing is refused)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import phonenumbers
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -51,7 +52,19 @@ class TenantSchema(_Strict):
     daily_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
     smart_encoding = fields.Boolean(truthy={True}, falsy={False})  # "no" is not false
     sms_max_segments = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    sms_countries = fields.List(
+        fields.String(validate=validate.OneOf(sorted(phonenumbers.SUPPORTED_REGIONS))),
+        allow_none=True,
+        validate=validate.Length(min=1, max=250),
+    )
+    international_daily_limit = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=0)
+    )
     accounts = fields.List(fields.Dict(keys=fields.String()))
+
+
+# Per-tenant SMS settings an operator may give at creation too.
+SMS_SETTINGS = ("smart_encoding", "sms_max_segments", "sms_countries", "international_daily_limit")
 
 
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
@@ -95,6 +108,14 @@ class TenantView(Shape):
     )
     sms_max_segments = fields.Integer(
         allow_none=True, metadata={"description": "the most segments an SMS may take; null: no cap"}
+    )
+    sms_countries = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "ISO countries it may text; null: those of its own numbers"},
+    )
+    international_daily_limit = fields.Integer(
+        allow_none=True, metadata={"description": "international SMS a day; null: the default"}
     )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
@@ -161,6 +182,8 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "daily_limit": tenant.daily_limit,
         "smart_encoding": tenant.smart_encoding is not False,
         "sms_max_segments": tenant.sms_max_segments,
+        "sms_countries": tenant.sms_countries,
+        "international_daily_limit": tenant.international_daily_limit,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
         "disabled": tenant.disabled_at is not None,
@@ -220,7 +243,7 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
         callback_url=data.get("callback_url"),
         hourly_limit=data.get("hourly_limit"),
         daily_limit=data.get("daily_limit"),
-        **{k: data[k] for k in ("smart_encoding", "sms_max_segments") if k in data},
+        **{k: data[k] for k in SMS_SETTINGS if k in data},
     )
     for spec in data.get("accounts") or []:
         values = _account_values(spec)
@@ -246,6 +269,8 @@ def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Ten
         "daily_limit",
         "smart_encoding",
         "sms_max_segments",
+        "sms_countries",
+        "international_daily_limit",
     ):
         if field in data:
             setattr(tenant, field, data[field])

@@ -178,3 +178,134 @@ def test_the_admin_api_sets_and_checks_the_sms_settings(client, monkeypatch, ten
     finally:
         monkeypatch.delenv("HERALD_ADMIN_TOKEN")
         get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- the SMS pumping guard
+
+LONDON = "+442079460123"
+TOKYO = "+81312345678"
+
+
+def test_a_tenant_texts_only_its_own_numbers_countries_by_default(client, auth, tenant) -> None:
+    before = _count(tenant["tenant_id"])
+    resp = client.post(
+        "/v1/messages", headers=auth, json={"to": LONDON, "channel": "sms", "body": "x"}
+    )
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["error"]["code"] == "country_not_allowed"
+    batch = client.post(
+        "/v1/messages/batch",
+        headers=auth,
+        json={
+            "messages": [
+                {"to": LONDON, "channel": "sms", "body": "x"},
+                {"to": TO, "channel": "sms", "body": "x"},
+            ]
+        },
+    ).get_json()["data"]
+    assert batch[0]["error"]["code"] == "country_not_allowed" and batch[1]["status"] == 202
+    campaign = client.post(
+        "/v1/campaigns",
+        headers=auth,
+        json={
+            "name": "abroad",
+            "channel": "sms",
+            "body": "x",
+            "recipients": [{"to": LONDON}, {"to": TO}],
+        },
+    ).get_json()
+    assert campaign["total"] == 1 and campaign["invalid"] == 1
+    assert campaign["invalid_rows"][0]["error"].startswith("country_not_allowed")
+    assert _count(tenant["tenant_id"]) == before + 2  # the batch's and the campaign's US rows
+    # WhatsApp is not SMS: not checked.
+    whatsapp = client.post(
+        "/v1/messages",
+        headers=auth,
+        json={
+            "to": LONDON,
+            "provider": "meta",
+            "template": {"name": "order_update", "language": "en_US"},
+        },
+    )
+    assert whatsapp.status_code == 202, whatsapp.get_json()
+
+
+def test_countries_the_operator_adds_count_against_the_international_cap(
+    client, auth, tenant
+) -> None:
+    _settings(tenant["tenant_id"], sms_countries=["US", "GB", "JP"], international_daily_limit=2)
+    answers = [
+        client.post("/v1/messages", headers=auth, json={"to": to, "channel": "sms", "body": "x"})
+        for to in (LONDON, TO, TOKYO, TO)
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 202, 202]  # 2 abroad, 2 at home
+    over = client.post(
+        "/v1/messages", headers=auth, json={"to": LONDON, "channel": "sms", "body": "x"}
+    )
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "international_limit"
+    assert int(over.headers["Retry-After"]) > 0
+    home = client.post("/v1/messages", headers=auth, json={"to": TO, "channel": "sms", "body": "x"})
+    assert home.status_code == 202  # the home country is not capped by it
+    before = _count(tenant["tenant_id"])
+    campaign = client.post(
+        "/v1/campaigns",
+        headers=auth,
+        json={"name": "abroad", "channel": "sms", "body": "x", "recipients": [{"to": TOKYO}]},
+    )
+    assert (
+        campaign.status_code == 429
+        and campaign.get_json()["error"]["code"] == "international_limit"
+    )
+    assert _count(tenant["tenant_id"]) == before  # the whole campaign refused
+
+
+def test_the_admin_api_validates_the_guards_settings(client, monkeypatch, tenant) -> None:
+    from core.config import get_settings
+
+    token = "segments-admin-token-0123456789"
+    monkeypatch.setenv("HERALD_ADMIN_TOKEN", token)
+    get_settings.cache_clear()
+    try:
+        admin = {"Authorization": f"Bearer {token}"}
+        url = f"/admin/v1/tenants/{tenant['tenant_id']}"
+        shown = client.get(url, headers=admin).get_json()
+        assert (shown["sms_countries"], shown["international_daily_limit"]) == (None, None)
+        ok = client.patch(
+            url,
+            headers=admin,
+            json={"sms_countries": ["US", "BR"], "international_daily_limit": 10},
+        )
+        assert ok.status_code == 200 and ok.get_json()["sms_countries"] == ["US", "BR"]
+        for bad in (
+            {"sms_countries": ["XX"]},
+            {"sms_countries": []},
+            {"sms_countries": "US"},
+            {"international_daily_limit": -1},
+        ):
+            assert client.patch(url, headers=admin, json=bad).status_code == 400, bad
+    finally:
+        monkeypatch.delenv("HERALD_ADMIN_TOKEN")
+        get_settings.cache_clear()
+
+
+def test_the_cli_sets_the_sms_settings(capsys, tenant) -> None:
+    import json
+
+    from herald.cli import main
+
+    args = ["tenant", "update", tenant["tenant_id"], "--sms-countries", "us, gb"]
+    args += ["--international-daily-limit", "5", "--sms-max-segments", "2", "--no-smart-encoding"]
+    assert main(args) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sms_countries"] == ["US", "GB"] and shown["international_daily_limit"] == 5
+    assert (shown["sms_max_segments"], shown["smart_encoding"]) == (2, False)
+    assert main(["tenant", "update", tenant["tenant_id"], "--sms-countries", "XX"]) == 2
+    assert "sms_countries" in json.loads(capsys.readouterr().err)["error"]["fields"]
+    back = ["tenant", "update", tenant["tenant_id"], "--sms-countries", "default"]
+    assert main([*back, "--sms-max-segments", "none", "--smart-encoding"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["sms_countries"], shown["sms_max_segments"], shown["smart_encoding"]) == (
+        None,
+        None,
+        True,
+    )
