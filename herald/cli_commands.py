@@ -139,6 +139,18 @@ def _tail(args: argparse.Namespace) -> int:
             return 0
 
 
+def _json_object(value: str) -> dict[str, Any] | None:
+    """`--keywords`, `--keyword-replies`: a JSON object (checked by the tenant schema) or
+    null."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a JSON object, or null") from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("a JSON object, or null")
+    return parsed
+
+
 def _countries(value: str) -> list[str] | None:
     """`--sms-countries`: comma-separated ISO codes (checked by the tenant schema), or
     'default'."""
@@ -209,6 +221,9 @@ def _tenant_update(args: argparse.Namespace) -> int:
             changes[field] = getattr(args, field)
     if args.smart_encoding is not None:
         changes["smart_encoding"] = args.smart_encoding
+    for field in ("keywords", "keyword_replies"):
+        if getattr(args, field) is not _UNSET:
+            changes[field] = getattr(args, field)
     migrate.upgrade()
     with session_scope() as session:  # a refusal: its JSON on one line, exit 2 (herald.cli)
         tenant = update_tenant(session, args.tenant_id, load_tenant_request(changes, partial=True))
@@ -301,6 +316,18 @@ def register(sub: Any, tenant: Any) -> None:
         type=_limit,
         default=_UNSET,
         help="international SMS a day: N (0 = unlimited) or 'default'",
+    )
+    update.add_argument(
+        "--keywords",
+        type=_json_object,
+        default=_UNSET,
+        help='its own words, e.g. \'{"stop": ["ARRET", "BAJA"], "help": ["AYUDA"]}\' (null: none)',
+    )
+    update.add_argument(
+        "--keyword-replies",
+        type=_json_object,
+        default=_UNSET,
+        help='answers, e.g. \'{"stop": "Désinscrit.", "help": ""}\' ("" none; null: defaults)',
     )
     encoding = update.add_mutually_exclusive_group()
     encoding.add_argument(

@@ -29,6 +29,10 @@ class Tenant(Base):
     # text (None: those of its own numbers) and international SMS a day (None: default).
     sms_countries: Mapped[list | None] = mapped_column(JSON)
     international_daily_limit: Mapped[int | None] = mapped_column(Integer)
+    # Its own opt-out/opt-in/help words ({"stop": ["ARRET"], …}) and its answers to
+    # keywords ({"stop": "…", "help": "…"}; '' sends none) (services/policy/keywords.py).
+    keywords: Mapped[dict | None] = mapped_column(JSON)
+    keyword_replies: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A disabled tenant's keys and tokens are refused; its rows are kept.
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

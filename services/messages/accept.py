@@ -332,11 +332,17 @@ def store(session: Session, items: list[Item]) -> None:
     rows = []
     for item in live:
         data = item.data
-        refusal = policy_refusal(
-            contacts[(item.tenant.id, recipients[item])],
-            channel=data.get("channel", "whatsapp"),
-            free_form=not data.get("template"),
-            now=now,
+        # A keyword's answer (services/callbacks/inbound.py) is the one message an
+        # opted-out person may still get: the confirmation of their STOP.
+        refusal = (
+            None
+            if item.origin == "keyword"
+            else policy_refusal(
+                contacts[(item.tenant.id, recipients[item])],
+                channel=data.get("channel", "whatsapp"),
+                free_form=not data.get("template"),
+                now=now,
+            )
         )
         if refusal is not None:
             item.error = refusal

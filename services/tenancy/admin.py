@@ -20,6 +20,7 @@ from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
+from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
 from services.reporting.events import webhook_secret
 from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
@@ -60,11 +61,20 @@ class TenantSchema(_Strict):
     international_daily_limit = fields.Integer(
         strict=True, allow_none=True, validate=validate.Range(min=0)
     )
+    keywords = fields.Nested(KeywordsSchema, allow_none=True)
+    keyword_replies = fields.Nested(KeywordRepliesSchema, allow_none=True)
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
 # Per-tenant SMS settings an operator may give at creation too.
-SMS_SETTINGS = ("smart_encoding", "sms_max_segments", "sms_countries", "international_daily_limit")
+SMS_SETTINGS = (
+    "smart_encoding",
+    "sms_max_segments",
+    "sms_countries",
+    "international_daily_limit",
+    "keywords",
+    "keyword_replies",
+)
 
 
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
@@ -116,6 +126,18 @@ class TenantView(Shape):
     )
     international_daily_limit = fields.Integer(
         allow_none=True, metadata={"description": "international SMS a day; null: the default"}
+    )
+    keywords = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        allow_none=True,
+        metadata={"description": "its own stop/start/help words, besides the standard ones"},
+    )
+    keyword_replies = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        allow_none=True,
+        metadata={"description": "answers to stop/start/help ('' none; absent: the default)"},
     )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
@@ -184,6 +206,8 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "sms_max_segments": tenant.sms_max_segments,
         "sms_countries": tenant.sms_countries,
         "international_daily_limit": tenant.international_daily_limit,
+        "keywords": tenant.keywords,
+        "keyword_replies": tenant.keyword_replies,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
         "disabled": tenant.disabled_at is not None,
@@ -271,6 +295,8 @@ def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Ten
         "sms_max_segments",
         "sms_countries",
         "international_daily_limit",
+        "keywords",
+        "keyword_replies",
     ):
         if field in data:
             setattr(tenant, field, data[field])

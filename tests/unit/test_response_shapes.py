@@ -349,7 +349,14 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
         tenant = session.get(Tenant, tenant_id)
         tenant.disabled_at = now
         new_tenant = admin.create_tenant_with_key(
-            session, {"name": "fresh", "callback_url": "https://x.example", "hourly_limit": 5}
+            session,
+            {
+                "name": "fresh",
+                "callback_url": "https://x.example",
+                "hourly_limit": 5,
+                "keywords": {"stop": ["ARRET"]},
+                "keyword_replies": {"help": ""},
+            },
         )
         new_key = admin.create_tenant_key(session, tenant_id, "ci")
         key = session.get(ApiKey, new_key["id"])
@@ -381,7 +388,7 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
                 usage(session, tenant_id, now - timedelta(days=1), now + timedelta(days=1), GROUPS),
                 usage(session, tenant_id, now - timedelta(days=1), now + timedelta(days=1)),
             ],
-            "TenantView": [admin.tenant_to_dict(tenant)],
+            "TenantView": [admin.tenant_to_dict(tenant), new_tenant["tenant"]],
             "NewTenantView": [new_tenant],
             "AccountView": [admin.account_to_dict(a) for a in accounts.values()],
             "ApiKeyView": [admin.api_key_to_dict(key)],
