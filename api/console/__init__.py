@@ -35,7 +35,9 @@ from api.auth import db, read_limited
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
 from core.errors import HeraldError, InvalidRequest, NotFound
 from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
+from services.campaigns.resend import resend_campaign
 from services.content.phones import normalize_e164
+from services.messages.resend import RESENDABLE, resend_message
 from services.messages.service import get_message
 from services.messages.status import OUTBOUND, TERMINAL
 from services.policy.consent import WINDOW, contact_for, window_open
@@ -313,10 +315,23 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
         "m": row,
         "request_json": message_request(row),
         "final": row.status in TERMINAL or row.status in ("read", "received"),
+        "resendable": row.direction == "outbound"
+        and row.status in RESENDABLE
+        and not (row.options or {}).get("resent_as"),
     }
     if _fragment():
         return _page("_timeline.html", **context)
     return _page("message.html", **context)
+
+
+@bp.post("/messages/<message_id>/resend")
+def message_resend(message_id: str):  # type: ignore[no-untyped-def]
+    """The Resend button of a failed message: the new message's page (the first
+    resend's, when it was resent before)."""
+    session_db = db()
+    item = resend_message(session_db, g.tenant, message_id)
+    session_db.commit()
+    return redirect(url_for("console.message", message_id=item.answer()["id"]))
 
 
 # ---------------------------------------------------------------- usage
@@ -376,10 +391,13 @@ def campaign_live(campaign_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/campaigns/<campaign_id>/<action>")
 def campaign_action(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
-    if action not in ("pause", "resume", "cancel"):
+    if action not in ("pause", "resume", "cancel", "resend"):
         raise NotFound(f"No action {action!r}.")
     session_db = db()
-    control_campaign(session_db, _tenant_id(), campaign_id, action)
+    if action == "resend":  # its failed and undelivered rows
+        resend_campaign(session_db, g.tenant, campaign_id)
+    else:
+        control_campaign(session_db, _tenant_id(), campaign_id, action)
     session_db.commit()
     return redirect(url_for("console.campaign", campaign_id=campaign_id))
 

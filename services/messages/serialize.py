@@ -113,6 +113,8 @@ class MessageView(Shape):
             "segments",
             "encoding",
             "smart_encoded",
+            "resend_of",
+            "resent_as",
             "events",
         )
 
@@ -164,6 +166,8 @@ class MessageView(Shape):
     smart_encoded = fields.Integer(
         metadata={"description": "look-alike characters smart encoding replaced, if any"}
     )
+    resend_of = fields.String(metadata={"description": "the failed message this one resends"})
+    resent_as = fields.String(metadata={"description": "the message that resent this one"})
     events = fields.List(
         fields.Nested(EventView),
         metadata={"description": "the timeline: in the answers about one message only"},
@@ -196,6 +200,11 @@ def sms_fields(channel: str, body: str | None, options: dict[str, Any] | None) -
     if options and options.get("smart_encoded"):
         out["smart_encoded"] = options["smart_encoded"]
     return out
+
+
+def resend_fields(options: dict[str, Any] | None) -> dict[str, Any]:
+    """`resend_of` and `resent_as`: a resend and its original, linked both ways."""
+    return {k: options[k] for k in ("resend_of", "resent_as") if options and options.get(k)}
 
 
 def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
@@ -242,6 +251,7 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
     data["media"] = media_links(message)  # Herald's URLs for inbound media
     data.update(public_fields(message))  # reply_to, reaction, location… (conversations)
     data.update(sms_fields(message.channel, message.body, message.options))
+    data.update(resend_fields(message.options))
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data
@@ -284,6 +294,7 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "media": None,  # outbound: no inbound media links
         **options_fields(values.get("options")),
         **sms_fields(values["channel"], values["body"], values.get("options")),
+        **resend_fields(values.get("options")),
         "events": [
             {
                 "status": event["status"],
