@@ -110,7 +110,7 @@ def get_redis() -> redis.Redis | None:
 
 
 def set_redis(client: redis.Redis | None) -> None:
-    """Use this client (tests inject fakeredis when no REDIS_URL is configured)."""
+    """Use this client (tests inject the embedded Redis when no REDIS_URL is configured)."""
     global _client
     with _lock:
         _client = client
