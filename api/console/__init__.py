@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +34,7 @@ from wtforms.validators import ValidationError
 
 from api.auth import db, read_limited
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
+from api.media import media_response
 from core.errors import HeraldError, InvalidRequest, NotFound
 from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
 from services.campaigns.resend import resend_campaign
@@ -324,6 +326,12 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
     return _page("message.html", **context)
 
 
+@bp.get("/messages/<message_id>/media/<int:n>")
+def message_media(message_id: str, n: int):  # type: ignore[no-untyped-def]
+    """An inbound image (or other media) to look at, fetched afresh from the provider."""
+    return media_response(_tenant_id(), message_id, n)
+
+
 @bp.post("/messages/<message_id>/resend")
 def message_resend(message_id: str):  # type: ignore[no-untyped-def]
     """The Resend button of a failed message: the new message's page (the first
@@ -372,7 +380,12 @@ def _campaign_context(campaign_id: str) -> dict[str, Any]:
     return {
         "c": data,
         "done": done,
-        "chart": send_rate_chart(start, per_second, data["rate"]),
+        "chart": send_rate_chart(
+            start,
+            per_second,
+            data["rate"],
+            sent_before=any(data["counts"].get(s, 0) for s in ("sent", "delivered", "read")),
+        ),
         "live": campaign.status in ("running", "paused") or done < data["total"],
     }
 
@@ -479,6 +492,13 @@ def phone_thread_live(number: str):  # type: ignore[no-untyped-def]
     return _page("_thread.html", **_thread_context(_number(number)))
 
 
+def _sample_photo() -> tuple[bytes, str]:
+    """The photo the sandbox phone sends when no image URL is given: hosted by the
+    sandbox as the provider hosts a customer's media, so it can be viewed here."""
+    path = Path(bp.static_folder or "") / "sample-photo.png"
+    return path.read_bytes(), "image/png"
+
+
 @bp.post("/phone/<number>/reply")
 def phone_reply(number: str):  # type: ignore[no-untyped-def]
     _require_sandbox()
@@ -495,7 +515,8 @@ def phone_reply(number: str):  # type: ignore[no-untyped-def]
             number,
             channel=channel,
             body=body or None,
-            image_url=request.form.get("image_url") or "https://example.com/photo.jpg",
+            image_url=request.form.get("image_url") or None,
+            image=None if request.form.get("image_url") else _sample_photo(),
         ),
     }
     if action not in replies:
