@@ -158,3 +158,34 @@ def test_the_console_resends_a_failed_message_and_a_campaigns_failed_rows(
     assert resp.status_code == 302
     with session_scope() as session:
         assert session.get(Message, row).options["resent_as"]
+
+
+def test_one_failure_reason_per_code_and_an_honest_empty_chart(client, auth, tenant) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.console.charts import send_rate_chart
+    from services.reporting.console import failure_reasons
+
+    herald, twilio = _send(client, auth), _send(client, auth)
+    with session_scope() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == herald)
+            .values(status="failed", error_code="expired")
+        )
+        session.execute(
+            update(Message)
+            .where(Message.id == twilio)
+            .values(status="failed", error_code="expired", provider_error_code="30036")
+        )
+        reasons = failure_reasons(
+            session, tenant["tenant_id"], since=datetime.now(UTC) - timedelta(days=1)
+        )
+    assert [(r["code"], r["count"], r["providers"]) for r in reasons] == [
+        ("expired", 2, ["twilio 30036"])
+    ]
+    now = datetime.now(UTC)
+    assert send_rate_chart(now, [0] * 60, 5.0).empty_text == "No messages yet"
+    quiet = send_rate_chart(now, [0] * 60, 5.0, sent_before=True)
+    assert quiet.empty_text == "No sends in this minute"
+    assert quiet.line is not None and abs(quiet.empty_y - quiet.line) > 8  # clear of the line
