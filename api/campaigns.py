@@ -15,6 +15,7 @@ from services.campaigns.campaigns import (
     get_campaign,
     load_campaign_request,
 )
+from services.campaigns.resend import resend_campaign
 
 bp = Blueprint("campaigns", __name__, url_prefix="/v1/campaigns")
 MAX_UPLOAD = 200 * 1024 * 1024  # a CSV of any realistic size; it is streamed, not loaded
@@ -90,6 +91,29 @@ def show(campaign_id: str):  # type: ignore[no-untyped-def]
     return jsonify(
         campaign_to_dict(session, get_campaign(session, current_tenant().id, campaign_id))
     )
+
+
+@bp.post("/<campaign_id>/resend")
+@require_tenant
+def resend(campaign_id: str):  # type: ignore[no-untyped-def]
+    """Resend a campaign's failed and undelivered rows.
+    ---
+    post:
+      summary: Resend every failed or undelivered row of a campaign not resent yet
+      description: >-
+        Each row becomes a new message outside the campaign (`resend_of` names the row,
+        whose `resent_as` names it), through the checks of a new message: an opted-out
+        person, or a row over the quota, is counted under `refused` and not resent (a
+        later call takes what is left). Calling again resends nothing twice.
+      responses:
+        200: {description: Done, content: {application/json: {schema: CampaignResend}}}
+        401: Unauthorized
+        404: NotFound
+    """
+    session = db()
+    answer = resend_campaign(session, current_tenant(), campaign_id)
+    session.commit()
+    return jsonify(answer)
 
 
 @bp.post("/<campaign_id>/<action>")

@@ -43,8 +43,14 @@ def inbound(message_id: str, n: int):  # type: ignore[no-untyped-def]
             `media_unavailable`), or the file is over HERALD_MEDIA_MAX_BYTES (`media_too_large`)
           content: {application/json: {schema: Error}}
     """
+    return media_response(current_tenant().id, message_id, n)
+
+
+def media_response(tenant_id: str, message_id: str, n: int) -> Response:
+    """An inbound message's n-th media file streamed from its provider (the API's route
+    and the console's)."""
     session = db()
-    source = inbound_media_source(session, current_tenant().id, message_id, n)
+    source = inbound_media_source(session, tenant_id, message_id, n)
     session.close()  # no database connection held while the file streams
     stream = open_media(source)
     headers = {

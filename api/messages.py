@@ -16,6 +16,7 @@ from services.content.schemas import load_message_request
 from services.messages.accept import Item
 from services.messages.batch import accept_batch
 from services.messages.group_commit import accept_one
+from services.messages.resend import resend_message
 from services.messages.serialize import message_to_dict
 from services.messages.service import cancel_message, get_message, list_messages
 from services.messages.status import OUTBOUND
@@ -178,6 +179,33 @@ def index():  # type: ignore[no-untyped-def]
     return jsonify(
         {"data": [message_to_dict(m, events=False) for m in rows], "next_cursor": cursor}
     )
+
+
+@bp.post("/<message_id>/resend")
+@require_tenant
+def resend(message_id: str):  # type: ignore[no-untyped-def]
+    """Send a failed or undelivered message again.
+    ---
+    post:
+      summary: Resend a failed or undelivered message as a new message
+      description: >-
+        The new message carries the original's content and `resend_of`; the original
+        gets `resent_as`. It passes every check a new message does (opt-out, 24-hour
+        window, quota). A second call answers the first resend (200), never a second
+        message; to try again after the resend failed too, resend the resend.
+      responses:
+        202: {description: Resent, content: {application/json: {schema: Message}}}
+        200: {description: Resent before, content: {application/json: {schema: Message}}}
+        401: Unauthorized
+        404: NotFound
+        409: Conflict
+        422: Refused
+        429: RateLimited
+    """
+    session = db()
+    item = resend_message(session, current_tenant(), message_id)
+    session.commit()
+    return jsonify(item.answer()), item.status
 
 
 @bp.post("/<message_id>/cancel")

@@ -30,6 +30,7 @@ from marshmallow import Schema, fields, validate
 from core.errors import RETRY_AFTER_SECONDS
 from core.shapes import ErrorBodyView, ErrorView, Shape, listing, shape
 from services.campaigns.campaigns import CampaignSchema, CampaignView
+from services.campaigns.resend import CampaignResendView
 from services.content.media import MediaView
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
 from services.messages.batch import BatchAnswerView
@@ -195,6 +196,7 @@ RESPONSE_SCHEMAS: dict[str, type[Schema]] = {
     "MessageStatusEvent": MessageStatusEventView,
     "ContactView": ContactView,
     "Campaign": CampaignView,
+    "CampaignResend": CampaignResendView,
     "MediaView": MediaView,
     "Usage": UsageView,
     "SeedError": SeedErrorView,

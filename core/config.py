@@ -196,6 +196,7 @@ class Settings:
     allow_private_callbacks: bool = False
     default_hourly_limit: int = 100
     default_daily_limit: int = 1000
+    default_international_daily_limit: int = 100
     pair_pacing_seconds: float = 6.0
     publish_interval: float = 0.2
     mps_meta: float = 80.0
@@ -279,6 +280,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         allow_private_callbacks=_bool(env, "HERALD_ALLOW_PRIVATE_CALLBACKS", False),
         default_hourly_limit=_int(env, "HERALD_DEFAULT_HOURLY_LIMIT", 100),
         default_daily_limit=_int(env, "HERALD_DEFAULT_DAILY_LIMIT", 1000),
+        default_international_daily_limit=_int(
+            env, "HERALD_DEFAULT_INTERNATIONAL_DAILY_LIMIT", 100
+        ),
         pair_pacing_seconds=_float(env, "HERALD_PAIR_PACING_SECONDS", 6.0),
         publish_interval=_float(env, "HERALD_PUBLISH_INTERVAL_MS", 200.0) / 1000,
         mps_meta=_float(env, "HERALD_MPS_META", 80.0),

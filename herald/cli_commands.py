@@ -139,6 +139,39 @@ def _tail(args: argparse.Namespace) -> int:
             return 0
 
 
+def _json_object(value: str) -> dict[str, Any] | None:
+    """`--keywords`, `--keyword-replies`: a JSON object (checked by the tenant schema) or
+    null."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a JSON object, or null") from None
+    if parsed is not None and not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("a JSON object, or null")
+    return parsed
+
+
+def _countries(value: str) -> list[str] | None:
+    """`--sms-countries`: comma-separated ISO codes (checked by the tenant schema), or
+    'default'."""
+    if value == "default":
+        return None
+    return [code.strip().upper() for code in value.split(",") if code.strip()]
+
+
+def _segments_cap(value: str) -> int | None:
+    """`--sms-max-segments`: a count of at least 1, or 'none' (no cap)."""
+    if value == "none":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of segments or 'none'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1, or 'none'")
+    return count
+
+
 def _limit(value: str) -> int | None:
     if value == "default":
         return None
@@ -177,7 +210,18 @@ def _tenant_update(args: argparse.Namespace) -> int:
         changes["name"] = args.name
     if args.callback_url is not None:
         changes["callback_url"] = args.callback_url or None
-    for field in ("hourly_limit", "daily_limit"):
+    for field in (
+        "hourly_limit",
+        "daily_limit",
+        "sms_max_segments",
+        "sms_countries",
+        "international_daily_limit",
+    ):
+        if getattr(args, field) is not _UNSET:
+            changes[field] = getattr(args, field)
+    if args.smart_encoding is not None:
+        changes["smart_encoding"] = args.smart_encoding
+    for field in ("keywords", "keyword_replies"):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
     migrate.upgrade()
@@ -255,6 +299,47 @@ def register(sub: Any, tenant: Any) -> None:
         update.add_argument(
             flag, type=_limit, default=_UNSET, help="N (0 = unlimited) or 'default'"
         )
+    update.add_argument(
+        "--sms-max-segments",
+        type=_segments_cap,
+        default=_UNSET,
+        help="the most segments one SMS may take, or 'none'",
+    )
+    update.add_argument(
+        "--sms-countries",
+        type=_countries,
+        default=_UNSET,
+        help="ISO codes it may text, e.g. US,CA ('default': its own numbers' countries)",
+    )
+    update.add_argument(
+        "--international-daily-limit",
+        type=_limit,
+        default=_UNSET,
+        help="international SMS a day: N (0 = unlimited) or 'default'",
+    )
+    update.add_argument(
+        "--keywords",
+        type=_json_object,
+        default=_UNSET,
+        help='its own words, e.g. \'{"stop": ["ARRET", "BAJA"], "help": ["AYUDA"]}\' (null: none)',
+    )
+    update.add_argument(
+        "--keyword-replies",
+        type=_json_object,
+        default=_UNSET,
+        help='answers, e.g. \'{"stop": "Désinscrit.", "help": ""}\' ("" none; null: defaults)',
+    )
+    encoding = update.add_mutually_exclusive_group()
+    encoding.add_argument(
+        "--smart-encoding",
+        dest="smart_encoding",
+        action="store_true",
+        default=None,
+        help="swap SMS look-alike characters for GSM-7 ones (the default)",
+    )
+    encoding.add_argument(
+        "--no-smart-encoding", dest="smart_encoding", action="store_false", default=None
+    )
     state = update.add_mutually_exclusive_group()
     state.add_argument(
         "--disable",

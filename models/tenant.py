@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime, new_id, utcnow
@@ -21,6 +21,18 @@ class Tenant(Base):
     webhook_secret_enc: Mapped[str | None] = mapped_column(Text)
     hourly_limit: Mapped[int | None] = mapped_column(Integer)
     daily_limit: Mapped[int | None] = mapped_column(Integer)
+    # SMS bodies: look-alike characters swapped for GSM-7 ones (services/content/segments.py),
+    # and a cap on the segments one message may be billed as (None: none).
+    smart_encoding: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    sms_max_segments: Mapped[int | None] = mapped_column(Integer)
+    # The SMS pumping guard (services/policy/destinations.py): the ISO countries it may
+    # text (None: those of its own numbers) and international SMS a day (None: default).
+    sms_countries: Mapped[list | None] = mapped_column(JSON)
+    international_daily_limit: Mapped[int | None] = mapped_column(Integer)
+    # Its own opt-out/opt-in/help words ({"stop": ["ARRET"], …}) and its answers to
+    # keywords ({"stop": "…", "help": "…"}; '' sends none) (services/policy/keywords.py).
+    keywords: Mapped[dict | None] = mapped_column(JSON)
+    keyword_replies: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A disabled tenant's keys and tokens are refused; its rows are kept.
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

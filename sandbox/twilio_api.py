@@ -62,17 +62,39 @@ PRICES = {"sms": "-0.00790", "mms": "-0.02000", "whatsapp": "-0.00500"}
 MG_FROM = {"sms": "+15017122661", "whatsapp": "whatsapp:+14155238886"}
 
 
+def _price(msg: dict) -> str:
+    """Twilio bills an SMS per segment."""
+    unit = PRICES[msg["channel"]]
+    if msg["channel"] != "sms" or int(msg.get("num_segments") or 1) <= 1:
+        return unit
+    return f"{float(unit) * int(msg['num_segments']):.5f}"
+
+
 def _rfc2822(ts: float | None) -> str | None:
     return None if ts is None else format_datetime(datetime.fromtimestamp(ts, UTC))
 
 
+# GSM 03.38: the default alphabet (one septet each) and its extension table (two).
+_GSM_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM_EXTENDED = frozenset("^{}\\[]~|€\f")
+
+
 def _segments(body: str) -> int:
-    """SMS segment count: GSM-7 160/153, UCS-2 70/67 (good enough for a sandbox)."""
+    """SMS segments as a carrier bills them: GSM-7 160 septets, 153 per part (an
+    extension character takes two); one other character makes the whole body UCS-2,
+    70 UTF-16 units, 67 per part (an emoji takes two)."""
     if not body:
         return 1
-    gsm = all(ord(c) < 128 for c in body)
-    single, multi = (160, 153) if gsm else (70, 67)
-    return 1 if len(body) <= single else math.ceil(len(body) / multi)
+    if all(c in _GSM_BASIC or c in _GSM_EXTENDED for c in body):
+        units = sum(2 if c in _GSM_EXTENDED else 1 for c in body)
+        single, multi = 160, 153
+    else:
+        units = _twilio_length(body)
+        single, multi = 70, 67
+    return 1 if units <= single else math.ceil(units / multi)
 
 
 def _twilio_length(body: str) -> int:
@@ -122,7 +144,7 @@ def render(msg: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "messaging_service_sid": msg["messaging_service_sid"],
         "num_media": str(msg["num_media"]),
         "num_segments": str(msg["num_segments"]),
-        "price": PRICES[msg["channel"]] if billed else None,
+        "price": _price(msg) if billed else None,
         "price_unit": "USD",
         "sid": msg["sid"],
         "status": status,

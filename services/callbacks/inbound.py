@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.errors import HeraldError
 from core.logs import mask
-from models import Contact, Message, MessageEvent, WebhookEvent
+from models import Contact, Message, MessageEvent, Tenant, WebhookEvent
 from providers import error_name
 from services.callbacks.receipts import dedup_key, record_once
 from services.policy.consent import apply_keyword, contact_for
+from services.policy.keywords import keyword_of, reply_for
 from services.tenancy.tenants import (
     AccountCredentials,
 )
@@ -114,7 +116,9 @@ def store_inbound(
         log.warning("inbound %s id %s already stored as id=%s", account.provider, provider_id, held)
         return None
     contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
-    keyword = apply_keyword(contact, body, at)
+    tenant = session.get(Tenant, account.tenant_id)
+    own_words = tenant.keywords if tenant is not None else None
+    keyword = apply_keyword(contact, body, at, own_words)
     if keyword:
         log.info("contact %s by keyword from=%s", keyword, mask(phone))
     message = Message(
@@ -151,7 +155,70 @@ def store_inbound(
         )
     )
     log.info("inbound stored id=%s provider=%s from=%s", message.id, account.provider, mask(phone))
+    if tenant is not None:
+        answer_keyword(session, tenant, account, message)
     return message
+
+
+def answer_keyword(
+    session: Session, tenant: Tenant, account: AccountCredentials, inbound: Message
+) -> Message | None:
+    """Answer a STOP, START or HELP keyword where the provider does not
+    (services/policy/keywords.py): a message from the number written to, queued in this
+    transaction. Best effort: a refusal (quota, a disabled tenant) is logged, and the
+    inbound message is stored whatever happens here."""
+    found = keyword_of(inbound.body, tenant.keywords)
+    if found is None:
+        return None
+    kind, own_word = found
+    text = reply_for(kind, own_word, inbound.channel, account.provider, tenant.keyword_replies)
+    if text is None:
+        return None
+    data: dict[str, Any] = {
+        "to": inbound.from_number,
+        "channel": inbound.channel,
+        "provider": account.provider,
+        "body": text,
+        "metadata": {"keyword": kind, "in_reply_to": inbound.id},
+    }
+    sender = _written_to(account, inbound.to_number)
+    from services.messages.accept import accept  # the inbound path sits below sending
+
+    for attempt in ({**data, "from": sender}, data) if sender else (data,):
+        try:
+            with session.begin_nested():
+                item = accept(
+                    session, tenant, attempt, idempotency_key=inbound.id, origin="keyword"
+                )
+        except HeraldError as exc:
+            if "from" in attempt and exc.code not in ("rate_limited", "tenant_disabled"):
+                continue  # the number written to is not a sender of its own: the default
+            log.warning(
+                "keyword %s not answered tenant=%s to=%s: %s",
+                kind,
+                tenant.id,
+                mask(inbound.from_number or ""),
+                exc.code,
+            )
+            return None
+        log.info(
+            "keyword %s answered id=%s to=%s",
+            kind,
+            item.values and item.values["id"],
+            mask(inbound.from_number or ""),
+        )
+        return item.message()
+    return None
+
+
+def _written_to(account: AccountCredentials, to_number: str | None) -> str | None:
+    """The sender to answer from: the number the person wrote to (Twilio), or the
+    business number itself (Meta's phone number id)."""
+    if account.provider == "meta":
+        return account.external_id
+    if to_number:
+        return to_number.removeprefix("whatsapp:")
+    return None
 
 
 def unrouted_inbound(session: Session, limit: int = 100) -> list[dict[str, Any]]:

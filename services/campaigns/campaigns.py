@@ -27,6 +27,7 @@ import csv
 import io
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -53,11 +54,19 @@ from services.content.schemas import (
     load_object,
     variables_problem,
 )
+from services.content.segments import fit, measure
 from services.content.templates import campaign_row_problem, refuse_unusable_template
 from services.messages.campaign_content import recipient_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import limits, quiet_hours
+from services.policy.destinations import (
+    allowed_countries,
+    country_of,
+    home_countries,
+    international_cap,
+    international_refusal,
+)
 from services.reporting.events import record_status_event
 from services.reporting.rollups import campaign_status_counts
 from services.tenancy.owned import get_owned
@@ -238,6 +247,12 @@ def create_campaign(
         from services.content.media import resolve_media_id
 
         options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+    if channel == "sms" and data.get("body"):  # smart encoding, the segment cap: once for all
+        data["body"], swapped = fit(
+            data["body"], smart=tenant.smart_encoding is not False, cap=tenant.sms_max_segments
+        )
+        if swapped:  # carried to each message with the content
+            options = {**(options or {}), "smart_encoded": swapped}
     campaign = Campaign(
         tenant_id=tenant.id,
         options=options,
@@ -260,15 +275,20 @@ def create_campaign(
     invalid_rows: list[dict[str, Any]] = []
     chunk: list[tuple[int, Any]] = []
     cap = get_settings().campaign_max_recipients
+    guard = SmsGuard.of(session, tenant) if channel == "sms" else None
     for number, item in enumerate(recipients, 1):
         if number > cap:  # a CSV is streamed: its length is known only by reading it
             raise too_many_recipients()
         chunk.append((number, item))
         if len(chunk) >= CHUNK:
-            _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
+            _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool, guard)
             chunk = []
     if chunk:
-        _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool)
+        _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool, guard)
+    if guard is not None and guard.abroad:  # the international cap, taken now for all
+        granted = limits.take_international(tenant.id, international_cap(tenant), guard.abroad)
+        if granted < guard.abroad:
+            raise international_refusal(tenant, limits.seconds_to_day_end())
     campaign.invalid_rows = invalid_rows
     inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
@@ -286,6 +306,31 @@ def create_campaign(
     return campaign
 
 
+@dataclass
+class SmsGuard:
+    """The SMS pumping guard for one campaign (services/policy/destinations.py): the
+    countries it may text, its home ones, and how many of its rows go abroad."""
+
+    allowed: frozenset[str] | None
+    home: frozenset[str]
+    abroad: int = 0
+
+    @classmethod
+    def of(cls, session: Session, tenant: Tenant) -> SmsGuard:
+        home = home_countries(session, tenant)
+        return cls(allowed_countries(session, tenant, home), home)
+
+    def problem(self, phone: str) -> str | None:
+        country = country_of(phone)
+        if self.allowed is not None and country not in self.allowed:
+            return f"country_not_allowed: {country or 'unknown'}"
+        return None
+
+    def count(self, phone: str) -> None:
+        if country_of(phone) not in self.home:
+            self.abroad += 1
+
+
 def _add_chunk(
     session: Session,
     campaign: Campaign,
@@ -293,6 +338,7 @@ def _add_chunk(
     chunk: list[tuple[int, Any]],
     invalid_rows: list[dict[str, Any]],
     pool: list[ChosenSender] | None = None,
+    guard: SmsGuard | None = None,
 ) -> None:
     contact_ids = [
         i.get("contact_id") for _, i in chunk if isinstance(i, dict) and i.get("contact_id")
@@ -318,6 +364,8 @@ def _add_chunk(
                 error = "a variable is at most 1024 characters"
         if not error:
             error = campaign_row_problem(session, campaign, account_id, variables)
+        if not error and guard is not None:
+            error = guard.problem(phone)
         if error:
             campaign.invalid += 1
             if len(invalid_rows) < MAX_INVALID_ROWS_KEPT:
@@ -348,6 +396,8 @@ def _add_chunk(
     for phone, (contact_id, variables) in valid.items():
         if phone in opted_out:
             continue
+        if guard is not None:
+            guard.count(phone)
         rows.append(
             {
                 "id": new_id("msg"),
@@ -582,6 +632,9 @@ class InvalidRowView(Shape):
 class CampaignView(Shape):
     """A campaign and its progress (`campaign_to_dict`)."""
 
+    class Meta:
+        optional = ("encoding", "segments", "segments_total", "smart_encoded")
+
     id = fields.String()
     name = fields.String()
     status = fields.String()
@@ -605,6 +658,14 @@ class CampaignView(Shape):
     duplicates = fields.Integer()
     quiet_hours = fields.Nested(quiet_hours.QuietHoursView, allow_none=True)
     created_at = fields.DateTime()
+    encoding = fields.String(metadata={"description": "SMS: GSM-7 or UCS-2"})
+    segments = fields.Integer(metadata={"description": "SMS: the segments of one message"})
+    segments_total = fields.Integer(
+        metadata={"description": "SMS: segments of every message, before skips and failures"}
+    )
+    smart_encoded = fields.Integer(
+        metadata={"description": "SMS: look-alike characters smart encoding replaced"}
+    )
 
 
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
@@ -633,4 +694,19 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "duplicates": campaign.duplicates,
         "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
+        **_sms_estimate(campaign),
+    }
+
+
+def _sms_estimate(campaign: Campaign) -> dict[str, Any]:
+    """What an SMS campaign will be billed as: its body's encoding and segments, and
+    the segments of all its messages (before a recipient is skipped or fails)."""
+    if campaign.channel != "sms" or not campaign.body:
+        return {}
+    size = measure(campaign.body)
+    return {
+        "encoding": size.encoding,
+        "segments": size.segments,
+        "segments_total": size.segments * campaign.total,
+        "smart_encoded": (campaign.options or {}).get("smart_encoded", 0),
     }

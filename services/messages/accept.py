@@ -44,6 +44,7 @@ from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
 from services.content.inputs import text_problem
 from services.content.schemas import provider_problems
+from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
@@ -51,6 +52,11 @@ from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
 from services.policy.contacts import get_contact
+from services.policy.destinations import (
+    check_sms_destination,
+    international_cap,
+    international_refusal,
+)
 from services.tenancy.senders import pick_sender, sender_provider
 from services.tenancy.tenants import cached_account
 
@@ -156,6 +162,7 @@ class Item:
     sender: Any = None  # the sender chosen (services/tenancy/senders.py); None: the account's own
     options: dict[str, Any] = field(default_factory=dict)  # resolved in `prepare` (media)
     log_each: bool = True  # a line per message; a batch logs one line for all
+    international: bool = False  # an SMS abroad: counts against its own cap (destinations)
     # The outcome, set by `store`:
     created: bool = False
     values: dict[str, Any] | None = None  # the inserted row (created)
@@ -257,6 +264,12 @@ def prepare(
                 code="invalid_fields",
                 fields=errors,
             )
+        if channel == "sms" and data.get("body"):  # smart encoding, the segment cap
+            data["body"], swapped = fit(
+                data["body"], smart=tenant.smart_encoding is not False, cap=tenant.sms_max_segments
+            )
+            if swapped:
+                item.options["smart_encoded"] = swapped
         account = cached_account(session, tenant.id, provider)
         if account is None:
             raise PolicyRefused(
@@ -319,15 +332,27 @@ def store(session: Session, items: list[Item]) -> None:
     rows = []
     for item in live:
         data = item.data
-        refusal = policy_refusal(
-            contacts[(item.tenant.id, recipients[item])],
-            channel=data.get("channel", "whatsapp"),
-            free_form=not data.get("template"),
-            now=now,
+        # A keyword's answer (services/callbacks/inbound.py) is the one message an
+        # opted-out person may still get: the confirmation of their STOP.
+        refusal = (
+            None
+            if item.origin == "keyword"
+            else policy_refusal(
+                contacts[(item.tenant.id, recipients[item])],
+                channel=data.get("channel", "whatsapp"),
+                free_form=not data.get("template"),
+                now=now,
+            )
         )
         if refusal is not None:
             item.error = refusal
             continue
+        if data.get("channel") == "sms":  # the SMS pumping guard
+            try:
+                item.international = check_sms_destination(session, item.tenant, recipients[item])
+            except HeraldError as exc:
+                item.error = exc
+                continue
         try:  # replies and reactions: their target resolved now (services/content/conversations.py)
             conversation = accept_options(
                 session, item.tenant.id, data, to=recipients[item], account_id=item.account_id
@@ -491,19 +516,32 @@ def _take_quotas(session: Session, items: list[Item]) -> None:
     for item in items:
         per_tenant.setdefault(item.tenant.id, []).append(item)
     refused: list[str] = []
-    for group in per_tenant.values():
-        tenant = group[0].tenant
+
+    def refuse(item: Item, error: HeraldError) -> None:
+        item.created = False
+        refused.append(item.values["id"])  # type: ignore[index]
+        item.values = None
+        item.error = error
+
+    for tenant_items in per_tenant.values():
+        tenant = tenant_items[0].tenant
+        abroad = [i for i in tenant_items if i.international]
+        if abroad:  # first their own cap, then the tenant's quota for what is left
+            allowed = limits.take_international(tenant.id, international_cap(tenant), len(abroad))
+            for item in abroad[allowed:]:
+                refuse(item, international_refusal(tenant, limits.seconds_to_day_end()))
+        group = [i for i in tenant_items if i.error is None]
         hourly, daily = tenant.hourly_limit, tenant.daily_limit
         hourly = settings.default_hourly_limit if hourly is None else hourly
         daily = settings.default_daily_limit if daily is None else daily
         granted, wait = limits.take_quota(tenant.id, hourly, daily, len(group))
         for item in group[granted:]:
-            item.created = False
-            refused.append(item.values["id"])  # type: ignore[index]
-            item.values = None
-            item.error = RateLimited(
-                f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
-                headers={"Retry-After": str(wait)},
+            refuse(
+                item,
+                RateLimited(
+                    f"Rate limit reached ({hourly}/hour, {daily}/day); retry in {wait} s.",
+                    headers={"Retry-After": str(wait)},
+                ),
             )
     if refused:  # their events went in with them
         for statement in _DELETE_REFUSED:

@@ -12,6 +12,7 @@ from core.shapes import Shape, listing
 from models import Message, MessageEvent
 from services.content.conversations import options_fields, public_fields
 from services.content.schemas import TemplateSchema
+from services.content.segments import measure
 
 
 class EventView(Shape):
@@ -109,6 +110,11 @@ class MessageView(Shape):
             "contacts",
             "sticker",
             "filename",
+            "segments",
+            "encoding",
+            "smart_encoded",
+            "resend_of",
+            "resent_as",
             "events",
         )
 
@@ -153,6 +159,15 @@ class MessageView(Shape):
     contacts = fields.List(fields.Dict(), metadata={"description": "Meta's contact cards"})
     sticker = fields.Nested(StickerView)
     filename = fields.String()
+    segments = fields.Integer(
+        metadata={"description": "SMS with a body: the segments it is billed as"}
+    )
+    encoding = fields.String(metadata={"description": "SMS with a body: GSM-7 or UCS-2"})
+    smart_encoded = fields.Integer(
+        metadata={"description": "look-alike characters smart encoding replaced, if any"}
+    )
+    resend_of = fields.String(metadata={"description": "the failed message this one resends"})
+    resent_as = fields.String(metadata={"description": "the message that resent this one"})
     events = fields.List(
         fields.Nested(EventView),
         metadata={"description": "the timeline: in the answers about one message only"},
@@ -173,6 +188,23 @@ def event_to_dict(event: MessageEvent) -> dict[str, Any]:
     if event.error_code:
         data["error_code"] = event.error_code
     return data
+
+
+def sms_fields(channel: str, body: str | None, options: dict[str, Any] | None) -> dict[str, Any]:
+    """`segments` and `encoding` of an SMS with a body (what it is billed as), and
+    `smart_encoded` when smart encoding swapped characters in it."""
+    if channel != "sms" or not body:
+        return {}
+    size = measure(body)
+    out: dict[str, Any] = {"segments": size.segments, "encoding": size.encoding}
+    if options and options.get("smart_encoded"):
+        out["smart_encoded"] = options["smart_encoded"]
+    return out
+
+
+def resend_fields(options: dict[str, Any] | None) -> dict[str, Any]:
+    """`resend_of` and `resent_as`: a resend and its original, linked both ways."""
+    return {k: options[k] for k in ("resend_of", "resent_as") if options and options.get(k)}
 
 
 def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
@@ -218,6 +250,8 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
 
     data["media"] = media_links(message)  # Herald's URLs for inbound media
     data.update(public_fields(message))  # reply_to, reaction, location… (conversations)
+    data.update(sms_fields(message.channel, message.body, message.options))
+    data.update(resend_fields(message.options))
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data
@@ -259,6 +293,8 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "read_at": None,
         "media": None,  # outbound: no inbound media links
         **options_fields(values.get("options")),
+        **sms_fields(values["channel"], values["body"], values.get("options")),
+        **resend_fields(values.get("options")),
         "events": [
             {
                 "status": event["status"],

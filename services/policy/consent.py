@@ -17,12 +17,9 @@ from core.errors import PolicyRefused
 from models import Contact, utcnow
 from models.fast import Statement, aware_utc
 from services.content.phones import whatsapp_forms
+from services.policy.keywords import START, STOP, keyword_of
 
 WINDOW = timedelta(hours=24)
-# Keywords carriers and WhatsApp users send to stop or resume messages; matched on
-# the whole message, case-insensitively, like Twilio's own opt-out handling.
-STOP_WORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-START_WORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
 def contact_for(session: Session, tenant_id: str, phone: str) -> Contact | None:
@@ -132,13 +129,17 @@ def check_send_policy(
         raise refusal
 
 
-def apply_keyword(contact: Contact, body: str | None, at: datetime) -> str | None:
-    """Apply a STOP/START keyword from an inbound message; returns what changed."""
-    word = " ".join((body or "").strip().upper().split())
-    if word in STOP_WORDS and not contact.opted_out:
+def apply_keyword(
+    contact: Contact, body: str | None, at: datetime, extra: dict[str, Any] | None = None
+) -> str | None:
+    """Apply a STOP/START keyword (services/policy/keywords.py; `extra`: the tenant's own
+    words) from an inbound message; returns what changed."""
+    found = keyword_of(body, extra)
+    kind = found[0] if found else None
+    if kind == STOP and not contact.opted_out:
         contact.opted_out, contact.opted_out_at = True, at
         return "opted_out"
-    if word in START_WORDS and contact.opted_out:
+    if kind == START and contact.opted_out:
         contact.opted_out, contact.opted_out_at = False, None
         return "opted_in"
     return None

@@ -110,7 +110,7 @@ def get_redis() -> redis.Redis | None:
 
 
 def set_redis(client: redis.Redis | None) -> None:
-    """Use this client (tests inject fakeredis when no REDIS_URL is configured)."""
+    """Use this client (tests inject the embedded Redis when no REDIS_URL is configured)."""
     global _client
     with _lock:
         _client = client
@@ -185,6 +185,17 @@ def take_daily_quota(tenant_id: str, daily: int, n: int) -> int:
     if n <= 0 or daily <= 0:
         return max(0, n)
     answer = _run(_DAY_QUOTA, [_day_key(tenant_id, datetime.now(UTC))], [daily, 90000, n])
+    return n if answer is None else int(answer)  # type: ignore[call-overload]
+
+
+def take_international(tenant_id: str, daily: int, n: int) -> int:
+    """Count up to `n` international SMS against the tenant's own daily cap (0 =
+    unlimited; services/policy/destinations.py): how many were granted. Redis
+    unreachable lets them through, as for the other quotas."""
+    if n <= 0 or daily <= 0:
+        return max(0, n)
+    day = key("intl", tenant_id, datetime.now(UTC).strftime("%Y%m%d"))
+    answer = _run(_DAY_QUOTA, [day], [daily, 90000, n])
     return n if answer is None else int(answer)  # type: ignore[call-overload]
 
 

@@ -8,6 +8,7 @@ an id range on the (tenant_id, id) index rather than a scan of `created_at`.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import dataclass
@@ -202,7 +203,9 @@ def _hourly_status_buckets(
 def failure_reasons(
     session: Session, tenant_id: str, *, since: datetime, limit: int = 10
 ) -> list[dict[str, Any]]:
-    """Why messages failed since `since`, most frequent first."""
+    """Why messages failed since `since`, one line per Herald code (`expired` by Herald
+    and by Twilio's 30036 are one reason), most frequent first, with the provider codes
+    behind it."""
     rows = session.execute(
         select(
             Message.error_code,
@@ -218,18 +221,18 @@ def failure_reasons(
         )
         .group_by(Message.error_code, Message.provider_error_code, Message.provider)
         .order_by(func.count().desc())
-        .limit(limit)
     ).all()
-    return [
-        {
-            "code": code or "unknown",
-            "provider_code": provider_code,
-            "provider": provider,
-            "count": n,
-            "example": example,
-        }
-        for code, provider_code, provider, n, example in rows
-    ]
+    reasons: dict[str, dict[str, Any]] = {}
+    for code, provider_code, provider, n, example in rows:  # most frequent first
+        reason = reasons.setdefault(
+            code or "unknown",
+            {"code": code or "unknown", "count": 0, "providers": [], "example": example},
+        )
+        reason["count"] += n
+        if provider_code:
+            reason["providers"].append(f"{provider} {provider_code}")
+    ranked = sorted(reasons.values(), key=lambda r: -r["count"])
+    return ranked[:limit]
 
 
 def _senders(account: ProviderAccount) -> list[tuple[str, float]]:
@@ -249,24 +252,40 @@ def _senders(account: ProviderAccount) -> list[tuple[str, float]]:
 
 
 def sender_budgets(session: Session, tenant_id: str) -> list[dict[str, Any]]:
-    """Each of the tenant's senders with its per-second budget; `held` when the workers
+    """Each sender the tenant's messages go from, once: its senders (`POST /v1/senders`)
+    and its accounts' own numbers, with the per-second budget; `held` when the workers
     have reserved all of it for now, so its next messages wait (services/policy/limits.py)."""
+    from services.tenancy.senders import tenant_senders
+
+    settings = get_settings()
     accounts = session.scalars(
         select(ProviderAccount).where(ProviderAccount.tenant_id == tenant_id)
     ).all()
-    result = []
+    found: dict[tuple[str, str], float] = {}
     for account in accounts:
         for sender, rate in _senders(account):
-            tokens = budget_tokens(account.provider, sender, rate)
-            result.append(
-                {
-                    "provider": account.provider,
-                    "sender": sender,
-                    "rate": rate,
-                    "tokens": None if tokens is None else round(tokens, 2),
-                    "held": tokens is not None and tokens < 1,
-                }
-            )
+            found.setdefault((account.provider, sender), rate)
+    for row in tenant_senders(session, tenant_id):
+        default = (
+            settings.mps_meta
+            if row.provider == "meta"
+            else settings.mps_twilio_whatsapp
+            if "whatsapp" in row.channels
+            else settings.mps_twilio_sms
+        )
+        found.setdefault((row.provider, row.address), float(row.mps or default))
+    result = []
+    for (provider, sender), rate in found.items():
+        tokens = budget_tokens(provider, sender, rate)
+        result.append(
+            {
+                "provider": provider,
+                "sender": sender,
+                "rate": rate,
+                "tokens": None if tokens is None else round(tokens, 2),
+                "held": tokens is not None and tokens < 1,
+            }
+        )
     return result
 
 
@@ -441,10 +460,13 @@ def simulate_reply(
     channel: str = "whatsapp",
     body: str | None = None,
     image_url: str | None = None,
+    image: tuple[bytes, str] | None = None,
 ) -> dict[str, Any]:
     """Have the sandbox deliver a message from `number` to the tenant, as the provider
     would (a signed webhook to Herald): WhatsApp through the tenant's WhatsApp provider,
-    SMS through Twilio.
+    SMS through Twilio. `image`: bytes and their type, hosted by the sandbox as the
+    provider hosts what a customer sends (so the console can show it); `image_url`: a
+    link instead.
 
     Ends the session's transaction before calling the sandbox: the sandbox calls Herald
     back within that call, and an open transaction holding row locks the webhook needs
@@ -477,7 +499,11 @@ def simulate_reply(
         payload["to"] = f"whatsapp:{sender}" if channel == "whatsapp" else sender
     if body:
         payload["body"] = body
-    if image_url:
+    if image is not None:
+        payload.update(
+            media_type=image[1], media_base64=base64.b64encode(image[0]).decode("ascii")
+        )
+    elif image_url:
         payload.update(media_url=image_url, media_type="image/jpeg")
     session.commit()  # nothing written here: only the transaction ends
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import phonenumbers
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
+from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
 from services.reporting.events import webhook_secret
 from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
@@ -49,7 +51,30 @@ class TenantSchema(_Strict):
     )
     hourly_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
     daily_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    smart_encoding = fields.Boolean(truthy={True}, falsy={False})  # "no" is not false
+    sms_max_segments = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    sms_countries = fields.List(
+        fields.String(validate=validate.OneOf(sorted(phonenumbers.SUPPORTED_REGIONS))),
+        allow_none=True,
+        validate=validate.Length(min=1, max=250),
+    )
+    international_daily_limit = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=0)
+    )
+    keywords = fields.Nested(KeywordsSchema, allow_none=True)
+    keyword_replies = fields.Nested(KeywordRepliesSchema, allow_none=True)
     accounts = fields.List(fields.Dict(keys=fields.String()))
+
+
+# Per-tenant SMS settings an operator may give at creation too.
+SMS_SETTINGS = (
+    "smart_encoding",
+    "sms_max_segments",
+    "sms_countries",
+    "international_daily_limit",
+    "keywords",
+    "keyword_replies",
+)
 
 
 def load_tenant_request(payload: Any, *, partial: bool = False) -> dict[str, Any]:
@@ -88,6 +113,32 @@ class TenantView(Shape):
     callback_url = fields.String(allow_none=True)
     hourly_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
     daily_limit = fields.Integer(allow_none=True, metadata={"description": "null: the default"})
+    smart_encoding = fields.Boolean(
+        metadata={"description": "SMS look-alike characters swapped for GSM-7 ones"}
+    )
+    sms_max_segments = fields.Integer(
+        allow_none=True, metadata={"description": "the most segments an SMS may take; null: no cap"}
+    )
+    sms_countries = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"description": "ISO countries it may text; null: those of its own numbers"},
+    )
+    international_daily_limit = fields.Integer(
+        allow_none=True, metadata={"description": "international SMS a day; null: the default"}
+    )
+    keywords = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        allow_none=True,
+        metadata={"description": "its own stop/start/help words, besides the standard ones"},
+    )
+    keyword_replies = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        allow_none=True,
+        metadata={"description": "answers to stop/start/help ('' none; absent: the default)"},
+    )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
     disabled = fields.Boolean()
@@ -151,6 +202,12 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "callback_url": tenant.callback_url,
         "hourly_limit": tenant.hourly_limit,
         "daily_limit": tenant.daily_limit,
+        "smart_encoding": tenant.smart_encoding is not False,
+        "sms_max_segments": tenant.sms_max_segments,
+        "sms_countries": tenant.sms_countries,
+        "international_daily_limit": tenant.international_daily_limit,
+        "keywords": tenant.keywords,
+        "keyword_replies": tenant.keyword_replies,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
         "disabled": tenant.disabled_at is not None,
@@ -210,6 +267,7 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
         callback_url=data.get("callback_url"),
         hourly_limit=data.get("hourly_limit"),
         daily_limit=data.get("daily_limit"),
+        **{k: data[k] for k in SMS_SETTINGS if k in data},
     )
     for spec in data.get("accounts") or []:
         values = _account_values(spec)
@@ -228,7 +286,18 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
 def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Tenant:
     """Change name, limits (None = the deployment's default) or callback URL (None = none)."""
     tenant = get_tenant(session, tenant_id)
-    for field in ("name", "callback_url", "hourly_limit", "daily_limit"):
+    for field in (
+        "name",
+        "callback_url",
+        "hourly_limit",
+        "daily_limit",
+        "smart_encoding",
+        "sms_max_segments",
+        "sms_countries",
+        "international_daily_limit",
+        "keywords",
+        "keyword_replies",
+    ):
         if field in data:
             setattr(tenant, field, data[field])
     session.flush()

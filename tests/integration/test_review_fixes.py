@@ -39,8 +39,16 @@ def test_reconcile_never_guesses_for_templates(live, client, auth, dispatched) -
             raise AssertionError("looked up a template message")
 
     mid = create(client, auth, channel="sms")
+    # A second attempt after one the provider may have taken, and a body: everything
+    # that would make reconcile look the message up, but for the template.
+    with session_scope() as session:
+        session.execute(update(Message).where(Message.id == mid).values(attempts=2))
     outbound = OutboundMessage(
-        herald_id=mid, channel="sms", to="+12025550143", template={"content_sid": "HX" + "a" * 32}
+        herald_id=mid,
+        channel="sms",
+        to="+12025550143",
+        body="Your order is ready",
+        template={"content_sid": "HX" + "a" * 32},
     )
     assert reconcile(Tattletale(), None, load(mid), outbound) is None  # type: ignore[arg-type]
 

@@ -5,6 +5,7 @@ remaining ttl as ValidityPeriod (and fails a message it could not send in time w
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from models import Message, session_scope
 from services.messages.delivery import deliver
@@ -82,3 +83,30 @@ def test_meta_pricing_is_recorded_from_the_status_webhook(live, client, auth, di
     wait_for(lambda: load(free_form).pricing_category is not None, what="priced status")
     assert (load(template).pricing_category, load(template).billable) == ("utility", True)
     assert (load(free_form).pricing_category, load(free_form).billable) == ("service", False)
+
+
+def test_the_sandbox_bills_an_sms_per_segment_as_a_carrier_counts_them(live) -> None:
+    url = f"{live.sandbox.url}/2010-04-01/Accounts/{TWILIO_SID}/Messages"
+    form = {"To": "+12025550143", "From": "+12025550100"}
+    with httpx.Client(auth=(TWILIO_SID, TWILIO_TOKEN), timeout=10) as http:
+        sids = {}
+        # 160 GSM-7 characters (é is one), one curly quote (UCS-2: 161 units, 3 parts),
+        # 80 extension characters (two septets each: 1 segment), 81 (2 segments).
+        for body, segments in (
+            ("é" * 160, 1),
+            ("\u2019" + "a" * 160, 3),
+            ("[" * 80, 1),
+            ("[" * 81, 2),
+        ):
+            created = http.post(f"{url}.json", data={**form, "Body": body})
+            assert created.status_code == 201, created.text
+            assert created.json()["num_segments"] == str(segments), body[:3]
+            sids[created.json()["sid"]] = segments
+
+        def priced() -> bool:
+            return all(http.get(f"{url}/{sid}.json").json()["price"] for sid in sids)
+
+        wait_for(priced, what="prices")
+        for sid, segments in sids.items():
+            price = float(http.get(f"{url}/{sid}.json").json()["price"])
+            assert price == pytest.approx(-0.0079 * segments), (sid, segments)

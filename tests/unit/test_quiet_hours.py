@@ -5,15 +5,28 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
-from models import Campaign, Message, session_scope
+from models import Campaign, Message, Tenant, session_scope
 from services.campaigns.campaigns import release_due_campaigns
 from services.policy.quiet_hours import allowed, is_quiet, number_zones, zone_key
 
 NEW_YORK = "+12125550123"
 TOKYO = "+81312345678"
 QUIET = {"start": "21:00", "end": "08:00"}
+
+
+@pytest.fixture(autouse=True)
+def _texts_japan(tenant: dict[str, str]) -> None:
+    """The tenant's own numbers are American: the operator lets it text Japan too (the
+    SMS pumping guard, services/policy/destinations.py)."""
+    with session_scope() as session:
+        session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant["tenant_id"])
+            .values(sms_countries=["US", "JP"])
+        )
 
 
 def create(client, auth, **fields):  # type: ignore[no-untyped-def]

@@ -225,6 +225,7 @@ def _fill(tenant_id: str) -> dict[str, str]:
             provider_account_id=twilio.id,
             to_number=TO,
             body="priced",
+            options={"smart_encoded": 2, "resend_of": "msg_a", "resent_as": "msg_b"},
             status="sent",
             provider_message_id="SM" + run,
             price=Decimal("0.00790"),
@@ -324,6 +325,7 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
             message_to_dict(out),
             message_to_dict(inbound, events=False),
             new_message_to_dict(_values(out), event),
+            message_to_dict(session.get(Message, ids["sms"])),  # segments, smart encoding
         ]
         campaign = Campaign(
             tenant_id=tenant_id,
@@ -347,7 +349,14 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
         tenant = session.get(Tenant, tenant_id)
         tenant.disabled_at = now
         new_tenant = admin.create_tenant_with_key(
-            session, {"name": "fresh", "callback_url": "https://x.example", "hourly_limit": 5}
+            session,
+            {
+                "name": "fresh",
+                "callback_url": "https://x.example",
+                "hourly_limit": 5,
+                "keywords": {"stop": ["ARRET"]},
+                "keyword_replies": {"help": ""},
+            },
         )
         new_key = admin.create_tenant_key(session, tenant_id, "ci")
         key = session.get(ApiKey, new_key["id"])
@@ -372,6 +381,7 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
             "MessageStatusEvent": [{"id": f"evt_{e.id}", **e.payload} for e in events],
             "ContactView": [contact_to_dict(session.get(Contact, ids["contact"]))],
             "Campaign": [campaign_to_dict(session, campaign)],
+            "CampaignResend": [{"campaign_id": campaign.id, "resent": 1, "refused": {"x": 1}}],
             "MediaView": [media_to_dict(session.get(Media, ids["media"]))],
             "TemplateView": [templates.template_to_dict(template)],
             "SyncResult": synced,
@@ -379,7 +389,7 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
                 usage(session, tenant_id, now - timedelta(days=1), now + timedelta(days=1), GROUPS),
                 usage(session, tenant_id, now - timedelta(days=1), now + timedelta(days=1)),
             ],
-            "TenantView": [admin.tenant_to_dict(tenant)],
+            "TenantView": [admin.tenant_to_dict(tenant), new_tenant["tenant"]],
             "NewTenantView": [new_tenant],
             "AccountView": [admin.account_to_dict(a) for a in accounts.values()],
             "ApiKeyView": [admin.api_key_to_dict(key)],
@@ -573,6 +583,11 @@ def test_every_answer_is_declared_in_the_document(
     call("get", "/v1/messages?limit=2", 200, headers=auth)
     call("post", f"/v1/messages/{first['id']}/cancel", 200, headers=auth)
     call("post", f"/v1/messages/{first['id']}/cancel", 409, headers=auth)
+    failed = call("post", "/v1/messages", 202, json={**sms, "body": "again"}, headers=auth)
+    with session_scope() as session:
+        session.get(Message, failed.get_json()["id"]).status = "failed"
+    call("post", f"/v1/messages/{failed.get_json()['id']}/resend", 202, headers=auth)
+    call("post", f"/v1/messages/{failed.get_json()['id']}/resend", 200, headers=auth)
     remember_inbound(providers, META_PHONE_ID, ids["inbound_wamid"])  # Meta received it
     call("post", f"/v1/messages/{ids['inbound']}/read", 200, json={"typing": True}, headers=auth)
     call("post", "/v1/messages", 400, json={"to": "x"}, headers=auth)
@@ -599,6 +614,7 @@ def test_every_answer_is_declared_in_the_document(
     made = call("post", "/v1/campaigns", 201, json=campaign, headers=auth).get_json()
     call("get", f"/v1/campaigns/{made['id']}", 200, headers=auth)
     call("post", f"/v1/campaigns/{made['id']}/pause", 200, headers=auth)
+    call("post", f"/v1/campaigns/{made['id']}/resend", 200, headers=auth)
     upload = {
         "campaign": json.dumps({"name": "csv", "channel": "sms", "body": "hi"}),
         "file": (io.BytesIO(b"to\n+15005550012\n"), "list.csv"),
