@@ -2,7 +2,7 @@
 SMS pumping guard (countries it may text, international SMS a day), and its own
 keywords and keyword replies
 
-Revision ID: 0023_sms_segments
+Revision ID: 0018_sms_segments
 Revises: 0017_flat_reads
 
 A look-alike character (a curly quote, a long dash) sends a whole SMS as UCS-2, at 70
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0023_sms_segments"
+revision = "0018_sms_segments"
 down_revision = "0017_flat_reads"
 branch_labels = None
 depends_on = None
