@@ -179,3 +179,12 @@ def apply_inbox() -> int:
     from services.callbacks import applier, inbox
 
     return applier.apply_all(older_than=inbox.STALE_SECONDS)
+
+
+@shared_task(name="herald.purge", ignore_result=True)
+def purge() -> dict[str, object]:
+    """Beat, hourly: content past each tenant's retention goes, the counts stay
+    (services/lifecycle/purge.py)."""
+    from services.lifecycle.purge import purge_all
+
+    return purge_all(max_seconds=60.0)
