@@ -6,7 +6,9 @@ Revises: 0017_flat_reads
 `tenants.retention_days` (NULL: the deployment's default, services/lifecycle/retention.py).
 The purge (services/lifecycle/) deletes a tenant's messages past it with their events,
 deliveries and raw receipts; the rollups must keep counting them, so the count trigger
-of 0017 ignores a DELETE made with `herald.retention_purge` set for the transaction.
+of 0017 ignores a DELETE made with `herald.retention_purge` set for the transaction (the
+guard is added to the function as the database holds it: another migration's change to
+it is kept).
 `ix_webhook_events_tenant_received` lets the purge find a tenant's old raw receipts
 without reading the table (built CONCURRENTLY on a big table, like 0017's indexes).
 
@@ -15,10 +17,6 @@ replaces a function and adds one index, in place.
 """
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
@@ -40,26 +38,27 @@ GUARD = (
 )
 
 
-def _flat_reads() -> ModuleType:
-    """0017's module, whose trigger function this one extends (one source for its SQL)."""
-    path = Path(__file__).with_name("0017_flat_reads.py")
-    spec = importlib.util.spec_from_file_location("herald_migration_0017", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _function() -> str:
+    """The count trigger function as the database holds it now (0017's, or as a later
+    migration changed it): the guard is added to it, not to a copy of 0017's text."""
+    return str(
+        op.get_bind()
+        .execute(sa.text("SELECT pg_get_functiondef('herald_count_messages'::regproc)"))
+        .scalar()
+    )
 
 
-def trigger_function() -> str:
-    """0017's count trigger function with the purge guard first."""
-    body = _flat_reads().TRIGGER_FUNCTION
-    assert body.count("BEGIN\n") == 1
-    return body.replace("BEGIN\n", GUARD, 1)
+def with_guard(definition: str) -> str:
+    """`definition` with the purge guard as its first statement (once)."""
+    if GUARD in definition:
+        return definition
+    assert "BEGIN\n" in definition
+    return definition.replace("BEGIN\n", GUARD, 1)
 
 
 def upgrade() -> None:
     op.add_column("tenants", sa.Column("retention_days", sa.Integer(), nullable=True))
-    op.execute(trigger_function())
+    op.execute(with_guard(_function()))
     bind = op.get_bind()
     rows = bind.execute(
         sa.text("SELECT reltuples FROM pg_class WHERE oid = 'webhook_events'::regclass")
@@ -74,5 +73,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(f"DROP INDEX IF EXISTS {INDEX}")
-    op.execute(_flat_reads().TRIGGER_FUNCTION)
+    op.execute(_function().replace(GUARD, "BEGIN\n", 1))
     op.drop_column("tenants", "retention_days")

@@ -24,7 +24,8 @@ Rules:
 - Raw receipts (`webhook_events`: dedup keys and payloads) go by `received_at`, kept at
   least `DEDUP_FLOOR_DAYS`; receipts no tenant claimed (unrouted) at the default.
 - A finished campaign's content (body, media, template, options, invalid rows with
-  their numbers) is cleared once the campaign is past retention; its counts stay.
+  their numbers) is cleared once the campaign is past retention and none of its rows
+  still waits to be sent (they read it); its name and counts stay.
 - Media uploads past retention whose provider copy has expired are forgotten.
 - The webhook inbox's dead letters (failed `MAX_ATTEMPTS` times) go after the floor.
 - Contacts are not purged: they hold opt-outs, which must outlive any message.
@@ -65,7 +66,7 @@ _MESSAGES = text(
           AND (m.campaign_id IS NULL OR NOT EXISTS (
                 SELECT 1 FROM campaigns c
                 WHERE c.id = m.campaign_id AND c.status IN ('running', 'paused')))
-        ORDER BY m.id LIMIT :batch
+        ORDER BY m.tenant_id, m.id LIMIT :batch
         FOR UPDATE OF m SKIP LOCKED
     ), events AS (
         DELETE FROM message_events WHERE message_id IN (SELECT id FROM doomed)
@@ -101,6 +102,9 @@ _CAMPAIGNS = text(
         invalid_rows = NULL
     WHERE tenant_id = :tenant AND status IN ('completed', 'canceled')
       AND updated_at < :before
+      AND NOT EXISTS (
+            SELECT 1 FROM messages m WHERE m.campaign_id = campaigns.id
+              AND m.status IN ('scheduled', 'queued', 'sending'))
       AND (body IS NOT NULL OR media_urls IS NOT NULL OR template IS NOT NULL
            OR options IS NOT NULL OR invalid_rows IS NOT NULL)
     """

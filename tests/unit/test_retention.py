@@ -179,7 +179,12 @@ def test_messages_in_flight_and_live_campaigns_survive() -> None:
     tenant_id = make_tenant("inflight", windows=())["tenant_id"]
     old = DEFAULT_DAYS + 10
     with session_scope() as session:
-        for name, status in (("live", "running"), ("held", "paused"), ("done", "completed")):
+        for name, status in (
+            ("live", "running"),
+            ("held", "paused"),
+            ("done", "completed"),
+            ("stuck", "completed"),  # a row of it still queued reads its content
+        ):
             session.add(
                 Campaign(
                     id=f"cmp_{name}_{tenant_id[-8:]}",
@@ -200,6 +205,7 @@ def test_messages_in_flight_and_live_campaigns_survive() -> None:
         for c in ("live", "held")
     ]
     done = add_message(tenant_id, old, "delivered", f"cmp_done_{tenant_id[-8:]}")
+    kept.append(add_message(tenant_id, old, "queued", f"cmp_stuck_{tenant_id[-8:]}"))
 
     run_purge(tenant_id)
 
@@ -207,7 +213,7 @@ def test_messages_in_flight_and_live_campaigns_survive() -> None:
     with session_scope() as session:
         campaigns = {c.name: c for c in session.query(Campaign).filter_by(tenant_id=tenant_id)}
         assert campaigns["done"].body is None and campaigns["done"].invalid_rows is None
-        assert campaigns["live"].body == "sale today"
+        assert campaigns["live"].body == campaigns["stuck"].body == "sale today"
 
 
 def test_each_tenant_keeps_its_own_retention() -> None:
