@@ -33,12 +33,14 @@ Rules:
 Every batch is its own short transaction taking row locks only, skipping rows another
 transaction holds (`SKIP LOCKED`): sends and callbacks never wait on the purge. One
 purge runs at a time (an advisory lock); a run stops after `max_seconds` and the next
-run continues where the ranges still hold rows.
+run continues where the ranges still hold rows (tenants in a new random order, so a
+backlog, such as the first purge after the upgrade, does not starve the last ones).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -208,7 +210,8 @@ def purge(conn: Connection, now: datetime | None = None, max_seconds: float = 30
             return out  # another purge is running
     try:
         with conn.begin():
-            tenants = conn.execute(text("SELECT id, retention_days FROM tenants ORDER BY id")).all()
+            tenants = list(conn.execute(text("SELECT id, retention_days FROM tenants")).all())
+        random.shuffle(tenants)  # a run cut short by time leaves different tenants each hour
         for tenant_id, setting in tenants:
             purge_tenant(conn, tenant_id, effective_days(setting), now, stop, out)
             if out.unfinished:
