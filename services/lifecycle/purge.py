@@ -83,19 +83,21 @@ _MESSAGES = text(
         (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries)
     """
 )
-# Each read by ix_webhook_events_tenant_received (a tenant's, then the unrouted).
+# Each read by ix_webhook_events_tenant_received (a tenant's, then the unrouted); the
+# rows then by primary key (`= ANY(ARRAY(…))`: an `IN (subquery)` here is planned as a
+# hash join over the whole table, once per batch).
 _RECEIPTS = text(
     """
-    DELETE FROM webhook_events WHERE id IN (
+    DELETE FROM webhook_events WHERE id = ANY(ARRAY(
         SELECT id FROM webhook_events WHERE tenant_id = :tenant AND received_at < :before
-        ORDER BY received_at LIMIT :batch)
+        ORDER BY received_at LIMIT :batch))
     """
 )
 _UNROUTED = text(
     """
-    DELETE FROM webhook_events WHERE id IN (
+    DELETE FROM webhook_events WHERE id = ANY(ARRAY(
         SELECT id FROM webhook_events WHERE tenant_id IS NULL AND received_at < :before
-        ORDER BY received_at LIMIT :batch)
+        ORDER BY received_at LIMIT :batch))
     """
 )
 _CAMPAIGNS = text(
@@ -118,9 +120,9 @@ _MEDIA = text(
 )
 _INBOX = text(
     """
-    DELETE FROM webhook_inbox WHERE id IN (
+    DELETE FROM webhook_inbox WHERE id = ANY(ARRAY(
         SELECT id FROM webhook_inbox
-        WHERE attempts >= :max AND received_at < :before ORDER BY id LIMIT :batch)
+        WHERE attempts >= :max AND received_at < :before ORDER BY id LIMIT :batch))
     """
 )
 
