@@ -157,4 +157,8 @@ beat_schedule = {
     # Message count deltas into the rollups usage and /metrics read
     # (services/reporting/rollups.py).
     "fold-counts": _periodic("herald.fold_counts", 5.0, expires=30),
+    # Content past each tenant's retention (services/lifecycle/purge.py).
+    "purge": _periodic(
+        "herald.purge", float(os.environ.get("HERALD_PURGE_INTERVAL", "3600")), expires=3600
+    ),
 }

@@ -156,6 +156,10 @@ def _main(argv: list[str] | None) -> int:
 
     register_secrets(sub)  # herald secrets rotate
 
+    from herald.cli_retention import register as register_retention
+
+    register_retention(sub)  # herald retention show|set|purge
+
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True
     )

@@ -202,7 +202,11 @@ class WebhookEvent(Base):
 
     __tablename__ = "webhook_events"
     # Operators list and count the `unrouted` kind (`herald inbound unrouted`, /metrics).
-    __table_args__ = (Index("ix_webhook_events_kind_id", "kind", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_events_kind_id", "kind", "id"),
+        # A tenant's receipts past its retention (services/lifecycle/, migration 0019).
+        Index("ix_webhook_events_tenant_received", "tenant_id", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
     provider: Mapped[str] = mapped_column(String(16))

@@ -36,6 +36,8 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A disabled tenant's keys and tokens are refused; its rows are kept.
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Days its messages' content is kept (NULL: the default; services/lifecycle/retention.py).
+    retention_days: Mapped[int | None] = mapped_column(Integer)
 
     accounts: Mapped[list[ProviderAccount]] = relationship(back_populates="tenant")
 

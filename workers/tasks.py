@@ -185,3 +185,12 @@ def apply_inbox() -> int:
     except redis.RedisError as exc:  # the inbox still gets its pass
         log.warning("callback spool not drained: %s", exc)
     return applier.apply_all(older_than=inbox.STALE_SECONDS)
+
+
+@shared_task(name="herald.purge", ignore_result=True)
+def purge() -> dict[str, object]:
+    """Beat, hourly: content past each tenant's retention goes, the counts stay
+    (services/lifecycle/purge.py)."""
+    from services.lifecycle.purge import purge_all
+
+    return purge_all(max_seconds=60.0)

@@ -20,6 +20,7 @@ from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.schemas import load_object
+from services.lifecycle.retention import MAX_DAYS, MIN_DAYS, effective_days
 from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
 from services.reporting.events import webhook_secret
 from services.tenancy.owned import get_owned, list_owned
@@ -63,6 +64,10 @@ class TenantSchema(_Strict):
     )
     keywords = fields.Nested(KeywordsSchema, allow_none=True)
     keyword_replies = fields.Nested(KeywordRepliesSchema, allow_none=True)
+    # Days content is kept (services/lifecycle/retention.py); null: the default.
+    retention_days = fields.Integer(
+        strict=True, allow_none=True, validate=validate.Range(min=MIN_DAYS, max=MAX_DAYS)
+    )
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
@@ -141,6 +146,10 @@ class TenantView(Shape):
     )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
+    retention_days = fields.Integer(
+        allow_none=True, metadata={"description": "days content is kept; null: the default"}
+    )
+    effective_retention_days = fields.Integer(metadata={"description": "what applies"})
     disabled = fields.Boolean()
     disabled_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
@@ -210,6 +219,8 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "keyword_replies": tenant.keyword_replies,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
+        "retention_days": tenant.retention_days,
+        "effective_retention_days": effective_days(tenant.retention_days),
         "disabled": tenant.disabled_at is not None,
         "disabled_at": iso(tenant.disabled_at),
         "created_at": iso(tenant.created_at),
@@ -269,6 +280,7 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
         daily_limit=data.get("daily_limit"),
         **{k: data[k] for k in SMS_SETTINGS if k in data},
     )
+    tenant.retention_days = data.get("retention_days")
     for spec in data.get("accounts") or []:
         values = _account_values(spec)
         provider = values.pop("provider", None)
@@ -284,7 +296,8 @@ def create_tenant_with_key(session: Session, data: dict[str, Any]) -> dict[str, 
 
 
 def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Tenant:
-    """Change name, limits (None = the deployment's default) or callback URL (None = none)."""
+    """Change name, limits or retention (None = the deployment's default) or callback URL
+    (None = none)."""
     tenant = get_tenant(session, tenant_id)
     for field in (
         "name",
@@ -297,6 +310,7 @@ def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Ten
         "international_daily_limit",
         "keywords",
         "keyword_replies",
+        "retention_days",
     ):
         if field in data:
             setattr(tenant, field, data[field])
