@@ -156,6 +156,10 @@ def _main(argv: list[str] | None) -> int:
 
     register_secrets(sub)  # herald secrets rotate
 
+    from herald.cli_privacy import register as register_privacy
+
+    register_privacy(sub)  # herald erase
+
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True
     )

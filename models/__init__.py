@@ -13,6 +13,7 @@ from models.message import (
     WebhookInbox,
     update_message,
 )
+from models.privacy import Suppression
 from models.sender import Sender
 from models.template import Template
 from models.tenant import ApiKey, ProviderAccount, Tenant
@@ -28,6 +29,7 @@ __all__ = [
     "MessageEvent",
     "ProviderAccount",
     "Sender",
+    "Suppression",
     "Template",
     "Tenant",
     "WebhookEvent",

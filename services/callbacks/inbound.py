@@ -15,7 +15,7 @@ from core.logs import mask
 from models import Contact, Message, MessageEvent, WebhookEvent
 from providers import error_name
 from services.callbacks.receipts import dedup_key, record_once
-from services.policy.consent import apply_keyword, contact_for
+from services.policy.consent import apply_inbound_keyword, contact_for
 from services.tenancy.tenants import (
     AccountCredentials,
 )
@@ -114,7 +114,7 @@ def store_inbound(
         log.warning("inbound %s id %s already stored as id=%s", account.provider, provider_id, held)
         return None
     contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
-    keyword = apply_keyword(contact, body, at)
+    keyword = apply_inbound_keyword(session, account.tenant_id, phone, contact, body, at)
     if keyword:
         log.info("contact %s by keyword from=%s", keyword, mask(phone))
     message = Message(
