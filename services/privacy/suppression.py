@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from core.config import get_settings
 from models.fast import Statement
 from services.content.phones import whatsapp_forms
 from services.tenancy.secrets import derived_key
@@ -35,10 +37,25 @@ _DELETE = Statement(
 )
 
 
+_keyed: list[Any] = [None, None]  # (the settings it was keyed under, the keyed HMAC)
+
+
+def _hmac() -> Any:
+    """A fresh HMAC keyed for suppressions, copied from one keyed once per settings (the
+    key is read from them): the send policy hashes every recipient's forms on the
+    accept path, where deriving the key each time cost more than the hashing."""
+    settings = get_settings()
+    if _keyed[0] is not settings:
+        _keyed[1] = hmac.new(derived_key(PURPOSE), digestmod=hashlib.sha256)
+        _keyed[0] = settings
+    return _keyed[1].copy()
+
+
 def number_hash(tenant_id: str, number: str) -> str:
     """The keyed hash a suppression is stored and looked up under (E.164 `number`)."""
-    message = f"{tenant_id}:{number}".encode()
-    return hmac.new(derived_key(PURPOSE), message, hashlib.sha256).hexdigest()
+    digest = _hmac()
+    digest.update(f"{tenant_id}:{number}".encode())
+    return digest.hexdigest()
 
 
 def hashes_of(tenant_id: str, numbers: Iterable[str]) -> dict[str, str]:

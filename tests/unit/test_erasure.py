@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core.config import get_settings
 from models import Contact, Message, Suppression, session_scope
@@ -164,8 +164,11 @@ def test_an_erased_person_who_opted_out_is_never_messaged_again(
         refused = _send(client, auth, to, template=TEMPLATE, channel=channel)
         if channel == "sms":
             refused = _send(client, auth, to, body="hello", channel="sms")
-        assert refused.status_code == 422, (to, channel, refused.get_json())
-        assert refused.get_json()["error"]["code"] == "opted_out"
+        answer = (refused.status_code, refused.get_json()["error"]["code"])
+        # (the WhatsApp id form may not be a valid number to dial: then a 400)
+        assert answer == (422, "opted_out") or (
+            to == wa_id and answer == (400, "invalid_fields")
+        ), (to, channel, refused.get_json())
     # A new contact row for the number (created by the tenant) does not undo the promise.
     assert client.post("/v1/contacts", json={"phone": number}, headers=auth).status_code == 201
     assert _send(client, auth, number, body="hi", channel="sms").status_code == 422
@@ -259,3 +262,58 @@ def test_cli_erase(capsys, client, dispatched) -> None:
     assert main(["erase", "--phone", "not a number"]) == 2
     assert "phone" in capsys.readouterr().err
     assert main(["erase", "--phone", number, "--tenant", "ten_nope"]) == 2
+
+
+def test_pending_callbacks_and_campaign_rows(client, auth, tenant, dispatched) -> None:
+    """A callback still in the inbox naming the person goes, unless another tenant's
+    account signed it too; a campaign row is redacted and the campaign still counts it."""
+    from models import WebhookInbox
+
+    number, other_number = _number(), _number()
+    with session_scope() as session:
+        accounts = (
+            session.execute(
+                text("SELECT id FROM provider_accounts WHERE tenant_id = :t"),
+                {"t": tenant["tenant_id"]},
+            )
+            .scalars()
+            .all()
+        )
+        for n, signers in ((1, accounts), (2, [*accounts, "acc_of_another_tenant"])):
+            session.add(
+                WebhookInbox(
+                    provider="twilio",
+                    kind="status",
+                    dedup_key=f"erase-test:{uuid.uuid4()}:{n}",
+                    accounts=signers,
+                    payload={"To": number, "MessageStatus": "delivered"},
+                )
+            )
+    campaign = {
+        "name": "spring",
+        "channel": "sms",
+        "body": "Spring sale",
+        "rate": 5,
+        "recipients": [{"to": number}, {"to": other_number}],
+    }
+    made = client.post("/v1/campaigns", json=campaign, headers=auth)
+    assert made.status_code == 201, made.get_json()
+    done = client.post("/v1/erasures", json={"phone": number}, headers=auth).get_json()
+    assert done["erased"]["webhook_inbox"] == 1 and done["erased"]["messages"] == 1
+    with session_scope() as session:
+        left = (
+            session.execute(
+                text("SELECT accounts::text FROM webhook_inbox WHERE payload::text LIKE :n"),
+                {"n": f"%{number.lstrip('+')}%"},
+            )
+            .scalars()
+            .all()
+        )
+    assert len(left) == 1 and "acc_of_another_tenant" in left[0]
+    shown = client.get(f"/v1/campaigns/{made.get_json()['id']}", headers=auth)
+    assert shown.status_code == 200 and shown.get_json()["total"] == 2
+    assert _rows(tenant["tenant_id"], number) == (0, 0)
+    assert _rows(tenant["tenant_id"], other_number) == (0, 1)
+    listed = client.get("/v1/messages?limit=10", headers=auth)
+    assert listed.status_code == 200
+    assert {m["to"][:7] for m in listed.get_json()["data"]} == {"erased:", other_number[:7]}
