@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -20,4 +20,16 @@ class Suppression(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
     number_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     reason: Mapped[str] = mapped_column(String(16), default="opted_out")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PrivacyKey(Base):
+    """The key suppressions are hashed with: random, made once, encrypted at rest
+    (services/tenancy/secrets.py re-encrypts it on rotation), so the hashes outlive
+    any change of HERALD_SECRET_KEY."""
+
+    __tablename__ = "privacy_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_enc: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

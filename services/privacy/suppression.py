@@ -2,28 +2,37 @@
 
 Erasure deletes the contact row that carried the opt-out flag; the promise not to
 message that person again must survive it without keeping the number. Each number form
-is stored as an HMAC of the tenant id and the E.164 number, keyed from HERALD_SECRET_KEY
-(services/tenancy/secrets.py `derived_key`): a database leak gives no number and no way
-to test guesses offline, and one person's rows in two tenants do not match each other.
-The send policy (services/policy/consent.py, services/messages/claim.py) hashes the
-forms of a recipient and refuses one found here; a START from the number lifts it.
+is stored as an HMAC-SHA256 of the tenant id and the E.164 number: a database leak
+gives no number and no way to test guesses offline, and one person's rows in two
+tenants do not match each other. The send policy (services/policy/consent.py,
+services/messages/claim.py) hashes the forms of a recipient and refuses one found here;
+a START from the number lifts it.
+
+The HMAC key is a random key made once and kept in `privacy_keys`, encrypted with
+HERALD_SECRET_KEY like provider secrets (services/tenancy/secrets.py), rather than a
+key derived from HERALD_SECRET_KEY: that one rotates, and a hash made under a key that
+is gone could never be matched again. A rotation re-encrypts this key; its value, and
+every hash, stay.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import os
+import threading
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from models import PrivacyKey, session_scope, utcnow
 from models.fast import Statement
 from services.content.phones import whatsapp_forms
-from services.tenancy.secrets import derived_key
-
-PURPOSE = "herald-privacy-suppression"
+from services.tenancy.secrets import decrypt_json, encrypt_json
 
 _INSERT = Statement(
     "INSERT INTO suppressions (tenant_id, number_hash, reason, created_at)"
@@ -37,18 +46,41 @@ _DELETE = Statement(
 )
 
 
-_keyed: list[Any] = [None, None]  # (the settings it was keyed under, the keyed HMAC)
+KEY_ID = "suppression"
+# database URL -> the HMAC keyed with that database's key, ready to copy: the send
+# policy hashes every recipient's forms on the accept path.
+_keyed: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _load_key() -> bytes:
+    """The database's suppression key, made on first use (in its own transaction, so
+    a caller's rollback cannot take back a key already used for hashing)."""
+    with session_scope() as own:
+        stored = own.get(PrivacyKey, KEY_ID)
+        if stored is None:
+            fresh = base64.b64encode(os.urandom(32)).decode()
+            own.execute(
+                insert(PrivacyKey)
+                .values(id=KEY_ID, key_enc=encrypt_json({"key": fresh}), created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            own.flush()
+            stored = own.get(PrivacyKey, KEY_ID, populate_existing=True)
+        assert stored is not None
+        return base64.b64decode(decrypt_json(stored.key_enc)["key"])
 
 
 def _hmac() -> Any:
-    """A fresh HMAC keyed for suppressions, copied from one keyed once per settings (the
-    key is read from them): the send policy hashes every recipient's forms on the
-    accept path, where deriving the key each time cost more than the hashing."""
-    settings = get_settings()
-    if _keyed[0] is not settings:
-        _keyed[1] = hmac.new(derived_key(PURPOSE), digestmod=hashlib.sha256)
-        _keyed[0] = settings
-    return _keyed[1].copy()
+    """A fresh HMAC keyed for suppressions."""
+    url = get_settings().database_url
+    base = _keyed.get(url)
+    if base is None:
+        with _lock:
+            base = _keyed.get(url)
+            if base is None:
+                base = _keyed[url] = hmac.new(_load_key(), digestmod=hashlib.sha256)
+    return base.copy()
 
 
 def number_hash(tenant_id: str, number: str) -> str:

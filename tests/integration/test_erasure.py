@@ -174,7 +174,7 @@ def _found(rows: list[str], needles: list[str]) -> list[str]:
 def _usage(client: Any, auth: dict[str, str]) -> dict[str, Any]:
     resp = client.get("/v1/usage?group_by=channel,provider,status", headers=auth)
     assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()
+    return {k: resp.get_json()[k] for k in ("data", "totals")}  # not the period: it moves
 
 
 def test_erasure_leaves_the_number_and_texts_nowhere(live, client, receiver) -> None:

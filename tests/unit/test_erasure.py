@@ -7,12 +7,13 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select, text
 
 from core.config import get_settings
-from models import Contact, Message, Suppression, session_scope
+from models import Contact, Message, Suppression, session_scope, utcnow
 from services.privacy.suppression import number_hash, suppress
 from tests.conftest import META_SECRET, META_TOKEN, make_tenant
 from tests.unit.test_policy import inbound
@@ -287,6 +288,7 @@ def test_pending_callbacks_and_campaign_rows(client, auth, tenant, dispatched) -
                     dedup_key=f"erase-test:{uuid.uuid4()}:{n}",
                     accounts=signers,
                     payload={"To": number, "MessageStatus": "delivered"},
+                    next_attempt_at=utcnow() + timedelta(hours=1),  # not applied meanwhile
                 )
             )
     campaign = {
@@ -317,3 +319,43 @@ def test_pending_callbacks_and_campaign_rows(client, auth, tenant, dispatched) -
     listed = client.get("/v1/messages?limit=10", headers=auth)
     assert listed.status_code == 200
     assert {m["to"][:7] for m in listed.get_json()["data"]} == {"erased:", other_number[:7]}
+
+
+def test_suppressions_survive_a_rotation_of_the_secret_key(
+    client, auth, tenant, dispatched, monkeypatch
+) -> None:
+    """`herald secrets rotate` then dropping the old key: the hashes still match (their
+    key is stored encrypted and re-encrypted, not derived from HERALD_SECRET_KEY)."""
+    from cryptography.fernet import Fernet
+
+    from services.privacy import suppression
+    from services.tenancy.secrets import rotate_stored_secrets
+
+    def use(current: str, previous: str | None) -> None:
+        monkeypatch.setenv("HERALD_SECRET_KEY", current)
+        if previous is None:
+            monkeypatch.delenv("HERALD_SECRET_KEY_PREVIOUS", raising=False)
+        else:
+            monkeypatch.setenv("HERALD_SECRET_KEY_PREVIOUS", previous)
+        get_settings.cache_clear()
+        suppression._keyed.clear()  # as a process started after the change
+
+    number = _number()
+    inbound(client, tenant, number, "STOP")
+    assert client.post("/v1/erasures", json={"phone": number}, headers=auth).status_code == 200
+    old, new = get_settings().secret_key, Fernet.generate_key().decode()
+    assert old is not None
+    try:
+        use(new, old)
+        with session_scope() as session:
+            assert rotate_stored_secrets(session)[1] == []
+        use(new, None)  # the old key is gone
+        refused = _send(client, auth, number, body="hi", channel="sms")
+        assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "opted_out"
+    finally:
+        use(old, new)
+        with session_scope() as session:
+            rotate_stored_secrets(session)
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        suppression._keyed.clear()
