@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
+from core.errors import Unavailable
 from models import PrivacyKey, session_scope, utcnow
 from models.fast import Statement
 from services.content.phones import whatsapp_forms
@@ -45,6 +47,8 @@ _DELETE = Statement(
     " AND number_hash = ANY(CAST(:hashes AS varchar[]))"
 )
 
+
+log = logging.getLogger(__name__)
 
 KEY_ID = "suppression"
 # database URL -> the HMAC keyed with that database's key, ready to copy: the send
@@ -68,7 +72,14 @@ def _load_key() -> bytes:
             own.flush()
             stored = own.get(PrivacyKey, KEY_ID, populate_existing=True)
         assert stored is not None
-        return base64.b64decode(decrypt_json(stored.key_enc)["key"])
+        try:
+            return base64.b64decode(decrypt_json(stored.key_enc)["key"])
+        except RuntimeError as exc:  # HERALD_SECRET_KEY changed without the previous one
+            log.error("suppression key unreadable: %s", exc)
+            raise Unavailable(
+                "Opt-outs cannot be checked: the server's secret key changed.",
+                code="secret_key_mismatch",
+            ) from None
 
 
 def _hmac() -> Any:

@@ -359,3 +359,25 @@ def test_suppressions_survive_a_rotation_of_the_secret_key(
         monkeypatch.undo()
         get_settings.cache_clear()
         suppression._keyed.clear()
+
+
+def test_an_unreadable_suppression_key_is_a_503_not_a_500(client, auth, monkeypatch) -> None:
+    """HERALD_SECRET_KEY changed without HERALD_SECRET_KEY_PREVIOUS: opt-outs cannot be
+    checked, so nothing is accepted, and the answer says why."""
+    from cryptography.fernet import Fernet
+
+    from services.privacy import suppression
+
+    number = _number()
+    assert _send(client, auth, number, body="hi", channel="sms").status_code == 202  # key made
+    monkeypatch.setenv("HERALD_SECRET_KEY", Fernet.generate_key().decode())
+    monkeypatch.delenv("HERALD_SECRET_KEY_PREVIOUS", raising=False)
+    get_settings.cache_clear()
+    suppression._keyed.clear()
+    try:
+        resp = _send(client, auth, number, body="hi", channel="sms")
+        assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "secret_key_mismatch"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        suppression._keyed.clear()
