@@ -69,10 +69,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(media.bp)
     app.register_blueprint(usage.bp)
 
-    from api import admin, console, conversations
+    from api import admin, console, conversations, privacy
 
     app.register_blueprint(admin.bp)
     app.register_blueprint(conversations.bp)
+    app.register_blueprint(privacy.bp)
     console.init_app(app)
 
     from api import openapi

@@ -18,6 +18,7 @@ from api.auth import db, json_body
 from api.openapi import answers
 from core.config import get_settings
 from core.errors import InvalidRequest, NotFound, Unauthorized
+from services.privacy.erasure import ADMIN_ERASURE_BODY, ErasureView, erase_number, load_request
 from services.tenancy.admin import (
     AccountView,
     ApiKeyView,
@@ -220,3 +221,14 @@ def senders_delete(tenant_id: str, sender_id: str):  # type: ignore[no-untyped-d
     """Remove a sender (messages already accepted from it still go out from it)."""
     _committed(remove_sender, tenant_id, sender_id)
     return "", 204
+
+
+# ------------------------------------------------------ erasure (services/privacy/erasure.py)
+
+
+@bp.post("/erasures")
+@answers(ErasureView, body=ADMIN_ERASURE_BODY)
+def erasures_create():  # type: ignore[no-untyped-def]
+    """Erase a person in every tenant (or in `tenant_id`'s only)."""
+    number, tenant_id = load_request(json_body(), operator=True)
+    return jsonify(_committed(erase_number, number, tenant_id).to_dict())

@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.auth import current_tenant, db, json_body, require_tenant
+from api.openapi import answers
 from services.policy.contacts import contact_to_dict, get_contact, update_contact, upsert_contact
+from services.privacy.erasure import ErasureView, erase_contact
 
 bp = Blueprint("contacts", __name__, url_prefix="/v1/contacts")
 
@@ -69,3 +71,14 @@ def patch(contact_id: str):  # type: ignore[no-untyped-def]
     contact = update_contact(session, current_tenant().id, contact_id, json_body())
     session.commit()
     return jsonify(contact_to_dict(contact))
+
+
+@bp.delete("/<contact_id>")
+@require_tenant
+@answers(ErasureView, errors={401: "Unauthorized", 404: "NotFound"})
+def erase(contact_id: str):  # type: ignore[no-untyped-def]
+    """Erase the person this contact is: every row holding their number, name or texts."""
+    session = db()
+    done = erase_contact(session, current_tenant().id, contact_id)
+    session.commit()
+    return jsonify(done.to_dict())

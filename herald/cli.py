@@ -159,6 +159,9 @@ def _main(argv: list[str] | None) -> int:
     from herald.cli_retention import register as register_retention
 
     register_retention(sub)  # herald retention show|set|purge
+    from herald.cli_privacy import register as register_privacy
+
+    register_privacy(sub)  # herald erase
 
     account = sub.add_parser("account", help="provider accounts").add_subparsers(
         dest="action", required=True

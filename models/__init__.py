@@ -13,6 +13,7 @@ from models.message import (
     WebhookInbox,
     update_message,
 )
+from models.privacy import PrivacyKey, Suppression
 from models.sender import Sender
 from models.template import Template
 from models.tenant import ApiKey, ProviderAccount, Tenant
@@ -26,8 +27,10 @@ __all__ = [
     "Media",
     "Message",
     "MessageEvent",
+    "PrivacyKey",
     "ProviderAccount",
     "Sender",
+    "Suppression",
     "Template",
     "Tenant",
     "WebhookEvent",

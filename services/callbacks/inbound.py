@@ -16,7 +16,7 @@ from core.logs import mask
 from models import Contact, Message, MessageEvent, Tenant, WebhookEvent
 from providers import error_name
 from services.callbacks.receipts import dedup_key, record_once
-from services.policy.consent import apply_keyword, contact_for
+from services.policy.consent import apply_inbound_keyword, contact_for
 from services.policy.keywords import keyword_of, reply_for
 from services.tenancy.tenants import (
     AccountCredentials,
@@ -118,7 +118,9 @@ def store_inbound(
     contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
     tenant = session.get(Tenant, account.tenant_id)
     own_words = tenant.keywords if tenant is not None else None
-    keyword = apply_keyword(contact, body, at, own_words)
+    keyword = apply_inbound_keyword(
+        session, account.tenant_id, phone, contact, body, at, own_words
+    )
     if keyword:
         log.info("contact %s by keyword from=%s", keyword, mask(phone))
     message = Message(

@@ -42,6 +42,7 @@ from services.messages.expiry import expired_refusal
 from services.messages.gate import Gate
 from services.messages.serialize import message_to_dict
 from services.messages.status import apply_status
+from services.privacy.suppression import hashes_of
 from services.reporting.events import EVENTS_QUEUE, EVENTS_TASK, listening
 from services.tenancy.senders import outbound_sender
 from services.tenancy.tenants import credentials
@@ -86,6 +87,10 @@ _OPTED_OUT = Statement(
     SELECT tenant_id, phone, wa_id FROM contacts
     WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
       AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
+    UNION ALL
+    SELECT tenant_id, number_hash, NULL FROM suppressions
+    WHERE tenant_id = ANY(CAST(:tenants AS text[]))
+      AND number_hash = ANY(CAST(:hashes AS text[]))
     """
 )
 _EVENTS = Statement(
@@ -252,10 +257,24 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
         return set()
     forms = {m.to_number: whatsapp_forms(m.to_number) for m in messages}
     every = {form for group in forms.values() for form in group}
+    # An erased person who had opted out is a suppression: a keyed hash per form.
+    hashed = {
+        digest: (tenant, form)
+        for tenant in {m.tenant_id for m in messages}
+        for digest, form in hashes_of(
+            tenant, {m.to_number for m in messages if m.tenant_id == tenant}
+        ).items()
+    }
     rows = _OPTED_OUT.rows(
-        session, {"tenants": list({m.tenant_id for m in messages}), "forms": list(every)}
+        session,
+        {
+            "tenants": list({m.tenant_id for m in messages}),
+            "forms": list(every),
+            "hashes": list(hashed),
+        },
     )
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
+    out |= {hashed[r.phone] for r in rows if r.phone in hashed}
     return {
         (m.tenant_id, m.to_number)
         for m in messages

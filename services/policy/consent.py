@@ -18,6 +18,7 @@ from models import Contact, utcnow
 from models.fast import Statement, aware_utc
 from services.content.phones import whatsapp_forms
 from services.policy.keywords import START, STOP, keyword_of
+from services.privacy.suppression import hashes_of, lift
 
 WINDOW = timedelta(hours=24)
 
@@ -60,10 +61,16 @@ class PolicyContact(NamedTuple):
 # parameters): psycopg prepares it once per connection, and the index on
 # (tenant, phone) serves it. Run on the session's psycopg connection (models/fast.py):
 # through SQLAlchemy this one SELECT cost more CPU than the rest of the accept path.
+# The second half: the tenant's suppressions (an erased person who had opted out, kept
+# as keyed hashes: services/privacy/suppression.py) among the numbers' hashes, in the
+# same round trip; such a row has no id and its hash in `phone`.
 _POLICY_SELECT = Statement(
     "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at FROM contacts"
     " WHERE tenant_id = :tenant"
     " AND (phone = ANY(CAST(:numbers AS varchar[])) OR wa_id = ANY(CAST(:numbers AS varchar[])))"
+    " UNION ALL"
+    " SELECT tenant_id, NULL, number_hash, NULL, true, NULL FROM suppressions"
+    " WHERE tenant_id = :tenant AND number_hash = ANY(CAST(:hashes AS varchar[]))"
 )
 
 
@@ -86,10 +93,17 @@ def policy_contacts(
         per_tenant.setdefault(tenant, set()).update(fs)
     session.flush()  # pending contacts first, as SQLAlchemy's autoflush would
     rows = []
+    hashed: dict[str, dict[str, str]] = {}
     for tenant, numbers in per_tenant.items():  # one tenant per request, nearly always
-        rows += _POLICY_SELECT.rows(session, {"tenant": tenant, "numbers": sorted(numbers)})
+        hashed[tenant] = hashes_of(tenant, numbers)
+        params = {"tenant": tenant, "numbers": sorted(numbers), "hashes": sorted(hashed[tenant])}
+        rows += _POLICY_SELECT.rows(session, params)
     by_form: dict[tuple[str, str], list[PolicyContact]] = {}
+    suppressed: set[tuple[str, str]] = set()
     for row in rows:
+        if row.id is None:  # a suppression: its hash's number form
+            suppressed.add((row.tenant_id, hashed[row.tenant_id][row.phone]))
+            continue
         contact = PolicyContact(
             row.id, row.phone, row.wa_id, row.opted_out, aware_utc(row.last_inbound_at)
         )
@@ -98,9 +112,15 @@ def policy_contacts(
     found: dict[tuple[str, str], PolicyContact | None] = {}
     for (tenant, phone), fs in forms.items():
         candidates = {c.id: c for form in fs for c in by_form.get((tenant, form), [])}
-        found[(tenant, phone)] = (
-            min(candidates.values(), key=lambda c: _rank(c, phone)) if candidates else None
-        )
+        contact = min(candidates.values(), key=lambda c: _rank(c, phone)) if candidates else None
+        if any((tenant, form) in suppressed for form in fs):
+            # Erased after opting out: refused as an opted-out contact would be.
+            contact = (
+                contact._replace(opted_out=True)
+                if contact is not None
+                else PolicyContact("", phone, None, True, None)
+            )
+        found[(tenant, phone)] = contact
     return found
 
 
@@ -143,6 +163,25 @@ def apply_keyword(
         contact.opted_out, contact.opted_out_at = False, None
         return "opted_in"
     return None
+
+
+def apply_inbound_keyword(
+    session: Session,
+    tenant_id: str,
+    phone: str,
+    contact: Contact,
+    body: str | None,
+    at: datetime,
+    extra: dict[str, Any] | None = None,
+) -> str | None:
+    """`apply_keyword` for an inbound message (`extra`: the tenant's own words), and a
+    START also lifts the suppression an erasure left for this number
+    (services/privacy/suppression.py): the person asked to hear from the tenant again."""
+    changed = apply_keyword(contact, body, at, extra)
+    found = keyword_of(body, extra)
+    if found and found[0] == START and lift(session, tenant_id, phone) and changed is None:
+        changed = "opted_in"
+    return changed
 
 
 def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore[no-untyped-def]

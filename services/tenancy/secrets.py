@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import check_secret_key, get_settings
-from models import ProviderAccount, Tenant
+from models import PrivacyKey, ProviderAccount, Tenant
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str | None], MultiFernet] = {}
@@ -84,7 +84,11 @@ def rotate_stored_secrets(session: Session) -> tuple[int, list[str]]:
     """Re-encrypt every stored secret with the current key, so that the previous one can
     go: (rows re-encrypted, ids of rows neither key decrypts, left as they are)."""
     fernet, done, unreadable = _fernet(), 0, []
-    columns = ((ProviderAccount, "secrets_enc"), (Tenant, "webhook_secret_enc"))
+    columns = (
+        (ProviderAccount, "secrets_enc"),
+        (Tenant, "webhook_secret_enc"),
+        (PrivacyKey, "key_enc"),  # services/privacy/suppression.py
+    )
     for model, column in columns:
         for row in session.scalars(select(model).where(getattr(model, column).is_not(None))):
             try:

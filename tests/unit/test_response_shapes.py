@@ -601,6 +601,11 @@ def test_every_answer_is_declared_in_the_document(
     call("get", "/v1/contacts/crm-2", 200, headers=auth)
     call("patch", "/v1/contacts/crm-2", 200, json={"opted_out": True}, headers=auth)
     call("post", "/v1/messages", 422, json={**sms, "to": "+12025550189"}, headers=auth)
+    # Erasure (services/privacy/): of people with no messages, so the events below stay.
+    call("delete", "/v1/contacts/crm-2", 200, headers=auth)
+    call("post", "/v1/erasures", 200, json={"phone": "+12025550188"}, headers=auth)
+    erasure = {"wa_id": "12025550187", "tenant_id": other}
+    call("post", "/admin/v1/erasures", 200, json=erasure, headers=admin)
 
     # Campaigns
     campaign = {
