@@ -13,15 +13,34 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 
-from models import new_session, session_scope
+from models import Tenant, new_session, session_scope
 from services.messages.delivery import deliver
 from services.policy.limits import get_redis, key, take_pair_slot
 from services.reporting.events import deliver_pending_events
-from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
+from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN
+from tests.conftest import make_tenant as _make_tenant
 from tests.integration.conftest import wait_for
 from tests.integration.test_events_out import Receiver
+
+
+def make_tenant(*args, **kwargs) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A test tenant the operator lets text Brazil too (the SMS pumping guard,
+    services/policy/destinations.py): the people erased here have Brazilian numbers."""
+    from sqlalchemy import update as _update
+
+    from models import Tenant as _Tenant
+    from models import session_scope as _scope
+
+    made = _make_tenant(*args, **kwargs)
+    with _scope() as session:
+        session.execute(
+            _update(_Tenant)
+            .where(_Tenant.id == made["tenant_id"])
+            .values(sms_countries=["US", "BR"])
+        )
+    return made
 
 
 @pytest.fixture
@@ -52,6 +71,12 @@ def _business(live: Any) -> dict[str, Any]:
     live.control.post("/_sandbox/accounts", json={"provider": "meta", **meta}).raise_for_status()
     twilio = {"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "sms_from": sms_from}
     made = make_tenant("erasure", windows=(), twilio=twilio, meta=meta)
+    with session_scope() as session:  # no STOP confirmation: usage must not move meanwhile
+        session.execute(
+            update(Tenant)
+            .where(Tenant.id == made["tenant_id"])
+            .values(keyword_replies={"stop": ""})
+        )
     return {
         **made,
         "phone_id": phone_id,

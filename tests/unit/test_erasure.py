@@ -15,8 +15,28 @@ from sqlalchemy import func, select, text
 from core.config import get_settings
 from models import Contact, Message, Suppression, session_scope, utcnow
 from services.privacy.suppression import number_hash, suppress
-from tests.conftest import META_SECRET, META_TOKEN, make_tenant
+from tests.conftest import META_SECRET, META_TOKEN
+from tests.conftest import make_tenant as _make_tenant
 from tests.unit.test_policy import inbound
+
+
+def make_tenant(*args, **kwargs) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A test tenant the operator lets text Brazil too (the SMS pumping guard,
+    services/policy/destinations.py): the people erased here have Brazilian numbers."""
+    from sqlalchemy import update as _update
+
+    from models import Tenant as _Tenant
+    from models import session_scope as _scope
+
+    made = _make_tenant(*args, **kwargs)
+    with _scope() as session:
+        session.execute(
+            _update(_Tenant)
+            .where(_Tenant.id == made["tenant_id"])
+            .values(sms_countries=["US", "BR"])
+        )
+    return made
+
 
 TOKEN = "admin-token-0123456789abcdef"
 
