@@ -41,7 +41,7 @@ from core.errors import Conflict, InvalidRequest, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
-from services.content.inputs import text_problem
+from services.content.inputs import StrictFloat, send_at_problem, text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
 from services.content.schemas import (
     CHANNELS,
@@ -93,7 +93,7 @@ class CampaignSchema(Schema):
     template = fields.Nested(TemplateSchema)
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
-    rate = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
+    rate = StrictFloat(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
     # senders: one sender, or "pool"; `senders`: the pool to spread over
     # (services/tenancy/senders.py)
     from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
@@ -111,6 +111,8 @@ class CampaignSchema(Schema):
             raise ValidationError("Give one of 'body', 'media_url' or 'template'.", "body")
         if data.get("channel") == "sms" and len(data.get("body") or "") > 1600:
             raise ValidationError("At most 1600 characters on sms.", "body")
+        if "send_at" in data and (problem := send_at_problem(data["send_at"])):
+            raise ValidationError(problem, "send_at")
 
 
 def load_campaign_request(payload: Any) -> dict[str, Any]:

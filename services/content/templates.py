@@ -27,6 +27,7 @@ from core.errors import InvalidRequest
 from core.ids import iso
 from core.shapes import Shape
 from models import ProviderAccount, Template, utcnow
+from services.content.inputs import cursor_field
 from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
@@ -479,7 +480,7 @@ class TemplateQuerySchema(Schema):
     language = fields.String(validate=validate.Length(min=1, max=16))
     include_deleted = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(min=1, max=32))
+    cursor = cursor_field("tpl")
 
 
 class TemplateViewSchema(Shape):

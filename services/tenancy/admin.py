@@ -47,8 +47,8 @@ class TenantSchema(_Strict):
         allow_none=True,
         validate=validate.Length(max=2000),
     )
-    hourly_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    daily_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    hourly_limit = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
+    daily_limit = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
