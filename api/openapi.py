@@ -29,7 +29,7 @@ from marshmallow import Schema, fields, validate
 
 from core.errors import RETRY_AFTER_SECONDS
 from core.shapes import ErrorBodyView, ErrorView, Shape, listing, shape
-from services.campaigns.campaigns import CampaignSchema, CampaignView
+from services.campaigns.campaigns import CampaignPage, CampaignSchema, CampaignView
 from services.content.media import MediaView
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
 from services.messages.batch import BatchAnswerView
@@ -195,6 +195,7 @@ RESPONSE_SCHEMAS: dict[str, type[Schema]] = {
     "MessageStatusEvent": MessageStatusEventView,
     "ContactView": ContactView,
     "Campaign": CampaignView,
+    "CampaignPage": CampaignPage,
     "MediaView": MediaView,
     "Usage": UsageView,
     "SeedError": SeedErrorView,

@@ -140,8 +140,10 @@ def _tenant_provider(tenant: Tenant, channel: str) -> str | None:
     )
 
 
-def _refuse(message: str, code: str) -> PolicyRefused:
-    return PolicyRefused(message, code=code, fields={"from": [message]})
+def _refuse(message: str, code: str, field: str = "from") -> PolicyRefused:
+    """The 422 naming the field the client wrote the sender in (`from`, or a campaign's
+    `senders`)."""
+    return PolicyRefused(message, code=code, fields={field: [message]})
 
 
 def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
@@ -162,14 +164,19 @@ def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str,
 
 
 def resolve_sender(
-    session: Session, tenant: Tenant, channel: str, provider: str | None, wanted: str
+    session: Session,
+    tenant: Tenant,
+    channel: str,
+    provider: str | None,
+    wanted: str,
+    field: str = "from",
 ) -> ChosenSender | None:
     """The tenant's sender `wanted` names, usable for `channel` (and `provider` when
     given); None when it names the account's own legacy sender. Refused (422, naming
-    `from`) when no sender of this tenant has that name, or it cannot serve the message."""
+    `field`) when no sender of this tenant has that name, or it cannot serve the message."""
     problem = from_problem(wanted)
     if problem:
-        raise InvalidRequest(problem, code="invalid_fields", fields={"from": [problem]})
+        raise InvalidRequest(problem, code="invalid_fields", fields={field: [problem]})
     name = _canonical(wanted)
     matches = [s for s in tenant_senders(session, tenant.id) if name in s.names()]
     if provider:
@@ -190,8 +197,9 @@ def resolve_sender(
             f"Sender {wanted!r} does not serve {channel}"
             + (f" with provider {provider}." if provider else "."),
             "sender_not_usable",
+            field,
         )
-    raise _refuse(f"This tenant has no sender {wanted!r}.", "sender_not_found")
+    raise _refuse(f"This tenant has no sender {wanted!r}.", "sender_not_found", field)
 
 
 def legacy_from(session: Session, tenant: Tenant, channel: str, data: dict[str, Any]) -> str | None:
@@ -282,16 +290,19 @@ def campaign_pool(
     if listed:
         pool: list[ChosenSender] = []
         for name in listed:
-            sender = resolve_sender(session, tenant, channel, provider, name)
+            sender = resolve_sender(session, tenant, channel, provider, name, "senders")
             if sender is None:
                 raise _refuse(
                     f"{name!r} is the account's own sender: add it as a sender to pool it.",
                     "sender_not_found",
+                    "senders",
                 )
             if sender not in pool:
                 pool.append(sender)
         if len({s.provider for s in pool}) > 1:
-            raise _refuse("A campaign's senders must all be of one provider.", "sender_not_usable")
+            raise _refuse(
+                "A campaign's senders must all be of one provider.", "sender_not_usable", "senders"
+            )
         return pool
     if wanted == POOL:
         provider = provider or _tenant_provider(tenant, channel)
