@@ -53,7 +53,11 @@ from services.content.schemas import (
     load_object,
     variables_problem,
 )
-from services.content.templates import campaign_row_problem, refuse_unusable_template
+from services.content.templates import (
+    campaign_row_problem,
+    refuse_unusable_header,
+    refuse_unusable_template,
+)
 from services.messages.campaign_content import recipient_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
@@ -248,13 +252,17 @@ def create_campaign(
         raise PolicyRefused(
             f"This tenant has no {provider} account.", code="provider_not_configured"
         )
-    # Name, approval, language now; each recipient's variables per row (_add_chunk).
-    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
     options = None
     if data.get("media_id"):  # uploaded media as the template's header (services/content/media.py)
         from services.content.media import resolve_media_id
 
         options = resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+    # Name, approval, language and the header now (a media_id fills an image, video or
+    # document header; a template without one refuses it); each recipient's variables
+    # per row (_add_chunk), where the header counts too.
+    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
+    if options and data.get("template"):
+        refuse_unusable_header(session, tenant.id, account.id, provider, data, options)
     campaign = Campaign(
         tenant_id=tenant.id,
         options=options,
