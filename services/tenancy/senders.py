@@ -76,7 +76,7 @@ class ChosenSender:
         """What the message row keeps (`options.sender`): enough to send and pace it
         without reading the senders table again."""
         return {
-            "id": self.id,
+            "id": self.id or None,  # None: an account's own sender, no sender row
             "kind": self.kind,
             "address": self.address,
             "number": self.number,
@@ -146,21 +146,62 @@ def _refuse(message: str, code: str, field: str = "from") -> PolicyRefused:
     return PolicyRefused(message, code=code, fields={field: [message]})
 
 
-def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
-    """Whether `name` is what the tenant's account of `provider` sends from without a
-    sender row (its `sms_from`/`whatsapp_from`/service, or Meta's phone number id)."""
-    from services.tenancy.tenants import cached_account
-
-    account = cached_account(session, tenant_id, provider)
-    if account is None:
-        return False
-    settings = account.settings
+def _own_names(account: Any, provider: str, channel: str) -> set[str]:
+    """What an account sends from without a sender row (its `sms_from`/`whatsapp_from`/
+    service, or Meta's phone number id and its display number)."""
+    settings = account.settings or {}
     if provider == "meta":
         known = {account.external_id, settings.get("display_phone_number")}
     else:
         field = "whatsapp_from" if channel == "whatsapp" else "sms_from"
         known = {settings.get(field), settings.get("messaging_service_sid")}
-    return name in {_canonical(k) for k in known if isinstance(k, str) and k}
+    return {_canonical(k) for k in known if isinstance(k, str) and k}
+
+
+def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
+    """Whether `name` is what the tenant's (first) account of `provider` sends from
+    without a sender row."""
+    from services.tenancy.tenants import cached_account
+
+    account = cached_account(session, tenant_id, provider)
+    return account is not None and name in _own_names(account, provider, channel)
+
+
+def _other_account_sender(
+    session: Session, tenant_id: str, provider: str, channel: str, name: str
+) -> ChosenSender | None:
+    """`name` as the own sender of another of the tenant's accounts of `provider` (a
+    second Meta account's phone number id, say): a sender for that account, so the
+    message goes out through it, with its credentials. Read only when `from` named no
+    sender row and not the first account (a rare path, so not cached)."""
+    rows = session.scalars(
+        select(ProviderAccount)
+        .where(ProviderAccount.tenant_id == tenant_id, ProviderAccount.provider == provider)
+        .order_by(ProviderAccount.created_at)
+    ).all()
+    for row in rows[1:]:
+        if name not in _own_names(row, provider, channel):
+            continue
+        settings = row.settings or {}
+        if provider == "meta":
+            kind, address = "phone_number_id", row.external_id
+            number = settings.get("display_phone_number")
+        else:
+            kind = "messaging_service" if name.startswith("MG") else "number"
+            address, number = name, (name if kind == "number" else None)
+        return ChosenSender(
+            id="",  # no sender row: the message's sender_id stays null
+            tenant_id=tenant_id,
+            provider=provider,
+            account_id=row.id,
+            kind=kind,
+            address=address,
+            number=normalize_e164(number) if isinstance(number, str) else None,
+            channels=PROVIDER_CHANNELS[provider],
+            mps=None,
+            is_default=False,
+        )
+    return None
 
 
 def resolve_sender(
@@ -192,6 +233,11 @@ def resolve_sender(
             session, tenant.id, legacy, channel, name
         ):
             return None
+    for legacy in [provider] if provider else PROVIDER_CHANNELS:
+        if channel in PROVIDER_CHANNELS[legacy] and (
+            other := _other_account_sender(session, tenant.id, legacy, channel, name)
+        ):
+            return other
     if matches:
         raise _refuse(
             f"Sender {wanted!r} does not serve {channel}"
