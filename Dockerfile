@@ -2,7 +2,8 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini celeryconfig.py ./
+COPY pyproject.toml README.md alembic.ini celeryconfig.py gunicorn.conf.py ./
+COPY core core
 COPY api api
 COPY workers workers
 COPY providers providers

@@ -35,10 +35,13 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _nosniff(response: Response) -> Response:
+def _answer_headers(response: Response) -> Response:
     """Every answer's type is the one it declares: a browser never sniffs a JSON error or
-    an echoed challenge into HTML that runs (api/fastpath.py sends the same header)."""
+    an echoed challenge into HTML that runs. A 204 has no body, so it declares no type
+    (Flask would call its nothing `text/html`). api/fastpath.py answers the same way."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.status_code == 204:
+        response.headers.pop("Content-Type", None)
     return response
 
 
@@ -54,7 +57,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import auth, campaigns, contacts, errors, inputs, legacy, messages, ops, webhooks
 
     errors.register(app)
-    app.after_request(_nosniff)
+    app.after_request(_answer_headers)
     inputs.init_app(app)
     auth.init_app(app)
     app.register_blueprint(messages.bp)

@@ -11,7 +11,7 @@ from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.errors import InvalidRequest, RateLimited
+from core.errors import InvalidRequest, RateLimited, UnsupportedMediaType
 from models import Tenant, new_session
 from services.policy.limits import take_read
 from services.tenancy.tenants import authenticate
@@ -105,7 +105,14 @@ _FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencod
 
 
 def json_body() -> Any:
-    """The parsed JSON body, or a 400 that says what was wrong with it."""
+    """The parsed JSON body, or a 400 that says what was wrong with it; a body declared
+    as anything but JSON (`text/plain`, a form, no type) is a 415: the client's HTTP library
+    is not sending what it thinks it sends. api/fastpath.py serves JSON only, so its
+    answers never differ. No body at all is the 400 below, whatever the type."""
+    if not request.is_json and request.content_length:
+        raise UnsupportedMediaType(
+            "Send the body as JSON, with the header Content-Type: application/json.",
+        )
     # `request.data` runs werkzeug's form parsing first (a cost on every POST): only a
     # form body needs it, whose raw data that parsing consumes (so it stays "empty").
     body = request.data if request.mimetype in _FORM_TYPES else request.get_data()

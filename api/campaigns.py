@@ -13,6 +13,8 @@ from services.campaigns.campaigns import (
     create_campaign,
     csv_recipients,
     get_campaign,
+    list_campaigns,
+    load_campaign_query,
     load_campaign_request,
 )
 from services.campaigns.resend import resend_campaign
@@ -71,6 +73,28 @@ def create():  # type: ignore[no-untyped-def]
     campaign = create_campaign(session, current_tenant(), data, recipients)
     session.commit()
     return jsonify(campaign_to_dict(session, campaign)), 201
+
+
+@bp.get("")
+@require_tenant
+@read_limited
+def index():  # type: ignore[no-untyped-def]
+    """A page of the tenant's campaigns.
+    ---
+    get:
+      summary: A page of campaigns with their progress, newest first
+      parameters:
+      - {in: query, schema: CampaignQuerySchema}
+      responses:
+        200: {description: A page, content: {application/json: {schema: CampaignPage}}}
+        400: Invalid
+        401: Unauthorized
+        429: RateLimited
+    """
+    session = db()
+    query = load_campaign_query(request.args)
+    rows, cursor = list_campaigns(session, current_tenant().id, **query)
+    return jsonify({"data": [campaign_to_dict(session, c) for c in rows], "next_cursor": cursor})
 
 
 @bp.get("/<campaign_id>")

@@ -52,10 +52,11 @@ FORM = "application/x-www-form-urlencoded"
 _NO_CONTENT = "204 NO CONTENT"
 # Sent with every answer by api/__init__.py's after-request step; so here too.
 _NOSNIFF = ("X-Content-Type-Options", "nosniff")
-# What Flask sends with `Response(status=204)`: its default mimetype, no length.
-_NO_CONTENT_HEADERS = [("Content-Type", "text/html; charset=utf-8"), _NOSNIFF]
-# And with an empty body of another status: its length too.
-_EMPTY_HEADERS = [*_NO_CONTENT_HEADERS, ("Content-Length", "0")]
+# What Flask sends with `Response(status=204)` after api/__init__.py's step: no type, no length.
+_NO_CONTENT_HEADERS = [_NOSNIFF]
+# And with an empty body of another status (a spooled callback's 202): its default
+# mimetype and its length.
+_EMPTY_HEADERS = [("Content-Type", "text/html; charset=utf-8"), _NOSNIFF, ("Content-Length", "0")]
 
 # Flask's hooks (attributes of the app: per-request functions by blueprint, None for the
 # app; app context teardowns; Flask's request signals as "signal <name>") whose work the
@@ -67,8 +68,9 @@ HOOKS_DONE_HERE: dict[str, frozenset[str]] = {
     "before_request_funcs": frozenset({"api.inputs.refuse_unstorable_text"}),
     # The request's session is closed in `finally`.
     "teardown_appcontext_funcs": frozenset({"api.auth.close_db"}),
-    # `X-Content-Type-Options: nosniff` is in the fast path's own answers (`_NOSNIFF`).
-    "after_request_funcs": frozenset({"api._nosniff"}),
+    # `X-Content-Type-Options: nosniff` is in the fast path's own answers (`_NOSNIFF`),
+    # and its 204 declares no type.
+    "after_request_funcs": frozenset({"api._answer_headers"}),
 }
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

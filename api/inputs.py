@@ -24,12 +24,24 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# Python refuses to read an integer longer than this (sys.get_int_max_str_digits), with
+# a message telling the caller to raise the limit: a client cannot, so it gets its own.
+MAX_INT_DIGITS = 4300
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:
+        raise ValueError(f"a number has more than {MAX_INT_DIGITS:,} digits")
+    return int(text)
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON, refusing what Herald could not store or walk (as ValueError,
     which Flask and the views treat as malformed JSON)."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         kwargs.setdefault("parse_constant", _refuse_constant)
+        kwargs.setdefault("parse_int", _parse_int)
         try:
             value = json.loads(s, **kwargs)
         except RecursionError:

@@ -7,8 +7,10 @@ from flask import Blueprint, Response, jsonify, request
 from api.auth import current_tenant, db, require_tenant
 from core.config import get_settings
 from core.errors import InvalidRequest
+from services.campaigns.campaigns import control_campaign
 from services.content.inputs import text_problem
 from services.content.media import (
+    campaigns_using,
     delete_media,
     get_media,
     inbound_media_source,
@@ -16,6 +18,7 @@ from services.content.media import (
     open_media,
     upload_media,
 )
+from services.messages.service import cancel_messages_using_media
 
 bp = Blueprint("media", __name__)
 MULTIPART_OVERHEAD = 64 * 1024  # the form's other fields and part headers
@@ -156,7 +159,10 @@ def delete(media_id: str):  # type: ignore[no-untyped-def]
     delete:
       summary: Delete an uploaded media at Meta, then its record
       responses:
-        204: {description: Deleted}
+        204:
+          description: >-
+            Deleted; messages and campaigns still waiting to send it are canceled
+            (error `media_deleted`)
         401: Unauthorized
         404: NotFound
         502:
@@ -164,6 +170,10 @@ def delete(media_id: str):  # type: ignore[no-untyped-def]
           content: {application/json: {schema: Error}}
     """
     session = db()
-    delete_media(session, current_tenant().id, media_id)
+    tenant_id = current_tenant().id
+    delete_media(session, tenant_id, media_id)
+    cancel_messages_using_media(session, tenant_id, media_id)  # sent later, each would fail
+    for campaign_id in campaigns_using(session, tenant_id, media_id):
+        control_campaign(session, tenant_id, campaign_id, "cancel")
     session.commit()
     return "", 204

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from api.auth import current_tenant, db, json_body, parse_json, read_limited, require_tenant
 from core.config import get_settings
 from core.errors import InvalidRequest
+from core.ids import is_id
 from models import Tenant
 from services.content.schemas import load_message_request
 from services.messages.accept import Item
@@ -167,6 +168,11 @@ def index():  # type: ignore[no-untyped-def]
         ) from None
     if not 1 <= limit <= 200:
         raise InvalidRequest("limit must be between 1 and 200.", fields={"limit": ["out of range"]})
+    if args.get("cursor") is not None and not is_id("msg", args["cursor"]):
+        raise InvalidRequest(
+            "cursor is not a next_cursor this list gave.",
+            fields={"cursor": ["Not a cursor: give the next_cursor of a previous page."]},
+        )
     rows, cursor = list_messages(
         db(),
         current_tenant().id,

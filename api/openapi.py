@@ -29,7 +29,7 @@ from marshmallow import Schema, fields, validate
 
 from core.errors import RETRY_AFTER_SECONDS
 from core.shapes import ErrorBodyView, ErrorView, Shape, listing, shape
-from services.campaigns.campaigns import CampaignSchema, CampaignView
+from services.campaigns.campaigns import CampaignPage, CampaignSchema, CampaignView
 from services.campaigns.resend import CampaignResendView
 from services.content.media import MediaView
 from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
@@ -197,6 +197,7 @@ RESPONSE_SCHEMAS: dict[str, type[Schema]] = {
     "ContactView": ContactView,
     "Campaign": CampaignView,
     "CampaignResend": CampaignResendView,
+    "CampaignPage": CampaignPage,
     "MediaView": MediaView,
     "Usage": UsageView,
     "SeedError": SeedErrorView,
@@ -220,6 +221,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Conflict": _answer("Conflicts with the current state"),
     "Refused": _answer("Refused by policy (opted out, window closed, no provider configured…)"),
     "TooLarge": _answer("Body too large"),
+    "NotJson": _answer("A body declared as another type than JSON (`unsupported_media_type`)"),
     "RateLimited": _answer("The tenant's quota is reached (`rate_limited`)", headers=_retry_after),
     "Unavailable": _answer(
         "The database is unreachable (`unavailable`); nothing was done", headers=_retry_after
@@ -356,6 +358,10 @@ def _path_parameters(rule_arguments: set[str], operation: dict[str, Any]) -> Non
         )
 
 
+def blueprint_of(endpoint: str) -> str:
+    return endpoint.split(".", 1)[0]
+
+
 def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
     """The statuses that hooks around every view can answer (see the module docstring)."""
     responses = operation.setdefault("responses", {})
@@ -366,6 +372,9 @@ def _app_wide_answers(endpoint: str, operation: dict[str, Any]) -> None:
     responses.setdefault("400", "Invalid")
     if "requestBody" in operation:
         responses.setdefault("413", "TooLarge")
+        content = operation["requestBody"].get("content") or {}
+        if "application/json" in content and blueprint_of(endpoint) not in ("legacy", "webhooks"):
+            responses.setdefault("415", "NotJson")  # api/auth.py json_body
     if endpoint not in WITHOUT_DATABASE:
         responses.setdefault("503", "Unavailable")
     blueprint = endpoint.split(".", 1)[0]

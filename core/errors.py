@@ -33,8 +33,17 @@ class HeraldError(Exception):
 
 
 class InvalidRequest(HeraldError):
+    """A 400. One naming `fields` (what to fix, per field) is `invalid_fields` unless it
+    gives its own code, wherever it is raised: a client tells the two kinds apart by the
+    code alone (a list's `limit` and a template's `limit` answer alike)."""
+
     status = 400
     code = "invalid_request"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        if kwargs.get("fields") and not kwargs.get("code"):
+            kwargs["code"] = "invalid_fields"
+        super().__init__(message, **kwargs)
 
 
 class Unauthorized(HeraldError):
@@ -50,6 +59,13 @@ class NotFound(HeraldError):
 class Conflict(HeraldError):
     status = 409
     code = "conflict"
+
+
+class UnsupportedMediaType(HeraldError):
+    """A body in another format than the route reads (text/plain where JSON is read)."""
+
+    status = 415
+    code = "unsupported_media_type"
 
 
 class PolicyRefused(HeraldError):

@@ -24,6 +24,18 @@ def new_id(prefix: str) -> str:
     return _encode(prefix, (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big"))
 
 
+def is_id(prefix: str, value: str) -> bool:
+    """True when `value` has the form of an id `new_id(prefix)` makes: a page's cursor
+    is one, and anything else is a client's mistake to answer, not an empty page."""
+    body = value.removeprefix(f"{prefix}_")
+    return (
+        len(value) == len(prefix) + 27
+        and body != value
+        and all(c in _CROCKFORD for c in body)
+        and body[0] in "01234567"
+    )
+
+
 def id_at(prefix: str, when: datetime) -> str:
     """The smallest id `new_id(prefix)` can produce at `when`: a bound for id ranges."""
     return _encode(prefix, int(when.timestamp() * 1000) << 80)

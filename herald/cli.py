@@ -64,14 +64,16 @@ def _account_add(args: argparse.Namespace) -> int:
 
 def _key_create(args: argparse.Namespace) -> int:
     from models import Tenant, session_scope
-    from services.tenancy.tenants import create_api_key
+    from services.tenancy.admin import create_tenant_key
 
     with session_scope() as session:
         if session.get(Tenant, args.tenant_id) is None:
             raise CliError(f"no tenant {args.tenant_id}")
+        made = create_tenant_key(session, args.tenant_id, args.name)
+        # The key id is what `key list` shows and `key revoke` takes.
         print(
             json.dumps(
-                {"tenant_id": args.tenant_id, "api_key": create_api_key(session, args.tenant_id)}
+                {"tenant_id": args.tenant_id, "key_id": made["id"], "api_key": made["api_key"]}
             )
         )
     return 0
@@ -82,10 +84,11 @@ def _key_revoke(args: argparse.Namespace) -> int:
     from services.tenancy.tenants import revoke_api_key
 
     with session_scope() as session:
-        done = revoke_api_key(session, args.key_id)
-    if not done:
-        raise CliError(f"no active API key {args.key_id}")
-    print(json.dumps({"revoked": done}))
+        key_id = revoke_api_key(session, args.key_id)  # its id, or the key itself
+    if key_id is None:
+        named = "with that value" if args.key_id.startswith("hk_") else args.key_id
+        raise CliError(f"no active API key {named}")  # a key itself is never echoed
+    print(json.dumps({"revoked": True, "key_id": key_id}))
     return 0
 
 
@@ -109,11 +112,32 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; a failure is one line on stderr and exit code 2 (argparse's own
     usage errors included), never a traceback."""
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except Exception as exc:
         return fail(exc)
+
+
+# What a shell reports for a program SIGPIPE ended (128 + 13): `herald status | head`
+# stops quietly, as any filter does when its reader has read enough.
+EXIT_PIPE_CLOSED = 141
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe: no traceback, and nothing more written (stdout
+    pointed at /dev/null, so Python's own flush at exit does not fail again)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -179,12 +203,17 @@ def _main(argv: list[str] | None) -> int:
     add.set_defaults(func=_account_add)
 
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
-    kc = key.add_parser("create")
+    kc = key.add_parser("create", help="create a key; prints its id and the key (shown once)")
     kc.add_argument("tenant_id")
+    kc.add_argument("--name", help="a label shown by `key list`")
     kc.set_defaults(func=_key_create)
-    kr = key.add_parser("revoke")
-    kr.add_argument("key_id")
+    kr = key.add_parser("revoke", help="revoke a key, named by its id (key_…) or the key itself")
+    kr.add_argument("key_id", metavar="KEY")
     kr.set_defaults(func=_key_revoke)
+
+    from herald.cli_accounts import register as register_accounts
+
+    register_accounts(key, account)  # herald key list, herald account list|update
 
     inbound = sub.add_parser("inbound", help="inbound messages").add_subparsers(
         dest="action", required=True

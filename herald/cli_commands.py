@@ -75,6 +75,8 @@ def _send(args: argparse.Namespace) -> int:
         payload["template"] = template
     if args.send_at:
         payload["send_at"] = args.send_at
+    if args.ttl is not None:
+        payload["ttl"] = args.ttl
     if args.from_:  # senders
         payload["from"] = args.from_
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
@@ -111,17 +113,52 @@ def _line(message: dict[str, Any], as_json: bool) -> str:
     )
 
 
+# Answers a poll rides through (the API restarting, a proxy's blip, the read rate): wait
+# and poll again. Any other failure (a revoked key, say) ends `tail` with its error.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+MAX_BACKOFF = 30.0  # seconds: the longest wait between two failed polls
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    value = response.headers.get("Retry-After", "") if response is not None else ""
+    return float(value) if value.isdigit() else None
+
+
 def _tail(args: argparse.Namespace) -> int:
     """Poll the newest messages; print each new message and each change of status.
 
     Follows the newest 200 messages of the tenant: a change to an older one (deep in a
-    large campaign) is not shown."""
+    large campaign) is not shown. A poll that fails transiently (connection reset or
+    refused, 429/502/503/504) is retried after Retry-After or a backoff doubling from
+    --interval up to MAX_BACKOFF, with one line on stderr when it starts and when it
+    is over; any other error answer ends the command with that error."""
     seen: dict[str, str] = {}
     polls = 0
+    failing = 0
     with _client(args) as client:
         try:
             while True:
-                response = _call(client, "GET", "/v1/messages", params={"limit": 200})
+                try:
+                    response = client.get("/v1/messages", params={"limit": 200})
+                except httpx.TransportError as exc:
+                    response, reason = None, type(exc).__name__
+                else:
+                    reason = str(response.status_code)
+                if response is None or response.status_code in TRANSIENT_STATUSES:
+                    failing += 1
+                    wait = _retry_after(response) or min(
+                        MAX_BACKOFF, max(args.interval, 0.5) * 2 ** (failing - 1)
+                    )
+                    if failing == 1:
+                        print(f"herald: {reason} from the API; retrying", file=sys.stderr)
+                    time.sleep(wait)
+                    continue
+                if failing:
+                    print(
+                        f"herald: the API answers again after {failing} failed polls",
+                        file=sys.stderr,
+                    )
+                    failing = 0
                 if not response.is_success:
                     return _print_answer(response)
                 rows = list(reversed(response.json()["data"]))  # oldest first
@@ -262,6 +299,11 @@ def register(sub: Any, tenant: Any) -> None:
     send.add_argument("--language", default="en_US", help="the template's language")
     send.add_argument("--var", action="append", help="a template variable (repeatable)")
     send.add_argument("--send-at", help="ISO 8601 time to send at, e.g. 2026-12-01T09:00:00Z")
+    send.add_argument(
+        "--ttl",
+        type=int,
+        help="seconds the message may wait once due; past it, failed/expired (docs/api.md)",
+    )
     send.add_argument("--idempotency-key", help="retry-safe key: a replay returns the same message")
     send.set_defaults(func=_send)
 

@@ -102,6 +102,8 @@ def api_argv(port: int, workers: int | str) -> list[str]:
         "8",
         "--graceful-timeout",
         "10",
+        "--config",  # refused requests in the JSON error shape, whatever the working directory
+        "python:herald.gunicorn_conf",
         "api:create_app()",
     ]
 

@@ -39,7 +39,7 @@ RATE_LIMITED = {20429, 21611}
 PERMANENT = {
     21211: "invalid_number",
     21408: "region_not_permitted",
-    21610: "recipient_unsubscribed",
+    21610: "recipient_opted_out",  # the name Meta's 131050 has too: one code per meaning
     21612: "unroutable",
     21614: "not_mobile",
     21617: "body_too_long",

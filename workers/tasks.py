@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 
-from core.errors import RETRY_AFTER_SECONDS, HeraldError, database_unavailable
+from core.errors import RETRY_AFTER_SECONDS, HeraldError, InvalidRequest, database_unavailable
 from models import Tenant, session_scope
 from services.callbacks import meta_orphans
 from services.campaigns import campaigns
@@ -98,9 +98,14 @@ def deliver_events(self, message_id: str) -> None:  # type: ignore[no-untyped-de
 
 @shared_task(name="herald.send_message", bind=True, ignore_result=False)
 def send_message(  # type: ignore[no-untyped-def]
-    self, tenant_id: str, idempotency_key: str | None = None, **fields: Any
+    self, tenant_id: Any = None, idempotency_key: str | None = None, **fields: Any
 ) -> dict[str, Any]:
-    """The public task: the same validation and path as POST /v1/messages."""
+    """The public task: the same validation and path as POST /v1/messages. Every mistake
+    of the caller's, a missing `tenant_id` included, is the returned error object: a
+    TypeError from Celery's call would reach the caller as an exception instead."""
+    if not isinstance(tenant_id, str) or not tenant_id:
+        problem = "Give tenant_id: the id (ten_…) of the tenant sending the message."
+        return InvalidRequest(problem, fields={"tenant_id": [problem]}).to_dict()
     try:
         with session_scope() as session:
             tenant = session.get(Tenant, tenant_id)

@@ -42,7 +42,7 @@ from core.errors import Conflict, InvalidRequest, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
-from services.content.inputs import text_problem
+from services.content.inputs import StrictFloat, cursor_field, send_at_problem, text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
 from services.content.schemas import (
     CHANNELS,
@@ -55,7 +55,11 @@ from services.content.schemas import (
     variables_problem,
 )
 from services.content.segments import fit, measure
-from services.content.templates import campaign_row_problem, refuse_unusable_template
+from services.content.templates import (
+    campaign_row_problem,
+    refuse_unusable_header,
+    refuse_unusable_template,
+)
 from services.messages.campaign_content import recipient_template
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
@@ -84,8 +88,16 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 50
 CHUNK = 1000
 MAX_INVALID_ROWS_KEPT = 1000
-FINAL = ("sent", "delivered", "read", "failed", "undelivered", "canceled")
+FINAL = ("sent", "delivered", "read", "failed", "undelivered", "canceled")  # sending is over
+# What no later callback changes: a campaign's `progress` is the share of its messages
+# here. `sent` is not (a delivery receipt or a failure may follow); a message the
+# campaign's own cancel stopped is not an outcome either, so a canceled campaign shows
+# how much of it went out, not 100 %.
+OUTCOMES = ("delivered", "read", "failed", "undelivered")
+SETTLED = (*OUTCOMES, "canceled")
+PAGE_LIMIT = 200  # GET /v1/campaigns: at most this many a page
 COUNTED = ("scheduled", "queued", "sending", *FINAL)  # a campaign's `counts`, with skipped
+CAMPAIGN_STATUSES = ("running", "paused", "canceled", "completed")
 QUOTA_PAUSE = "daily_quota"  # a campaign's pause_reason when the day's quota ran out
 
 
@@ -102,7 +114,7 @@ class CampaignSchema(Schema):
     template = fields.Nested(TemplateSchema)
     recipients = fields.List(fields.Dict())
     send_at = fields.AwareDateTime()
-    rate = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
+    rate = StrictFloat(load_default=10.0, validate=validate.Range(min=0.1, max=1000))
     # senders: one sender, or "pool"; `senders`: the pool to spread over
     # (services/tenancy/senders.py)
     from_ = fields.String(data_key="from", validate=validate.Length(min=1, max=64))
@@ -120,6 +132,8 @@ class CampaignSchema(Schema):
             raise ValidationError("Give one of 'body', 'media_url' or 'template'.", "body")
         if data.get("channel") == "sms" and len(data.get("body") or "") > 1600:
             raise ValidationError("At most 1600 characters on sms.", "body")
+        if "send_at" in data and (problem := send_at_problem(data["send_at"])):
+            raise ValidationError(problem, "send_at")
 
 
 def load_campaign_request(payload: Any) -> dict[str, Any]:
@@ -171,6 +185,13 @@ def too_many_recipients(count: int | None = None) -> InvalidRequest:
         code="too_many_recipients",
         fields={"recipients": [text]},
     )
+
+
+def no_recipients(text: str, code: str, why: list[str] | None = None) -> InvalidRequest:
+    """The 400 for a campaign that would send nothing: no recipients at all, or none
+    valid (a campaign created `completed` at once hides the mistake). Recipients who
+    opted out are not a mistake: a campaign of only those is created, each `skipped`."""
+    return InvalidRequest(text, code=code, fields={"recipients": why or [text]})
 
 
 def check_recipient_count(count: int) -> None:
@@ -240,8 +261,6 @@ def create_campaign(
         raise PolicyRefused(
             f"This tenant has no {provider} account.", code="provider_not_configured"
         )
-    # Name, approval, language now; each recipient's variables per row (_add_chunk).
-    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
     options = None
     if data.get("media_id"):  # uploaded media as the template's header (services/content/media.py)
         from services.content.media import resolve_media_id
@@ -253,6 +272,12 @@ def create_campaign(
         )
         if swapped:  # carried to each message with the content
             options = {**(options or {}), "smart_encoded": swapped}
+    # Name, approval, language and the header now (a media_id fills an image, video or
+    # document header; a template without one refuses it); each recipient's variables
+    # per row (_add_chunk), where the header counts too.
+    refuse_unusable_template(session, tenant.id, account.id, provider, data, count_variables=False)
+    if options and data.get("template"):
+        refuse_unusable_header(session, tenant.id, account.id, provider, data, options)
     campaign = Campaign(
         tenant_id=tenant.id,
         options=options,
@@ -276,6 +301,7 @@ def create_campaign(
     chunk: list[tuple[int, Any]] = []
     cap = get_settings().campaign_max_recipients
     guard = SmsGuard.of(session, tenant) if channel == "sms" else None
+    number = 0
     for number, item in enumerate(recipients, 1):
         if number > cap:  # a CSV is streamed: its length is known only by reading it
             raise too_many_recipients()
@@ -285,12 +311,20 @@ def create_campaign(
             chunk = []
     if chunk:
         _add_chunk(session, campaign, account.id, chunk, invalid_rows, pool, guard)
+    if number == 0:
+        raise no_recipients("A campaign needs at least one recipient.", "no_recipients")
     if guard is not None and guard.abroad:  # the international cap, taken now for all
         granted = limits.take_international(tenant.id, international_cap(tenant), guard.abroad)
         if granted < guard.abroad:
             raise international_refusal(tenant, limits.seconds_to_day_end())
     campaign.invalid_rows = invalid_rows
     inserted = session.scalar(select(func.count()).where(Message.campaign_id == campaign.id)) or 0
+    if not inserted and campaign.invalid and not campaign.skipped:
+        raise no_recipients(
+            f"None of the campaign's {campaign.invalid:,} recipients can be sent to.",
+            "no_valid_recipients",
+            [f"row {r['row']}: {r['error']}" for r in invalid_rows[:10]],
+        )
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
     campaign.total = inserted
     _check_quota(tenant, campaign)
@@ -579,6 +613,42 @@ def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign
     return get_owned(session, Campaign, tenant_id, campaign_id, f"No campaign {campaign_id!r}.")
 
 
+def list_campaigns(
+    session: Session,
+    tenant_id: str,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Campaign], str | None]:
+    """A page of the tenant's campaigns, newest first, and the next page's cursor (the
+    page's last id: ids are time-ordered, as messages' are). Keyset on (tenant_id, id),
+    the index ix_campaigns_tenant_id_id serves, so a page costs its own rows however
+    many campaigns the tenant has."""
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    if status:
+        query = query.where(Campaign.status == status)
+    if cursor:
+        query = query.where(Campaign.id < cursor)
+    rows = list(session.scalars(query.order_by(Campaign.id.desc()).limit(limit + 1)))
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+class CampaignQuerySchema(Schema):
+    """`GET /v1/campaigns` filters and paging."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(validate=validate.OneOf(CAMPAIGN_STATUSES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=PAGE_LIMIT))
+    cursor = cursor_field("cmp")
+
+
+def load_campaign_query(args: Any) -> dict[str, Any]:
+    return load_object(CampaignQuerySchema(), dict(args))
+
+
 def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:
     """pause | resume | cancel; effective at the next beat tick (one second)."""
     campaign = get_campaign(session, tenant_id, campaign_id)
@@ -652,7 +722,13 @@ class CampaignView(Shape):
         shape("CampaignCounts", {name: fields.Integer() for name in (*COUNTED, "skipped")}),
         metadata={"description": "messages per status; skipped: never made a message"},
     )
-    progress = fields.Float(metadata={"description": "the share in a final status, 0 to 1"})
+    progress = fields.Float(
+        metadata={
+            "description": "0 to 1: the share of messages delivered, read, failed or "
+            "undelivered (or canceled one by one); `sent` is not final. A canceled "
+            "campaign counts only what went out."
+        }
+    )
     invalid = fields.Integer()
     invalid_rows = fields.List(fields.Nested(InvalidRowView), metadata={"description": "100 first"})
     duplicates = fields.Integer()
@@ -668,12 +744,18 @@ class CampaignView(Shape):
     )
 
 
+class CampaignPage(Shape):
+    data = fields.List(fields.Nested(CampaignView))
+    next_cursor = fields.String(allow_none=True)
+
+
 def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
     # From the rollup kept as statuses change: a few rows, however big the campaign.
     by_status = campaign_status_counts(session, campaign.tenant_id, campaign.id)
     counts = {s: by_status.get(s, 0) for s in COUNTED}
     counts["skipped"] = campaign.skipped
-    done = sum(by_status.get(s, 0) for s in FINAL)
+    settled = OUTCOMES if campaign.status == "canceled" else SETTLED
+    done = sum(by_status.get(s, 0) for s in settled)
     return {
         "id": campaign.id,
         "name": campaign.name,

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused
 from core.logs import mask
 from models import Message, MessageEvent, session_scope, utcnow
+from services.content.inputs import StrictBoolean, StrictFloat
 from services.content.phones import whatsapp_forms
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class ReactionSchema(_Strict):
 
 
 class LocationSchema(_Strict):
-    latitude = fields.Float(required=True, validate=validate.Range(min=-90, max=90))
-    longitude = fields.Float(required=True, validate=validate.Range(min=-180, max=180))
+    latitude = StrictFloat(required=True, validate=validate.Range(min=-90, max=90))
+    longitude = StrictFloat(required=True, validate=validate.Range(min=-180, max=180))
     name = fields.String(validate=validate.Length(min=1, max=1000))
     address = fields.String(validate=validate.Length(min=1, max=1000))
 
@@ -120,7 +121,7 @@ class ReadRequestSchema(_Strict):
     """`POST /v1/messages/<id>/read`: show the typing indicator too (up to 25 s, or
     until the business answers)."""
 
-    typing = fields.Boolean(load_default=False)
+    typing = StrictBoolean(load_default=False)
 
 
 def request_problems(data: dict[str, Any]) -> dict[str, list[str]]:

@@ -9,7 +9,12 @@ as a 500; checking once, where input comes in, turns them into a 400.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
+
+from marshmallow import ValidationError, fields, validate
+
+from core.ids import is_id, utcnow
 
 # Meta's webhooks, interactive messages and template components nest well under this.
 MAX_DEPTH = 32
@@ -49,4 +54,49 @@ def value_problem(value: Any, max_depth: int = MAX_DEPTH) -> str | None:
                     stack.append((child, depth + 1, f"{path}.{key}"[:200]))
             else:
                 stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+# JSON's own types, as a JSON API takes them: marshmallow's defaults would read "yes",
+# "on" or 1 as true and "12.5" as a number, so a typo or a string where a number belongs
+# passed. Query strings (text by nature) keep marshmallow's lenient fields.
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing else."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):  # 1 == True: a set of truthy values would take it
+            raise ValidationError("Not a boolean: give true or false.")
+        return value
+
+
+class StrictFloat(fields.Float):
+    """A JSON number (not a string of digits, not a boolean)."""
+
+    def _validated(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+def cursor_field(prefix: str) -> fields.String:
+    """A page's `cursor`: the `next_cursor` a previous page gave (an id of `prefix`).
+    Anything else is a 400, not an empty page that looks like the end of the list."""
+
+    def _check(value: str) -> None:
+        if not is_id(prefix, value):
+            raise ValidationError("Not a cursor: give the next_cursor of a previous page.")
+
+    return fields.String(validate=[validate.Length(min=1, max=40), _check])
+
+
+# How far ahead a message or campaign may be scheduled: Twilio's own scheduling horizon
+# (a Message Scheduling SendAt is at most 35 days ahead), for every provider. A year-9999
+# date is a typo, not a plan; a row waiting years is a row nobody remembers.
+MAX_SCHEDULE_AHEAD = timedelta(days=35)
+
+
+def send_at_problem(value: datetime, now: datetime | None = None) -> str | None:
+    """Why `send_at` is too far ahead, or None."""
+    if value - (now or utcnow()) > MAX_SCHEDULE_AHEAD:
+        return f"At most {MAX_SCHEDULE_AHEAD.days} days ahead."
     return None

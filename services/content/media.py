@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from core.config import get_settings
 from core.errors import HeraldError, InvalidRequest, NotFound, PolicyRefused
 from core.shapes import Shape
-from models import Media, Message, ProviderAccount, Tenant, utcnow
+from models import Campaign, Media, Message, ProviderAccount, Tenant, utcnow
 from providers.base import AccountCredentials
 from services.reporting.outbound import (
     DeliveryFailed,
@@ -615,6 +615,19 @@ def delete_media(session: Session, tenant_id: str, media_id: str) -> None:
     session.delete(media)
     session.flush()
     log.info("media deleted id=%s tenant=%s", media_id, tenant_id)
+
+
+def campaigns_using(session: Session, tenant_id: str, media_id: str) -> list[str]:
+    """The tenant's running or paused campaigns whose header is `media_id`."""
+    return list(
+        session.scalars(
+            select(Campaign.id).where(
+                Campaign.tenant_id == tenant_id,
+                Campaign.status.in_(("running", "paused")),
+                Campaign.options["media"].as_string() == media_id,
+            )
+        )
+    )
 
 
 def _graph_code(response: httpx.Response) -> Any:

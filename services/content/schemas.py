@@ -19,7 +19,7 @@ from marshmallow import (
 from core.errors import InvalidRequest
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.content import conversations
-from services.content.inputs import value_problem
+from services.content.inputs import StrictBoolean, send_at_problem, value_problem
 from services.content.phones import PHONE_FIELD, normalize_e164, parse_e164
 
 CHANNELS = ("whatsapp", "sms")
@@ -204,7 +204,7 @@ class MessageRequestSchema(Schema):
     media_url = MediaUrls()
     media_type = fields.String(validate=validate.OneOf(("image", "document", "audio", "video")))
     media_id = fields.String(validate=validate.Length(min=1, max=64))  # POST /v1/media's med_ id
-    preview_url = fields.Boolean()
+    preview_url = StrictBoolean()
     template = fields.Nested(TemplateSchema)
     interactive = fields.Dict()
     send_at = fields.AwareDateTime()
@@ -224,7 +224,7 @@ class MessageRequestSchema(Schema):
     contacts = conversations.ContactCards()
     sticker = fields.Nested(conversations.StickerSchema)
     filename = fields.String(validate=validate.Length(min=1, max=240))
-    mark_read = fields.Boolean()
+    mark_read = StrictBoolean()
 
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
@@ -246,6 +246,8 @@ class MessageRequestSchema(Schema):
         for other in ("media_url", "media_type", "interactive"):
             if "media_id" in data and other in data:  # the upload says what the media is
                 errors.setdefault("media_id", []).append(f"Give 'media_id' or '{other}', not both.")
+        if "send_at" in data and (problem := send_at_problem(data["send_at"])):
+            errors.setdefault("send_at", []).append(problem)
         channel = data.get("channel", "whatsapp")
         limit = BODY_LIMITS[channel]
         if len(data.get("body") or "") > limit:

@@ -27,6 +27,7 @@ from core.errors import InvalidRequest
 from core.ids import iso
 from core.shapes import Shape
 from models import ProviderAccount, Template, utcnow
+from services.content.inputs import cursor_field
 from services.tenancy.tenants import credentials
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ META_EVENTS = {"REINSTATED": "approved", "UNARCHIVED": "approved", "UNLOCKED": "
 # Events about a template that do not change whether it can be sent.
 META_NOTICES = frozenset({"FLAGGED", "LOCKED"})
 MEDIA_HEADERS = ("IMAGE", "VIDEO", "DOCUMENT", "LOCATION")
+MEDIA_KINDS = ("image", "video", "document")  # the headers a `media_id` fills
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 
 
@@ -136,13 +138,30 @@ def _meta_given(template: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
+def _a(word: str | None) -> str:
+    """`word` with its article: "an image", "a video"."""
+    return f"{'an' if str(word)[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def meta_count_problems(spec: dict[str, Any], template: dict[str, Any]) -> list[str]:
-    """Per component, 'expects N, got M' where the request's parameters do not fit."""
+def meta_count_problems(
+    spec: dict[str, Any], template: dict[str, Any], header_media: str | None = None
+) -> list[str]:
+    """Per component, 'expects N, got M' where the request's parameters do not fit.
+    `header_media`: the kind of the request's `media_id` (or "media" when not yet known),
+    which Herald sends as the header's one parameter: it fills an image/video/document
+    header, and a template without one refuses it (Meta's 132000)."""
     given = _meta_given(template)
+    if header_media and template.get("components") is None:
+        given["header"] += 1
+        wanted = (spec.get("header") or {}).get("type")
+        if wanted not in MEDIA_KINDS:
+            return ["it has no image, video or document header: leave media_id out"]
+        if header_media in MEDIA_KINDS and header_media != wanted:
+            return [f"header expects 1 {wanted} parameter, got {_a(header_media)} (media_id)"]
     problems = []
     for part in ("header", "body"):
         expected = (spec.get(part) or {}).get("count", 0)
@@ -261,11 +280,13 @@ def check_template(
     *,
     channel: str = "whatsapp",
     count_variables: bool = True,
+    header_media: str | None = None,
 ) -> list[str]:
     """What the provider would refuse in this template of a request, judged from the
     account's synced templates: unknown, not approved, not in this language (naming the
-    languages it has), or the wrong number of variables per component. Empty when it
-    suits, when checks are off, or when the account has never been synced."""
+    languages it has), or the wrong number of variables per component (a `media_id`,
+    `header_media`, counting as the header's parameter). Empty when it suits, when
+    checks are off, or when the account has never been synced."""
     if not template or not get_settings().template_checks:
         return []
     if provider == "meta":
@@ -290,7 +311,7 @@ def check_template(
             reason = f": {row['reason']}" if row["reason"] and row["reason"] != "NONE" else ""
             return [f"Template {name!r} ({language}) is {row['status']}, not approved{reason}."]
         if count_variables and row["known"]:
-            problems = meta_count_problems(row["variables"], template)
+            problems = meta_count_problems(row["variables"], template, header_media)
             if problems:
                 return [f"Template {name!r} ({language}): {'; '.join(problems)}."]
         return []
@@ -322,8 +343,10 @@ def refuse_unusable_template(
     data: dict[str, Any],
     *,
     count_variables: bool = True,
+    header_media: str | None = None,
 ) -> None:
-    """The accept path's hook: a 400 `invalid_fields` on `template` naming the problem."""
+    """The accept path's hook: a 400 `invalid_fields` on `template` naming the problem.
+    `header_media`: the kind of `data['media_id']` once resolved ("media" until then)."""
     problems = check_template(
         session,
         tenant_id,
@@ -332,6 +355,7 @@ def refuse_unusable_template(
         data.get("template"),
         channel=data.get("channel", "whatsapp"),
         count_variables=count_variables,
+        header_media=header_media or ("media" if data.get("media_id") else None),
     )
     if problems:
         raise InvalidRequest(
@@ -339,6 +363,46 @@ def refuse_unusable_template(
             code="invalid_fields",
             fields={"template": problems},
         )
+
+
+def refuse_unusable_header(
+    session: Session,
+    tenant_id: str,
+    account_id: str,
+    provider: str,
+    data: dict[str, Any],
+    media: dict[str, Any],
+) -> None:
+    """A campaign's `media_id` against its synced Meta template's header, before any row
+    is written: the template must have an image, video or document header, of the
+    upload's kind (else every row would fail alike). A 400 on `media_id`; nothing when
+    the template is unknown here (check_template says so) or never synced."""
+    template = data.get("template") or {}
+    name, language = template.get("name"), template.get("language") or "en_US"
+    if provider != "meta" or not name or not get_settings().template_checks:
+        return
+    _, rows = _rows_for(session, account_id, "meta", name)
+    row = next(
+        (r for r in rows if not r["deleted"] and r["language"] == language and r["known"]), None
+    )
+    if row is None:
+        return
+    wanted = ((row["variables"] or {}).get("header") or {}).get("type")
+    kind = media.get("media_type")
+    if wanted not in MEDIA_KINDS:
+        problem = (
+            f"Template {name!r} ({language}) has no image, video or document header: "
+            "it takes no media_id (Meta would refuse each message, 132000)."
+        )
+    elif kind != wanted:
+        problem = (
+            f"Template {name!r} ({language}) has {_a(wanted)} header; this media is {_a(kind)}."
+        )
+    else:
+        return
+    raise InvalidRequest(
+        f"The media does not suit the template: {problem}", fields={"media_id": [problem]}
+    )
 
 
 def campaign_row_problem(
@@ -350,6 +414,7 @@ def campaign_row_problem(
     if not template:
         return None
     filled = {**template, "variables": variables} if variables else template
+    options = campaign.options or {}
     problems = check_template(
         session,
         campaign.tenant_id,
@@ -357,6 +422,7 @@ def campaign_row_problem(
         campaign.provider,
         filled,
         channel=campaign.channel,
+        header_media=options.get("media_type") if options.get("media_id") else None,
     )
     return problems[0] if problems else None
 
@@ -479,7 +545,7 @@ class TemplateQuerySchema(Schema):
     language = fields.String(validate=validate.Length(min=1, max=16))
     include_deleted = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(min=1, max=32))
+    cursor = cursor_field("tpl")
 
 
 class TemplateViewSchema(Shape):

@@ -276,14 +276,17 @@ def prepare(
                 f"This tenant has no {provider} account.", code="provider_not_configured"
             )
         item.account_id = sender.account_id if sender is not None else account.id
-        if data.get("template"):  # unknown, unapproved, other language, wrong variables
-            refuse_unusable_template(session, tenant.id, account.id, provider, data)
         if data.get("media_id"):  # uploaded media: resolved now, refused now
             from services.content.media import resolve_media_id
 
             item.options.update(
-                resolve_media_id(session, tenant.id, data, account.id, data.get("send_at"))
+                resolve_media_id(session, tenant.id, data, item.account_id, data.get("send_at"))
             )
+        if data.get("template"):  # unknown, unapproved, other language, wrong variables
+            refuse_unusable_template(  # a media_id is the header's parameter
+                session, tenant.id, item.account_id, provider, data,
+                header_media=item.options.get("media_type"),
+            )  # fmt: skip
         if sender is not None:  # kept on the row, so every retry uses the same sender
             item.sender = sender
             item.options["sender"] = sender.snapshot()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Unpack
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from core.errors import Conflict, NotFound
@@ -100,3 +100,43 @@ def cancel_message(session: Session, tenant_id: str, message_id: str) -> Message
     session.refresh(message)
     fill_campaign_content(session, [message])
     return message
+
+
+MEDIA_DELETED = "media_deleted"  # the error of a message canceled because its media went
+
+
+def cancel_messages_using_media(session: Session, tenant_id: str, media_id: str) -> int:
+    """Cancel the tenant's messages naming `media_id` that no worker has taken yet
+    (`scheduled`, `queued`): sent later, each would fail at Meta (the upload is gone)
+    after the tenant was told it was deleted. Each gets a `canceled` event with the
+    error `media_deleted`. A campaign's rows carry no media of their own: the API
+    cancels those campaigns (services.content.media.campaigns_using). How many were canceled."""
+    ids = session.scalars(
+        select(Message.id).where(
+            Message.tenant_id == tenant_id,
+            Message.status.in_(("scheduled", "queued")),
+            Message.campaign_id.is_(None),
+            Message.options["media"].as_string() == media_id,
+        )
+    ).all()
+    reason = f"Its media {media_id} was deleted before it was sent."
+    canceled = [
+        message_id
+        for message_id in ids
+        if apply_status(
+            session,
+            message_id,
+            "canceled",
+            source="api",
+            error_code=MEDIA_DELETED,
+            error_message=reason,
+        )
+    ]
+    if canceled:  # a cancel by the tenant carries no error; this one says why
+        session.execute(
+            update(Message)
+            .where(Message.id.in_(canceled))
+            .values(error_code=MEDIA_DELETED, error_message=reason)
+            .execution_options(synchronize_session=False)
+        )
+    return len(canceled)

@@ -50,8 +50,8 @@ class TenantSchema(_Strict):
         allow_none=True,
         validate=validate.Length(max=2000),
     )
-    hourly_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
-    daily_limit = fields.Integer(allow_none=True, validate=validate.Range(min=0))
+    hourly_limit = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
+    daily_limit = fields.Integer(allow_none=True, strict=True, validate=validate.Range(min=0))
     smart_encoding = fields.Boolean(truthy={True}, falsy={False})  # "no" is not false
     sms_max_segments = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
     sms_countries = fields.List(

@@ -15,6 +15,7 @@ from core.errors import Conflict, InvalidRequest
 from core.ids import iso
 from core.shapes import Shape
 from models import ProviderAccount, Sender
+from services.content.inputs import StrictBoolean, StrictFloat
 from services.content.phones import normalize_e164
 from services.content.schemas import (
     MESSAGING_SERVICE,
@@ -38,8 +39,8 @@ class SenderUpdateSchema(Schema):
         fields.String(validate=validate.OneOf(("sms", "whatsapp"))),
         validate=validate.Length(min=1, max=2),
     )
-    mps = fields.Float(allow_none=True, validate=validate.Range(min=0.01, max=10000))
-    is_default = fields.Boolean()
+    mps = StrictFloat(allow_none=True, validate=validate.Range(min=0.01, max=10000))
+    is_default = StrictBoolean()
     label = fields.String(allow_none=True, validate=validate.Length(max=200))
 
 

@@ -76,7 +76,7 @@ class ChosenSender:
         """What the message row keeps (`options.sender`): enough to send and pace it
         without reading the senders table again."""
         return {
-            "id": self.id,
+            "id": self.id or None,  # None: an account's own sender, no sender row
             "kind": self.kind,
             "address": self.address,
             "number": self.number,
@@ -140,36 +140,84 @@ def _tenant_provider(tenant: Tenant, channel: str) -> str | None:
     )
 
 
-def _refuse(message: str, code: str) -> PolicyRefused:
-    return PolicyRefused(message, code=code, fields={"from": [message]})
+def _refuse(message: str, code: str, field: str = "from") -> PolicyRefused:
+    """The 422 naming the field the client wrote the sender in (`from`, or a campaign's
+    `senders`)."""
+    return PolicyRefused(message, code=code, fields={field: [message]})
 
 
-def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
-    """Whether `name` is what the tenant's account of `provider` sends from without a
-    sender row (its `sms_from`/`whatsapp_from`/service, or Meta's phone number id)."""
-    from services.tenancy.tenants import cached_account
-
-    account = cached_account(session, tenant_id, provider)
-    if account is None:
-        return False
-    settings = account.settings
+def _own_names(account: Any, provider: str, channel: str) -> set[str]:
+    """What an account sends from without a sender row (its `sms_from`/`whatsapp_from`/
+    service, or Meta's phone number id and its display number)."""
+    settings = account.settings or {}
     if provider == "meta":
         known = {account.external_id, settings.get("display_phone_number")}
     else:
         field = "whatsapp_from" if channel == "whatsapp" else "sms_from"
         known = {settings.get(field), settings.get("messaging_service_sid")}
-    return name in {_canonical(k) for k in known if isinstance(k, str) and k}
+    return {_canonical(k) for k in known if isinstance(k, str) and k}
+
+
+def _legacy_match(session: Session, tenant_id: str, provider: str, channel: str, name: str) -> bool:
+    """Whether `name` is what the tenant's (first) account of `provider` sends from
+    without a sender row."""
+    from services.tenancy.tenants import cached_account
+
+    account = cached_account(session, tenant_id, provider)
+    return account is not None and name in _own_names(account, provider, channel)
+
+
+def _other_account_sender(
+    session: Session, tenant_id: str, provider: str, channel: str, name: str
+) -> ChosenSender | None:
+    """`name` as the own sender of another of the tenant's accounts of `provider` (a
+    second Meta account's phone number id, say): a sender for that account, so the
+    message goes out through it, with its credentials. Read only when `from` named no
+    sender row and not the first account (a rare path, so not cached)."""
+    rows = session.scalars(
+        select(ProviderAccount)
+        .where(ProviderAccount.tenant_id == tenant_id, ProviderAccount.provider == provider)
+        .order_by(ProviderAccount.created_at)
+    ).all()
+    for row in rows[1:]:
+        if name not in _own_names(row, provider, channel):
+            continue
+        settings = row.settings or {}
+        if provider == "meta":
+            kind, address = "phone_number_id", row.external_id
+            number = settings.get("display_phone_number")
+        else:
+            kind = "messaging_service" if name.startswith("MG") else "number"
+            address, number = name, (name if kind == "number" else None)
+        return ChosenSender(
+            id="",  # no sender row: the message's sender_id stays null
+            tenant_id=tenant_id,
+            provider=provider,
+            account_id=row.id,
+            kind=kind,
+            address=address,
+            number=normalize_e164(number) if isinstance(number, str) else None,
+            channels=PROVIDER_CHANNELS[provider],
+            mps=None,
+            is_default=False,
+        )
+    return None
 
 
 def resolve_sender(
-    session: Session, tenant: Tenant, channel: str, provider: str | None, wanted: str
+    session: Session,
+    tenant: Tenant,
+    channel: str,
+    provider: str | None,
+    wanted: str,
+    field: str = "from",
 ) -> ChosenSender | None:
     """The tenant's sender `wanted` names, usable for `channel` (and `provider` when
     given); None when it names the account's own legacy sender. Refused (422, naming
-    `from`) when no sender of this tenant has that name, or it cannot serve the message."""
+    `field`) when no sender of this tenant has that name, or it cannot serve the message."""
     problem = from_problem(wanted)
     if problem:
-        raise InvalidRequest(problem, code="invalid_fields", fields={"from": [problem]})
+        raise InvalidRequest(problem, code="invalid_fields", fields={field: [problem]})
     name = _canonical(wanted)
     matches = [s for s in tenant_senders(session, tenant.id) if name in s.names()]
     if provider:
@@ -185,13 +233,19 @@ def resolve_sender(
             session, tenant.id, legacy, channel, name
         ):
             return None
+    for legacy in [provider] if provider else PROVIDER_CHANNELS:
+        if channel in PROVIDER_CHANNELS[legacy] and (
+            other := _other_account_sender(session, tenant.id, legacy, channel, name)
+        ):
+            return other
     if matches:
         raise _refuse(
             f"Sender {wanted!r} does not serve {channel}"
             + (f" with provider {provider}." if provider else "."),
             "sender_not_usable",
+            field,
         )
-    raise _refuse(f"This tenant has no sender {wanted!r}.", "sender_not_found")
+    raise _refuse(f"This tenant has no sender {wanted!r}.", "sender_not_found", field)
 
 
 def legacy_from(session: Session, tenant: Tenant, channel: str, data: dict[str, Any]) -> str | None:
@@ -282,16 +336,19 @@ def campaign_pool(
     if listed:
         pool: list[ChosenSender] = []
         for name in listed:
-            sender = resolve_sender(session, tenant, channel, provider, name)
+            sender = resolve_sender(session, tenant, channel, provider, name, "senders")
             if sender is None:
                 raise _refuse(
                     f"{name!r} is the account's own sender: add it as a sender to pool it.",
                     "sender_not_found",
+                    "senders",
                 )
             if sender not in pool:
                 pool.append(sender)
         if len({s.provider for s in pool}) > 1:
-            raise _refuse("A campaign's senders must all be of one provider.", "sender_not_usable")
+            raise _refuse(
+                "A campaign's senders must all be of one provider.", "sender_not_usable", "senders"
+            )
         return pool
     if wanted == POOL:
         provider = provider or _tenant_provider(tenant, channel)

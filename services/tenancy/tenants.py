@@ -17,7 +17,7 @@ from sqlalchemy import event, inspect, select
 from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 
 from core.config import get_settings
-from core.errors import InvalidRequest, NotFound, Unauthorized
+from core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from models import ApiKey, ProviderAccount, Sender, Tenant, utcnow
 from providers.base import AccountCredentials
 from services.content.inputs import text_problem
@@ -61,13 +61,19 @@ def create_api_key(session: Session, tenant_id: str, name: str | None = None) ->
     return key
 
 
-def revoke_api_key(session: Session, key_id: str) -> bool:
-    row = session.get(ApiKey, key_id)
+def revoke_api_key(session: Session, key: str) -> str | None:
+    """Revoke a key named by its id (`key_…`) or by the key itself (`hk_…`, what its
+    holder has at hand when it leaked); the key's id, or None when no active key is so
+    named."""
+    if key.startswith(KEY_PREFIX):
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
+    else:
+        row = session.get(ApiKey, key)
     if row is None or row.revoked_at is not None:
-        return False
+        return None
     row.revoked_at = utcnow()
     forget_cached()  # again at commit (see _track_changes): no request re-reads the old row
-    return True
+    return row.id
 
 
 # Key → tenant → accounts, cached per process for a few seconds: every POST used to
@@ -241,6 +247,21 @@ def add_provider_account(
     tenant = session.get(Tenant, tenant_id)
     if tenant is None:  # said before the INSERT, whose error would carry the secrets
         raise NotFound(f"No tenant {tenant_id!r}.")
+    external_id = str(values[id_field])
+    taken = session.scalar(
+        select(ProviderAccount.id).where(
+            ProviderAccount.tenant_id == tenant_id,
+            ProviderAccount.provider == provider,
+            ProviderAccount.external_id == external_id,
+        )
+    )
+    if taken:  # two rows for one account: which one's secrets a send uses is a coin toss
+        raise Conflict(
+            f"This tenant already has the {provider} account {external_id} ({taken}): "
+            "change it with `herald account update` (PATCH …/accounts/<id>).",
+            code="account_exists",
+            fields={id_field: ["The tenant already has this account."]},
+        )
     account = ProviderAccount(
         tenant_id=tenant_id,
         provider=provider,

@@ -217,3 +217,36 @@ def test_the_compose_proxy_serves_this_file() -> None:
     assert proxy["environment"]["HERALD_UPSTREAM"] == "api:8000"
     assert proxy["ports"] == ["8000:8000"]
     assert "ports" not in services["api"]
+
+
+def _json_error(answer: httpx.Response, status: int, code: str) -> None:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/json"), answer.headers
+    assert answer.json()["error"]["code"] == code
+    assert "<html" not in answer.text.lower()
+
+
+def test_gunicorn_refuses_an_oversized_url_or_header_in_the_json_shape(gunicorn: int) -> None:
+    """gunicorn answers these itself, before Flask: gunicorn.conf.py makes it JSON."""
+    base = f"http://127.0.0.1:{gunicorn}"
+    _json_error(httpx.get(f"{base}/v1/messages?x={'a' * 10_000}"), 414, "uri_too_long")
+    _json_error(
+        httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 10_000}), 431, "headers_too_large"
+    )
+    many = {f"X-H{n}": "1" for n in range(150)}
+    _json_error(httpx.get(f"{base}/healthz", headers=many), 431, "headers_too_large")
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_the_proxy_refuses_an_oversized_url_or_header_in_the_json_shape(proxy: int) -> None:
+    """nginx answers these itself, before gunicorn: deploy/nginx.conf makes it JSON."""
+    base = f"http://127.0.0.1:{proxy}"
+    _json_error(httpx.get(f"{base}/v1/messages?x={'a' * 40_000}"), 414, "uri_too_long")
+    _json_error(
+        httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 40_000}), 431, "headers_too_large"
+    )
+    # Within nginx's buffers but over gunicorn's line limit: gunicorn's JSON, passed on.
+    _json_error(
+        httpx.get(f"{base}/healthz", headers={"X-Big": "a" * 10_000}), 431, "headers_too_large"
+    )
+    assert httpx.get(f"{base}/healthz").status_code == 200

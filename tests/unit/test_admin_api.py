@@ -114,7 +114,13 @@ def test_tenant_lifecycle(client, admin_token, dispatched) -> None:
 
 def test_bad_tenant_requests(client, admin_token) -> None:
     assert client.post("/admin/v1/tenants", json={}, headers=admin_token).status_code == 400
-    assert client.post("/admin/v1/tenants", data="{", headers=admin_token).status_code == 400
+    assert (
+        client.post(
+            "/admin/v1/tenants", data="{", headers=admin_token, content_type="application/json"
+        ).status_code
+        == 400
+    )
+    assert client.post("/admin/v1/tenants", data="{", headers=admin_token).status_code == 415
     resp = client.post(
         "/admin/v1/tenants",
         json={"name": "x", "accounts": [{"provider": "twilio"}]},

@@ -202,10 +202,10 @@ def test_scheduled_message_can_be_canceled_before_due(client, auth, dispatched) 
 
 
 def test_campaign_model_defaults(client, auth) -> None:
-    cid = create(client, auth, recipients=[]).get_json()["id"]
+    cid = create(client, auth, recipients=[{"to": "+12025550101"}]).get_json()["id"]
     with session_scope() as session:
         campaign = session.get(Campaign, cid)
-        assert campaign.total == 0 and campaign.status == "running"
+        assert campaign.total == 1 and campaign.status == "running"
 
 
 def test_the_beat_task_releases_due_scheduled_messages(client, auth, dispatched) -> None:

@@ -618,6 +618,7 @@ def test_every_answer_is_declared_in_the_document(
     }
     made = call("post", "/v1/campaigns", 201, json=campaign, headers=auth).get_json()
     call("get", f"/v1/campaigns/{made['id']}", 200, headers=auth)
+    call("get", "/v1/campaigns?limit=1", 200, headers=auth)
     call("post", f"/v1/campaigns/{made['id']}/pause", 200, headers=auth)
     call("post", f"/v1/campaigns/{made['id']}/resend", 200, headers=auth)
     upload = {
