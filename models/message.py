@@ -266,7 +266,7 @@ class Campaign(Base):
     """Many messages released in throttled batches by beat (see services/campaigns/campaigns.py)."""
 
     __tablename__ = "campaigns"
-    # GET /v1/campaigns: a tenant's page in id order (migration 0022_edges).
+    # GET /v1/campaigns: a tenant's page in id order (migration 0021_edges).
     __table_args__ = (Index("ix_campaigns_tenant_id_id", "tenant_id", "id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("cmp"))
