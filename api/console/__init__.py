@@ -36,7 +36,13 @@ from api.auth import db, read_limited
 from api.console.charts import STATUS_COLOURS, send_rate_chart, stacked_status_chart
 from api.media import media_response
 from core.errors import HeraldError, InvalidRequest, NotFound
-from services.campaigns.campaigns import FINAL, campaign_to_dict, control_campaign, get_campaign
+from services.campaigns.campaigns import (
+    OUTCOMES,
+    SETTLED,
+    campaign_to_dict,
+    control_campaign,
+    get_campaign,
+)
 from services.campaigns.resend import resend_campaign
 from services.content.phones import normalize_e164
 from services.messages.resend import RESENDABLE, resend_message
@@ -376,7 +382,9 @@ def _campaign_context(campaign_id: str) -> dict[str, Any]:
     campaign = get_campaign(session_db, _tenant_id(), campaign_id)
     data = campaign_to_dict(session_db, campaign)
     start, per_second = campaign_send_rate(session_db, campaign)
-    done = sum(data["counts"].get(s, 0) for s in FINAL)
+    # What no later callback changes, as the progress counts it (`sent` may still fail).
+    settled = OUTCOMES if data["status"] == "canceled" else SETTLED
+    done = sum(data["counts"].get(s, 0) for s in settled)
     return {
         "c": data,
         "done": done,
