@@ -98,6 +98,15 @@ class Message(Base):
             "not_before",
             postgresql_where=text("not_before IS NOT NULL"),
         ),
+        # Rows still to send only, by pair and acceptance order: the gate's ordering probe
+        # (migration 0022_pair_order).
+        Index(
+            "ix_messages_pair_waiting",
+            "provider_account_id",
+            "to_number",
+            "seq",
+            postgresql_where=text("direction = 'outbound' AND status IN ('queued', 'sending')"),
+        ),
         # Rows still waiting with a ttl only: what the expiry sweep reads, not every
         # message ever sent with one.
         Index(
@@ -155,6 +164,11 @@ class Message(Base):
     billable: Mapped[bool | None] = mapped_column(Boolean)
     # A campaign row's time zone key for quiet hours (services/policy/quiet_hours.py).
     recipient_zones: Mapped[str | None] = mapped_column(Text)
+    # Acceptance order, one sequence for every process (migration 0022_pair_order): the
+    # gate sends a pair's messages in this order. NULL on rows older than the column.
+    seq: Mapped[int | None] = mapped_column(
+        BigInteger, server_default=text("nextval('messages_seq')"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -174,6 +174,14 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
         except BaseException:
             _release_slots(width)
             raise
+    # Rows that waited only for earlier rows of their pair in this batch go next, in
+    # order, one round per place in the queue (SMS to one number; paced WhatsApp pairs
+    # wait for their pair slot instead). A round that sends nothing ends it: the rest
+    # are parked, for the beat.
+    later = [mid for mid in message_ids if mid in known.following]
+    if later and any(outcomes[mid] is SENT for mid in message_ids if mid not in known.following):
+        for message_id, outcome in zip(later, deliver_many(later), strict=True):
+            outcomes[message_id] = outcome
     return [outcomes[message_id] for message_id in message_ids]
 
 

@@ -1,6 +1,12 @@
-"""Whether a batch may go now: each sender's budget, holds (the breaker) and pair
-pacing. A message that must wait is parked in its row (`not_before`, its budget slot
-reserved) for the beat's `release_parked`, not re-queued as a task."""
+"""Whether a batch may go now: each sender's budget, holds (the breaker), pair order
+and pair pacing. A message that must wait is parked in its row (`not_before`, its budget
+slot reserved) for the beat's `release_parked`, not re-queued as a task.
+
+Pair order: a message goes only when no earlier-accepted message (`messages.seq`) of
+its pair (account, channel, sender, recipient) is still `queued` or `sending`. A
+message that must wait (pacing, budget, hold, a retry's backoff) keeps its place: the
+ones after it wait too, without taking its pair slot. Once it is final (sent, failed,
+expired, canceled) it no longer holds them up."""
 
 from __future__ import annotations
 
@@ -32,17 +38,35 @@ log = logging.getLogger(__name__)
 _GATE = Statement(
     """
     SELECT m.id, m.status, m.lease_until, m.provider, m.channel, m.to_number, m.options,
+           m.from_number, m.seq,
            m.not_before, m.slot_reserved, m.provider_account_id,
            a.tenant_id AS account_tenant_id, a.provider AS account_provider,
            a.external_id, a.settings, a.secrets_enc,
            (coalesce(m.callback_url, t.callback_url) IS NOT NULL
-            AND coalesce(m.callback_url, t.callback_url) != '') AS listening
+            AND coalesce(m.callback_url, t.callback_url) != '') AS listening,
+           ahead.n AS ahead, ahead.due AS ahead_due
     FROM messages AS m
     JOIN provider_accounts AS a ON a.id = m.provider_account_id
     JOIN tenants AS t ON t.id = m.tenant_id
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, min(p.not_before) AS due FROM (
+            SELECT p.not_before FROM messages AS p
+            WHERE p.provider_account_id = m.provider_account_id
+              AND p.to_number = m.to_number AND p.seq < m.seq
+              AND p.direction = 'outbound' AND p.status IN ('queued', 'sending')
+              AND p.channel = m.channel AND p.from_number IS NOT DISTINCT FROM m.from_number
+            LIMIT :ahead_limit
+        ) AS p
+    ) AS ahead
     WHERE m.id = ANY(CAST(:ids AS text[])) AND m.status IN ('queued', 'sending')
     """
 )
+# How many earlier messages of a pair the gate counts (a blocked message waits a step
+# for each, up to this many, before it looks again).
+AHEAD_LIMIT = 50
+# Without pair pacing (SMS), how long a message waits per earlier one still to send
+# before it looks again; the beat releases parked rows every second.
+ORDER_STEP_SECONDS = 1.0
 _PARK = Statement(
     """
     UPDATE messages AS m SET not_before = v.due, slot_reserved = v.reserved
@@ -76,6 +100,9 @@ class Gate:
     session: Session | None = None
     # The batch's campaigns' content, read once for all its chunks (campaign_content.py).
     contents: ContentCache = field(default_factory=dict)
+    # Rows (of unpaced pairs) waiting only for earlier rows of their pair in this same
+    # batch: the batch tries them again once those were sent (delivery.py).
+    following: set[str] = field(default_factory=set)
 
 
 def send_gates(message_ids: list[str]) -> dict[str, float]:
@@ -115,7 +142,7 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
     if session is None:
         with session_scope() as own:
             return gate(message_ids, own)
-    rows = _GATE.rows(session, {"ids": list(message_ids)})
+    rows = _GATE.rows(session, {"ids": list(message_ids), "ahead_limit": AHEAD_LIMIT})
     now = utcnow()
     naive_now = naive_utc(now)  # the rows' times are naive UTC
     by_id = {row.id: row for row in rows}
@@ -125,6 +152,7 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
     park: dict[str, tuple[float, bool]] = {}  # id: (seconds, slot reserved)
     budget: dict[tuple[str, str, float], list] = {}
     paced: set[str] = set()
+    following: set[str] = set()
     for message_id in message_ids:  # the caller's order: the oldest takes the budget first
         row = by_id.get(message_id)
         if row is None or message_id in waits or message_id in park:
@@ -142,6 +170,13 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
                 waits[message_id] = hold.seconds
             continue
         provider, sender, rate, spacing = _budget(row)
+        if row.ahead:  # an earlier message of its pair is still to send: it goes first
+            wait = order_wait(row.ahead, row.ahead_due, naive_now, spacing)
+            park[message_id] = (wait, False)
+            waits[message_id] = wait
+            if spacing <= 0 and row.ahead == _ahead_in_batch(rows, row):
+                following.add(message_id)
+            continue
         if spacing > 0:
             pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)
             if pair_wait > 0:
@@ -170,7 +205,30 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
         row = by_id[mid]
         if row.provider_account_id not in accounts:
             accounts[row.provider_account_id] = _credentials(row)
-    return Gate(waits, {r.id for r in rows if r.listening}, accounts)
+    return Gate(waits, {r.id for r in rows if r.listening}, accounts, following=following)
+
+
+def _pair(row) -> tuple:  # type: ignore[no-untyped-def]
+    return (row.provider_account_id, row.channel, row.from_number, row.to_number)
+
+
+def _ahead_in_batch(rows, row) -> int:  # type: ignore[no-untyped-def]
+    """How many rows of this batch are earlier rows of `row`'s pair (only asked for a
+    row that waits for its pair: rare, so no index of the batch is kept)."""
+    pair = _pair(row)
+    return sum(1 for r in rows if r.seq is not None and r.seq < row.seq and _pair(r) == pair)
+
+
+def order_wait(ahead: int, ahead_due: datetime | None, now: datetime, spacing: float) -> float:
+    """Seconds a message waits while `ahead` earlier messages of its pair are still to
+    send (the first of them parked until `ahead_due`, naive UTC like `now`): each of
+    them needs a pair slot (`spacing`; ORDER_STEP_SECONDS without pacing) first. It
+    takes no pair slot meanwhile, so it never takes an earlier one's turn; if they are
+    slower (a retry's backoff, a hold), it looks again, finds them still ahead, and
+    waits again."""
+    step = spacing if spacing > 0 else ORDER_STEP_SECONDS
+    start = max(0.0, (ahead_due - now).total_seconds()) if ahead_due is not None else 0.0
+    return start + step * ahead
 
 
 def _park(session, park: dict[str, tuple[float, bool]], now: datetime) -> None:  # type: ignore[no-untyped-def]

@@ -221,7 +221,11 @@ def test_meta_accept_time_refusals(live, client) -> None:
     _meta_template(live, tenant["waba"], "welcome", status="REJECTED", reason="INVALID_FORMAT")
     _meta_template(live, tenant["waba"], "shipping", components=ORDER)
     # Never synced: accepted as before (the sandbox, like Meta, judges it at send).
-    assert _send(client, tenant, template={"name": "nope"}).status_code == 202
+    unsynced = _send(client, tenant, template={"name": "nope"})
+    assert unsynced.status_code == 202
+    # Refused at send: failed, so it holds up none of the messages to this user below
+    # (they leave in acceptance order, docs/guarantees.md).
+    assert deliver(unsynced.get_json()["id"]).action == "failed"
     _sync(client, tenant, provider="meta")
 
     def problem(template: dict[str, Any]) -> str:

@@ -149,3 +149,35 @@ def test_the_expiry_sweep_runs_its_inner_scan_once_for_10000_waiting_rows(filled
         if n["Node Type"] in ("Limit", "LockRows", "Seq Scan", "Bitmap Heap Scan")
     ]
     assert loops and all(count == 1 for _, count in loops), loops
+
+
+def test_the_gates_pair_order_probe_reads_only_the_rows_still_to_send(filled) -> None:
+    """The gate asks, for each row of a batch, whether an earlier message of its pair is
+    still to send: an index probe into the rows still to send, however many messages the
+    pair already had (here 20,000 sent to the same number)."""
+    from services.messages.gate import _GATE, AHEAD_LIMIT
+
+    session, _ = filled
+    session.execute(
+        text(
+            """
+            INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                provider_account_id, to_number, status, attempts, metadata, origin,
+                slot_reserved, created_at, updated_at)
+            SELECT 'msg_wait' || g, tenant_id, 'outbound', 'sms', 'twilio',
+                provider_account_id, '+12025550143', 'queued', 0, '{}', 'api', false,
+                now(), now()
+            FROM messages, generate_series(1, 50) AS g WHERE id = 'msg_plan1'
+            """
+        )
+    )
+    ids = [f"msg_wait{i}" for i in range(1, 51)]
+    plan = _explain(session, _GATE.sql, {"ids": ids, "ahead_limit": AHEAD_LIMIT})
+    assert plan["Actual Rows"] == 50
+    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "messages"]
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
+    # One probe per row of the batch, into the index of rows still to send (the pair's
+    # 20,000 sent rows are not in it), reading at most AHEAD_LIMIT entries each.
+    probes = [n for n in scans if n.get("Index Name") == "ix_messages_pair_waiting"]
+    assert len(probes) == 1 and probes[0]["Actual Loops"] == 50, _outline(plan)
+    assert probes[0]["Actual Rows"] <= AHEAD_LIMIT, _outline(plan)
