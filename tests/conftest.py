@@ -209,6 +209,21 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+@pytest.fixture
+def admin(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The admin API turned on (HERALD_ADMIN_TOKEN) for one test: its headers."""
+    from core.config import get_settings
+
+    monkeypatch.setenv("HERALD_ADMIN_TOKEN", ADMIN_TOKEN)
+    get_settings.cache_clear()
+    yield {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    monkeypatch.delenv("HERALD_ADMIN_TOKEN")
+    get_settings.cache_clear()
+
+
 @pytest.fixture
 def auth(tenant: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant['api_key']}"}

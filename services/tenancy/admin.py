@@ -304,12 +304,7 @@ def update_tenant(session: Session, tenant_id: str, data: dict[str, Any]) -> Ten
         "callback_url",
         "hourly_limit",
         "daily_limit",
-        "smart_encoding",
-        "sms_max_segments",
-        "sms_countries",
-        "international_daily_limit",
-        "keywords",
-        "keyword_replies",
+        *SMS_SETTINGS,
         "retention_days",
     ):
         if field in data:

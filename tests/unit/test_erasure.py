@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -38,7 +37,6 @@ def make_tenant(*args, **kwargs) -> dict[str, str]:  # type: ignore[no-untyped-d
     return made
 
 
-TOKEN = "admin-token-0123456789abcdef"
 
 
 def _number() -> str:
@@ -62,15 +60,6 @@ def tenant() -> dict[str, str]:
 @pytest.fixture
 def auth(tenant: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant['api_key']}"}
-
-
-@pytest.fixture
-def admin(monkeypatch) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", TOKEN)
-    get_settings.cache_clear()
-    yield {"Authorization": f"Bearer {TOKEN}"}
-    monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-    get_settings.cache_clear()
 
 
 TEMPLATE = {"name": "order_update", "language": "en_US", "variables": ["1"]}

@@ -175,32 +175,22 @@ def test_a_reply_set_to_empty_sends_nothing(client, dispatched) -> None:
     assert [r.body for r in _replies(tenant["tenant_id"], "+12025550163")] == ["Call us on 555."]
 
 
-def test_the_admin_api_validates_keywords(client, monkeypatch, tenant) -> None:
-    from core.config import get_settings
-
-    token = "keywords-admin-token-0123456789"
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", token)
-    get_settings.cache_clear()
-    try:
-        admin = {"Authorization": f"Bearer {token}"}
-        url = f"/admin/v1/tenants/{tenant['tenant_id']}"
-        ok = client.patch(
-            url,
-            headers=admin,
-            json={"keywords": {"stop": ["ARRET", "PARAR"]}, "keyword_replies": {"help": ""}},
-        )
-        assert ok.status_code == 200, ok.get_json()
-        assert ok.get_json()["keywords"] == {"stop": ["ARRET", "PARAR"]}
-        for bad in (
-            {"keywords": {"halt": ["X"]}},
-            {"keywords": {"stop": "ARRET"}},
-            {"keywords": {"stop": [""]}},
-            {"keyword_replies": {"stop": "x" * 1001}},
-        ):
-            assert client.patch(url, headers=admin, json=bad).status_code == 400, bad
-    finally:
-        monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-        get_settings.cache_clear()
+def test_the_admin_api_validates_keywords(client, admin, tenant) -> None:
+    url = f"/admin/v1/tenants/{tenant['tenant_id']}"
+    ok = client.patch(
+        url,
+        headers=admin,
+        json={"keywords": {"stop": ["ARRET", "PARAR"]}, "keyword_replies": {"help": ""}},
+    )
+    assert ok.status_code == 200, ok.get_json()
+    assert ok.get_json()["keywords"] == {"stop": ["ARRET", "PARAR"]}
+    for bad in (
+        {"keywords": {"halt": ["X"]}},
+        {"keywords": {"stop": "ARRET"}},
+        {"keywords": {"stop": [""]}},
+        {"keyword_replies": {"stop": "x" * 1001}},
+    ):
+        assert client.patch(url, headers=admin, json=bad).status_code == 400, bad
 
 
 def test_the_cli_sets_keywords_and_replies(capsys, tenant) -> None:

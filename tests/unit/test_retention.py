@@ -12,7 +12,6 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from core.config import get_settings
 from core.ids import id_at, utcnow
 from herald.cli import main
 from models import (
@@ -31,7 +30,6 @@ from services.lifecycle.retention import DEFAULT_DAYS, effective_days
 from services.reporting.rollups import fold_all
 from tests.conftest import make_tenant
 
-TOKEN = "admin-token-0123456789abcdef"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -253,15 +251,6 @@ def test_each_tenant_keeps_its_own_retention() -> None:
     # Dedup keys outlive a short retention: a provider's retry is still recognised.
     assert remaining(WebhookEvent, message_id=five_days) == 1
     assert remaining(WebhookEvent, message_id=ten_days[short]) == 0
-
-
-@pytest.fixture
-def admin(monkeypatch) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", TOKEN)
-    get_settings.cache_clear()
-    yield {"Authorization": f"Bearer {TOKEN}"}
-    monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-    get_settings.cache_clear()
 
 
 def test_the_admin_api_sets_retention_and_refuses_bad_values(client, admin) -> None:  # type: ignore[no-untyped-def]

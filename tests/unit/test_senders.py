@@ -7,26 +7,13 @@ from __future__ import annotations
 import json
 import types
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from core.config import get_settings
 from models import Message, session_scope
 from providers.base import AccountCredentials, OutboundMessage
 from providers.twilio import TwilioProvider
 from services.tenancy.senders import assign, outbound_sender, sender_for
-
-TOKEN = "admin-token-0123456789abcdef"
-
-
-@pytest.fixture
-def admin(monkeypatch) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", TOKEN)
-    get_settings.cache_clear()
-    yield {"Authorization": f"Bearer {TOKEN}"}
-    monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-    get_settings.cache_clear()
 
 
 def number() -> str:

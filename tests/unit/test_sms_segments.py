@@ -152,32 +152,22 @@ def test_an_sms_campaign_states_its_segments_at_creation(client, auth) -> None:
     assert campaign["segments_total"] == 6
 
 
-def test_the_admin_api_sets_and_checks_the_sms_settings(client, monkeypatch, tenant) -> None:
-    from core.config import get_settings
-
-    token = "segments-admin-token-0123456789"
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", token)
-    get_settings.cache_clear()
-    try:
-        admin = {"Authorization": f"Bearer {token}"}
-        url = f"/admin/v1/tenants/{tenant['tenant_id']}"
-        shown = client.get(url, headers=admin).get_json()
-        assert (shown["smart_encoding"], shown["sms_max_segments"]) == (True, None)
-        changed = client.patch(
-            url, headers=admin, json={"smart_encoding": False, "sms_max_segments": 3}
-        )
-        assert changed.status_code == 200, changed.get_json()
-        assert (changed.get_json()["smart_encoding"], changed.get_json()["sms_max_segments"]) == (
-            False,
-            3,
-        )
-        for bad in ({"sms_max_segments": 0}, {"sms_max_segments": "3"}, {"smart_encoding": "no"}):
-            resp = client.patch(url, headers=admin, json=bad)
-            assert resp.status_code == 400, bad
-        assert client.get(url, headers=admin).get_json()["sms_max_segments"] == 3
-    finally:
-        monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-        get_settings.cache_clear()
+def test_the_admin_api_sets_and_checks_the_sms_settings(client, admin, tenant) -> None:
+    url = f"/admin/v1/tenants/{tenant['tenant_id']}"
+    shown = client.get(url, headers=admin).get_json()
+    assert (shown["smart_encoding"], shown["sms_max_segments"]) == (True, None)
+    changed = client.patch(
+        url, headers=admin, json={"smart_encoding": False, "sms_max_segments": 3}
+    )
+    assert changed.status_code == 200, changed.get_json()
+    assert (changed.get_json()["smart_encoding"], changed.get_json()["sms_max_segments"]) == (
+        False,
+        3,
+    )
+    for bad in ({"sms_max_segments": 0}, {"sms_max_segments": "3"}, {"smart_encoding": "no"}):
+        resp = client.patch(url, headers=admin, json=bad)
+        assert resp.status_code == 400, bad
+    assert client.get(url, headers=admin).get_json()["sms_max_segments"] == 3
 
 
 # ---------------------------------------------------------------- the SMS pumping guard
@@ -259,33 +249,23 @@ def test_countries_the_operator_adds_count_against_the_international_cap(
     assert _count(tenant["tenant_id"]) == before  # the whole campaign refused
 
 
-def test_the_admin_api_validates_the_guards_settings(client, monkeypatch, tenant) -> None:
-    from core.config import get_settings
-
-    token = "segments-admin-token-0123456789"
-    monkeypatch.setenv("HERALD_ADMIN_TOKEN", token)
-    get_settings.cache_clear()
-    try:
-        admin = {"Authorization": f"Bearer {token}"}
-        url = f"/admin/v1/tenants/{tenant['tenant_id']}"
-        shown = client.get(url, headers=admin).get_json()
-        assert (shown["sms_countries"], shown["international_daily_limit"]) == (None, None)
-        ok = client.patch(
-            url,
-            headers=admin,
-            json={"sms_countries": ["US", "BR"], "international_daily_limit": 10},
-        )
-        assert ok.status_code == 200 and ok.get_json()["sms_countries"] == ["US", "BR"]
-        for bad in (
-            {"sms_countries": ["XX"]},
-            {"sms_countries": []},
-            {"sms_countries": "US"},
-            {"international_daily_limit": -1},
-        ):
-            assert client.patch(url, headers=admin, json=bad).status_code == 400, bad
-    finally:
-        monkeypatch.delenv("HERALD_ADMIN_TOKEN")
-        get_settings.cache_clear()
+def test_the_admin_api_validates_the_guards_settings(client, admin, tenant) -> None:
+    url = f"/admin/v1/tenants/{tenant['tenant_id']}"
+    shown = client.get(url, headers=admin).get_json()
+    assert (shown["sms_countries"], shown["international_daily_limit"]) == (None, None)
+    ok = client.patch(
+        url,
+        headers=admin,
+        json={"sms_countries": ["US", "BR"], "international_daily_limit": 10},
+    )
+    assert ok.status_code == 200 and ok.get_json()["sms_countries"] == ["US", "BR"]
+    for bad in (
+        {"sms_countries": ["XX"]},
+        {"sms_countries": []},
+        {"sms_countries": "US"},
+        {"international_daily_limit": -1},
+    ):
+        assert client.patch(url, headers=admin, json=bad).status_code == 400, bad
 
 
 def test_the_cli_sets_the_sms_settings(capsys, tenant) -> None:
