@@ -23,8 +23,15 @@ from services.messages.service import get_message
 RESENDABLE = frozenset({"failed", "undelivered"})
 ORIGIN = "resend"
 # Request fields a row keeps in `options`, given back as they were asked.
-_OPTIONS = ("preview_url", "interactive", "media_type", "location", "contacts", "sticker")
-_OPTIONS_TOO = ("filename",)
+_OPTIONS = (
+    "preview_url",
+    "interactive",
+    "media_type",
+    "location",
+    "contacts",
+    "sticker",
+    "filename",
+)
 
 
 def request_of(message: Message) -> dict[str, Any]:
@@ -32,6 +39,8 @@ def request_of(message: Message) -> dict[str, Any]:
     options = message.options or {}
     if "reaction" in options:
         raise Conflict("A reaction is not resent: react again.", code="not_resendable")
+    if (message.to_number or "").startswith("erased:"):  # services/privacy/erasure.py
+        raise Conflict("The recipient was erased.", code="not_resendable")
     payload: dict[str, Any] = {
         "to": message.to_number,
         "channel": message.channel,
@@ -45,7 +54,7 @@ def request_of(message: Message) -> dict[str, Any]:
         payload["media_url"] = list(message.media_urls)
     if message.template:
         payload["template"] = message.template
-    for name in (*_OPTIONS, *_OPTIONS_TOO):
+    for name in _OPTIONS:
         if name in options:
             payload[name] = options[name]
     if message.meta:

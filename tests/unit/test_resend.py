@@ -58,13 +58,22 @@ def test_a_failed_message_is_resent_once_and_linked_both_ways(client, auth, disp
 def test_only_a_failed_outbound_message_of_ones_own_is_resent(client, auth, tenant) -> None:
     delivered = _send(client, auth)
     _set_status([delivered], "delivered")
-    before = _count(tenant["tenant_id"])
     resp = client.post(f"/v1/messages/{delivered}/resend", headers=auth)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "not_resendable"
     assert client.post("/v1/messages/msg_nope/resend", headers=auth).status_code == 404
+    erased = _send(client, auth)
+    with session_scope() as session:  # what an erasure leaves (services/privacy/erasure.py)
+        session.execute(
+            update(Message)
+            .where(Message.id == erased)
+            .values(status="failed", to_number=f"erased:{erased[-24:]}", body=None)
+        )
+    resp = client.post(f"/v1/messages/{erased}/resend", headers=auth)
+    assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "not_resendable"
     other = make_tenant("other")
     theirs = _send(client, {"Authorization": f"Bearer {other['api_key']}"})
     _set_status([theirs], "failed")
+    before = _count(tenant["tenant_id"])
     assert client.post(f"/v1/messages/{theirs}/resend", headers=auth).status_code == 404
     assert _count(tenant["tenant_id"]) == before
 
