@@ -106,7 +106,12 @@ def test_a_tenants_hanging_callback_url_does_not_hold_another_tenants_sends(
             return events_of(a_ids).get("pending", 0) == 40
 
         wait_until(a_all_owe, "A's 40 messages to owe their callback URL events")
-        wait_until(lambda: len(receiver.open_connections()) >= 4, "A's deliveries to hang")
+        # Hanging mid-answer (trickled to at least once), not merely connected: else B,
+        # sent within a fraction of a second, may be checked before any trickle.
+        wait_until(
+            lambda: len([c for c in receiver.open_connections() if c.trickled > 0]) >= 4,
+            "A's deliveries to hang",
+        )
 
         b_posted = time.monotonic()
         resp = tenant_b.post(
