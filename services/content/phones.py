@@ -66,9 +66,34 @@ def _parse_e164(raw: str) -> str:
         if reason != phonenumbers.ValidationResult.INVALID_COUNTRY_CODE:
             detail += f" (+{parsed.country_code})."
         raise ValueError(detail)
-    if not phonenumbers.is_valid_number(parsed):
+    # is_valid_number, in its two steps: the region it finds is kept for `region_of`.
+    region = phonenumbers.region_code_for_number(parsed)
+    if not phonenumbers.is_valid_number_for_region(parsed, region):
         raise ValueError(f"Not a valid number for its country (+{parsed.country_code}).")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if len(_REGIONS) >= _REGIONS_KEPT:
+        _REGIONS.clear()
+    _REGIONS[e164] = region
+    return e164
+
+
+# The region (ISO 3166) of each number this process validated: finding it is most of
+# what validating costs (for +1, a pattern walk over the NANP regions), and the SMS
+# guard (services/policy/destinations.py) asks it again for the same recipient.
+_REGIONS: dict[str, str | None] = {}
+_REGIONS_KEPT = 8192
+
+
+def region_of(e164: str) -> str | None:
+    """The region of a valid E.164 number (None: not one, or no single region)."""
+    if e164 in _REGIONS:
+        return _REGIONS[e164]
+    try:  # not validated here lately (or forgotten since): found afresh
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    region = phonenumbers.region_code_for_number(parsed)
+    return region if phonenumbers.is_valid_number_for_region(parsed, region) else None
 
 
 def normalize_e164(raw: str) -> str | None:

@@ -16,25 +16,20 @@ WhatsApp is not billed per destination this way and is not checked."""
 
 from __future__ import annotations
 
-import functools
-
-import phonenumbers
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
 from core.errors import PolicyRefused, RateLimited
 from models import Tenant
+from services.content.phones import region_of
 from services.tenancy.senders import tenant_senders
 from services.tenancy.tenants import cached_account
 
 
-@functools.lru_cache(maxsize=4096)
 def country_of(number: str) -> str | None:
-    """The ISO 3166 region of an E.164 number (None: not a number)."""
-    try:
-        return phonenumbers.region_code_for_number(phonenumbers.parse(number, None))
-    except phonenumbers.NumberParseException:
-        return None
+    """The ISO 3166 region of an E.164 number (None: not a valid one). The accept path
+    validated the number just before: its region is kept from then (content/phones.py)."""
+    return region_of(number)
 
 
 def home_countries(session: Session, tenant: Tenant) -> frozenset[str]:

@@ -289,3 +289,14 @@ def test_the_cli_sets_the_sms_settings(capsys, tenant) -> None:
         None,
         True,
     )
+
+
+def test_a_numbers_region_is_found_whether_or_not_this_process_validated_it() -> None:
+    from services.content import phones
+
+    assert phones.parse_e164("+1 876 555 0123") == "+18765550123"
+    assert phones.region_of("+18765550123") == "JM"  # kept from the validation
+    phones._REGIONS.clear()  # forgotten (the parse itself stays cached)
+    assert phones.region_of("+18765550123") == "JM"
+    assert phones.region_of("+12025550143") == "US"
+    assert phones.region_of("+1202") is None and phones.region_of("x") is None
