@@ -93,7 +93,12 @@ def region_of(e164: str) -> str | None:
     except phonenumbers.NumberParseException:
         return None
     region = phonenumbers.region_code_for_number(parsed)
-    return region if phonenumbers.is_valid_number_for_region(parsed, region) else None
+    if not phonenumbers.is_valid_number_for_region(parsed, region):
+        return None
+    if len(_REGIONS) >= _REGIONS_KEPT:
+        _REGIONS.clear()
+    _REGIONS[e164] = region  # a tenant's own numbers are asked about on every SMS
+    return region
 
 
 def normalize_e164(raw: str) -> str | None:
