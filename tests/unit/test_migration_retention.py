@@ -4,16 +4,13 @@ retention while the rollups keep counting it."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import timedelta
 
-import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from core.ids import utcnow
-from herald.migrate import alembic_config
+from tests.unit.migration_schema import schema_at
 from tests.unit.test_retention import id_then
 
 REVISION = "0019_retention"
@@ -22,137 +19,120 @@ TABLES = ("messages", "message_events", "event_deliveries", "webhook_events")
 
 
 def test_a_populated_database_upgrades_in_place_and_purges_keeping_counts(herald_env) -> None:  # type: ignore[no-untyped-def]
-    url = os.environ["DATABASE_URL"]
-    if not url.startswith("postgresql"):
-        pytest.skip("runs against PostgreSQL")
-    schema = f"herald_mig_{uuid.uuid4().hex[:8]}"
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            conn.execute(text(f'SET search_path TO "{schema}"'))
-            cfg = alembic_config()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, PREVIOUS)
-            conn.execute(
-                text(
-                    "INSERT INTO tenants (id, name, created_at) VALUES"
-                    " ('ten_a', 'default', now()), ('ten_b', 'long', now())"
-                )
+    with schema_at(PREVIOUS) as (conn, cfg):
+        conn.execute(
+            text(
+                "INSERT INTO tenants (id, name, created_at) VALUES"
+                " ('ten_a', 'default', now()), ('ten_b', 'long', now())"
             )
-            now = utcnow()
-            rows = []
-            for i in range(300):
-                tenant = "ten_a" if i % 2 else "ten_b"
-                when = now - timedelta(days=45 if i < 200 else 1, minutes=i)
-                status = ("delivered", "read", "failed", "queued")[i % 4]
-                rows.append(
-                    {
-                        "id": id_then("msg", when),
-                        "tenant": tenant,
-                        "status": status,
-                        "when": when,
-                        "price": 0.0079 if status == "delivered" else None,
-                        "unit": "USD" if status == "delivered" else None,
-                    }
-                )
-            conn.execute(
-                text(
-                    "INSERT INTO messages (id, tenant_id, direction, channel, provider,"
-                    " to_number, body, status, attempts, metadata, price, price_unit,"
-                    " created_at, updated_at) VALUES (:id, :tenant, 'outbound', 'sms',"
-                    " 'twilio', '+12025550143', 'hello', :status, 1, '{}', :price,"
-                    " :unit, :when, :when)"
-                ),
-                rows,
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO message_events (message_id, status, source, applied, at)"
-                    " SELECT id, status, 'twilio', true, created_at FROM messages"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO event_deliveries (message_id, tenant_id, url, payload, status,"
-                    " attempts, next_attempt_at, created_at) SELECT id, tenant_id,"
-                    " 'https://x.example', '{}', 'delivered', 1, created_at, created_at"
-                    " FROM messages"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id,"
-                    " message_id, payload, received_at) SELECT 'twilio', 'status',"
-                    " 'twilio:AC1:' || id, tenant_id, id, '{\"To\": \"+12025550143\"}',"
-                    " created_at FROM messages"
-                )
-            )
-
-            def sizes() -> dict[str, int]:
-                return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
-
-            def rollups() -> set[tuple[object, ...]]:
-                from services.reporting.rollups import fold
-
-                fold(_Session(conn))
-                return set(
-                    conn.execute(
-                        text(
-                            "SELECT tenant_id, span, start, status, messages, billable, cost"
-                            " FROM message_counts"
-                        )
-                    ).all()
-                ) | {
-                    ("totals", *row)
-                    for row in conn.execute(
-                        text("SELECT direction, status, messages FROM message_status_totals")
-                    ).all()
+        )
+        now = utcnow()
+        rows = []
+        for i in range(300):
+            tenant = "ten_a" if i % 2 else "ten_b"
+            when = now - timedelta(days=45 if i < 200 else 1, minutes=i)
+            status = ("delivered", "read", "failed", "queued")[i % 4]
+            rows.append(
+                {
+                    "id": id_then("msg", when),
+                    "tenant": tenant,
+                    "status": status,
+                    "when": when,
+                    "price": 0.0079 if status == "delivered" else None,
+                    "unit": "USD" if status == "delivered" else None,
                 }
-
-            before_rows, before_counts = sizes(), rollups()
-            command.upgrade(cfg, REVISION)
-            assert sizes() == before_rows  # in place: nothing copied, nothing lost
-            assert rollups() == before_counts
-            assert (
-                conn.execute(
-                    text("SELECT count(*) FROM tenants WHERE retention_days IS NULL")
-                ).scalar()
-                == 2
             )
-            assert conn.execute(
-                text("SELECT to_regclass('ix_webhook_events_tenant_received')")
-            ).scalar()
-            conn.execute(text("UPDATE tenants SET retention_days = 90 WHERE id = 'ten_b'"))
-            conn.commit()
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, tenant_id, direction, channel, provider,"
+                " to_number, body, status, attempts, metadata, price, price_unit,"
+                " created_at, updated_at) VALUES (:id, :tenant, 'outbound', 'sms',"
+                " 'twilio', '+12025550143', 'hello', :status, 1, '{}', :price,"
+                " :unit, :when, :when)"
+            ),
+            rows,
+        )
+        conn.execute(
+            text(
+                "INSERT INTO message_events (message_id, status, source, applied, at)"
+                " SELECT id, status, 'twilio', true, created_at FROM messages"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO event_deliveries (message_id, tenant_id, url, payload, status,"
+                " attempts, next_attempt_at, created_at) SELECT id, tenant_id,"
+                " 'https://x.example', '{}', 'delivered', 1, created_at, created_at"
+                " FROM messages"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id,"
+                " message_id, payload, received_at) SELECT 'twilio', 'status',"
+                " 'twilio:AC1:' || id, tenant_id, id, '{\"To\": \"+12025550143\"}',"
+                " created_at FROM messages"
+            )
+        )
 
-            from services.lifecycle.purge import purge
+        def sizes() -> dict[str, int]:
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
 
-            purged = purge(conn)
+        def rollups() -> set[tuple[object, ...]]:
+            from services.reporting.rollups import fold
 
-            # ten_a (the default, 30 days): its 100 old messages go but the 50 queued, and
-            # all its old raw receipts; ten_b (90 days) keeps everything.
-            assert (purged.messages, purged.receipts) == (50, 100) and not purged.unfinished
-            assert sizes() == {
-                "messages": 250,
-                "message_events": 250,
-                "event_deliveries": 250,
-                "webhook_events": 200,
+            fold(_Session(conn))
+            return set(
+                conn.execute(
+                    text(
+                        "SELECT tenant_id, span, start, status, messages, billable, cost"
+                        " FROM message_counts"
+                    )
+                ).all()
+            ) | {
+                ("totals", *row)
+                for row in conn.execute(
+                    text("SELECT direction, status, messages FROM message_status_totals")
+                ).all()
             }
-            left = conn.execute(
-                text(
-                    "SELECT count(*) FROM messages WHERE tenant_id = 'ten_a'"
-                    " AND created_at < now() - interval '30 days' AND status <> 'queued'"
-                )
-            ).scalar()
-            assert left == 0
-            assert rollups() == before_counts  # usage, billing, history: unchanged
-            command.downgrade(cfg, PREVIOUS)
-            conn.commit()
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
+
+        before_rows, before_counts = sizes(), rollups()
+        command.upgrade(cfg, REVISION)
+        assert sizes() == before_rows  # in place: nothing copied, nothing lost
+        assert rollups() == before_counts
+        assert (
+            conn.execute(text("SELECT count(*) FROM tenants WHERE retention_days IS NULL")).scalar()
+            == 2
+        )
+        assert conn.execute(
+            text("SELECT to_regclass('ix_webhook_events_tenant_received')")
+        ).scalar()
+        conn.execute(text("UPDATE tenants SET retention_days = 90 WHERE id = 'ten_b'"))
+        conn.commit()
+
+        from services.lifecycle.purge import purge
+
+        purged = purge(conn)
+
+        # ten_a (the default, 30 days): its 100 old messages go but the 50 queued, and
+        # all its old raw receipts; ten_b (90 days) keeps everything.
+        assert (purged.messages, purged.receipts) == (50, 100) and not purged.unfinished
+        assert sizes() == {
+            "messages": 250,
+            "message_events": 250,
+            "event_deliveries": 250,
+            "webhook_events": 200,
+        }
+        left = conn.execute(
+            text(
+                "SELECT count(*) FROM messages WHERE tenant_id = 'ten_a'"
+                " AND created_at < now() - interval '30 days' AND status <> 'queued'"
+            )
+        ).scalar()
+        assert left == 0
+        assert rollups() == before_counts  # usage, billing, history: unchanged
+        command.downgrade(cfg, PREVIOUS)
+        conn.commit()
 
 
 class _Session:
