@@ -105,7 +105,8 @@ def _twilio_count(older_than: timedelta, cap: int, *conditions: Any) -> int:
 
 def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str]:
     """Ids of outbound Twilio messages with a SID, untouched for `older_than` and younger
-    than MAX_AGE, meeting `conditions`, the least recently touched first."""
+    than MAX_AGE, meeting `conditions`, the oldest first (nearest to MAX_AGE, after
+    which they are never asked)."""
     now = utcnow()
     with session_scope() as session:
         return list(
@@ -119,9 +120,11 @@ def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str
                     Message.created_at > now - MAX_AGE,
                     *conditions,
                 )
-                # Oldest touched first among the candidates the partial indexes
-                # (ix_messages_twilio_unsettled / _unpriced) hold for the last MAX_AGE.
-                .order_by(Message.updated_at)
+                # The oldest first, in the order of the partial indexes
+                # (ix_messages_twilio_unsettled / _unpriced): the scan stops at `limit`.
+                # Sorting by `updated_at` read and sorted the whole backlog each pass;
+                # a row just asked is skipped anyway until `older_than` has passed.
+                .order_by(Message.created_at)
                 .limit(limit)
             )
         )
