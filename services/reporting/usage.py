@@ -102,9 +102,11 @@ class UsageQuerySchema(Schema):
         unknown = RAISE
 
     from_ = Instant(
-        data_key="from", metadata={"description": "start (inclusive), default 30 d ago"}
+        data_key="from", metadata={"description": "start (inclusive), default 30 d before `to`"}
     )
-    to = Instant(metadata={"description": "end (exclusive), default now"})
+    to = Instant(
+        metadata={"description": "end (exclusive), default the end of the current hour"}
+    )
     group_by = GroupBy(
         load_default=list,
         metadata={"description": f"comma-separated: {', '.join(GROUPS)}"},
@@ -120,8 +122,11 @@ class UsageQuerySchema(Schema):
 
 
 def period(data: dict[str, Any], now: datetime | None = None) -> tuple[datetime, datetime]:
-    """[from, to): `to` defaults to now, `from` to 30 days before `to`."""
-    end = data.get("to") or (now or utcnow())
+    """[from, to): `to` defaults to the end of the current clock hour (every message up to
+    now: none is created later than now), `from` to 30 days before `to`. Whole hours are
+    read from the rollup alone; a period ending at now read the hour in progress from
+    the messages at each call, a cost that grew with the tenant's traffic."""
+    end = data.get("to") or _hour_ceil(now or utcnow())
     start = data.get("from_") or (end - DEFAULT_PERIOD)
     return start, end
 
