@@ -175,8 +175,11 @@ class Message(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # No foreign key from the events (migration 0023_event_fks): the join is declared.
     events: Mapped[list[MessageEvent]] = relationship(
-        back_populates="message", order_by="MessageEvent.id"
+        back_populates="message",
+        order_by="MessageEvent.id",
+        primaryjoin="Message.id == foreign(MessageEvent.message_id)",
     )
 
 
@@ -197,7 +200,8 @@ class MessageEvent(Base):
     __tablename__ = "message_events"
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    # The message's id, without a foreign key: see migration 0023_event_fks.
+    message_id: Mapped[str] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(16))
     native_status: Mapped[str | None] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(16))
@@ -206,7 +210,9 @@ class MessageEvent(Base):
     detail: Mapped[dict | None] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    message: Mapped[Message] = relationship(back_populates="events")
+    message: Mapped[Message] = relationship(
+        back_populates="events", primaryjoin="foreign(MessageEvent.message_id) == Message.id"
+    )
 
 
 class WebhookEvent(Base):
@@ -264,7 +270,7 @@ class EventDelivery(Base):
     __table_args__ = (Index("ix_event_deliveries_pending", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(32), index=True)  # no foreign key: 0023
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     url: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict] = mapped_column(JSON)
