@@ -19,6 +19,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 RECIPIENTS = 1000
 TEMPLATE_BYTES = 100_000
 
@@ -26,7 +28,7 @@ TEMPLATE_BYTES = 100_000
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     os.environ.setdefault("HERALD_HOME", str(home))
-    os.environ.setdefault("HERALD_SECRET_KEY", "bench")
+    os.environ.setdefault("HERALD_SECRET_KEY", Fernet.generate_key().decode())
     if os.environ.get("DATABASE_URL"):
         _measure(os.environ["DATABASE_URL"].split("@")[-1])
         return

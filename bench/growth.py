@@ -6,7 +6,9 @@ functions the workers and console call), fills it in the shape Herald writes (SQ
 `INSERT ... SELECT generate_series`: 20 tenants, statuses, channels, 50 campaigns with
 one big waiting campaign, ~3 events and ~2 provider callbacks per message, contacts),
 measures again, prints the table with the ratios and the bytes per message, and drops
-the database.
+the database. With `--idle N` it also starts `herald run` on the database, empty and then
+filled, and reads the CPU of the PostgreSQL backends serving it over N seconds in which
+nothing is sent: what the beat's periodic passes cost the server at that size.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
         python -m bench.growth --messages 1000000
@@ -17,15 +19,20 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from cryptography.fernet import Fernet
 
 DATABASE = "herald_growth"
 TENANTS = 20
@@ -291,11 +298,91 @@ def _bytes(dsn: str) -> dict[str, int]:
         }
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _backend_cpu(dsn: str) -> dict[int, float]:
+    """CPU seconds so far of each backend connected to the growth database (read from
+    /proc: the server runs on this machine), this sampling connection excepted."""
+    with psycopg.connect(dsn) as conn:
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (DATABASE,),
+            )
+        ]
+    out = {}
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def idle_cpu(url: str, dsn: str, seconds: float) -> float:
+    """Percent of a core the PostgreSQL backends spend while `herald run` (API, worker,
+    beat, sandbox) runs on the database with nothing to send, over `seconds` after a
+    warm-up. Backends are sampled every second: one born meanwhile counts from zero,
+    one gone keeps its last sample."""
+    from herald.stack import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="herald-growth-idle-"))
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "HERALD_HOME": str(home),
+        "PORT": str(free_port()),
+        "HERALD_SANDBOX_PORT": str(free_port()),
+        "HERALD_REDIS_PORT": str(free_port()),
+        "HERALD_QUEUE_PREFIX": f"growth-idle-{os.getpid()}:",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "herald.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("HERALD_READY "):
+                json.loads(line[len("HERALD_READY ") :])
+                break
+        else:
+            raise RuntimeError("herald run ended before it was ready")
+        time.sleep(15)  # start-up: migrations checked, first ticks, pools filled
+        first: dict[int, float] = _backend_cpu(dsn)
+        last = dict(first)
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            time.sleep(1)
+            for pid, cpu in _backend_cpu(dsn).items():
+                first.setdefault(pid, 0.0)
+                last[pid] = cpu
+        elapsed = time.monotonic() - started
+        return 100 * sum(last[p] - first[p] for p in last) / elapsed
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--big-campaign", type=int, default=None, help="default N/10, max 100k")
     parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument(
+        "--idle", type=float, default=0, help="seconds of idle PostgreSQL CPU to read (0: skip)"
+    )
     args = parser.parse_args()
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith("postgresql"):
@@ -306,7 +393,7 @@ def main() -> None:
     _admin(base, f"CREATE DATABASE {DATABASE}")
     try:
         os.environ["DATABASE_URL"] = url
-        os.environ.setdefault("HERALD_SECRET_KEY", "growth-bench-secret")
+        os.environ.setdefault("HERALD_SECRET_KEY", Fernet.generate_key().decode())
         from core.config import get_settings
         from models import reset_engine
 
@@ -315,9 +402,12 @@ def main() -> None:
         tenants, client = _setup()
         ops = operations(tenants, client)
         empty = {name: _median_ms(op, args.calls) for name, op in ops.items()}
+        idle = {"empty": idle_cpu(url, dsn, args.idle)} if args.idle else {}
         print(f"filling {args.messages:,} messages (+{big:,} waiting)...", file=sys.stderr)
         fill(dsn, args.messages, big)
         full = {name: _median_ms(op, args.calls) for name, op in ops.items()}
+        if args.idle:
+            idle["filled"] = idle_cpu(url, dsn, args.idle)
         sizes = _bytes(dsn)
     finally:
         reset_engine()
@@ -331,6 +421,10 @@ def main() -> None:
     for table, size in sizes.items():
         print(f"  {table:<16} {size / total:>8.0f}")
     print(f"  {'all four':<16} {sum(sizes.values()) / total:>8.0f}")
+    if idle:
+        print(f"\nPostgreSQL CPU, Herald idle ({args.idle:.0f} s, % of a core):")
+        for name, percent in idle.items():
+            print(f"  {name:<16} {percent:>8.2f}")
 
 
 if __name__ == "__main__":
