@@ -394,7 +394,7 @@ def _make_due(message_id: str) -> None:
 
 
 def test_an_event_is_given_up_after_its_last_attempt_and_never_tried_again(
-    live, client, auth, receiver, dispatched, monkeypatch
+    live, client, auth, receiver, dispatched, monkeypatch, caplog
 ) -> None:
     """A receiver that always fails: each event gets exactly MAX_ATTEMPTS POSTs, in
     order, is then `failed` with its last error, holds back no later event, and no
@@ -430,6 +430,10 @@ def test_an_event_is_given_up_after_its_last_attempt_and_never_tried_again(
                 break
             _make_due(mid)
         assert events.deliver_pending_events(mid) is None  # nothing left to try
+        given_up = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+        assert given_up == [  # what the events worker's log says, one line per event
+            f"event {i} given up after {events.MAX_ATTEMPTS} attempts: HTTP 503" for i in owed
+        ]
         expected = [f"evt_{i}" for i in owed for _ in range(events.MAX_ATTEMPTS)]
         assert receiver.attempts == expected  # each exactly MAX_ATTEMPTS times, in order
         with session_scope() as session:
