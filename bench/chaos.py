@@ -77,6 +77,7 @@ class TrialResult:
     accepted: int = 0
     delivered: int = 0
     failed: dict[str, int] = field(default_factory=dict)
+    failed_ids: list[str] = field(default_factory=list)  # "<id>:<reason>" of each failed one
     lost: list[str] = field(default_factory=list)
     twice: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
@@ -297,12 +298,19 @@ def run_trial(
     ids: list[str] = []
     stop_chaos = threading.Event()
 
+    # Every draw of the trial comes from `rng`, taken here in a fixed order before any
+    # thread starts: the chaos thread and the sender each get a generator of their own
+    # (one shared between threads would hand out its numbers in the order the threads
+    # happen to ask), and the sandbox draws its faults from a seed given by this one.
+    chaos_rng = random.Random(rng.getrandbits(64))
+    pace_rng = random.Random(rng.getrandbits(64))
+    control.post("/_sandbox/config", json={"callbacks": {"seed": rng.getrandbits(31)}})
     # One Redis restart per trial, at a random moment while messages flow.
     restart_redis_at = time.monotonic() + rng.uniform(0.1, 0.5) * chaos_seconds
     # One PostgreSQL outage per trial, starting in the second half.
+    cut_at = rng.uniform(0.4, 0.7) * chaos_seconds
     outage: dict[str, float] = {}
     if pg_outage > 0 and stack.database is not None:
-        cut_at = rng.uniform(0.4, 0.7) * chaos_seconds
 
         def database_outage() -> None:
             assert stack.database is not None
@@ -321,21 +329,21 @@ def run_trial(
     def chaos() -> None:
         redis_restarted = False
         while not stop_chaos.is_set():
-            action = rng.random()
+            action = chaos_rng.random()
             if not redis_restarted and time.monotonic() >= restart_redis_at:
                 stack.restart_redis()
                 redis_restarted = True
                 result.redis_restarts += 1
             elif action < 0.5:
-                stack.kill_worker(rng.randrange(stack.n_workers))
+                stack.kill_worker(chaos_rng.randrange(stack.n_workers))
                 result.kills += 1
             elif action < 0.8:
                 with contextlib.suppress(httpx.HTTPError):
-                    control.post("/_sandbox/faults", json=rng.choice(FAULTS))
+                    control.post("/_sandbox/faults", json=chaos_rng.choice(FAULTS))
             else:
                 with contextlib.suppress(httpx.HTTPError):
                     control.delete("/_sandbox/faults")
-            stop_chaos.wait(rng.uniform(0.3, 1.5))
+            stop_chaos.wait(chaos_rng.uniform(0.3, 1.5))
             result.worker_crashes += stack.revive_crashed_workers()
 
     chaos_thread = threading.Thread(target=chaos, daemon=True)
@@ -366,7 +374,7 @@ def run_trial(
                 break
             # 503 while the database is unreachable: wait as told (at most 0.5 s here).
             time.sleep(min(0.5, float(resp.headers.get("Retry-After") or 0.2)))
-        time.sleep(max(0.0, chaos_seconds / messages * rng.uniform(0.2, 1.8)))
+        time.sleep(max(0.0, chaos_seconds / messages * pace_rng.uniform(0.2, 1.8)))
     remaining = chaos_seconds - (time.monotonic() - started)
     if remaining > 0:
         time.sleep(remaining)
@@ -418,6 +426,7 @@ def run_trial(
         elif status in ("failed", "undelivered", "canceled"):
             reason = (statuses[mid].get("error") or {}).get("code") or status
             result.failed[reason] = result.failed.get(reason, 0) + 1
+            result.failed_ids.append(f"{mid}:{reason}")
         else:
             result.stuck.append(f"{mid}:{status}")
         if receipts[mid] > 1:
@@ -479,11 +488,19 @@ def run(
     campaign: int = 0,
     pg_outage: float = 3.0,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Run `trials` trials on one stack; print a line per trial and the totals; return totals."""
+    """Run `trials` trials on one stack; print a line per trial and the totals; return totals.
+
+    Every random choice of the harness (kills, faults, pacing, the Redis restart and the
+    outage moments, the sandbox's fault draws) comes from `seed`, printed first: the same
+    seed replays the same choices (not the processes' own timing). None: a fresh seed."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+    print(f"seed={seed} (replay: --seed {seed}, or HERALD_CHAOS_SEED={seed})", file=out, flush=True)
     rng = random.Random(seed)
     home = home or Path(tempfile.mkdtemp(prefix="herald-chaos-"))
     stack = ChaosStack(home, workers, concurrency)
     totals: dict[str, Any] = {
+        "seed": seed,
         "trials": 0,
         "accepted": 0,
         "delivered": 0,
@@ -498,6 +515,9 @@ def run(
         "recover_sum_s": 0.0,
         "pg_outages": 0,
         "outage_answers": {},
+        # Per trial with an outage: its POSTs answered while PostgreSQL was unreachable.
+        "outage_answers_by_trial": [],
+        "failed_ids": [],
         "pg_recover_max_s": 0.0,
     }
     try:
@@ -524,6 +544,9 @@ def run(
                 totals[key] += getattr(r, key)
             for status, count in r.outage_answers.items():
                 totals["outage_answers"][status] = totals["outage_answers"].get(status, 0) + count
+            if r.pg_outages:
+                totals["outage_answers_by_trial"].append(dict(r.outage_answers))
+            totals["failed_ids"].extend(r.failed_ids)
             if r.pg_recover_s is not None:
                 totals["pg_recover_max_s"] = max(totals["pg_recover_max_s"], r.pg_recover_s)
             totals["lost"] += len(r.lost)
@@ -568,7 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--campaign", type=int, default=40, help="campaign recipients per trial")
     parser.add_argument("--chaos-seconds", type=float, default=8.0)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(os.environ.get("HERALD_CHAOS_SEED") or -1),
+        help="replay a run's random choices (default: HERALD_CHAOS_SEED, else a new one, printed)",
+    )
     parser.add_argument(
         "--pg-outage",
         type=float,
@@ -582,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         args.concurrency,
         args.chaos_seconds,
-        args.seed,
+        args.seed if args.seed >= 0 else None,
         campaign=args.campaign,
         pg_outage=args.pg_outage,
     )

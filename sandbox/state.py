@@ -430,7 +430,7 @@ class SandboxState:
             if fault.provider not in (provider, "*"):
                 continue
             if fault.rate is not None:
-                if random.random() >= fault.rate:
+                if self.rng.random() >= fault.rate:
                     continue
             else:
                 fault.remaining = (fault.remaining or 1) - 1

@@ -227,3 +227,26 @@ def admin(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def auth(tenant: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant['api_key']}"}
+
+
+def terminate_backend(pid: int, timeout: float = 10.0) -> None:
+    """End a PostgreSQL connection from the server's side (a restart, an idle timeout)
+    and wait until its backend is gone: `pg_terminate_backend` only signals it, and a
+    test that goes on at once may still find the connection alive."""
+    import time
+
+    from models import session_scope
+
+    with session_scope() as session:
+        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope() as session:
+            alive = session.execute(
+                text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).first()
+        if alive is None:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"backend {pid} still alive {timeout}s after its termination")
+        time.sleep(0.01)

@@ -114,7 +114,14 @@ class _Publisher:
     everything pending at each wake-up, at most once per interval, so under load many
     commits share one publish; idle, a doorbell leaves as soon as it is handed over."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        # The interval is measured on `clock` and waited out with `sleep`: a test gives
+        # its own pair and decides when the interval has passed.
+        self._clock, self._sleep = clock, sleep
         self._queue: queue_module.SimpleQueue[tuple[str, list[str], str] | None] = (
             queue_module.SimpleQueue()
         )
@@ -156,10 +163,10 @@ class _Publisher:
         last = float("-inf")
         while True:
             first = self._queue.get()
-            pause = last + get_settings().publish_interval - time.monotonic()
+            pause = last + get_settings().publish_interval - self._clock()
             if pause > 0 and first is not None:
-                time.sleep(pause)  # published a moment ago: let this interval's doorbells gather
-            last = time.monotonic()
+                self._sleep(pause)  # published a moment ago: let this interval's doorbells gather
+            last = self._clock()
             work = [first]
             while True:
                 try:

@@ -4,7 +4,7 @@ due."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
 
@@ -53,9 +53,10 @@ def due_for_sweep(limit: int = 500) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in rows]
 
 
-def release_scheduled(limit: int = 1000) -> list[str]:
-    """Move `scheduled` messages whose time has come to `queued`; returns their ids."""
-    now = utcnow()
+def release_scheduled(limit: int = 1000, now: datetime | None = None) -> list[str]:
+    """Move `scheduled` messages whose time has come (by `now`, default the present) to
+    `queued`; returns their ids. Tests pass `now` to set the time instead of sleeping."""
+    now = now or utcnow()
     with session_scope() as session:
         ids = list(
             session.scalars(

@@ -86,10 +86,12 @@ _CACHED_TABLES = frozenset({"tenants", "api_keys", "provider_accounts"})
 
 
 class _TTLCache:
-    """A small thread-safe map whose entries expire; the oldest go first when full."""
+    """A small thread-safe map whose entries expire; the oldest go first when full.
+    Expiry is read on `clock` (a test sets its own to pass CACHE_SECONDS without waiting)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._size = size
+        self.clock = clock
         self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -98,7 +100,7 @@ class _TTLCache:
             entry = self._data.get(key)
             if entry is None:
                 return False, None
-            if entry[0] <= time.monotonic():
+            if entry[0] <= self.clock():
                 del self._data[key]
                 return False, None
             return True, entry[1]
@@ -107,7 +109,7 @@ class _TTLCache:
         with self._lock:
             if generation != _generation:  # cleared while this value was read: stale
                 return
-            self._data[key] = (time.monotonic() + CACHE_SECONDS, value)
+            self._data[key] = (self.clock() + CACHE_SECONDS, value)
             self._data.move_to_end(key)
             while len(self._data) > self._size:
                 self._data.popitem(last=False)

@@ -25,6 +25,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.events: list[tuple[dict, str, bytes]] = []
+        self.attempts: list[str] = []  # the event id of every request, answered or refused
         self.fail = 0
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}/herald-events"
@@ -32,6 +33,7 @@ class Receiver:
 
     @Request.application
     def app(self, request: Request) -> Response:
+        self.attempts.append(json.loads(request.get_data()).get("id", ""))
         if self.fail > 0:
             self.fail -= 1
             return Response("down", status=503)
@@ -379,3 +381,81 @@ def test_a_host_whose_breaker_is_open_is_not_attempted(
         assert _rows(second)[0].attempts == 0
     finally:
         trickle.stop()
+
+
+def _make_due(message_id: str) -> None:
+    """The retry's time has come: the row is moved, not the clock waited for."""
+    with session_scope() as session:
+        session.execute(
+            update(EventDelivery)
+            .where(EventDelivery.message_id == message_id, EventDelivery.status == "pending")
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_an_event_is_given_up_after_its_last_attempt_and_never_tried_again(
+    live, client, auth, receiver, dispatched, monkeypatch, caplog
+) -> None:
+    """A receiver that always fails: each event gets exactly MAX_ATTEMPTS POSTs, in
+    order, is then `failed` with its last error, holds back no later event, and no
+    task, retry or sweep POSTs it again."""
+    from core.config import get_settings
+    from services.reporting import events, fairness
+
+    # The host breaker would defer (not attempt) after 5 failures; this test counts
+    # attempts, so it stays closed.
+    monkeypatch.setenv("HERALD_EVENTS_BREAKER_FAILURES", "1000")
+    get_settings.cache_clear()
+    fairness.record(receiver.url, ok=True)
+    receiver.fail = 10**9  # every request answered 503
+    body = {"to": "+12025550143", "body": "x", "channel": "sms", "callback_url": receiver.url}
+    try:
+        mid = client.post("/v1/messages", headers=auth, json=body).get_json()["id"]
+        assert deliver(mid).action == "sent"
+        wait_for(  # every status owes its event before the events are driven
+            lambda: (
+                client.get(f"/v1/messages/{mid}", headers=auth).get_json()["status"] == "delivered"
+            ),
+            what="delivered",
+        )
+        with session_scope() as session:
+            owed = session.scalars(
+                select(EventDelivery.id)
+                .where(EventDelivery.message_id == mid)
+                .order_by(EventDelivery.id)
+            ).all()
+        assert len(owed) >= 2
+        for _ in range(len(owed) * events.MAX_ATTEMPTS):  # one attempt per call while failing
+            if events.deliver_pending_events(mid) is None:
+                break
+            _make_due(mid)
+        assert events.deliver_pending_events(mid) is None  # nothing left to try
+        given_up = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+        assert given_up == [  # what the events worker's log says, one line per event
+            f"event {i} given up after {events.MAX_ATTEMPTS} attempts: HTTP 503" for i in owed
+        ]
+        expected = [f"evt_{i}" for i in owed for _ in range(events.MAX_ATTEMPTS)]
+        assert receiver.attempts == expected  # each exactly MAX_ATTEMPTS times, in order
+        with session_scope() as session:
+            rows = session.scalars(
+                select(EventDelivery)
+                .where(EventDelivery.message_id == mid)
+                .order_by(EventDelivery.id)
+            ).all()
+        assert [(r.status, r.attempts, r.last_error) for r in rows] == [
+            ("failed", events.MAX_ATTEMPTS, "HTTP 503")
+        ] * len(owed)
+        # Given up is final: neither a late task nor the sweeper tries again.
+        _make_due(mid)
+        with session_scope() as session:
+            session.execute(
+                update(EventDelivery)
+                .where(EventDelivery.message_id == mid)
+                .values(next_attempt_at=utcnow() - timedelta(hours=1))
+            )
+        assert mid not in events.overdue_event_messages(limit=100_000)
+        assert events.deliver_pending_events(mid) is None
+        assert len(receiver.attempts) == len(expected)
+    finally:
+        monkeypatch.delenv("HERALD_EVENTS_BREAKER_FAILURES")
+        get_settings.cache_clear()

@@ -96,10 +96,12 @@ def test_a_tls_handshake_that_never_ends_is_cut_at_the_deadline(settings: Any) -
         receiver.stop()
 
 
-def _wait(check: Any) -> bool:
+def _wait(check: Any, timeout: float = 10.0) -> bool:
     import time
 
+    deadline = time.monotonic() + timeout
     while not check():
+        assert time.monotonic() < deadline, f"not true within {timeout}s"
         time.sleep(0.02)
     return True
 

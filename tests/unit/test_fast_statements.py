@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import exc as sa
-from sqlalchemy import text
 
 from core.errors import database_unavailable
-from models import get_engine, new_session
+from models import new_session
 from models.fast import Statement
+from tests.conftest import terminate_backend
 
 
 def test_a_refused_statement_is_a_dbapi_error_and_not_an_outage() -> None:
@@ -28,8 +28,7 @@ def test_a_lost_connection_is_an_outage_and_is_not_reused() -> None:
     session = new_session()
     try:
         pid = Statement("SELECT pg_backend_pid()").scalars(session)[0]
-        with get_engine().begin() as other:
-            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+        terminate_backend(pid)  # gone, not merely signalled: the next statement must fail
         with pytest.raises(sa.DBAPIError) as raised:
             Statement("SELECT 1 + :x").scalars(session, {"x": 1})
         assert raised.value.connection_invalidated

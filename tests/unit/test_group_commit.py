@@ -8,12 +8,12 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from models import Message, Tenant, new_session, session_scope
 from services.messages import accept, group_commit
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, terminate_backend
 
 TO = "+12025550143"
 
@@ -67,7 +67,9 @@ def _submit_all(committer: group_commit.GroupCommit, batches: list[list[accept.I
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
     threads[0].start()
+    deadline = time.monotonic() + 30
     while not committer._busy:
+        assert time.monotonic() < deadline, "the first group never started"
         time.sleep(0.001)
     for t in threads[1:]:
         t.start()
@@ -150,8 +152,7 @@ def _backend_pid(committer: group_commit.GroupCommit) -> int:
 
 
 def _terminate(pid: int) -> None:
-    with session_scope() as session:
-        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    terminate_backend(pid)  # gone before the test goes on, not merely signalled
 
 
 def _bodies(tenant: Tenant) -> list[str]:

@@ -20,6 +20,7 @@ from core.errors import database_unavailable
 from models import EventDelivery, WebhookInbox, new_session, session_scope
 from services.callbacks import applier, inbox
 from services.callbacks.twilio import TWILIO_STATUS_KIND
+from tests.conftest import terminate_backend
 from tests.unit.test_inbox import applier_off, message, pending  # noqa: F401 (a fixture)
 from tests.unit.test_webhooks import get, new_message, twilio_status
 
@@ -124,9 +125,7 @@ def test_the_same_callback_twice_in_one_group_is_new_once(committer) -> None:
 
 
 def kill(pid: int) -> None:
-    with session_scope() as session:
-        session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    time.sleep(0.1)
+    terminate_backend(pid)  # and wait until it is gone, not a guessed 0.1 s
 
 
 @pytest.mark.usefixtures("applier_off")

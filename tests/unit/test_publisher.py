@@ -97,24 +97,54 @@ def test_a_test_dispatcher_is_called_synchronously(dispatched) -> None:
     assert dispatched == [("m1", "herald.send")]
 
 
+class Interval:
+    """A publisher's clock and sleep, driven by the test: a sleep is recorded and lasts
+    until the test ends it, then moves the clock on by what was asked."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.sleeping = threading.Event()
+        self.wake = threading.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.sleeping.set()
+        assert self.wake.wait(10)
+        self.now += seconds
+
+
 def test_doorbells_within_the_publish_interval_share_one_task(broker, monkeypatch) -> None:
     """Idle, a doorbell leaves at once; the ones rung within the interval after a
-    publish wait for it and leave together (one task for the worker, not one each)."""
-    import time
-
+    publish wait for it and leave together (one task for the worker, not one each).
+    The publisher's clock is the test's: no race with a real 400 ms window."""
     from core.config import get_settings
 
     monkeypatch.setenv("HERALD_PUBLISH_INTERVAL_MS", "400")
     get_settings.cache_clear()
+    interval = Interval()
+    publisher = dispatch._Publisher(clock=interval.clock, sleep=interval.sleep)
     try:
-        time.sleep(0.45)  # idle: no publish within the interval
-        dispatch.publish_later(["m0"], "herald.send")
-        assert dispatch.flush()
-        for i in range(1, 4):
-            time.sleep(0.02)  # each would have had a publish of its own
-            dispatch.publish_later([f"m{i}"], "herald.send")
-        assert dispatch.flush()
-        assert [c[1] for c in broker.calls] == [["m0"], ["m1", "m2", "m3"]]
+        publisher.submit("herald.deliver", ["m0"], "herald.send")
+        assert publisher.flush()
+        assert interval.sleeps == []  # idle: published at once
+        interval.now += 0.1  # within the interval of that publish
+        publisher.submit("herald.deliver", ["m1"], "herald.send")
+        assert interval.sleeping.wait(5)  # waiting out the rest of the interval
+        for i in (2, 3):  # each would have had a publish of its own
+            publisher.submit("herald.deliver", [f"m{i}"], "herald.send")
+        interval.wake.set()
+        assert publisher.flush()
+        assert interval.sleeps == [pytest.approx(0.3)]
+        interval.now += 1.0  # idle again: the next one leaves at once
+        publisher.submit("herald.deliver", ["m4"], "herald.send")
+        assert publisher.flush()
+        assert interval.sleeps == [pytest.approx(0.3)]
+        assert [c[1] for c in broker.calls] == [["m0"], ["m1", "m2", "m3"], ["m4"]]
     finally:
+        interval.wake.set()
         monkeypatch.delenv("HERALD_PUBLISH_INTERVAL_MS")
         get_settings.cache_clear()
