@@ -19,6 +19,10 @@ and reconciles the sandbox's receipt log with Herald's records:
     recover       seconds from the end of the chaos until every message was final
     outage        POSTs answered during the PostgreSQL outage, by status (503 expected,
                   never 500), and seconds from its end until the API accepted again
+    purged        with --purge N: N messages of the tenant dated past its retention
+                  (with events, deliveries and receipts) written before each trial and
+                  purged by the retention purge running throughout it; none may be left,
+                  and the trial's own messages must all be there and final
 
     python -m bench.chaos --trials 50 --messages 40 --campaign 40 --workers 3
 """
@@ -90,6 +94,89 @@ class TrialResult:
     # no HTTP answer), and seconds from its end to the first accepted POST.
     outage_answers: dict[str, int] = field(default_factory=dict)
     pg_recover_s: float | None = None
+    purged: int = 0  # expired messages the purge removed during the trial
+    purge_runs: int = 0
+
+
+# The tenant's messages written before each trial, dated past its retention (the default,
+# 30 days): the purge running through the trial removes them, never the trial's own.
+EXPIRED_AGE_DAYS = 40
+
+
+def write_expired(tenant_id: str, n: int, trial: int) -> list[str]:
+    """`n` delivered SMS of the tenant, `EXPIRED_AGE_DAYS` old, each with three events,
+    an event delivery and two raw receipts, as the traffic writes them; their ids."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from core.ids import id_at, utcnow
+    from models import session_scope
+
+    at = utcnow() - timedelta(days=EXPIRED_AGE_DAYS, minutes=trial)
+    ids = [
+        id_at("msg", at + timedelta(milliseconds=i))[:-8] + f"{trial:02d}{i:06d}" for i in range(n)
+    ]
+    with session_scope() as session:
+        session.execute(
+            text(
+                """
+                WITH m AS (
+                    INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                        provider_account_id, to_number, from_number, status,
+                        provider_message_id, attempts, metadata, origin, slot_reserved, body,
+                        created_at, updated_at, sent_at, delivered_at)
+                    SELECT i, CAST(:tenant AS varchar), 'outbound', 'sms', 'twilio',
+                        (SELECT id FROM provider_accounts
+                         WHERE tenant_id = CAST(:tenant AS varchar)
+                           AND provider = 'twilio' LIMIT 1),
+                        '+13035550100', '+12025550100', 'delivered', 'SMexpired' || i, 1,
+                        '{}', 'api', false, 'expired ' || i, CAST(:at AS timestamp),
+                        CAST(:at AS timestamp), CAST(:at AS timestamp), CAST(:at AS timestamp)
+                    FROM unnest(CAST(:ids AS text[])) AS i
+                    RETURNING id, tenant_id, provider_message_id
+                ), e AS (
+                    INSERT INTO message_events (message_id, status, source, applied, at)
+                    SELECT id, s, 'callback', true, CAST(:at AS timestamp) FROM m,
+                        unnest(ARRAY['queued', 'sent', 'delivered']) AS s
+                ), d AS (
+                    INSERT INTO event_deliveries (message_id, tenant_id, url, payload, status,
+                        attempts, next_attempt_at, created_at)
+                    SELECT id, tenant_id, 'https://acme.example/events', '{}', 'delivered', 1,
+                        CAST(:at AS timestamp), CAST(:at AS timestamp) FROM m
+                )
+                INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id, message_id,
+                    provider_message_id, payload, received_at)
+                SELECT 'twilio', 'status', 'expired:' || provider_message_id || ':' || s,
+                    tenant_id, id, provider_message_id, '{}', CAST(:at AS timestamp)
+                FROM m, unnest(ARRAY['sent', 'delivered']) AS s
+                """
+            ),
+            {"tenant": tenant_id, "ids": ids, "at": at.replace(tzinfo=None)},
+        )
+    return ids
+
+
+def expired_left(ids: list[str]) -> int:
+    """Rows of these messages still in any of the four tables the purge empties."""
+    from sqlalchemy import text
+
+    from models import session_scope
+
+    with session_scope() as session:
+        return int(
+            session.execute(
+                text(
+                    """
+                    SELECT (SELECT count(*) FROM messages WHERE id = ANY(:ids))
+                        + (SELECT count(*) FROM message_events WHERE message_id = ANY(:ids))
+                        + (SELECT count(*) FROM event_deliveries WHERE message_id = ANY(:ids))
+                        + (SELECT count(*) FROM webhook_events WHERE message_id = ANY(:ids))
+                    """
+                ),
+                {"ids": ids},
+            ).scalar_one()
+        )
 
 
 class ChaosStack:
@@ -291,6 +378,7 @@ def run_trial(
     settle_timeout: float = 90.0,
     campaign: int = 0,
     pg_outage: float = 0.0,
+    purge: bool = False,
 ) -> TrialResult:
     result = TrialResult()
     api = httpx.Client(base_url=stack.api, timeout=10, headers={"Authorization": f"Bearer {key}"})
@@ -346,8 +434,22 @@ def run_trial(
             stop_chaos.wait(chaos_rng.uniform(0.3, 1.5))
             result.worker_crashes += stack.revive_crashed_workers()
 
+    def purging() -> None:
+        # The hourly beat purge, run back to back through the whole trial (this process
+        # goes to PostgreSQL directly: it keeps purging through the outage too).
+        from services.lifecycle.purge import purge_all
+
+        while not stop_chaos.is_set():
+            done = purge_all(max_seconds=30)
+            result.purge_runs += 1
+            result.purged += int(done["messages"])  # type: ignore[call-overload]
+            stop_chaos.wait(0.2)
+
     chaos_thread = threading.Thread(target=chaos, daemon=True)
     chaos_thread.start()
+    purge_thread = threading.Thread(target=purging, daemon=True) if purge else None
+    if purge_thread is not None:
+        purge_thread.start()
     started = time.monotonic()
     campaign_id = _start_campaign(api, campaign, chaos_seconds, started) if campaign else None
     for i in range(messages):
@@ -382,6 +484,8 @@ def run_trial(
         time.sleep(0.1)  # the outage ends before the chaos does
     stop_chaos.set()
     chaos_thread.join()
+    if purge_thread is not None:
+        purge_thread.join()
     control.delete("/_sandbox/faults")
     chaos_end = time.monotonic()
     if "end" in outage:
@@ -487,6 +591,7 @@ def run(
     out=sys.stdout,
     campaign: int = 0,
     pg_outage: float = 3.0,
+    purge: int = 0,
 ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Run `trials` trials on one stack; print a line per trial and the totals; return totals.
 
@@ -519,10 +624,16 @@ def run(
         "outage_answers_by_trial": [],
         "failed_ids": [],
         "pg_recover_max_s": 0.0,
+        "purged": 0,  # expired messages removed by the purge running through the trials
+        "expired_written": 0,
+        "expired_left": 0,  # rows of those still present after the trials (want 0)
     }
     try:
         tenant = stack.start()
+        expired: list[str] = []
         for n in range(1, trials + 1):
+            if purge:
+                expired += write_expired(tenant["tenant_id"], purge, n)
             r = run_trial(
                 stack,
                 tenant["api_key"],
@@ -531,8 +642,10 @@ def run(
                 rng,
                 campaign=campaign,
                 pg_outage=pg_outage,
+                purge=purge > 0,
             )
             totals["trials"] += 1
+            totals["purged"] += r.purged
             for key in (
                 "accepted",
                 "delivered",
@@ -566,12 +679,16 @@ def run(
                     if r.pg_recover_s is not None
                     else (f" pg_outage={r.outage_answers}" if r.pg_outages else "")
                 )
+                + (f" purged={r.purged} in {r.purge_runs} runs" if purge else "")
                 + (f" LOST={r.lost}" if r.lost else "")
                 + (f" TWICE={r.twice}" if r.twice else "")
                 + (f" STUCK={r.stuck}" if r.stuck else ""),
                 file=out,
                 flush=True,
             )
+        if purge:
+            totals["expired_written"] = len(expired)
+            totals["expired_left"] = expired_left(expired)
     finally:
         stack.stop()
     totals["recover_mean_s"] = round(totals.pop("recover_sum_s") / max(1, totals["trials"]), 2)
@@ -603,6 +720,13 @@ def main(argv: list[str] | None = None) -> int:
         default=3.0,
         help="seconds PostgreSQL is unreachable once per trial (0: never; needs PostgreSQL)",
     )
+    parser.add_argument(
+        "--purge",
+        type=int,
+        default=0,
+        help="expired messages written before each trial for the retention purge, running "
+        "throughout it, to remove (0: no purge)",
+    )
     args = parser.parse_args(argv)
     totals = run(
         args.trials,
@@ -613,8 +737,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seed if args.seed >= 0 else None,
         campaign=args.campaign,
         pg_outage=args.pg_outage,
+        purge=args.purge,
     )
-    return 0 if totals["lost"] == 0 and totals["sent_twice"] == 0 and totals["stuck"] == 0 else 1
+    return (
+        0
+        if totals["expired_left"] == 0
+        and totals["lost"] == 0
+        and totals["sent_twice"] == 0
+        and totals["stuck"] == 0
+        else 1
+    )
 
 
 if __name__ == "__main__":

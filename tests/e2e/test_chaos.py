@@ -1,8 +1,9 @@
 """A short run of the chaos harness (bench/chaos.py): workers SIGKILLed mid-flow,
 Redis restarted with nothing on disk, PostgreSQL cut once per trial, provider faults
-on and off. Nothing may be lost, nothing sent twice, nothing failed (every fault the
-sandbox is told to inject is one a retry gets past). `python -m bench.chaos` runs the
-long version.
+on and off, and the retention purge removing expired history all along. Nothing may
+be lost, nothing sent twice, nothing failed (every fault the sandbox is told to inject
+is one a retry gets past), and every expired row must be gone. `python -m bench.chaos`
+runs the long version.
 
 Every random choice comes from one seed, printed at the start and in every assertion
 message: `HERALD_CHAOS_SEED=<seed> pytest tests/e2e/test_chaos.py` replays a failure's
@@ -21,6 +22,7 @@ from bench.chaos import run
 pytestmark = pytest.mark.e2e
 
 TRIALS, MESSAGES, CAMPAIGN = 2, 30, 20
+EXPIRED = 2_000  # messages past retention per trial, for the purge running through it
 # What the API may answer a POST made while PostgreSQL is unreachable: 503 with
 # Retry-After, or 2xx for one that completed just as the cut began. Never a 500, never
 # no answer at all.
@@ -51,6 +53,7 @@ def test_no_message_lost_or_sent_twice_under_chaos(tmp_path) -> None:
         home=tmp_path,
         out=out,
         campaign=CAMPAIGN,  # campaign batches meet the chaos too
+        purge=EXPIRED,  # and the retention purge runs throughout
     )
     report = f"{replay_hint(seed)}\n{out.getvalue()}"
     assert totals["seed"] == seed, report
@@ -65,6 +68,10 @@ def test_no_message_lost_or_sent_twice_under_chaos(tmp_path) -> None:
     # itself and its reason here.
     assert totals["failed"] == {} and totals["failed_ids"] == [], report
     assert totals["delivered"] == totals["accepted"], report
+    # The purge removed exactly the expired history, every row of it, while the trials'
+    # own messages (all accepted ones are delivered, above) were left alone.
+    assert totals["purged"] == TRIALS * EXPIRED, report
+    assert totals["expired_written"] == TRIALS * EXPIRED and totals["expired_left"] == 0, report
     if os.environ.get("DATABASE_URL", "").startswith("postgresql"):
         # PostgreSQL unreachable once per trial: each outage was met by POSTs, answered
         # 503 (at least one per outage: an outage no request saw proves nothing) or 2xx.
