@@ -46,6 +46,7 @@ from services.campaigns.campaigns import (
 from services.campaigns.resend import resend_campaign
 from services.content.phones import normalize_e164
 from services.messages.resend import RESENDABLE, resend_message
+from services.messages.serialize import sms_fields
 from services.messages.service import get_message
 from services.messages.status import OUTBOUND, TERMINAL
 from services.policy.consent import WINDOW, contact_for, window_open
@@ -322,6 +323,7 @@ def message(message_id: str):  # type: ignore[no-untyped-def]
     context = {
         "m": row,
         "request_json": message_request(row),
+        "sms": sms_fields(row.channel, row.body, row.options),
         "final": row.status in TERMINAL or row.status in ("read", "received"),
         "resendable": row.direction == "outbound"
         and row.status in RESENDABLE

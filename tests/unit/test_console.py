@@ -176,3 +176,15 @@ def test_phone_is_hidden_without_a_sandbox(console, monkeypatch) -> None:
     monkeypatch.setattr("services.reporting.console.sandbox_url", lambda: None)
     assert "Sandbox phone" not in console.get("/console/").get_data(as_text=True)
     assert console.get("/console/phone").status_code == 404
+
+
+def test_the_message_page_says_what_an_sms_is_billed_as(console, client, auth, dispatched) -> None:
+    """Segments and encoding, as the API answers them: a UCS-2 body of 71 characters is two
+    segments of 67, and smart encoding's swaps are counted."""
+    emoji = _send(client, auth, channel="sms", body="🙂" + "x" * 69)
+    assert (emoji["segments"], emoji["encoding"]) == (2, "UCS-2")
+    html = console.get(f"/console/messages/{emoji['id']}").get_data(as_text=True)
+    assert "Billed as</dt><dd>2 segments, UCS-2" in html
+    curly = _send(client, auth, channel="sms", body="It\u2019s ready")
+    html = console.get(f"/console/messages/{curly['id']}").get_data(as_text=True)
+    assert "Billed as</dt><dd>1 segment, GSM-7 (smart encoding replaced 1 character)" in html
