@@ -52,6 +52,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str | None] = mapped_column(String(200))
+    # 'live', or 'test': its messages go to the simulator, never to a provider
+    # (services/messages/simulation.py).
+    type: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.errors import Conflict, InvalidRequest, PolicyRefused, RateLimited
+from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
@@ -239,10 +239,15 @@ def _check_quota(tenant: Tenant, campaign: Campaign) -> None:
 
 
 def create_campaign(
-    session: Session, tenant: Tenant, data: dict[str, Any], recipients: Iterable[Any]
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    recipients: Iterable[Any],
+    test: bool = False,
 ) -> Campaign:
     """Write the campaign and a `scheduled` row per recipient in the caller's
-    transaction; raises (the caller rolls back) over the recipient cap or the quota."""
+    transaction; raises (the caller rolls back) over the recipient cap or the quota.
+    `test`: a test key's campaign, whose rows are test messages (the simulator's)."""
     channel = data["channel"]
     pool = campaign_pool(session, tenant, channel, data)  # senders: who sends it
     provider = (
@@ -294,6 +299,7 @@ def create_campaign(
         invalid_rows=[],
         quiet_hours=quiet_hours.option(data),
         shared_content=True,  # its rows carry only what differs per recipient
+        test=test,
     )
     session.add(campaign)
     session.flush()
@@ -451,6 +457,7 @@ def _add_chunk(
                 "attempts": 0,
                 "campaign_id": campaign.id,
                 "metadata": {},
+                "test": bool(campaign.test),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -609,8 +616,15 @@ def _pause_for_quota(campaign: Campaign, now: datetime) -> None:
 # ---------------------------------------------------------------- control and progress
 
 
-def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign:
-    return get_owned(session, Campaign, tenant_id, campaign_id, f"No campaign {campaign_id!r}.")
+def get_campaign(
+    session: Session, tenant_id: str, campaign_id: str, test: bool | None = None
+) -> Campaign:
+    """A tenant's campaign; with `test` (the caller's key's mode), one of that mode only."""
+    missing = f"No campaign {campaign_id!r}."
+    campaign = get_owned(session, Campaign, tenant_id, campaign_id, missing)
+    if test is not None and bool(campaign.test) != test:
+        raise NotFound(missing)
+    return campaign
 
 
 def list_campaigns(
@@ -620,12 +634,15 @@ def list_campaigns(
     status: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    test: bool | None = None,
 ) -> tuple[list[Campaign], str | None]:
     """A page of the tenant's campaigns, newest first, and the next page's cursor (the
     page's last id: ids are time-ordered, as messages' are). Keyset on (tenant_id, id),
     the index ix_campaigns_tenant_id_id serves, so a page costs its own rows however
     many campaigns the tenant has."""
     query = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    if test is not None:  # the caller's key's mode
+        query = query.where(Campaign.test == test)
     if status:
         query = query.where(Campaign.status == status)
     if cursor:
@@ -649,9 +666,11 @@ def load_campaign_query(args: Any) -> dict[str, Any]:
     return load_object(CampaignQuerySchema(), dict(args))
 
 
-def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:
+def control_campaign(
+    session: Session, tenant_id: str, campaign_id: str, action: str, test: bool | None = None
+) -> Campaign:
     """pause | resume | cancel; effective at the next beat tick (one second)."""
-    campaign = get_campaign(session, tenant_id, campaign_id)
+    campaign = get_campaign(session, tenant_id, campaign_id, test)
     allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused")}
     if campaign.status not in allowed[action]:
         raise Conflict(f"A {campaign.status} campaign cannot {action}.", code="invalid_state")
@@ -708,6 +727,7 @@ class CampaignView(Shape):
     id = fields.String()
     name = fields.String()
     status = fields.String()
+    test = fields.Boolean(metadata={"description": "created with a test key: simulated"})
     pause_reason = fields.String(
         allow_none=True,
         metadata={"description": "daily_quota: paused by the quota until resume_at"},
@@ -760,6 +780,7 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
+        "test": bool(campaign.test),
         # 'daily_quota': paused by the quota until `resume_at` (then running again by
         # itself); null: not paused, or paused by the tenant.
         "pause_reason": campaign.pause_reason,

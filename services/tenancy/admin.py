@@ -26,6 +26,7 @@ from services.reporting.events import webhook_secret
 from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
 from services.tenancy.tenants import (
+    KEY_TYPES,
     PROVIDER_FIELDS,
     add_provider_account,
     create_api_key,
@@ -194,6 +195,7 @@ class ApiKeyView(Shape):
     tenant_id = fields.String()
     prefix = fields.String()
     name = fields.String(allow_none=True)
+    type = fields.String(metadata={"description": "live, or test: sends to the simulator only"})
     created_at = fields.DateTime()
     revoked_at = fields.DateTime(allow_none=True)
 
@@ -250,6 +252,7 @@ def api_key_to_dict(row: ApiKey) -> dict[str, Any]:
         "tenant_id": row.tenant_id,
         "prefix": row.prefix,
         "name": row.name,
+        "type": row.type,
         "created_at": iso(row.created_at),
         "revoked_at": iso(row.revoked_at),
     }
@@ -437,8 +440,11 @@ def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     )
 
 
-def create_tenant_key(session: Session, tenant_id: str, name: str | None = None) -> dict[str, Any]:
-    """A new key for the tenant: the clear key is in this answer only."""
+def create_tenant_key(
+    session: Session, tenant_id: str, name: str | None = None, type: str = "live"
+) -> dict[str, Any]:
+    """A new key for the tenant: the clear key is in this answer only. A `test` key's
+    messages go to the simulator, never to a provider."""
     get_tenant(session, tenant_id)
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise InvalidRequest(
@@ -446,7 +452,11 @@ def create_tenant_key(session: Session, tenant_id: str, name: str | None = None)
             code="invalid_fields",
             fields={"name": ["Not a string of at most 200 characters."]},
         )
-    key = create_api_key(session, tenant_id, name=name)
+    if type not in KEY_TYPES:
+        raise InvalidRequest(
+            "type is live or test.", code="invalid_fields", fields={"type": ["live or test"]}
+        )
+    key = create_api_key(session, tenant_id, name=name, type=type)
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
     assert row is not None
     return {**api_key_to_dict(row), "api_key": key}
