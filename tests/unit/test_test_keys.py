@@ -21,7 +21,7 @@ from providers.base import AccountCredentials, OutboundMessage
 from providers.simulator import SimulatorProvider, outcome_for
 from services.reporting.rollups import fold_all
 from services.tenancy.tenants import create_api_key
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, make_tenant
 
 
 def _test_key(tenant_id: str) -> dict[str, str]:
@@ -188,3 +188,30 @@ def test_the_rollups_keep_test_messages_apart(client, tenant, auth) -> None:  # 
         "delivered": 1,
         "undelivered": 1,
     }
+
+
+def test_test_messages_take_no_sender_budget(client, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from services.messages.gate import send_gates
+    from tests.conftest import TWILIO_SID, TWILIO_TOKEN
+
+    tenant = make_tenant(
+        "budget",
+        twilio={
+            "account_sid": TWILIO_SID,
+            "auth_token": TWILIO_TOKEN,
+            "sms_from": "+12025550134",
+            "mps": 1,
+        },
+    )
+    as_test = _test_key(tenant["tenant_id"])
+    auth = {"Authorization": f"Bearer {tenant['api_key']}"}
+
+    def send(headers: dict[str, str], to: str) -> str:
+        body = {"to": to, "body": "x", "channel": "sms"}
+        return client.post("/v1/messages", json=body, headers=headers).get_json()["id"]
+
+    # Three test messages at once on a sender of 1 message a second: none waits, and the
+    # live message after them still has the sender's whole budget.
+    tests = [send(as_test, f"+1201555020{i}") for i in range(3)]
+    live = send(auth, "+12025550143")
+    assert send_gates([*tests, live]) == dict.fromkeys([*tests, live], 0.0)
