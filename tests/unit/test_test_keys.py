@@ -215,3 +215,27 @@ def test_test_messages_take_no_sender_budget(client, dispatched) -> None:  # typ
     tests = [send(as_test, f"+1201555020{i}") for i in range(3)]
     live = send(auth, "+12025550143")
     assert send_gates([*tests, live]) == dict.fromkeys([*tests, live], 0.0)
+
+
+def test_a_test_keys_campaign_is_a_test_campaign(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    as_test = _test_key(tenant["tenant_id"])
+    body = {
+        "name": "trial",
+        "channel": "sms",
+        "body": "Hi",
+        "recipients": [{"to": "+12015550200"}, {"to": "+12015550201"}],
+    }
+    resp = client.post("/v1/campaigns", json=body, headers=as_test)
+    assert resp.status_code == 201, resp.get_json()
+    campaign = resp.get_json()
+    assert campaign["test"] is True
+    with session_scope() as session:
+        rows = session.scalars(select(Message.test).where(Message.campaign_id == campaign["id"]))
+        assert list(rows) == [True, True]
+    assert client.get(f"/v1/campaigns/{campaign['id']}", headers=auth).status_code == 404
+    shown = client.get(f"/v1/campaigns/{campaign['id']}", headers=as_test).get_json()
+    assert shown["test"] is True
+    listed = client.get("/v1/campaigns", headers=auth).get_json()["data"]
+    assert campaign["id"] not in [c["id"] for c in listed]
