@@ -320,6 +320,9 @@ class Campaign(Base):
     # Why a paused campaign is paused ('daily_quota': by itself, until `resume_at`;
     # None: by the tenant).
     pause_reason: Mapped[str | None] = mapped_column(String(32))
+    # What it will cost, at creation: {"amount": "12.34", "currency": "USD"} from the
+    # tenant's sms_prices (services/content/prices.py); None: no estimate.
+    estimated_cost: Mapped[dict | None] = mapped_column(JSON)
     # Created with a test key: its rows are test messages (services/messages/simulation.py).
     test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -29,6 +29,10 @@ class Tenant(Base):
     # text (None: those of its own numbers) and international SMS a day (None: default).
     sms_countries: Mapped[list | None] = mapped_column(JSON)
     international_daily_limit: Mapped[int | None] = mapped_column(Integer)
+    # The operator's SMS prices per segment per country, for campaigns' cost estimates
+    # ({"currency": "USD", "per_segment": {"US": "0.0079", "*": "0.05"}}; None: no estimate;
+    # services/content/prices.py).
+    sms_prices: Mapped[dict | None] = mapped_column(JSON)
     # Its own opt-out/opt-in/help words ({"stop": ["ARRET"], …}) and its answers to
     # keywords ({"stop": "…", "help": "…"}; '' sends none) (services/policy/keywords.py).
     keywords: Mapped[dict | None] = mapped_column(JSON)

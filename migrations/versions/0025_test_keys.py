@@ -1,7 +1,12 @@
-"""test keys: a key's type, messages and campaigns marked test, test counted apart
+"""test keys: a key's type, messages and campaigns marked test, test counted apart;
+campaigns' cost estimates
 
 Revision ID: 0025_test_keys
 Revises: 0022_pair_order
+
+Cost estimates: `tenants.sms_prices` (the operator's price per SMS segment per country,
+NULL: none) and `campaigns.estimated_cost` (worked out at creation, NULL: none), both
+nullable, no rewrite (services/content/prices.py).
 
 `api_keys.type` is `live` (every existing key) or `test`. A message or campaign
 accepted with a test key is `test` (services/messages/simulation.py sends it to the
@@ -114,6 +119,8 @@ def upgrade() -> None:
     )
     op.add_column("messages", _test_column())
     op.add_column("campaigns", _test_column())
+    op.add_column("tenants", sa.Column("sms_prices", sa.JSON(), nullable=True))
+    op.add_column("campaigns", sa.Column("estimated_cost", sa.JSON(), nullable=True))
     # Writers wait from here to the commit: no delta is written under the old key.
     op.execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
     op.add_column("message_count_deltas", _test_column())
@@ -161,6 +168,8 @@ def downgrade() -> None:
     )
     for table in ("message_status_totals", "message_counts", "message_count_deltas"):
         op.drop_column(table, "test")
+    op.drop_column("campaigns", "estimated_cost")
+    op.drop_column("tenants", "sms_prices")
     op.drop_column("campaigns", "test")
     op.drop_column("messages", "test")
     op.drop_column("api_keys", "type")

@@ -26,8 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -44,6 +45,7 @@ from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import StrictFloat, cursor_field, send_at_problem, text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
+from services.content.prices import estimate_cost
 from services.content.schemas import (
     CHANNELS,
     PROVIDERS,
@@ -333,6 +335,9 @@ def create_campaign(
         )
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
     campaign.total = inserted
+    if guard is not None and campaign.body:  # SMS: segments times each country's price
+        segments = measure(campaign.body).segments
+        campaign.estimated_cost = estimate_cost(tenant.sms_prices, segments, guard.countries)
     _check_quota(tenant, campaign)
     log.info(
         "campaign created id=%s tenant=%s total=%d skipped=%d invalid=%d duplicates=%d",
@@ -354,6 +359,9 @@ class SmsGuard:
     allowed: frozenset[str] | None
     home: frozenset[str]
     abroad: int = 0
+    # Recipients per country, each number once (the cost estimate: content/prices.py).
+    countries: Counter[str | None] = field(default_factory=Counter)
+    _seen: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, session: Session, tenant: Tenant) -> SmsGuard:
@@ -367,8 +375,12 @@ class SmsGuard:
         return None
 
     def count(self, phone: str) -> None:
-        if country_of(phone) not in self.home:
+        country = country_of(phone)  # kept from the row's validation: no second parse
+        if country not in self.home:
             self.abroad += 1
+        if phone not in self._seen:  # a repeat across chunks is dropped at insert
+            self._seen.add(phone)
+            self.countries[country] += 1
 
 
 def _add_chunk(
@@ -718,6 +730,13 @@ class InvalidRowView(Shape):
     error = fields.String()
 
 
+class EstimatedCostView(Shape):
+    """A campaign's cost worked out at creation (services/content/prices.py)."""
+
+    amount = fields.String(metadata={"description": "a decimal, as text, to the cent"})
+    currency = fields.String(metadata={"description": "ISO 4217"})
+
+
 class CampaignView(Shape):
     """A campaign and its progress (`campaign_to_dict`)."""
 
@@ -756,6 +775,14 @@ class CampaignView(Shape):
     created_at = fields.DateTime()
     encoding = fields.String(metadata={"description": "SMS: GSM-7 or UCS-2"})
     segments = fields.Integer(metadata={"description": "SMS: the segments of one message"})
+    estimated_cost = fields.Nested(
+        EstimatedCostView,
+        allow_none=True,
+        metadata={
+            "description": "SMS: segments times the tenant's sms_prices per destination country, "
+            "at creation; null: no prices set, or a country they do not price"
+        },
+    )
     segments_total = fields.Integer(
         metadata={"description": "SMS: segments of every message, before skips and failures"}
     )
@@ -797,6 +824,7 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "duplicates": campaign.duplicates,
         "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
+        "estimated_cost": campaign.estimated_cost,
         **_sms_estimate(campaign),
     }
 

@@ -19,6 +19,7 @@ from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
+from services.content.prices import SmsPricesSchema
 from services.content.schemas import load_object
 from services.lifecycle.retention import MAX_DAYS, MIN_DAYS, effective_days
 from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
@@ -63,6 +64,7 @@ class TenantSchema(_Strict):
     international_daily_limit = fields.Integer(
         strict=True, allow_none=True, validate=validate.Range(min=0)
     )
+    sms_prices = fields.Nested(SmsPricesSchema, allow_none=True)
     keywords = fields.Nested(KeywordsSchema, allow_none=True)
     keyword_replies = fields.Nested(KeywordRepliesSchema, allow_none=True)
     # Days content is kept (services/lifecycle/retention.py); null: the default.
@@ -78,6 +80,7 @@ SMS_SETTINGS = (
     "sms_max_segments",
     "sms_countries",
     "international_daily_limit",
+    "sms_prices",
     "keywords",
     "keyword_replies",
 )
@@ -132,6 +135,11 @@ class TenantView(Shape):
     )
     international_daily_limit = fields.Integer(
         allow_none=True, metadata={"description": "international SMS a day; null: the default"}
+    )
+    sms_prices = fields.Nested(
+        SmsPricesSchema,
+        allow_none=True,
+        metadata={"description": "SMS price per segment per country: campaigns' cost estimates"},
     )
     keywords = fields.Dict(
         keys=fields.String(),
@@ -217,6 +225,7 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "sms_max_segments": tenant.sms_max_segments,
         "sms_countries": tenant.sms_countries,
         "international_daily_limit": tenant.international_daily_limit,
+        "sms_prices": tenant.sms_prices,
         "keywords": tenant.keywords,
         "keyword_replies": tenant.keyword_replies,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
