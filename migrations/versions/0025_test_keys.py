@@ -153,10 +153,17 @@ def downgrade() -> None:
     op.execute("DROP INDEX IF EXISTS ix_messages_tenant_test_id")
     op.execute("LOCK TABLE messages IN SHARE ROW EXCLUSIVE MODE")
     op.execute(_function(test=False))
-    # Test counts have no place in the old key: they go with the column.
-    op.execute("DELETE FROM message_count_deltas WHERE test")
+    # The test messages stay, as live ones (the column goes): their counts go back into the
+    # live key as deltas (the hourly rows; the fold adds them to the days and the totals).
+    rest = "direction, channel, provider, category, campaign_id, status, price_unit"
+    op.execute(
+        f"INSERT INTO message_count_deltas (tenant_id, hour, {rest}, messages, billable, cost,"
+        f" test) SELECT tenant_id, start, {rest}, messages, billable, cost, false"
+        " FROM message_counts WHERE test AND span = 'hour'"
+    )
     op.execute("DELETE FROM message_counts WHERE test")
     op.execute("DELETE FROM message_status_totals WHERE test")
+    op.execute("UPDATE message_count_deltas SET test = false WHERE test")
     op.execute("ALTER TABLE message_status_totals DROP CONSTRAINT pk_message_status_totals")
     op.execute(
         "ALTER TABLE message_status_totals ADD CONSTRAINT pk_message_status_totals"
