@@ -239,3 +239,21 @@ def test_a_test_keys_campaign_is_a_test_campaign(client, tenant, auth, dispatche
     assert shown["test"] is True
     listed = client.get("/v1/campaigns", headers=auth).get_json()["data"]
     assert campaign["id"] not in [c["id"] for c in listed]
+
+
+def test_the_console_marks_test_messages(app, client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from tests.unit.test_console import sign_in
+
+    as_test = _test_key(tenant["tenant_id"])
+    body = {"to": "+12025550143", "body": "hi", "channel": "sms"}
+    test_id = client.post("/v1/messages", headers=as_test, json=body).get_json()["id"]
+    live_id = client.post("/v1/messages", headers=auth, json=body).get_json()["id"]
+    console = app.test_client()
+    sign_in(console, tenant["api_key"])
+    page = console.get("/console/messages").get_data(as_text=True)
+    rows = {mid: page.split(mid)[0].rsplit("<tr>", 1)[-1] for mid in (test_id, live_id)}
+    assert 'class="badge test"' in rows[test_id] and "badge test" not in rows[live_id]
+    shown = console.get(f"/console/messages/{test_id}").get_data(as_text=True)
+    assert 'class="badge test"' in shown
+    usage = console.get("/console/usage").get_data(as_text=True)
+    assert 'id="test-usage"' in usage and "1 message, 0 delivered" in usage
