@@ -88,7 +88,15 @@ _ACCOUNT_FIELDS = {
 }
 _KEY_NAME = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 200}},
+    "properties": {
+        "name": {"type": "string", "maxLength": 200},
+        "type": {
+            "type": "string",
+            "enum": ["live", "test"],
+            "default": "live",
+            "description": "test: its messages go to the simulator, never to a provider",
+        },
+    },
     "additionalProperties": False,
 }
 
@@ -178,9 +186,12 @@ def keys_index(tenant_id: str):  # type: ignore[no-untyped-def]
 def keys_create(tenant_id: str):  # type: ignore[no-untyped-def]
     """Create a key (shown once)."""
     payload = json_body() if request.data else {}
-    if not isinstance(payload, dict) or set(payload) - {"name"}:
-        raise InvalidRequest("The body is an optional JSON object with a 'name'.")
-    return jsonify(_committed(create_tenant_key, tenant_id, payload.get("name"))), 201
+    if not isinstance(payload, dict) or set(payload) - {"name", "type"}:
+        raise InvalidRequest("The body is an optional JSON object with a 'name' and a 'type'.")
+    made = _committed(
+        create_tenant_key, tenant_id, payload.get("name"), payload.get("type", "live")
+    )
+    return jsonify(made), 201
 
 
 @bp.delete("/tenants/<tenant_id>/keys/<key_id>")

@@ -14,7 +14,7 @@ from core.config import get_settings
 from core.errors import InvalidRequest, RateLimited, UnsupportedMediaType
 from models import Tenant, new_session
 from services.policy.limits import take_read
-from services.tenancy.tenants import authenticate
+from services.tenancy.tenants import authenticate_caller
 
 
 class RequestSession:
@@ -67,10 +67,15 @@ def current_tenant() -> Tenant:
     return g.tenant
 
 
+def test_mode() -> bool:
+    """Whether the caller used a test key: it sees and makes test messages only."""
+    return bool(g.get("test", False))
+
+
 def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        g.tenant = authenticate(db(), request.headers.get("Authorization"))
+        g.tenant, g.test = authenticate_caller(db(), request.headers.get("Authorization"))
         return view(*args, **kwargs)
 
     return wrapper

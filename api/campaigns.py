@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from api.auth import current_tenant, db, json_body, read_limited, require_tenant
+from api.auth import current_tenant, db, json_body, read_limited, require_tenant, test_mode
 from core.errors import InvalidRequest
 from services.campaigns.campaigns import (
     campaign_to_dict,
@@ -70,7 +70,7 @@ def create():  # type: ignore[no-untyped-def]
         listed = data.pop("recipients", None) or []
         check_recipient_count(len(listed))  # over the cap: refused before anything is written
         recipients = iter(listed)
-    campaign = create_campaign(session, current_tenant(), data, recipients)
+    campaign = create_campaign(session, current_tenant(), data, recipients, test_mode())
     session.commit()
     return jsonify(campaign_to_dict(session, campaign)), 201
 
@@ -93,7 +93,7 @@ def index():  # type: ignore[no-untyped-def]
     """
     session = db()
     query = load_campaign_query(request.args)
-    rows, cursor = list_campaigns(session, current_tenant().id, **query)
+    rows, cursor = list_campaigns(session, current_tenant().id, **query, test=test_mode())
     return jsonify({"data": [campaign_to_dict(session, c) for c in rows], "next_cursor": cursor})
 
 
@@ -113,7 +113,9 @@ def show(campaign_id: str):  # type: ignore[no-untyped-def]
     """
     session = db()
     return jsonify(
-        campaign_to_dict(session, get_campaign(session, current_tenant().id, campaign_id))
+        campaign_to_dict(
+            session, get_campaign(session, current_tenant().id, campaign_id, test_mode())
+        )
     )
 
 
@@ -162,6 +164,6 @@ def control(campaign_id: str, action: str):  # type: ignore[no-untyped-def]
     if action not in ("pause", "resume", "cancel"):
         raise InvalidRequest("Action must be pause, resume or cancel.", code="invalid_action")
     session = db()
-    campaign = control_campaign(session, current_tenant().id, campaign_id, action)
+    campaign = control_campaign(session, current_tenant().id, campaign_id, action, test_mode())
     session.commit()
     return jsonify(campaign_to_dict(session, campaign))

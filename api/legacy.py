@@ -31,7 +31,7 @@ from core.errors import (
 from models import Message, Tenant
 from services.content.schemas import load_message_request
 from services.messages.service import accept_message, get_message
-from services.tenancy.tenants import authenticate
+from services.tenancy.tenants import authenticate_caller
 
 log = logging.getLogger(__name__)
 bp = Blueprint("legacy", __name__)
@@ -39,14 +39,16 @@ bp = Blueprint("legacy", __name__)
 
 def _caller() -> tuple[Tenant, str]:
     """The tenant, and the origin of what this caller creates and may read:
-    'legacy' for an unauthenticated call under HERALD_LEGACY_TENANT, else 'api'."""
+    'legacy' for an unauthenticated call under HERALD_LEGACY_TENANT, else 'api'. A test
+    key's call is in test mode (`g.test`), as on /v1."""
     header = request.headers.get("Authorization")
     legacy = get_settings().legacy_tenant
     if not header and legacy:
         tenant = db().get(Tenant, legacy)
         if tenant is not None:
             return tenant, "legacy"
-    return authenticate(db(), header), "api"
+    tenant, g.test = authenticate_caller(db(), header)
+    return tenant, "api"
 
 
 def _accept(fields: dict[str, Any]) -> Message:
@@ -60,6 +62,7 @@ def _accept(fields: dict[str, Any]) -> Message:
         idempotency_key=request.headers.get("Idempotency-Key") or None,
         raw=fields,
         origin=origin,
+        test=bool(g.get("test", False)),
     )
     session.commit()
     g.tenant = tenant

@@ -8,7 +8,15 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from sqlalchemy.orm import Session
 
-from api.auth import current_tenant, db, json_body, parse_json, read_limited, require_tenant
+from api.auth import (
+    current_tenant,
+    db,
+    json_body,
+    parse_json,
+    read_limited,
+    require_tenant,
+    test_mode,
+)
 from core.config import get_settings
 from core.errors import InvalidRequest
 from core.ids import is_id
@@ -21,7 +29,7 @@ from services.messages.resend import resend_message
 from services.messages.serialize import message_to_dict
 from services.messages.service import cancel_message, get_message, list_messages
 from services.messages.status import OUTBOUND
-from services.tenancy.tenants import authenticate
+from services.tenancy.tenants import authenticate_caller
 
 bp = Blueprint("messages", __name__, url_prefix="/v1/messages")
 
@@ -57,15 +65,17 @@ def create():  # type: ignore[no-untyped-def]
                 2XX: {description: Received; any other answer is retried}
     """
     key = request.headers.get("Idempotency-Key") or None
-    item = accept_payload(db(), current_tenant(), json_body(), key)
+    item = accept_payload(db(), current_tenant(), json_body(), key, test_mode())
     return jsonify(item.answer()), item.status
 
 
-def accept_payload(session: Session, tenant: Tenant, payload: Any, key: str | None) -> Item:
+def accept_payload(
+    session: Session, tenant: Tenant, payload: Any, key: str | None, test: bool = False
+) -> Item:
     """Validate and store one message request's JSON; the item (202 or a replay), or
-    the request's error raised."""
+    the request's error raised. `test`: a test key's."""
     data = load_message_request(payload, walked=True)
-    return accept_one(session, tenant, payload, data, key)
+    return accept_one(session, tenant, payload, data, key, test)
 
 
 def accept_request(
@@ -77,8 +87,8 @@ def accept_request(
 ) -> Item:
     """`POST /v1/messages` from its raw parts, in the view's order (the key, then the
     body): what api/fastpath.py serves without Flask."""
-    tenant = authenticate(session, authorization)
-    return accept_payload(session, tenant, parse_json(body, loads), key)
+    tenant, test = authenticate_caller(session, authorization)
+    return accept_payload(session, tenant, parse_json(body, loads), key, test)
 
 
 # A batch of 1,000 messages with long bodies is more than the single-message limit.
@@ -117,7 +127,7 @@ def create_batch():  # type: ignore[no-untyped-def]
         raise InvalidRequest(
             "A batch has no Idempotency-Key header: give each message its idempotency_key."
         )
-    return jsonify(accept_batch(db(), current_tenant(), json_body()))
+    return jsonify(accept_batch(db(), current_tenant(), json_body(), test_mode()))
 
 
 @bp.get("/<message_id>")
@@ -132,7 +142,8 @@ def show(message_id: str):  # type: ignore[no-untyped-def]
         401: Unauthorized
         404: NotFound
     """
-    return jsonify(message_to_dict(get_message(db(), current_tenant().id, message_id)))
+    message = get_message(db(), current_tenant().id, message_id, test=test_mode())
+    return jsonify(message_to_dict(message))
 
 
 @bp.get("")
@@ -181,6 +192,7 @@ def index():  # type: ignore[no-untyped-def]
         campaign_id=args.get("campaign_id"),
         limit=limit,
         cursor=args.get("cursor"),
+        test=test_mode(),
     )
     return jsonify(
         {"data": [message_to_dict(m, events=False) for m in rows], "next_cursor": cursor}
@@ -209,7 +221,7 @@ def resend(message_id: str):  # type: ignore[no-untyped-def]
         429: RateLimited
     """
     session = db()
-    item = resend_message(session, current_tenant(), message_id)
+    item = resend_message(session, current_tenant(), message_id, test=test_mode())
     session.commit()
     return jsonify(item.answer()), item.status
 
@@ -228,6 +240,6 @@ def cancel(message_id: str):  # type: ignore[no-untyped-def]
         409: Conflict
     """
     session = db()
-    message = cancel_message(session, current_tenant().id, message_id)
+    message = cancel_message(session, current_tenant().id, message_id, test=test_mode())
     session.commit()
     return jsonify(message_to_dict(message))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current_tenant, db, read_limited, require_tenant
+from api.auth import current_tenant, db, read_limited, require_tenant, test_mode
 from services.content.schemas import load_object
 from services.reporting.usage import UsageQuerySchema, period, usage
 
@@ -25,7 +25,9 @@ def show():  # type: ignore[no-untyped-def]
         failed and billable (Meta's `pricing.billable`), and the cost as the sum of the
         provider's prices per currency (Twilio reports a price; Meta does not: its
         billable messages are counted by `category`, and priced only as
-        `estimated_cost` when HERALD_META_PRICES is set).
+        `estimated_cost` when HERALD_META_PRICES is set). A live key (or a token) counts
+        live messages only; a test key, its test messages only (`test: true` in the
+        answer), which are never priced or billable.
       parameters:
       - name: from
         in: query
@@ -46,4 +48,5 @@ def show():  # type: ignore[no-untyped-def]
     """
     data = load_object(_query, request.args.to_dict())
     start, end = period(data)
-    return jsonify(usage(db(), current_tenant().id, start, end, data["group_by"]))
+    # A test key's usage is its test messages'; a live key's, the live ones'.
+    return jsonify(usage(db(), current_tenant().id, start, end, data["group_by"], test_mode()))

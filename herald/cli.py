@@ -69,11 +69,16 @@ def _key_create(args: argparse.Namespace) -> int:
     with session_scope() as session:
         if session.get(Tenant, args.tenant_id) is None:
             raise CliError(f"no tenant {args.tenant_id}")
-        made = create_tenant_key(session, args.tenant_id, args.name)
+        made = create_tenant_key(session, args.tenant_id, args.name, args.type)
         # The key id is what `key list` shows and `key revoke` takes.
         print(
             json.dumps(
-                {"tenant_id": args.tenant_id, "key_id": made["id"], "api_key": made["api_key"]}
+                {
+                    "tenant_id": args.tenant_id,
+                    "key_id": made["id"],
+                    "type": made["type"],
+                    "api_key": made["api_key"],
+                }
             )
         )
     return 0
@@ -206,6 +211,12 @@ def _main(argv: list[str] | None) -> int:
     kc = key.add_parser("create", help="create a key; prints its id and the key (shown once)")
     kc.add_argument("tenant_id")
     kc.add_argument("--name", help="a label shown by `key list`")
+    kc.add_argument(
+        "--type",
+        choices=("live", "test"),
+        default="live",
+        help="test: a key whose messages go to the built-in simulator, never to a provider",
+    )
     kc.set_defaults(func=_key_create)
     kr = key.add_parser("revoke", help="revoke a key, named by its id (key_…) or the key itself")
     kr.add_argument("key_id", metavar="KEY")

@@ -177,8 +177,8 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _json_object(value: str) -> dict[str, Any] | None:
-    """`--keywords`, `--keyword-replies`: a JSON object (checked by the tenant schema) or
-    null."""
+    """`--keywords`, `--keyword-replies`, `--sms-prices`: a JSON object (checked by the
+    tenant schema) or null."""
     try:
         parsed = json.loads(value)
     except ValueError:
@@ -258,7 +258,7 @@ def _tenant_update(args: argparse.Namespace) -> int:
             changes[field] = getattr(args, field)
     if args.smart_encoding is not None:
         changes["smart_encoding"] = args.smart_encoding
-    for field in ("keywords", "keyword_replies"):
+    for field in ("keywords", "keyword_replies", "sms_prices"):
         if getattr(args, field) is not _UNSET:
             changes[field] = getattr(args, field)
     migrate.upgrade()
@@ -358,6 +358,13 @@ def register(sub: Any, tenant: Any) -> None:
         type=_limit,
         default=_UNSET,
         help="international SMS a day: N (0 = unlimited) or 'default'",
+    )
+    update.add_argument(
+        "--sms-prices",
+        type=_json_object,
+        default=_UNSET,
+        help="SMS price per segment per country, for campaign estimates, e.g. "
+        '\'{"currency": "USD", "per_segment": {"US": "0.0079", "*": "0.05"}}\' (null: none)',
     )
     update.add_argument(
         "--keywords",

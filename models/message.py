@@ -36,6 +36,8 @@ class Message(Base):
         # A campaign sends once per recipient; NULL campaign ids are not constrained.
         UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+        # A test key's list: test rows only (migration 0025_test_keys).
+        Index("ix_messages_tenant_test_id", "tenant_id", "id", postgresql_where=text("test")),
         # Each list filter, newest first per tenant (migration 0017_flat_reads).
         Index("ix_messages_tenant_status_id", "tenant_id", "status", "id"),
         Index("ix_messages_tenant_to_id", "tenant_id", "to_number", "id"),
@@ -169,6 +171,9 @@ class Message(Base):
     seq: Mapped[int | None] = mapped_column(
         BigInteger, server_default=text("nextval('messages_seq')"), nullable=True
     )
+    # Accepted with a test key: sent to the simulator, never to a provider, counted
+    # apart and never priced (services/messages/simulation.py).
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -321,6 +326,11 @@ class Campaign(Base):
     # Why a paused campaign is paused ('daily_quota': by itself, until `resume_at`;
     # None: by the tenant).
     pause_reason: Mapped[str | None] = mapped_column(String(32))
+    # What it will cost, at creation: {"amount": "12.34", "currency": "USD"} from the
+    # tenant's sms_prices (services/content/prices.py); None: no estimate.
+    estimated_cost: Mapped[dict | None] = mapped_column(JSON)
+    # Created with a test key: its rows are test messages (services/messages/simulation.py).
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -29,6 +29,10 @@ class Tenant(Base):
     # text (None: those of its own numbers) and international SMS a day (None: default).
     sms_countries: Mapped[list | None] = mapped_column(JSON)
     international_daily_limit: Mapped[int | None] = mapped_column(Integer)
+    # The operator's SMS prices per segment per country, for campaigns' cost estimates
+    # ({"currency": "USD", "per_segment": {"US": "0.0079", "*": "0.05"}}; None: no estimate;
+    # services/content/prices.py).
+    sms_prices: Mapped[dict | None] = mapped_column(JSON)
     # Its own opt-out/opt-in/help words ({"stop": ["ARRET"], …}) and its answers to
     # keywords ({"stop": "…", "help": "…"}; '' sends none) (services/policy/keywords.py).
     keywords: Mapped[dict | None] = mapped_column(JSON)
@@ -52,6 +56,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     name: Mapped[str | None] = mapped_column(String(200))
+    # 'live', or 'test': its messages go to the simulator, never to a provider
+    # (services/messages/simulation.py).
+    type: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -192,6 +192,14 @@ def apply_inbox() -> int:
     return applier.apply_all(older_than=inbox.STALE_SECONDS)
 
 
+@shared_task(name="herald.simulate", ignore_result=True)
+def simulate(message_id: str) -> int:
+    """A test message's simulated statuses (services/messages/simulation.py)."""
+    from services.messages.simulation import simulate as apply_simulated
+
+    return apply_simulated(message_id)
+
+
 @shared_task(name="herald.purge", ignore_result=True)
 def purge() -> dict[str, object]:
     """Beat, hourly: content past each tenant's retention goes, the counts stay

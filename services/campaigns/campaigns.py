@@ -26,8 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -38,12 +39,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.errors import Conflict, InvalidRequest, PolicyRefused, RateLimited
+from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import StrictFloat, cursor_field, send_at_problem, text_problem
 from services.content.phones import normalize_e164, whatsapp_forms
+from services.content.prices import estimate_cost
 from services.content.schemas import (
     CHANNELS,
     PROVIDERS,
@@ -239,10 +241,15 @@ def _check_quota(tenant: Tenant, campaign: Campaign) -> None:
 
 
 def create_campaign(
-    session: Session, tenant: Tenant, data: dict[str, Any], recipients: Iterable[Any]
+    session: Session,
+    tenant: Tenant,
+    data: dict[str, Any],
+    recipients: Iterable[Any],
+    test: bool = False,
 ) -> Campaign:
     """Write the campaign and a `scheduled` row per recipient in the caller's
-    transaction; raises (the caller rolls back) over the recipient cap or the quota."""
+    transaction; raises (the caller rolls back) over the recipient cap or the quota.
+    `test`: a test key's campaign, whose rows are test messages (the simulator's)."""
     channel = data["channel"]
     pool = campaign_pool(session, tenant, channel, data)  # senders: who sends it
     provider = (
@@ -294,6 +301,7 @@ def create_campaign(
         invalid_rows=[],
         quiet_hours=quiet_hours.option(data),
         shared_content=True,  # its rows carry only what differs per recipient
+        test=test,
     )
     session.add(campaign)
     session.flush()
@@ -327,6 +335,9 @@ def create_campaign(
         )
     campaign.duplicates += campaign.total - inserted  # repeats the unique constraint dropped
     campaign.total = inserted
+    if guard is not None and campaign.body:  # SMS: segments times each country's price
+        segments = measure(campaign.body).segments
+        campaign.estimated_cost = estimate_cost(tenant.sms_prices, segments, guard.countries)
     _check_quota(tenant, campaign)
     log.info(
         "campaign created id=%s tenant=%s total=%d skipped=%d invalid=%d duplicates=%d",
@@ -348,6 +359,9 @@ class SmsGuard:
     allowed: frozenset[str] | None
     home: frozenset[str]
     abroad: int = 0
+    # Recipients per country, each number once (the cost estimate: content/prices.py).
+    countries: Counter[str | None] = field(default_factory=Counter)
+    _seen: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, session: Session, tenant: Tenant) -> SmsGuard:
@@ -361,8 +375,12 @@ class SmsGuard:
         return None
 
     def count(self, phone: str) -> None:
-        if country_of(phone) not in self.home:
+        country = country_of(phone)  # kept from the row's validation: no second parse
+        if country not in self.home:
             self.abroad += 1
+        if phone not in self._seen:  # a repeat across chunks is dropped at insert
+            self._seen.add(phone)
+            self.countries[country] += 1
 
 
 def _add_chunk(
@@ -451,6 +469,7 @@ def _add_chunk(
                 "attempts": 0,
                 "campaign_id": campaign.id,
                 "metadata": {},
+                "test": bool(campaign.test),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -609,8 +628,15 @@ def _pause_for_quota(campaign: Campaign, now: datetime) -> None:
 # ---------------------------------------------------------------- control and progress
 
 
-def get_campaign(session: Session, tenant_id: str, campaign_id: str) -> Campaign:
-    return get_owned(session, Campaign, tenant_id, campaign_id, f"No campaign {campaign_id!r}.")
+def get_campaign(
+    session: Session, tenant_id: str, campaign_id: str, test: bool | None = None
+) -> Campaign:
+    """A tenant's campaign; with `test` (the caller's key's mode), one of that mode only."""
+    missing = f"No campaign {campaign_id!r}."
+    campaign = get_owned(session, Campaign, tenant_id, campaign_id, missing)
+    if test is not None and bool(campaign.test) != test:
+        raise NotFound(missing)
+    return campaign
 
 
 def list_campaigns(
@@ -620,12 +646,15 @@ def list_campaigns(
     status: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    test: bool | None = None,
 ) -> tuple[list[Campaign], str | None]:
     """A page of the tenant's campaigns, newest first, and the next page's cursor (the
     page's last id: ids are time-ordered, as messages' are). Keyset on (tenant_id, id),
     the index ix_campaigns_tenant_id_id serves, so a page costs its own rows however
     many campaigns the tenant has."""
     query = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    if test is not None:  # the caller's key's mode
+        query = query.where(Campaign.test == test)
     if status:
         query = query.where(Campaign.status == status)
     if cursor:
@@ -649,9 +678,11 @@ def load_campaign_query(args: Any) -> dict[str, Any]:
     return load_object(CampaignQuerySchema(), dict(args))
 
 
-def control_campaign(session: Session, tenant_id: str, campaign_id: str, action: str) -> Campaign:
+def control_campaign(
+    session: Session, tenant_id: str, campaign_id: str, action: str, test: bool | None = None
+) -> Campaign:
     """pause | resume | cancel; effective at the next beat tick (one second)."""
-    campaign = get_campaign(session, tenant_id, campaign_id)
+    campaign = get_campaign(session, tenant_id, campaign_id, test)
     allowed = {"pause": ("running",), "resume": ("paused",), "cancel": ("running", "paused")}
     if campaign.status not in allowed[action]:
         raise Conflict(f"A {campaign.status} campaign cannot {action}.", code="invalid_state")
@@ -699,6 +730,13 @@ class InvalidRowView(Shape):
     error = fields.String()
 
 
+class EstimatedCostView(Shape):
+    """A campaign's cost worked out at creation (services/content/prices.py)."""
+
+    amount = fields.String(metadata={"description": "a decimal, as text, to the cent"})
+    currency = fields.String(metadata={"description": "ISO 4217"})
+
+
 class CampaignView(Shape):
     """A campaign and its progress (`campaign_to_dict`)."""
 
@@ -708,6 +746,7 @@ class CampaignView(Shape):
     id = fields.String()
     name = fields.String()
     status = fields.String()
+    test = fields.Boolean(metadata={"description": "created with a test key: simulated"})
     pause_reason = fields.String(
         allow_none=True,
         metadata={"description": "daily_quota: paused by the quota until resume_at"},
@@ -736,6 +775,14 @@ class CampaignView(Shape):
     created_at = fields.DateTime()
     encoding = fields.String(metadata={"description": "SMS: GSM-7 or UCS-2"})
     segments = fields.Integer(metadata={"description": "SMS: the segments of one message"})
+    estimated_cost = fields.Nested(
+        EstimatedCostView,
+        allow_none=True,
+        metadata={
+            "description": "SMS: segments times the tenant's sms_prices per destination country, "
+            "at creation; null: no prices set, or a country they do not price"
+        },
+    )
     segments_total = fields.Integer(
         metadata={"description": "SMS: segments of every message, before skips and failures"}
     )
@@ -760,6 +807,7 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "id": campaign.id,
         "name": campaign.name,
         "status": campaign.status,
+        "test": bool(campaign.test),
         # 'daily_quota': paused by the quota until `resume_at` (then running again by
         # itself); null: not paused, or paused by the tenant.
         "pause_reason": campaign.pause_reason,
@@ -776,6 +824,7 @@ def campaign_to_dict(session: Session, campaign: Campaign) -> dict[str, Any]:
         "duplicates": campaign.duplicates,
         "quiet_hours": quiet_hours.view(session, campaign),
         "created_at": iso(campaign.created_at),
+        "estimated_cost": campaign.estimated_cost,
         **_sms_estimate(campaign),
     }
 

@@ -96,6 +96,7 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("send_at", "timestamp"),
     ("from_number", "varchar"),
     ("expires_at", "timestamp"),
+    ("test", "boolean"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
 # The messages and their `queued`/`scheduled` events in one statement (one round
@@ -163,6 +164,7 @@ class Item:
     options: dict[str, Any] = field(default_factory=dict)  # resolved in `prepare` (media)
     log_each: bool = True  # a line per message; a batch logs one line for all
     international: bool = False  # an SMS abroad: counts against its own cap (destinations)
+    test: bool = False  # a test key's: sent to the simulator (services/messages/simulation.py)
     # The outcome, set by `store`:
     created: bool = False
     values: dict[str, Any] | None = None  # the inserted row (created)
@@ -225,6 +227,7 @@ class AcceptOptions(TypedDict, total=False):
     raw: Any
     campaign_id: str | None
     origin: str
+    test: bool
 
 
 def prepare(
@@ -237,19 +240,23 @@ def prepare(
     digest: str | None = None,
     campaign_id: str | None = None,
     origin: str = "api",
+    test: bool = False,
 ) -> Item:
     """What can be decided before the database: a disabled tenant or a bad key raise
     (as before any replay); a provider refusal is kept on the item, since a replay of
-    the key's first message still wins over it. Reads the session only on a cache miss."""
+    the key's first message still wins over it. Reads the session only on a cache miss.
+    `test`: a test key's message, checked as a live one is, then sent to the simulator."""
     if tenant.disabled_at is not None:  # the task and the seeds' routes carry no key to refuse
         raise Forbidden("This tenant is disabled.", code="tenant_disabled")
     if idempotency_key:
         check_key(idempotency_key)
         if digest is None:
             digest = request_hash(raw if raw is not None else data)
+        if test:  # one key space, two modes: a key used in the other mode is a 409
+            digest = hashlib.sha256(f"test:{digest}".encode()).hexdigest()
     else:
         idempotency_key, digest = None, None
-    item = Item(tenant, data, idempotency_key, digest, origin, campaign_id)
+    item = Item(tenant, data, idempotency_key, digest, origin, campaign_id, test=test)
     try:
         channel = data.get("channel", "whatsapp")
         # `from` (or the tenant's default sender) picks the sender, and so the provider.
@@ -448,6 +455,7 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "send_at": send_at,
         "from_number": item.sender.number if item.sender is not None else None,
         "expires_at": expires_at_for(data, now),
+        "test": item.test,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,

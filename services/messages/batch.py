@@ -96,10 +96,13 @@ def item_answer(index: int, item: Item | HeraldError) -> dict[str, Any]:
     return {"index": index, "status": error.status, "error": body}
 
 
-def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, Any]:
+def accept_batch(
+    session: Session, tenant: Tenant, payload: Any, test: bool = False
+) -> dict[str, Any]:
     """`POST /v1/messages/batch`: each entry validated and prepared on its own, then all
     stored by the group commit (one INSERT of the messages, one of their events, one
-    COMMIT, published after it). The answer has one entry per message, in order."""
+    COMMIT, published after it). The answer has one entry per message, in order.
+    `test`: a test key's batch (every message a test one)."""
     from services.content.schemas import load_batch_item
 
     entries = batch_entries(payload)
@@ -111,7 +114,9 @@ def accept_batch(session: Session, tenant: Tenant, payload: Any) -> dict[str, An
             digest = None
             if key:
                 digest = request_hash({k: v for k, v in entry.items() if k != "idempotency_key"})
-            prepared.append(prepare(session, tenant, data, idempotency_key=key, digest=digest))
+            prepared.append(
+                prepare(session, tenant, data, idempotency_key=key, digest=digest, test=test)
+            )
         except HeraldError as exc:
             prepared.append(exc)
     items = [p for p in prepared if isinstance(p, Item)]

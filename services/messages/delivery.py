@@ -20,13 +20,13 @@ from providers import (
     ErrorKind,
     ProviderError,
     SendResult,
-    get_provider,
 )
 from providers.base import AccountCredentials
 from services.content import conversations
 from services.messages.claim import SENT, SKIPPED, DeliveryOutcome, claim_many, outbound_for
 from services.messages.gate import gate
 from services.messages.record import reconcile, record_error, record_sent, record_sent_many
+from services.messages.simulation import after_sent, provider_for
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,18 @@ def send_claimed(message: Message, account: AccountCredentials) -> SendResult | 
     """The provider call for a claimed row. A fresh acceptance is returned for the
     caller to record (one at a time, or a batch in one transaction); every other
     outcome (adopted earlier copy, retry, failure) is recorded here."""
-    provider = get_provider(message.provider)
+    provider = provider_for(message)  # a test message: the simulator, never a provider
     outbound = outbound_for(message)
     if message.provider_message_id:
         # A callback (Twilio's `queued`/`sending`, say) already named the provider's
         # copy: the provider has it, whatever happened to the earlier answer.
         known = SendResult(provider_message_id=message.provider_message_id, native_status="known")
         record_sent(message, known, reconciled=True)
+        if message.test:
+            after_sent([message.id])
         return SENT
     try:
-        if message.attempts > 1:
+        if message.attempts > 1 and not message.test:
             # An earlier attempt's outcome is unknown: ask the provider before resending.
             found = reconcile(provider, account, message, outbound)
             if found is not None and record_sent(message, found, reconciled=True):
@@ -164,7 +166,9 @@ def deliver_many(message_ids: list[str]) -> list[DeliveryOutcome]:
         if accepted:  # mark the conversation read, when asked (no query otherwise)
             accounts = {message.id: account for message, account in claims}
             for message, _ in accepted:
-                conversations.after_send(message, accounts[message.id])
+                if not message.test:  # a test message never reaches a provider
+                    conversations.after_send(message, accounts[message.id])
+            after_sent([message.id for message, _ in accepted if message.test])
         if not go:
             break
         width = _take_slots(len(go))

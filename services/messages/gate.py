@@ -1,6 +1,9 @@
 """Whether a batch may go now: each sender's budget, holds (the breaker), pair order
 and pair pacing. A message that must wait is parked in its row (`not_before`, its budget
-slot reserved) for the beat's `release_parked`, not re-queued as a task.
+slot reserved) for the beat's `release_parked`, not re-queued as a task. A test message
+(services/messages/simulation.py) keeps its pair's order but takes no budget, pair slot
+or hold of the real sender: it never reaches the provider, and a test loop must not slow
+the tenant's live traffic.
 
 Pair order: a message goes only when no earlier-accepted message (`messages.seq`) of
 its pair (account, channel, sender, recipient) is still `queued` or `sending`. A
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 _GATE = Statement(
     """
     SELECT m.id, m.status, m.lease_until, m.provider, m.channel, m.to_number, m.options,
-           m.from_number, m.seq,
+           m.from_number, m.seq, m.test,
            m.not_before, m.slot_reserved, m.provider_account_id,
            a.tenant_id AS account_tenant_id, a.provider AS account_provider,
            a.external_id, a.settings, a.secrets_enc,
@@ -162,7 +165,7 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
         if row.slot_reserved and row.not_before and row.not_before > naive_now:
             waits[message_id] = (row.not_before - naive_now).total_seconds()  # parked
             continue
-        hold = holds.get(message_id)
+        hold = None if row.test else holds.get(message_id)
         if hold is not None:  # the sender is held (services/policy/breaker.py): not claimed
             breaker.note_held([message_id], hold)
             park[message_id] = (hold.seconds, False)
@@ -176,6 +179,9 @@ def gate(message_ids: list[str], session: Session | None = None) -> Gate:
             waits[message_id] = wait
             if spacing <= 0 and row.ahead == _ahead_in_batch(rows, row):
                 following.add(message_id)
+            continue
+        if row.test:  # the simulator's: no provider budget, pacing or hold to keep
+            waits[message_id] = 0.0
             continue
         if spacing > 0:
             pair_wait = take_pair_slot(provider, sender, row.to_number, spacing)

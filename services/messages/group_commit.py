@@ -137,11 +137,17 @@ def committer() -> GroupCommit:
 
 
 def accept_one(
-    session: Session, tenant: Tenant, payload: Any, data: dict[str, Any], key: str | None
+    session: Session,
+    tenant: Tenant,
+    payload: Any,
+    data: dict[str, Any],
+    key: str | None,
+    test: bool = False,
 ) -> Item:
     """`POST /v1/messages`: prepared here, stored by the group commit. Raises the
-    message's error; otherwise the item is created (202) or a replay (200)."""
-    item = prepare(session, tenant, data, idempotency_key=key, raw=payload)
+    message's error; otherwise the item is created (202) or a replay (200). `test`: a
+    test key's message."""
+    item = prepare(session, tenant, data, idempotency_key=key, raw=payload, test=test)
     if session.in_transaction():  # read on a cache miss: its connection goes back to the
         session.close()  # pool while the group commits (closing an unused one costs)
     committer().submit([item])

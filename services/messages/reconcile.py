@@ -92,6 +92,7 @@ def _twilio_count(older_than: timedelta, cap: int, *conditions: Any) -> int:
             Message.provider == "twilio",
             Message.direction == "outbound",
             Message.provider_message_id.is_not(None),
+            Message.test.is_(False),  # a test message's id is the simulator's: never asked
             Message.updated_at < now - older_than,
             Message.created_at > now - MAX_AGE,
             *conditions,
@@ -116,6 +117,7 @@ def _twilio_ids(older_than: timedelta, limit: int, *conditions: Any) -> list[str
                     Message.provider == "twilio",
                     Message.direction == "outbound",
                     Message.provider_message_id.is_not(None),
+                    Message.test.is_(False),  # never asked of Twilio: the simulator's
                     Message.updated_at < now - older_than,
                     Message.created_at > now - MAX_AGE,
                     *conditions,
@@ -135,7 +137,12 @@ def fetch_price(message_id: str) -> bool:
     Without a price yet it is asked again after the interval, until PRICE_WAIT is over."""
     with session_scope() as session:
         message = session.get(Message, message_id)
-        if message is None or not message.provider_message_id or message.price is not None:
+        if (
+            message is None
+            or message.test
+            or not message.provider_message_id
+            or message.price is not None
+        ):
             return False
         account = session.get(ProviderAccount, message.provider_account_id)
         if account is None:
@@ -287,7 +294,7 @@ def reconcile_message(message_id: str) -> bool:
     """Fetch one message's resource and apply it; returns whether its status moved."""
     with session_scope() as session:
         message = session.get(Message, message_id)
-        if message is None or not message.provider_message_id:
+        if message is None or message.test or not message.provider_message_id:
             return False
         account = session.get(ProviderAccount, message.provider_account_id)
         if account is None:

@@ -80,7 +80,15 @@ def _check(message: Message) -> None:
 def prepared(session: Session, tenant: Tenant, original: Message) -> Item:
     payload = request_of(original)
     data = load_message_request(payload)
-    item = prepare(session, tenant, data, idempotency_key=original.id, raw=payload, origin=ORIGIN)
+    item = prepare(
+        session,
+        tenant,
+        data,
+        idempotency_key=original.id,
+        raw=payload,
+        origin=ORIGIN,
+        test=bool(original.test),  # a test message's resend is a test message
+    )
     item.options["resend_of"] = original.id
     return item
 
@@ -104,10 +112,13 @@ def link(session: Session, original: Message, item: Item) -> None:
         session.execute(_LINK, {"new": item.values["id"], "original": original.id})
 
 
-def resend_message(session: Session, tenant: Tenant, message_id: str) -> Item:
+def resend_message(
+    session: Session, tenant: Tenant, message_id: str, test: bool | None = None
+) -> Item:
     """Resend one failed or undelivered message in the caller's transaction; the new
-    message's item (202), or the first resend's (200) when it was resent before."""
-    original = get_message(session, tenant.id, message_id)
+    message's item (202), or the first resend's (200) when it was resent before.
+    `test`: the caller's mode (a message of the other mode is not found)."""
+    original = get_message(session, tenant.id, message_id, test=test)
     _check(original)
     item = prepared(session, tenant, original)
     store(session, [item])

@@ -133,6 +133,9 @@ class MessageView(Shape):
     provider_message_id = fields.String(allow_none=True)
     error = fields.Nested(MessageErrorView, allow_none=True)
     attempts = fields.Integer()
+    test = fields.Boolean(
+        metadata={"description": "sent with a test key: simulated, never sent nor billed"}
+    )
     campaign_id = fields.String(allow_none=True)
     metadata = fields.Dict(metadata={"description": "the request's own, as given"})
     callback_url = fields.String(allow_none=True)
@@ -231,6 +234,7 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
         "provider_message_id": message.provider_message_id,
         "error": error,
         "attempts": message.attempts,
+        "test": bool(message.test),
         "campaign_id": message.campaign_id,
         "metadata": message.meta or {},
         "callback_url": message.callback_url,
@@ -277,6 +281,7 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "provider_message_id": None,
         "error": None,
         "attempts": values["attempts"],
+        "test": bool(values.get("test")),
         "campaign_id": values["campaign_id"],
         "metadata": values["metadata"] or {},
         "callback_url": values["callback_url"],

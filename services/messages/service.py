@@ -43,10 +43,16 @@ def accept_message(
 
 
 def get_message(
-    session: Session, tenant_id: str, message_id: str, origin: str | None = None
+    session: Session,
+    tenant_id: str,
+    message_id: str,
+    origin: str | None = None,
+    test: bool | None = None,
 ) -> Message:
     """A tenant's message with its events; another tenant's id is NotFound, like a
-    missing one. With `origin`, only a message of that origin is found."""
+    missing one. With `origin`, only a message of that origin is found; with `test`
+    (the caller's key's mode), only a message of that mode: a test key never reads a
+    live message, nor a live key a test one."""
     query = (
         select(Message)
         .options(selectinload(Message.events))
@@ -54,6 +60,8 @@ def get_message(
     )
     if origin is not None:
         query = query.where(Message.origin == origin)
+    if test is not None:
+        query = query.where(Message.test == test)
     message = session.scalars(query).first()
     if message is None:
         raise NotFound(f"No message {message_id!r}.")
@@ -70,9 +78,14 @@ def list_messages(
     campaign_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    test: bool | None = None,
 ) -> tuple[list[Message], str | None]:
-    """A page of messages, newest first. Ids are time-ordered, so the cursor is the last id."""
+    """A page of messages, newest first. Ids are time-ordered, so the cursor is the last id.
+    `test`: the caller's key's mode; only messages of that mode are listed (None: all,
+    the console)."""
     query = select(Message).where(Message.tenant_id == tenant_id)
+    if test is not None:
+        query = query.where(Message.test == test)
     if status:
         query = query.where(Message.status == status)
     if to:
@@ -87,8 +100,10 @@ def list_messages(
     return rows[:limit], next_cursor
 
 
-def cancel_message(session: Session, tenant_id: str, message_id: str) -> Message:
-    message = get_message(session, tenant_id, message_id)
+def cancel_message(
+    session: Session, tenant_id: str, message_id: str, test: bool | None = None
+) -> Message:
+    message = get_message(session, tenant_id, message_id, test=test)
     status = message.status
     if not apply_status(session, message.id, "canceled", source="api"):
         session.rollback()

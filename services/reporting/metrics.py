@@ -99,10 +99,12 @@ class HeraldCollector(Collector):
             unrouted = count_unrouted(session)
             webhook_errors = count_webhook_errors(session)
         messages = GaugeMetricFamily(
-            "herald_messages", "Messages by status (all tenants).", labels=["status"]
+            "herald_messages",
+            "Messages by status (all tenants); test: sent with a test key, simulated.",
+            labels=["status", "test"],
         )
-        for status, count in sorted(counts):
-            messages.add_metric([status], count)
+        for (status, test), count in sorted(counts):
+            messages.add_metric([status, "true" if test else "false"], count)
         yield messages
         waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(

@@ -6,7 +6,7 @@ delta row per statement and rollup key to `message_count_deltas`: one extra inse
 statement, whatever the batch size, and no shared counter row for concurrent writers
 to queue on. `fold` (beat, every few seconds) moves the deltas into `message_counts`
 (tenant, clock hour and day, direction, channel, provider, pricing category, campaign, status,
-price unit: messages, billable, cost) and `message_status_totals`. Readers add the
+price unit, test: messages, billable, cost) and `message_status_totals`. Readers add the
 deltas not folded yet, so a read is exact whenever it runs.
 """
 
@@ -34,6 +34,7 @@ KEY = (
     "campaign_id",
     "status",
     "price_unit",
+    "test",  # a test key's messages (migration 0025_test_keys): counted apart, never priced
 )
 _KEY = ", ".join(KEY)
 _REST = ", ".join(KEY[2:])
@@ -68,10 +69,10 @@ _FOLD = text(
             cost = message_counts.cost + excluded.cost
         RETURNING {_COUNTS_KEY}, messages, billable, cost
     ), totals AS (
-        INSERT INTO message_status_totals (direction, status, messages)
-        SELECT direction, status, sum(messages) FROM grouped
-        GROUP BY direction, status ORDER BY direction, status
-        ON CONFLICT (direction, status) DO UPDATE SET
+        INSERT INTO message_status_totals (direction, status, test, messages)
+        SELECT direction, status, test, sum(messages) FROM grouped
+        GROUP BY direction, status, test ORDER BY direction, status, test
+        ON CONFLICT (direction, status, test) DO UPDATE SET
             messages = message_status_totals.messages + excluded.messages
     )
     SELECT (SELECT count(*) FROM moved) AS moved,
@@ -84,7 +85,7 @@ _DROP_EMPTY = text(
     DELETE FROM message_counts c
     USING json_array_elements(CAST(:keys AS json)) AS k
     WHERE ({_COUNTS_KEY}) = (k->>0, k->>1, CAST(k->>2 AS timestamp), k->>3, k->>4,
-        k->>5, k->>6, k->>7, k->>8, k->>9)
+        k->>5, k->>6, k->>7, k->>8, k->>9, CAST(k->>10 AS boolean))
       AND c.messages = 0 AND c.billable = 0 AND c.cost = 0
     """
 )
@@ -130,6 +131,7 @@ class CountRow:
     messages: int
     billable: int
     cost: Decimal
+    test: bool = False
 
 
 def _row(values: Any) -> CountRow:
@@ -143,10 +145,11 @@ def _row(values: Any) -> CountRow:
         messages=int(values.messages),
         billable=int(values.billable),
         cost=Decimal(values.cost),
+        test=bool(values.test),
     )
 
 
-_GROUP = "channel, provider, category, campaign_id, status, price_unit"
+_GROUP = "channel, provider, category, campaign_id, status, price_unit, test"
 _TENANT_HOURS = text(
     f"""
     SELECT {_GROUP}, sum(messages) AS messages, sum(billable) AS billable,
@@ -198,19 +201,19 @@ def campaign_status_counts(session: Session, tenant_id: str, campaign_id: str) -
 
 _TOTALS = text(
     """
-    SELECT status, sum(messages) FROM (
-        SELECT status, messages FROM message_status_totals
+    SELECT status, test, sum(messages) FROM (
+        SELECT status, test, messages FROM message_status_totals
         UNION ALL
-        SELECT status, messages FROM message_count_deltas
+        SELECT status, test, messages FROM message_count_deltas
     ) AS counted
-    GROUP BY status
+    GROUP BY status, test
     """
 )
 
 
-def status_totals(session: Session) -> dict[str, int]:
-    """Messages per status, every tenant and direction (the /metrics gauge)."""
-    return {status: int(n) for status, n in session.execute(_TOTALS) if n}
+def status_totals(session: Session) -> dict[tuple[str, bool], int]:
+    """Messages per status and test flag, every tenant and direction (the /metrics gauge)."""
+    return {(status, bool(test)): int(n) for status, test, n in session.execute(_TOTALS) if n}
 
 
 def _naive(value: datetime) -> datetime:

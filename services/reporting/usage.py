@@ -171,6 +171,7 @@ def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -
         Message.campaign_id,
         Message.status,
         Message.price_unit,
+        Message.test,
     )
     query = (
         select(
@@ -199,9 +200,10 @@ def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -
             campaign=r[3],
             status=r[4],
             price_unit=r[5],
-            messages=int(r[6]),
-            billable=int(r[7]),
-            cost=Decimal(r[8]),
+            test=bool(r[6]),
+            messages=int(r[7]),
+            billable=int(r[8]),
+            cost=Decimal(r[9]),
         )
         for r in session.execute(query)
     ]
@@ -247,17 +249,22 @@ def usage(
     start: datetime,
     end: datetime,
     group_by: Iterable[str] = (),
+    test: bool = False,
 ) -> dict[str, Any]:
     """The tenant's outbound messages accepted in [start, end): counts and cost, per
     group (one row per distinct combination of the `group_by` dimensions), and totals.
+    Live messages only, or with `test` (a test key's usage) test messages only, which
+    are never priced: the two are never added together.
 
     The period's groups (counted_rows) are folded here, so each group lists its cost
     per currency."""
     names = list(group_by)
-    prices = get_settings().meta_prices
+    prices = None if test else get_settings().meta_prices
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     totals = _empty()
     for row in counted_rows(session, tenant_id, start, end):
+        if row.test != test:
+            continue
         key = tuple(getattr(row, ROW_FIELD[n]) for n in names)
         group = groups.get(key)
         if group is None:
@@ -273,6 +280,7 @@ def usage(
         "data": data,
         "totals": _finish(totals),
         "estimated": prices is not None,
+        "test": test,
     }
 
 
@@ -308,6 +316,9 @@ class UsageView(Shape):
     data = fields.List(fields.Nested(UsageRowView))
     totals = fields.Nested(UsageTotalsView)
     estimated = fields.Boolean(metadata={"description": "HERALD_META_PRICES is set"})
+    test = fields.Boolean(
+        metadata={"description": "test messages (a test key's usage): simulated, never priced"}
+    )
 
 
 def _empty() -> dict[str, Any]:
@@ -318,9 +329,11 @@ def _add(
     target: dict[str, Any], row: CountRow, prices: tuple[str, dict[str, Decimal]] | None
 ) -> None:
     target["messages"] += row.messages
-    target["billable"] += row.billable
     for name in COUNTED_AS.get(row.status, ()):
         target[name] += row.messages
+    if row.test:  # simulated: nothing billed, whatever a row says
+        return
+    target["billable"] += row.billable
     if row.price_unit and row.price_unit != "-":
         unit = row.price_unit.upper()
         target["cost"][unit] = target["cost"].get(unit, Decimal(0)) + row.cost

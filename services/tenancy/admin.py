@@ -19,6 +19,7 @@ from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
+from services.content.prices import SmsPricesSchema
 from services.content.schemas import load_object
 from services.lifecycle.retention import MAX_DAYS, MIN_DAYS, effective_days
 from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
@@ -26,6 +27,7 @@ from services.reporting.events import webhook_secret
 from services.tenancy.owned import get_owned, list_owned
 from services.tenancy.secrets import decrypt_json, encrypt_json
 from services.tenancy.tenants import (
+    KEY_TYPES,
     PROVIDER_FIELDS,
     add_provider_account,
     create_api_key,
@@ -62,6 +64,7 @@ class TenantSchema(_Strict):
     international_daily_limit = fields.Integer(
         strict=True, allow_none=True, validate=validate.Range(min=0)
     )
+    sms_prices = fields.Nested(SmsPricesSchema, allow_none=True)
     keywords = fields.Nested(KeywordsSchema, allow_none=True)
     keyword_replies = fields.Nested(KeywordRepliesSchema, allow_none=True)
     # Days content is kept (services/lifecycle/retention.py); null: the default.
@@ -77,6 +80,7 @@ SMS_SETTINGS = (
     "sms_max_segments",
     "sms_countries",
     "international_daily_limit",
+    "sms_prices",
     "keywords",
     "keyword_replies",
 )
@@ -131,6 +135,11 @@ class TenantView(Shape):
     )
     international_daily_limit = fields.Integer(
         allow_none=True, metadata={"description": "international SMS a day; null: the default"}
+    )
+    sms_prices = fields.Nested(
+        SmsPricesSchema,
+        allow_none=True,
+        metadata={"description": "SMS price per segment per country: campaigns' cost estimates"},
     )
     keywords = fields.Dict(
         keys=fields.String(),
@@ -194,6 +203,7 @@ class ApiKeyView(Shape):
     tenant_id = fields.String()
     prefix = fields.String()
     name = fields.String(allow_none=True)
+    type = fields.String(metadata={"description": "live, or test: sends to the simulator only"})
     created_at = fields.DateTime()
     revoked_at = fields.DateTime(allow_none=True)
 
@@ -215,6 +225,7 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "sms_max_segments": tenant.sms_max_segments,
         "sms_countries": tenant.sms_countries,
         "international_daily_limit": tenant.international_daily_limit,
+        "sms_prices": tenant.sms_prices,
         "keywords": tenant.keywords,
         "keyword_replies": tenant.keyword_replies,
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
@@ -250,6 +261,7 @@ def api_key_to_dict(row: ApiKey) -> dict[str, Any]:
         "tenant_id": row.tenant_id,
         "prefix": row.prefix,
         "name": row.name,
+        "type": row.type,
         "created_at": iso(row.created_at),
         "revoked_at": iso(row.revoked_at),
     }
@@ -437,8 +449,11 @@ def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
     )
 
 
-def create_tenant_key(session: Session, tenant_id: str, name: str | None = None) -> dict[str, Any]:
-    """A new key for the tenant: the clear key is in this answer only."""
+def create_tenant_key(
+    session: Session, tenant_id: str, name: str | None = None, type: str = "live"
+) -> dict[str, Any]:
+    """A new key for the tenant: the clear key is in this answer only. A `test` key's
+    messages go to the simulator, never to a provider."""
     get_tenant(session, tenant_id)
     if name is not None and (not isinstance(name, str) or len(name) > 200):
         raise InvalidRequest(
@@ -446,7 +461,11 @@ def create_tenant_key(session: Session, tenant_id: str, name: str | None = None)
             code="invalid_fields",
             fields={"name": ["Not a string of at most 200 characters."]},
         )
-    key = create_api_key(session, tenant_id, name=name)
+    if type not in KEY_TYPES:
+        raise InvalidRequest(
+            "type is live or test.", code="invalid_fields", fields={"type": ["live or test"]}
+        )
+    key = create_api_key(session, tenant_id, name=name, type=type)
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
     assert row is not None
     return {**api_key_to_dict(row), "api_key": key}

@@ -53,10 +53,24 @@ def create_tenant(session: Session, name: str, **options: Any) -> Tenant:
     return tenant
 
 
-def create_api_key(session: Session, tenant_id: str, name: str | None = None) -> str:
-    """Create a key and return it in clear: the only time it is ever visible."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant_id, key_hash=hash_key(key), prefix=key[:10], name=name))
+KEY_TYPES = ("live", "test")
+TEST_KEY_PREFIX = KEY_PREFIX + "test_"  # a test key says so, as Stripe's `sk_test_` does
+
+
+def create_api_key(
+    session: Session, tenant_id: str, name: str | None = None, type: str = "live"
+) -> str:
+    """Create a key and return it in clear: the only time it is ever visible. A `test`
+    key (`hk_test_…`) sends nothing: its messages go to the simulator."""
+    if type not in KEY_TYPES:
+        raise InvalidRequest(
+            f"Unknown key type {type!r}: live or test.", fields={"type": ["live or test"]}
+        )
+    key = (TEST_KEY_PREFIX if type == "test" else KEY_PREFIX) + secrets.token_urlsafe(32)
+    prefix = key[: len(TEST_KEY_PREFIX) + 7] if type == "test" else key[:10]
+    session.add(
+        ApiKey(tenant_id=tenant_id, key_hash=hash_key(key), prefix=prefix, name=name, type=type)
+    )
     session.flush()
     return key
 
@@ -120,7 +134,7 @@ class _TTLCache:
 
 
 _generation = 0
-_keys = _TTLCache(CACHE_SIZE)  # API key hash → tenant id
+_keys = _TTLCache(CACHE_SIZE)  # API key hash → (tenant id, test key)
 _tenants = _TTLCache(CACHE_SIZE)  # tenant id → detached Tenant (read-only)
 _accounts = _TTLCache(CACHE_SIZE)  # (tenant id, provider) → AccountCredentials | None
 _by_external = _TTLCache(CACHE_SIZE)  # (provider, external id) → webhook signers, decrypted
@@ -177,29 +191,39 @@ def _cached_tenant(session: Session, tenant_id: str) -> Tenant | None:
 
 def authenticate(session: Session, authorization: str | None) -> Tenant:
     """The tenant behind an `Authorization: Bearer …` header (API key or HS256 JWT)."""
+    return authenticate_caller(session, authorization)[0]
+
+
+def authenticate_caller(session: Session, authorization: str | None) -> tuple[Tenant, bool]:
+    """The tenant behind an `Authorization: Bearer …` header (API key or HS256 JWT), and
+    whether the caller is in test mode (a `test` key; a JWT is live)."""
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("Send 'Authorization: Bearer <api key>'.")
     token = authorization[len("Bearer ") :].strip()
     tenant: Tenant | None = None
+    test = False
     if token.startswith(KEY_PREFIX):
         digest = hash_key(token)
-        hit, tenant_id = _keys.get(digest)
+        hit, found = _keys.get(digest)
         if not hit:
             generation = _generation
-            tenant_id = session.scalar(
-                select(ApiKey.tenant_id).where(
+            row = session.execute(
+                select(ApiKey.tenant_id, ApiKey.type).where(
                     ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
                 )
-            )
-            if tenant_id is not None:  # unknown keys are not cached: no cache flooding
-                _keys.put(digest, tenant_id, generation)
-        tenant = _cached_tenant(session, tenant_id) if tenant_id else None
+            ).first()
+            found = (row.tenant_id, row.type == "test") if row is not None else None
+            if found is not None:  # unknown keys are not cached: no cache flooding
+                _keys.put(digest, found, generation)
+        if found is not None:
+            tenant_id, test = found
+            tenant = _cached_tenant(session, tenant_id)
     elif token.count(".") == 2 and get_settings().jwt_secret:
         tenant_id = _jwt_tenant(token)
         tenant = _cached_tenant(session, tenant_id) if tenant_id else None
     if tenant is None or tenant.disabled_at is not None:
         raise Unauthorized("The API key or token is not valid.")
-    return tenant
+    return tenant, test
 
 
 JWT_LEEWAY_SECONDS = 30  # clock skew between the token's issuer and Herald

@@ -244,7 +244,7 @@ def test_metrics_report_messages_by_status_and_queue_depth(client, auth) -> None
         after = client.get("/metrics").get_data(as_text=True)
     finally:
         get_redis().delete(queue)
-    queued = 'herald_messages{status="queued"}'
+    queued = 'herald_messages{status="queued",test="false"}'
     assert gauge(after, queued) == gauge(before, queued) + 2
     assert gauge(after, 'herald_queue_depth{queue="herald.bulk"}') == 1
     assert gauge(after, "herald_queued_wait_seconds") >= 0

@@ -342,12 +342,14 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
             duplicates=1,
             invalid_rows=[{"row": 2, "error": "Not a valid phone number."}],
             quiet_hours={"start": "21:00", "end": "08:00", "default_timezone": "UTC", "zones": []},
+            estimated_cost={"amount": "0.02", "currency": "USD"},
         )
         session.add(campaign)
         session.flush()
         record_status_event(session, out.id)
         tenant = session.get(Tenant, tenant_id)
         tenant.disabled_at = now
+        tenant.sms_prices = {"currency": "USD", "per_segment": {"US": "0.0079"}}
         new_tenant = admin.create_tenant_with_key(
             session,
             {
