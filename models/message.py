@@ -36,7 +36,7 @@ class Message(Base):
         # A campaign sends once per recipient; NULL campaign ids are not constrained.
         UniqueConstraint("campaign_id", "to_number", name="uq_messages_campaign_to"),
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
-        # A test key's list: test rows only (migration 0025_test_keys).
+        # A test key's list: test rows only (migration 0024_test_keys).
         Index("ix_messages_tenant_test_id", "tenant_id", "id", postgresql_where=text("test")),
         # Each list filter, newest first per tenant (migration 0017_flat_reads).
         Index("ix_messages_tenant_status_id", "tenant_id", "status", "id"),

@@ -34,7 +34,7 @@ KEY = (
     "campaign_id",
     "status",
     "price_unit",
-    "test",  # a test key's messages (migration 0025_test_keys): counted apart, never priced
+    "test",  # a test key's messages (migration 0024_test_keys): counted apart, never priced
 )
 _KEY = ", ".join(KEY)
 _REST = ", ".join(KEY[2:])

@@ -86,7 +86,7 @@ def test_the_rollups_are_backfilled_from_existing_messages(herald_env) -> None: 
         assert totals() == by_status()
 
         # After the upgrade, changes arrive as deltas and fold into the same counts (with
-        # today's fold: the schema it reads is the latest one, 0025's `test` in the key).
+        # today's fold: the schema it reads is the latest one, 0024's `test` in the key).
         command.upgrade(cfg, "head")
         conn.execute(
             text(

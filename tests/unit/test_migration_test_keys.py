@@ -1,4 +1,4 @@
-"""Migration 0025_test_keys on a populated database: every key and message is live, the
+"""Migration 0024_test_keys on a populated database: every key and message is live, the
 counts are unchanged, the purge guard of 0019 is kept, test messages are counted apart
 from then on, and the downgrade goes back."""
 
@@ -9,8 +9,8 @@ from sqlalchemy import text
 
 from tests.unit.migration_schema import schema_at
 
-REVISION = "0025_test_keys"
-PREVIOUS = "0022_pair_order"
+REVISION = "0024_test_keys"
+PREVIOUS = "0023_event_fks"
 
 
 def test_keys_and_messages_are_live_and_counts_unchanged(herald_env) -> None:  # type: ignore[no-untyped-def]

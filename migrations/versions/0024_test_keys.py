@@ -1,8 +1,8 @@
 """test keys: a key's type, messages and campaigns marked test, test counted apart;
 campaigns' cost estimates
 
-Revision ID: 0025_test_keys
-Revises: 0022_pair_order
+Revision ID: 0024_test_keys
+Revises: 0023_event_fks
 
 Cost estimates: `tenants.sms_prices` (the operator's price per SMS segment per country,
 NULL: none) and `campaigns.estimated_cost` (worked out at creation, NULL: none), both
@@ -26,8 +26,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0025_test_keys"
-down_revision = "0022_pair_order"
+revision = "0024_test_keys"
+down_revision = "0023_event_fks"
 branch_labels = None
 depends_on = None
 
