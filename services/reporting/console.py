@@ -500,9 +500,7 @@ def simulate_reply(
     if body:
         payload["body"] = body
     if image is not None:
-        payload.update(
-            media_type=image[1], media_base64=base64.b64encode(image[0]).decode("ascii")
-        )
+        payload.update(media_type=image[1], media_base64=base64.b64encode(image[0]).decode("ascii"))
     elif image_url:
         payload.update(media_url=image_url, media_type="image/jpeg")
     session.commit()  # nothing written here: only the transaction ends
