@@ -178,3 +178,20 @@ def test_bsuid_and_number_changes_move_the_person_not_fork_it(live, client) -> N
         client.post("/v1/messages", json={"to": new_phone, "body": "hi"}, headers=auth).status_code
         == 202
     )
+
+
+def test_erasure_by_bsuid_erases_the_username_user(live, client) -> None:
+    tenant, auth = _own_number(live)
+    user = _user(live, tenant, username="gone.soon")
+    answer = _inbound(live, tenant, "please forget me", from_user_id=user["user_id"])
+    resp = client.post("/v1/erasures", json={"user_id": user["user_id"]}, headers=auth)
+    assert resp.status_code in (200, 201, 202), resp.get_json()
+    assert _contacts(tenant["tenant_id"]) == []
+    with session_scope() as session:
+        row = session.scalars(
+            select(Message).where(Message.provider_message_id == answer["message_id"])
+        ).one()
+        assert (row.body, row.wa_user_id, row.wa_username) == (None, None, None)
+        assert user["user_id"] not in (row.from_number or "")
+    bad = client.post("/v1/erasures", json={"user_id": "us.1"}, headers=auth)
+    assert bad.status_code == 400

@@ -1,0 +1,79 @@
+"""Business-scoped user ids (BSUID): telling one from a phone number, Meta's send field
+for each, the webhook fields Herald reads, and the sandbox refusing a malformed one."""
+
+from __future__ import annotations
+
+import pytest
+
+from providers.base import OutboundMessage
+from providers.meta import build_payload
+from sandbox.meta_api import validate
+from services.callbacks.meta import _people, _person_of, _sender_ids
+from services.content.phones import is_bsuid, looks_like_bsuid, parse_bsuid
+
+BSUID = "US.13491208655302741918"
+PARENT = "US.ENT.11815799212886844830"
+
+
+@pytest.mark.parametrize("good", [BSUID, PARENT, "BR.1502576394655843", "IN.a1B2c3"])
+def test_bsuids_are_taken_as_meta_spells_them(good: str) -> None:
+    assert looks_like_bsuid(good) and is_bsuid(good) and parse_bsuid(f" {good} ") == good
+
+
+@pytest.mark.parametrize("bad", ["us.1349", "US.", "US.12-34", "USA.1234", "US." + "1" * 129])
+def test_malformed_bsuids_are_refused(bad: str) -> None:
+    assert not is_bsuid(bad)
+    with pytest.raises(ValueError, match="business-scoped user id"):
+        parse_bsuid(bad)
+
+
+def test_a_phone_number_is_never_a_bsuid() -> None:
+    assert not looks_like_bsuid("+12025550143") and not is_bsuid("+12025550143")
+    assert not is_bsuid(None) and not is_bsuid("")
+
+
+def test_a_send_to_a_bsuid_uses_recipient_and_a_number_to() -> None:
+    base = {"herald_id": "msg_1", "channel": "whatsapp", "body": "Hi"}
+    by_id = build_payload(OutboundMessage(**base, to=BSUID))
+    assert by_id["recipient"] == BSUID and "to" not in by_id
+    by_phone = build_payload(OutboundMessage(**base, to="+12025550143"))
+    assert by_phone["to"] == "12025550143" and "recipient" not in by_phone
+
+
+def test_inbound_sender_ids_from_a_username_user_without_a_phone() -> None:
+    value = {
+        "contacts": [{"profile": {"name": "Jane", "username": "jane.doe"}, "user_id": BSUID}],
+        "messages": [{"from_user_id": BSUID, "id": "wamid.X", "type": "text"}],
+    }
+    people = _people(value)
+    person = _person_of(value["messages"][0], people)
+    assert person == {"user_id": BSUID, "name": "Jane", "username": "jane.doe"}
+    assert _sender_ids(value["messages"][0], person) == (None, BSUID)
+
+
+def test_sender_ids_keep_the_phone_and_drop_a_malformed_bsuid() -> None:
+    item = {"from": "12025550143", "from_user_id": "not a bsuid", "id": "wamid.Y"}
+    assert _sender_ids(item, {}) == ("+12025550143", None)
+    people = _people({"contacts": [{"wa_id": "12025550143", "user_id": "bad"}]})
+    assert "user_id" not in people[0]
+
+
+def test_the_sandbox_refuses_a_malformed_recipient_with_code_100() -> None:
+    base = {"messaging_product": "whatsapp", "type": "text", "text": {"body": "Hi"}}
+    assert validate({**base, "recipient": BSUID}) is None
+    assert validate({**base, "recipient": PARENT}) is None
+    problem = validate({**base, "recipient": "us.123"})
+    assert problem is not None and problem.startswith("(#100) Param recipient")
+    assert validate(base) == "(#100) The parameter to is required."
+    # With both, `to` wins (and a bad `recipient` beside a good `to` does not matter).
+    assert validate({**base, "to": "12025550143", "recipient": "junk"}) is None
+
+
+def test_a_malformed_bsuid_as_to_is_a_400_and_an_sms_to_a_bsuid_a_422(client, auth) -> None:
+    bad = client.post("/v1/messages", json={"to": "US.12-34", "body": "x"}, headers=auth)
+    assert bad.status_code == 400 and "business-scoped user id" in str(bad.get_json())
+    sms = client.post(
+        "/v1/messages", json={"to": BSUID, "channel": "sms", "body": "x"}, headers=auth
+    )
+    assert sms.status_code == 422
+    assert sms.get_json()["error"]["code"] == "whatsapp_only_recipient"
