@@ -614,7 +614,9 @@ def _schedule_statuses(
             message_id=wamid,
             herald_id=biz,
             # Like Meta: no `contacts[]` on `failed`; the username on delivered/read only.
-            contact=users.contact_entry(user, with_username=status != "sent")
+            contact=users.contact_entry(
+                user, with_username=status != "sent", dialled=not to_user_id
+            )
             if user is not None and status != "failed"
             else None,
         )

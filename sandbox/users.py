@@ -165,14 +165,18 @@ def change_number(
         return old_id, old_phone
 
 
-def contact_entry(user: User, *, with_username: bool = True) -> dict[str, Any]:
+def contact_entry(
+    user: User, *, with_username: bool = True, dialled: bool = False
+) -> dict[str, Any]:
     """The user as a webhook's `contacts[]` names it: `user_id` always, `wa_id` only when
-    the number is shared, `profile.username` when the user has one."""
+    the number is shared (or the business sent to the number: `dialled`),
+    `profile.username` when the user has one."""
     profile: dict[str, Any] = {"name": user.name}
     if with_username and user.username:
         profile["username"] = user.username
     entry: dict[str, Any] = {"profile": profile}
-    if user.shown_phone:
-        entry["wa_id"] = user.shown_phone
+    phone = user.phone if dialled else user.shown_phone
+    if phone:
+        entry["wa_id"] = phone
     entry["user_id"] = user.user_id
     return entry

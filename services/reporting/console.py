@@ -369,6 +369,8 @@ def search_contacts(
         statement = statement.where(
             or_(
                 Contact.phone.like(like),
+                Contact.wa_user_id.like(like),  # a WhatsApp user by BSUID or username
+                func.lower(Contact.wa_username).like(like.lower()),
                 func.lower(Contact.name).like(like.lower()),
                 Contact.external_id.like(like),
                 Contact.id == text,
