@@ -114,13 +114,17 @@ class PolicyContact(NamedTuple):
 # The second half: the tenant's suppressions (an erased person who had opted out, kept
 # as keyed hashes: services/privacy/suppression.py) among the numbers' hashes, in the
 # same round trip; such a row has no id and its hash in `phone`.
-# A BSUID among the numbers is matched on `wa_user_id` (its own index, so the OR stays
-# three index probes).
+# A BSUID among the numbers is matched on `wa_user_id` in an arm of its own, on its own
+# partial index: folded into the OR, a planner without fresh statistics read every
+# contact of the tenant instead (tests/unit/test_statement_plans.py). A contact found by
+# both arms comes twice; the caller keys contacts by id.
 _POLICY_SELECT = Statement(
     "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
     " WHERE tenant_id = :tenant"
-    " AND (phone = ANY(CAST(:numbers AS varchar[])) OR wa_id = ANY(CAST(:numbers AS varchar[]))"
-    " OR wa_user_id = ANY(CAST(:numbers AS varchar[])))"
+    " AND (phone = ANY(CAST(:numbers AS varchar[])) OR wa_id = ANY(CAST(:numbers AS varchar[])))"
+    " UNION ALL"
+    " SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
+    " WHERE tenant_id = :tenant AND wa_user_id = ANY(CAST(:numbers AS varchar[]))"
     " UNION ALL"
     " SELECT tenant_id, NULL, number_hash, NULL, true, NULL, NULL FROM suppressions"
     " WHERE tenant_id = :tenant AND number_hash = ANY(CAST(:hashes AS varchar[]))"
@@ -172,7 +176,9 @@ def policy_contacts(
             row.wa_user_id,
         )
         for number in {contact.phone, contact.wa_id, contact.wa_user_id} - {None}:
-            by_form.setdefault((row.tenant_id, number), []).append(contact)  # type: ignore[arg-type]
+            found_here = by_form.setdefault((row.tenant_id, number), [])  # type: ignore[arg-type]
+            if contact not in found_here:  # found by both arms
+                found_here.append(contact)
     found: dict[tuple[str, str], PolicyContact | None] = {}
     for (tenant, phone), fs in forms.items():
         candidates = {c.id: c for form in fs for c in by_form.get((tenant, form), [])}

@@ -100,6 +100,8 @@ def test_a_username_user_without_a_phone_is_answered_opted_out_and_tracked(live,
     assert statuses and all(
         "recipient_id" not in s and s["recipient_user_id"] == bsuid for s in statuses
     )
+    shown = client.get(f"/v1/messages/{reply_id}", headers=auth).get_json()
+    assert (shown["wa_user_id"], shown["wa_username"]) == (bsuid, "jane.doe")  # from `read`
 
     # Answered through the contact too.
     by_contact = client.post(
@@ -195,3 +197,28 @@ def test_erasure_by_bsuid_erases_the_username_user(live, client) -> None:
         assert user["user_id"] not in (row.from_number or "")
     bad = client.post("/v1/erasures", json={"user_id": "us.1"}, headers=auth)
     assert bad.status_code == 400
+
+
+def test_a_phone_contact_that_hides_its_number_stays_the_same_person(live, client) -> None:
+    tenant, auth = _own_number(live)
+    phone = "+12025550143"
+    made = client.post("/v1/contacts", json={"phone": phone, "id": "crm-7"}, headers=auth)
+    assert made.status_code == 201, made.get_json()
+    sent = client.post("/v1/messages", json={"to": phone, "template": TEMPLATE}, headers=auth)
+    assert sent.status_code == 202, sent.get_json()
+    deliver(sent.get_json()["id"])
+    # Its statuses name the BSUID (`recipient_user_id`): the contact learns it.
+    wait_for(lambda: _contacts(tenant["tenant_id"])[0].wa_user_id is not None, what="BSUID learnt")
+    (contact,) = _contacts(tenant["tenant_id"])
+    bsuid = contact.wa_user_id
+    # The user adopts a username and hides the number: Meta sends the BSUID alone.
+    answer = _inbound(live, tenant, "hi", **{"from": phone, "username": "sam", "hide_phone": True})
+    assert "from" not in answer["payload"]["entry"][0]["changes"][0]["value"]["messages"][0]
+    (contact,) = _contacts(tenant["tenant_id"])  # one person, its window open
+    assert (contact.external_id, contact.phone, contact.wa_user_id) == ("crm-7", phone, bsuid)
+    assert contact.wa_username == "sam" and contact.last_inbound_at is not None
+    free = client.post("/v1/messages", json={"to": phone, "body": "Hello Sam"}, headers=auth)
+    assert free.status_code == 202, free.get_json()
+    _inbound(live, tenant, "STOP", from_user_id=bsuid)
+    refused = client.post("/v1/messages", json={"to": phone, "template": TEMPLATE}, headers=auth)
+    assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "opted_out"
