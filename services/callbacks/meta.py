@@ -261,6 +261,14 @@ def apply_meta_status(
     detail = {k: status[k] for k in ("pricing", "conversation") if k in status} or None
     if isinstance(error.get("error_data"), dict):
         detail = {**(detail or {}), "error_data": error["error_data"]}
+    # The BSUID and username first: the event out of this change shows them.
+    user_id = status.get("recipient_user_id") or (person or {}).get("user_id")
+    if isinstance(user_id, str) and is_bsuid(user_id):
+        username = (person or {}).get("username")
+        if user_id != message.wa_user_id or (username and username != message.wa_username):
+            from services.policy.contacts import remember_user_id
+
+            remember_user_id(session, message, user_id, username)
     apply_callback_status(
         session,
         message,
@@ -286,13 +294,6 @@ def apply_meta_status(
         from services.policy.contacts import remember_wa_id
 
         remember_wa_id(session, message, f"+{recipient}")
-    user_id = status.get("recipient_user_id") or (person or {}).get("user_id")
-    if isinstance(user_id, str) and is_bsuid(user_id):
-        username = (person or {}).get("username")
-        if user_id != message.wa_user_id or (username and username != message.wa_username):
-            from services.policy.contacts import remember_user_id
-
-            remember_user_id(session, message, user_id, username)
     if mapped == "failed" and code in {str(c) for c in META_OPT_OUT}:
         from services.policy.consent import mark_opted_out
 

@@ -222,3 +222,28 @@ def test_a_phone_contact_that_hides_its_number_stays_the_same_person(live, clien
     _inbound(live, tenant, "STOP", from_user_id=bsuid)
     refused = client.post("/v1/messages", json={"to": phone, "template": TEMPLATE}, headers=auth)
     assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "opted_out"
+
+
+def test_events_out_name_the_bsuid_and_username(live, client) -> None:
+    from services.reporting.events import deliver_pending_events
+    from tests.integration.test_events_out import Receiver
+
+    tenant, auth = _own_number(live)
+    user = _user(live, tenant, username="ev.user")
+    _inbound(live, tenant, "hello", from_user_id=user["user_id"])
+    receiver = Receiver()
+    try:
+        resp = client.post(
+            "/v1/messages",
+            json={"to": user["user_id"], "body": "hi", "callback_url": receiver.url},
+            headers=auth,
+        )
+        mid = resp.get_json()["id"]
+        deliver(mid)
+        wait_for(lambda: _status(mid) == "read", what="read")
+        deliver_pending_events(mid)
+        events = [e["message"] for e, _sig, _raw in receiver.events]
+        assert events and all(e["wa_user_id"] == user["user_id"] for e in events)
+        assert events[-1]["status"] == "read" and events[-1]["wa_username"] == "ev.user"
+    finally:
+        receiver.server.shutdown()
