@@ -77,3 +77,39 @@ def test_a_malformed_bsuid_as_to_is_a_400_and_an_sms_to_a_bsuid_a_422(client, au
     )
     assert sms.status_code == 422
     assert sms.get_json()["error"]["code"] == "whatsapp_only_recipient"
+
+
+def test_a_campaign_reaches_bsuids_on_whatsapp_only(client, auth, tenant, dispatched) -> None:
+    from sqlalchemy import select
+
+    from models import Contact, Message, session_scope
+
+    with session_scope() as session:
+        session.add(Contact(tenant_id=tenant["tenant_id"], wa_user_id=BSUID, external_id="u1"))
+        session.add(Contact(tenant_id=tenant["tenant_id"], wa_user_id="BR.77", opted_out=True))
+    recipients = [{"contact_id": "u1"}, {"to": PARENT}, {"to": "BR.77"}, {"to": "US.1-2"}]
+    resp = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "By BSUID",
+            "channel": "whatsapp",
+            "template": {"name": "offer", "language": "en_US"},
+            "recipients": recipients,
+            "rate": 5,
+        },
+        headers=auth,
+    )
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert body["total"] == 2 and body["counts"]["skipped"] == 1 and body["invalid"] == 1
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Message.to_number).where(Message.campaign_id == body["id"])
+        ).all()
+    assert sorted(rows) == sorted([BSUID, PARENT])
+    sms = client.post(
+        "/v1/campaigns",
+        json={"name": "S", "channel": "sms", "body": "x", "recipients": [{"contact_id": "u1"}]},
+        headers=auth,
+    )
+    assert sms.status_code == 400 and "whatsapp_only_recipient" in str(sms.get_json())
