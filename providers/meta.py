@@ -36,6 +36,7 @@ PERMANENT = {
     131049: "marketing_limited",
     131050: "recipient_opted_out",
     131051: "unsupported_type",
+    131062: "bsuid_not_supported",  # e.g. an authentication template to a BSUID
 }
 OPT_OUT = {131050}
 NAMES = {

@@ -531,6 +531,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             dialled = wa_id = (user.phone or "") if user is not None else ""
             contact = {"input": to, "user_id": to}
         kind = payload.get("type", "text")
+        if "user_id" in contact and _category(payload) == "authentication":
+            return fail(131062)  # Meta: authentication templates need a phone number
         magic = MAGIC_SYNC.get(dialled)
         if magic == 131047 and kind == "template":
             magic = None

@@ -247,3 +247,19 @@ def test_events_out_name_the_bsuid_and_username(live, client) -> None:
         assert events[-1]["status"] == "read" and events[-1]["wa_username"] == "ev.user"
     finally:
         receiver.server.shutdown()
+
+
+def test_an_authentication_template_to_a_bsuid_fails_as_meta_refuses_it(live, client) -> None:
+    tenant, auth = _own_number(live)
+    user = _user(live, tenant, username="otp.user")
+    resp = client.post(
+        "/v1/messages",
+        json={"to": user["user_id"], "template": {"name": "otp_login", "language": "en_US"}},
+        headers=auth,
+    )
+    assert resp.status_code == 202, resp.get_json()
+    deliver(resp.get_json()["id"])
+    shown = client.get(f"/v1/messages/{resp.get_json()['id']}", headers=auth).get_json()
+    assert shown["status"] == "failed"
+    assert shown["error"]["provider_code"] == "131062"
+    assert shown["error"]["code"] == "bsuid_not_supported"
