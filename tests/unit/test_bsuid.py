@@ -113,3 +113,38 @@ def test_a_campaign_reaches_bsuids_on_whatsapp_only(client, auth, tenant, dispat
         headers=auth,
     )
     assert sms.status_code == 400 and "whatsapp_only_recipient" in str(sms.get_json())
+
+
+def test_the_console_shows_and_finds_a_username_user(app, tenant) -> None:
+    from models import Contact, Message, session_scope, utcnow
+    from tests.unit.test_console import sign_in
+
+    with session_scope() as session:
+        session.add(
+            Contact(tenant_id=tenant["tenant_id"], wa_user_id=BSUID, wa_username="jane.doe")
+        )
+        now = utcnow()
+        message = Message(
+            tenant_id=tenant["tenant_id"],
+            direction="inbound",
+            channel="whatsapp",
+            provider="meta",
+            to_number="15550100001",
+            from_number=BSUID,
+            wa_user_id=BSUID,
+            wa_username="jane.doe",
+            status="received",
+            meta={},
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(message)
+        session.flush()
+        message_id = message.id
+    console = app.test_client()
+    sign_in(console, tenant["api_key"])
+    html = console.get("/console/contacts?q=jane").get_data(as_text=True)
+    assert BSUID in html and "@jane.doe" in html and "not shared" in html
+    assert BSUID in console.get(f"/console/contacts?q={BSUID[:8]}").get_data(as_text=True)
+    page = console.get(f"/console/messages/{message_id}").get_data(as_text=True)
+    assert "WhatsApp user" in page and BSUID in page and "@jane.doe" in page
