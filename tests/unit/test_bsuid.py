@@ -148,3 +148,17 @@ def test_the_console_shows_and_finds_a_username_user(app, tenant) -> None:
     assert BSUID in console.get(f"/console/contacts?q={BSUID[:8]}").get_data(as_text=True)
     page = console.get(f"/console/messages/{message_id}").get_data(as_text=True)
     assert "WhatsApp user" in page and BSUID in page and "@jane.doe" in page
+
+
+def test_cli_erase_by_bsuid(capsys, tenant) -> None:
+    import json
+
+    from herald.cli import main
+    from models import Contact, session_scope
+
+    with session_scope() as session:
+        session.add(Contact(tenant_id=tenant["tenant_id"], wa_user_id=BSUID, wa_username="x"))
+    assert main(["erase", "--user-id", BSUID, "--tenant", tenant["tenant_id"]]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["erased"]["contacts"] == 1 and BSUID not in out
+    assert main(["erase", "--user-id", "us.1"]) == 2
