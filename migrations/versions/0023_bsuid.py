@@ -45,6 +45,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # `contacts.phone` stays nullable and the address columns wide: a username user's
+    # contact has no phone to restore, and the older code reads both as they are.
     op.execute("DROP INDEX IF EXISTS ix_contacts_tenant_wa_user_id")
     op.drop_column("messages", "wa_username")
     op.drop_column("messages", "wa_user_id")
