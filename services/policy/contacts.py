@@ -8,6 +8,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
@@ -165,6 +166,8 @@ def remember_user_id(  # type: ignore[no-untyped-def]
         values["wa_username"] = username[:64]
     if values:
         update_message(session, message.id, **values)
+        for column, value in values.items():  # the next status of this batch sees them
+            set_committed_value(message, column, value)
     contact = contact_for(session, message.tenant_id, message.to_number)
     if contact is None:
         return
