@@ -263,3 +263,24 @@ def test_an_authentication_template_to_a_bsuid_fails_as_meta_refuses_it(live, cl
     assert shown["status"] == "failed"
     assert shown["error"]["provider_code"] == "131062"
     assert shown["error"]["code"] == "bsuid_not_supported"
+
+
+def test_the_sandbox_phone_writes_as_a_username_user(live, app) -> None:
+    from tests.unit.test_console import _csrf, sign_in
+
+    tenant, _ = _own_number(live)
+    user = _user(live, tenant, username="phone.user")
+    console = app.test_client()
+    sign_in(console, tenant["api_key"])
+    token = _csrf(console, "/console/")
+    path = f"/console/phone/{user['user_id']}/reply"
+    resp = console.post(path, data={"csrf_token": token, "action": "reply", "body": "Hi there"})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    thread = console.get(f"/console/phone/{user['user_id']}/thread").get_data(as_text=True)
+    assert "Hi there" in thread and 'class="badge ok">open<' in thread
+    (contact,) = _contacts(tenant["tenant_id"])
+    assert (contact.phone, contact.wa_user_id) == (None, user["user_id"])
+    sms = console.post(
+        path, data={"csrf_token": token, "action": "reply", "body": "x", "channel": "sms"}
+    )
+    assert sms.status_code == 400
