@@ -162,3 +162,83 @@ def test_cli_erase_by_bsuid(capsys, tenant) -> None:
     out = capsys.readouterr().out
     assert json.loads(out)["erased"]["contacts"] == 1 and BSUID not in out
     assert main(["erase", "--user-id", "us.1"]) == 2
+
+
+def _system(phone_id: str, wamid: str, system: dict, **sender: str) -> dict:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550100001",
+                                "phone_number_id": phone_id,
+                            },
+                            "messages": [
+                                {
+                                    "id": wamid,
+                                    "timestamp": "1780000000",
+                                    "type": "system",
+                                    "system": system,
+                                    **sender,
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_system_webhooks_move_the_identity_once_and_store_no_message(client) -> None:
+    import uuid
+
+    from sqlalchemy import select
+
+    from models import Contact, Message, session_scope
+    from tests.conftest import META_SECRET, META_TOKEN, make_tenant
+    from tests.unit.test_webhooks import meta_post
+
+    phone_id = "1" + str(uuid.uuid4().int)[:14]
+    made = make_tenant(
+        "sys",
+        windows=(),
+        meta={"phone_number_id": phone_id, "access_token": META_TOKEN, "app_secret": META_SECRET},
+    )
+    old, new = "US.11111111111111111111", "US.22222222222222222222"
+    with session_scope() as session:
+        session.add(Contact(tenant_id=made["tenant_id"], phone="+12025550143", wa_user_id=old))
+    changed_id = {"type": "user_changed_user_id", "user_id": new, "previous_user_id": old}
+    payload = _system(phone_id, "wamid.SYS1", {"body": "…", **changed_id}, from_user_id=old)
+    first = meta_post(client, payload).get_json()["received"]
+    assert first["system"] == 1 and first["messages"] == 0
+    again = meta_post(client, payload).get_json()["received"]
+    assert again["duplicates"] == 1 and again.get("system", 0) == 0
+    changed_number = {
+        "type": "user_changed_number",
+        "wa_id": "12025550199",
+        "user_id": "US.33333333333333333333",
+        "previous_user_id": new,
+    }
+    meta_post(client, _system(phone_id, "wamid.SYS2", changed_number, **{"from": "12025550143"}))
+    unknown = {"type": "user_changed_user_id", "user_id": "US.5", "previous_user_id": "US.4"}
+    assert meta_post(client, _system(phone_id, "wamid.SYS3", unknown)).status_code == 200
+    odd = meta_post(client, _system(phone_id, "wamid.SYS4", {"type": "customer_identity_changed"}))
+    assert odd.get_json()["received"]["invalid"] == 1
+    with session_scope() as session:
+        contacts = session.scalars(
+            select(Contact).where(Contact.tenant_id == made["tenant_id"])
+        ).all()
+        stored = session.scalars(
+            select(Message).where(Message.tenant_id == made["tenant_id"])
+        ).all()
+    assert [(c.phone, c.wa_id, c.wa_user_id) for c in contacts] == [
+        ("+12025550199", "+12025550199", "US.33333333333333333333")
+    ]
+    assert stored == [] and contacts[0].last_inbound_at is None  # no window opened
