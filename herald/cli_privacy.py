@@ -1,6 +1,6 @@
-"""`herald erase --phone +… | --wa-id … [--tenant ten_…]`: an operator erases a person,
-in every tenant or in one (the rules are services/privacy/erasure.py's, the admin API's
-too). Prints what was erased, rows per table; the number itself is never printed."""
+"""`herald erase --phone +… | --wa-id … | --user-id US.… [--tenant ten_…]`: an operator
+erases a person, in every tenant or in one (the rules are services/privacy/erasure.py's,
+the admin API's too). Prints what was erased, rows per table; the number itself is never printed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ def _erase(args: argparse.Namespace) -> int:
     from models import session_scope
     from services.privacy.erasure import erase_number, load_request
 
-    request: dict[str, Any] = {"phone": args.phone} if args.phone else {"wa_id": args.wa_id}
+    request: dict[str, Any] = (
+        {"phone": args.phone}
+        if args.phone
+        else {"wa_id": args.wa_id}
+        if args.wa_id
+        else {"user_id": args.user_id}
+    )
     if args.tenant:
         request["tenant_id"] = args.tenant
     number, tenant_id = load_request(request, operator=True)
@@ -34,5 +40,8 @@ def register(sub: Any) -> None:
     who = erase.add_mutually_exclusive_group(required=True)
     who.add_argument("--phone", help="the number, E.164 (+12025550143)")
     who.add_argument("--wa-id", help="a WhatsApp id (digits, country code first)")
+    who.add_argument(
+        "--user-id", help="a WhatsApp business-scoped user id (BSUID, US.1349…), as Meta gave it"
+    )
     erase.add_argument("--tenant", help="only this tenant's rows (default: every tenant)")
     erase.set_defaults(func=_erase)

@@ -124,8 +124,9 @@ class Message(Base):
     channel: Mapped[str] = mapped_column(String(16))
     provider: Mapped[str] = mapped_column(String(16))
     provider_account_id: Mapped[str | None] = mapped_column(ForeignKey("provider_accounts.id"))
-    to_number: Mapped[str] = mapped_column(String(32))
-    from_number: Mapped[str | None] = mapped_column(String(64))
+    # A phone number (E.164), or on WhatsApp a business-scoped user id (BSUID).
+    to_number: Mapped[str] = mapped_column(String(160))
+    from_number: Mapped[str | None] = mapped_column(String(160))
     contact_id: Mapped[str | None] = mapped_column(String(32))
     body: Mapped[str | None] = mapped_column(Text)
     media_urls: Mapped[list | None] = mapped_column(JSON)
@@ -157,6 +158,10 @@ class Message(Base):
     # The recipient's WhatsApp id as Meta answered it (E.164 form), when it differs from
     # `to_number` (Brazil's ninth digit, Mexico's 521, Argentina's 549).
     wa_id: Mapped[str | None] = mapped_column(String(32))
+    # The WhatsApp user's business-scoped user id (BSUID) and username, where Meta gave
+    # them (send answer, status or inbound webhook; migration 0025_bsuid).
+    wa_user_id: Mapped[str | None] = mapped_column(String(160))
+    wa_username: Mapped[str | None] = mapped_column(String(64))
     # ttl: past this, a message still waiting in Herald fails `expired`
     # (services/messages/expiry.py).
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -250,15 +255,28 @@ class Contact(Base):
         UniqueConstraint("tenant_id", "phone", name="uq_contacts_tenant_phone"),
         UniqueConstraint("tenant_id", "external_id", name="uq_contacts_tenant_external"),
         Index("ix_contacts_tenant_wa_id", "tenant_id", "wa_id"),
+        # A person by BSUID (migration 0025_bsuid).
+        Index(
+            "ix_contacts_tenant_wa_user_id",
+            "tenant_id",
+            "wa_user_id",
+            unique=True,
+            postgresql_where=text("wa_user_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("con"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     external_id: Mapped[str | None] = mapped_column(String(128))
-    phone: Mapped[str] = mapped_column(String(32))
+    # None: a WhatsApp user known only by BSUID (a username, no phone number shared).
+    phone: Mapped[str | None] = mapped_column(String(32))
     # The WhatsApp id (E.164 form) this person writes from and Meta answers for `phone`:
     # inbound `from` is matched to it, so the window and opt-out follow the person.
     wa_id: Mapped[str | None] = mapped_column(String(32))
+    # Meta's business-scoped user id (BSUID) of this person and their username: a person
+    # is one contact whichever of phone, WhatsApp id or BSUID a webhook names.
+    wa_user_id: Mapped[str | None] = mapped_column(String(160))
+    wa_username: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(200))
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -36,6 +36,7 @@ PERMANENT = {
     131049: "marketing_limited",
     131050: "recipient_opted_out",
     131051: "unsupported_type",
+    131062: "bsuid_not_supported",  # e.g. an authentication template to a BSUID
 }
 OPT_OUT = {131050}
 NAMES = {
@@ -108,11 +109,20 @@ def media_type_for(url: str, declared: str | None) -> str:
     return "document"
 
 
+def recipient_field(to: str) -> dict[str, str]:
+    """Where a send names its recipient: a phone number goes in `to` (digits), a
+    business-scoped user id (BSUID, `US.1349…`: a user who may share no phone number) in
+    `recipient`, exactly as Meta gave it. Meta takes either; with both, `to` wins."""
+    if to[:2].isalpha() and to[2:3] == ".":
+        return {"recipient": to}
+    return {"to": to.lstrip("+")}
+
+
 def build_payload(message: OutboundMessage) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "recipient_type": "individual",
-        "to": message.to.lstrip("+"),
+        **recipient_field(message.to),
         "biz_opaque_callback_data": message.herald_id,
     }
     if message.template:

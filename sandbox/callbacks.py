@@ -270,6 +270,8 @@ class BatchedStatus:
     status: dict[str, Any]
     message_id: str
     herald_id: str | None
+    # The recipient as the change's `contacts[]` names it (BSUID, wa_id, username).
+    contact: dict[str, Any] | None = None
 
 
 class MetaStatusBatcher:
@@ -330,10 +332,13 @@ class MetaStatusBatcher:
         url, app_secret = key[0], key[1]
         entries: dict[str, dict[str, list[dict[str, Any]]]] = {}
         metadata: dict[str, dict[str, Any]] = {}
+        people: dict[str, dict[str, dict[str, Any]]] = {}
         for it in items:
             phone_id = str(it.metadata["phone_number_id"])
             metadata[phone_id] = it.metadata
             entries.setdefault(it.waba_id, {}).setdefault(phone_id, []).append(it.status)
+            if it.contact is not None:
+                people.setdefault(phone_id, {})[str(it.contact.get("user_id"))] = it.contact
         payload = {
             "object": "whatsapp_business_account",
             "entry": [
@@ -344,6 +349,11 @@ class MetaStatusBatcher:
                             "value": {
                                 "messaging_product": "whatsapp",
                                 "metadata": metadata[phone_id],
+                                **(
+                                    {"contacts": list(people[phone_id].values())}
+                                    if phone_id in people
+                                    else {}
+                                ),
                                 "statuses": statuses,
                             },
                             "field": "messages",

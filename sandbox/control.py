@@ -6,8 +6,8 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from sandbox import conversations, meta_api, twilio_api
-from sandbox.state import PROVIDERS, ConfigError, SandboxState
+from sandbox import conversations, meta_api, twilio_api, users
+from sandbox.state import PROVIDERS, ConfigError, SandboxState, digits
 
 
 def _bool_arg(name: str) -> bool | None:
@@ -123,6 +123,47 @@ def blueprint(state: SandboxState) -> Blueprint:
             error=attempt["error"],
         ), 200
 
+    @bp.post("/users")
+    def add_user() -> tuple[Response, int]:
+        """A WhatsApp user as Meta names it: a BSUID always; a `username`; `hide_phone`
+        (or no `phone`): webhooks carry the BSUID alone (sandbox/users.py)."""
+        data = _body()
+        with state.lock:
+            phone_id = str(data.get("account") or next(iter(state.meta_accounts)))
+            account = state.meta_accounts.get(phone_id)
+        if account is None:
+            raise ConfigError(f"unknown meta phone_number_id {phone_id!r}")
+        wa_id = None
+        if data.get("phone") is not None:
+            wa_id = meta_api.wa_id_for(digits(str(data["phone"])))
+            if not wa_id.isdigit() or not 8 <= len(wa_id) <= 15:
+                raise ConfigError("'phone' must be a phone number")
+        try:
+            user = users.register(state, account.waba_id, data, wa_id)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return jsonify(user.to_dict()), 201
+
+    @bp.post("/users/change")
+    def change_user() -> tuple[Response, int]:
+        """Send the `system` webhook of an identity change (`user_changed_number`,
+        `user_changed_user_id`) after making it."""
+        data = _body()
+        url = data.get("url") or state.get_config()["meta_webhook_url"]
+        if not url:
+            raise ConfigError("no meta webhook URL configured (set it in /config)")
+        try:
+            callback = meta_api.identity_change_callback(state, data, url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        attempt = state.scheduler.send_now(callback)
+        return jsonify(
+            payload=callback.payload,
+            status_code=attempt["status_code"],
+            ok=attempt["ok"],
+            error=attempt["error"],
+        ), 200
+
     @bp.get("/reads")
     def reads() -> Response:
         """Read receipts (and typing indicators) asked of the Meta API, in order."""
@@ -132,6 +173,7 @@ def blueprint(state: SandboxState) -> Blueprint:
     def reset() -> Response:
         state.reset()
         conversations.clear_reads(state)
+        users.directory(state).clear()
         return jsonify(ok=True)
 
     return bp

@@ -86,6 +86,11 @@ ERRORS: dict[int, tuple[int, str, str]] = {
     ),
     131051: (400, "Unsupported message type", "Message type is not currently supported."),
     131053: (400, "Media upload error", "Unable to upload the media used in the message."),
+    131062: (
+        400,
+        "Business-scoped User ID recipients are not supported for this message",
+        "Authentication templates (one-tap, zero-tap and copy-code) need a phone number.",
+    ),
     131056: (
         400,
         "(Business Account, Consumer Account) pair rate limit hit",

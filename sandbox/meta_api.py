@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from sandbox import conversations, templates
+from sandbox import conversations, templates, users
 from sandbox.callbacks import BatchedStatus, Callback, meta_callback, plan_statuses
 from sandbox.common import Send
 from sandbox.graph import (
@@ -80,9 +80,16 @@ def validate(payload: Any) -> str | None:
     if payload.get("recipient_type", "individual") != "individual":
         return "(#100) Param recipient_type must be one of {INDIVIDUAL}."
     to = payload.get("to")
-    if to in (None, ""):
+    recipient = payload.get("recipient")
+    if to in (None, "") and recipient in (None, ""):
         return _missing("to")
-    if not isinstance(to, str) or not re.fullmatch(r"\+?\d{8,15}", to.replace(" ", "")):
+    if to in (None, ""):  # a BSUID (or parent BSUID) alone; with both, `to` wins
+        if not isinstance(recipient, str) or not users.BSUID.fullmatch(recipient):
+            return (
+                "(#100) Param recipient must be a valid business-scoped user ID"
+                f' - got "{recipient}".'
+            )
+    elif not isinstance(to, str) or not re.fullmatch(r"\+?\d{8,15}", to.replace(" ", "")):
         return f'(#100) Param to must be a valid phone number - got "{to}".'
     kind = payload.get("type", "text")
     if kind not in MESSAGE_TYPES:
@@ -249,19 +256,24 @@ def status_payload(
     biz_data: str | None,
     sent_at: float,
     error_code: int = 131026,
+    user_id: str | None = None,
+    to_user_id: bool = False,
 ) -> dict[str, Any]:
     """A `statuses` webhook. Like Meta, `read` carries no conversation/pricing, and
-    `biz_opaque_callback_data` comes back on sent/delivered/read only, never on `failed`."""
-    entry: dict[str, Any] = {
-        "id": wamid,
-        "status": status,
-        "timestamp": str(int(timestamp)),
-        "recipient_id": wa_id,
-    }
+    `biz_opaque_callback_data` comes back on sent/delivered/read only, never on `failed`.
+    The recipient: `recipient_user_id` (its BSUID) always, except on a `failed` status
+    of a send to a phone number; `recipient_id` (the WhatsApp id) only when the user
+    shares the number (`wa_id` empty: a username user hiding it)."""
+    entry: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(timestamp))}
+    if wa_id:
+        entry["recipient_id"] = wa_id
+    if user_id and (status != "failed" or to_user_id):
+        entry["recipient_user_id"] = user_id
     if biz_data is not None and status in ("sent", "delivered", "read"):
         entry["biz_opaque_callback_data"] = biz_data
     if status in ("sent", "delivered"):
-        conv_id = hashlib.md5(f"{account.phone_number_id}:{wa_id}:{category}".encode()).hexdigest()
+        person = wa_id or user_id
+        conv_id = hashlib.md5(f"{account.phone_number_id}:{person}:{category}".encode()).hexdigest()
         conversation: dict[str, Any] = {"id": conv_id, "origin": {"type": category}}
         if status == "sent":
             conversation["expiration_timestamp"] = str(int(sent_at) + 86400)
@@ -287,12 +299,13 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         raise ValueError(f"unknown meta phone_number_id {phone_id!r}")
     if data.get("change_error") is not None:
         return _change_error_callback(account, data["change_error"], url)
-    wa_id = digits(data.get("from"))
-    if not re.fullmatch(r"\d{8,15}", wa_id):
-        raise ValueError("'from' must be a phone number")
-    wa_id = wa_id_for(wa_id)  # Meta reports the sender by its WhatsApp id
-    wamid = new_wamid(wa_id)
-    message: dict[str, Any] = {"from": wa_id, "id": wamid, "timestamp": str(int(time.time()))}
+    user = _inbound_user(state, account, data)
+    wa_id = user.shown_phone  # None: a username user sharing no number
+    wamid = new_wamid(wa_id or user.user_id)
+    message: dict[str, Any] = {"id": wamid, "timestamp": str(int(time.time()))}
+    if wa_id:
+        message["from"] = wa_id
+    message["from_user_id"] = user.user_id
     if data.get("context_message_id"):
         message["context"] = {
             "from": account.display_phone_number,
@@ -333,7 +346,9 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         message.update(type=kind, **{kind: media})
     else:
         message.update(type="text", text={"body": body or ""})
-    contact = {"profile": {"name": data.get("profile_name") or "Sandbox User"}, "wa_id": wa_id}
+    contact = users.contact_entry(user)
+    if data.get("profile_name"):
+        contact["profile"]["name"] = data["profile_name"]
     payload = _envelope(account, {"contacts": [contact], "messages": [message]})
     return meta_callback(
         url,
@@ -342,6 +357,87 @@ def inbound_callback(state: SandboxState, data: dict[str, Any], url: str) -> Cal
         kind="inbound",
         event=message["type"],
         message_id=wamid,
+        max_retries=0,
+    )
+
+
+def _inbound_user(state: SandboxState, account: MetaAccount, data: dict[str, Any]) -> users.User:
+    """The writing user: by `from` (a phone number, reported by its WhatsApp id; a
+    `username` and `hide_phone` given here are the user's from now on), or by
+    `from_user_id` (the BSUID of a user the sandbox knows)."""
+    if data.get("from_user_id") is not None:
+        found = users.user_by_id(state, account.waba_id, str(data["from_user_id"]))
+        if found is None:
+            raise ValueError("'from_user_id' names no user of this WABA (POST /_sandbox/users)")
+        return found
+    wa_id = digits(data.get("from"))
+    if not re.fullmatch(r"\d{8,15}", wa_id):
+        raise ValueError("'from' must be a phone number (or give 'from_user_id')")
+    wa_id = wa_id_for(wa_id)  # Meta reports the sender by its WhatsApp id
+    if data.get("username") is not None or data.get("hide_phone") is not None:
+        return users.register(state, account.waba_id, data, wa_id)
+    return users.user_for_phone(state, account.waba_id, wa_id)
+
+
+def identity_change_callback(state: SandboxState, data: dict[str, Any], url: str) -> Callback:
+    """A `system` message as Meta sends one when a user's identity changes: `type`
+    `user_changed_number` (`new_phone`; a new number also gets a new BSUID) or
+    `user_changed_user_id` (only the BSUID changed: no phone number in it). The user is
+    named by `user_id` (BSUID) or `phone`. System messages carry no `contacts[]`."""
+    with state.lock:
+        phone_id = str(data.get("account") or next(iter(state.meta_accounts)))
+        account = state.meta_accounts.get(phone_id)
+    if account is None:
+        raise ValueError(f"unknown meta phone_number_id {phone_id!r}")
+    kind = data.get("type")
+    if kind not in ("user_changed_number", "user_changed_user_id"):
+        raise ValueError("'type' must be 'user_changed_number' or 'user_changed_user_id'")
+    if data.get("user_id") is not None:
+        user = users.user_by_id(state, account.waba_id, str(data["user_id"]))
+    elif data.get("phone") is not None:
+        user = users.user_for_phone(state, account.waba_id, wa_id_for(digits(data["phone"])))
+    else:
+        raise ValueError("name the user by 'user_id' or 'phone'")
+    if user is None:
+        raise ValueError("'user_id' names no user of this WABA")
+    shown_before = user.shown_phone
+    if kind == "user_changed_number":
+        new_wa_id = digits(data.get("new_phone"))
+        if not re.fullmatch(r"\d{8,15}", new_wa_id):
+            raise ValueError("'new_phone' must be a phone number")
+        new_wa_id = wa_id_for(new_wa_id)
+        old_id, _ = users.change_number(state, account.waba_id, user, new_wa_id)
+        system: dict[str, Any] = {
+            "body": f"User {user.name} changed from {shown_before} to {new_wa_id}",
+            "wa_id": new_wa_id,
+            "type": kind,
+            "user_id": user.user_id,
+            "previous_user_id": old_id,
+        }
+    else:
+        old_id = users.change_user_id(state, account.waba_id, user)
+        system = {
+            "body": f"User {user.name} changed their business-scoped user ID",
+            "type": kind,
+            "user_id": user.user_id,
+            "previous_user_id": old_id,
+        }
+    message: dict[str, Any] = {
+        "id": new_wamid(shown_before or old_id),
+        "timestamp": str(int(time.time())),
+        "type": "system",
+        "system": system,
+    }
+    if kind == "user_changed_number" and shown_before:
+        message["from"] = shown_before
+    message["from_user_id"] = old_id
+    return meta_callback(
+        url,
+        _envelope(account, {"messages": [message]}),
+        account.app_secret,
+        kind="system",
+        event=kind,
+        message_id=message["id"],
         max_retries=0,
     )
 
@@ -378,7 +474,7 @@ def blueprint(state: SandboxState) -> Blueprint:
             "received_at": received_at,
             "account": phone_number_id,
             "herald_id": parsed.get("biz_opaque_callback_data"),
-            "to": parsed.get("to"),
+            "to": parsed.get("to") or parsed.get("recipient"),
             "from": phone_number_id,
             "channel": "whatsapp",
             "type": parsed.get("type", "text"),
@@ -423,10 +519,20 @@ def blueprint(state: SandboxState) -> Blueprint:
         unknown_media = send_problem(state, payload, phone_number_id)  # a media id it lacks
         if unknown_media is not None:
             return fail(100, message=unknown_media)
-        to = payload["to"]
-        dialled = digits(to.replace(" ", ""))
-        wa_id = wa_id_for(dialled)
+        to = payload.get("to")
+        if to:
+            dialled = digits(to.replace(" ", ""))
+            wa_id = wa_id_for(dialled)
+            user: users.User | None = users.user_for_phone(state, account.waba_id, wa_id)
+            contact = {"input": to, "wa_id": wa_id}
+        else:  # to a BSUID: the answer names it back, never the number
+            to = payload["recipient"]
+            user = users.user_by_id(state, account.waba_id, to)
+            dialled = wa_id = (user.phone or "") if user is not None else ""
+            contact = {"input": to, "user_id": to}
         kind = payload.get("type", "text")
+        if "user_id" in contact and _category(payload) == "authentication":
+            return fail(131062)  # Meta: authentication templates need a phone number
         magic = MAGIC_SYNC.get(dialled)
         if magic == 131047 and kind == "template":
             magic = None
@@ -440,10 +546,10 @@ def blueprint(state: SandboxState) -> Blueprint:
             message["message_status"] = "accepted"
         answer = {
             "messaging_product": "whatsapp",
-            "contacts": [{"input": to, "wa_id": wa_id}],
+            "contacts": [contact],
             "messages": [message],
         }
-        _schedule_statuses(state, account, payload, wamid, wa_id, time.time())
+        _schedule_statuses(state, account, payload, wamid, wa_id, time.time(), user)
         return send.accept(graph_json(answer, 200))
 
     return bp
@@ -462,6 +568,7 @@ def _schedule_statuses(
     wamid: str,
     wa_id: str,
     sent_at: float,
+    user: users.User | None = None,
 ) -> None:
     config = state.get_config()
     url = config["meta_webhook_url"]
@@ -471,7 +578,9 @@ def _schedule_statuses(
     error_code = MAGIC_ASYNC.get(wa_id, 131026)
     if error_code == 131047 and payload.get("type") == "template":
         error_code = 131026  # templates may open a conversation: only free-form fails
-    failing = wa_id == MAGIC_FAILED or (wa_id in MAGIC_ASYNC and error_code != 131026)
+    # A BSUID no user of this WABA has: accepted, then failed as an unknown number is.
+    failing = user is None or wa_id == MAGIC_FAILED
+    failing = failing or (wa_id in MAGIC_ASYNC and error_code != 131026)
     statuses = ["failed"] if failing else ["sent", "delivered", "read"]
     statuses, error_code = conversations.plan(
         state, account.phone_number_id, payload, statuses, error_code
@@ -484,8 +593,20 @@ def _schedule_statuses(
     with state.lock:
         planned = plan_statuses(timeline, cfg, whatsapp=True, rng=state.rng)
     for when, status in planned:
+        to_user_id = "to" not in payload or not payload["to"]
+        shown = wa_id if user is None or not to_user_id else (user.shown_phone or "")
         body = status_payload(
-            account, wamid, wa_id, status, happened_at[status], category, biz, sent_at, error_code
+            account,
+            wamid,
+            shown,
+            status,
+            happened_at[status],
+            category,
+            biz,
+            sent_at,
+            error_code,
+            user_id=user.user_id if user is not None else payload.get("recipient"),
+            to_user_id=to_user_id,
         )
         change = body["entry"][0]["changes"][0]["value"]
         item = BatchedStatus(
@@ -494,6 +615,12 @@ def _schedule_statuses(
             status=change["statuses"][0],
             message_id=wamid,
             herald_id=biz,
+            # Like Meta: no `contacts[]` on `failed`; the username on delivered/read only.
+            contact=users.contact_entry(
+                user, with_username=status != "sent", dialled=not to_user_id
+            )
+            if user is not None and status != "failed"
+            else None,
         )
         state.meta_batcher.add(
             url,

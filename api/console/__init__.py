@@ -44,7 +44,7 @@ from services.campaigns.campaigns import (
     get_campaign,
 )
 from services.campaigns.resend import resend_campaign
-from services.content.phones import normalize_e164
+from services.content.phones import is_bsuid, normalize_e164
 from services.messages.resend import RESENDABLE, resend_message
 from services.messages.serialize import sms_fields
 from services.messages.service import get_message
@@ -454,6 +454,9 @@ def _require_sandbox() -> None:
 
 
 def _number(raw: str) -> str:
+    """A thread's address: a phone number, or a WhatsApp user's BSUID (a username user)."""
+    if is_bsuid(raw.strip()):
+        return raw.strip()
     number = normalize_e164(raw)
     if number is None:
         raise InvalidRequest(f"{raw!r} is not a valid phone number.")

@@ -16,7 +16,7 @@ from core.logs import mask
 from models import Contact, Message, MessageEvent, Tenant, WebhookEvent
 from providers import error_name
 from services.callbacks.receipts import dedup_key, record_once
-from services.policy.consent import apply_inbound_keyword, contact_for
+from services.policy.consent import apply_inbound_keyword, person_for
 from services.policy.keywords import keyword_of, reply_for
 from services.tenancy.tenants import (
     AccountCredentials,
@@ -26,18 +26,36 @@ log = logging.getLogger(__name__)
 
 
 def touch_contact(
-    session: Session, tenant_id: str, phone: str, name: str | None, at: datetime, channel: str
+    session: Session,
+    tenant_id: str,
+    phone: str | None,
+    name: str | None,
+    at: datetime,
+    channel: str,
+    *,
+    user_id: str | None = None,
+    username: str | None = None,
 ) -> Contact:
     """Find or create the sender's contact; a WhatsApp message opens (or refreshes)
     its 24-hour window. An SMS does not: it opens no WhatsApp conversation. A WhatsApp
     sender is its WhatsApp id: kept on the contact, which may have been dialled in
-    another form of the same number (see `services.content.phones.whatsapp_forms`)."""
-    contact = contact_for(session, tenant_id, phone)
+    another form of the same number (see `services.content.phones.whatsapp_forms`).
+    Meta also names the sender by business-scoped user id (`user_id`), and a user with a
+    username may come with that alone (`phone` None): one person, one contact, whichever
+    arrives (`services.policy.consent.person_for`)."""
+    contact = person_for(session, tenant_id, phone=phone, user_id=user_id)
     if contact is None:
-        contact = Contact(tenant_id=tenant_id, phone=phone)
+        contact = Contact(tenant_id=tenant_id, phone=phone, wa_user_id=user_id)
         session.add(contact)
-    if channel == "whatsapp" and contact.wa_id != phone:
-        contact.wa_id = phone
+    if phone is not None:
+        if contact.phone is None:
+            contact.phone = phone  # the number a username user shares again
+        if channel == "whatsapp" and contact.wa_id != phone:
+            contact.wa_id = phone
+    if user_id is not None and contact.wa_user_id != user_id:
+        contact.wa_user_id = user_id
+    if username and contact.wa_username != username:
+        contact.wa_username = username[:64]
     if name and not contact.name:
         contact.name = name[:200]
     if channel == "whatsapp" and (contact.last_inbound_at is None or contact.last_inbound_at < at):
@@ -82,7 +100,7 @@ def store_inbound(
     *,
     channel: str,
     provider_id: str,
-    phone: str,
+    phone: str | None,
     recipient: str | None,
     body: str | None,
     media: list[str],
@@ -91,9 +109,13 @@ def store_inbound(
     detail: dict[str, Any],
     error: tuple[str, str | None] | None = None,
     options: dict[str, Any] | None = None,
+    user_id: str | None = None,
+    username: str | None = None,
 ) -> Message | None:
     """Store one inbound message. `error`: (provider code, title) the provider attached
-    to it (Meta `messages[].errors`), kept on the message and its event."""
+    to it (Meta `messages[].errors`), kept on the message and its event. `user_id` and
+    `username`: the WhatsApp sender's BSUID and username (Meta); with no `phone` (a
+    username user sharing no number) the BSUID is the sender's address."""
     receipt = record_once(
         session,
         provider=account.provider,
@@ -115,14 +137,24 @@ def store_inbound(
         # receipt, store nothing twice.
         log.warning("inbound %s id %s already stored as id=%s", account.provider, provider_id, held)
         return None
-    contact = touch_contact(session, account.tenant_id, phone, profile_name, at, channel)
+    contact = touch_contact(
+        session,
+        account.tenant_id,
+        phone,
+        profile_name,
+        at,
+        channel,
+        user_id=user_id,
+        username=username,
+    )
+    sender = phone or user_id or ""
     tenant = session.get(Tenant, account.tenant_id)
     own_words = tenant.keywords if tenant is not None else None
     keyword = apply_inbound_keyword(
-        session, account.tenant_id, phone, contact, body, at, own_words
+        session, account.tenant_id, sender, contact, body, at, own_words
     )
     if keyword:
-        log.info("contact %s by keyword from=%s", keyword, mask(phone))
+        log.info("contact %s by keyword from=%s", keyword, mask(sender))
     message = Message(
         tenant_id=account.tenant_id,
         direction="inbound",
@@ -130,7 +162,9 @@ def store_inbound(
         provider=account.provider,
         provider_account_id=account.id,
         to_number=(recipient or "")[:32],
-        from_number=phone,
+        from_number=sender,
+        wa_user_id=user_id,
+        wa_username=username[:64] if username else None,
         body=body,
         media_urls=media or None,
         options=options,  # the media's content types (services/content/media.py)
@@ -156,7 +190,7 @@ def store_inbound(
             detail={"errors": detail.get("errors")} if error else None,
         )
     )
-    log.info("inbound stored id=%s provider=%s from=%s", message.id, account.provider, mask(phone))
+    log.info("inbound stored id=%s provider=%s from=%s", message.id, account.provider, mask(sender))
     if tenant is not None:
         answer_keyword(session, tenant, account, message)
     return message

@@ -38,6 +38,7 @@ from services.callbacks.signatures import (
 from services.content import templates
 from services.content.conversations import inbound_extras, link_inbound
 from services.content.media import inbound_media_options
+from services.content.phones import is_bsuid
 from services.reporting.usage import record_meta_pricing
 from services.tenancy.tenants import (
     AccountCredentials,
@@ -75,6 +76,7 @@ def handle_meta_payload(
             "unverified",
             "unrouted",
             "invalid",
+            "system",
         ),
         0,
     )
@@ -129,15 +131,10 @@ def handle_meta_payload(
             counts["errors"] += record_meta_errors(
                 session, creds, change_errors, source="change", phone_id=phone_id
             )
+        people = _people(value)
         for status in statuses:
-            outcome = _meta_status(session, creds, status)
+            outcome = _meta_status(session, creds, status, people)
             counts[outcome] += 1
-        names: dict[str, str] = {}
-        for contact in _objects(value.get("contacts"))[0]:
-            profile = contact.get("profile")
-            name = profile.get("name") if isinstance(profile, dict) else None
-            if isinstance(contact.get("wa_id"), str) and isinstance(name, str):
-                names[contact["wa_id"]] = name
         tenants = {c.tenant_id for c in creds}
         for item in messages:
             if len(tenants) > 1:
@@ -150,12 +147,51 @@ def handle_meta_payload(
                 )
                 counts["unrouted" if new else "duplicates"] += 1
                 continue
-            sender = item.get("from")
-            outcome = _meta_inbound(
-                session, creds[0], item, names.get(sender) if isinstance(sender, str) else None
-            )
-            counts[outcome] += 1
+            if item.get("type") == "system":  # a number or BSUID change: no message
+                outcome = _meta_system(session, creds[0], item)
+            else:
+                outcome = _meta_inbound(session, creds[0], item, _person_of(item, people))
+            counts[outcome] = counts.get(outcome, 0) + 1
     return counts
+
+
+class _Person(dict):  # type: ignore[type-arg]
+    """What a change's `contacts[]` says of one WhatsApp user: `name`, `username`,
+    `user_id` (BSUID), `wa_id` (absent for a username user who shares no number)."""
+
+
+def _people(value: dict[str, Any]) -> list[_Person]:
+    """The change's `contacts[]` (inbound messages; Meta's status webhooks carry them too)."""
+    people = []
+    for contact in _objects(value.get("contacts"))[0]:
+        profile = contact.get("profile") if isinstance(contact.get("profile"), dict) else {}
+        person = _Person()
+        for key, raw in (
+            ("wa_id", contact.get("wa_id")),
+            ("user_id", contact.get("user_id")),
+            ("name", profile.get("name")),
+            ("username", profile.get("username")),
+        ):
+            if isinstance(raw, str) and raw and len(raw) <= 200:
+                person[key] = raw
+        if person.get("user_id") and not is_bsuid(person["user_id"]):
+            del person["user_id"]
+        people.append(person)
+    return people
+
+
+def _person_of(item: dict[str, Any], people: list[_Person]) -> _Person:
+    """The `contacts[]` entry of one message or status: by its sender's (or recipient's)
+    WhatsApp id or BSUID, else the only one."""
+    keys = {
+        item.get(k)
+        for k in ("from", "from_user_id", "recipient_id", "recipient_user_id")
+        if isinstance(item.get(k), str)
+    }
+    for person in people:
+        if keys & {person.get("wa_id"), person.get("user_id")} - {None}:
+            return person
+    return people[0] if len(people) == 1 else _Person()
 
 
 def _ts(value: Any) -> datetime:
@@ -166,7 +202,10 @@ def _ts(value: Any) -> datetime:
 
 
 def _meta_status(
-    session: Session, accounts: list[AccountCredentials], status: dict[str, Any]
+    session: Session,
+    accounts: list[AccountCredentials],
+    status: dict[str, Any],
+    people: list[_Person] | None = None,
 ) -> str:
     """Apply one status item; returns which count it goes to."""
     wamid = short_text(status.get("id"), MAX_ID_LENGTH)
@@ -189,7 +228,7 @@ def _meta_status(
         return "duplicates"
     if message is None:
         return "statuses"
-    apply_meta_status(session, message, status)
+    apply_meta_status(session, message, status, _person_of(status, people or []))
     return "statuses"
 
 
@@ -198,9 +237,17 @@ def _only_tenant(accounts: list[AccountCredentials]) -> str | None:
     return tenants.pop() if len(tenants) == 1 else None
 
 
-def apply_meta_status(session: Session, message: Message, status: dict[str, Any]) -> None:
+def apply_meta_status(
+    session: Session,
+    message: Message,
+    status: dict[str, Any],
+    person: dict[str, Any] | None = None,
+) -> None:
     """Apply one Meta status item to its message. An opt-out code (131050) by webhook
-    opts the contact out as the synchronous answer does; Meta's error details are kept."""
+    opts the contact out as the synchronous answer does; Meta's error details are kept.
+    A status matches its message by wamid (or Herald's own id), so one naming the
+    recipient by BSUID alone (`recipient_user_id`, no `recipient_id`) applies as any
+    other; the BSUID and username it carries are kept on the message and its contact."""
     wamid = short_text(status.get("id"), MAX_ID_LENGTH) or ""
     native = status.get("status")
     mapped = META_STATUS.get(native) if isinstance(native, str) else None
@@ -214,6 +261,14 @@ def apply_meta_status(session: Session, message: Message, status: dict[str, Any]
     detail = {k: status[k] for k in ("pricing", "conversation") if k in status} or None
     if isinstance(error.get("error_data"), dict):
         detail = {**(detail or {}), "error_data": error["error_data"]}
+    # The BSUID and username first: the event out of this change shows them.
+    user_id = status.get("recipient_user_id") or (person or {}).get("user_id")
+    if isinstance(user_id, str) and is_bsuid(user_id):
+        username = (person or {}).get("username")
+        if user_id != message.wa_user_id or (username and username != message.wa_username):
+            from services.policy.contacts import remember_user_id
+
+            remember_user_id(session, message, user_id, username)
     apply_callback_status(
         session,
         message,
@@ -245,14 +300,23 @@ def apply_meta_status(session: Session, message: Message, status: dict[str, Any]
         mark_opted_out(session, message.tenant_id, message.to_number)
 
 
-def _meta_inbound(
-    session: Session, account: AccountCredentials, item: dict[str, Any], profile_name: str | None
-) -> str:
-    """Store one inbound message; returns which count it goes to."""
-    wamid = short_text(item.get("id"), MAX_ID_LENGTH)
-    sender = item.get("from")
+def _sender_ids(item: dict[str, Any], person: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The sender's phone (E.164, from `from` / `wa_id`) and BSUID (`from_user_id` /
+    `user_id`), each None when absent or malformed: a username user may share no number."""
+    sender = item.get("from") or person.get("wa_id")
     phone = sender_phone(f"+{sender.lstrip('+')}") if isinstance(sender, str) else None
-    if wamid is None or phone is None:
+    user_id = item.get("from_user_id") or person.get("user_id")
+    return phone, user_id if isinstance(user_id, str) and is_bsuid(user_id) else None
+
+
+def _meta_inbound(
+    session: Session, account: AccountCredentials, item: dict[str, Any], person: dict[str, Any]
+) -> str:
+    """Store one inbound message; returns which count it goes to. The sender is named by
+    phone (`from`), BSUID (`from_user_id`), or both."""
+    wamid = short_text(item.get("id"), MAX_ID_LENGTH)
+    phone, user_id = _sender_ids(item, person)
+    if wamid is None or (phone is None and user_id is None):
         return "invalid"
     kind = item.get("type", "text")
     content = item.get(kind) if isinstance(kind, str) else None
@@ -285,7 +349,9 @@ def _meta_inbound(
         body=body if isinstance(body, str) else None,
         media=media,
         options=inbound_media_options([content.get("mime_type")] if media else []),
-        profile_name=profile_name,
+        profile_name=person.get("name"),
+        user_id=user_id,
+        username=person.get("username"),
         at=_ts(item.get("timestamp")),
         detail=item,
         error=(
@@ -310,6 +376,60 @@ def _meta_inbound(
             provider_message_id=wamid,
         )
     return "messages" if stored is not None else "duplicates"
+
+
+SYSTEM_KIND = "system"
+
+
+def _meta_system(session: Session, account: AccountCredentials, item: dict[str, Any]) -> str:
+    """A system message: the user changed their number (`user_changed_number`, which
+    also gives a new BSUID) or only their BSUID changed (`user_changed_user_id`). The
+    person's contact takes the new identity: moved, never a second contact. Kept once
+    (a retried delivery changes nothing more); opens no window."""
+    wamid = short_text(item.get("id"), MAX_ID_LENGTH)
+    system = item.get("system") if isinstance(item.get("system"), dict) else {}
+    kind = system.get("type")
+    if wamid is None or kind not in ("user_changed_number", "user_changed_user_id"):
+        return "invalid"
+    receipt = record_once(
+        session,
+        provider="meta",
+        kind=SYSTEM_KIND,
+        dedup_key=dedup_key("meta", account.id, SYSTEM_KIND, wamid),
+        tenant_id=account.tenant_id,
+        provider_message_id=wamid,
+        payload=item,
+    )
+    if receipt is None:
+        return "duplicates"
+    old_phone, from_user_id = _sender_ids(item, {})
+    old_user_id = system.get("previous_user_id") or from_user_id
+    old_user_id = old_user_id if isinstance(old_user_id, str) and is_bsuid(old_user_id) else None
+    new_user_id = system.get("user_id")
+    new_user_id = new_user_id if isinstance(new_user_id, str) and is_bsuid(new_user_id) else None
+    new_wa_id = system.get("wa_id") or system.get("new_wa_id")
+    new_phone = sender_phone(f"+{new_wa_id.lstrip('+')}") if isinstance(new_wa_id, str) else None
+    from services.policy.consent import contact_for, person_for
+
+    contact = person_for(session, account.tenant_id, phone=old_phone, user_id=old_user_id)
+    if contact is None:  # a person this tenant never met: nothing to move
+        return "system"
+    if kind == "user_changed_number" and new_phone is not None and new_phone != contact.phone:
+        holder = contact_for(session, account.tenant_id, new_phone)
+        if holder is not None and holder is not contact:
+            log.warning("number change to a number another contact holds: kept apart")
+        else:
+            contact.phone, contact.wa_id = new_phone, new_phone
+    if new_user_id is not None and new_user_id != contact.wa_user_id:
+        holder = contact_for(session, account.tenant_id, new_user_id)
+        if holder is None:
+            contact.wa_user_id = new_user_id
+        elif holder is not contact and holder.phone is None:
+            from services.policy.consent import fold_contacts
+
+            fold_contacts(session, contact, holder).wa_user_id = new_user_id
+    log.info("meta %s applied to contact %s", kind, contact.id)
+    return "system"
 
 
 ERROR_KIND = "error"

@@ -44,7 +44,13 @@ from core.ids import iso
 from core.shapes import Shape, shape
 from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
 from services.content.inputs import StrictFloat, cursor_field, send_at_problem, text_problem
-from services.content.phones import normalize_e164, whatsapp_forms
+from services.content.phones import (
+    is_bsuid,
+    looks_like_bsuid,
+    normalize_e164,
+    parse_bsuid,
+    whatsapp_forms,
+)
 from services.content.prices import estimate_cost
 from services.content.schemas import (
     CHANNELS,
@@ -408,6 +414,8 @@ def _add_chunk(
     valid: dict[str, tuple[str | None, list[str]]] = {}
     for number, item in chunk:
         error, phone, contact_id, variables = _recipient(item, by_contact)
+        if not error and campaign.channel != "whatsapp" and is_bsuid(phone):
+            error = "whatsapp_only_recipient: a business-scoped user id reaches WhatsApp only"
         if not error and variables and campaign.template:
             # Known per recipient only: the row fails here, the campaign goes on.
             filled = {**campaign.template, "variables": variables}
@@ -433,9 +441,9 @@ def _add_chunk(
     every = [form for group in forms.values() for form in group]
     stopped: set[str | None] = set()
     for row in session.execute(
-        select(Contact.phone, Contact.wa_id).where(
+        select(Contact.phone, Contact.wa_id, Contact.wa_user_id).where(
             Contact.tenant_id == campaign.tenant_id,
-            Contact.phone.in_(every) | Contact.wa_id.in_(every),
+            Contact.phone.in_(every) | Contact.wa_id.in_(every) | Contact.wa_user_id.in_(every),
             Contact.opted_out.is_(True),
         )
     ):
@@ -459,6 +467,7 @@ def _add_chunk(
                 "provider": campaign.provider,
                 "provider_account_id": account_id,
                 "to_number": phone,
+                "wa_user_id": phone if is_bsuid(phone) else None,
                 "contact_id": contact_id,
                 # The content is the campaign's (services/messages/campaign_content.py).
                 "body": None,
@@ -513,7 +522,14 @@ def _recipient(
         contact = by_contact.get(str(item["contact_id"]))
         if contact is None:
             return "contact_not_found", "", None, []
-        return None, contact.phone, contact.external_id or contact.id, variables
+        # A WhatsApp user known by BSUID alone (a username, no phone shared) by it.
+        address = contact.phone or contact.wa_user_id or ""
+        return None, address, contact.external_id or contact.id, variables
+    if looks_like_bsuid(str(item["to"]).strip()):  # WhatsApp: a business-scoped user id
+        try:
+            return None, parse_bsuid(str(item["to"])), None, variables
+        except ValueError:
+            return f"invalid business-scoped user id {str(item['to'])[:3]}…", "", None, []
     phone = normalize_e164(str(item["to"]))
     if phone is None:
         return f"invalid phone number {str(item['to'])[:3]}…", "", None, []

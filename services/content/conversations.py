@@ -226,6 +226,7 @@ def resolve_target(
             Message.to_number,
             Message.from_number,
             Message.wa_id,
+            Message.wa_user_id,
             Message.status,
             Message.created_at,
         ).where(Message.id == ref, Message.tenant_id == tenant_id)
@@ -239,6 +240,7 @@ def resolve_target(
     if reaction and utcnow() - row.created_at > REACTION_MAX_AGE:
         raise _bad(field, "Meta reacts only to messages of the last 30 days.")
     person = {row.from_number} if row.direction == "inbound" else {row.to_number, row.wa_id}
+    person.add(row.wa_user_id)  # the same WhatsApp user, named by BSUID
     if to is not None and not (set(whatsapp_forms(to)) & (person - {None})):
         raise _bad(field, f"Message {ref!r} belongs to a conversation with another number.")
     if account_id is not None and row.provider_account_id != account_id:

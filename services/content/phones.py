@@ -24,6 +24,22 @@ PHONE_FIELD = {
     "pattern": PHONE_PATTERN,
     "example": "+12025550143",
 }
+# Meta's business-scoped user id (BSUID), the `user_id` of WhatsApp webhooks: a two-letter
+# country code, a period, then up to 128 letters and digits (`US.13491208655302741918`);
+# a parent BSUID, shared by linked business portfolios, has `ENT.` after the country
+# (`US.ENT.11815799212886844830`). Kept and sent back exactly as received.
+BSUID_PATTERN = r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$"
+# What a message's `to` takes: a phone number, or on WhatsApp a business-scoped user id.
+TO_PATTERN = f"{PHONE_PATTERN}|{BSUID_PATTERN}"
+TO_FIELD = {
+    "description": "The recipient: a phone number in international (E.164) form, like "
+    "+12025550143 (spaces, dots, dashes and brackets ignored, a 'whatsapp:' prefix allowed; "
+    "a valid number of its country), or on WhatsApp a business-scoped user id (BSUID) "
+    "exactly as a webhook gave it, like US.13491208655302741918 (a user with a username may "
+    "share no phone number). A BSUID on SMS is refused: 422 `whatsapp_only_recipient`.",
+    "pattern": TO_PATTERN,
+    "example": "+12025550143",
+}
 _LETTER = re.compile(r"[A-Za-z]")
 _IMPOSSIBLE = {
     phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "Unknown country calling code.",
@@ -135,3 +151,29 @@ def whatsapp_forms(e164: str) -> list[str]:
         if m := pattern.fullmatch(e164):
             return [e164, other.format(*m.groups())]
     return [e164]
+
+
+_BSUID = re.compile(BSUID_PATTERN)
+NOT_BSUID = (
+    "Not a WhatsApp business-scoped user id: two capital letters (a country), a period, "
+    "then up to 128 letters and digits, like US.13491208655302741918."
+)
+
+
+def looks_like_bsuid(raw: str) -> bool:
+    """Whether `raw` is meant as a BSUID rather than a phone number: it starts with two
+    letters and a period (a number never holds letters)."""
+    return len(raw) > 3 and raw[:2].isalpha() and raw[2] == "."
+
+
+def parse_bsuid(raw: str) -> str:
+    """`raw` as a BSUID (unchanged: Meta's own spelling), or ValueError for the client."""
+    text = raw.strip()
+    if not _BSUID.fullmatch(text):
+        raise ValueError(NOT_BSUID)
+    return text
+
+
+def is_bsuid(value: str | None) -> bool:
+    """Whether a stored address is a BSUID (a phone number is `+` and digits)."""
+    return bool(value) and _BSUID.fullmatch(value or "") is not None

@@ -20,7 +20,13 @@ from core.errors import InvalidRequest
 from providers.meta import UNSENDABLE_SUFFIXES, media_suffix, media_type_for
 from services.content import conversations
 from services.content.inputs import StrictBoolean, send_at_problem, value_problem
-from services.content.phones import PHONE_FIELD, normalize_e164, parse_e164
+from services.content.phones import (
+    TO_FIELD,
+    looks_like_bsuid,
+    normalize_e164,
+    parse_bsuid,
+    parse_e164,
+)
 
 CHANNELS = ("whatsapp", "sms")
 PROVIDERS = ("twilio", "meta")
@@ -196,7 +202,7 @@ class MessageRequestSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    to = fields.String(validate=validate.Length(max=64), metadata=PHONE_FIELD)
+    to = fields.String(validate=validate.Length(max=160), metadata=TO_FIELD)
     contact_id = fields.String(validate=validate.Length(min=1, max=128))
     channel = fields.String(load_default="whatsapp", validate=validate.OneOf(CHANNELS))
     provider = fields.String(validate=validate.OneOf(PROVIDERS))
@@ -235,7 +241,9 @@ class MessageRequestSchema(Schema):
             errors.setdefault("to", []).append("Give exactly one of 'to' or 'contact_id'.")
         if "to" in data:
             try:
-                data["to"] = parse_e164(data["to"])  # normalized here: parsed once
+                # normalized here: parsed once. A BSUID on SMS is refused at accept (422).
+                raw = data["to"]
+                data["to"] = parse_bsuid(raw) if looks_like_bsuid(raw.strip()) else parse_e164(raw)
             except ValueError as exc:
                 errors.setdefault("to", []).append(str(exc))
         content = ("body", "media_url", "media_id", "template", "interactive")

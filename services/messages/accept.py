@@ -43,6 +43,7 @@ from models import Message, MessageEvent, Tenant, new_id, utcnow
 from models.fast import Statement, json_rows, naive_utc
 from services.content.conversations import accept_options
 from services.content.inputs import text_problem
+from services.content.phones import is_bsuid
 from services.content.schemas import provider_problems
 from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
@@ -81,6 +82,7 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("provider", "varchar"),
     ("provider_account_id", "varchar"),
     ("to_number", "varchar"),
+    ("wa_user_id", "varchar"),
     ("contact_id", "varchar"),
     ("body", "text"),
     ("media_urls", "json"),
@@ -331,10 +333,18 @@ def store(session: Session, items: list[Item]) -> None:
                     f"No contact with id {item.data['contact_id']!r}.", code="contact_not_found"
                 )
                 continue
-            recipients[item] = contact.phone
+            # A person known only by BSUID (a username, no phone shared) is reached by it.
+            recipients[item] = contact.phone or contact.wa_user_id or ""
             item.data = {**item.data, "_contact": contact.external_id or contact.id}
         else:
             recipients[item] = item.data["to"]
+        channel = item.data.get("channel", "whatsapp")
+        if channel != "whatsapp" and (is_bsuid(recipients[item]) or not recipients[item]):
+            item.error = PolicyRefused(
+                "This recipient is known by a WhatsApp business-scoped user id only, "
+                f"which reaches WhatsApp, not {channel}: give a phone number.",
+                code="whatsapp_only_recipient",
+            )
     live = [i for i in live if i.error is None]
 
     now = utcnow()
@@ -440,6 +450,7 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "provider": item.provider,
         "provider_account_id": item.account_id,
         "to_number": to,
+        "wa_user_id": to if is_bsuid(to) else None,  # the BSUID it is addressed to
         "contact_id": data.get("_contact"),
         "body": data.get("body"),
         "media_urls": data.get("media_url"),

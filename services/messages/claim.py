@@ -84,11 +84,15 @@ _CLAIM = Statement(
 )
 _OPTED_OUT = Statement(
     """
-    SELECT tenant_id, phone, wa_id FROM contacts
+    SELECT tenant_id, phone, wa_id, wa_user_id FROM contacts
     WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
       AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
     UNION ALL
-    SELECT tenant_id, number_hash, NULL FROM suppressions
+    SELECT tenant_id, phone, wa_id, wa_user_id FROM contacts
+    WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
+      AND wa_user_id = ANY(CAST(:forms AS text[]))
+    UNION ALL
+    SELECT tenant_id, number_hash, NULL, NULL FROM suppressions
     WHERE tenant_id = ANY(CAST(:tenants AS text[]))
       AND number_hash = ANY(CAST(:hashes AS text[]))
     """
@@ -274,6 +278,7 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
         },
     )
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
+    out |= {(r.tenant_id, r.wa_user_id) for r in rows}
     out |= {hashed[r.phone] for r in rows if r.phone in hashed}
     return {
         (m.tenant_id, m.to_number)

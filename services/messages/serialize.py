@@ -127,6 +127,18 @@ class MessageView(Shape):
     from_ = fields.String(data_key="from", allow_none=True)
     sender_id = fields.String(allow_none=True)
     contact_id = fields.String(allow_none=True)
+    wa_user_id = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "WhatsApp: the person's business-scoped user id (BSUID) where "
+            "Meta gave it (a send to it, a status or inbound webhook)",
+            "example": "US.13491208655302741918",
+        },
+    )
+    wa_username = fields.String(
+        allow_none=True,
+        metadata={"description": "WhatsApp: the person's username, where Meta gave it"},
+    )
     body = fields.String(allow_none=True)
     media_url = fields.List(fields.String(), allow_none=True)
     template = fields.Nested(TemplateSchema, allow_none=True)
@@ -228,6 +240,8 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
         "from": message.from_number,
         "sender_id": ((message.options or {}).get("sender") or {}).get("id"),  # senders
         "contact_id": message.contact_id,
+        "wa_user_id": message.wa_user_id,
+        "wa_username": message.wa_username,
         "body": message.body,
         "media_url": message.media_urls,
         "template": message.template,
@@ -275,6 +289,8 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "from": values.get("from_number"),
         "sender_id": ((values.get("options") or {}).get("sender") or {}).get("id"),
         "contact_id": values["contact_id"],
+        "wa_user_id": values.get("wa_user_id"),
+        "wa_username": None,
         "body": values["body"],
         "media_url": values["media_urls"],
         "template": values["template"],

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.errors import PolicyRefused
 from models import Contact, utcnow
 from models.fast import Statement, aware_utc
-from services.content.phones import whatsapp_forms
+from services.content.phones import is_bsuid, whatsapp_forms
 from services.policy.keywords import START, STOP, keyword_of
 from services.privacy.suppression import hashes_of, lift
 
@@ -26,7 +26,12 @@ WINDOW = timedelta(hours=24)
 def contact_for(session: Session, tenant_id: str, phone: str) -> Contact | None:
     """The contact for this number: its own row, else the one whose WhatsApp id it is or
     that is the same WhatsApp user in another form (Brazil's ninth digit, Mexico's 521,
-    Argentina's 549), so a reply from the `wa_id` finds the contact Herald dialled."""
+    Argentina's 549), so a reply from the `wa_id` finds the contact Herald dialled.
+    `phone` may be a business-scoped user id (BSUID): the contact that holds it."""
+    if is_bsuid(phone):
+        return session.scalars(
+            select(Contact).where(Contact.tenant_id == tenant_id, Contact.wa_user_id == phone)
+        ).first()
     forms = whatsapp_forms(phone)
     found = session.scalars(
         select(Contact).where(
@@ -40,6 +45,50 @@ def contact_for(session: Session, tenant_id: str, phone: str) -> Contact | None:
     return min(found, key=lambda contact: _rank(contact, phone))
 
 
+def fold_contacts(session: Session, keep: Contact, gone: Contact) -> Contact:
+    """One person found as two contacts (a BSUID-only contact from a username user's
+    message, and the phone contact Herald knew): `gone` is folded into `keep` and
+    deleted. An opt-out on either stays; the later inbound time is kept."""
+    if gone is keep:
+        return keep
+    if gone.opted_out and not keep.opted_out:
+        keep.opted_out, keep.opted_out_at = True, gone.opted_out_at
+    if gone.last_inbound_at and (
+        keep.last_inbound_at is None or keep.last_inbound_at < gone.last_inbound_at
+    ):
+        keep.last_inbound_at = gone.last_inbound_at
+    keep.name = keep.name or gone.name
+    keep.external_id = keep.external_id or gone.external_id
+    taken = {
+        "phone": gone.phone,
+        "wa_id": gone.wa_id,
+        "wa_user_id": gone.wa_user_id,
+        "wa_username": gone.wa_username,
+    }
+    session.delete(gone)
+    session.flush()  # its unique phone / BSUID / external id are free before keep takes them
+    for column, value in taken.items():
+        if value is not None and getattr(keep, column) is None:
+            setattr(keep, column, value)
+    return keep
+
+
+def person_for(
+    session: Session, tenant_id: str, *, phone: str | None, user_id: str | None
+) -> Contact | None:
+    """The one contact of a WhatsApp user named by a phone number (or WhatsApp id) and/or
+    a business-scoped user id (BSUID): a person is one contact whichever arrives. Found
+    as two (a username user's BSUID contact, then a message with both), they are folded
+    into the phone's contact."""
+    by_id = contact_for(session, tenant_id, user_id) if user_id else None
+    by_phone = contact_for(session, tenant_id, phone) if phone else None
+    if by_id is None or by_phone is None or by_id is by_phone:
+        return by_id or by_phone
+    if by_phone.wa_user_id is None or by_id.phone is None:
+        return fold_contacts(session, by_phone, by_id)
+    return by_id  # two people's ids: the BSUID names this person now
+
+
 def window_open(contact: Any, now: datetime | None = None) -> bool:
     """Whether free-form WhatsApp may be sent: the contact wrote within 24 hours."""
     if contact is None or contact.last_inbound_at is None:
@@ -51,10 +100,11 @@ class PolicyContact(NamedTuple):
     """What the send policy reads of a contact: a plain row, not an ORM object."""
 
     id: str
-    phone: str
+    phone: str | None
     wa_id: str | None
     opted_out: bool
     last_inbound_at: datetime | None
+    wa_user_id: str | None = None
 
 
 # One text for any number of recipients (`= ANY(array)`, not an IN list of as many
@@ -64,18 +114,31 @@ class PolicyContact(NamedTuple):
 # The second half: the tenant's suppressions (an erased person who had opted out, kept
 # as keyed hashes: services/privacy/suppression.py) among the numbers' hashes, in the
 # same round trip; such a row has no id and its hash in `phone`.
+# A BSUID among the numbers is matched on `wa_user_id` in an arm of its own, on its own
+# partial index: folded into the OR, a planner without fresh statistics read every
+# contact of the tenant instead (tests/unit/test_statement_plans.py). A contact found by
+# both arms comes twice; the caller keys contacts by id.
 _POLICY_SELECT = Statement(
-    "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at FROM contacts"
+    "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
     " WHERE tenant_id = :tenant"
     " AND (phone = ANY(CAST(:numbers AS varchar[])) OR wa_id = ANY(CAST(:numbers AS varchar[])))"
     " UNION ALL"
-    " SELECT tenant_id, NULL, number_hash, NULL, true, NULL FROM suppressions"
+    " SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
+    " WHERE tenant_id = :tenant AND wa_user_id = ANY(CAST(:numbers AS varchar[]))"
+    " UNION ALL"
+    " SELECT tenant_id, NULL, number_hash, NULL, true, NULL, NULL FROM suppressions"
     " WHERE tenant_id = :tenant AND number_hash = ANY(CAST(:hashes AS varchar[]))"
 )
 
 
 def _rank(contact: Any, phone: str) -> tuple[int, str]:
-    exact = 0 if contact.phone == phone else 1 if contact.wa_id == phone else 2
+    exact = (
+        0
+        if contact.phone == phone or contact.wa_user_id == phone
+        else 1
+        if contact.wa_id == phone
+        else 2
+    )
     return exact, contact.id
 
 
@@ -105,10 +168,17 @@ def policy_contacts(
             suppressed.add((row.tenant_id, hashed[row.tenant_id][row.phone]))
             continue
         contact = PolicyContact(
-            row.id, row.phone, row.wa_id, row.opted_out, aware_utc(row.last_inbound_at)
+            row.id,
+            row.phone,
+            row.wa_id,
+            row.opted_out,
+            aware_utc(row.last_inbound_at),
+            row.wa_user_id,
         )
-        for number in {contact.phone, contact.wa_id} - {None}:
-            by_form.setdefault((row.tenant_id, number), []).append(contact)  # type: ignore[arg-type]
+        for number in {contact.phone, contact.wa_id, contact.wa_user_id} - {None}:
+            found_here = by_form.setdefault((row.tenant_id, number), [])  # type: ignore[arg-type]
+            if contact not in found_here:  # found by both arms
+                found_here.append(contact)
     found: dict[tuple[str, str], PolicyContact | None] = {}
     for (tenant, phone), fs in forms.items():
         candidates = {c.id: c for form in fs for c in by_form.get((tenant, form), [])}
@@ -186,9 +256,13 @@ def apply_inbound_keyword(
 
 def mark_opted_out(session, tenant_id: str, phone: str) -> None:  # type: ignore[no-untyped-def]
     """The provider says this recipient opted out: remember it on the contact."""
-    contact = contact_for(session, tenant_id, phone)  # also its other WhatsApp form
+    contact = contact_for(session, tenant_id, phone)  # also its other WhatsApp form, a BSUID
     if contact is None:
-        contact = Contact(tenant_id=tenant_id, phone=phone)
+        contact = (
+            Contact(tenant_id=tenant_id, wa_user_id=phone)
+            if is_bsuid(phone)
+            else Contact(tenant_id=tenant_id, phone=phone)
+        )
         session.add(contact)
     contact.opted_out = True
     contact.opted_out_at = utcnow()

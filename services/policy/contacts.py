@@ -8,6 +8,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import iso
@@ -15,7 +16,7 @@ from core.shapes import Shape
 from models import Contact, Message, update_message, utcnow
 from services.content.phones import PHONE_FIELD, parse_e164
 from services.content.schemas import load_object
-from services.policy.consent import contact_for, window_open
+from services.policy.consent import contact_for, fold_contacts, window_open
 
 
 class ContactSchema(Schema):
@@ -45,7 +46,20 @@ class ContactView(Shape):
 
     id = fields.String(metadata={"description": "the tenant's own id, else Herald's"})
     herald_id = fields.String()
-    phone = fields.String()
+    phone = fields.String(
+        allow_none=True, metadata={"description": "null: a WhatsApp user known by BSUID only"}
+    )
+    wa_user_id = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "WhatsApp: the person's business-scoped user id (BSUID), as Meta "
+            "gave it; a send may use it as `to`",
+            "example": "US.13491208655302741918",
+        },
+    )
+    wa_username = fields.String(
+        allow_none=True, metadata={"description": "WhatsApp: the person's username"}
+    )
     name = fields.String(allow_none=True)
     opted_out = fields.Boolean()
     opted_out_at = fields.DateTime(allow_none=True)
@@ -60,6 +74,8 @@ def contact_to_dict(contact: Contact) -> dict[str, Any]:
         "id": contact.external_id or contact.id,
         "herald_id": contact.id,
         "phone": contact.phone,
+        "wa_user_id": contact.wa_user_id,
+        "wa_username": contact.wa_username,
         "name": contact.name,
         "opted_out": contact.opted_out,
         "opted_out_at": iso(contact.opted_out_at),
@@ -134,3 +150,33 @@ def remember_wa_id(session, message: Message, wa_id: str) -> None:  # type: igno
     contact = contact_for(session, message.tenant_id, message.to_number)
     if contact is not None and contact.wa_id != wa_id:
         contact.wa_id = wa_id
+
+
+def remember_user_id(  # type: ignore[no-untyped-def]
+    session, message: Message, user_id: str, username: str | None = None
+) -> None:
+    """Meta named the recipient's business-scoped user id (a status's
+    `recipient_user_id`, or the `contacts` beside it): kept on the message and on the
+    person's contact, so a later message from that BSUID alone (a username, no phone)
+    finds the same person, their window and their opt-out."""
+    values: dict[str, str] = {}
+    if message.wa_user_id != user_id:
+        values["wa_user_id"] = user_id
+    if username and message.wa_username != username:
+        values["wa_username"] = username[:64]
+    if values:
+        update_message(session, message.id, **values)
+        for column, value in values.items():  # the next status of this batch sees them
+            set_committed_value(message, column, value)
+    contact = contact_for(session, message.tenant_id, message.to_number)
+    if contact is None:
+        return
+    if contact.wa_user_id != user_id:
+        holder = contact_for(session, message.tenant_id, user_id)
+        if holder is None:
+            contact.wa_user_id = user_id
+        elif holder.phone is None:  # the same person, met first by BSUID alone
+            contact = fold_contacts(session, contact, holder)
+            contact.wa_user_id = user_id
+    if username and contact.wa_username != username:
+        contact.wa_username = username[:64]

@@ -48,7 +48,7 @@ from core.errors import InvalidRequest, NotFound
 from core.logs import mask
 from core.shapes import Shape
 from models import Campaign, Contact, ProviderAccount, Sender, Tenant
-from services.content.phones import parse_e164, whatsapp_forms
+from services.content.phones import parse_bsuid, parse_e164, whatsapp_forms
 from services.policy.contacts import get_contact
 from services.policy.limits import get_redis, key
 from services.privacy.suppression import suppress
@@ -100,9 +100,9 @@ class Erasure:
 def load_request(payload: Any, *, operator: bool = False) -> tuple[str, str | None]:
     """The E.164 number a `{"phone"}` or `{"wa_id"}` request names (and, for an operator,
     the optional `tenant_id`); bad input is a 400 naming the field."""
-    allowed = {"phone", "wa_id"} | ({"tenant_id"} if operator else set())
+    allowed = {"phone", "wa_id", "user_id"} | ({"tenant_id"} if operator else set())
     if not isinstance(payload, dict):
-        raise InvalidRequest("The body must be a JSON object with 'phone' or 'wa_id'.")
+        raise InvalidRequest("The body must be a JSON object with 'phone', 'wa_id' or 'user_id'.")
     unknown = sorted(set(payload) - allowed)
     if unknown:
         raise InvalidRequest(
@@ -110,12 +110,12 @@ def load_request(payload: Any, *, operator: bool = False) -> tuple[str, str | No
             code="invalid_fields",
             fields={k: ["Unknown field."] for k in unknown},
         )
-    given = [k for k in ("phone", "wa_id") if k in payload]
+    given = [k for k in ("phone", "wa_id", "user_id") if k in payload]
     if len(given) != 1:
         raise InvalidRequest(
-            "Give exactly one of 'phone' or 'wa_id'.",
+            "Give exactly one of 'phone', 'wa_id' or 'user_id'.",
             code="invalid_fields",
-            fields={"phone": ["Give exactly one of 'phone' or 'wa_id'."]},
+            fields={"phone": ["Give exactly one of 'phone', 'wa_id' or 'user_id'."]},
         )
     tenant_id = payload.get("tenant_id")
     if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id.strip()):
@@ -135,6 +135,13 @@ def parse_number(value: Any, name: str = "phone") -> str:
             code="invalid_fields",
             fields={name: ["Not a string."]},
         )
+    if name == "user_id":  # a WhatsApp business-scoped user id (BSUID), as Meta gave it
+        try:
+            return parse_bsuid(value)
+        except ValueError as exc:
+            raise InvalidRequest(
+                "Not a business-scoped user id.", code="invalid_fields", fields={name: [str(exc)]}
+            ) from None
     if name == "wa_id":
         digits = value.strip()
         if not WA_ID.fullmatch(digits):
@@ -171,7 +178,7 @@ def erase_contact(session: Session, tenant_id: str, contact_id: str) -> Erasure:
     """Erase the person a tenant's contact is (their number and WhatsApp id), 404 for
     an unknown id or another tenant's."""
     contact = get_contact(session, tenant_id, contact_id)
-    numbers = {contact.phone} | ({contact.wa_id} if contact.wa_id else set())
+    numbers = {contact.phone, contact.wa_id, contact.wa_user_id} - {None}
     return _erase(session, numbers, [tenant_id], everywhere=False, contact_ids={contact.id})
 
 
@@ -244,7 +251,8 @@ def _erase_once(
         session.scalars(
             _q(
                 "SELECT id FROM contacts WHERE tenant_id = ANY(:tenants)"
-                " AND (phone = ANY(:forms) OR wa_id = ANY(:forms) OR id = ANY(:ids))"
+                " AND (phone = ANY(:forms) OR wa_id = ANY(:forms) OR id = ANY(:ids)"
+                " OR wa_user_id = ANY(:forms))"
                 " ORDER BY id FOR UPDATE"
             ),
             {"tenants": tenants, "forms": sorted(forms), "ids": sorted(contact_ids)},
@@ -253,7 +261,7 @@ def _erase_once(
     rows = [session.get(Contact, cid, populate_existing=True) for cid in contacts]
     rows = [c for c in rows if c is not None]
     for contact in rows:
-        forms |= _forms([contact.phone, contact.wa_id or ""])
+        forms |= _forms([contact.phone or "", contact.wa_id or "", contact.wa_user_id or ""])
     done.numbers_seen = forms
     variants = _variants(forms)
     patterns = [f"%{n.lstrip('+')}%" for n in sorted(forms)]
@@ -273,6 +281,8 @@ def _erase_once(
                 " AND from_number = ANY(:v)"
                 " UNION SELECT id FROM messages WHERE tenant_id = ANY(:tenants)"
                 " AND contact_id = ANY(:refs)"
+                " UNION SELECT id FROM messages WHERE tenant_id = ANY(:tenants)"
+                " AND wa_user_id = ANY(:v)"
             ),
             params,
         )
@@ -330,6 +340,7 @@ def _erase_once(
                 " options = CASE WHEN options IS NOT NULL AND options->'sender' IS NOT NULL"
                 "   THEN json_build_object('sender', options->'sender') ELSE NULL END,"
                 " \"metadata\" = '{}'::json, error_message = NULL, wa_id = NULL,"
+                " wa_user_id = NULL, wa_username = NULL,"
                 " contact_id = NULL, request_hash = NULL, recipient_zones = NULL"
                 " WHERE id = ANY(:ids)"
             ),
@@ -507,10 +518,12 @@ class ErasureView(Shape):
 
 ERASURE_BODY: dict[str, Any] = {
     "type": "object",
-    "description": "Exactly one of `phone` (E.164) or `wa_id` (a WhatsApp id: digits).",
+    "description": "Exactly one of `phone` (E.164), `wa_id` (a WhatsApp id: digits) or "
+    "`user_id` (a WhatsApp business-scoped user id, BSUID, as Meta gave it).",
     "properties": {
         "phone": {"type": "string", "example": "+12025550143"},
         "wa_id": {"type": "string", "example": "12025550143"},
+        "user_id": {"type": "string", "example": "US.13491208655302741918"},
     },
     "additionalProperties": False,
 }

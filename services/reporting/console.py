@@ -23,7 +23,7 @@ from core.config import get_settings
 from core.errors import InvalidRequest, Unauthorized
 from core.ids import id_at
 from models import ApiKey, Campaign, Contact, Message, ProviderAccount, Tenant, utcnow
-from services.content.phones import normalize_e164
+from services.content.phones import is_bsuid, normalize_e164
 from services.policy.limits import budget_tokens, get_redis, key
 from services.reporting.rollups import hourly_status_counts
 from services.tenancy.tenants import KEY_PREFIX, hash_key
@@ -369,6 +369,8 @@ def search_contacts(
         statement = statement.where(
             or_(
                 Contact.phone.like(like),
+                Contact.wa_user_id.like(like),  # a WhatsApp user by BSUID or username
+                func.lower(Contact.wa_username).like(like.lower()),
                 func.lower(Contact.name).like(like.lower()),
                 Contact.external_id.like(like),
                 Contact.id == text,
@@ -474,10 +476,16 @@ def simulate_reply(
     url = sandbox_url()
     if url is None or not sandbox_running():
         raise InvalidRequest("The provider sandbox is not running.", code="sandbox_unavailable")
-    phone = normalize_e164(number)
-    if phone is None:
+    user_id = number if is_bsuid(number) else None  # a username user: Meta, WhatsApp only
+    phone = None if user_id else normalize_e164(number)
+    if phone is None and user_id is None:
         raise InvalidRequest("Not a valid phone number.", code="invalid_fields")
     provider = tenant.default_whatsapp_provider if channel == "whatsapp" else "twilio"
+    if user_id is not None and (channel != "whatsapp" or provider != "meta"):
+        raise InvalidRequest(
+            "A business-scoped user id writes through Meta's WhatsApp only.",
+            code="whatsapp_only_recipient",
+        )
     accounts = session.scalars(
         select(ProviderAccount).where(
             ProviderAccount.tenant_id == tenant.id, ProviderAccount.provider == (provider or "")
@@ -486,7 +494,8 @@ def simulate_reply(
     if not accounts:
         raise InvalidRequest(f"This tenant has no account to receive {channel}.")
     account = accounts[0]
-    payload: dict[str, Any] = {"provider": account.provider, "from": phone}
+    payload: dict[str, Any] = {"provider": account.provider}
+    payload.update({"from_user_id": user_id} if user_id else {"from": phone})
     if account.provider == "meta":
         payload["to"] = account.external_id
     else:

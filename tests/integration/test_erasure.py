@@ -224,7 +224,8 @@ def test_erasure_leaves_the_number_and_texts_nowhere(live, client, receiver) -> 
     assert done["erased"]["contacts"] == 1
     assert done["erased"]["messages"] == 6  # 3 out, 2 in, STOP
     assert done["erased"]["webhook_events"] >= 6 and done["erased"]["event_deliveries"] >= 3
-    assert done["suppressions"] == 2 and done["redis_keys"] == 1
+    # The number's two WhatsApp forms and the BSUID Meta named the person by.
+    assert done["suppressions"] == 3 and done["redis_keys"] == 1
     # Counts and billing survive: the rows stay, only what names the person goes.
     assert _usage(client, shop["auth"]) == usage
 

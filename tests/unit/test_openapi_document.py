@@ -38,7 +38,7 @@ def _keys(schema) -> set[str]:  # type: ignore[no-untyped-def]
 
 def test_request_bodies_are_the_marshmallow_schemas(client) -> None:
     from services.campaigns.campaigns import CampaignSchema
-    from services.content.phones import PHONE_PATTERN
+    from services.content.phones import PHONE_PATTERN, TO_PATTERN
     from services.content.schemas import MessageRequestSchema
     from services.policy.contacts import ContactSchema
 
@@ -48,7 +48,8 @@ def test_request_bodies_are_the_marshmallow_schemas(client) -> None:
     assert set(send["properties"]) == _keys(MessageRequestSchema())
     assert send["additionalProperties"] is False  # unknown = RAISE
     to = send["properties"]["to"]
-    assert to["pattern"] == PHONE_PATTERN and "E.164" in to["description"]
+    assert to["pattern"] == TO_PATTERN and "E.164" in to["description"]
+    assert "BSUID" in to["description"]  # on WhatsApp, a business-scoped user id too
     assert re.fullmatch(PHONE_PATTERN, "+1 202-555-0143") and not re.fullmatch(PHONE_PATTERN, "555")
     assert send["properties"]["channel"] == {
         "type": "string",

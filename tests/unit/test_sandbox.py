@@ -891,7 +891,13 @@ def test_inbound_meta_media_and_interactive(sandbox: SandboxServer, receiver: Re
     hooks = receiver.matching(lambda r: r["path"] == "/webhooks/meta")
     assert len(hooks) == 2 and all(meta_signature_ok(h) for h in hooks)
     values = [json.loads(h["body"])["entry"][0]["changes"][0]["value"] for h in hooks]
-    assert values[0]["contacts"] == [{"profile": {"name": "Ana"}, "wa_id": CUSTOMER[1:]}]
+    (contact,) = values[0]["contacts"]  # the BSUID too, as every Meta webhook since 2026
+    assert {k: v for k, v in contact.items() if k != "user_id"} == {
+        "profile": {"name": "Ana"},
+        "wa_id": CUSTOMER[1:],
+    }
+    assert re.fullmatch(r"US\.\d{20}", contact["user_id"])
+    assert values[0]["messages"][0]["from_user_id"] == contact["user_id"]
     image, button = values[0]["messages"][0], values[1]["messages"][0]
     assert image["type"] == "image" and image["image"]["mime_type"] == "image/jpeg"
     assert image["image"]["caption"] == "pic" and WAMID_RE.match(image["id"])

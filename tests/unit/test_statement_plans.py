@@ -181,3 +181,41 @@ def test_the_gates_pair_order_probe_reads_only_the_rows_still_to_send(filled) ->
     probes = [n for n in scans if n.get("Index Name") == "ix_messages_pair_waiting"]
     assert len(probes) == 1 and probes[0]["Actual Loops"] == 50, _outline(plan)
     assert probes[0]["Actual Rows"] <= AHEAD_LIMIT, _outline(plan)
+
+
+def test_the_send_policy_finds_a_person_by_phone_or_bsuid_through_indexes(filled) -> None:
+    """A BSUID among the recipients is matched on `wa_user_id` (migration 0025_bsuid):
+    the accept path's one contact SELECT must stay index probes with 20,000 contacts."""
+    from services.messages.claim import _OPTED_OUT
+    from services.policy.consent import _POLICY_SELECT
+
+    session, tenant_id = filled
+    session.execute(
+        text(
+            """
+            INSERT INTO contacts (id, tenant_id, phone, wa_id, wa_user_id, opted_out,
+                created_at, updated_at)
+            SELECT 'con_plan' || g, :t, '+1202' || lpad(g::text, 7, '0'), NULL,
+                CASE WHEN g % 2 = 0 THEN 'US.' || lpad(g::text, 20, '0') END,
+                g % 3 = 0, now(), now()
+            FROM generate_series(1, :n) AS g
+            """
+        ),
+        {"t": tenant_id, "n": FILL},
+    )
+    wanted = ["+12020000007", "US.00000000000000000042", "US.00000000000000019998"]
+    plan = _explain(
+        session, _POLICY_SELECT.sql, {"tenant": tenant_id, "numbers": wanted, "hashes": []}
+    )
+    assert plan["Actual Rows"] == 3, _outline(plan)  # statistics stale: never analyzed
+    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "contacts"]
+    assert scans and all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
+    assert plan["Shared Hit Blocks"] + plan["Shared Read Blocks"] < 60, _outline(plan)
+    plan = _explain(
+        session,
+        _OPTED_OUT.sql,
+        {"tenants": [tenant_id], "forms": wanted, "hashes": []},
+    )
+    assert plan["Actual Rows"] == 2, _outline(plan)  # 42 and 19998 opted out (g % 3 == 0)
+    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "contacts"]
+    assert scans and all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
