@@ -103,9 +103,10 @@ class _TTLCache:
     """A small thread-safe map whose entries expire; the oldest go first when full.
     Expiry is read on `clock` (a test sets its own to pass CACHE_SECONDS without waiting)."""
 
-    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, size: int, clock: Callable[[], float] | None = None) -> None:
         self._size = size
-        self.clock = clock
+        # `time.monotonic` looked up at each read, so patching the module's clock works too.
+        self.clock = clock or (lambda: time.monotonic())
         self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
