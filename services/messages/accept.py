@@ -48,6 +48,7 @@ from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
+from services.messages.failover_policy import check_failover_possible, failover_at_for
 from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
@@ -96,6 +97,9 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("send_at", "timestamp"),
     ("from_number", "varchar"),
     ("expires_at", "timestamp"),
+    ("failover_pending", "boolean"),
+    ("failover_at", "timestamp"),
+    ("failover_of", "varchar"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
 # The messages and their `queued`/`scheduled` events in one statement (one round
@@ -163,6 +167,7 @@ class Item:
     options: dict[str, Any] = field(default_factory=dict)  # resolved in `prepare` (media)
     log_each: bool = True  # a line per message; a batch logs one line for all
     international: bool = False  # an SMS abroad: counts against its own cap (destinations)
+    failover_of: str | None = None  # a fallback: the message it stands in for (failover.py)
     # The outcome, set by `store`:
     created: bool = False
     values: dict[str, Any] | None = None  # the inserted row (created)
@@ -287,6 +292,8 @@ def prepare(
                 session, tenant.id, item.account_id, provider, data,
                 header_media=item.options.get("media_type"),
             )  # fmt: skip
+        if data.get("failover"):  # the fallback's SMS sender must exist now, not at failure
+            check_failover_possible(session, tenant, data)
         if sender is not None:  # kept on the row, so every retry uses the same sender
             item.sender = sender
             item.options["sender"] = sender.snapshot()
@@ -422,7 +429,9 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
     data = item.data
     send_at = data.get("send_at")
     status = "scheduled" if send_at is not None and send_at > now else "queued"
-    options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    options = {
+        k: data[k] for k in ("preview_url", "interactive", "media_type", "failover") if k in data
+    }
     options.update(item.options)
     options.update(conversation)
     return {
@@ -448,6 +457,9 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "send_at": send_at,
         "from_number": item.sender.number if item.sender is not None else None,
         "expires_at": expires_at_for(data, now),
+        "failover_pending": True if data.get("failover") else None,
+        "failover_at": failover_at_for(data, now),
+        "failover_of": item.failover_of,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
