@@ -11,7 +11,7 @@ which holds only those rows, so it stays as small as what is in flight with a fa
 `failover_of` names, on the fallback, the message it stands in for: unique, so a crash,
 a retried sweep or a duplicate callback can never create two fallbacks of one message.
 `failover_id` names the fallback on the original. All four are NULL on existing rows
-(no rewrite).
+(no rewrite). `tenants.failover` is a tenant's default policy (NULL: none).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("tenants", sa.Column("failover", sa.JSON(), nullable=True))
     op.add_column("messages", sa.Column("failover_pending", sa.Boolean(), nullable=True))
     op.add_column("messages", sa.Column("failover_at", UTCDateTime(), nullable=True))
     op.add_column("messages", sa.Column("failover_of", sa.String(32), nullable=True))
@@ -44,3 +45,4 @@ def downgrade() -> None:
     op.drop_constraint("uq_messages_failover_of", "messages", type_="unique")
     for name in ("failover_id", "failover_of", "failover_at", "failover_pending"):
         op.drop_column("messages", name)
+    op.drop_column("tenants", "failover")

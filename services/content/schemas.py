@@ -257,12 +257,13 @@ class MessageRequestSchema(Schema):
     sticker = fields.Nested(conversations.StickerSchema)
     filename = fields.String(validate=validate.Length(min=1, max=240))
     mark_read = StrictBoolean()
-    failover = fields.Nested(FailoverSchema)
+    # null: no fallback, even where the tenant's policy gives one
+    failover = fields.Nested(FailoverSchema, allow_none=True)
 
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = conversations.request_problems(data)
-        if "failover" in data and (problem := failover_problem(data)):
+        if data.get("failover") is not None and (problem := failover_problem(data)):
             errors.setdefault("failover", []).append(problem)
         if "from_" in data and (problem := from_problem(data["from_"])):  # senders
             errors.setdefault("from", []).append(problem)

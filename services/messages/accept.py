@@ -48,7 +48,11 @@ from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
-from services.messages.failover_policy import check_failover_possible, failover_at_for
+from services.messages.failover_policy import (
+    check_failover_possible,
+    failover_at_for,
+    with_tenant_policy,
+)
 from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
@@ -292,7 +296,8 @@ def prepare(
                 session, tenant.id, item.account_id, provider, data,
                 header_media=item.options.get("media_type"),
             )  # fmt: skip
-        if data.get("failover"):  # the fallback's SMS sender must exist now, not at failure
+        with_tenant_policy(session, tenant, data)  # its default, where the request names none
+        if data.get("failover") is not None:  # the SMS sender must exist now, not at failure
             check_failover_possible(session, tenant, data)
         if sender is not None:  # kept on the row, so every retry uses the same sender
             item.sender = sender
@@ -430,7 +435,9 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
     send_at = data.get("send_at")
     status = "scheduled" if send_at is not None and send_at > now else "queued"
     options = {
-        k: data[k] for k in ("preview_url", "interactive", "media_type", "failover") if k in data
+        k: data[k]
+        for k in ("preview_url", "interactive", "media_type", "failover")
+        if data.get(k) is not None
     }
     options.update(item.options)
     options.update(conversation)
@@ -457,7 +464,7 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "send_at": send_at,
         "from_number": item.sender.number if item.sender is not None else None,
         "expires_at": expires_at_for(data, now),
-        "failover_pending": True if data.get("failover") else None,
+        "failover_pending": True if data.get("failover") is not None else None,
         "failover_at": failover_at_for(data, now),
         "failover_of": item.failover_of,
         "attempts": 0,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import PolicyRefused
 from models import Tenant
+from services.content.schemas import failover_problem
 from services.tenancy.tenants import cached_account
 
 FALLBACK_CHANNEL = "sms"
@@ -26,6 +27,20 @@ def check_failover_possible(session: Session, tenant: Tenant, data: dict[str, An
             "This tenant has no Twilio SMS sender for the fallback.",
             code="failover_unavailable",
         )
+
+
+def with_tenant_policy(session: Session, tenant: Tenant, data: dict[str, Any]) -> None:
+    """Give a WhatsApp request that names no `failover` its tenant's default, where it
+    fits (a text of SMS size, a Twilio account); a request's `"failover": null` keeps
+    it out. Silent where it does not fit: the policy is "when possible"."""
+    policy = tenant.failover
+    if policy is None or "failover" in data or data.get("channel", "whatsapp") != "whatsapp":
+        return
+    spec = {"channel": FALLBACK_CHANNEL, **policy}
+    if failover_problem({**data, "failover": spec}) is None and cached_account(
+        session, tenant.id, FALLBACK_PROVIDER
+    ):
+        data["failover"] = spec
 
 
 def failover_at_for(data: dict[str, Any], now: datetime) -> datetime | None:

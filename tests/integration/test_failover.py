@@ -198,3 +198,25 @@ def test_failover_is_checked_when_the_message_is_accepted(client, auth) -> None:
     )
     assert resp.status_code == 422
     assert resp.get_json()["error"]["code"] == "failover_unavailable"
+
+
+def test_a_tenant_policy_gives_every_whatsapp_message_its_fallback(
+    live, client, auth, tenant, admin, dispatched
+) -> None:
+    path = f"/admin/v1/tenants/{tenant['tenant_id']}"
+    bad = client.patch(path, json={"failover": {"after_seconds": -1}}, headers=admin)
+    assert bad.status_code == 400
+    resp = client.patch(path, json={"failover": {"after_seconds": 300}}, headers=admin)
+    assert resp.status_code == 200 and resp.get_json()["failover"]["after_seconds"] == 300
+
+    mid = create(client, auth, "+15005550012")  # no `failover`: the tenant's applies
+    shown = client.get(f"/v1/messages/{mid}", headers=auth).get_json()
+    assert shown["failover"] == {"channel": "sms", "after_seconds": 300} and shown["failover_at"]
+    kept_out = create(client, auth, "+15005550012", failover=None, body="no fallback")
+    assert "failover" not in client.get(f"/v1/messages/{kept_out}", headers=auth).get_json()
+    sms = create(client, auth, "+15005550012", channel="sms")  # SMS: nothing to fall back
+    assert "failover" not in client.get(f"/v1/messages/{sms}", headers=auth).get_json()
+
+    assert deliver(mid).action == "failed" and deliver(kept_out).action == "failed"
+    (fallback,) = sweep_failovers()
+    assert load(fallback).failover_of == mid and load(kept_out).failover_id is None

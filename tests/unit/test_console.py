@@ -176,3 +176,25 @@ def test_phone_is_hidden_without_a_sandbox(console, monkeypatch) -> None:
     monkeypatch.setattr("services.reporting.console.sandbox_url", lambda: None)
     assert "Sandbox phone" not in console.get("/console/").get_data(as_text=True)
     assert console.get("/console/phone").status_code == 404
+
+
+def test_a_message_page_links_its_sms_fallback_both_ways(console, client, auth, dispatched) -> None:
+    from sqlalchemy import update
+
+    from models import Message
+    from services.messages.failover import sweep_failovers
+
+    sent = _send(client, auth, failover={"after_seconds": 60})
+    page = console.get(f"/console/messages/{sent['id']}").get_data(as_text=True)
+    assert "SMS fallback" in page and "not delivered by" in page
+    with session_scope() as session:  # Meta said: not on WhatsApp
+        session.execute(
+            update(Message)
+            .where(Message.id == sent["id"])
+            .values(status="failed", error_code="undeliverable", provider_error_code="131026")
+        )
+    (fallback,) = sweep_failovers()
+    page = console.get(f"/console/messages/{sent['id']}").get_data(as_text=True)
+    assert f'href="/console/messages/{fallback}"' in page and "Fell back to SMS" in page
+    page = console.get(f"/console/messages/{fallback}").get_data(as_text=True)
+    assert f'href="/console/messages/{sent["id"]}"' in page and "SMS fallback of" in page
