@@ -104,6 +104,8 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("failover_pending", "boolean"),
     ("failover_at", "timestamp"),
     ("failover_of", "varchar"),
+    ("error_code", "varchar"),
+    ("error_message", "text"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
 # The messages and their `queued`/`scheduled` events in one statement (one round
@@ -359,6 +361,9 @@ def store(session: Session, items: list[Item]) -> None:
                 now=now,
             )
         )
+        failed: HeraldError | None = None
+        if refusal is not None and refusal.code == "window_closed" and data.get("failover"):
+            failed, refusal = refusal, None  # stored `failed`: its SMS fallback follows
         if refusal is not None:
             item.error = refusal
             continue
@@ -376,6 +381,10 @@ def store(session: Session, items: list[Item]) -> None:
             item.error = exc
             continue
         item.values = _row(item, recipients[item], now, conversation)
+        if failed is not None:  # services/messages/failover.py sends the SMS
+            item.values.update(
+                status="failed", error_code=failed.code, error_message=failed.message
+            )
         rows.append(item.values)
 
     inserted: set[str] = set()
@@ -385,7 +394,14 @@ def store(session: Session, items: list[Item]) -> None:
         if item.values is not None:
             item.created = item.values["id"] in inserted
 
-    _take_quotas(session, [i for i in live if i.created and i.campaign_id is None])
+    _take_quotas(  # a row stored `failed` sends nothing (its fallback takes its own)
+        session,
+        [
+            i
+            for i in live
+            if i.created and i.campaign_id is None and i.values and i.values["status"] != "failed"
+        ],
+    )
 
     # Replays and conflicts: a key whose row was not inserted (here), or an item
     # refused before the insert whose key may name an earlier message.
@@ -467,6 +483,8 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "failover_pending": True if data.get("failover") is not None else None,
         "failover_at": failover_at_for(data, now),
         "failover_of": item.failover_of,
+        "error_code": None,
+        "error_message": None,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,

@@ -8,7 +8,9 @@ locked in one transaction with the fallback's creation:
 * the message ended `failed` or `undelivered` with a provider code SMS can cure
   (`CURABLE`): not on WhatsApp or undeliverable (Meta 131026, Twilio 63003 and 63024),
   outside the 24-hour window (131047, 63016), or held back by Meta's per-user marketing
-  limit (131049, 63049). Any other failure (an invalid number, an opt-out, a rejected
+  limit (131049, 63049); or Herald itself found the window closed when it accepted the
+  message (it is then stored `failed`, `window_closed`, instead of refused with 422).
+  Any other failure (an invalid number, an opt-out, a rejected
   template, the message's own ttl) would fail on SMS too, or must not be sent late;
 * `failover.after_seconds` passed since it was due and it is not `delivered` or `read`:
   the original ends `failed` with code `failover_deadline` first (a `queued` one is
@@ -56,10 +58,17 @@ SETTLED = ("failed", "undelivered", "canceled", "delivered", "read")
 SWEEP_LIMIT = 200
 
 
+# Herald's own refusal at acceptance, when the request asked for a fallback: the
+# recipient has not written within 24 hours (services/policy/consent.py).
+CURABLE_HERE = frozenset({"window_closed"})
+
+
 def curable(message: Message) -> bool:
     """Whether the message's failure is one an SMS can cure."""
     code = message.provider_error_code
-    return bool(code) and code in CURABLE.get(message.provider, frozenset())
+    if not code:
+        return message.error_code in CURABLE_HERE
+    return code in CURABLE.get(message.provider, frozenset())
 
 
 def _due(now: datetime) -> Any:

@@ -330,7 +330,15 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "media_url": values["media_urls"],
         "template": values["template"],
         "provider_message_id": None,
-        "error": None,
+        "error": (
+            {
+                "code": values["error_code"],
+                "message": values["error_message"],
+                "provider_code": None,
+            }
+            if values.get("error_code")
+            else None
+        ),
         "attempts": values["attempts"],
         "campaign_id": values["campaign_id"],
         "metadata": values["metadata"] or {},

@@ -220,3 +220,19 @@ def test_a_tenant_policy_gives_every_whatsapp_message_its_fallback(
     assert deliver(mid).action == "failed" and deliver(kept_out).action == "failed"
     (fallback,) = sweep_failovers()
     assert load(fallback).failover_of == mid and load(kept_out).failover_id is None
+
+
+def test_a_closed_window_at_acceptance_goes_straight_to_sms(live, client, auth, dispatched) -> None:
+    silent = "+12025550177"  # never wrote: Herald knows its window is closed
+    refused = client.post("/v1/messages", json={"to": silent, "body": "hi"}, headers=auth)
+    assert refused.status_code == 422 and refused.get_json()["error"]["code"] == "window_closed"
+    resp = client.post(
+        "/v1/messages", json={"to": silent, "body": "hi", "failover": {}}, headers=auth
+    )
+    assert resp.status_code == 202
+    answer = resp.get_json()
+    assert answer["status"] == "failed" and answer["error"]["code"] == "window_closed"
+    assert answer["id"] not in [i for i, _ in dispatched]  # WhatsApp is never tried
+    (fallback,) = sweep_failovers()
+    assert deliver(fallback).action == "sent"
+    assert [s["channel"] for s in live.sends(to=silent)] == ["sms"]
