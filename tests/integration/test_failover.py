@@ -236,3 +236,15 @@ def test_a_closed_window_at_acceptance_goes_straight_to_sms(live, client, auth, 
     (fallback,) = sweep_failovers()
     assert deliver(fallback).action == "sent"
     assert [s["channel"] for s in live.sends(to=silent)] == ["sms"]
+
+
+def test_twilio_whatsapp_not_on_whatsapp_falls_back(live, client, auth, tenant, dispatched) -> None:
+    number = "+12015550163"  # sandbox: Twilio WhatsApp fails 63003, SMS is delivered
+    open_window(tenant["tenant_id"], number)
+    mid = create(client, auth, number, provider="twilio", failover={})
+    assert deliver(mid).action == "sent"
+    wait_for(lambda: load(mid).status == "failed", what="Twilio's failed 63003")
+    (fallback,) = sweep_failovers()
+    assert deliver(fallback).action == "sent"
+    wait_for(lambda: load(fallback).status == "delivered", what="the SMS delivered")
+    assert [s["channel"] for s in live.sends(to=number)] == ["whatsapp", "sms"]
