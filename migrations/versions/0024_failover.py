@@ -12,6 +12,9 @@ which holds only those rows, so it stays as small as what is in flight with a fa
 a retried sweep or a duplicate callback can never create two fallbacks of one message.
 `failover_id` names the fallback on the original. All four are NULL on existing rows
 (no rewrite). `tenants.failover` is a tenant's default policy (NULL: none).
+
+Provider failover: `senders.priority` (NULL: none) puts a sender in its tenant's failover
+order for its channels (services/policy/health.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("tenants", sa.Column("failover", sa.JSON(), nullable=True))
+    op.add_column("senders", sa.Column("priority", sa.Integer(), nullable=True))
     op.add_column("messages", sa.Column("failover_pending", sa.Boolean(), nullable=True))
     op.add_column("messages", sa.Column("failover_at", UTCDateTime(), nullable=True))
     op.add_column("messages", sa.Column("failover_of", sa.String(32), nullable=True))
@@ -46,3 +50,4 @@ def downgrade() -> None:
     for name in ("failover_id", "failover_of", "failover_at", "failover_pending"):
         op.drop_column("messages", name)
     op.drop_column("tenants", "failover")
+    op.drop_column("senders", "priority")
