@@ -73,7 +73,7 @@ def curable(message: Message) -> bool:
 
 def _due(now: datetime) -> Any:
     return and_(
-        Message.failover_pending.is_(True),
+        Message.failover_pending,  # the partial index's own predicate (IS TRUE would miss it)
         or_(
             Message.status.in_(SETTLED),
             and_(Message.failover_at <= now, Message.status != "sending"),
@@ -81,14 +81,19 @@ def _due(now: datetime) -> Any:
     )
 
 
+def due_statement(now: datetime, limit: int) -> Any:
+    """The pending failovers due now, oldest deadline first: in the order of
+    `ix_messages_failover_pending`, so the planner reads that index (holding only the
+    pending rows) and never walks the primary key to save a sort."""
+    return select(Message.id).where(_due(now)).order_by(Message.failover_at).limit(limit)
+
+
 def sweep_failovers(now: datetime | None = None, limit: int = SWEEP_LIMIT) -> list[str]:
     """Settle every pending failover that is due: make its fallback, or drop it. One
     transaction per message, so one refusal or fault stops no other. The fallbacks made."""
     now = now or utcnow()
     with session_scope() as session:
-        ids = list(
-            session.scalars(select(Message.id).where(_due(now)).order_by(Message.id).limit(limit))
-        )
+        ids = list(session.scalars(due_statement(now, limit)))
     made: list[str] = []
     for message_id in ids:
         with session_scope() as session:
