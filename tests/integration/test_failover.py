@@ -31,6 +31,12 @@ def load(message_id: str) -> Message:
         return message
 
 
+def sweep(message_id: str, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
+    """The fallbacks of `message_id` a sweep made (another test's pending rows may be
+    settled by the same sweep)."""
+    return [f for f in sweep_failovers(**kwargs) if load(f).failover_of == message_id]
+
+
 def events_out(message_id: str) -> list[dict]:
     with session_scope() as session:
         return [
@@ -51,8 +57,8 @@ def test_not_on_whatsapp_falls_back_to_sms_once(live, client, auth, dispatched) 
     }
     assert deliver(mid).action == "sent"
     wait_for(lambda: load(mid).status == "failed", what="Meta's failed 131026")
-    (fallback,) = sweep_failovers()
-    assert sweep_failovers() == []  # once
+    (fallback,) = sweep(mid)
+    assert sweep(mid) == []  # once
 
     original = client.get(f"/v1/messages/{mid}", headers=auth).get_json()
     assert original["status"] == "failed" and original["error"]["provider_code"] == "131026"
@@ -73,7 +79,7 @@ def test_window_closed_at_meta_falls_back_with_the_same_text(
 ) -> None:
     mid = create(client, auth, "+15005550012", failover={})  # Meta: 400 131047
     assert deliver(mid).action == "failed"
-    (fallback,) = sweep_failovers()
+    (fallback,) = sweep(mid)
     assert load(fallback).body == "Your code is 4711"
     assert load(mid).failover_id == fallback
 
@@ -85,7 +91,7 @@ def test_a_failure_sms_cannot_cure_does_not_fall_back(
     mid = create(client, auth, "+12015550150", failover={})  # 131050: stopped marketing
     deliver(mid)
     wait_for(lambda: load(mid).status == "failed", what="Meta's failed 131050")
-    assert sweep_failovers() == []
+    assert sweep(mid) == []
     assert load(mid).failover_pending is False and load(mid).failover_id is None
 
 
@@ -96,8 +102,8 @@ def test_deadline_falls_back_and_a_late_delivery_is_reported(
     mid = create(client, auth, OFFLINE, failover={"after_seconds": 600})
     assert deliver(mid).action == "sent"
     wait_for(lambda: load(mid).provider_message_id, what="the wamid")
-    assert sweep_failovers() == []  # not due yet
-    (fallback,) = sweep_failovers(now=utcnow() + timedelta(seconds=601))
+    assert sweep(mid) == []  # not due yet
+    (fallback,) = sweep(mid, now=utcnow() + timedelta(seconds=601))
     original = load(mid)
     assert (original.status, original.error_code) == ("failed", "failover_deadline")
     assert original.failover_id == fallback
@@ -127,13 +133,13 @@ def test_delivered_before_the_deadline_never_falls_back(live, client, auth, disp
     mid = create(client, auth, "+12025550143", failover={"after_seconds": 60})
     deliver(mid)
     wait_for(lambda: load(mid).status == "read", what="read")
-    assert sweep_failovers(now=utcnow() + timedelta(seconds=61)) == []
+    assert sweep(mid, now=utcnow() + timedelta(seconds=61)) == []
     assert load(mid).failover_pending is False and load(mid).status == "read"
 
 
 def test_a_queued_message_past_its_deadline_is_never_sent(live, client, auth, dispatched) -> None:
     mid = create(client, auth, "+12025550143", failover={"after_seconds": 60})
-    (fallback,) = sweep_failovers(now=utcnow() + timedelta(seconds=61))
+    (fallback,) = sweep(mid, now=utcnow() + timedelta(seconds=61))
     assert load(mid).status == "failed"
     assert deliver(mid).action == "skipped"
     assert live.sends(herald_id=mid) == []
@@ -145,12 +151,12 @@ def test_a_repeated_sweep_after_a_crash_makes_no_second_fallback(
 ) -> None:
     mid = create(client, auth, "+15005550012", failover={})
     deliver(mid)
-    (fallback,) = sweep_failovers()
+    (fallback,) = sweep(mid)
     with session_scope() as session:  # as if the original's settling were lost
         session.execute(
             update(Message).where(Message.id == mid).values(failover_pending=True, failover_id=None)
         )
-    assert sweep_failovers() == [fallback]  # the same one, found by its key
+    assert sweep(mid) == [fallback]  # the same one, found by its key
     with session_scope() as session:
         count = session.scalar(select(func.count()).where(Message.failover_of == mid))
     assert count == 1 and load(mid).failover_id == fallback
@@ -167,7 +173,7 @@ def test_a_refused_fallback_is_kept_and_reported(live, client, auth, tenant, dis
             .where(Contact.tenant_id == tenant["tenant_id"], Contact.phone == "+15005550012")
             .values(opted_out=True)
         )
-    assert sweep_failovers() == []
+    assert sweep(mid) == []
     assert load(mid).failover_pending is False and load(mid).failover_id is None
     (event,) = [e for e in events_out(mid) if e["type"] == "message.failover"]
     assert event["fallback"] is None and event["refusal"]["code"] == "opted_out"
@@ -218,7 +224,7 @@ def test_a_tenant_policy_gives_every_whatsapp_message_its_fallback(
     assert "failover" not in client.get(f"/v1/messages/{sms}", headers=auth).get_json()
 
     assert deliver(mid).action == "failed" and deliver(kept_out).action == "failed"
-    (fallback,) = sweep_failovers()
+    (fallback,) = sweep(mid)
     assert load(fallback).failover_of == mid and load(kept_out).failover_id is None
 
 
@@ -233,7 +239,7 @@ def test_a_closed_window_at_acceptance_goes_straight_to_sms(live, client, auth, 
     answer = resp.get_json()
     assert answer["status"] == "failed" and answer["error"]["code"] == "window_closed"
     assert answer["id"] not in [i for i, _ in dispatched]  # WhatsApp is never tried
-    (fallback,) = sweep_failovers()
+    (fallback,) = sweep(answer["id"])
     assert deliver(fallback).action == "sent"
     assert [s["channel"] for s in live.sends(to=silent)] == ["sms"]
 
@@ -244,7 +250,7 @@ def test_twilio_whatsapp_not_on_whatsapp_falls_back(live, client, auth, tenant, 
     mid = create(client, auth, number, provider="twilio", failover={})
     assert deliver(mid).action == "sent"
     wait_for(lambda: load(mid).status == "failed", what="Twilio's failed 63003")
-    (fallback,) = sweep_failovers()
+    (fallback,) = sweep(mid)
     assert deliver(fallback).action == "sent"
     wait_for(lambda: load(fallback).status == "delivered", what="the SMS delivered")
     assert [s["channel"] for s in live.sends(to=number)] == ["whatsapp", "sms"]
