@@ -117,6 +117,7 @@ task_routes = {
     "herald.reconcile": {"queue": "herald.periodic"},
     "herald.sync_templates": {"queue": "herald.periodic"},
     "herald.expire": {"queue": "herald.periodic"},
+    "herald.failover": {"queue": "herald.periodic"},
     "herald.fold_counts": {"queue": "herald.periodic"},
     "herald.apply_inbox": {"queue": "herald.periodic"},
 }
@@ -151,6 +152,11 @@ beat_schedule = {
     # Waiting messages whose ttl passed end `failed`/`expired` (services/messages/expiry.py).
     "expire": _periodic(
         "herald.expire", float(os.environ.get("HERALD_EXPIRE_INTERVAL", "5")), expires=30
+    ),
+    # WhatsApp messages that failed or passed their deadline fall back to SMS
+    # (services/messages/failover.py).
+    "failover": _periodic(
+        "herald.failover", float(os.environ.get("HERALD_FAILOVER_INTERVAL", "2")), expires=10
     ),
     # Status callbacks whose receiving process died before applying them
     # (services/callbacks/inbox.py).

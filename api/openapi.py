@@ -36,7 +36,7 @@ from services.content.schemas import MAX_MEDIA, MediaUrls, MessageRequestSchema
 from services.messages.batch import BatchAnswerView
 from services.messages.serialize import MessagePageView, MessageView
 from services.policy.contacts import ContactSchema, ContactView
-from services.reporting.events import MessageStatusEventView
+from services.reporting.events import MessageFailoverEventView, MessageStatusEventView
 from services.reporting.usage import UsageView
 from services.tenancy.admin import TenantSchema
 from services.tenancy.sender_admin import SenderSchema, SenderUpdateSchema
@@ -194,6 +194,7 @@ RESPONSE_SCHEMAS: dict[str, type[Schema]] = {
     "MessagePage": MessagePageView,
     "MessageBatch": BatchAnswerView,
     "MessageStatusEvent": MessageStatusEventView,
+    "MessageFailoverEvent": MessageFailoverEventView,
     "ContactView": ContactView,
     "Campaign": CampaignView,
     "CampaignResend": CampaignResendView,

@@ -188,6 +188,10 @@ class Settings:
     settle_seconds: int
     max_attempts: int
     sweep_after_seconds: int
+    # Provider failover (services/policy/health.py): errors within the window that
+    # move new messages to a tenant's next sender.
+    provider_failover_errors: int
+    provider_failover_window_seconds: int
     log_format: str
     log_level: str
     meta_app_secret: str | None = None
@@ -272,6 +276,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         settle_seconds=_int(env, "HERALD_SETTLE_SECONDS", 30, minimum=1),
         max_attempts=_int(env, "HERALD_MAX_ATTEMPTS", 8, minimum=1),
         sweep_after_seconds=_int(env, "HERALD_SWEEP_AFTER_SECONDS", 30, minimum=1),
+        provider_failover_errors=_int(env, "HERALD_PROVIDER_FAILOVER_ERRORS", 50, minimum=1),
+        provider_failover_window_seconds=_int(
+            env, "HERALD_PROVIDER_FAILOVER_WINDOW_SECONDS", 60, minimum=1
+        ),
         log_format=log_format,
         log_level=env.get("HERALD_LOG_LEVEL", "INFO").upper(),
         meta_app_secret=env.get("META_APP_SECRET") or None,

@@ -26,7 +26,7 @@ def _add(args: argparse.Namespace) -> int:
     from services.tenancy.sender_admin import add_sender, sender_to_dict
 
     payload: dict[str, Any] = {"provider": args.provider, "address": args.address}
-    for field in ("kind", "account_id", "number", "mps", "label"):
+    for field in ("kind", "account_id", "number", "mps", "label", "priority"):
         if getattr(args, field) is not None:
             payload[field] = getattr(args, field)
     if args.channel:
@@ -72,6 +72,11 @@ def register(sub: Any) -> None:
     add.add_argument("--channel", action="append", choices=["sms", "whatsapp"], help="repeatable")
     add.add_argument("--mps", type=float, help="messages per second for this sender")
     add.add_argument("--label")
+    add.add_argument(
+        "--priority",
+        type=int,
+        help="provider failover: its place (1 first) among the tenant's senders of a channel",
+    )
     add.add_argument("--default", action="store_true", help="the default for its channels")
     add.set_defaults(func=_add)
     listing = actions.add_parser("list", help="print the tenant's senders")

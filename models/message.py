@@ -109,6 +109,15 @@ class Message(Base):
             "seq",
             postgresql_where=text("direction = 'outbound' AND status IN ('queued', 'sending')"),
         ),
+        # WhatsApp messages whose fallback is not settled yet: what the failover sweep
+        # reads (services/messages/failover.py, migration 0026_failover).
+        Index(
+            "ix_messages_failover_pending",
+            "failover_at",
+            postgresql_where=text("failover_pending"),
+        ),
+        # A message has at most one fallback, whatever crashes or retries.
+        UniqueConstraint("failover_of", name="uq_messages_failover_of"),
         # Rows still waiting with a ttl only: what the expiry sweep reads, not every
         # message ever sent with one.
         Index(
@@ -179,6 +188,14 @@ class Message(Base):
     # Accepted with a test key: sent to the simulator, never to a provider, counted
     # apart and never priced (services/messages/simulation.py).
     test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Channel failover (services/messages/failover.py): on a WhatsApp message that asked
+    # for an SMS fallback, `failover_pending` until its outcome is settled and
+    # `failover_at` the deadline (None: a failure alone triggers it); `failover_id` its
+    # fallback. On the fallback, `failover_of` the message it stands in for (unique).
+    failover_pending: Mapped[bool | None] = mapped_column(Boolean)
+    failover_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failover_of: Mapped[str | None] = mapped_column(String(32))
+    failover_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -37,6 +37,9 @@ class Tenant(Base):
     # keywords ({"stop": "…", "help": "…"}; '' sends none) (services/policy/keywords.py).
     keywords: Mapped[dict | None] = mapped_column(JSON)
     keyword_replies: Mapped[dict | None] = mapped_column(JSON)
+    # The failover a WhatsApp message gets when its request names none
+    # (services/messages/failover_policy.py): {"after_seconds": n} or {}; None: none.
+    failover: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # A disabled tenant's keys and tokens are refused; its rows are kept.
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -164,6 +164,13 @@ def blueprint(state: SandboxState) -> Blueprint:
             error=attempt["error"],
         ), 200
 
+    @bp.post("/online")
+    def online() -> Response:
+        """The offline Meta phone (`+12015550160`) connects: its held messages are
+        delivered now."""
+        number = str(_body().get("to") or "")
+        return jsonify(delivered=meta_api.come_online(state, number))
+
     @bp.get("/reads")
     def reads() -> Response:
         """Read receipts (and typing indicators) asked of the Meta API, in order."""

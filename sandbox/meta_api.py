@@ -61,6 +61,10 @@ MAGIC_FAILED = "15005550011"  # accepted, then a `failed` status with 131026
 # Accepted, then a `failed` status webhook carrying the code (Meta reports these
 # asynchronously). A range of the sandbox's own, apart from Twilio's test numbers.
 MAGIC_ASYNC = {"12015550147": 131047, "12015550149": 131049, "12015550150": 131050}
+# A phone that is off: accepted and `sent`, and nothing more until it comes back
+# (POST /_sandbox/online), as Meta keeps a message for a phone that is unreachable
+# (for up to 30 days) and reports `delivered` when it connects.
+MAGIC_OFFLINE = "12015550160"
 MAGIC_SYNC = {"15005550012": 131047, "15005550013": 131050, "15005550014": 131051}
 
 
@@ -555,6 +559,19 @@ def blueprint(state: SandboxState) -> Blueprint:
     return bp
 
 
+def come_online(state: SandboxState, number: str) -> int:
+    """The offline phone (`MAGIC_OFFLINE`) connects: the messages Meta held for it are
+    `delivered` and `read` now. How many."""
+    wa_id = "".join(c for c in number if c.isdigit())
+    with state.lock:
+        held = state.meta_offline.pop(wa_id, [])
+    for account, payload, wamid in held:
+        _schedule_statuses(
+            state, account, payload, wamid, wa_id, time.time(), later=["delivered", "read"]
+        )
+    return len(held)
+
+
 def _fault_error(fault: Fault) -> tuple[Response, int]:
     code = fault.code or {429: 130429, 503: 131016}.get(fault.status or 500, 131000)
     body, status = graph_error(code, status=fault.status, details=fault.message)
@@ -569,6 +586,7 @@ def _schedule_statuses(
     wa_id: str,
     sent_at: float,
     user: users.User | None = None,
+    later: list[str] | None = None,
 ) -> None:
     config = state.get_config()
     url = config["meta_webhook_url"]
@@ -585,6 +603,12 @@ def _schedule_statuses(
     statuses, error_code = conversations.plan(
         state, account.phone_number_id, payload, statuses, error_code
     )
+    if later is not None:  # the phone came back: what it held back
+        statuses = later
+    elif wa_id == MAGIC_OFFLINE and statuses[-1] == "read":
+        with state.lock:
+            state.meta_offline.setdefault(wa_id, []).append((account, payload, wamid))
+        statuses = ["sent"]
     timeline = [(delay * (i + 1), s) for i, s in enumerate(statuses)]
     category = _category(payload)
     biz = payload.get("biz_opaque_callback_data")

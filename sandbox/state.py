@@ -268,6 +268,9 @@ class SandboxState:
         self.faults: list[Fault] = []
         self.callback_log: list[dict[str, Any]] = []
         self.twilio_messages: dict[str, dict[str, Any]] = {}
+        # Meta sends to a phone that is off (meta_api.MAGIC_OFFLINE), by wa_id: their
+        # `delivered` waits until POST /_sandbox/online.
+        self.meta_offline: dict[str, list[tuple[Any, ...]]] = {}
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._seq = 0
         self._fault_seq = 0
@@ -313,6 +316,7 @@ class SandboxState:
             self.faults.clear()
             self.callback_log.clear()
             self.twilio_messages.clear()
+            self.meta_offline.clear()
             self._buckets.clear()
             self.config = copy.deepcopy(self._defaults)
             self.rng = random.Random(self.config["callbacks"]["seed"])

@@ -33,6 +33,7 @@ ASYNC_ERRORS = {
     30003: "Unreachable destination handset",
     30008: "Unknown error",
     30036: "The specified validity period on this message has elapsed.",
+    63003: "Channel could not find To address",
     63016: "Failed to send freeform message because you are outside the allowed window. "
     "If you are using WhatsApp, please use a Message Template.",
     63027: "Template does not exist for a language and locale",
@@ -53,6 +54,7 @@ MAGIC_FROM = {"15005550001": 21212, "15005550007": 21606, "15005550008": 21611}
 MAGIC_UNDELIVERED = "12015550106"  # sent, then undelivered 30003
 MAGIC_FAILED = "12015550107"  # failed 30008
 MAGIC_WINDOW_CLOSED = "12015550116"  # WhatsApp free-form: failed 63016 (templates pass)
+MAGIC_NOT_ON_WHATSAPP = "12015550163"  # WhatsApp: failed 63003 (an SMS to it is delivered)
 # A sender queue this slow for this recipient: a ValidityPeriod shorter than the wait
 # fails the message with 30036 (its callbacks still come after the usual delay).
 MAGIC_SLOW = "12015550136"
@@ -272,6 +274,8 @@ def blueprint(state: SandboxState) -> Blueprint:
             statuses, error_code = ["sent", "undelivered"], 30003
         elif whatsapp and digits(to) == MAGIC_WINDOW_CLOSED and not content_sid:
             statuses, error_code = ["failed"], 63016
+        elif whatsapp and digits(to) == MAGIC_NOT_ON_WHATSAPP:
+            statuses, error_code = ["failed"], 63003
         elif content_error is not None:
             statuses, error_code = ["failed"], content_error
         elif digits(to) == MAGIC_SLOW and _expires_in_queue(form.get("ValidityPeriod")):

@@ -178,6 +178,15 @@ def expire() -> int:
     return len(expiry.expire_waiting())
 
 
+@shared_task(name="herald.failover", ignore_result=True)
+def failover() -> int:
+    """Beat: WhatsApp messages that failed in a way SMS can cure, or passed their
+    deadline undelivered, sent again as SMS (services/messages/failover.py)."""
+    from services.messages.failover import sweep_failovers
+
+    return len(sweep_failovers())
+
+
 @shared_task(name="herald.apply_inbox", ignore_result=True)
 def apply_inbox() -> int:
     """Beat: store the callbacks spooled in Redis while the database was unreachable

@@ -198,6 +198,38 @@ def components_problems(components: Any) -> list[str]:
     return problems
 
 
+# Channel failover (services/messages/failover.py): the deadline's bounds, in seconds
+# (a day: no code or alert is worth having later than that).
+FAILOVER_MIN_SECONDS = 1
+FAILOVER_MAX_SECONDS = 24 * 3600
+
+
+class FailoverSchema(Schema):
+    """`failover`: send this WhatsApp message again as an SMS, once, if WhatsApp cannot
+    deliver it (services/messages/failover.py says which failures count)."""
+
+    class Meta:
+        unknown = RAISE
+
+    channel = fields.String(
+        load_default="sms",
+        validate=validate.OneOf(("sms",)),
+        metadata={"description": "the fallback's channel: sms (through the tenant's SMS sender)"},
+    )
+    body = fields.String(
+        validate=validate.Length(min=1, max=BODY_LIMITS["sms"]),
+        metadata={"description": "the fallback's text; default: the message's own body"},
+    )
+    after_seconds = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=FAILOVER_MIN_SECONDS, max=FAILOVER_MAX_SECONDS),
+        metadata={
+            "description": "also fall back if the message is not delivered this many seconds"
+            " after it is due (its send_at, else its acceptance)"
+        },
+    )
+
+
 class MessageRequestSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -231,10 +263,14 @@ class MessageRequestSchema(Schema):
     sticker = fields.Nested(conversations.StickerSchema)
     filename = fields.String(validate=validate.Length(min=1, max=240))
     mark_read = StrictBoolean()
+    # null: no fallback, even where the tenant's policy gives one
+    failover = fields.Nested(FailoverSchema, allow_none=True)
 
     @validates_schema
     def _rules(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = conversations.request_problems(data)
+        if data.get("failover") is not None and (problem := failover_problem(data)):
+            errors.setdefault("failover", []).append(problem)
         if "from_" in data and (problem := from_problem(data["from_"])):  # senders
             errors.setdefault("from", []).append(problem)
         if ("to" in data) == ("contact_id" in data):
@@ -268,6 +304,24 @@ class MessageRequestSchema(Schema):
             errors.setdefault("metadata", []).append("At most 4 KB of metadata.")
         if errors:
             raise ValidationError(errors)
+
+
+def failover_problem(data: dict[str, Any]) -> str | None:
+    """Why `failover` does not suit this request, or None: only a WhatsApp message
+    falls back, and the SMS needs a text of at most 1,600 characters."""
+    if data.get("channel", "whatsapp") != "whatsapp":
+        return "Only a WhatsApp message falls back to SMS."
+    if data["failover"].get("body"):
+        return None
+    for other in ("reaction", "location", "contacts", "sticker", "interactive"):
+        if other in data:
+            return f"A {other} message does not fall back to SMS."
+    body = data.get("body")
+    if not body or "template" in data:
+        return "Give 'failover.body': the message has no text an SMS could carry."
+    if len(body) > BODY_LIMITS["sms"]:
+        return f"Give 'failover.body': an SMS takes at most {BODY_LIMITS['sms']} characters."
+    return None
 
 
 _schema = MessageRequestSchema()

@@ -49,6 +49,11 @@ from services.content.segments import fit
 from services.content.templates import refuse_unusable_template
 from services.messages.dispatch import enqueue_after_commit
 from services.messages.expiry import expires_at_for
+from services.messages.failover_policy import (
+    check_failover_possible,
+    failover_at_for,
+    with_tenant_policy,
+)
 from services.messages.serialize import message_to_dict, new_message_to_dict
 from services.policy import limits
 from services.policy.consent import policy_contacts, policy_refusal
@@ -99,6 +104,11 @@ _VARYING = (  # (column, SQL type as read from the JSON document)
     ("from_number", "varchar"),
     ("expires_at", "timestamp"),
     ("test", "boolean"),
+    ("failover_pending", "boolean"),
+    ("failover_at", "timestamp"),
+    ("failover_of", "varchar"),
+    ("error_code", "varchar"),
+    ("error_message", "text"),
 )
 _NAMES = tuple(name for name, _ in _VARYING)
 # The messages and their `queued`/`scheduled` events in one statement (one round
@@ -167,6 +177,7 @@ class Item:
     log_each: bool = True  # a line per message; a batch logs one line for all
     international: bool = False  # an SMS abroad: counts against its own cap (destinations)
     test: bool = False  # a test key's: sent to the simulator (services/messages/simulation.py)
+    failover_of: str | None = None  # a fallback: the message it stands in for (failover.py)
     # The outcome, set by `store`:
     created: bool = False
     values: dict[str, Any] | None = None  # the inserted row (created)
@@ -296,6 +307,9 @@ def prepare(
                 session, tenant.id, item.account_id, provider, data,
                 header_media=item.options.get("media_type"),
             )  # fmt: skip
+        with_tenant_policy(session, tenant, data)  # its default, where the request names none
+        if data.get("failover") is not None:  # the SMS sender must exist now, not at failure
+            check_failover_possible(session, tenant, data)
         if sender is not None:  # kept on the row, so every retry uses the same sender
             item.sender = sender
             item.options["sender"] = sender.snapshot()
@@ -364,6 +378,9 @@ def store(session: Session, items: list[Item]) -> None:
                 now=now,
             )
         )
+        failed: HeraldError | None = None
+        if refusal is not None and refusal.code == "window_closed" and data.get("failover"):
+            failed, refusal = refusal, None  # stored `failed`: its SMS fallback follows
         if refusal is not None:
             item.error = refusal
             continue
@@ -381,6 +398,10 @@ def store(session: Session, items: list[Item]) -> None:
             item.error = exc
             continue
         item.values = _row(item, recipients[item], now, conversation)
+        if failed is not None:  # services/messages/failover.py sends the SMS
+            item.values.update(
+                status="failed", error_code=failed.code, error_message=failed.message
+            )
         rows.append(item.values)
 
     inserted: set[str] = set()
@@ -390,7 +411,14 @@ def store(session: Session, items: list[Item]) -> None:
         if item.values is not None:
             item.created = item.values["id"] in inserted
 
-    _take_quotas(session, [i for i in live if i.created and i.campaign_id is None])
+    _take_quotas(  # a row stored `failed` sends nothing (its fallback takes its own)
+        session,
+        [
+            i
+            for i in live
+            if i.created and i.campaign_id is None and i.values and i.values["status"] != "failed"
+        ],
+    )
 
     # Replays and conflicts: a key whose row was not inserted (here), or an item
     # refused before the insert whose key may name an earlier message.
@@ -439,7 +467,11 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
     data = item.data
     send_at = data.get("send_at")
     status = "scheduled" if send_at is not None and send_at > now else "queued"
-    options = {k: data[k] for k in ("preview_url", "interactive", "media_type") if k in data}
+    options = {
+        k: data[k]
+        for k in ("preview_url", "interactive", "media_type", "failover")
+        if data.get(k) is not None
+    }
     options.update(item.options)
     options.update(conversation)
     return {
@@ -467,6 +499,11 @@ def _row(item: Item, to: str, now: datetime, conversation: dict[str, Any]) -> di
         "from_number": item.sender.number if item.sender is not None else None,
         "expires_at": expires_at_for(data, now),
         "test": item.test,
+        "failover_pending": True if data.get("failover") is not None else None,
+        "failover_at": failover_at_for(data, now),
+        "failover_of": item.failover_of,
+        "error_code": None,
+        "error_message": None,
         "attempts": 0,
         "created_at": now,
         "updated_at": now,

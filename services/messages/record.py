@@ -40,7 +40,7 @@ from providers.base import AccountCredentials
 from services.messages.campaign_content import same_body
 from services.messages.claim import DeliveryOutcome, owe_events
 from services.messages.status import allowed_from, apply_status
-from services.policy import breaker
+from services.policy import breaker, health
 from services.policy.consent import mark_opted_out
 from services.policy.contacts import remember_wa_id
 from services.reporting.events import listening
@@ -113,6 +113,22 @@ def record_sent_many(
         return
     for message, result in accepted:
         _log_sent(message, result)
+        _note_accepted(message)
+
+
+def _note_accepted(message: Message) -> None:
+    """A sender in a failover order that the provider took a message from is healthy."""
+    ranked = health.ranked_sender(message)
+    if ranked is not None:
+        health.note_success(*ranked)
+
+
+def _note_failed(message: Message, exc: ProviderError) -> None:
+    """An error about the provider (not the message) counts against its sender's health
+    when the sender is in a failover order (services/policy/health.py)."""
+    ranked = health.ranked_sender(message)
+    if ranked is not None and exc.kind in (ErrorKind.TRANSIENT, ErrorKind.AMBIGUOUS):
+        health.note_error(*ranked)
 
 
 def record_sent_batch(
@@ -283,6 +299,7 @@ def _store_sent(message: Message, result: SendResult, reconciled: bool) -> None:
     with session_scope() as session:
         _apply_sent(session, message, result, reconciled)
     _log_sent(message, result)
+    _note_accepted(message)
 
 
 def _apply_sent(  # type: ignore[no-untyped-def]
@@ -329,6 +346,7 @@ def backoff(attempt: int, hint: float | None = None) -> float:
 @_retry_while_database_down
 def record_error(message: Message, exc: ProviderError) -> DeliveryOutcome:
     settings = get_settings()
+    _note_failed(message, exc)
     hold = breaker.trip(message, exc)
     if hold is not None:  # about the sender, not this message: it waits, queued
         breaker.requeue_tripped(message, hold, exc)

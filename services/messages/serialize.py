@@ -3,6 +3,7 @@ schema that documents it (core/shapes.py says how the two are held together)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from marshmallow import fields
@@ -35,6 +36,19 @@ class MessageErrorView(Shape):
     code = fields.String()
     message = fields.String(allow_none=True)
     provider_code = fields.String(allow_none=True)
+
+
+class FailoverView(Shape):
+    """The SMS fallback a WhatsApp message asked for (services/messages/failover.py)."""
+
+    class Meta:
+        optional = ("body", "after_seconds")
+
+    channel = fields.String(metadata={"description": "sms"})
+    body = fields.String(metadata={"description": "the fallback's text, if not the body"})
+    after_seconds = fields.Integer(
+        metadata={"description": "the deadline for `delivered`, from when the message is due"}
+    )
 
 
 class MediaLinkView(Shape):
@@ -115,6 +129,10 @@ class MessageView(Shape):
             "smart_encoded",
             "resend_of",
             "resent_as",
+            "failover",
+            "failover_at",
+            "failover_id",
+            "failover_of",
             "events",
         )
 
@@ -183,6 +201,12 @@ class MessageView(Shape):
     )
     resend_of = fields.String(metadata={"description": "the failed message this one resends"})
     resent_as = fields.String(metadata={"description": "the message that resent this one"})
+    failover = fields.Nested(FailoverView, metadata={"description": "the fallback asked for"})
+    failover_at = fields.DateTime(
+        metadata={**_DATE, "description": "the fallback's deadline, while it is pending"}
+    )
+    failover_id = fields.String(metadata={"description": "the SMS sent in this one's place"})
+    failover_of = fields.String(metadata={"description": "the WhatsApp message this SMS replaces"})
     events = fields.List(
         fields.Nested(EventView),
         metadata={"description": "the timeline: in the answers about one message only"},
@@ -220,6 +244,28 @@ def sms_fields(channel: str, body: str | None, options: dict[str, Any] | None) -
 def resend_fields(options: dict[str, Any] | None) -> dict[str, Any]:
     """`resend_of` and `resent_as`: a resend and its original, linked both ways."""
     return {k: options[k] for k in ("resend_of", "resent_as") if options and options.get(k)}
+
+
+def failover_fields(
+    options: dict[str, Any] | None,
+    *,
+    pending: bool | None = None,
+    at: datetime | None = None,
+    fallback: str | None = None,
+    original: str | None = None,
+) -> dict[str, Any]:
+    """`failover` (what was asked), `failover_at` (the deadline, while pending),
+    `failover_id` and `failover_of` (a fallback and its original, linked both ways)."""
+    out: dict[str, Any] = {}
+    if options and options.get("failover"):
+        out["failover"] = options["failover"]
+    if pending and at is not None:
+        out["failover_at"] = iso(at)
+    if fallback:
+        out["failover_id"] = fallback
+    if original:
+        out["failover_of"] = original
+    return out
 
 
 def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
@@ -270,6 +316,15 @@ def message_to_dict(message: Message, *, events: bool = True) -> dict[str, Any]:
     data.update(public_fields(message))  # reply_to, reaction, location… (conversations)
     data.update(sms_fields(message.channel, message.body, message.options))
     data.update(resend_fields(message.options))
+    data.update(
+        failover_fields(
+            message.options,
+            pending=message.failover_pending,
+            at=message.failover_at,
+            fallback=message.failover_id,
+            original=message.failover_of,
+        )
+    )
     if events:
         data["events"] = [event_to_dict(e) for e in message.events]
     return data
@@ -295,7 +350,15 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         "media_url": values["media_urls"],
         "template": values["template"],
         "provider_message_id": None,
-        "error": None,
+        "error": (
+            {
+                "code": values["error_code"],
+                "message": values["error_message"],
+                "provider_code": None,
+            }
+            if values.get("error_code")
+            else None
+        ),
         "attempts": values["attempts"],
         "test": bool(values.get("test")),
         "campaign_id": values["campaign_id"],
@@ -316,6 +379,12 @@ def new_message_to_dict(values: dict[str, Any], event: dict[str, Any]) -> dict[s
         **options_fields(values.get("options")),
         **sms_fields(values["channel"], values["body"], values.get("options")),
         **resend_fields(values.get("options")),
+        **failover_fields(
+            values.get("options"),
+            pending=values.get("failover_pending"),
+            at=values.get("failover_at"),
+            original=values.get("failover_of"),
+        ),
         "events": [
             {
                 "status": event["status"],

@@ -20,7 +20,12 @@ from models import EventDelivery, Message, MessageEvent, update_message, utcnow
 from models.base import UTCDateTime
 from models.fast import Statement, aware_utc, json_rows
 from services.messages.dispatch import enqueue_after_commit
-from services.reporting.events import EVENTS_QUEUE, EVENTS_TASK, record_status_event
+from services.reporting.events import (
+    EVENTS_QUEUE,
+    EVENTS_TASK,
+    record_event,
+    record_status_event,
+)
 
 PROGRESS = ("scheduled", "queued", "sending", "sent", "delivered", "read")
 RANK = {s: i for i, s in enumerate(PROGRESS)}
@@ -104,8 +109,11 @@ def apply_status(
     if applied:
         if listening is None or listening:
             record_status_event(session, message_id)
-    elif extra:
-        update_message(session, message_id, **extra)
+    else:
+        if extra:
+            update_message(session, message_id, **extra)
+        if new in LATE:
+            report_late_status(session, [message_id], new, native_status)
     session.add(
         MessageEvent(
             message_id=message_id,
@@ -154,6 +162,7 @@ _READ = (
     "direction",
     "provider",
     "provider_account_id",
+    "failover_id",
     *_WRITTEN,
 )
 
@@ -280,6 +289,7 @@ def apply_statuses(
     dirty: dict[str, str] = {}  # message id -> its status when locked
     events: list[dict[str, Any]] = []
     owed: list[tuple[str, dict[str, Any]]] = []
+    late: list[tuple[str, str, str | None]] = []  # (id, status, native): after a fallback
     now = utcnow()
     for change in changes:
         m = messages[change.message_id]
@@ -331,6 +341,8 @@ def apply_statuses(
         )
         if change.applied and m["_listen_url"]:
             owed.append((m["_listen_url"], {n: m[n] for n in ("id", *_WRITTEN)}))
+        elif not change.applied and new in LATE and m["failover_id"] and m["_listen_url"]:
+            late.append((m["id"], new, change.native_status))
     if dirty:
         rows = [
             {"b_id": mid, "b_was": was, **{n: messages[mid][n] for n in _WRITTEN}}
@@ -354,7 +366,38 @@ def apply_statuses(
         enqueue_after_commit(
             session, list(dict.fromkeys(s["id"] for _, s in owed)), EVENTS_QUEUE, EVENTS_TASK
         )
+    for message_id, new, native in late:
+        report_late_status(session, [message_id], new, native)
     return sum(1 for c in changes if c.applied)
+
+
+# A delivery reported after the message's SMS fallback left (services/messages/failover.py).
+LATE = frozenset({"delivered", "read"})
+
+
+def report_late_status(
+    session: Session, message_ids: list[str], status: str, native_status: str | None
+) -> None:
+    """Tell the tenant (`message.late_status`) that a message whose fallback already left
+    reports `delivered` or `read` after all: the status machine kept it as an event and
+    moved nothing (the original stays `failed`), so this is the only word of it."""
+    from services.messages.serialize import message_to_dict
+
+    for message_id in message_ids:
+        message = session.get(Message, message_id)
+        if message is None or not message.failover_id:
+            continue
+        session.refresh(message)
+        record_event(
+            session,
+            message,
+            {
+                "type": "message.late_status",
+                "message": message_to_dict(message, events=False),
+                "status": status,
+                "native_status": native_status,
+            },
+        )
 
 
 def _to_dict(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,28 @@ class MessageStatusEventView(Shape):
     message = fields.Nested(MessageView, metadata={"description": "without its events"})
 
 
+class MessageFailoverEventView(Shape):
+    """What Herald POSTs when a WhatsApp message falls back to SMS
+    (services/messages/failover.py): `message.failover` once the fallback exists (or was
+    refused: `fallback` null, `refusal` why), and `message.late_status` when the
+    original reports `delivered` or `read` after its fallback left."""
+
+    class Meta:
+        optional = ("fallback", "refusal", "status", "native_status")
+
+    id = fields.String(metadata={"description": "evt_…: the same on every retry, to dedupe"})
+    type = fields.String(validate=validate.OneOf(["message.failover", "message.late_status"]))
+    message = fields.Nested(MessageView, metadata={"description": "the WhatsApp original"})
+    fallback = fields.Nested(
+        MessageView, allow_none=True, metadata={"description": "the SMS sent in its place"}
+    )
+    refusal = fields.Dict(
+        metadata={"description": "why no fallback was sent: `code` and `message`"}
+    )
+    status = fields.String(metadata={"description": "late_status: the status reported late"})
+    native_status = fields.String(allow_none=True)
+
+
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     """`t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`: the timestamp is signed too, so a
     receiver can refuse replays older than a few minutes."""
@@ -110,6 +132,21 @@ def record_status_event(session: Session, message_id: str) -> None:
         )
     )
     enqueue_after_commit(session, [message.id], EVENTS_QUEUE, task=EVENTS_TASK)
+
+
+def record_event(session: Session, message: Message, payload: dict[str, Any]) -> bool:
+    """Owe the tenant an event of another type than `message.status` (failover's), in
+    the same order per message as status events; whether anyone listens."""
+    url = message.callback_url or session.scalar(
+        select(Tenant.callback_url).where(Tenant.id == message.tenant_id)
+    )
+    if not url:
+        return False
+    session.add(
+        EventDelivery(message_id=message.id, tenant_id=message.tenant_id, url=url, payload=payload)
+    )
+    enqueue_after_commit(session, [message.id], EVENTS_QUEUE, task=EVENTS_TASK)
+    return True
 
 
 def deliver_pending_events(message_id: str) -> float | None:

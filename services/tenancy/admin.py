@@ -20,7 +20,11 @@ from core.ids import iso
 from core.shapes import Shape, shape
 from models import ApiKey, Message, ProviderAccount, Tenant, utcnow
 from services.content.prices import SmsPricesSchema
-from services.content.schemas import load_object
+from services.content.schemas import (
+    FAILOVER_MAX_SECONDS,
+    FAILOVER_MIN_SECONDS,
+    load_object,
+)
 from services.lifecycle.retention import MAX_DAYS, MIN_DAYS, effective_days
 from services.policy.keywords import KeywordRepliesSchema, KeywordsSchema
 from services.reporting.events import webhook_secret
@@ -42,6 +46,15 @@ IN_FLIGHT = ("scheduled", "queued", "sending")
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
+
+
+class TenantFailoverSchema(_Strict):
+    """A tenant's default failover: an SMS fallback with the message's own text."""
+
+    channel = fields.String(load_default="sms", validate=validate.OneOf(("sms",)))
+    after_seconds = fields.Integer(
+        strict=True, validate=validate.Range(min=FAILOVER_MIN_SECONDS, max=FAILOVER_MAX_SECONDS)
+    )
 
 
 class TenantSchema(_Strict):
@@ -71,6 +84,9 @@ class TenantSchema(_Strict):
     retention_days = fields.Integer(
         strict=True, allow_none=True, validate=validate.Range(min=MIN_DAYS, max=MAX_DAYS)
     )
+    # The failover every WhatsApp message gets unless its request says otherwise
+    # (services/messages/failover_policy.py); null: none.
+    failover = fields.Nested(TenantFailoverSchema, allow_none=True)
     accounts = fields.List(fields.Dict(keys=fields.String()))
 
 
@@ -83,6 +99,7 @@ SMS_SETTINGS = (
     "sms_prices",
     "keywords",
     "keyword_replies",
+    "failover",
 )
 
 
@@ -152,6 +169,13 @@ class TenantView(Shape):
         values=fields.String(),
         allow_none=True,
         metadata={"description": "answers to stop/start/help ('' none; absent: the default)"},
+    )
+    failover = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "the SMS fallback WhatsApp messages get unless they say"
+            " otherwise: {channel, after_seconds?}; null: none"
+        },
     )
     default_whatsapp_provider = fields.String(allow_none=True)
     default_sms_provider = fields.String(allow_none=True)
@@ -228,6 +252,7 @@ def tenant_to_dict(tenant: Tenant) -> dict[str, Any]:
         "sms_prices": tenant.sms_prices,
         "keywords": tenant.keywords,
         "keyword_replies": tenant.keyword_replies,
+        "failover": None if tenant.failover is None else {"channel": "sms", **tenant.failover},
         "default_whatsapp_provider": tenant.default_whatsapp_provider,
         "default_sms_provider": tenant.default_sms_provider,
         "retention_days": tenant.retention_days,

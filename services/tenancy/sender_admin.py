@@ -42,6 +42,15 @@ class SenderUpdateSchema(Schema):
     mps = StrictFloat(allow_none=True, validate=validate.Range(min=0.01, max=10000))
     is_default = StrictBoolean()
     label = fields.String(allow_none=True, validate=validate.Length(max=200))
+    priority = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1, max=100),
+        metadata={
+            "description": "provider failover: the tenant's senders of a channel with a"
+            " priority take messages that name no sender, the lowest healthy one first"
+        },
+    )
 
 
 class SenderSchema(SenderUpdateSchema):
@@ -101,6 +110,9 @@ class SenderView(Shape):
     mps = fields.Float(allow_none=True, metadata={"description": "messages per second"})
     is_default = fields.Boolean()
     label = fields.String(allow_none=True)
+    priority = fields.Integer(
+        allow_none=True, metadata={"description": "provider failover order; null: none"}
+    )
     created_at = fields.DateTime()
 
 
@@ -117,6 +129,7 @@ def sender_to_dict(sender: Sender) -> dict[str, Any]:
         "mps": float(sender.mps) if sender.mps is not None else None,
         "is_default": bool(sender.is_default),
         "label": sender.label,
+        "priority": sender.priority,
         "created_at": iso(sender.created_at),
     }
 
@@ -213,6 +226,7 @@ def add_sender(session: Session, tenant_id: str, payload: Any) -> Sender:
         mps=Decimal(str(data["mps"])) if data.get("mps") else None,
         is_default=bool(data.get("is_default")),
         label=data.get("label"),
+        priority=data.get("priority"),
     )
     try:
         with session.begin_nested():
@@ -245,6 +259,8 @@ def update_sender(session: Session, tenant_id: str, sender_id: str, payload: Any
         sender.mps = Decimal(str(data["mps"])) if data["mps"] else None
     if "label" in data:
         sender.label = data["label"]
+    if "priority" in data:
+        sender.priority = data["priority"]
     if "is_default" in data:
         sender.is_default = data["is_default"]
     session.flush()

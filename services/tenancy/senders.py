@@ -45,6 +45,7 @@ from services.content.phones import normalize_e164
 from services.content.schemas import (
     from_problem,
 )
+from services.policy.health import first_healthy
 from services.tenancy.owned import list_owned
 
 KINDS = ("number", "messaging_service", "phone_number_id")
@@ -71,6 +72,7 @@ class ChosenSender:
     channels: tuple[str, ...]
     mps: float | None
     is_default: bool
+    priority: int | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """What the message row keeps (`options.sender`): enough to send and pace it
@@ -81,6 +83,7 @@ class ChosenSender:
             "address": self.address,
             "number": self.number,
             "mps": self.mps,
+            **({"priority": self.priority} if self.priority is not None else {}),
         }
 
     def names(self) -> set[str]:
@@ -100,6 +103,7 @@ def _chosen(row: Sender) -> ChosenSender:
         channels=tuple(row.channels or ()),
         mps=float(row.mps) if row.mps is not None else None,
         is_default=bool(row.is_default),
+        priority=row.priority,
     )
 
 
@@ -281,6 +285,15 @@ def pick_sender(
     wanted = data.get("from_")
     if wanted:
         return resolve_sender(session, tenant, channel, data.get("provider"), wanted)
+    ranked = [
+        s
+        for s in tenant_senders(session, tenant.id)
+        if s.priority is not None
+        and channel in s.channels
+        and (not data.get("provider") or s.provider == data["provider"])
+    ]
+    if ranked:  # provider failover: the first healthy sender in the tenant's order
+        return first_healthy(sorted(ranked, key=lambda s: (s.priority, s.id)))
     provider = data.get("provider") or _tenant_provider(tenant, channel)
     return default_sender(session, tenant.id, provider, channel) if provider else None
 

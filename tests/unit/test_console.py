@@ -188,3 +188,27 @@ def test_the_message_page_says_what_an_sms_is_billed_as(console, client, auth, d
     curly = _send(client, auth, channel="sms", body="It\u2019s ready")
     html = console.get(f"/console/messages/{curly['id']}").get_data(as_text=True)
     assert "Billed as</dt><dd>1 segment, GSM-7 (smart encoding replaced 1 character)" in html
+
+
+def test_a_message_page_links_its_sms_fallback_both_ways(console, client, auth, dispatched) -> None:
+    from sqlalchemy import update
+
+    from models import Message
+    from services.messages.failover import sweep_failovers
+
+    sent = _send(client, auth, failover={"after_seconds": 60})
+    page = console.get(f"/console/messages/{sent['id']}").get_data(as_text=True)
+    assert "SMS fallback" in page and "not delivered by" in page
+    with session_scope() as session:  # Meta said: not on WhatsApp
+        session.execute(
+            update(Message)
+            .where(Message.id == sent["id"])
+            .values(status="failed", error_code="undeliverable", provider_error_code="131026")
+        )
+    made = sweep_failovers()  # (other tests' pending rows may be settled too)
+    with session_scope() as session:
+        (fallback,) = [f for f in made if session.get(Message, f).failover_of == sent["id"]]
+    page = console.get(f"/console/messages/{sent['id']}").get_data(as_text=True)
+    assert f'href="/console/messages/{fallback}"' in page and "Fell back to SMS" in page
+    page = console.get(f"/console/messages/{fallback}").get_data(as_text=True)
+    assert f'href="/console/messages/{sent["id"]}"' in page and "SMS fallback of" in page

@@ -185,7 +185,11 @@ def _fill(tenant_id: str) -> dict[str, str]:
                 "sticker": {"link": "https://example.com/s.webp"},
                 "filename": "a.pdf",
                 "mark_read": True,
+                "failover": {"channel": "sms", "body": "sms text", "after_seconds": 600},
             },
+            failover_pending=True,
+            failover_at=now + timedelta(minutes=10),
+            failover_id="msg_fallback",
             status="failed",
             provider_message_id=f"wamid.out{run}",
             error_code="provider_rejected",
@@ -226,6 +230,7 @@ def _fill(tenant_id: str) -> dict[str, str]:
             to_number=TO,
             body="priced",
             options={"smart_encoded": 2, "resend_of": "msg_a", "resent_as": "msg_b"},
+            failover_of=f"msg_{run}"[:32],
             status="sent",
             provider_message_id="SM" + run,
             price=Decimal("0.00790"),
@@ -381,6 +386,28 @@ def _samples(client, auth, tenant_id: str, ids: dict[str, str], monkeypatch) -> 
             "Message": messages,
             "MessageBatch": [batch, {**batch, "data": [item_answer(0, over)]}],
             "MessageStatusEvent": [{"id": f"evt_{e.id}", **e.payload} for e in events],
+            "MessageFailoverEvent": [
+                {
+                    "id": "evt_1",
+                    "type": "message.failover",
+                    "message": messages[0],
+                    "fallback": messages[3],
+                },
+                {
+                    "id": "evt_2",
+                    "type": "message.failover",
+                    "message": messages[0],
+                    "fallback": None,
+                    "refusal": {"code": "opted_out", "message": "The recipient opted out."},
+                },
+                {
+                    "id": "evt_3",
+                    "type": "message.late_status",
+                    "message": messages[0],
+                    "status": "delivered",
+                    "native_status": "delivered",
+                },
+            ],
             "ContactView": [contact_to_dict(session.get(Contact, ids["contact"]))],
             "Campaign": [campaign_to_dict(session, campaign)],
             "CampaignResend": [{"campaign_id": campaign.id, "resent": 1, "refused": {"x": 1}}],
@@ -695,8 +722,10 @@ def test_every_answer_is_declared_in_the_document(
         ).all()
         assert len({e.payload["message"]["status"] for e in events}) >= 2
         for e in events:
+            name = "MessageStatusEvent" if e.payload["type"] == "message.status" else None
             call.walk.check(
-                call.walk.component("MessageStatusEvent"), {"id": f"evt_{e.id}", **e.payload}
+                call.walk.component(name or "MessageFailoverEvent"),
+                {"id": f"evt_{e.id}", **e.payload},
             )
 
     assert call.walk.problems == []

@@ -216,3 +216,18 @@ def test_cli_send_from_a_sender(capsys, app, monkeypatch, tenant, dispatched) ->
     code = main([*argv, "+12025550143", "--channel", "sms", "--body", "x", "--from", address])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["from"] == address
+
+
+def test_a_senders_failover_priority_is_set_shown_and_checked(
+    capsys, tenant, client, admin
+) -> None:
+    from herald.cli import main
+
+    tid = tenant["tenant_id"]
+    assert main(["sender", "add", tid, "twilio", unique_number(), "--priority", "2"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["priority"] == 2
+    path = f"/admin/v1/tenants/{tid}/senders/{added['id']}"
+    assert client.patch(path, json={"priority": 0}, headers=admin).status_code == 400
+    changed = client.patch(path, json={"priority": None}, headers=admin)
+    assert changed.status_code == 200 and changed.get_json()["priority"] is None

@@ -219,3 +219,32 @@ def test_the_send_policy_finds_a_person_by_phone_or_bsuid_through_indexes(filled
     assert plan["Actual Rows"] == 2, _outline(plan)  # 42 and 19998 opted out (g % 3 == 0)
     scans = [n for n in _nodes(plan) if n.get("Relation Name") == "contacts"]
     assert scans and all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
+
+
+def test_the_failover_sweep_reads_only_the_pending_rows(filled) -> None:
+    """The failover sweep's choice reads the partial index of the messages whose
+    fallback is pending, not the 20,000 others (a boolean `IS TRUE` would not match the
+    index's predicate and scan the table)."""
+    from sqlalchemy.dialects import postgresql
+
+    from models.fast import naive_utc
+    from services.messages.failover import due_statement
+
+    session, _ = filled
+    session.execute(
+        text(
+            "UPDATE messages SET failover_pending = true, failover_at = now() + interval '1 hour'"
+            " WHERE id IN ('msg_plan1', 'msg_plan2', 'msg_plan3')"
+        )
+    )
+    now = utcnow()
+    statement = due_statement(now, 200)
+    compiled = statement.compile(
+        dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    params = {k: naive_utc(v) if hasattr(v, "tzinfo") else v for k, v in compiled.params.items()}
+    plan = _explain(session, str(compiled), params)
+    scans = [n for n in _nodes(plan) if n.get("Relation Name") == "messages"]
+    assert all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
+    touched = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    assert touched < 30, _outline(plan)
