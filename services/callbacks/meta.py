@@ -180,9 +180,12 @@ def _people(value: dict[str, Any]) -> list[_Person]:
     return people
 
 
-def _person_of(item: dict[str, Any], people: list[_Person]) -> _Person:
+def _person_of(item: dict[str, Any], people: list[_Person], only: bool = True) -> _Person:
     """The `contacts[]` entry of one message or status: by its sender's (or recipient's)
-    WhatsApp id or BSUID, else the only one."""
+    WhatsApp id or BSUID, else (`only`: inbound) the only one. A status never takes the
+    only entry on trust: a `failed` one carries neither `recipient_user_id` nor a
+    contact, and a change batching it with another person's `delivered` would give it
+    that person's BSUID, joining two people into one contact."""
     keys = {
         item.get(k)
         for k in ("from", "from_user_id", "recipient_id", "recipient_user_id")
@@ -191,7 +194,7 @@ def _person_of(item: dict[str, Any], people: list[_Person]) -> _Person:
     for person in people:
         if keys & {person.get("wa_id"), person.get("user_id")} - {None}:
             return person
-    return people[0] if len(people) == 1 else _Person()
+    return people[0] if only and len(people) == 1 else _Person()
 
 
 def _ts(value: Any) -> datetime:
@@ -228,7 +231,7 @@ def _meta_status(
         return "duplicates"
     if message is None:
         return "statuses"
-    apply_meta_status(session, message, status, _person_of(status, people or []))
+    apply_meta_status(session, message, status, _person_of(status, people or [], only=False))
     return "statuses"
 
 

@@ -242,3 +242,96 @@ def test_system_webhooks_move_the_identity_once_and_store_no_message(client) -> 
         ("+12025550199", "+12025550199", "US.33333333333333333333")
     ]
     assert stored == [] and contacts[0].last_inbound_at is None  # no window opened
+
+
+def test_a_status_never_takes_another_persons_bsuid(client) -> None:
+    """One change: A's `failed` (no `recipient_user_id`, no contact: Meta sends none on a
+    failure) batched with B's `delivered` and B's contact. A's message and contact must
+    not get B's BSUID (the only contact entry), or B's next inbound lands on A."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from models import Contact, Message, ProviderAccount, session_scope
+    from tests.conftest import META_SECRET, META_TOKEN, make_tenant
+    from tests.unit.test_webhooks import meta_post
+
+    phone_id = "1" + str(uuid.uuid4().int)[:14]
+    made = make_tenant(
+        "two-people",
+        windows=(),
+        meta={"phone_number_id": phone_id, "access_token": META_TOKEN, "app_secret": META_SECRET},
+    )
+    a, b, b_user = "+12025550171", "+12025550172", "US.77777777777777777777"
+    ids = {}
+    with session_scope() as session:
+        account = session.scalars(
+            select(ProviderAccount.id).where(
+                ProviderAccount.tenant_id == made["tenant_id"], ProviderAccount.provider == "meta"
+            )
+        ).one()
+        for phone, wamid in ((a, "wamid.A1"), (b, "wamid.B1")):
+            session.add(Contact(tenant_id=made["tenant_id"], phone=phone))
+            row = Message(
+                tenant_id=made["tenant_id"],
+                direction="outbound",
+                channel="whatsapp",
+                provider="meta",
+                provider_account_id=account,
+                to_number=phone,
+                status="sent",
+                provider_message_id=wamid,
+                body="hi",
+                attempts=1,
+                meta={},
+            )
+            session.add(row)
+            session.flush()
+            ids[phone] = row.id
+    failed = {
+        "id": "wamid.A1",
+        "status": "failed",
+        "timestamp": "1780000000",
+        "recipient_id": a[1:],
+        "errors": [{"code": 131026, "title": "Message undeliverable"}],
+    }
+    delivered = {
+        "id": "wamid.B1",
+        "status": "delivered",
+        "timestamp": "1780000000",
+        "recipient_id": b[1:],
+        "recipient_user_id": b_user,
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "WABA",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550100001",
+                                "phone_number_id": phone_id,
+                            },
+                            "contacts": [
+                                {"wa_id": b[1:], "user_id": b_user, "profile": {"name": "B"}}
+                            ],
+                            "statuses": [failed, delivered],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    assert meta_post(client, payload).status_code == 200
+    with session_scope() as session:
+        assert session.get(Message, ids[a]).wa_user_id is None
+        assert session.get(Message, ids[b]).wa_user_id == b_user
+        users = {
+            c.phone: c.wa_user_id
+            for c in session.query(Contact).filter(Contact.tenant_id == made["tenant_id"])
+        }
+    assert users == {a: None, b: b_user}
