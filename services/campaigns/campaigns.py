@@ -416,6 +416,8 @@ def _add_chunk(
         error, phone, contact_id, variables = _recipient(item, by_contact)
         if not error and campaign.channel != "whatsapp" and is_bsuid(phone):
             error = "whatsapp_only_recipient: a business-scoped user id reaches WhatsApp only"
+        elif not error and campaign.provider != "meta" and is_bsuid(phone):
+            error = "whatsapp_only_recipient: a business-scoped user id is reached via Meta only"
         if not error and variables and campaign.template:
             # Known per recipient only: the row fails here, the campaign goes on.
             filled = {**campaign.template, "variables": variables}

@@ -359,6 +359,13 @@ def store(session: Session, items: list[Item]) -> None:
                 f"which reaches WhatsApp, not {channel}: give a phone number.",
                 code="whatsapp_only_recipient",
             )
+        elif item.provider != "meta" and is_bsuid(recipients[item]):
+            # Twilio addresses WhatsApp users by number only (sandbox: 21211, as Twilio).
+            item.error = PolicyRefused(
+                "A WhatsApp business-scoped user id is reached through Meta's Cloud API "
+                f"only, not {item.provider}: send with provider meta or give a phone number.",
+                code="whatsapp_only_recipient",
+            )
     live = [i for i in live if i.error is None]
 
     now = utcnow()

@@ -335,3 +335,32 @@ def test_a_status_never_takes_another_persons_bsuid(client) -> None:
             for c in session.query(Contact).filter(Contact.tenant_id == made["tenant_id"])
         }
     assert users == {a: None, b: b_user}
+
+
+def test_a_bsuid_through_twilio_whatsapp_is_a_422_before_anything_is_stored(
+    client, auth, dispatched
+) -> None:
+    """Twilio addresses WhatsApp users by number only: a BSUID with provider twilio is
+    refused at once, not accepted and then failed by Twilio (21211)."""
+    from models import Message, session_scope
+
+    user = "US.80808080808080808080"  # this test's own person
+
+    refused = client.post(
+        "/v1/messages",
+        json={"to": user, "channel": "whatsapp", "provider": "twilio", "body": "x"},
+        headers=auth,
+    )
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["error"]["code"] == "whatsapp_only_recipient"
+    with session_scope() as session:
+        assert session.query(Message).filter(Message.wa_user_id == user).count() == 0
+    assert dispatched == []
+    meta = client.post(
+        "/v1/messages",
+        json={"to": user, "channel": "whatsapp", "provider": "meta", "body": "x"},
+        headers=auth,
+    )
+    assert meta.status_code in (202, 422), meta.get_json()  # 422: the window, never the id
+    if meta.status_code == 422:
+        assert meta.get_json()["error"]["code"] != "whatsapp_only_recipient"
