@@ -28,20 +28,33 @@ branch_labels = None
 depends_on = None
 
 WIDE = 160
+BIG = 100_000  # contacts (pg_class estimate) from which the index is built CONCURRENTLY
+INDEX = (
+    "ix_contacts_tenant_wa_user_id ON contacts (tenant_id, wa_user_id) WHERE wa_user_id IS NOT NULL"
+)
 
 
 def upgrade() -> None:
     op.add_column("contacts", sa.Column("wa_user_id", sa.String(WIDE), nullable=True))
     op.add_column("contacts", sa.Column("wa_username", sa.String(64), nullable=True))
     op.alter_column("contacts", "phone", existing_type=sa.String(32), nullable=True)
-    op.execute(
-        "CREATE UNIQUE INDEX IF NOT EXISTS ix_contacts_tenant_wa_user_id"
-        " ON contacts (tenant_id, wa_user_id) WHERE wa_user_id IS NOT NULL"
-    )
     op.add_column("messages", sa.Column("wa_user_id", sa.String(WIDE), nullable=True))
     op.add_column("messages", sa.Column("wa_username", sa.String(64), nullable=True))
     op.alter_column("messages", "to_number", existing_type=sa.String(32), type_=sa.String(WIDE))
     op.alter_column("messages", "from_number", existing_type=sa.String(64), type_=sa.String(WIDE))
+    # Last: building it reads the whole table. A large one is built CONCURRENTLY, after
+    # the transaction holding the ALTERs' locks has committed, so accepts (which read
+    # contacts) never wait on the build.
+    rows = (
+        op.get_bind()
+        .execute(sa.text("SELECT reltuples FROM pg_class WHERE oid = 'contacts'::regclass"))
+        .scalar()
+    )
+    if (rows or 0) < BIG:
+        op.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {INDEX}")
+        return
+    with op.get_context().autocommit_block():
+        op.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {INDEX}")
 
 
 def downgrade() -> None:
