@@ -26,8 +26,23 @@ def mask(number: str | None) -> str:
 _PHONE_RE = re.compile(r"(?<![\w.])(?:\+\d[\d -]{5,17}\d|\d{11,15})(?!\w|\.\d)")
 
 
+# A WhatsApp business-scoped user id (`US.13491208655302741918`, a parent `US.ENT.…`):
+# Meta's name for a person, as personal as the number. Four digits at least, so module
+# paths and words with a period are left alone.
+_BSUID_RE = re.compile(
+    r"(?<![\w.])([A-Z]{2}\.(?:ENT\.)?)((?=[A-Za-z0-9]*\d{4})[A-Za-z0-9]{6,128})\b"
+)
+
+
+def _mask_bsuid(match: re.Match[str]) -> str:
+    head, rest = match.group(1), match.group(2)
+    return f"{head}{'*' * (len(rest) - 4)}{rest[-4:]}"
+
+
 def mask_text(text: str) -> str:
-    """Mask every phone-number-like run in free text (log lines, error messages)."""
+    """Mask every phone-number-like run and every WhatsApp user id in free text (log
+    lines, error messages)."""
+    text = _BSUID_RE.sub(_mask_bsuid, text)
     return _PHONE_RE.sub(lambda m: mask(re.sub(r"[\s-]", "", m.group(0))), text)
 
 

@@ -56,3 +56,8 @@ def test_phone_helpers() -> None:
     assert mask("+15551234567") == "+1******4567"
     assert "2025550143" not in mask_text("sent to +12025550143 ok")
     assert mask_text("sent to +12025550143 ok").endswith("0143 ok")
+    # A WhatsApp business-scoped user id is a person's name at Meta: masked the same way.
+    line = mask_text("to US.13491208655302741918 and US.ENT.11815799212886844830, in api.views")
+    assert "13491208655302741918" not in line and "11815799212886844830" not in line
+    assert "US.****************1918" in line and "US.ENT.****************4830" in line
+    assert line.endswith("in api.views")
