@@ -109,7 +109,7 @@ task_queues = (
 task_routes = {
     "herald.send_message": {"queue": "herald"},
     "herald.deliver": {"queue": "herald.send"},
-    "herald.simulate": {"queue": "herald.send"},
+    "herald.simulate": {"queue": "herald.bulk"},  # test messages, in batches: never herald.send
     "herald.sweep": {"queue": "herald.periodic"},
     "herald.deliver_events": {"queue": "herald.events"},
     "herald.deliver_batch": {"queue": "herald.bulk"},

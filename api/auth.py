@@ -11,7 +11,7 @@ from flask import Flask, current_app, g, request
 from sqlalchemy.orm import Session
 
 from core.config import get_settings
-from core.errors import InvalidRequest, RateLimited, UnsupportedMediaType
+from core.errors import Forbidden, InvalidRequest, RateLimited, UnsupportedMediaType
 from models import Tenant, new_session
 from services.policy.limits import take_read
 from services.tenancy.tenants import authenticate_caller
@@ -70,6 +70,14 @@ def current_tenant() -> Tenant:
 def test_mode() -> bool:
     """Whether the caller used a test key: it sees and makes test messages only."""
     return bool(g.get("test", False))
+
+
+def refuse_test_key(action: str) -> None:
+    """A 403 `test_key_not_allowed` for a test key: `action` would change live data
+    (contacts and opt-outs are shared by both modes) or call a provider with the tenant's
+    real credentials, which a test key never does. Call it before any work."""
+    if test_mode():
+        raise Forbidden(f"A test key cannot {action}: use a live key.", code="test_key_not_allowed")
 
 
 def require_tenant(view: Callable[..., Any]) -> Callable[..., Any]:

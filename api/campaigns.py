@@ -137,7 +137,7 @@ def resend(campaign_id: str):  # type: ignore[no-untyped-def]
         404: NotFound
     """
     session = db()
-    answer = resend_campaign(session, current_tenant(), campaign_id)
+    answer = resend_campaign(session, current_tenant(), campaign_id, test_mode())
     session.commit()
     return jsonify(answer)
 

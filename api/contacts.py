@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.auth import current_tenant, db, json_body, require_tenant
+from api.auth import current_tenant, db, json_body, refuse_test_key, require_tenant
 from api.openapi import answers
 from services.policy.contacts import contact_to_dict, get_contact, update_contact, upsert_contact
 from services.privacy.erasure import ErasureView, erase_contact
@@ -29,8 +29,10 @@ def create():  # type: ignore[no-untyped-def]
           content:
             application/json: {schema: ContactView}
         401: Unauthorized
+        403: LiveKeyOnly
         409: Conflict
     """
+    refuse_test_key("change a contact")  # contacts are shared: a test key reads them
     session = db()
     contact, created = upsert_contact(session, current_tenant().id, json_body())
     session.commit()
@@ -64,9 +66,11 @@ def patch(contact_id: str):  # type: ignore[no-untyped-def]
       responses:
         200: {description: Updated, content: {application/json: {schema: ContactView}}}
         401: Unauthorized
+        403: LiveKeyOnly
         404: NotFound
         409: Conflict
     """
+    refuse_test_key("change a contact")  # a test key must not undo a live opt-out
     session = db()
     contact = update_contact(session, current_tenant().id, contact_id, json_body())
     session.commit()
@@ -75,9 +79,10 @@ def patch(contact_id: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/<contact_id>")
 @require_tenant
-@answers(ErasureView, errors={401: "Unauthorized", 404: "NotFound"})
+@answers(ErasureView, errors={401: "Unauthorized", 403: "LiveKeyOnly", 404: "NotFound"})
 def erase(contact_id: str):  # type: ignore[no-untyped-def]
     """Erase the person this contact is: every row holding their number, name or texts."""
+    refuse_test_key("erase a person")
     session = db()
     done = erase_contact(session, current_tenant().id, contact_id)
     session.commit()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current_tenant, db, json_body, require_tenant
+from api.auth import current_tenant, db, json_body, require_tenant, test_mode
 from services.content.conversations import ReadRequestSchema, mark_read
 from services.content.schemas import load_object
 from services.messages.serialize import message_to_dict
@@ -35,7 +35,11 @@ def read(message_id: str):  # type: ignore[no-untyped-def]
     options = load_object(_read, json_body()) if request.get_data() else {}
     session = db()
     message = mark_read(
-        session, current_tenant().id, message_id, typing=bool(options.get("typing"))
+        session,
+        current_tenant().id,
+        message_id,
+        typing=bool(options.get("typing")),
+        test=test_mode(),
     )
     session.commit()
     return jsonify(message_to_dict(message, events=False))

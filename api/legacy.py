@@ -108,7 +108,10 @@ def _first_error(exc: HeraldError) -> str:
 
 
 def cost_of(message: Message) -> float:
-    """What the provider reported, else the configured price for the channel."""
+    """What the provider reported, else the configured price for the channel; 0 for a
+    test message, which is never priced (docs/api.md "Test keys")."""
+    if message.test:
+        return 0.0
     settings = get_settings()
     fallback = settings.price_whatsapp if message.channel == "whatsapp" else settings.price_sms
     return float(message.price if message.price is not None else Decimal(fallback))
@@ -214,12 +217,13 @@ def whatsapp_status(message_id: str):  # type: ignore[no-untyped-def]
     try:
         tenant, origin = _caller()
         readable = origin if origin == "legacy" else None  # the tenant itself reads all
+        test = bool(g.get("test", False))  # a test key reads test messages only, as on /v1
         session = db()
         try:
-            message = get_message(session, tenant.id, message_id, origin=readable)
+            message = get_message(session, tenant.id, message_id, origin=readable, test=test)
         except NotFound:
             query = session.query(Message).filter_by(
-                tenant_id=tenant.id, provider_message_id=message_id
+                tenant_id=tenant.id, provider_message_id=message_id, test=test
             )
             if readable:
                 query = query.filter_by(origin=readable)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import current_tenant, db, require_tenant
+from api.auth import current_tenant, db, refuse_test_key, require_tenant, test_mode
 from core.config import get_settings
 from core.errors import InvalidRequest
 from services.campaigns.campaigns import control_campaign
@@ -46,14 +46,15 @@ def inbound(message_id: str, n: int):  # type: ignore[no-untyped-def]
             `media_unavailable`), or the file is over HERALD_MEDIA_MAX_BYTES (`media_too_large`)
           content: {application/json: {schema: Error}}
     """
-    return media_response(current_tenant().id, message_id, n)
+    return media_response(current_tenant().id, message_id, n, test=test_mode())
 
 
-def media_response(tenant_id: str, message_id: str, n: int) -> Response:
+def media_response(tenant_id: str, message_id: str, n: int, test: bool | None = None) -> Response:
     """An inbound message's n-th media file streamed from its provider (the API's route
-    and the console's)."""
+    and the console's). `test`: the API caller's mode (inbound messages are live: a test
+    key's fetch is a 404); the console sees both."""
     session = db()
-    source = inbound_media_source(session, tenant_id, message_id, n)
+    source = inbound_media_source(session, tenant_id, message_id, n, test)
     session.close()  # no database connection held while the file streams
     stream = open_media(source)
     headers = {
@@ -99,11 +100,13 @@ def upload():  # type: ignore[no-untyped-def]
       responses:
         201: {description: Uploaded, content: {application/json: {schema: MediaView}}}
         401: Unauthorized
+        403: LiveKeyOnly
         422: Refused
         502:
           description: Meta refused or failed the upload
           content: {application/json: {schema: Error}}
     """
+    refuse_test_key("upload media to Meta")  # the upload would use the real credentials
     if request.mimetype != "multipart/form-data":
         raise InvalidRequest(
             "Upload the file as multipart/form-data in a 'file' field.", code="invalid_request"
@@ -164,11 +167,13 @@ def delete(media_id: str):  # type: ignore[no-untyped-def]
             Deleted; messages and campaigns still waiting to send it are canceled
             (error `media_deleted`)
         401: Unauthorized
+        403: LiveKeyOnly
         404: NotFound
         502:
           description: Meta refused or failed the deletion
           content: {application/json: {schema: Error}}
     """
+    refuse_test_key("delete media")  # a call to Meta, and live messages canceled
     session = db()
     tenant_id = current_tenant().id
     delete_media(session, tenant_id, media_id)

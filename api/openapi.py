@@ -218,6 +218,7 @@ RESPONSES: dict[str, dict[str, Any]] = {
     "Invalid": _answer("Malformed JSON, invalid fields (`fields` says which), or a NUL in the URL"),
     "Unauthorized": _answer("No or bad credentials"),
     "Forbidden": _answer("Bad signature or verify token"),
+    "LiveKeyOnly": _answer("A test key may not do this (`test_key_not_allowed`): use a live key"),
     "NotFound": _answer("Unknown id (or another tenant's)"),
     "Conflict": _answer("Conflicts with the current state"),
     "Refused": _answer("Refused by policy (opted out, window closed, no provider configured…)"),

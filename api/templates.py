@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import current_tenant, db, require_tenant
+from api.auth import current_tenant, db, refuse_test_key, require_tenant
 from services.content.template_sync import sync_tenant
 from services.content.templates import list_templates, load_template_query, template_to_dict
 
@@ -47,7 +47,9 @@ def sync():  # type: ignore[no-untyped-def]
       responses:
         200: {description: Done, content: {application/json: {schema: SyncAnswerSchema}}}
         401: Unauthorized
+        403: LiveKeyOnly
     """
+    refuse_test_key("sync templates")  # Meta and Twilio are asked with the real credentials
     query = load_template_query({k: v for k, v in request.args.items() if k == "provider"})
     session = db()
     results = sync_tenant(session, current_tenant().id, query.get("provider"))

@@ -202,11 +202,12 @@ def apply_inbox() -> int:
 
 
 @shared_task(name="herald.simulate", ignore_result=True)
-def simulate(message_id: str) -> int:
-    """A test message's simulated statuses (services/messages/simulation.py)."""
+def simulate(message_ids: list[str] | str) -> int:
+    """A batch of test messages' simulated statuses (services/messages/simulation.py);
+    a single id, as tasks published before batches carry, is a batch of one."""
     from services.messages.simulation import simulate as apply_simulated
 
-    return apply_simulated(message_id)
+    return apply_simulated(message_ids)
 
 
 @shared_task(name="herald.purge", ignore_result=True)

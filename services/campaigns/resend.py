@@ -38,10 +38,14 @@ class CampaignResendView(Shape):
     )
 
 
-def resend_campaign(session: Session, tenant: Tenant, campaign_id: str) -> dict[str, Any]:
+def resend_campaign(
+    session: Session, tenant: Tenant, campaign_id: str, test: bool | None = None
+) -> dict[str, Any]:
     """Resend every failed or undelivered row of a campaign not resent yet; what was
-    resent, and the refusals counted by code (an opted-out person is not resent)."""
-    campaign = get_campaign(session, tenant.id, campaign_id)
+    resent, and the refusals counted by code (an opted-out person is not resent).
+    `test`: the caller's key's mode; a campaign of the other mode is not found (a test
+    key never resends a live campaign's rows as live messages)."""
+    campaign = get_campaign(session, tenant.id, campaign_id, test)
     resent, refused = 0, Counter[str]()
     after = ""
     while True:

@@ -205,12 +205,14 @@ def resolve_target(
     to: str | None,
     account_id: str | None,
     reaction: bool = False,
+    test: bool = False,
 ) -> dict[str, Any]:
     """`ref` (a Herald message id of this tenant, or a raw `wamid.`) as {"id", "wamid"}.
     A Herald id must be a Meta WhatsApp message of the same conversation (the same
     person, the same business number); its wamid may still be unknown (an outbound
     message not yet handed to Meta): it is then read from the row at send time.
-    Another tenant's id is unknown, like a missing one."""
+    Another tenant's id is unknown, like a missing one, and so is one of the other mode
+    (`test`: the new message's): a test message never replies to a live one."""
     if WAMID.match(ref):
         return {"id": None, "wamid": ref}
     if not HERALD_ID.match(ref):
@@ -229,7 +231,7 @@ def resolve_target(
             Message.wa_user_id,
             Message.status,
             Message.created_at,
-        ).where(Message.id == ref, Message.tenant_id == tenant_id)
+        ).where(Message.id == ref, Message.tenant_id == tenant_id, Message.test.is_(test))
     ).first()
     if row is None:
         raise _bad(field, f"No message {ref!r}.")
@@ -257,10 +259,11 @@ def accept_options(
     *,
     to: str | None,
     account_id: str | None,
+    test: bool = False,
 ) -> dict[str, Any]:
     """What of this request goes in `messages.options` (the hook in accept_message):
-    the fields as given, and the reply or reaction target resolved to its wamid.
-    Nothing (and no query) for a request without them."""
+    the fields as given, and the reply or reaction target resolved to its wamid (one of
+    the message's own mode, `test`). Nothing (and no query) for a request without them."""
     if not any(k in data for k in FIELDS):
         return {}
     options = {k: data[k] for k in FIELDS if k in data}
@@ -271,11 +274,24 @@ def accept_options(
         options["reaction"] = {"message_id": ref, "emoji": reaction["emoji"]}
         options.pop("reply_to", None)
         options["target"] = resolve_target(
-            session, tenant_id, ref, field=field, to=to, account_id=account_id, reaction=True
+            session,
+            tenant_id,
+            ref,
+            field=field,
+            to=to,
+            account_id=account_id,
+            reaction=True,
+            test=test,
         )
     elif data.get("reply_to"):
         options["target"] = resolve_target(
-            session, tenant_id, data["reply_to"], field="reply_to", to=to, account_id=account_id
+            session,
+            tenant_id,
+            data["reply_to"],
+            field="reply_to",
+            to=to,
+            account_id=account_id,
+            test=test,
         )
     return options
 
@@ -388,17 +404,22 @@ def _inbound_to_mark(session: Session, message: Message) -> Message | None:
 # ---------------------------------------------------------------- read receipts
 
 
-def mark_read(session: Session, tenant_id: str, message_id: str, *, typing: bool) -> Message:
+def mark_read(
+    session: Session, tenant_id: str, message_id: str, *, typing: bool, test: bool | None = None
+) -> Message:
     """Mark an inbound Meta message read (blue ticks; Meta marks earlier ones too) and
     optionally show the typing indicator, now, through the tenant's Meta account.
 
-    404 for an unknown or another tenant's id; 409 `not_inbound` for an outbound
+    404 for an unknown or another tenant's id, and for one of the other mode than `test`
+    (the caller's key's: inbound messages are live, so a test key, which never reaches
+    Meta, finds none); 409 `not_inbound` for an outbound
     message (a business reads only what it received); 422
     `read_receipts_unsupported` for a Twilio message (Twilio has no read-receipt API
     for inbound messages); a refusal by Meta is 422 `provider_refused` with its code."""
-    message = session.scalars(
-        select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id)
-    ).first()
+    query = select(Message).where(Message.id == message_id, Message.tenant_id == tenant_id)
+    if test is not None:
+        query = query.where(Message.test.is_(test))
+    message = session.scalars(query).first()
     if message is None:
         raise NotFound(f"No message {message_id!r}.")
     if message.direction != "inbound":

@@ -186,10 +186,17 @@ def inbound_media_options(content_types: list[Any]) -> dict[str, Any] | None:
     return {"media_types": types} if any(types) else None
 
 
-def inbound_media_source(session: Session, tenant_id: str, message_id: str, n: int) -> MediaSource:
+def inbound_media_source(
+    session: Session, tenant_id: str, message_id: str, n: int, test: bool | None = None
+) -> MediaSource:
     """The n-th media item of a tenant's inbound message; 404 for another tenant's
-    message, an outbound one, or an index it does not have."""
-    message = get_owned(session, Message, tenant_id, message_id, f"No message {message_id!r}.")
+    message, an outbound one, or an index it does not have. `test`: the caller's key's
+    mode; a message of the other mode (for a test key, every inbound message: they are
+    live) is not found, so a test key never fetches with the tenant's credentials."""
+    missing = f"No message {message_id!r}."
+    message = get_owned(session, Message, tenant_id, message_id, missing)
+    if test is not None and bool(message.test) != test:
+        raise NotFound(missing)
     urls = message.media_urls or []
     if message.direction != "inbound" or not 0 <= n < len(urls) or not isinstance(urls[n], str):
         raise NotFound(f"Message {message_id!r} has no inbound media {n}.")

@@ -399,7 +399,12 @@ def store(session: Session, items: list[Item]) -> None:
                 continue
         try:  # replies and reactions: their target resolved now (services/content/conversations.py)
             conversation = accept_options(
-                session, item.tenant.id, data, to=recipients[item], account_id=item.account_id
+                session,
+                item.tenant.id,
+                data,
+                to=recipients[item],
+                account_id=item.account_id,
+                test=item.test,
             )
         except HeraldError as exc:
             item.error = exc

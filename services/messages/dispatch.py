@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 DELIVER_TASK = "herald.deliver"
 BATCH_TASK = "herald.deliver_batch"
+# Test messages' simulated statuses (services/messages/simulation.py): a list of ids per
+# task, like a delivery batch, so a test campaign is a few tasks, not one per row.
+SIMULATE_TASK = "herald.simulate"
 # The most ids one batch task carries: a worker sends a batch's rows concurrently, so a
 # burst spread over several tasks also spreads over the worker's threads.
 BATCH_LIMIT = 50
@@ -49,8 +52,8 @@ def set_dispatcher(fn: Dispatcher | None) -> None:
 
 
 def _coalesce(work: list[tuple[str, list[str], str]]) -> list[tuple[str, list[str], str]]:
-    """Deliveries to one queue become batches of at most BATCH_LIMIT ids; other tasks
-    (events) are grouped per task and queue. In order, each id once."""
+    """Deliveries (and simulations) to one queue become batches of at most BATCH_LIMIT
+    ids; other tasks (events) are grouped per task and queue. In order, each id once."""
     grouped: dict[tuple[str, str], list[str]] = {}
     for task, ids, queue in work:
         name = BATCH_TASK if task in (DELIVER_TASK, BATCH_TASK) else task
@@ -58,7 +61,7 @@ def _coalesce(work: list[tuple[str, list[str], str]]) -> list[tuple[str, list[st
     out: list[tuple[str, list[str], str]] = []
     for (task, queue), ids in grouped.items():
         unique = list(dict.fromkeys(ids))
-        if task != BATCH_TASK:
+        if task not in (BATCH_TASK, SIMULATE_TASK):
             out.append((task, unique, queue))
             continue
         for start in range(0, len(unique), BATCH_LIMIT):
@@ -69,7 +72,7 @@ def _coalesce(work: list[tuple[str, list[str], str]]) -> list[tuple[str, list[st
 def _celery_dispatch(task: str, message_ids: list[str], queue: str) -> None:
     from core.queue import app
 
-    if task in (DELIVER_TASK, BATCH_TASK):  # one task per batch, sent concurrently
+    if task in (DELIVER_TASK, BATCH_TASK, SIMULATE_TASK):  # one task per batch of ids
         for batch_task, ids, batch_queue in _coalesce([(task, message_ids, queue)]):
             app.send_task(
                 batch_task,

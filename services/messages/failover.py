@@ -162,7 +162,13 @@ def _fall_back(session: Session, message: Message, reason: str, now: datetime) -
         payload = _request(message)
         data = load_message_request(payload)
         item = prepare(
-            session, tenant, data, idempotency_key=message.id, raw=payload, origin=ORIGIN
+            session,
+            tenant,
+            data,
+            idempotency_key=message.id,
+            raw=payload,
+            origin=ORIGIN,
+            test=bool(message.test),  # a test message's SMS goes to the simulator too
         )
         item.failover_of = message.id
         item.log_each = False

@@ -226,9 +226,10 @@ _HOURLY = text(
     SELECT hour, status, sum(messages) FROM (
         SELECT start AS hour, status, messages FROM message_counts
         WHERE tenant_id = :tenant AND span = 'hour' AND start >= :start AND start < :end
+            AND test = :test
         UNION ALL
         SELECT hour, status, messages FROM message_count_deltas
-        WHERE tenant_id = :tenant AND hour >= :start AND hour < :end
+        WHERE tenant_id = :tenant AND hour >= :start AND hour < :end AND test = :test
     ) AS counted
     GROUP BY hour, status
     HAVING sum(messages) <> 0
@@ -237,11 +238,12 @@ _HOURLY = text(
 
 
 def hourly_status_counts(
-    session: Session, tenant_id: str, start: datetime, end: datetime
+    session: Session, tenant_id: str, start: datetime, end: datetime, *, test: bool = False
 ) -> list[tuple[datetime, str, int]]:
-    """The tenant's messages (both directions) per clock hour and current status, for
-    the whole hours in [start, end); hours are returned aware (UTC)."""
-    params = {"tenant": tenant_id, "start": _naive(start), "end": _naive(end)}
+    """The tenant's messages (both directions) of one mode (live unless `test`) per clock
+    hour and current status, for the whole hours in [start, end); hours are returned
+    aware (UTC)."""
+    params = {"tenant": tenant_id, "start": _naive(start), "end": _naive(end), "test": test}
     return [
         (hour.replace(tzinfo=UTC), status, int(n))
         for hour, status, n in session.execute(_HOURLY, params)

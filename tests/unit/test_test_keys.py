@@ -257,3 +257,234 @@ def test_the_console_marks_test_messages(app, client, tenant, auth, dispatched) 
     assert 'class="badge test"' in shown
     usage = console.get("/console/usage").get_data(as_text=True)
     assert 'id="test-usage"' in usage and "1 message, 0 delivered" in usage
+
+
+# ---------------------------------------------------------------- nothing live
+
+
+def _count_messages(tenant_id: str) -> int:
+    from sqlalchemy import func, select
+
+    with session_scope() as session:
+        return session.scalar(select(func.count()).where(Message.tenant_id == tenant_id))
+
+
+def test_a_test_key_cannot_resend_a_live_campaign(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    as_test = _test_key(tenant["tenant_id"])
+    body = {"name": "live", "channel": "sms", "body": "Hi", "recipients": [{"to": "+12025550143"}]}
+    campaigns = {}
+    for mode, headers in (("live", auth), ("test", as_test)):
+        resp = client.post("/v1/campaigns", json=body, headers=headers)
+        assert resp.status_code == 201, resp.get_json()
+        campaigns[mode] = resp.get_json()["id"]
+    with session_scope() as session:  # every row failed: each is resendable
+        session.execute(
+            update(Message)
+            .where(Message.campaign_id.in_(campaigns.values()))
+            .values(status="failed", error_code="provider_error")
+        )
+    before = _count_messages(tenant["tenant_id"])
+    refused = client.post(f"/v1/campaigns/{campaigns['live']}/resend", headers=as_test)
+    assert refused.status_code == 404 and refused.get_json()["error"]["code"] == "not_found"
+    other = client.post(f"/v1/campaigns/{campaigns['test']}/resend", headers=auth)
+    assert other.status_code == 404
+    assert _count_messages(tenant["tenant_id"]) == before  # nothing new, in either mode
+    own = client.post(f"/v1/campaigns/{campaigns['test']}/resend", headers=as_test)
+    assert own.status_code == 200 and own.get_json()["resent"] == 1
+
+
+def test_a_test_key_never_reads_or_replies_to_a_live_inbound_message(
+    client, tenant, auth, dispatched, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from providers.meta import MetaProvider
+    from tests.unit.test_conversations import _inbound
+
+    calls: list[str] = []
+    monkeypatch.setattr(MetaProvider, "mark_read", lambda *a, **k: calls.append("read"))
+    inbound = _inbound(tenant["tenant_id"], wamid="wamid.bGl2ZQ==")
+    as_test = _test_key(tenant["tenant_id"])
+    resp = client.post(f"/v1/messages/{inbound}/read", headers=as_test)
+    assert resp.status_code == 404 and calls == []
+    with session_scope() as session:
+        assert session.get(Message, inbound).read_at is None
+    for fields in (
+        {"body": "hi", "reply_to": inbound},
+        {"reaction": {"message_id": inbound, "emoji": "👍"}},
+    ):
+        body = {"to": "+12025550143", **fields}
+        refused = client.post("/v1/messages", json=body, headers=as_test)
+        assert refused.status_code == 400, refused.get_json()
+        assert "No message" in str(refused.get_json()["error"]["fields"])
+    # The live key still can (the route and the target are unchanged for it).
+    assert client.post(f"/v1/messages/{inbound}/read", headers=auth).status_code == 200
+    assert calls == ["read"]
+    body = {"to": "+12025550143", "body": "hi", "reply_to": inbound}
+    assert client.post("/v1/messages", json=body, headers=auth).status_code == 202
+
+
+def test_a_test_key_changes_no_contact_and_erases_nothing(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    as_test = _test_key(tenant["tenant_id"])
+    made = client.post(
+        "/v1/contacts", json={"phone": "+12025550188", "opted_out": True}, headers=auth
+    )
+    assert made.status_code == 201, made.get_json()
+    contact = made.get_json()["id"]
+    before = _count_messages(tenant["tenant_id"])
+    live_id = client.post(
+        "/v1/messages", json={"to": "+12025550143", "body": "x", "channel": "sms"}, headers=auth
+    ).get_json()["id"]
+    for method, path, body in (
+        ("post", "/v1/contacts", {"phone": "+12025550189"}),
+        ("patch", f"/v1/contacts/{contact}", {"opted_out": False}),
+        ("delete", f"/v1/contacts/{contact}", None),
+        ("post", "/v1/erasures", {"phone": "+12025550143"}),
+    ):
+        resp = getattr(client, method)(path, json=body, headers=as_test)
+        assert resp.status_code == 403, (path, resp.get_json())
+        assert resp.get_json()["error"]["code"] == "test_key_not_allowed"
+    shown = client.get(f"/v1/contacts/{contact}", headers=as_test)  # reads stay allowed
+    assert shown.status_code == 200 and shown.get_json()["opted_out"] is True
+    with session_scope() as session:  # the live message is still there, unredacted
+        assert session.get(Message, live_id).to_number == "+12025550143"
+    assert _count_messages(tenant["tenant_id"]) == before + 1
+
+
+def test_a_test_key_calls_no_provider_for_media_or_templates(
+    client, tenant, auth, dispatched
+) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from sqlalchemy import update
+
+    from tests.unit.test_conversations import _inbound
+
+    as_test = _test_key(tenant["tenant_id"])
+    upload = client.post(
+        "/v1/media",
+        data={"file": (io.BytesIO(b"\x89PNG\r\n"), "a.png", "image/png")},
+        content_type="multipart/form-data",
+        headers=as_test,
+    )
+    assert upload.status_code == 403
+    assert upload.get_json()["error"]["code"] == "test_key_not_allowed"
+    removed = client.delete("/v1/media/med_01HZZZZZZZZZZZZZZZZZZZZZZZ", headers=as_test)
+    assert removed.status_code == 403
+    sync = client.post("/v1/templates/sync", headers=as_test)
+    assert sync.status_code == 403 and sync.get_json()["error"]["code"] == "test_key_not_allowed"
+    inbound = _inbound(tenant["tenant_id"], wamid="wamid.bWVkaWE=")
+    with session_scope() as session:
+        session.execute(
+            update(Message).where(Message.id == inbound).values(media_urls=["1234567890"])
+        )
+    fetched = client.get(f"/v1/messages/{inbound}/media/0", headers=as_test)
+    assert fetched.status_code == 404 and fetched.get_json()["error"]["code"] == "not_found"
+
+
+def test_the_seeds_status_route_follows_the_key(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    as_test = _test_key(tenant["tenant_id"])
+    body = {"toPhoneNumber": "12025550143", "messageBody": "hi"}
+    live = client.post("/api/whatsapp/send", json=body, headers=auth).get_json()
+    test = client.post("/api/whatsapp/send", json=body, headers=as_test).get_json()
+    assert live["cost"] > 0 and test["cost"] == 0
+    with session_scope() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == live["messageId"])
+            .values(provider_message_id="SM" + "c" * 32)
+        )
+    for ref in (live["messageId"], "SM" + "c" * 32):  # by Herald's id and by the SID
+        assert client.get(f"/api/whatsapp/status/{ref}", headers=as_test).status_code == 404
+        assert client.get(f"/api/whatsapp/status/{ref}", headers=auth).status_code == 200
+    shown = client.get(f"/api/whatsapp/status/{test['messageId']}", headers=as_test).get_json()
+    assert shown["messageId"] == test["messageId"] and shown["cost"] == 0
+    assert client.get(f"/api/whatsapp/status/{test['messageId']}", headers=auth).status_code == 404
+
+
+def test_simulations_go_in_batches_on_the_bulk_queue(client, tenant, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import celeryconfig
+    from core.queue import app
+    from services.messages import dispatch
+    from services.messages.delivery import deliver
+    from services.messages.simulation import SIMULATE_TASK, after_sent, simulate
+
+    assert celeryconfig.task_routes[SIMULATE_TASK] == {"queue": "herald.bulk"}
+    handed: list[tuple[str, list[str], str]] = []
+    dispatch.set_dispatcher(lambda task, ids, queue: handed.append((task, list(ids), queue)))
+    try:
+        as_test = _test_key(tenant["tenant_id"])
+        ids = [
+            client.post(
+                "/v1/messages",
+                json={"to": to, "body": "x", "channel": "sms"},
+                headers=as_test,
+            ).get_json()["id"]
+            for to in ("+12015550200", "+12015550201", "+12015550203")
+        ]
+        handed.clear()
+        after_sent(ids)
+        assert handed == [(SIMULATE_TASK, ids, "herald.bulk")]  # one doorbell for the batch
+        for mid in ids:
+            assert deliver(mid).action == "sent"
+    finally:
+        dispatch.set_dispatcher(None)
+    assert simulate(ids) == 2  # one call: delivered and undelivered; the third stays sent
+    with session_scope() as session:
+        statuses = [session.get(Message, mid).status for mid in ids]
+    assert statuses == ["delivered", "undelivered", "sent"]
+    # Published: one task per BATCH_LIMIT ids, each carrying its list.
+    sent: list[tuple[str, object, str]] = []
+    monkeypatch.setattr(
+        app, "send_task", lambda name, args, queue, **_: sent.append((name, args, queue))
+    )
+    many = [f"msg_{i:03d}" for i in range(dispatch.BATCH_LIMIT + 1)]
+    dispatch._celery_dispatch(SIMULATE_TASK, many, "herald.bulk")
+    assert sent == [
+        (SIMULATE_TASK, [many[: dispatch.BATCH_LIMIT]], "herald.bulk"),
+        (SIMULATE_TASK, [many[dispatch.BATCH_LIMIT :]], "herald.bulk"),
+    ]
+
+
+def test_a_fallback_sms_keeps_the_mode_of_its_message(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from services.messages.failover import sweep_failovers
+
+    as_test = _test_key(tenant["tenant_id"])
+    made = {}
+    for mode, headers in ((True, as_test), (False, auth)):
+        # Free-form WhatsApp to someone whose window is closed: stored failed, its SMS next.
+        body = {"to": "+12015550200", "body": "Code 4711", "failover": {}}
+        resp = client.post("/v1/messages", json=body, headers=headers)
+        assert resp.status_code == 202, resp.get_json()
+        made[mode] = resp.get_json()["id"]
+    sweep_failovers()
+    with session_scope() as session:
+        for test, mid in made.items():
+            fallback = session.get(Message, session.get(Message, mid).failover_id)
+            assert fallback is not None and fallback.channel == "sms"
+            assert fallback.test is test, (test, fallback.id)
+
+
+def test_the_console_charts_count_live_messages_only(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta as td
+
+    from services.reporting.console import status_buckets
+    from tests.unit.test_usage import add
+
+    tid = tenant["tenant_id"]
+    now = datetime.now(UTC)
+    earlier = now - td(hours=3)
+    add(tid, when=earlier)
+    add(tid, when=earlier, test=True)
+    add(tid, when=earlier, test=True)
+    body = {"to": "+12025550143", "body": "x", "channel": "sms"}
+    client.post("/v1/messages", json=body, headers=auth)
+    client.post("/v1/messages", json=body, headers=_test_key(tid))
+    fold_all()
+    with session_scope() as session:
+        _, day = status_buckets(session, tid, span=td(days=1), buckets=24, now=now)
+        _, hour = status_buckets(session, tid, span=td(hours=1), buckets=12, now=now)
+    assert sum(sum(c.values()) for c in day) == 2  # the earlier live one and this hour's
+    assert sum(sum(c.values()) for c in hour) == 1
