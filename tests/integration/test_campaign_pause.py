@@ -13,6 +13,7 @@ from sqlalchemy import select
 from models import Message, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
 from services.messages.delivery import deliver_many
+from tests.integration.test_delivery import bulk_tenant
 
 RATE, SIZE = 4, 18
 
@@ -44,8 +45,11 @@ class Beat:
 
 
 def test_a_paused_campaign_sends_nothing_more_and_resumed_sends_the_rest_once(
-    live, client, auth, dispatched
+    live, client, dispatched
 ) -> None:
+    # A sender of its own with room to spare: the budget is not what this test is about
+    # (the suite's other tests share the default sandbox sender's within each second).
+    _, auth = bulk_tenant("pause", "+12025550148")
     recipients = [{"to": f"+1202555{n:04d}"} for n in range(7100, 7100 + SIZE)]
     created = client.post(
         "/v1/campaigns",

@@ -265,7 +265,8 @@ def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
         assert got["+12025550162"].tenant_id == tenant["tenant_id"]
         windows = session.scalars(
             select(Contact.last_inbound_at).where(
-                Contact.phone.in_(["+12025550161", "+12025550162"])
+                Contact.tenant_id == tenant["tenant_id"],
+                Contact.phone.in_(["+12025550161", "+12025550162"]),
             )
         ).all()
         assert len(windows) >= 2 and all(windows)

@@ -37,8 +37,6 @@ def make_tenant(*args, **kwargs) -> dict[str, str]:  # type: ignore[no-untyped-d
     return made
 
 
-
-
 def _number() -> str:
     """A Brazilian mobile of this test alone (+55 11 9xxxx-xxxx): its WhatsApp id
     differs (no ninth digit), so both forms are exercised."""
