@@ -102,8 +102,11 @@ def database_unavailable(exc: BaseException) -> bool:
     SQLAlchemy wraps the driver's errors: OperationalError covers refused or dropped
     connections and server shutdowns; a DBAPIError flagged `connection_invalidated` is
     any error the dialect recognised as a disconnect; TimeoutError is the pool's."""
+    import psycopg
     from sqlalchemy import exc as sa
 
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True  # the driver's own, where a path on psycopg did not wrap it
     if isinstance(exc, sa.DBAPIError):
         return exc.connection_invalidated or isinstance(
             exc, sa.OperationalError | sa.InterfaceError

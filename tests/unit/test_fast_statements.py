@@ -40,3 +40,14 @@ def test_a_lost_connection_is_an_outage_and_is_not_reused() -> None:
         assert Statement("SELECT 1 + :x").scalars(session, {"x": 1}) == [2]
     finally:
         session.close()
+
+
+def test_the_drivers_own_connection_errors_are_an_outage_and_its_data_errors_are_not() -> None:
+    """A path on psycopg that did not wrap its error still answers 503, never 500, when
+    the connection is what failed; bad data stays a bug."""
+    import psycopg
+
+    assert database_unavailable(psycopg.OperationalError("server closed the connection"))
+    assert database_unavailable(psycopg.InterfaceError("the connection is closed"))
+    assert not database_unavailable(psycopg.errors.InvalidTextRepresentation("nope"))
+    assert not database_unavailable(ValueError("nope"))
