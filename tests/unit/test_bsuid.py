@@ -263,6 +263,7 @@ def test_a_status_never_takes_another_persons_bsuid(client) -> None:
         meta={"phone_number_id": phone_id, "access_token": META_TOKEN, "app_secret": META_SECRET},
     )
     a, b, b_user = "+12025550171", "+12025550172", "US.77777777777777777777"
+    wamid_a, wamid_b = f"wamid.{uuid.uuid4().hex}", f"wamid.{uuid.uuid4().hex}"  # the test's own
     ids = {}
     with session_scope() as session:
         account = session.scalars(
@@ -270,7 +271,7 @@ def test_a_status_never_takes_another_persons_bsuid(client) -> None:
                 ProviderAccount.tenant_id == made["tenant_id"], ProviderAccount.provider == "meta"
             )
         ).one()
-        for phone, wamid in ((a, "wamid.A1"), (b, "wamid.B1")):
+        for phone, wamid in ((a, wamid_a), (b, wamid_b)):
             session.add(Contact(tenant_id=made["tenant_id"], phone=phone))
             row = Message(
                 tenant_id=made["tenant_id"],
@@ -289,14 +290,14 @@ def test_a_status_never_takes_another_persons_bsuid(client) -> None:
             session.flush()
             ids[phone] = row.id
     failed = {
-        "id": "wamid.A1",
+        "id": wamid_a,
         "status": "failed",
         "timestamp": "1780000000",
         "recipient_id": a[1:],
         "errors": [{"code": 131026, "title": "Message undeliverable"}],
     }
     delivered = {
-        "id": "wamid.B1",
+        "id": wamid_b,
         "status": "delivered",
         "timestamp": "1780000000",
         "recipient_id": b[1:],

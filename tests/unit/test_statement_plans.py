@@ -247,4 +247,6 @@ def test_the_failover_sweep_reads_only_the_pending_rows(filled) -> None:
     scans = [n for n in _nodes(plan) if n.get("Relation Name") == "messages"]
     assert all(n["Node Type"] != "Seq Scan" for n in scans), _outline(plan)
     touched = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
-    assert touched < 30, _outline(plan)
+    # The pending rows other tests of the run left, plus these three: a scan of the table
+    # reads thousands.
+    assert touched < 200, _outline(plan)

@@ -8,6 +8,7 @@ import ast
 import inspect
 import json
 import socket
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -383,6 +384,7 @@ def test_a_test_key_calls_no_provider_for_media_or_templates(
 
 
 def test_the_seeds_status_route_follows_the_key(client, tenant, auth, dispatched) -> None:  # type: ignore[no-untyped-def]
+    sid = "SM" + uuid.uuid4().hex  # its own: the suite shares one table of SIDs
     from sqlalchemy import update
 
     as_test = _test_key(tenant["tenant_id"])
@@ -392,11 +394,9 @@ def test_the_seeds_status_route_follows_the_key(client, tenant, auth, dispatched
     assert live["cost"] > 0 and test["cost"] == 0
     with session_scope() as session:
         session.execute(
-            update(Message)
-            .where(Message.id == live["messageId"])
-            .values(provider_message_id="SM" + "c" * 32)
+            update(Message).where(Message.id == live["messageId"]).values(provider_message_id=sid)
         )
-    for ref in (live["messageId"], "SM" + "c" * 32):  # by Herald's id and by the SID
+    for ref in (live["messageId"], sid):  # by Herald's id and by the SID
         assert client.get(f"/api/whatsapp/status/{ref}", headers=as_test).status_code == 404
         assert client.get(f"/api/whatsapp/status/{ref}", headers=auth).status_code == 200
     shown = client.get(f"/api/whatsapp/status/{test['messageId']}", headers=as_test).get_json()
