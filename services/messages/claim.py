@@ -86,7 +86,11 @@ _OPTED_OUT = Statement(
     """
     SELECT tenant_id, phone, wa_id, wa_user_id FROM contacts
     WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
-      AND (phone = ANY(CAST(:forms AS text[])) OR wa_id = ANY(CAST(:forms AS text[])))
+      AND phone = ANY(CAST(:forms AS text[]))
+    UNION ALL
+    SELECT tenant_id, phone, wa_id, wa_user_id FROM contacts
+    WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out
+      AND wa_id = ANY(CAST(:forms AS text[]))
     UNION ALL
     SELECT tenant_id, phone, wa_id, wa_user_id FROM contacts
     WHERE tenant_id = ANY(CAST(:tenants AS text[])) AND opted_out

@@ -118,10 +118,16 @@ class PolicyContact(NamedTuple):
 # partial index: folded into the OR, a planner without fresh statistics read every
 # contact of the tenant instead (tests/unit/test_statement_plans.py). A contact found by
 # both arms comes twice; the caller keys contacts by id.
+# One arm per identifier, each a probe of its own (tenant_id, …) index. With `phone = …
+# OR wa_id = …` in one arm, PostgreSQL 18 on a table it had no statistics for read every
+# contact of the tenant through ix_contacts_tenant_id instead (tests/unit/
+# test_statement_plans.py). A contact found by two arms comes back twice; it is counted once.
 _POLICY_SELECT = Statement(
     "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
-    " WHERE tenant_id = :tenant"
-    " AND (phone = ANY(CAST(:numbers AS varchar[])) OR wa_id = ANY(CAST(:numbers AS varchar[])))"
+    " WHERE tenant_id = :tenant AND phone = ANY(CAST(:numbers AS varchar[]))"
+    " UNION ALL"
+    " SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
+    " WHERE tenant_id = :tenant AND wa_id = ANY(CAST(:numbers AS varchar[]))"
     " UNION ALL"
     " SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
     " WHERE tenant_id = :tenant AND wa_user_id = ANY(CAST(:numbers AS varchar[]))"
