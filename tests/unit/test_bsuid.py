@@ -164,7 +164,8 @@ def test_cli_erase_by_bsuid(capsys, tenant) -> None:
     assert main(["erase", "--user-id", "us.1"]) == 2
 
 
-def _system(phone_id: str, wamid: str, system: dict, **sender: str) -> dict:
+def _change(phone_id: str, **value: object) -> dict:
+    """A Meta `messages` webhook of one change to `phone_id`, carrying `value`'s lists."""
     return {
         "object": "whatsapp_business_account",
         "entry": [
@@ -179,21 +180,18 @@ def _system(phone_id: str, wamid: str, system: dict, **sender: str) -> dict:
                                 "display_phone_number": "15550100001",
                                 "phone_number_id": phone_id,
                             },
-                            "messages": [
-                                {
-                                    "id": wamid,
-                                    "timestamp": "1780000000",
-                                    "type": "system",
-                                    "system": system,
-                                    **sender,
-                                }
-                            ],
+                            **value,
                         },
                     }
                 ],
             }
         ],
     }
+
+
+def _system(phone_id: str, wamid: str, system: dict, **sender: str) -> dict:
+    message = {"id": wamid, "timestamp": "1780000000", "type": "system", "system": system}
+    return _change(phone_id, messages=[{**message, **sender}])
 
 
 def test_system_webhooks_move_the_identity_once_and_store_no_message(client) -> None:
@@ -303,30 +301,11 @@ def test_a_status_never_takes_another_persons_bsuid(client) -> None:
         "recipient_id": b[1:],
         "recipient_user_id": b_user,
     }
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550100001",
-                                "phone_number_id": phone_id,
-                            },
-                            "contacts": [
-                                {"wa_id": b[1:], "user_id": b_user, "profile": {"name": "B"}}
-                            ],
-                            "statuses": [failed, delivered],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    payload = _change(
+        phone_id,
+        contacts=[{"wa_id": b[1:], "user_id": b_user, "profile": {"name": "B"}}],
+        statuses=[failed, delivered],
+    )
     assert meta_post(client, payload).status_code == 200
     with session_scope() as session:
         assert session.get(Message, ids[a]).wa_user_id is None
