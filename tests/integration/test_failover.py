@@ -12,6 +12,7 @@ from services.messages.delivery import deliver
 from services.messages.failover import sweep_failovers
 from tests.conftest import make_tenant, open_window
 from tests.integration.conftest import wait_for
+from tests.integration.test_delivery import load
 
 HOOK = "https://tenant.example.com/herald-events"
 OFFLINE = "+12015550160"  # sandbox: Meta `sent`, `delivered` only once it comes online
@@ -22,13 +23,6 @@ def create(client, auth, to: str, **fields) -> str:  # type: ignore[no-untyped-d
     resp = client.post("/v1/messages", json=body, headers=auth)
     assert resp.status_code == 202, resp.get_json()
     return resp.get_json()["id"]
-
-
-def load(message_id: str) -> Message:
-    with session_scope() as session:
-        message = session.get(Message, message_id)
-        assert message is not None
-        return message
 
 
 def sweep(message_id: str, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
