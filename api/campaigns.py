@@ -8,6 +8,7 @@ from api.auth import current_tenant, db, json_body, read_limited, require_tenant
 from core.errors import InvalidRequest
 from services.campaigns.campaigns import (
     campaign_to_dict,
+    campaigns_to_dicts,
     check_recipient_count,
     control_campaign,
     create_campaign,
@@ -94,7 +95,7 @@ def index():  # type: ignore[no-untyped-def]
     session = db()
     query = load_campaign_query(request.args)
     rows, cursor = list_campaigns(session, current_tenant().id, **query, test=test_mode())
-    return jsonify({"data": [campaign_to_dict(session, c) for c in rows], "next_cursor": cursor})
+    return jsonify({"data": campaigns_to_dicts(session, rows), "next_cursor": cursor})
 
 
 @bp.get("/<campaign_id>")

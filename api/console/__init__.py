@@ -40,6 +40,7 @@ from services.campaigns.campaigns import (
     OUTCOMES,
     SETTLED,
     campaign_to_dict,
+    campaigns_to_dicts,
     control_campaign,
     get_campaign,
 )
@@ -375,7 +376,7 @@ def usage():  # type: ignore[no-untyped-def]
 @read_limited
 def campaigns():  # type: ignore[no-untyped-def]
     session_db = db()
-    rows = [campaign_to_dict(session_db, c) for c in list_campaigns(session_db, _tenant_id())]
+    rows = campaigns_to_dicts(session_db, list_campaigns(session_db, _tenant_id()))
     return _page("campaigns.html", rows=rows)
 
 

@@ -199,6 +199,35 @@ def campaign_status_counts(session: Session, tenant_id: str, campaign_id: str) -
     return {status: int(n) for status, n in rows if n}
 
 
+_CAMPAIGNS = text(
+    """
+    SELECT campaign_id, status, sum(messages) FROM (
+        SELECT campaign_id, status, messages FROM message_counts
+        WHERE campaign_id = ANY(:campaigns) AND campaign_id <> '' AND span = 'day'
+          AND tenant_id = :tenant
+        UNION ALL
+        SELECT campaign_id, status, messages FROM message_count_deltas
+        WHERE tenant_id = :tenant AND campaign_id = ANY(:campaigns)
+    ) AS counted
+    GROUP BY campaign_id, status
+    """
+)
+
+
+def campaigns_status_counts(
+    session: Session, tenant_id: str, campaign_ids: list[str]
+) -> dict[str, dict[str, int]]:
+    """Several campaigns' messages per current status in one read: a list page costs
+    one statement, not one per campaign."""
+    out: dict[str, dict[str, int]] = {c: {} for c in campaign_ids}
+    if campaign_ids:
+        params = {"tenant": tenant_id, "campaigns": list(campaign_ids)}
+        for campaign_id, status, n in session.execute(_CAMPAIGNS, params):
+            if n:
+                out[campaign_id][status] = int(n)
+    return out
+
+
 _TOTALS = text(
     """
     SELECT status, test, sum(messages) FROM (

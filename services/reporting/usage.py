@@ -104,9 +104,7 @@ class UsageQuerySchema(Schema):
     from_ = Instant(
         data_key="from", metadata={"description": "start (inclusive), default 30 d before `to`"}
     )
-    to = Instant(
-        metadata={"description": "end (exclusive), default the end of the current hour"}
-    )
+    to = Instant(metadata={"description": "end (exclusive), default the end of the current hour"})
     group_by = GroupBy(
         load_default=list,
         metadata={"description": f"comma-separated: {', '.join(GROUPS)}"},

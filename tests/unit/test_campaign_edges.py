@@ -7,13 +7,14 @@ import io
 import json
 from datetime import timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from core.ids import new_id
-from models import Contact, Message, session_scope, utcnow
+from models import Contact, Message, get_engine, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
 from services.messages.status import apply_status
 from tests.conftest import make_tenant
+from tests.unit.test_console import sign_in
 
 PHONES = [f"+1202555{n:04d}" for n in range(150, 160)]
 
@@ -101,6 +102,44 @@ def test_campaigns_are_listed_newest_first_by_keyset(client, auth, dispatched) -
     for query in ("cursor=garbage", f"cursor={new_id('msg')}", "limit=0", "status=done", "x=1"):
         resp = client.get(f"/v1/campaigns?{query}", headers=auth)
         assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "invalid_fields"
+
+
+def test_a_page_of_campaigns_reads_their_counts_in_one_statement(
+    app, client, auth, tenant, dispatched
+) -> None:
+    """The list (API and console) reads every campaign's counts at once, not one
+    statement per campaign, and each shows the counts its own page shows."""
+    made = [
+        create(client, auth, name=f"p{n}", recipients=[{"to": p} for p in PHONES[: n + 1]])
+        .get_json()["id"]
+        for n in range(4)
+    ]
+    _move(made[2], ["delivered", "failed"])
+    client.post(f"/v1/campaigns/{made[1]}/cancel", headers=auth)
+    statements: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    console = app.test_client()
+    assert sign_in(console, tenant["api_key"]).status_code == 302
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        listed = client.get("/v1/campaigns", headers=auth).get_json()["data"]
+        api_reads = sum("FROM message_counts" in s for s in statements)
+        page = console.get("/console/campaigns")
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert page.status_code == 200 and "p3" in page.get_data(as_text=True)
+    assert api_reads == 1
+    assert sum("FROM message_counts" in s for s in statements) == 2  # and one for the console
+    assert [c["id"] for c in listed] == made[::-1]
+    for shown in listed:
+        alone = client.get(f"/v1/campaigns/{shown['id']}", headers=auth).get_json()
+        assert shown["counts"] == alone["counts"] and shown["progress"] == alone["progress"]
+    assert listed[1]["counts"]["delivered"] == 1 and listed[1]["counts"]["failed"] == 1
+    assert listed[2]["counts"]["canceled"] == 2
 
 
 def test_the_campaign_list_reads_its_page_through_the_tenant_id_index(tenant) -> None:
