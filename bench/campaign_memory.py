@@ -1,6 +1,6 @@
 """Campaign creation at scale: time and peak memory for 10,000 and 100,000 recipients.
 
-Recipients are streamed from a CSV and written in chunks of batched INSERTs, so
+Recipients are streamed from a CSV and written in chunks of one INSERT each, so
 peak memory should not grow with the list. Prints figures; asserts nothing.
 
     python -m bench.campaign_memory            # embedded PostgreSQL in a temporary HERALD_HOME

@@ -1,8 +1,8 @@
 """Campaigns: many messages, released by beat in throttled batches.
 
-Creation writes every recipient as a `scheduled` message row, in chunks, with
-batched INSERTs that skip a repeated recipient through the unique (campaign,
-to) constraint, so memory stays flat however long the list or CSV is. The content
+Creation writes every recipient as a `scheduled` message row, in chunks of one
+INSERT each (the chunk's columns as arrays) that skips a repeated recipient through
+the unique (campaign, to) constraint, so memory stays flat however long the list or CSV is. The content
 (body, media, template) is stored once, on the campaign; a row carries only what
 differs per recipient (services/messages/campaign_content.py), so a large template
 costs the database its size once, not once per recipient. At most
