@@ -544,11 +544,14 @@ def simulate_reply(
 def usage_report(session: Session, tenant_id: str, args: dict[str, Any]) -> dict[str, Any]:
     """GET /v1/usage's figures for the console's usage page (services/reporting/usage.py)."""
     from services.content.schemas import load_object
-    from services.reporting.usage import UsageQuerySchema, period, usage
+    from services.reporting.usage import UsageQuerySchema, counted_rows, period, usage
 
     data = load_object(UsageQuerySchema(), args)
     start, end = period(data)
-    report = usage(session, tenant_id, start, end, data["group_by"])
+    rows = counted_rows(session, tenant_id, start, end)  # read once for both figures
+    report = usage(session, tenant_id, start, end, data["group_by"], rows=rows)
     # Test keys' messages beside, never in the live figures (simulated, never billed).
-    report["test_totals"] = usage(session, tenant_id, start, end, (), test=True)["totals"]
+    report["test_totals"] = usage(session, tenant_id, start, end, (), test=True, rows=rows)[
+        "totals"
+    ]
     return report

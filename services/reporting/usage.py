@@ -248,6 +248,7 @@ def usage(
     end: datetime,
     group_by: Iterable[str] = (),
     test: bool = False,
+    rows: list[CountRow] | None = None,
 ) -> dict[str, Any]:
     """The tenant's outbound messages accepted in [start, end): counts and cost, per
     group (one row per distinct combination of the `group_by` dimensions), and totals.
@@ -255,12 +256,15 @@ def usage(
     are never priced: the two are never added together.
 
     The period's groups (counted_rows) are folded here, so each group lists its cost
-    per currency."""
+    per currency. `rows`: the period's `counted_rows`, when read already (the console
+    shows the live and the test figures of one read)."""
     names = list(group_by)
     prices = None if test else get_settings().meta_prices
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     totals = _empty()
-    for row in counted_rows(session, tenant_id, start, end):
+    if rows is None:
+        rows = counted_rows(session, tenant_id, start, end)
+    for row in rows:
         if row.test != test:
             continue
         key = tuple(getattr(row, ROW_FIELD[n]) for n in names)
