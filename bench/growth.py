@@ -630,10 +630,13 @@ def drain(url: str, dsn: str, count: int, tag: str) -> dict[str, Any]:
     finally:
         _drop_drain(dsn, ids)
     sent = posting["sent"]
+    # The applier stamps every message of a batch with one `updated_at`.
+    batches = len({r[2] for r in rows})
     received = {r[0]: float(r[1]) for r in rows}
     applied = {r[0]: float(r[2]) for r in rows}
     return {
         "applied": len(rows),
+        "batches": batches,
         "statuses": posting["statuses"],
         "received_applied": _percentiles([applied[i] - received[i] for i in applied]),
         "sent_applied": _percentiles([applied[i] - sent[i] for i in applied]),
@@ -659,6 +662,7 @@ def _print_drain(count: int, total: int, results: dict[str, dict[str, Any]]) -> 
         print(f"  {label:<40}" + "".join(f"{pick(results[n]):>12{fmt}}" for n in names))
 
     line("applied (of posted)", "", lambda r: r["applied"])
+    line("applier batches (distinct updated_at)", "", lambda r: r["batches"])
     line("answers", "", lambda r: ",".join(f"{k}x{v}" for k, v in sorted(r["statuses"].items())))
     for key, label in (
         ("received_applied", "received→applied"),
