@@ -8,10 +8,15 @@ one big waiting campaign, ~3 events and ~2 provider callbacks per message, conta
 measures again, prints the table with the ratios and the bytes per message, and drops
 the database. With `--idle N` it also starts `herald run` on the database, empty and then
 filled, and reads the CPU of the PostgreSQL backends serving it over N seconds in which
-nothing is sent: what the beat's periodic passes cost the server at that size.
+nothing is sent: what the beat's periodic passes cost the server at that size. With
+`--drain N` it starts `herald run` likewise and posts N signed Twilio `delivered` status
+callbacks at once (8 client threads) for N `sent` messages: how long each took from its
+arrival (the receipt's `received_at`) to being applied (the message's `updated_at`), as
+a client polling the row sees it, the drain's total time and the PostgreSQL CPU over it
+(the issue's bar: applied within 100 ms at p99 while 2,000 drain, over 5M messages).
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
-        python -m bench.growth --messages 1000000
+        python -m bench.growth --messages 1000000 --drain 2000
 
 Prints figures; asserts nothing.
 """
@@ -19,14 +24,17 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -323,14 +331,44 @@ def _backend_cpu(dsn: str) -> dict[int, float]:
     return out
 
 
-def idle_cpu(url: str, dsn: str, seconds: float) -> float:
-    """Percent of a core the PostgreSQL backends spend while `herald run` (API, worker,
-    beat, sandbox) runs on the database with nothing to send, over `seconds` after a
-    warm-up. Backends are sampled every second: one born meanwhile counts from zero,
-    one gone keeps its last sample."""
+class BackendCpu:
+    """CPU of the growth database's backends over a window, as a percent of a core.
+    Sampled on demand (`sample`, say every second): a backend born meanwhile counts
+    from zero, one gone keeps its last sample; `exclude` leaves out the bench's own."""
+
+    def __init__(self, dsn: str, exclude: Iterable[int] = ()) -> None:
+        self.dsn, self.exclude = dsn, set(exclude)
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.first = {p: c for p, c in _backend_cpu(self.dsn).items() if p not in self.exclude}
+        self.last = dict(self.first)
+        self.started = time.monotonic()
+
+    def sample(self) -> None:
+        for pid, cpu in _backend_cpu(self.dsn).items():
+            if pid not in self.exclude:
+                self.first.setdefault(pid, 0.0)
+                self.last[pid] = cpu
+
+    def percent(self) -> float:
+        """Percent of a core since `start` (samples once more first)."""
+        self.sample()
+        elapsed = time.monotonic() - self.started
+        return 100 * sum(self.last[p] - self.first[p] for p in self.last) / elapsed
+
+
+@contextlib.contextmanager
+def herald_running(url: str, tag: str) -> Iterator[dict[str, Any]]:
+    """`herald run` (API, worker, beat, sandbox) on the growth database, its
+    HERALD_READY facts yielded once it is ready and past its start-up (migrations
+    checked, first ticks, pools filled); stopped on exit. Its output goes to a file in
+    its home, so a chatty stack never blocks on a full pipe."""
     from herald.stack import free_port
 
-    home = Path(tempfile.mkdtemp(prefix="herald-growth-idle-"))
+    home = Path(tempfile.mkdtemp(prefix=f"herald-growth-{tag}-"))
     env = {
         **os.environ,
         "DATABASE_URL": url,
@@ -338,9 +376,10 @@ def idle_cpu(url: str, dsn: str, seconds: float) -> float:
         "PORT": str(free_port()),
         "HERALD_SANDBOX_PORT": str(free_port()),
         "HERALD_REDIS_PORT": str(free_port()),
-        "HERALD_QUEUE_PREFIX": f"growth-idle-{os.getpid()}:",
+        "HERALD_QUEUE_PREFIX": f"growth-{tag}-{os.getpid()}:",
         "PYTHONUNBUFFERED": "1",
     }
+    env.pop("HERALD_PUBLIC_URL", None)  # callbacks are signed for the API's own URL
     proc = subprocess.Popen(
         [sys.executable, "-m", "herald.cli", "run"],
         env=env,
@@ -352,27 +391,291 @@ def idle_cpu(url: str, dsn: str, seconds: float) -> float:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("HERALD_READY "):
-                json.loads(line[len("HERALD_READY ") :])
+                ready = json.loads(line[len("HERALD_READY ") :])
                 break
         else:
-            raise RuntimeError("herald run ended before it was ready")
+            raise RuntimeError(f"herald run ended before it was ready; see {home}")
+        out = proc.stdout
+
+        def copy() -> None:
+            with (home / "herald-run.log").open("a") as log:
+                for line in out:
+                    log.write(line)
+
+        threading.Thread(target=copy, daemon=True).start()
         time.sleep(15)  # start-up: migrations checked, first ticks, pools filled
-        first: dict[int, float] = _backend_cpu(dsn)
-        last = dict(first)
-        started = time.monotonic()
-        while time.monotonic() - started < seconds:
-            time.sleep(1)
-            for pid, cpu in _backend_cpu(dsn).items():
-                first.setdefault(pid, 0.0)
-                last[pid] = cpu
-        elapsed = time.monotonic() - started
-        return 100 * sum(last[p] - first[p] for p in last) / elapsed
+        yield ready
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def idle_cpu(url: str, dsn: str, seconds: float) -> float:
+    """Percent of a core the PostgreSQL backends spend while `herald run` runs on the
+    database with nothing to send, over `seconds` after a warm-up."""
+    with herald_running(url, "idle"):
+        meter = BackendCpu(dsn)
+        meter.start()
+        while time.monotonic() - meter.started < seconds:
+            time.sleep(1)
+            meter.sample()
+        return meter.percent()
+
+
+# ------------------------------------------------------------------ the drain
+
+DRAIN_THREADS = 8
+DRAIN_WARM = 16  # callbacks applied first, so the measured ones find the processes warm
+DRAIN_TIMEOUT = 120.0
+
+
+def _drain_messages(dsn: str, tag: str, count: int) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """`count` outbound Twilio SMS of the first growth tenant, `sent` with a SID each,
+    inserted as the fill writes messages (ids ULID-shaped, naive UTC times): its
+    account's facts and the messages' (id, sid, to)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ULID_TIME)
+        row = conn.execute(
+            "SELECT a.id, a.tenant_id, a.external_id FROM provider_accounts AS a"
+            " JOIN tenants AS t ON t.id = a.tenant_id"
+            " WHERE t.name = 'growth-0' AND a.provider = 'twilio'"
+        ).fetchone()
+        assert row is not None, "no growth-0 Twilio account"
+        account = {"id": row[0], "tenant_id": row[1], "sid": row[2], "from": "+12025550100"}
+        rows = conn.execute(
+            """
+            INSERT INTO messages (id, tenant_id, direction, channel, provider,
+                provider_account_id, to_number, from_number, status, provider_message_id,
+                attempts, metadata, origin, slot_reserved, body, created_at, updated_at,
+                sent_at)
+            SELECT 'msg_' || pg_temp.ulid_time(at) || 'D' || %(tag)s || lpad(to_hex(g), 14, '0'),
+                %(tenant)s, 'outbound', 'sms', 'twilio', %(account)s,
+                '+1505' || lpad(g::text, 7, '0'), %(from)s, 'sent',
+                'SM' || md5('growth-drain-' || %(tag)s || g), 1, '{}', 'api', false,
+                'Your code is ' || g, at, at + interval '1 second', at + interval '1 second'
+            FROM generate_series(1, %(count)s) AS g,
+                LATERAL (SELECT (now() AT TIME ZONE 'UTC') - interval '5 seconds' AS at) AS t
+            RETURNING id, provider_message_id, to_number
+            """,
+            {
+                "tag": tag,
+                "tenant": account["tenant_id"],
+                "account": account["id"],
+                "from": account["from"],
+                "count": count,
+            },
+        ).fetchall()
+    messages = [{"id": r[0], "sid": r[1], "to": r[2]} for r in sorted(rows)]
+    return account, messages
+
+
+def _drop_drain(dsn: str, ids: list[str]) -> None:
+    """Remove the drain's messages, events and receipts (the fill would collide with
+    them; the delete trigger keeps the counts right)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM message_events WHERE message_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM webhook_events WHERE message_id = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM webhook_inbox WHERE ref = ANY(%s)", (ids,))
+        conn.execute("DELETE FROM messages WHERE id = ANY(%s)", (ids,))
+
+
+def _signed_callbacks(
+    api: str, account: dict[str, str], messages: list[dict[str, str]], token: str
+) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(message id, URL, body, headers) of a signed `delivered` status callback for
+    each message, built as Twilio sends them (bench/compare.py's ingest_phase)."""
+    from sandbox.callbacks import twilio_callback
+
+    out = []
+    for m in messages:
+        url = f"{api}/webhooks/twilio/status?message_id={m['id']}"
+        params = {
+            "SmsSid": m["sid"],
+            "SmsStatus": "delivered",
+            "MessageStatus": "delivered",
+            "To": m["to"],
+            "MessageSid": m["sid"],
+            "AccountSid": account["sid"],
+            "From": account["from"],
+            "ApiVersion": "2010-04-01",
+        }
+        cb = twilio_callback(
+            url, params, token, kind="status", event="delivered", message_id=m["id"]
+        )
+        out.append((m["id"], url, cb.body, cb.headers))
+    return out
+
+
+def _post_all(
+    callbacks: list[tuple[str, str, bytes, dict[str, str]]], threads: int
+) -> tuple[dict[str, float], dict[int, int]]:
+    """POST every callback from `threads` client threads at once; the wall-clock time
+    (time.time()) each was sent at, and the count of each answer status."""
+    import httpx
+
+    sent: dict[str, float] = {}
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client(part: list[tuple[str, str, bytes, dict[str, str]]]) -> None:
+        with httpx.Client(timeout=30) as http:
+            for message_id, url, body, headers in part:
+                at = time.time()
+                try:
+                    code = http.post(url, content=body, headers=headers).status_code
+                except httpx.HTTPError:
+                    code = 0
+                with lock:
+                    sent[message_id] = at
+                    statuses[code] = statuses.get(code, 0) + 1
+
+    workers = [
+        threading.Thread(target=client, args=(callbacks[i::threads],)) for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sent, statuses
+
+
+def _wait_delivered(
+    conn: psycopg.Connection, ids: list[str], meter: BackendCpu | None, timeout: float
+) -> dict[str, float]:
+    """Poll (every 5 ms) until these messages are `delivered`: when each was first
+    seen so (time.time()). The meter is sampled about once a second meanwhile."""
+    seen: dict[str, float] = {}
+    left = list(ids)
+    deadline = time.monotonic() + timeout
+    sampled = time.monotonic()
+    while left and time.monotonic() < deadline:
+        found = conn.execute(
+            "SELECT id FROM messages WHERE id = ANY(%s) AND status = 'delivered'", (left,)
+        ).fetchall()
+        now = time.time()
+        for (message_id,) in found:
+            seen[message_id] = now
+        if found:
+            done = {r[0] for r in found}
+            left = [i for i in left if i not in done]
+        if meter is not None and time.monotonic() - sampled >= 1:
+            meter.sample()
+            sampled = time.monotonic()
+        time.sleep(0.005)
+    return seen
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 (nearest rank) and max of `values`, in ms (NaN when there are none)."""
+    if not values:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+    return {"p50": rank(0.5), "p99": rank(0.99), "max": 1000 * ordered[-1]}
+
+
+def drain(url: str, dsn: str, count: int, tag: str) -> dict[str, Any]:
+    """N signed Twilio `delivered` status callbacks posted at once (DRAIN_THREADS client
+    threads) to `herald run` on the database, for N `sent` messages: how long each took
+    to be applied, from the rows Herald writes (the receipt's `received_at`, set when
+    the API stored the callback; the message's `updated_at`, set by the applier just
+    before its UPDATE) and as a client sees it (sent → first polled `delivered`), the
+    drain's total time and the PostgreSQL backends' CPU over it."""
+    account, messages = _drain_messages(dsn, tag, DRAIN_WARM + count)
+    ids = [m["id"] for m in messages]
+    try:
+        with herald_running(url, f"drain-{tag}") as ready:
+            callbacks = _signed_callbacks(ready["api"], account, messages, "token")
+            warm, measured = callbacks[:DRAIN_WARM], callbacks[DRAIN_WARM:]
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                _post_all(warm, DRAIN_THREADS)
+                warmed = _wait_delivered(conn, ids[:DRAIN_WARM], None, DRAIN_TIMEOUT)
+                if len(warmed) < DRAIN_WARM:
+                    raise RuntimeError(f"warm-up callbacks not applied; see {ready}")
+                time.sleep(1)
+                poller = conn.info.backend_pid
+                measured_ids = ids[DRAIN_WARM:]
+                meter = BackendCpu(dsn, exclude={poller})
+                meter.start()
+                started = time.time()
+                posting: dict[str, Any] = {}
+
+                def post() -> None:
+                    posting["sent"], posting["statuses"] = _post_all(measured, DRAIN_THREADS)
+                    posting["done"] = time.time()
+
+                poster = threading.Thread(target=post)
+                poster.start()
+                seen = _wait_delivered(conn, measured_ids, meter, DRAIN_TIMEOUT)
+                cpu = meter.percent()
+                load = os.getloadavg()[0]
+                poster.join()
+                rows = conn.execute(
+                    """
+                    SELECT m.id, extract(epoch FROM w.received_at),
+                        extract(epoch FROM m.updated_at)
+                    FROM messages AS m JOIN webhook_events AS w ON w.message_id = m.id
+                        AND w.dedup_key = 'twilio:' || m.provider_account_id || ':'
+                            || m.provider_message_id || ':delivered'
+                    WHERE m.id = ANY(%s) AND m.status = 'delivered'
+                    """,
+                    (measured_ids,),
+                ).fetchall()
+    finally:
+        _drop_drain(dsn, ids)
+    sent = posting["sent"]
+    # The applier stamps every message of a batch with one `updated_at`.
+    batches = len({r[2] for r in rows})
+    received = {r[0]: float(r[1]) for r in rows}
+    applied = {r[0]: float(r[2]) for r in rows}
+    return {
+        "applied": len(rows),
+        "batches": batches,
+        "statuses": posting["statuses"],
+        "received_applied": _percentiles([applied[i] - received[i] for i in applied]),
+        "sent_applied": _percentiles([applied[i] - sent[i] for i in applied]),
+        "sent_seen": _percentiles([seen[i] - sent[i] for i in seen]),
+        "posting_s": posting["done"] - started,
+        "drain_s": (max(applied.values()) - started) if applied else math.nan,
+        "seen_s": (max(seen.values()) - started) if len(seen) == count else math.nan,
+        "cpu": cpu,
+        "load": load,
+    }
+
+
+def _print_drain(count: int, total: int, results: dict[str, dict[str, Any]]) -> None:
+    names = list(results)
+    heads = {"empty": "empty", "filled": f"{total:,}"}
+    print(
+        f"\nTwilio status callbacks: {count:,} signed `delivered` posted at once by "
+        f"{DRAIN_THREADS} threads to `herald run`"
+    )
+    print(f"  {'':<40}" + "".join(f"{heads.get(n, n):>12}" for n in names))
+
+    def line(label: str, fmt: str, pick: Callable[[dict[str, Any]], Any]) -> None:
+        print(f"  {label:<40}" + "".join(f"{pick(results[n]):>12{fmt}}" for n in names))
+
+    line("applied (of posted)", "", lambda r: r["applied"])
+    line("applier batches (distinct updated_at)", "", lambda r: r["batches"])
+    line("answers", "", lambda r: ",".join(f"{k}x{v}" for k, v in sorted(r["statuses"].items())))
+    for key, label in (
+        ("received_applied", "received→applied"),
+        ("sent_applied", "sent→applied"),
+        ("sent_seen", "sent→seen delivered (5 ms poll)"),
+    ):
+        for q in ("p50", "p99", "max"):
+            line(f"{label} {q} ms", ".1f", lambda r, key=key, q=q: r[key][q])
+    line("all posted, s", ".2f", lambda r: r["posting_s"])
+    line("drain (first sent→last applied), s", ".2f", lambda r: r["drain_s"])
+    line("drain (first sent→all seen), s", ".2f", lambda r: r["seen_s"])
+    line("PostgreSQL CPU, % of a core", ".1f", lambda r: r["cpu"])
+    line("load average (1 min) at the end", ".2f", lambda r: r["load"])
 
 
 def main() -> None:
@@ -382,6 +685,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=7)
     parser.add_argument(
         "--idle", type=float, default=0, help="seconds of idle PostgreSQL CPU to read (0: skip)"
+    )
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=0,
+        help="Twilio status callbacks to post at once and time until applied (0: skip)",
     )
     args = parser.parse_args()
     base = os.environ.get("DATABASE_URL", "")
@@ -403,11 +712,14 @@ def main() -> None:
         ops = operations(tenants, client)
         empty = {name: _median_ms(op, args.calls) for name, op in ops.items()}
         idle = {"empty": idle_cpu(url, dsn, args.idle)} if args.idle else {}
+        drained = {"empty": drain(url, dsn, args.drain, "E")} if args.drain else {}
         print(f"filling {args.messages:,} messages (+{big:,} waiting)...", file=sys.stderr)
         fill(dsn, args.messages, big)
         full = {name: _median_ms(op, args.calls) for name, op in ops.items()}
         if args.idle:
             idle["filled"] = idle_cpu(url, dsn, args.idle)
+        if args.drain:
+            drained["filled"] = drain(url, dsn, args.drain, "F")
         sizes = _bytes(dsn)
     finally:
         reset_engine()
@@ -425,6 +737,8 @@ def main() -> None:
         print(f"\nPostgreSQL CPU, Herald idle ({args.idle:.0f} s, % of a core):")
         for name, percent in idle.items():
             print(f"  {name:<16} {percent:>8.2f}")
+    if drained:
+        _print_drain(args.drain, total, drained)
 
 
 if __name__ == "__main__":
