@@ -1,8 +1,9 @@
 """Every read and periodic pass on an empty database and on one holding N messages.
 
-Creates the database `herald_growth` on DATABASE_URL's server, migrates it, measures
-each operation (median of several calls, through the Flask app or the service
-functions the workers and console call), fills it in the shape Herald writes (SQL
+Creates the database `herald_growth` on DATABASE_URL's server, migrates it, adds the 50
+campaigns (the big one paused with a page of its rows, so campaign reads answer alike on
+both sides), measures each operation (median of several calls, through the Flask app or
+the service functions the workers and console call), fills it in the shape Herald writes (SQL
 `INSERT ... SELECT generate_series`: 20 tenants, statuses, channels, 50 campaigns with
 one big waiting campaign, ~3 events and ~2 provider callbacks per message, contacts),
 measures again, prints the table with the ratios and the bytes per message, and drops
@@ -97,19 +98,48 @@ $$
 """
 
 
-def fill(dsn: str, messages: int, big: int) -> None:
-    """N messages over 60 days in Herald's shape (one big campaign of `big` rows waiting)."""
+# The empty database's campaigns: the same 50, the big one with a page of its waiting
+# rows, so the campaign reads (its list page, the campaigns list, the live view) are
+# measured against the same answer's shape on both sides, not against "not found".
+SAMPLE = 60
+
+
+def _who(conn: psycopg.Connection[Any]) -> None:
+    """`who`: each tenant with its Twilio account and its number n (1-20)."""
+    conn.execute(ULID_TIME)
+    tenants = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
+    accounts = [r[0] for r in conn.execute("SELECT id FROM provider_accounts ORDER BY tenant_id")]
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS who AS SELECT * FROM unnest(%s::text[], %s::text[])"
+        " WITH ORDINALITY AS w(tenant, account, n)",
+        (tenants, accounts),
+    )
+
+
+def _waiting(conn: psycopg.Connection[Any], first: int, last: int) -> None:
+    """The big campaign's waiting rows `first`..`last`."""
+    conn.execute(
+        """
+        INSERT INTO messages (id, tenant_id, direction, channel, provider,
+            provider_account_id, to_number, status, attempts, metadata, origin,
+            slot_reserved, campaign_id, created_at, updated_at)
+        SELECT 'msg_' || pg_temp.ulid_time((now() AT TIME ZONE 'UTC') - interval '1 day')
+                || 'W' || lpad(to_hex(g), 15, '0'),
+            w.tenant, 'outbound', 'sms', 'twilio', w.account,
+            '+1404' || lpad(g::text, 7, '0'), 'scheduled', 0, '{}', 'api', false,
+            'cmp_growth001', (now() AT TIME ZONE 'UTC') - interval '1 day',
+            (now() AT TIME ZONE 'UTC') - interval '1 day'
+        FROM generate_series(%s::int, %s::int) AS g JOIN who w ON w.n = 2
+        """,
+        (first, last),
+    )
+
+
+def campaigns(dsn: str) -> None:
+    """The 50 campaigns (the big one paused, with SAMPLE of its rows), on the empty
+    database before it is measured."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(ULID_TIME)
-        tenants = [r[0] for r in conn.execute("SELECT id FROM tenants ORDER BY id")]
-        accounts = [
-            r[0] for r in conn.execute("SELECT id FROM provider_accounts ORDER BY tenant_id")
-        ]
-        conn.execute(
-            "CREATE TEMP TABLE who AS SELECT * FROM unnest(%s::text[], %s::text[])"
-            " WITH ORDINALITY AS w(tenant, account, n)",
-            (tenants, accounts),
-        )
+        _who(conn)
         conn.execute(
             """
             INSERT INTO campaigns (id, tenant_id, name, channel, provider, status, rate,
@@ -120,6 +150,18 @@ def fill(dsn: str, messages: int, big: int) -> None:
             FROM generate_series(1, 50) AS c JOIN who w ON w.n = 1 + c % 20
             """
         )
+        _waiting(conn, 1, SAMPLE)
+        from services.reporting.rollups import fold_all
+
+        fold_all(max_batches=10_000)
+        conn.execute("VACUUM ANALYZE")
+
+
+def fill(dsn: str, messages: int, big: int) -> None:
+    """N messages over 60 days in Herald's shape (the big campaign's rows up to `big`
+    waiting)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _who(conn)
         started = time.monotonic()
         step = 200_000
         for first in range(0, messages, step):
@@ -165,20 +207,7 @@ def fill(dsn: str, messages: int, big: int) -> None:
                 f"  messages {min(messages, first + step):,} ({time.monotonic() - started:.0f} s)",
                 file=sys.stderr,
             )
-        conn.execute(
-            """
-            INSERT INTO messages (id, tenant_id, direction, channel, provider,
-                provider_account_id, to_number, status, attempts, metadata, origin,
-                slot_reserved, campaign_id, created_at, updated_at)
-            SELECT 'msg_' || pg_temp.ulid_time((now() AT TIME ZONE 'UTC') - interval '1 day')
-                    || 'W' || lpad(to_hex(g), 15, '0'),
-                w.tenant, 'outbound', 'sms', 'twilio', w.account,
-                '+1404' || lpad(g::text, 7, '0'), 'scheduled', 0, '{}', 'api', false,
-                'cmp_growth001', (now() AT TIME ZONE 'UTC') - interval '1 day',
-                (now() AT TIME ZONE 'UTC') - interval '1 day'
-            FROM generate_series(1, %(big)s) AS g JOIN who w ON w.n = 1 + 1 % 20
-            """.replace("%(big)s", str(big))
-        )
+        _waiting(conn, SAMPLE + 1, big)
         conn.execute(
             """
             INSERT INTO message_events (message_id, status, native_status, source, applied, at)
@@ -709,6 +738,7 @@ def main() -> None:
         get_settings.cache_clear()
         reset_engine()
         tenants, client = _setup()
+        campaigns(dsn)
         ops = operations(tenants, client)
         empty = {name: _median_ms(op, args.calls) for name, op in ops.items()}
         idle = {"empty": idle_cpu(url, dsn, args.idle)} if args.idle else {}
