@@ -136,7 +136,7 @@ class Message(Base):
     # A phone number (E.164), or on WhatsApp a business-scoped user id (BSUID).
     to_number: Mapped[str] = mapped_column(String(160))
     from_number: Mapped[str | None] = mapped_column(String(160))
-    contact_id: Mapped[str | None] = mapped_column(String(32))
+    contact_id: Mapped[str | None] = mapped_column(String(128))  # the contact's own id
     body: Mapped[str | None] = mapped_column(Text)
     media_urls: Mapped[list | None] = mapped_column(JSON)
     template: Mapped[dict | None] = mapped_column(JSON)

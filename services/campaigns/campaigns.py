@@ -2,10 +2,10 @@
 
 Creation writes every recipient as a `scheduled` message row, in chunks of one
 INSERT each (the chunk's columns as arrays) that skips a repeated recipient through
-the unique (campaign, to) constraint, so memory stays flat however long the list or CSV is. The content
-(body, media, template) is stored once, on the campaign; a row carries only what
-differs per recipient (services/messages/campaign_content.py), so a large template
-costs the database its size once, not once per recipient. At most
+the unique (campaign, to) constraint, so memory stays flat however long the list or
+CSV is. The content (body, media, template) is stored once, on the campaign; a row
+carries only what differs per recipient (services/messages/campaign_content.py), so a
+large template costs the database its size once, not once per recipient. At most
 `HERALD_CAMPAIGN_MAX_RECIPIENTS` rows are read.
 
 Campaign messages count against the tenant's daily quota (the one its API messages
@@ -35,7 +35,18 @@ from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import JSON, Text, any_, bindparam, func, insert, select, text, update
+from sqlalchemy import (
+    JSON,
+    String,
+    Text,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -520,7 +531,11 @@ def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> No
         if isinstance(kind, JSON):  # as the JSON type binds it: None is JSON null
             values = [json.dumps(first)] if same else [json.dumps(v) for v in values]
             first, kind = values[0], Text()
-        sql_type = column.type.compile(dialect=dialect)
+        # No length in the cast (an explicit cast to varchar(n) truncates): the column's
+        # own length is checked on assignment, as for any insert.
+        sql_type = (
+            "TEXT" if isinstance(column.type, String) else column.type.compile(dialect=dialect)
+        )
         if same:
             binds.append(bindparam(f"p{n}", first, type_=kind))
             values_sql.append(f"CAST(:p{n} AS {sql_type})")

@@ -110,8 +110,9 @@ def test_a_page_of_campaigns_reads_their_counts_in_one_statement(
     """The list (API and console) reads every campaign's counts at once, not one
     statement per campaign, and each shows the counts its own page shows."""
     made = [
-        create(client, auth, name=f"p{n}", recipients=[{"to": p} for p in PHONES[: n + 1]])
-        .get_json()["id"]
+        create(
+            client, auth, name=f"p{n}", recipients=[{"to": p} for p in PHONES[: n + 1]]
+        ).get_json()["id"]
         for n in range(4)
     ]
     _move(made[2], ["delivered", "failed"])
@@ -166,3 +167,26 @@ def test_pool_errors_name_senders(client, auth, dispatched) -> None:
     assert (
         resp.status_code == 400 and "senders" in error["fields"] and "from" not in error["fields"]
     )
+
+
+def test_a_contact_known_by_a_long_id_of_the_tenants_is_sent_to(
+    client, auth, tenant, dispatched
+) -> None:
+    """A contact's id may be the tenant's own, up to 128 characters (POST /v1/contacts):
+    a message or a campaign to it records that id, never a 500."""
+    own = "crm-" + "7" * 100
+    made = client.post("/v1/contacts", json={"id": own, "phone": PHONES[9]}, headers=auth)
+    assert made.status_code in (200, 201), made.get_json()
+    sent = client.post(
+        "/v1/messages", json={"contact_id": own, "body": "hi", "channel": "sms"}, headers=auth
+    )
+    assert sent.status_code == 202, sent.get_json()
+    campaign = create(client, auth, recipients=[{"contact_id": own}])
+    assert campaign.status_code == 201, campaign.get_json()
+    with session_scope() as session:
+        stored = session.scalars(
+            select(Message.contact_id).where(
+                Message.tenant_id == tenant["tenant_id"], Message.contact_id == own
+            )
+        ).all()
+    assert len(stored) == 2
