@@ -39,7 +39,6 @@ from sqlalchemy import (
     JSON,
     String,
     Text,
-    any_,
     bindparam,
     func,
     insert,
@@ -81,6 +80,7 @@ from services.content.templates import (
     refuse_unusable_template,
 )
 from services.messages.campaign_content import recipient_template
+from services.messages.claim import opted_out_rows
 from services.messages.dispatch import BATCH_TASK, enqueue_after_commit
 from services.messages.service import BULK_QUEUE, choose_provider
 from services.policy import limits, quiet_hours
@@ -453,19 +453,9 @@ def _add_chunk(
         return
     forms = {phone: whatsapp_forms(phone) for phone in valid}
     every = [form for group in forms.values() for form in group]
-    forms_array = bindparam("forms", every, type_=ARRAY(Text))
     stopped: set[str | None] = set()
-    for row in session.execute(
-        select(Contact.phone, Contact.wa_id, Contact.wa_user_id).where(
-            Contact.tenant_id == campaign.tenant_id,
-            # One array parameter, not an IN list of a placeholder per number.
-            (Contact.phone == any_(forms_array))
-            | (Contact.wa_id == any_(forms_array))
-            | (Contact.wa_user_id == any_(forms_array)),
-            Contact.opted_out.is_(True),
-        )
-    ):
-        stopped.update(row)
+    for row in opted_out_rows(session, [campaign.tenant_id], every):  # the claim's lookup
+        stopped.update((row.phone, row.wa_id, row.wa_user_id))
     # Whichever WhatsApp form of the number the opted-out contact holds.
     opted_out = {phone for phone, group in forms.items() if stopped.intersection(group)}
     campaign.skipped += len(opted_out)
@@ -520,6 +510,7 @@ def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> No
     dialect = session.get_bind().dialect
     names = list(rows[0])
     arrays: list[str] = []
+    labels: list[str] = []
     values_sql: list[str] = []
     binds = []
     for n, name in enumerate(names):
@@ -542,11 +533,9 @@ def _insert_ignoring_repeats(session: Session, rows: list[dict[str, Any]]) -> No
         else:
             binds.append(bindparam(f"a{n}", values, type_=ARRAY(kind)))
             arrays.append(f"CAST(:a{n} AS {sql_type}[])")
+            labels.append(f"c{n}")
             values_sql.append(f"u.c{n}")
-    source = ""
-    if arrays:
-        labels = ", ".join(v for v in values_sql if v.startswith("u."))
-        source = f" FROM unnest({', '.join(arrays)}) AS u({labels.replace('u.', '')})"
+    source = f" FROM unnest({', '.join(arrays)}) AS u({', '.join(labels)})" if arrays else ""
     statement = text(
         f"INSERT INTO messages ({', '.join(names)}) SELECT {', '.join(values_sql)}{source}"
         " ON CONFLICT (campaign_id, to_number) DO NOTHING"

@@ -258,6 +258,16 @@ def _claim(  # type: ignore[no-untyped-def]
     return taken
 
 
+def opted_out_rows(
+    session: Session, tenants: Sequence[str], forms: Sequence[str], hashes: Sequence[str] = ()
+) -> list[Any]:
+    """The opted-out contacts of these tenants holding any of `forms` (as phone, WhatsApp
+    id or BSUID: one arm each, each an index probe), and their suppressions among
+    `hashes` (a suppression's hash comes back in `phone`)."""
+    params = {"tenants": list(tenants), "forms": list(forms), "hashes": list(hashes)}
+    return _OPTED_OUT.rows(session, params)
+
+
 def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """(tenant, number) pairs among these messages' recipients that have opted out,
     whichever WhatsApp form of the number (or WhatsApp id) the contact holds."""
@@ -273,14 +283,7 @@ def _opted_out(session, messages: list[Message]) -> set[tuple[str, str]]:  # typ
             tenant, {m.to_number for m in messages if m.tenant_id == tenant}
         ).items()
     }
-    rows = _OPTED_OUT.rows(
-        session,
-        {
-            "tenants": list({m.tenant_id for m in messages}),
-            "forms": list(every),
-            "hashes": list(hashed),
-        },
-    )
+    rows = opted_out_rows(session, list({m.tenant_id for m in messages}), list(every), list(hashed))
     out = {(r.tenant_id, r.phone) for r in rows} | {(r.tenant_id, r.wa_id) for r in rows}
     out |= {(r.tenant_id, r.wa_user_id) for r in rows}
     out |= {hashed[r.phone] for r in rows if r.phone in hashed}

@@ -114,14 +114,11 @@ class PolicyContact(NamedTuple):
 # The second half: the tenant's suppressions (an erased person who had opted out, kept
 # as keyed hashes: services/privacy/suppression.py) among the numbers' hashes, in the
 # same round trip; such a row has no id and its hash in `phone`.
-# A BSUID among the numbers is matched on `wa_user_id` in an arm of its own, on its own
-# partial index: folded into the OR, a planner without fresh statistics read every
-# contact of the tenant instead (tests/unit/test_statement_plans.py). A contact found by
-# both arms comes twice; the caller keys contacts by id.
-# One arm per identifier, each a probe of its own (tenant_id, …) index. With `phone = …
-# OR wa_id = …` in one arm, PostgreSQL 18 on a table it had no statistics for read every
-# contact of the tenant through ix_contacts_tenant_id instead (tests/unit/
-# test_statement_plans.py). A contact found by two arms comes back twice; it is counted once.
+# One arm per identifier (phone, WhatsApp id, BSUID), each a probe of its own
+# (tenant_id, …) index. Folded into one arm with OR, a planner without fresh statistics
+# (PostgreSQL 18 among them) read every contact of the tenant through
+# ix_contacts_tenant_id instead (tests/unit/test_statement_plans.py). A contact found by
+# two arms comes back twice; the caller keys contacts by id.
 _POLICY_SELECT = Statement(
     "SELECT tenant_id, id, phone, wa_id, opted_out, last_inbound_at, wa_user_id FROM contacts"
     " WHERE tenant_id = :tenant AND phone = ANY(CAST(:numbers AS varchar[]))"

@@ -178,27 +178,6 @@ def outbound_counts(
     return [_row(r) for r in session.execute(_TENANT_HOURS, params)]
 
 
-_CAMPAIGN = text(
-    """
-    SELECT status, sum(messages) FROM (
-        SELECT status, messages FROM message_counts
-        WHERE campaign_id = :campaign AND campaign_id <> '' AND span = 'day'
-          AND tenant_id = :tenant
-        UNION ALL
-        SELECT status, messages FROM message_count_deltas
-        WHERE tenant_id = :tenant AND campaign_id = :campaign
-    ) AS counted
-    GROUP BY status
-    """
-)
-
-
-def campaign_status_counts(session: Session, tenant_id: str, campaign_id: str) -> dict[str, int]:
-    """A campaign's messages per current status, from the rollup."""
-    rows = session.execute(_CAMPAIGN, {"tenant": tenant_id, "campaign": campaign_id})
-    return {status: int(n) for status, n in rows if n}
-
-
 _CAMPAIGNS = text(
     """
     SELECT campaign_id, status, sum(messages) FROM (
@@ -212,6 +191,11 @@ _CAMPAIGNS = text(
     GROUP BY campaign_id, status
     """
 )
+
+
+def campaign_status_counts(session: Session, tenant_id: str, campaign_id: str) -> dict[str, int]:
+    """A campaign's messages per current status, from the rollup."""
+    return campaigns_status_counts(session, tenant_id, [campaign_id])[campaign_id]
 
 
 def campaigns_status_counts(
