@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from models import Contact, Message, session_scope
+from models import Contact, Message, session_scope, utcnow
 from services.messages.delivery import deliver
 from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
 from tests.integration.conftest import wait_for
@@ -224,6 +224,9 @@ def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
         twilio={"account_sid": TWILIO_SID, "auth_token": TWILIO_TOKEN, "whatsapp_from": sender},
         meta=meta,
     )
+    # Other tests write inbound messages from these numbers to their own tenants: only this
+    # test's rows are looked at, so the tenant each landed in is a real check.
+    started = utcnow().replace(microsecond=0)  # Meta stamps its messages in whole seconds
     twilio = live.control.post(
         "/_sandbox/inbound",
         json={
@@ -255,6 +258,7 @@ def test_inbound_on_both_providers_opens_the_window(live, client) -> None:
                 select(Message).where(
                     Message.direction == "inbound",
                     Message.from_number.in_(["+12025550161", "+12025550162"]),
+                    Message.created_at >= started,
                 )
             )
         }
