@@ -68,9 +68,10 @@ def test_no_message_lost_or_sent_twice_under_chaos(tmp_path) -> None:
     # itself and its reason here.
     assert totals["failed"] == {} and totals["failed_ids"] == [], report
     assert totals["delivered"] == totals["accepted"], report
-    # The purge removed exactly the expired history, every row of it, while the trials'
-    # own messages (all accepted ones are delivered, above) were left alone.
-    assert totals["purged"] == TRIALS * EXPIRED, report
+    # The purge removed the expired history, every row of it, while the trials' own
+    # messages (all accepted ones are delivered, above) were left alone. It purges every
+    # tenant: a database shared with other tests may hold their expired rows too.
+    assert totals["purged"] >= TRIALS * EXPIRED, report
     assert totals["expired_written"] == TRIALS * EXPIRED and totals["expired_left"] == 0, report
     if os.environ.get("DATABASE_URL", "").startswith("postgresql"):
         # PostgreSQL unreachable once per trial: each outage was met by POSTs, answered
