@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from models import Campaign, Contact, Message, session_scope, utcnow
+from models import Campaign, Contact, Message, Tenant, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
 from services.messages.sweep import release_scheduled
 
@@ -256,3 +256,60 @@ def test_cancel_records_events_and_owes_the_tenant_its_status_events(
     assert sorted(history) == sorted(ids)
     assert len(owed) == 3 and all(p["message"]["status"] == "canceled" for p in owed)
     assert set(dispatched.events) >= set(ids)
+
+
+def test_rows_written_while_the_next_chunk_is_read_keep_every_rule(client, auth, tenant) -> None:
+    """Chunks of 1,000 are written in pipeline mode while the next is validated: the
+    contact lookup, the opt-out lookup and the repeat check of a later chunk still see
+    what the earlier ones wrote, and the counts add up."""
+    with session_scope() as session:
+        session.get(Tenant, tenant["tenant_id"]).daily_limit = 0  # unlimited
+        session.add(Contact(tenant_id=tenant["tenant_id"], phone="+12025552400", opted_out=True))
+        session.add(Contact(tenant_id=tenant["tenant_id"], phone="+12025551500", external_id="k15"))
+    recipients = [{"to": f"+1202555{n:04d}"} for n in range(2500)]
+    recipients[1500] = {"contact_id": "k15"}  # chunk 2: a lookup while chunk 1 is written
+    recipients[2100] = {"to": "+12025550100"}  # chunk 3 repeats a number of chunk 1
+    resp = create(client, auth, recipients=recipients)
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert body["counts"]["skipped"] == 1  # 2400, opted out, in chunk 3
+    assert body["duplicates"] == 1 and body["invalid"] == 0
+    assert body["total"] == 2498
+    with session_scope() as session:
+        rows = session.scalar(select(func.count()).where(Message.campaign_id == body["id"]))
+        contact = session.scalar(
+            select(Message.contact_id).where(
+                Message.campaign_id == body["id"], Message.to_number == "+12025551500"
+            )
+        )
+    assert rows == 2498 and contact == "k15"
+
+
+def test_a_failed_chunk_insert_is_raised_at_the_next_statement(tenant) -> None:
+    """An INSERT sent without waiting fails at the next statement on the connection, as
+    SQLAlchemy raises any error (a DBAPIError the error handlers know), not later or
+    never."""
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    from services.campaigns.campaigns import _ChunkWriter
+
+    now = utcnow()
+    row = {
+        "id": "msg_chunk_writer_test",
+        "tenant_id": tenant["tenant_id"],
+        "direction": "outbound",
+        "channel": "sms",
+        "provider": "twilio",
+        "to_number": "+12025550101",
+        "status": "scheduled",  # and no `attempts`, which may not be null
+        "created_at": now,
+        "updated_at": now,
+    }
+    with (
+        pytest.raises(DBAPIError, match="attempts"),
+        session_scope() as session,
+        _ChunkWriter(session) as writer,
+    ):
+        writer.insert_ignoring_repeats([row])
+        session.scalar(select(func.count()).select_from(Campaign))
