@@ -560,9 +560,15 @@ class _ChunkWriter:
         campaign."""
         sql, params = self._statement(rows)
         self.settle()
-        self._pending.enter_context(self._driver.pipeline())
-        self._in_flight, self._sql = True, sql
-        self._driver.execute(sql, params)
+        try:
+            self._pending.enter_context(self._driver.pipeline())
+            self._in_flight, self._sql = True, sql
+            self._driver.execute(sql, params)
+        except psycopg.Error as exc:  # the connection lost, say: a 503 like any statement's
+            self._in_flight = False
+            with suppress(psycopg.Error):
+                self._pending.close()
+            self._connection._handle_dbapi_exception(exc, sql, params, None, None)
 
     def _statement(self, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
         table = Message.__table__

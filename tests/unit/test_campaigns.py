@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from models import Campaign, Contact, Message, Tenant, session_scope, utcnow
+from models import Campaign, Contact, Message, Tenant, new_session, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
 from services.messages.sweep import release_scheduled
 
@@ -313,3 +313,25 @@ def test_a_failed_chunk_insert_is_raised_at_the_next_statement(tenant) -> None:
     ):
         writer.insert_ignoring_repeats([row])
         session.scalar(select(func.count()).select_from(Campaign))
+
+
+def test_a_chunk_insert_on_a_lost_connection_is_raised_as_sqlalchemy_raises_it(tenant) -> None:
+    """The connection gone when a chunk is sent: the error is SQLAlchemy's, flagged as a
+    lost connection (what the API answers 503 and the session discards), not the
+    driver's own, which the API would answer 500."""
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    from services.campaigns.campaigns import _ChunkWriter
+
+    now = utcnow()
+    row = {"id": "msg_chunk_writer_lost", "to_number": "+12025550101", "created_at": now}
+    session = new_session()
+    try:
+        writer = _ChunkWriter(session)
+        writer._driver.close()
+        with pytest.raises(DBAPIError) as raised, writer:
+            writer.insert_ignoring_repeats([row])
+        assert raised.value.connection_invalidated
+    finally:
+        session.close()
