@@ -52,7 +52,16 @@ from core.config import get_settings
 from core.errors import Conflict, InvalidRequest, NotFound, PolicyRefused, RateLimited
 from core.ids import iso
 from core.shapes import Shape, shape
-from models import Campaign, Contact, Message, MessageEvent, Tenant, new_id, utcnow
+from models import (
+    Campaign,
+    Contact,
+    Message,
+    MessageEvent,
+    Suppression,
+    Tenant,
+    new_id,
+    utcnow,
+)
 from services.content.inputs import StrictFloat, cursor_field, send_at_problem, text_problem
 from services.content.phones import (
     is_bsuid,
@@ -90,6 +99,7 @@ from services.policy.destinations import (
     international_cap,
     international_refusal,
 )
+from services.privacy.suppression import hashes_of
 from services.reporting.events import record_status_event
 from services.reporting.rollups import campaign_status_counts, campaigns_status_counts
 from services.tenancy.owned import get_owned
@@ -326,17 +336,31 @@ def create_campaign(
     chunk: list[tuple[int, Any]] = []
     cap = get_settings().campaign_max_recipients
     guard = SmsGuard.of(session, tenant) if channel == "sms" else None
+    # Erased people who had opted out are known by keyed hashes only: hashing every
+    # recipient is paid only by a tenant that has any.
+    suppressed = (
+        session.scalar(
+            select(Suppression.tenant_id).where(Suppression.tenant_id == tenant.id).limit(1)
+        )
+        is not None
+    )
     number = 0
     with _ChunkWriter(session) as writer:
+
+        def add(chunk: list[tuple[int, Any]]) -> None:
+            _add_chunk(
+                session, campaign, account.id, chunk, invalid_rows, writer, pool, guard, suppressed
+            )
+
         for number, item in enumerate(recipients, 1):
             if number > cap:  # a CSV is streamed: its length is known only by reading it
                 raise too_many_recipients()
             chunk.append((number, item))
             if len(chunk) >= CHUNK:
-                _add_chunk(session, campaign, account.id, chunk, invalid_rows, writer, pool, guard)
+                add(chunk)
                 chunk = []
         if chunk:
-            _add_chunk(session, campaign, account.id, chunk, invalid_rows, writer, pool, guard)
+            add(chunk)
     if number == 0:
         raise no_recipients("A campaign needs at least one recipient.", "no_recipients")
     if guard is not None and guard.abroad:  # the international cap, taken now for all
@@ -410,6 +434,7 @@ def _add_chunk(
     writer: _ChunkWriter,
     pool: list[ChosenSender] | None = None,
     guard: SmsGuard | None = None,
+    suppressed: bool = False,
 ) -> None:
     contact_ids = [
         i.get("contact_id") for _, i in chunk if isinstance(i, dict) and i.get("contact_id")
@@ -457,9 +482,11 @@ def _add_chunk(
     stopped: set[str | None] = set()
     # Read through psycopg directly (models/fast.py), past the writer's event: the
     # previous chunk's INSERT is waited for here, where its error belongs.
+    hashed = hashes_of(campaign.tenant_id, valid) if suppressed else {}
     writer.settle()
-    for row in opted_out_rows(session, [campaign.tenant_id], every):  # the claim's lookup
-        stopped.update((row.phone, row.wa_id, row.wa_user_id))
+    # The claim's lookup: opted-out contacts, and suppressions (a hash comes back in `phone`).
+    for row in opted_out_rows(session, [campaign.tenant_id], every, list(hashed)):
+        stopped.update((row.phone, row.wa_id, row.wa_user_id, hashed.get(row.phone)))
     # Whichever WhatsApp form of the number the opted-out contact holds.
     opted_out = {phone for phone, group in forms.items() if stopped.intersection(group)}
     campaign.skipped += len(opted_out)

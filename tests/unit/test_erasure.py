@@ -212,6 +212,31 @@ def test_a_send_already_queued_to_a_suppressed_number_fails_at_claim(
     assert got["status"] == "failed" and got["error"]["code"] == "opted_out"
 
 
+def test_a_campaign_skips_an_erased_person_who_opted_out(client, auth, tenant, dispatched) -> None:
+    """Counted `skipped` at creation like any opt-out (in either WhatsApp form of the
+    number), not written to fail at the claim."""
+    number, other = _number(), _number()
+    with session_scope() as session:
+        suppress(session, tenant["tenant_id"], [number])
+    wa_id = number[:5] + number[6:]  # the form without the ninth digit
+    campaign = {
+        "name": "after erasure",
+        "channel": "sms",
+        "body": "Spring sale",
+        "rate": 5,
+        "recipients": [{"to": number}, {"to": other}],
+    }
+    made = client.post("/v1/campaigns", json=campaign, headers=auth)
+    assert made.status_code == 201, made.get_json()
+    body = made.get_json()
+    assert body["counts"]["skipped"] == 1 and body["total"] == 1, body
+    with session_scope() as session:
+        written = session.scalars(
+            select(Message.to_number).where(Message.campaign_id == body["id"])
+        ).all()
+    assert written == [other] and wa_id not in written
+
+
 def test_tenant_erasure_leaves_other_tenants_alone(client, auth, tenant, dispatched) -> None:
     number = _number()
     other = make_tenant("other", windows=())
