@@ -11,7 +11,7 @@ services/lifecycle/purge.py's `purge`, VACUUMs the four tables (autovacuum's wor
 the same tenant's next day and prints the figures. Drops the database.
 
     DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test \\
-        python -m bench.retention --day 100000
+        python -m bench.retention --day 100000 [--days 5]
 
 Prints figures; asserts nothing.
 """
@@ -96,7 +96,11 @@ def traffic(
         ("sent",),
     )
     start = f"timestamp '{now}' - interval '{ago}' - interval '{span}'"
-    fresh = f"tenant_id = '{tenant}' AND id >= 'msg_' || pg_temp.ulid_time({start})"
+    end = f"timestamp '{now}' - interval '{ago}'"
+    fresh = (
+        f"tenant_id = '{tenant}' AND id >= 'msg_' || pg_temp.ulid_time({start})"
+        f" AND id <= 'msg_' || pg_temp.ulid_time({end}) || 'ZZZZZZZZZZZZZZZZ'"
+    )
     conn.execute(
         f"""
         INSERT INTO message_events (message_id, status, native_status, source, applied, at)
@@ -145,6 +149,13 @@ def main() -> None:
     parser.add_argument("--day", type=int, default=100_000, help="messages in the purged day")
     parser.add_argument("--keep", type=int, default=200_000, help="messages kept (hot)")
     parser.add_argument("--keep-db", action="store_true", help="leave the database (no purge)")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=1,
+        help="days purged; after the first, each writes the next expired day, VACUUMs, "
+        "purges it and VACUUMs again, printing the sizes (do the tables settle?)",
+    )
     args = parser.parse_args()
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith("postgresql"):
@@ -206,6 +217,22 @@ def main() -> None:
             )
             conn.execute("VACUUM ANALYZE")
             refilled = _sizes(conn)
+            cycles = []
+            for day in range(1, args.days):
+                # Each next day newer than the last (as traffic writes: the indexes' right
+                # edge), still past the short tenant's retention, then purged as autovacuum
+                # and the hourly purge would leave it.
+                traffic(
+                    conn, short, short_acc, args.day, f"{40 - day} days", "1 day", (day + 2) * 10**9
+                )
+                conn.execute("VACUUM ANALYZE")
+                written = _sizes(conn)
+                with get_engine().connect() as sa_conn:
+                    started = time.monotonic()
+                    gone = purge(sa_conn).messages
+                    took = time.monotonic() - started
+                vacuum(conn)
+                cycles.append((written, _sizes(conn), gone, took))
     finally:
         reset_engine()
         if not args.keep_db:
@@ -223,6 +250,17 @@ def main() -> None:
         print(f"{table:<16} {''.join(_mb(v) + '  ' for v in row)} {_mb(row[3] - row[0])}")
     total = [sum(sum(s[t]) for t in TABLES) for s in (before, after, vacuumed, refilled)]
     print(f"{'all four':<16} {''.join(_mb(v) + '  ' for v in total)} {_mb(total[3] - total[0])}")
+    if cycles:
+        print("\nday  purged  in s   MB written: heap  indexes   purged+vacuumed: heap  indexes")
+        for n, (written, cleaned, gone, took) in enumerate(cycles, 2):
+            cells = [sum(s[t][k] for t in TABLES) for s in (written, cleaned) for k in (0, 1)]
+            print(f"{n:>3} {gone:>7,} {took:5.2f}    " + "  ".join(_mb(c) for c in cells))
+        for table in TABLES:
+            first, last = cycles[0][1][table], cycles[-1][1][table]
+            print(
+                f"  {table:<16} heap {_mb(last[0] - first[0])}  indexes {_mb(last[1] - first[1])}"
+                f"  (MB, day {len(cycles) + 1} - day 2, after the purge)"
+            )
     day = sum(sum(before[t]) for t in TABLES) / (args.keep + args.day)
     print(f"\nbytes per message (all four tables, before the purge): {day:,.0f}")
 
