@@ -987,7 +987,7 @@ def campaign_to_dict(
         "invalid": campaign.invalid,
         "invalid_rows": (campaign.invalid_rows or [])[:100],
         "duplicates": campaign.duplicates,
-        "quiet_hours": quiet_hours.view(session, campaign),
+        "quiet_hours": quiet_hours.view(session, campaign, scheduled=by_status.get("scheduled", 0)),
         "created_at": iso(campaign.created_at),
         "estimated_cost": campaign.estimated_cost,
         **_sms_estimate(campaign),

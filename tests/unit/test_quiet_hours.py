@@ -76,6 +76,38 @@ def test_rows_in_their_night_are_parked_and_released_in_their_morning(
     assert statuses(cid) == {NEW_YORK: "queued", TOKYO: "queued"}
 
 
+def test_parked_rows_while_every_zone_is_quiet_come_from_the_counters(
+    client, auth, dispatched
+) -> None:
+    """A one-country campaign at night: every waiting row is parked, and the live view
+    (polled every second) says how many from the campaign's counters, without counting
+    its rows by zone."""
+    from sqlalchemy import event
+
+    from services.campaigns.campaigns import campaign_to_dict
+    from services.policy import quiet_hours
+
+    others = [{"to": f"+1212555{n:04d}"} for n in range(200, 203)]
+    resp = create(client, auth, quiet_hours=QUIET, recipients=[{"to": NEW_YORK}, *others])
+    assert resp.status_code == 201, resp.get_json()
+    night = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)  # 23:00 in New York
+    with session_scope() as session:
+        campaign = session.get(Campaign, resp.get_json()["id"])
+        seen: list[str] = []
+        engine = session.get_bind()
+        listener = lambda *a: seen.append(a[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            shown = campaign_to_dict(session, campaign)
+            counted = quiet_hours.view(session, campaign, night, scheduled=4)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        assert counted["parked"] == 4
+        assert not [sql for sql in seen if "recipient_zones" in sql], seen
+        # Every zone quiet or not now (the real clock), the two answers agree.
+        assert shown["quiet_hours"]["parked"] == quiet_hours.view(session, campaign)["parked"]
+
+
 def test_without_quiet_hours_everything_is_released(client, auth, dispatched) -> None:
     cid = create(client, auth).get_json()["id"]
     release_due_campaigns(now=datetime(2026, 6, 1, 3, 0, tzinfo=UTC))
