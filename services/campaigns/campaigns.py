@@ -480,9 +480,9 @@ def _add_chunk(
     forms = {phone: whatsapp_forms(phone) for phone in valid}
     every = [form for group in forms.values() for form in group]
     stopped: set[str | None] = set()
+    hashed = hashes_of(campaign.tenant_id, valid) if suppressed else {}
     # Read through psycopg directly (models/fast.py), past the writer's event: the
     # previous chunk's INSERT is waited for here, where its error belongs.
-    hashed = hashes_of(campaign.tenant_id, valid) if suppressed else {}
     writer.settle()
     # The claim's lookup: opted-out contacts, and suppressions (a hash comes back in `phone`).
     for row in opted_out_rows(session, [campaign.tenant_id], every, list(hashed)):
