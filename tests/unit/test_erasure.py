@@ -43,6 +43,20 @@ def _number() -> str:
     return "+55119" + str(random.randint(6, 9)) + "".join(random.choices("0123456789", k=7))
 
 
+def _sms_campaign(client, auth, name: str, *numbers: str) -> dict:  # type: ignore[no-untyped-def]
+    """Create an SMS campaign to these numbers; its JSON."""
+    campaign = {
+        "name": name,
+        "channel": "sms",
+        "body": "Spring sale",
+        "rate": 5,
+        "recipients": [{"to": n} for n in numbers],
+    }
+    made = client.post("/v1/campaigns", json=campaign, headers=auth)
+    assert made.status_code == 201, made.get_json()
+    return made.get_json()
+
+
 @pytest.fixture
 def tenant() -> dict[str, str]:
     """A business with its own WhatsApp number, so inbound messages reach it alone."""
@@ -219,16 +233,7 @@ def test_a_campaign_skips_an_erased_person_who_opted_out(client, auth, tenant, d
     with session_scope() as session:
         suppress(session, tenant["tenant_id"], [number])
     wa_id = number[:5] + number[6:]  # the form without the ninth digit
-    campaign = {
-        "name": "after erasure",
-        "channel": "sms",
-        "body": "Spring sale",
-        "rate": 5,
-        "recipients": [{"to": number}, {"to": other}],
-    }
-    made = client.post("/v1/campaigns", json=campaign, headers=auth)
-    assert made.status_code == 201, made.get_json()
-    body = made.get_json()
+    body = _sms_campaign(client, auth, "after erasure", number, other)
     assert body["counts"]["skipped"] == 1 and body["total"] == 1, body
     with session_scope() as session:
         written = session.scalars(
@@ -323,15 +328,7 @@ def test_pending_callbacks_and_campaign_rows(client, auth, tenant, dispatched) -
                     next_attempt_at=utcnow() + timedelta(hours=1),  # not applied meanwhile
                 )
             )
-    campaign = {
-        "name": "spring",
-        "channel": "sms",
-        "body": "Spring sale",
-        "rate": 5,
-        "recipients": [{"to": number}, {"to": other_number}],
-    }
-    made = client.post("/v1/campaigns", json=campaign, headers=auth)
-    assert made.status_code == 201, made.get_json()
+    made = _sms_campaign(client, auth, "spring", number, other_number)
     done = client.post("/v1/erasures", json={"phone": number}, headers=auth).get_json()
     assert done["erased"]["webhook_inbox"] == 1 and done["erased"]["messages"] == 1
     with session_scope() as session:
@@ -344,7 +341,7 @@ def test_pending_callbacks_and_campaign_rows(client, auth, tenant, dispatched) -
             .all()
         )
     assert len(left) == 1 and "acc_of_another_tenant" in left[0]
-    shown = client.get(f"/v1/campaigns/{made.get_json()['id']}", headers=auth)
+    shown = client.get(f"/v1/campaigns/{made['id']}", headers=auth)
     assert shown.status_code == 200 and shown.get_json()["total"] == 2
     assert _rows(tenant["tenant_id"], number) == (0, 0)
     assert _rows(tenant["tenant_id"], other_number) == (0, 1)
