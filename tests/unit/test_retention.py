@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from core.ids import id_at, utcnow
 from herald.cli import main
@@ -25,6 +25,7 @@ from models import (
     get_engine,
     session_scope,
 )
+from services.lifecycle import purge as purge_module
 from services.lifecycle.purge import Purged, purge_tenant
 from services.lifecycle.retention import DEFAULT_DAYS, effective_days
 from services.reporting.rollups import fold_all
@@ -309,3 +310,45 @@ def test_a_row_held_by_a_send_or_callback_is_skipped_not_waited_for() -> None:
         purged = run_purge(tenant_id)
     assert purged.messages == 1 and exists(held) and not exists(free)
     assert run_purge(tenant_id).messages == 1 and not exists(held)  # the next run takes it
+
+
+@pytest.mark.parametrize(("neighbours", "ranged"), [(1, True), (8, False)])
+def test_events_are_read_by_range_only_where_the_tenant_fills_the_span(
+    monkeypatch: pytest.MonkeyPatch, neighbours: int, ranged: bool
+) -> None:
+    """Batches of 4, a span read as one range when it holds fewer than 16 messages of all
+    tenants: with one neighbour's message between two of its own a tenant fills its spans,
+    with eight it does not. Either way its events go and the neighbour's stay."""
+    monkeypatch.setattr(purge_module, "BATCH", 4)
+    monkeypatch.setattr(purge_module, "CROWD", 16)
+    tenant_id = make_tenant("crowded", windows=())["tenant_id"]
+    neighbour = make_tenant("neighbour", windows=())["tenant_id"]
+    age = DEFAULT_DAYS + 7.3  # apart from the other tests' old messages
+    mine, theirs = [], []
+    for i in range(12):
+        mine.append(add_message(tenant_id, age + i / 100, receipts=False))
+        theirs += [
+            add_message(neighbour, age + i / 100 + (k + 1) / (100 * (neighbours + 1)))
+            for k in range(neighbours)
+        ]
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "DELETE FROM message_events" in statement:
+            statements.append(statement)
+
+    event.listen(get_engine(), "before_cursor_execute", seen)
+    try:
+        purged = run_purge(tenant_id)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", seen)
+
+    assert (purged.messages, purged.events, purged.deliveries) == (12, 12, 12)
+    by_range = ["message_id >= (SELECT lo FROM span)" in s for s in statements]
+    assert by_range[0] is False  # the first batch has no span measured yet
+    assert any(by_range) is ranged
+    assert not any(exists(m) for m in mine)
+    assert all(exists(m) for m in theirs)
+    for model in (MessageEvent, EventDelivery):
+        assert sum(remaining(model, message_id=m) for m in mine) == 0
+        assert sum(remaining(model, message_id=m) for m in theirs) == len(theirs)
