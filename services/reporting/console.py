@@ -548,7 +548,7 @@ def usage_report(session: Session, tenant_id: str, args: dict[str, Any]) -> dict
 
     data = load_object(UsageQuerySchema(), args)
     start, end = period(data)
-    rows = counted_rows(session, tenant_id, start, end)  # read once for both figures
+    rows = counted_rows(session, tenant_id, start, end, data["group_by"])  # once for both
     report = usage(session, tenant_id, start, end, data["group_by"], rows=rows)
     # Test keys' messages beside, never in the live figures (simulated, never billed).
     report["test_totals"] = usage(session, tenant_id, start, end, (), test=True, rows=rows)[

@@ -12,6 +12,7 @@ deltas not folded yet, so a read is exact whenever it runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -149,33 +150,47 @@ def _row(values: Any) -> CountRow:
     )
 
 
-_GROUP = "channel, provider, category, campaign_id, status, price_unit, test"
-_TENANT_HOURS = text(
-    f"""
-    SELECT {_GROUP}, sum(messages) AS messages, sum(billable) AS billable,
-        sum(cost) AS cost
-    FROM (
-        SELECT {_GROUP}, messages, billable, cost FROM message_counts
-        WHERE tenant_id = :tenant AND span = :span AND start >= :start AND start < :end
-          AND direction = 'outbound'
-        UNION ALL
-        SELECT {_GROUP}, messages, billable, cost FROM message_count_deltas
-        WHERE tenant_id = :tenant AND hour >= :start AND hour < :end
-          AND direction = 'outbound'
-    ) AS counted
-    GROUP BY {_GROUP}
-    HAVING sum(messages) <> 0 OR sum(billable) <> 0 OR sum(cost) <> 0
-    """
-)
+_GROUP = ("channel", "provider", "category", "campaign_id", "status", "price_unit", "test")
+# What a usage read may leave out when it does not group by it: a tenant's groups are
+# mostly its campaigns, so a period's total reads a group per status, not per campaign.
+LEAVE_OUT = {"channel": "channel", "campaign": "campaign_id"}
+
+
+@functools.cache
+def _tenant_counts(left_out: frozenset[str]) -> TextClause:
+    kept = ", ".join(k for k in _GROUP if k not in left_out)
+    outer = ", ".join(f"'' AS {k}" if k in left_out else k for k in _GROUP)
+    return text(
+        f"""
+        SELECT {outer}, sum(messages) AS messages, sum(billable) AS billable,
+            sum(cost) AS cost
+        FROM (
+            SELECT {kept}, messages, billable, cost FROM message_counts
+            WHERE tenant_id = :tenant AND span = :span AND start >= :start AND start < :end
+              AND direction = 'outbound'
+            UNION ALL
+            SELECT {kept}, messages, billable, cost FROM message_count_deltas
+            WHERE tenant_id = :tenant AND hour >= :start AND hour < :end
+              AND direction = 'outbound'
+        ) AS counted
+        GROUP BY {kept}
+        HAVING sum(messages) <> 0 OR sum(billable) <> 0 OR sum(cost) <> 0
+        """
+    )
 
 
 def outbound_counts(
-    session: Session, tenant_id: str, start: datetime, end: datetime, span: str = "hour"
+    session: Session,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    span: str = "hour",
+    left_out: frozenset[str] = frozenset(),
 ) -> list[CountRow]:
     """The tenant's outbound message groups created in [start, end), whole hours (or
-    whole days with span 'day')."""
+    whole days with span 'day'); the `left_out` columns (of LEAVE_OUT's) added up."""
     params = {"tenant": tenant_id, "start": _naive(start), "end": _naive(end), "span": span}
-    return [_row(r) for r in session.execute(_TENANT_HOURS, params)]
+    return [_row(r) for r in session.execute(_tenant_counts(left_out), params)]
 
 
 _CAMPAIGNS = text(

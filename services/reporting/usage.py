@@ -29,7 +29,7 @@ from core.config import get_settings
 from core.ids import id_at
 from core.shapes import Shape, shape
 from models import Message, update_message, utcnow
-from services.reporting.rollups import CountRow, outbound_counts
+from services.reporting.rollups import LEAVE_OUT, CountRow, outbound_counts
 
 # The dimensions `group_by` takes, and the column each is read from.
 GROUPS = {
@@ -157,26 +157,38 @@ def _hour_ceil(value: datetime) -> datetime:
     return floor if floor == value else floor + timedelta(hours=1)
 
 
-def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -> list[CountRow]:
+def _left_out(group_by: Iterable[str]) -> frozenset[str]:
+    """The rollup columns a usage grouped by `group_by` adds up rather than reads apart."""
+    names = set(group_by)
+    return frozenset(column for name, column in LEAVE_OUT.items() if name not in names)
+
+
+def _scanned(
+    session: Session, tenant_id: str, start: datetime, end: datetime, left_out: frozenset[str]
+) -> list[CountRow]:
     """The groups of the tenant's outbound messages created in [start, end), read from
     the messages: only for the partial hours at a period's ends (the rest is rolled up)."""
     if start >= end:
         return []
-    dimensions = (
-        Message.channel,
-        Message.provider,
-        Message.pricing_category,
-        Message.campaign_id,
-        Message.status,
-        Message.price_unit,
-        Message.test,
-    )
+    dimensions = [
+        column
+        for column in (
+            Message.channel,
+            Message.provider,
+            Message.pricing_category,
+            Message.campaign_id,
+            Message.status,
+            Message.price_unit,
+            Message.test,
+        )
+        if column.key not in left_out
+    ]
     query = (
         select(
             *dimensions,
-            func.count(),
-            func.count(case((Message.billable.is_(True), 1))),
-            func.coalesce(func.sum(Message.price), 0),
+            func.count().label("messages"),
+            func.count(case((Message.billable.is_(True), 1))).label("billable"),
+            func.coalesce(func.sum(Message.price), 0).label("cost"),
         )
         .where(
             Message.tenant_id == tenant_id,
@@ -190,54 +202,63 @@ def _scanned(session: Session, tenant_id: str, start: datetime, end: datetime) -
         )
         .group_by(*dimensions)
     )
-    return [
-        CountRow(
-            channel=r[0],
-            provider=r[1],
-            category=r[2],
-            campaign=r[3],
-            status=r[4],
-            price_unit=r[5],
-            test=bool(r[6]),
-            messages=int(r[7]),
-            billable=int(r[8]),
-            cost=Decimal(r[9]),
+    out = []
+    for r in session.execute(query):
+        row = r._mapping
+        out.append(
+            CountRow(
+                channel=row.get("channel", ""),
+                provider=row["provider"],
+                category=row["pricing_category"],
+                campaign=row.get("campaign_id"),
+                status=row["status"],
+                price_unit=row["price_unit"],
+                test=bool(row["test"]),
+                messages=int(row["messages"]),
+                billable=int(row["billable"]),
+                cost=Decimal(row["cost"]),
+            )
         )
-        for r in session.execute(query)
-    ]
+    return out
 
 
 def counted_rows(
-    session: Session, tenant_id: str, start: datetime, end: datetime
+    session: Session,
+    tenant_id: str,
+    start: datetime,
+    end: datetime,
+    group_by: Iterable[str] = tuple(ROW_FIELD),
 ) -> list[CountRow]:
     """Every group of the period: whole days, then whole clock hours, from the rollup
     (services/reporting/rollups.py), the partial hours at each end from the messages, so
-    the cost is the same for a day or a year of history."""
+    the cost is the same for a day or a year of history. Channels and campaigns not in
+    `group_by` are added up in the database (their rows read blank)."""
+    left_out = _left_out(group_by)
     first_day = datetime.combine(start.date(), time(), UTC)
     first_day += timedelta(days=0 if first_day == start else 1)
     last_day = datetime.combine(end.date(), time(), UTC)
     if first_day >= last_day:
-        return _hourly_rows(session, tenant_id, start, end)
+        return _hourly_rows(session, tenant_id, start, end, left_out)
     return [
-        *_hourly_rows(session, tenant_id, start, first_day),
-        *outbound_counts(session, tenant_id, first_day, last_day, span="day"),
-        *_hourly_rows(session, tenant_id, last_day, end),
+        *_hourly_rows(session, tenant_id, start, first_day, left_out),
+        *outbound_counts(session, tenant_id, first_day, last_day, "day", left_out),
+        *_hourly_rows(session, tenant_id, last_day, end, left_out),
     ]
 
 
 def _hourly_rows(
-    session: Session, tenant_id: str, start: datetime, end: datetime
+    session: Session, tenant_id: str, start: datetime, end: datetime, left_out: frozenset[str]
 ) -> list[CountRow]:
     """Whole clock hours from the rollup, the partial hours at each end scanned."""
     if start >= end:
         return []
     first, last = _hour_ceil(start), _hour_floor(end)
     if first >= last:
-        return _scanned(session, tenant_id, start, end)
+        return _scanned(session, tenant_id, start, end, left_out)
     return [
-        *_scanned(session, tenant_id, start, first),
-        *outbound_counts(session, tenant_id, first, last),
-        *_scanned(session, tenant_id, last, end),
+        *_scanned(session, tenant_id, start, first, left_out),
+        *outbound_counts(session, tenant_id, first, last, "hour", left_out),
+        *_scanned(session, tenant_id, last, end, left_out),
     ]
 
 
@@ -263,7 +284,7 @@ def usage(
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     totals = _empty()
     if rows is None:
-        rows = counted_rows(session, tenant_id, start, end)
+        rows = counted_rows(session, tenant_id, start, end, names)
     for row in rows:
         if row.test != test:
             continue

@@ -34,10 +34,15 @@ def add(tenant_id: str, when: datetime = DAY, **values) -> str:  # type: ignore[
                 tenant_id=tenant_id,
                 direction="outbound",
                 provider_account_id=account,
-                to_number="+12025550143",
                 created_at=when,
                 updated_at=when,
-                **{"channel": "sms", "provider": provider, "status": "delivered", **values},
+                **{
+                    "to_number": "+12025550143",
+                    "channel": "sms",
+                    "provider": provider,
+                    "status": "delivered",
+                    **values,
+                },
             )
         )
     return message_id
@@ -217,3 +222,39 @@ def test_the_console_usage_page_reads_the_period_once(client, tenant) -> None:
 
 def _at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_a_total_adds_up_the_campaigns_in_the_database(client) -> None:
+    """A tenant's rollup groups are mostly its campaigns: usage not grouped by campaign
+    reads them added up (a group per status and currency, not per campaign as well), and
+    grouped by campaign keeps them apart, with the same totals."""
+    from services.reporting.rollups import fold_all
+    from services.reporting.usage import counted_rows, period, usage
+
+    tenant = make_tenant("usage-campaigns")
+    tid = tenant["tenant_id"]
+    campaigns = [f"cmp_use{n}{tid[-12:]}" for n in range(4)]
+    for day in (10, 11):
+        for campaign in campaigns:
+            add(
+                tid,
+                when=datetime(2026, 3, day, 12, tzinfo=UTC),
+                campaign_id=campaign,
+                to_number=f"+120255501{day}",
+                price=Decimal("0.0100"),
+                price_unit="USD",
+            )
+    fold_all()
+    start, end = period({"from_": _at("2026-03-09T00:00"), "to": _at("2026-03-13T00:00")})
+    with session_scope() as session:
+        added_up = counted_rows(session, tid, start, end, ())
+        apart = counted_rows(session, tid, start, end, ("campaign",))
+        total = usage(session, tid, start, end)
+        by_campaign = usage(session, tid, start, end, ["campaign"])
+    assert len(added_up) == 1 and added_up[0].campaign is None
+    assert added_up[0].messages == 8
+    assert {row.campaign for row in apart} == set(campaigns)
+    assert total["totals"] == by_campaign["totals"]
+    assert total["totals"]["messages"] == 8 and total["totals"]["cost"] == {"USD": "0.08000"}
+    assert sorted(g["campaign"] for g in by_campaign["data"]) == sorted(campaigns)
+    assert all(g["messages"] == 2 for g in by_campaign["data"])
