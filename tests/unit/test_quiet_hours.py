@@ -108,6 +108,42 @@ def test_parked_rows_while_every_zone_is_quiet_come_from_the_counters(
         assert shown["quiet_hours"]["parked"] == quiet_hours.view(session, campaign)["parked"]
 
 
+def test_parked_rows_while_some_zones_are_open_are_counted_once_a_minute(
+    client, auth, dispatched, monkeypatch
+) -> None:
+    """New York quiet, Tokyo open: the live view's polls count New York's rows once, until
+    the quiet zones change, the campaign's status changes or a minute has passed."""
+    from sqlalchemy import event
+
+    from services.policy import quiet_hours
+
+    resp = create(client, auth, quiet_hours=QUIET)
+    assert resp.status_code == 201, resp.get_json()
+    night = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)  # 23:00 in New York, 12:00 in Tokyo
+    tokyo_night = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)  # 10:00 in New York, 23:00 in Tokyo
+    clock = [1_000.0]
+    monkeypatch.setattr(quiet_hours.time, "monotonic", lambda: clock[0])
+    quiet_hours._parked_counts.clear()  # what the creation's answer counted (the real clock)
+    with session_scope() as session:
+        campaign = session.get(Campaign, resp.get_json()["id"])
+        seen: list[str] = []
+        engine = session.get_bind()
+        listener = lambda *a: seen.append(a[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            polls = [quiet_hours.view(session, campaign, night, scheduled=2) for _ in range(5)]
+            once = len(seen)
+            other = quiet_hours.view(session, campaign, tokyo_night, scheduled=2)
+            clock[0] += quiet_hours.PARKED_TTL
+            later = quiet_hours.view(session, campaign, night, scheduled=2)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    assert [p["parked"] for p in polls] == [1] * 5
+    assert once == 1, seen
+    assert other["parked"] == 1 and later["parked"] == 1
+    assert len([sql for sql in seen if "recipient_zones" in sql]) == 3
+
+
 def test_without_quiet_hours_everything_is_released(client, auth, dispatched) -> None:
     cid = create(client, auth).get_json()["id"]
     release_due_campaigns(now=datetime(2026, 6, 1, 3, 0, tzinfo=UTC))
