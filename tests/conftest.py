@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -250,3 +251,24 @@ def terminate_backend(pid: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"backend {pid} still alive {timeout}s after its termination")
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def statements_run(engine: Any = None) -> Iterator[list[tuple[str, Any]]]:
+    """Every SQL statement (and its parameters) the engine sends inside the block, for
+    tests that say which statements an operation runs, or how many."""
+    from sqlalchemy import event
+
+    from models import get_engine
+
+    engine = engine or get_engine()
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)

@@ -7,13 +7,13 @@ import io
 import json
 from datetime import timedelta
 
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 
 from core.ids import new_id
-from models import Contact, Message, get_engine, session_scope, utcnow
+from models import Contact, Message, session_scope, utcnow
 from services.campaigns.campaigns import release_due_campaigns
 from services.messages.status import apply_status
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, statements_run
 from tests.unit.test_console import sign_in
 
 PHONES = [f"+1202555{n:04d}" for n in range(150, 160)]
@@ -117,24 +117,15 @@ def test_a_page_of_campaigns_reads_their_counts_in_one_statement(
     ]
     _move(made[2], ["delivered", "failed"])
     client.post(f"/v1/campaigns/{made[1]}/cancel", headers=auth)
-    statements: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
     console = app.test_client()
     assert sign_in(console, tenant["api_key"]).status_code == 302
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_run() as statements:
         listed = client.get("/v1/campaigns", headers=auth).get_json()["data"]
-        api_reads = sum("FROM message_counts" in s for s in statements)
+        api_reads = sum("FROM message_counts" in s for s, _ in statements)
         page = console.get("/console/campaigns")
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert page.status_code == 200 and "p3" in page.get_data(as_text=True)
     assert api_reads == 1
-    assert sum("FROM message_counts" in s for s in statements) == 2  # and one for the console
+    assert sum("FROM message_counts" in s for s, _ in statements) == 2  # and one for the console
     assert [c["id"] for c in listed] == made[::-1]
     for shown in listed:
         alone = client.get(f"/v1/campaigns/{shown['id']}", headers=auth).get_json()

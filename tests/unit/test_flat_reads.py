@@ -18,12 +18,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core.ids import id_at
 from models import Campaign, get_engine, session_scope, utcnow
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, statements_run
 
 OTHERS = 14_000
 OWN = 6_000
@@ -180,17 +180,8 @@ def _rolled_up(session: Session) -> None:
 def _cost(session: Session, operation: Callable[[], Any]) -> tuple[int, list[str]]:
     """Buffer accesses of every statement `operation` runs, and the tables it scanned
     whole, from each statement replayed under EXPLAIN ANALYZE."""
-    statements: list[tuple[str, Any]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append((statement, parameters))
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_run(session.get_bind()) as statements:
         operation()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     touched, whole = 0, []
     cursor = session.connection().connection.dbapi_connection.cursor()
     for sql, params in statements:

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from models import Campaign, Message, Tenant, session_scope
 from services.campaigns.campaigns import release_due_campaigns
 from services.policy.quiet_hours import allowed, is_quiet, number_zones, zone_key
+from tests.conftest import statements_run
 
 NEW_YORK = "+12125550123"
 TOKYO = "+81312345678"
@@ -82,8 +83,6 @@ def test_parked_rows_while_every_zone_is_quiet_come_from_the_counters(
     """A one-country campaign at night: every waiting row is parked, and the live view
     (polled every second) says how many from the campaign's counters, without counting
     its rows by zone."""
-    from sqlalchemy import event
-
     from services.campaigns.campaigns import campaign_to_dict
     from services.policy import quiet_hours
 
@@ -93,17 +92,11 @@ def test_parked_rows_while_every_zone_is_quiet_come_from_the_counters(
     night = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)  # 23:00 in New York
     with session_scope() as session:
         campaign = session.get(Campaign, resp.get_json()["id"])
-        seen: list[str] = []
-        engine = session.get_bind()
-        listener = lambda *a: seen.append(a[2])  # noqa: E731
-        event.listen(engine, "before_cursor_execute", listener)
-        try:
+        with statements_run(session.get_bind()) as seen:
             shown = campaign_to_dict(session, campaign)
             counted = quiet_hours.view(session, campaign, night, scheduled=4)
-        finally:
-            event.remove(engine, "before_cursor_execute", listener)
         assert counted["parked"] == 4
-        assert not [sql for sql in seen if "recipient_zones" in sql], seen
+        assert not [sql for sql, _ in seen if "recipient_zones" in sql], seen
         # Every zone quiet or not now (the real clock), the two answers agree.
         assert shown["quiet_hours"]["parked"] == quiet_hours.view(session, campaign)["parked"]
 
@@ -113,8 +106,6 @@ def test_parked_rows_while_some_zones_are_open_are_counted_once_a_minute(
 ) -> None:
     """New York quiet, Tokyo open: the live view's polls count New York's rows once, until
     the quiet zones change, the campaign's status changes or a minute has passed."""
-    from sqlalchemy import event
-
     from services.policy import quiet_hours
 
     resp = create(client, auth, quiet_hours=QUIET)
@@ -126,22 +117,16 @@ def test_parked_rows_while_some_zones_are_open_are_counted_once_a_minute(
     quiet_hours._parked_counts.clear()  # what the creation's answer counted (the real clock)
     with session_scope() as session:
         campaign = session.get(Campaign, resp.get_json()["id"])
-        seen: list[str] = []
-        engine = session.get_bind()
-        listener = lambda *a: seen.append(a[2])  # noqa: E731
-        event.listen(engine, "before_cursor_execute", listener)
-        try:
+        with statements_run(session.get_bind()) as seen:
             polls = [quiet_hours.view(session, campaign, night, scheduled=2) for _ in range(5)]
             once = len(seen)
             other = quiet_hours.view(session, campaign, tokyo_night, scheduled=2)
             clock[0] += quiet_hours.PARKED_TTL
             later = quiet_hours.view(session, campaign, night, scheduled=2)
-        finally:
-            event.remove(engine, "before_cursor_execute", listener)
     assert [p["parked"] for p in polls] == [1] * 5
     assert once == 1, seen
     assert other["parked"] == 1 and later["parked"] == 1
-    assert len([sql for sql in seen if "recipient_zones" in sql]) == 3
+    assert len([sql for sql, _ in seen if "recipient_zones" in sql]) == 3
 
 
 def test_without_quiet_hours_everything_is_released(client, auth, dispatched) -> None:

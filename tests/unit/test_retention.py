@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from core.ids import id_at, utcnow
 from herald.cli import main
@@ -29,7 +29,7 @@ from services.lifecycle import purge as purge_module
 from services.lifecycle.purge import Purged, purge_tenant
 from services.lifecycle.retention import DEFAULT_DAYS, effective_days
 from services.reporting.rollups import fold_all
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, statements_run
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -331,19 +331,11 @@ def test_events_are_read_by_range_only_where_the_tenant_fills_the_span(
             add_message(neighbour, age + i / 100 + (k + 1) / (100 * (neighbours + 1)))
             for k in range(neighbours)
         ]
-    statements: list[str] = []
-
-    def seen(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        if "DELETE FROM message_events" in statement:
-            statements.append(statement)
-
-    event.listen(get_engine(), "before_cursor_execute", seen)
-    try:
+    with statements_run() as seen:
         purged = run_purge(tenant_id)
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", seen)
 
     assert (purged.messages, purged.events, purged.deliveries) == (12, 12, 12)
+    statements = [sql for sql, _ in seen if "DELETE FROM message_events" in sql]
     by_range = ["message_id >= (SELECT lo FROM span)" in s for s in statements]
     assert by_range[0] is False  # the first batch has no span measured yet
     assert any(by_range) is ranged

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import session_scope, utcnow
+from tests.conftest import statements_run
 
 FILL = 20_000
 
@@ -102,20 +103,9 @@ def test_a_callback_found_by_provider_id_reads_one_index_entry(filled) -> None:
         text("SELECT id FROM provider_accounts WHERE tenant_id = :t AND provider = 'twilio'"),
         {"t": tenant_id},
     ).scalar_one()
-    statements: list[tuple[str, Any]] = []
-
-    from sqlalchemy import event
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append((statement, parameters))
-
-    engine = session.get_bind()
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_run(session.get_bind()) as statements:
         found = find_message(session, [account], None, "SMplan12345", provider="twilio")
         missing = find_message(session, [account], None, "SMnowhere", provider="twilio")
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert found is not None and found.id == "msg_plan12345"
     assert missing is None
     sql, params = statements[-1]

@@ -10,7 +10,7 @@ from decimal import Decimal
 from core.ids import id_at
 from models import Message, session_scope
 from services.reporting.usage import record_meta_pricing
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, statements_run
 
 DAY = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -191,30 +191,17 @@ def test_console_usage_page(client, tenant) -> None:
 def test_the_console_usage_page_reads_the_period_once(client, tenant) -> None:
     """The live figures and the test keys' line beside them come from one read of the
     period's counts, not two."""
-    from sqlalchemy import event
-
-    from models import get_engine
     from services.reporting.console import usage_report
     from services.reporting.usage import period, usage
 
     add(tenant["tenant_id"], price=Decimal("0.0079"), price_unit="USD")
-    statements: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    engine = get_engine()
     args = {"from": "2026-03-01T10:30:00Z", "to": "2026-03-12T09:15:00Z", "group_by": "channel"}
-    with session_scope() as session:
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
-            report = usage_report(session, tenant["tenant_id"], args)
-            page_reads = len(statements)
-            statements.clear()
-            start, end = period({"from_": _at("2026-03-01T10:30"), "to": _at("2026-03-12T09:15")})
-            live = usage(session, tenant["tenant_id"], start, end, ["channel"])
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
+    with session_scope() as session, statements_run() as statements:
+        report = usage_report(session, tenant["tenant_id"], args)
+        page_reads = len(statements)
+        statements.clear()
+        start, end = period({"from_": _at("2026-03-01T10:30"), "to": _at("2026-03-12T09:15")})
+        live = usage(session, tenant["tenant_id"], start, end, ["channel"])
     assert page_reads == len(statements) > 0  # one period's reads, for both figures
     assert report["totals"] == live["totals"] and report["data"] == live["data"]
     assert report["test_totals"]["messages"] == 0

@@ -11,12 +11,19 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from core.config import get_settings
-from models import Message, WebhookEvent, get_engine, session_scope
-from tests.conftest import META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN, make_tenant
+from models import Message, WebhookEvent, session_scope
+from tests.conftest import (
+    META_SECRET,
+    META_TOKEN,
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    make_tenant,
+    statements_run,
+)
 from tests.unit.test_webhooks import get, meta_change, new_message, status, twilio_status
 
 CUSTOMER = "+12025550177"
@@ -470,17 +477,8 @@ def test_many_phone_ids_cost_one_bounded_query_before_refusal(client, tenant) ->
     changes = [{"value": {"metadata": {"phone_number_id": int(i)}}} for i in ids]
     raw = json.dumps({"entry": [{"changes": changes}]}, separators=(",", ":")).encode()
     assert 900_000 < len(raw) < get_settings().max_body_bytes
-    statements: list[tuple[str, object]] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append((statement, parameters))
-
-    engine = get_engine()
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with statements_run() as statements:
         resp = meta_raw(client, raw, "sha256=" + "0" * 64)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert_error_shape(resp, 403)
     lookups = [
         parameters for statement, parameters in statements if "provider_accounts" in statement
