@@ -152,6 +152,26 @@ def open_window(tenant_id: str, phone: str) -> None:
         session.add(Contact(tenant_id=tenant_id, phone=phone, last_inbound_at=utcnow()))
 
 
+def free_number(prefix: str = "+1202555") -> str:
+    """A valid fictional number (`prefix` and four random digits) that no sender of this
+    run holds: senders are unique across tenants, and several test files draw from the
+    same 9,000 numbers, so a bare random draw collides now and then."""
+    import random
+
+    from sqlalchemy import select
+
+    from models import Sender, session_scope
+    from services.content.phones import normalize_e164
+
+    while True:
+        number = f"{prefix}{random.randint(1000, 9999)}"
+        if normalize_e164(number) != number:
+            continue
+        with session_scope() as session:
+            if session.scalar(select(Sender.id).where(Sender.address == number)) is None:
+                return number
+
+
 def make_tenant(
     name: str = "acme", windows: tuple[str, ...] = WINDOW_OPEN, **accounts: dict[str, str]
 ) -> dict[str, str]:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bench.tcpproxy import TcpProxy, proxy_to
 from herald.stack import free_port, redis_server_argv, wait_until
+from tests.conftest import free_number
 from tests.e2e.stack import RunningStack
 
 pytestmark = pytest.mark.e2e
@@ -202,7 +203,7 @@ def test_twilio_callbacks_during_a_database_outage_are_applied_when_it_is_back(
     key = uuid.uuid4().hex[:8]
     # A number of this stack's tenant alone: every stack and test tenant of a run shares
     # the sandbox account's own number, whose inbound is rightly no one's (unrouted).
-    own_number = f"+1202555{uuid.uuid4().int % 9000 + 1000}"
+    own_number = free_number()
     _add_sms_sender(outage.stack.info["tenant_id"], own_number)
     httpx.post(f"{sandbox}/_sandbox/config", json={"callback_delay": 2.0}).raise_for_status()
     try:

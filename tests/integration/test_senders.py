@@ -13,30 +13,16 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from models import Message, Sender, session_scope
+from models import Message, session_scope
 from services.campaigns.campaigns import release_due_campaigns
-from services.content.phones import normalize_e164
 from services.messages.delivery import deliver, deliver_many
 from services.policy import limits
 from services.tenancy.sender_admin import add_sender, remove_sender, set_default
 from services.tenancy.senders import assign, tenant_senders
-from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, make_tenant
+from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, free_number, make_tenant
 from tests.integration.conftest import wait_for
 
 TO = "+12025550143"
-
-
-def fresh_number() -> str:
-    """A valid number no sender of this run holds yet: drawn at random from 9,000, a
-    handful per test collide often enough (with this file's or another test's senders)
-    to fail a run now and then."""
-    while True:
-        number = f"+1202555{random.randint(1000, 9999)}"
-        if normalize_e164(number) != number:
-            continue
-        with session_scope() as session:
-            if session.scalar(select(Sender.id).where(Sender.address == number)) is None:
-                return number
 
 
 def fresh_mg() -> str:
@@ -87,7 +73,7 @@ def sent_request(live, message_id: str) -> dict:  # type: ignore[type-arg]
 
 
 def test_from_picks_each_sender_and_the_default_serves_otherwise(live, client, dispatched) -> None:
-    first, second, legacy, mg = fresh_number(), fresh_number(), fresh_number(), fresh_mg()
+    first, second, legacy, mg = free_number(), free_number(), free_number(), fresh_mg()
     tenant = twilio_tenant(live, [first, second], [mg], legacy=legacy)
     tid = tenant["tenant_id"]
     first_id = add(tid, provider="twilio", address=first, is_default=True, label="main")
@@ -122,11 +108,11 @@ def test_from_picks_each_sender_and_the_default_serves_otherwise(live, client, d
 
 
 def test_unknown_or_foreign_from_is_refused_naming_from(live, client, dispatched) -> None:
-    tenant = twilio_tenant(live, [fresh_number()])
-    other = twilio_tenant(live, [number := fresh_number()])
+    tenant = twilio_tenant(live, [free_number()])
+    other = twilio_tenant(live, [number := free_number()])
     foreign_id = add(other["tenant_id"], provider="twilio", address=number)
     for value, status, code in (
-        (fresh_number(), 422, "sender_not_found"),
+        (free_number(), 422, "sender_not_found"),
         (number, 422, "sender_not_found"),  # another tenant's number
         (foreign_id, 422, "sender_not_found"),  # another tenant's sender id
         (fresh_mg(), 422, "sender_not_found"),
@@ -141,7 +127,7 @@ def test_unknown_or_foreign_from_is_refused_naming_from(live, client, dispatched
         error = resp.get_json()["error"]
         assert error["code"] == code and "from" in error["fields"], error
     # A sender that does not serve the channel.
-    sms_only = fresh_number()
+    sms_only = free_number()
     add(tenant["tenant_id"], provider="twilio", address=sms_only, channels=["sms"])
     resp = client.post(
         "/v1/messages",
@@ -154,7 +140,7 @@ def test_unknown_or_foreign_from_is_refused_naming_from(live, client, dispatched
 def test_the_sender_chosen_at_accept_is_the_one_sent_from(live, client, dispatched) -> None:
     """The row keeps its sender: removing it, or changing the default, before the send
     (or between attempts) does not change where the message comes from."""
-    first, second = fresh_number(), fresh_number()
+    first, second = free_number(), free_number()
     tenant = twilio_tenant(live, [first, second])
     tid = tenant["tenant_id"]
     first_id = add(tid, provider="twilio", address=first)
@@ -217,11 +203,11 @@ def test_meta_second_phone_number_id_sends_and_routes(live, client, dispatched) 
 
 
 def test_twilio_inbound_to_a_second_number_routes_to_its_tenant(live, client) -> None:
-    first, second, mg = fresh_number(), fresh_number(), fresh_mg()
+    first, second, mg = free_number(), free_number(), fresh_mg()
     tenant = twilio_tenant(live, [first, second], [mg], legacy=first)
     add(tenant["tenant_id"], provider="twilio", address=second)
     add(tenant["tenant_id"], provider="twilio", address=mg)
-    for extra in ({"to": second}, {"to": fresh_number(), "messaging_service_sid": mg}):
+    for extra in ({"to": second}, {"to": free_number(), "messaging_service_sid": mg}):
         answer = live.control.post(
             "/_sandbox/inbound",
             json={
@@ -316,7 +302,7 @@ def test_pool_campaign_spreads_sticky_and_paces_each_sender(
 def test_a_full_queue_holds_only_that_sender(live, client, dispatched) -> None:
     """Twilio 21611 (the sender's queue is full) holds the one number it was about
     (services/policy/breaker.py): the tenant's other senders keep sending."""
-    busy, free = fresh_number(), fresh_number()
+    busy, free = free_number(), free_number()
     tenant = twilio_tenant(live, [busy, free])
     add(tenant["tenant_id"], provider="twilio", address=busy)
     add(tenant["tenant_id"], provider="twilio", address=free)

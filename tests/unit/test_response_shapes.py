@@ -41,7 +41,14 @@ from models import (
     session_scope,
     utcnow,
 )
-from tests.conftest import META_PHONE_ID, META_SECRET, META_TOKEN, TWILIO_SID, TWILIO_TOKEN
+from tests.conftest import (
+    META_PHONE_ID,
+    META_SECRET,
+    META_TOKEN,
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    free_number,
+)
 from tests.unit.document_walk import Walk
 
 ADMIN = "admin-shapes-token-0123456789"
@@ -93,11 +100,6 @@ def providers(monkeypatch, meta_prices) -> Iterator[Any]:  # type: ignore[no-unt
 # ---------------------------------------------------------------- rows with every field
 
 
-def _number() -> str:
-    """A number no other sender holds (senders are unique across tenants)."""
-    return f"+1202555{uuid.uuid4().int % 10000:04d}"
-
-
 def _accounts(session: Any, tenant_id: str) -> dict[str, ProviderAccount]:
     rows = session.scalars(select(ProviderAccount).where(ProviderAccount.tenant_id == tenant_id))
     return {a.provider: a for a in rows}
@@ -120,7 +122,7 @@ def _fill(tenant_id: str) -> dict[str, str]:
         sender = add_sender(
             session,
             tenant_id,
-            {"provider": "twilio", "address": _number(), "mps": 1.5, "label": "main"},
+            {"provider": "twilio", "address": free_number(), "mps": 1.5, "label": "main"},
         )
         inbound = Message(
             id=new_id("msg"),
@@ -568,7 +570,7 @@ def test_every_answer_is_declared_in_the_document(
         "post",
         f"/admin/v1/tenants/{tenant_id}/senders",
         201,
-        json={"provider": "twilio", "address": _number(), "channels": ["sms"]},
+        json={"provider": "twilio", "address": free_number(), "channels": ["sms"]},
         headers=admin,
     ).get_json()
     call(

@@ -14,25 +14,12 @@ from models import Message, session_scope
 from providers.base import AccountCredentials, OutboundMessage
 from providers.twilio import TwilioProvider
 from services.tenancy.senders import assign, outbound_sender, sender_for
-
-
-def number() -> str:
-    """A valid fictional US number no other test holds."""
-    return f"+1202555{uuid.uuid4().int % 9000 + 1000}"
-
-
-def unique_number() -> str:
-    from services.content.phones import normalize_e164
-
-    while True:
-        candidate = number()
-        if normalize_e164(candidate) == candidate:
-            return candidate
+from tests.conftest import free_number
 
 
 def test_admin_adds_lists_defaults_and_removes_senders(client, admin, tenant) -> None:
     base = f"/admin/v1/tenants/{tenant['tenant_id']}/senders"
-    first, second = unique_number(), unique_number()
+    first, second = free_number(), free_number()
     national = f"({first[2:5]}) {first[5:8]}-{first[8:]}"  # normalized to E.164
     resp = client.post(
         base,
@@ -96,7 +83,7 @@ def test_an_address_has_one_owner_and_tenants_are_isolated(client, admin) -> Non
     from tests.conftest import make_tenant
 
     mine, theirs = make_tenant("mine"), make_tenant("theirs", meta={})
-    address = unique_number()
+    address = free_number()
     created = client.post(
         f"/admin/v1/tenants/{mine['tenant_id']}/senders",
         json={"provider": "twilio", "address": address},
@@ -126,7 +113,7 @@ def test_cli_sender_add_list_default_remove(capsys, tenant) -> None:
     from herald.cli import main
 
     tid = tenant["tenant_id"]
-    first, second = unique_number(), unique_number()
+    first, second = free_number(), free_number()
     assert main(["sender", "add", tid, "twilio", first, "--mps", "2", "--label", "main"]) == 0
     added = json.loads(capsys.readouterr().out)
     assert (added["address"], added["mps"], added["label"]) == (first, 2.0, "main")
@@ -150,7 +137,7 @@ def test_the_task_takes_from_like_the_api(tenant, dispatched) -> None:
     from services.tenancy.sender_admin import add_sender
     from workers.tasks import send_message
 
-    address = unique_number()
+    address = free_number()
     with session_scope() as session:
         sender_id = add_sender(
             session, tenant["tenant_id"], {"provider": "twilio", "address": address}
@@ -160,7 +147,7 @@ def test_the_task_takes_from_like_the_api(tenant, dispatched) -> None:
     with session_scope() as session:
         row = session.get(Message, result["id"])
         assert (row.from_number, row.options["sender"]["id"]) == (address, sender_id)
-    unknown = send_message.run(tenant_id=tenant["tenant_id"], **{**kwargs, "from": number()})
+    unknown = send_message.run(tenant_id=tenant["tenant_id"], **{**kwargs, "from": free_number()})
     assert unknown["error"]["code"] == "sender_not_found" and "from" in unknown["error"]["fields"]
 
 
@@ -209,7 +196,7 @@ def test_cli_send_from_a_sender(capsys, app, monkeypatch, tenant, dispatched) ->
     from services.tenancy.sender_admin import add_sender
 
     monkeypatch.setattr(cli_commands, "transport", httpx.WSGITransport(app=app))
-    address = unique_number()
+    address = free_number()
     with session_scope() as session:
         add_sender(session, tenant["tenant_id"], {"provider": "twilio", "address": address})
     argv = ["send", "--key", tenant["api_key"], "--url", "http://herald.test", "--to"]
@@ -224,7 +211,7 @@ def test_a_senders_failover_priority_is_set_shown_and_checked(
     from herald.cli import main
 
     tid = tenant["tenant_id"]
-    assert main(["sender", "add", tid, "twilio", unique_number(), "--priority", "2"]) == 0
+    assert main(["sender", "add", tid, "twilio", free_number(), "--priority", "2"]) == 0
     added = json.loads(capsys.readouterr().out)
     assert added["priority"] == 2
     path = f"/admin/v1/tenants/{tid}/senders/{added['id']}"
