@@ -48,6 +48,7 @@ from cryptography.fernet import Fernet
 DATABASE = "herald_growth"
 TENANTS = 20
 NUMBER = "+12025550199"
+PERSON = "+13030000001"  # the fill's first contact (the big tenant's), one message to it
 
 
 def _urls(base: str) -> tuple[str, str]:
@@ -260,6 +261,7 @@ def operations(tenants: list[dict[str, str]], client: Any) -> dict[str, Callable
     from models import Campaign, session_scope, utcnow
     from services.campaigns.campaigns import campaign_to_dict, release_due_campaigns
     from services.messages import gate, reconcile, sweep
+    from services.privacy.erasure import erase_number
     from services.reporting import console
     from services.reporting.rollups import fold_all
 
@@ -306,6 +308,16 @@ def operations(tenants: list[dict[str, str]], client: Any) -> dict[str, Callable
         gate.release_parked()
         release_due_campaigns()
 
+    def erase(tenant_id: str | None) -> Callable[[], Any]:
+        """A person's erasure, rolled back so each call finds the same rows."""
+
+        def call() -> None:
+            with session_scope() as session:
+                erase_number(session, PERSON, tenant_id)
+                session.rollback()
+
+        return call
+
     return {
         "GET /v1/messages?status=canceled": get("/v1/messages?status=canceled"),
         "GET /v1/messages?campaign_id=<big>": get("/v1/messages?campaign_id=cmp_growth001"),
@@ -325,6 +337,8 @@ def operations(tenants: list[dict[str, str]], client: Any) -> dict[str, Callable
         "reconcile selection (every 60 s)": reconcile_pass,
         "release (every 1 s, 100k waiting)": release,
         "fold (every 5 s)": fold_all,
+        "erase a person (tenant)": erase(big_tenant["tenant_id"]),
+        "erase a person (operator, every tenant)": erase(None),
     }
 
 
