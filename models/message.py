@@ -125,6 +125,20 @@ class Message(Base):
             "expires_at",
             postgresql_where=text("expires_at IS NOT NULL AND status IN ('scheduled', 'queued')"),
         ),
+        # A person's messages by contact or BSUID, for an erasure: only the rows that name
+        # one (migration 0028_erasure_reads).
+        Index(
+            "ix_messages_tenant_contact",
+            "tenant_id",
+            "contact_id",
+            postgresql_where=text("contact_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_tenant_wa_user",
+            "tenant_id",
+            "wa_user_id",
+            postgresql_where=text("wa_user_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("msg"))
@@ -253,6 +267,13 @@ class WebhookEvent(Base):
         Index("ix_webhook_events_kind_id", "kind", "id"),
         # A tenant's receipts past its retention (services/lifecycle/, migration 0019).
         Index("ix_webhook_events_tenant_received", "tenant_id", "received_at"),
+        # Receipts tied to no message (unrouted, orphan statuses, account webhooks): the only
+        # ones an erasure reads by their text (migration 0028_erasure_reads).
+        Index(
+            "ix_webhook_events_unmatched",
+            "tenant_id",
+            postgresql_where=text("message_id IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)

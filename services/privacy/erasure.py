@@ -19,7 +19,9 @@ digit, Mexico's 1, Argentina's 9), Twilio's `whatsapp:+…`. Per table:
 - `event_deliveries`: those still pending are dropped; the rest keep their row with
   the payload replaced by `{"erased": true}`.
 - `webhook_events` (raw provider receipts): kept as de-duplication receipts (a provider
-  retry must not store the message again), payload replaced by `{"erased": true}`.
+  retry must not store the message again), payload replaced by `{"erased": true}`: the
+  erased messages' receipts, and those tied to no message (unrouted, orphan statuses)
+  whose text names the number.
 - `webhook_inbox` (callbacks not applied yet): deleted.
 - `campaigns`: the person's entries in `invalid_rows` removed.
 - Redis: WhatsApp pair-pacing keys naming the number deleted.
@@ -368,8 +370,10 @@ def _erase_once(
             ).rowcount
         )
 
-    # Raw provider receipts: the erased messages' own, and any other of these tenants
-    # (or, for an operator, of none: unrouted) whose text names the number.
+    # Raw provider receipts: the erased messages' own, and any tied to no message of these
+    # tenants (or, for an operator, of none: unrouted) whose text names the number. A
+    # receipt of another person's message is that person's content, like its stored body:
+    # reading every receipt by its text would cost the tenant's whole retention window.
     scope = (
         "(tenant_id = ANY(:tenants) OR tenant_id IS NULL)"
         if everywhere
@@ -379,7 +383,7 @@ def _erase_once(
         _q(
             "UPDATE webhook_events SET payload = CAST(:erased AS json)"
             " WHERE payload::text <> :erased AND (message_id = ANY(:ids)"
-            f" OR ({scope} AND payload::text LIKE ANY(:patterns)))"
+            f" OR (message_id IS NULL AND {scope} AND payload::text LIKE ANY(:patterns)))"
         ),
         {"ids": ids, "tenants": tenants, "patterns": patterns, "erased": ERASED_PAYLOAD},
     ).rowcount

@@ -244,3 +244,79 @@ def test_the_failover_sweep_reads_only_the_pending_rows(filled) -> None:
     # The pending rows other tests of the run left, plus these three: a scan of the table
     # reads thousands.
     assert touched < 200, _outline(plan)
+
+
+def _tuples_read(session: Session) -> dict[str, int]:
+    """Rows this transaction has read so far from the tables an erasure searches (by
+    sequential scan or fetched through an index): counters, not timings."""
+    rows = session.execute(
+        text(
+            "SELECT relname, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+            " FROM pg_stat_xact_user_tables WHERE schemaname = current_schema()"
+            " AND relname IN ('messages', 'webhook_events')"
+        )
+    )
+    return {name: int(read) for name, read in rows}
+
+
+@pytest.mark.parametrize("operator", [False, True], ids=["tenant", "operator"])
+def test_an_erasure_reads_the_persons_rows_not_the_tenants(filled, operator) -> None:
+    """A person with two messages in a tenant of 20,000, each with two receipts, and one
+    early receipt tied to no message: the erasure finds those and reads little else (it
+    read every message and receipt of the tenant, or of all tenants, by contact id and by
+    receipt text)."""
+    from services.privacy.erasure import erase_number
+
+    session, tenant_id = filled
+    person = "+12025550177"
+    session.execute(
+        text(
+            """
+            INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id, message_id,
+                provider_message_id, payload, received_at)
+            SELECT 'twilio', 'status', 'twilio:plan:' || m.id || ':' || s, m.tenant_id, m.id,
+                m.provider_message_id,
+                json_build_object('MessageStatus', s, 'To', m.to_number), now()
+            FROM messages m CROSS JOIN unnest(ARRAY['sent', 'delivered']) AS s
+            WHERE m.id LIKE 'msg_plan%'
+            """
+        )
+    )
+    session.execute(
+        text(
+            "UPDATE messages SET to_number = :p, contact_id = 'con_plan'"
+            " WHERE id IN ('msg_plan7', 'msg_plan7007')"
+        ),
+        {"p": person},
+    )
+    session.execute(
+        text(
+            "UPDATE webhook_events SET payload = json_build_object('To', CAST(:p AS text))"
+            " WHERE message_id IN ('msg_plan7', 'msg_plan7007')"
+        ),
+        {"p": person},
+    )
+    session.execute(
+        text(
+            "INSERT INTO webhook_events (provider, kind, dedup_key, tenant_id, payload,"
+            " received_at) VALUES ('twilio', 'status', 'twilio:plan:early', :t,"
+            " json_build_object('To', CAST(:p AS text)), now())"
+        ),
+        {"t": tenant_id, "p": person},
+    )
+    session.execute(text("ANALYZE messages"))
+    session.execute(text("ANALYZE webhook_events"))
+    unmatched = session.execute(
+        text("SELECT count(*) FROM webhook_events WHERE message_id IS NULL")
+    ).scalar_one()
+    before = _tuples_read(session)
+    done = erase_number(session, person, None if operator else tenant_id)
+    after = _tuples_read(session)
+
+    assert done.counts["messages"] == 2 and done.counts["webhook_events"] == 5
+    read = {table: after[table] - before.get(table, 0) for table in after}
+    # The person's own rows, read a few times over, and the receipts tied to no message
+    # (this run's other tests leave some); never the tenant's 20,000 messages and 40,000
+    # receipts.
+    assert read["messages"] < 200, read
+    assert read["webhook_events"] < 200 + 2 * unmatched, (read, unmatched)
