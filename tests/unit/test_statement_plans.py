@@ -285,8 +285,9 @@ def _nobodys_number(session: Session) -> str:
 
 @pytest.mark.parametrize("operator", [False, True], ids=["tenant", "operator"])
 def test_an_erasure_reads_the_persons_rows_not_the_tenants(filled, operator) -> None:
-    """A person with two messages in a tenant of 20,000, each with two receipts, and one
-    early receipt tied to no message: the erasure finds those and reads little else (it
+    """A person with a contact and two messages in a tenant of 20,000 (one found by its
+    number, one by the contact it names), each with two receipts, and one early receipt
+    tied to no message: the erasure finds those and reads little else (it
     read every message and receipt of the tenant, or of all tenants, by contact id and by
     receipt text)."""
     from services.privacy.erasure import erase_number
@@ -306,13 +307,18 @@ def test_an_erasure_reads_the_persons_rows_not_the_tenants(filled, operator) -> 
             """
         )
     )
+    # Their contact, named by one of the messages sent to an earlier number of theirs.
     session.execute(
         text(
-            "UPDATE messages SET to_number = :p, contact_id = 'con_plan'"
-            " WHERE id IN ('msg_plan7', 'msg_plan7007')"
+            "INSERT INTO contacts (id, tenant_id, phone, opted_out, created_at, updated_at)"
+            " VALUES ('con_plan', :t, :p, false, now(), now())"
         ),
-        {"p": person},
+        {"t": tenant_id, "p": person},
     )
+    session.execute(
+        text("UPDATE messages SET to_number = :p WHERE id = 'msg_plan7'"), {"p": person}
+    )
+    session.execute(text("UPDATE messages SET contact_id = 'con_plan' WHERE id = 'msg_plan7007'"))
     session.execute(
         text(
             "UPDATE webhook_events SET payload = json_build_object('To', CAST(:p AS text))"
@@ -338,6 +344,7 @@ def test_an_erasure_reads_the_persons_rows_not_the_tenants(filled, operator) -> 
     after = _tuples_read(session)
 
     assert done.counts["messages"] == 2 and done.counts["webhook_events"] == 5
+    assert done.counts["contacts"] == 1
     read = {table: after[table] - before.get(table, 0) for table in after}
     # The person's own rows, read a few times over, and the receipts tied to no message
     # (this run's other tests leave some); never the tenant's 20,000 messages and 40,000
