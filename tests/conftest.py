@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,24 +152,27 @@ def open_window(tenant_id: str, phone: str) -> None:
         session.add(Contact(tenant_id=tenant_id, phone=phone, last_inbound_at=utcnow()))
 
 
-def free_number(prefix: str = "+1202555") -> str:
-    """A valid fictional number (`prefix` and four random digits) that no sender of this
-    run holds: senders are unique across tenants, and several test files draw from the
-    same 9,000 numbers, so a bare random draw collides now and then."""
+def free_number(prefix: str = "+1202555", taken: Callable[[str], bool] | None = None) -> str:
+    """A valid fictional number (`prefix` and four random digits) not `taken`; by default,
+    one no sender of this run holds: senders are unique across tenants, and several test
+    files draw from the same 9,000 numbers, so a bare random draw collides now and then."""
     import random
 
-    from sqlalchemy import select
-
-    from models import Sender, session_scope
     from services.content.phones import normalize_e164
 
     while True:
         number = f"{prefix}{random.randint(1000, 9999)}"
-        if normalize_e164(number) != number:
-            continue
-        with session_scope() as session:
-            if session.scalar(select(Sender.id).where(Sender.address == number)) is None:
-                return number
+        if normalize_e164(number) == number and not (taken or _held_by_a_sender)(number):
+            return number
+
+
+def _held_by_a_sender(number: str) -> bool:
+    from sqlalchemy import select
+
+    from models import Sender, session_scope
+
+    with session_scope() as session:
+        return session.scalar(select(Sender.id).where(Sender.address == number)) is not None
 
 
 def make_tenant(

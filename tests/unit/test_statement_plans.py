@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from models import session_scope, utcnow
-from tests.conftest import statements_run
+from tests.conftest import free_number, statements_run
 
 FILL = 20_000
 
@@ -262,15 +262,9 @@ def _tuples_read(session: Session) -> dict[str, int]:
 def _nobodys_number(session: Session) -> str:
     """A valid number that no message or receipt of this run names yet: an operator's
     erasure reaches every tenant, and other tests message the usual test numbers."""
-    import random
 
-    from services.content.phones import normalize_e164
-
-    while True:
-        number = f"+1202555{random.randint(1000, 9999)}"
-        if normalize_e164(number) != number:
-            continue
-        named = session.execute(
+    def named(number: str) -> bool:
+        return session.execute(
             text(
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE to_number LIKE :p"
                 " OR from_number LIKE :p)"
@@ -279,8 +273,8 @@ def _nobodys_number(session: Session) -> str:
             ),
             {"p": f"%{number[2:]}%"},
         ).scalar_one()
-        if not named:
-            return number
+
+    return free_number(taken=named)
 
 
 @pytest.mark.parametrize("operator", [False, True], ids=["tenant", "operator"])
